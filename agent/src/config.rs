@@ -1,0 +1,419 @@
+//! The agent's TOML config: every top-level key, loading, and validation. Errors name the key,
+//! the file line, and the fix. Unknown keys are errors.
+//!
+//! Where each key is defined: top-level tables here; `[[sources.simulated]]` in
+//! `sources/simulated.rs`; `[[sources.modbus]]`, `[[sources.opcua]]`, `[[sources.mqtt]]` in
+//! `edge-protocols` (`modbus/config.rs`, `opcua/config.rs`, `mqtt/config.rs`);
+//! `[[outputs.file]]` in `outputs/file.rs`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_protocols::config_check::{ConfigIssue, Issues, KeyPath, Seg};
+use edge_protocols::modbus::ModbusSourceConfig;
+use edge_protocols::mqtt::MqttSourceConfig;
+use edge_protocols::opcua::OpcUaSourceConfig;
+use edge_protocols::BackpressurePolicy;
+use serde::Deserialize;
+
+use crate::outputs::file::FileOutputConfig;
+use crate::sources::simulated::SimulatedSourceConfig;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+}
+
+/// `[agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// This gateway's id: in MQTT topics, client ids and at the fleet server. Letters,
+    /// digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Where the agent keeps state (outbox, bundles, OPC-UA PKI).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edge-agent")
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or per module `info,edge_protocols::modbus=debug`.
+    /// The `EDGE_LOG` environment variable overrides it.
+    pub level: String,
+    /// `text` (journald-friendly, no colours when not a terminal) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus `/metrics` endpoint, e.g. `127.0.0.1:9898`. Off when unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Capacity of the sources -> pipeline channel, in batches (one poll / notification /
+    /// message is one batch).
+    pub channel_capacity: usize,
+    /// What sources do when the pipeline is full (see `BackpressurePolicy`): `block` (default,
+    /// nothing lost) or `drop_newest`.
+    pub backpressure: BackpressurePolicy,
+    /// Capacity of each output's input queue, in records.
+    pub output_capacity: usize,
+    /// Longest a shutdown may take before in-flight data is dropped (and logged).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            channel_capacity: 1024,
+            backpressure: BackpressurePolicy::Block,
+            output_capacity: 1024,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[sources]`: one array of tables per kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    #[serde(default)]
+    pub simulated: Vec<SimulatedSourceConfig>,
+    #[serde(default)]
+    pub modbus: Vec<ModbusSourceConfig>,
+    #[serde(default)]
+    pub opcua: Vec<OpcUaSourceConfig>,
+    #[serde(default)]
+    pub mqtt: Vec<MqttSourceConfig>,
+}
+
+/// `[outputs]`: one array of tables per kind.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    #[serde(default)]
+    pub file: Vec<FileOutputConfig>,
+}
+
+/// A config that cannot be used, with every problem found.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read { path: PathBuf, source: std::io::Error },
+    /// TOML syntax or shape (unknown key, wrong type): toml's own message with line and column.
+    Parse { path: PathBuf, message: String },
+    /// Semantic problems, each with its key path and line.
+    Invalid { path: PathBuf, problems: Vec<Located> },
+}
+
+/// A config issue resolved to a line in the file.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub issue: ConfigIssue,
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::Parse { path, message } => {
+                write!(f, "config {}: {}", path.display(), message.trim_end())
+            }
+            ConfigError::Invalid { path, problems } => {
+                writeln!(f, "config {} has {} problem(s):", path.display(), problems.len())?;
+                for p in problems {
+                    match p.line {
+                        Some(l) => writeln!(f, "  {}:{l}: {}: {}", path.display(), p.issue.path, p.issue.message)?,
+                        None => writeln!(f, "  {}: {}: {}", path.display(), p.issue.path, p.issue.message)?,
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let mut issues = Issues::default();
+        cfg.validate(&mut issues);
+        if issues.is_empty() {
+            return Ok(cfg);
+        }
+        let problems = issues
+            .0
+            .into_iter()
+            .map(|issue| Located {
+                line: line_of(text, &issue.path),
+                issue,
+            })
+            .collect();
+        Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    fn validate(&self, issues: &mut Issues) {
+        let root = KeyPath::root();
+        let id = &self.agent.id;
+        issues.check(
+            !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')),
+            root.key("agent").key("id"),
+            || format!("`{id}` must be non-empty and use only letters, digits, `-`, `_`, `.` (it becomes part of MQTT topics)"),
+        );
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            issues.push(root.key("log").key("level"), format!("`{}` is not a log filter: {e} (e.g. \"info\" or \"info,edge_protocols=debug\")", self.log.level));
+        }
+        let p = root.key("pipeline");
+        issues.check(self.pipeline.channel_capacity >= 1, p.key("channel_capacity"), || "must be at least 1".into());
+        issues.check(self.pipeline.output_capacity >= 1, p.key("output_capacity"), || "must be at least 1".into());
+        issues.check(
+            self.pipeline.shutdown_timeout >= Duration::from_millis(100),
+            p.key("shutdown_timeout"),
+            || "must be at least 100ms".into(),
+        );
+
+        // Source names and tag names: unique across the agent.
+        let mut names: HashMap<String, KeyPath> = HashMap::new();
+        let mut tags: HashMap<String, KeyPath> = HashMap::new();
+        let unique = |map: &mut HashMap<String, KeyPath>, what: &str, name: &str, at: KeyPath, issues: &mut Issues| {
+            if name.is_empty() {
+                issues.push(at, format!("{what} name must not be empty"));
+            } else if let Some(first) = map.get(name) {
+                issues.push(at, format!("{what} `{name}` is already defined at {first}; {what} names must be unique"));
+            } else {
+                map.insert(name.to_string(), at);
+            }
+        };
+        let s = root.key("sources");
+        let total = self.sources.simulated.len() + self.sources.modbus.len() + self.sources.opcua.len() + self.sources.mqtt.len();
+        issues.check(total > 0, s.clone(), || {
+            "no sources: add a [[sources.simulated]], [[sources.modbus]], [[sources.opcua]] or [[sources.mqtt]] table".into()
+        });
+        for (i, c) in self.sources.simulated.iter().enumerate() {
+            let at = s.key("simulated").index(i);
+            unique(&mut names, "source", &c.name, at.key("name"), issues);
+            c.validate(&at, issues);
+            for (tag, tp) in c.tag_names_with_paths(&at) {
+                unique(&mut tags, "tag", &tag, tp, issues);
+            }
+        }
+        for (i, c) in self.sources.modbus.iter().enumerate() {
+            let at = s.key("modbus").index(i);
+            unique(&mut names, "source", &c.name, at.key("name"), issues);
+            feature_check(cfg!(feature = "modbus"), "modbus", &at, issues);
+            c.validate(&at, issues);
+            for (j, t) in c.tags.iter().enumerate() {
+                unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+            }
+        }
+        for (i, c) in self.sources.opcua.iter().enumerate() {
+            let at = s.key("opcua").index(i);
+            unique(&mut names, "source", &c.name, at.key("name"), issues);
+            feature_check(cfg!(feature = "opcua"), "opcua", &at, issues);
+            c.validate(&at, issues);
+            for (j, t) in c.tags.iter().enumerate() {
+                unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+            }
+        }
+        for (i, c) in self.sources.mqtt.iter().enumerate() {
+            let at = s.key("mqtt").index(i);
+            unique(&mut names, "source", &c.name, at.key("name"), issues);
+            feature_check(cfg!(feature = "mqtt"), "mqtt", &at, issues);
+            c.validate(&at, issues);
+            for (j, t) in c.tags.iter().enumerate() {
+                if !t.name.contains('{') {
+                    unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+                }
+            }
+        }
+        let mut outputs: HashMap<String, KeyPath> = HashMap::new();
+        for (i, c) in self.outputs.file.iter().enumerate() {
+            let at = root.key("outputs").key("file").index(i);
+            unique(&mut outputs, "output", &c.name, at.key("name"), issues);
+            c.validate(&at, issues);
+        }
+    }
+
+    /// Default PKI folder of OPC-UA sources.
+    pub fn opcua_pki_dir(&self) -> PathBuf {
+        self.agent.data_dir.join("pki").join("opcua")
+    }
+}
+
+fn feature_check(enabled: bool, feature: &str, at: &KeyPath, issues: &mut Issues) {
+    issues.check(enabled, at.clone(), || {
+        format!("this edge-agent build has no `{feature}` support (built without cargo feature `{feature}`)")
+    });
+}
+
+/// 1-based line of the deepest existing key along `path`.
+pub fn line_of(text: &str, path: &KeyPath) -> Option<usize> {
+    let root = toml::de::DeTable::parse(text).ok()?;
+    let mut span = None;
+    let mut cur: Option<&toml::de::DeValue<'_>> = None;
+    for seg in &path.0 {
+        let next = match (cur, seg) {
+            (None, Seg::Key(k)) => root.get_ref().get(k.as_str()),
+            (Some(v), Seg::Key(k)) => v.get(k.as_str()),
+            (Some(v), Seg::Index(i)) => v.get(*i),
+            (None, Seg::Index(_)) => None,
+        };
+        match next {
+            Some(v) => {
+                span = Some(v.span());
+                cur = Some(v.get_ref());
+            }
+            None => break,
+        }
+    }
+    let start = span?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[agent]
+id = "gw-1"
+
+[[sources.simulated]]
+name = "plant"
+"#;
+
+    fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.agent.id, "gw-1");
+        assert_eq!(c.pipeline.channel_capacity, 1024);
+        assert_eq!(c.metrics.listen, None);
+        assert_eq!(c.agent.data_dir, PathBuf::from("/var/lib/edge-agent"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = format!("{MINIMAL}colour = \"blue\"\n");
+        let e = load(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(e.contains("line 7"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = r#"
+[agent]
+id = "gw/1"
+
+[[sources.modbus]]
+name = "plc"
+tcp = { address = "nohost" }
+
+[[sources.modbus.tags]]
+name = "t1"
+table = "coil"
+address = 3
+type = "f32"
+
+[[sources.modbus.tags]]
+name = "t1"
+table = "holding"
+address = 65535
+type = "f32"
+"#;
+        let e = load(text).unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        let find = |key: &str| {
+            problems
+                .iter()
+                .find(|p| p.issue.path.to_string() == key)
+                .unwrap_or_else(|| panic!("no problem at {key}: {e}"))
+        };
+        assert_eq!(find("agent.id").line, Some(3));
+        assert_eq!(find("sources.modbus[0].tcp.address").line, Some(7));
+        assert_eq!(find("sources.modbus[0].tags[0].type").line, Some(13));
+        assert!(find("sources.modbus[0].tags[1].name").issue.message.contains("already defined at sources.modbus[0].tags[0].name"));
+        assert_eq!(find("sources.modbus[0].tags[1].address").line, Some(18));
+        let shown = e.to_string();
+        assert!(shown.contains("test.toml:3: agent.id:"), "{shown}");
+    }
+
+    #[test]
+    fn wrong_type_and_missing_table_are_parse_errors() {
+        let e = load("[agent]\nid = 5\n").unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("invalid type"), "{e}");
+        let e = load("[[sources.simulated]]\nname = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("missing field `agent`"), "{e}");
+        let e = load("[agent]\nid = \"a\"\n").unwrap_err().to_string();
+        assert!(e.contains("no sources"), "{e}");
+    }
+}

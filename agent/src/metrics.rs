@@ -1,0 +1,178 @@
+//! The one metrics registry of the agent: every stage's counters, read at scrape time, and the
+//! optional Prometheus `/metrics` endpoint (`[metrics] listen`).
+//!
+//! Metric names (all prefixed `edge_`):
+//! - `source_samples_total`, `source_bad_samples_total`, `source_dropped_samples_total`,
+//!   `source_errors_total`, `source_reconnects_total`, `source_connected` — label `source`, `kind`
+//! - `pipeline_batches_total`, `pipeline_samples_total`, `pipeline_dropped_at_shutdown_total`,
+//!   `pipeline_queue_batches` (fan-in queue depth)
+//! - `output_written_total`, `output_failed_total`, `output_queue_records` — label `output`, `kind`
+//! - `agent_info` — label `version`
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use edge_protocols::{SampleBatch, SourceStats};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::outputs::OutputStats;
+use crate::pipeline::record::Record;
+use crate::pipeline::PipelineStats;
+
+#[derive(Default)]
+struct Inner {
+    sources: Vec<(String, &'static str, Arc<SourceStats>)>,
+    outputs: Vec<(String, &'static str, Arc<OutputStats>, mpsc::WeakSender<Record>)>,
+    pipeline: Option<Arc<PipelineStats>>,
+    fan_in: Option<mpsc::WeakSender<SampleBatch>>,
+}
+
+/// Shared handle on every stage's counters.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic elsewhere while registering; the data is counters.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add_source(&self, name: &str, kind: &'static str, s: Arc<SourceStats>) {
+        self.lock().sources.push((name.to_string(), kind, s));
+    }
+    /// Metrics hold only weak handles on queues: they must never keep a queue open.
+    pub fn add_output(&self, name: &str, kind: &'static str, s: Arc<OutputStats>, q: &mpsc::Sender<Record>) {
+        self.lock().outputs.push((name.to_string(), kind, s, q.downgrade()));
+    }
+    pub fn set_pipeline(&self, s: Arc<PipelineStats>) {
+        self.lock().pipeline = Some(s);
+    }
+    pub fn set_fan_in(&self, q: &mpsc::Sender<SampleBatch>) {
+        self.lock().fan_in = Some(q.downgrade());
+    }
+
+    /// The whole registry in Prometheus/OpenMetrics text.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut reg = Registry::default();
+        reg.register_collector(Box::new(Snapshot(self.clone())));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        out
+    }
+
+    /// A quick value lookup for tests and the status line.
+    pub fn source_stat(&self, name: &str, f: impl Fn(&SourceStats) -> u64) -> Option<u64> {
+        self.lock().sources.iter().find(|s| s.0 == name).map(|s| f(&s.2))
+    }
+}
+
+#[derive(Debug)]
+struct Snapshot(Arc<Metrics>);
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Items waiting in a queue; 0 once the queue is closed.
+fn queue_depth<T>(q: &mpsc::WeakSender<T>) -> i64 {
+    q.upgrade().map_or(0, |q| (q.max_capacity() - q.capacity()) as i64)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = self.0.lock();
+        let source_counters: [(&str, &str, fn(&SourceStats) -> u64); 5] = [
+            ("edge_source_samples", "Samples handed to the pipeline", |s| load(&s.samples)),
+            ("edge_source_bad_samples", "Samples with bad quality", |s| load(&s.bad_samples)),
+            ("edge_source_dropped_samples", "Samples dropped (pipeline full or shutdown)", |s| load(&s.dropped_samples)),
+            ("edge_source_errors", "Read, decode and connection errors", |s| load(&s.errors)),
+            ("edge_source_reconnects", "Reconnections after the first connection", |s| load(&s.reconnects)),
+        ];
+        for (name, help, get) in source_counters {
+            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (src, kind, s) in &m.sources {
+                let labels = [("source", src.as_str()), ("kind", *kind)];
+                ConstCounter::new(get(s)).encode(me.encode_family(&labels)?)?;
+            }
+        }
+        let mut me = enc.encode_descriptor("edge_source_connected", "1 while the source has a working connection", None, MetricType::Gauge)?;
+        for (src, kind, s) in &m.sources {
+            let labels = [("source", src.as_str()), ("kind", *kind)];
+            ConstGauge::new(i64::from(s.is_connected())).encode(me.encode_family(&labels)?)?;
+        }
+        if let Some(p) = &m.pipeline {
+            for (name, help, v) in [
+                ("edge_pipeline_batches", "Batches received from sources", load(&p.batches)),
+                ("edge_pipeline_samples", "Samples received from sources", load(&p.samples)),
+                ("edge_pipeline_dropped_at_shutdown", "Samples read but dropped at a shutdown deadline", load(&p.dropped_at_shutdown)),
+            ] {
+                let c = ConstCounter::new(v);
+                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+        }
+        if let Some(q) = &m.fan_in {
+            let g = ConstGauge::new(queue_depth(q));
+            g.encode(enc.encode_descriptor("edge_pipeline_queue_batches", "Batches waiting between sources and the pipeline", None, g.metric_type())?)?;
+        }
+        let output_counters: [(&str, &str, fn(&OutputStats) -> u64); 2] = [
+            ("edge_output_written", "Items written by the output", |s| load(&s.written)),
+            ("edge_output_failed", "Items the output could not write", |s| load(&s.failed)),
+        ];
+        for (name, help, get) in output_counters {
+            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (o, kind, s, _) in &m.outputs {
+                ConstCounter::new(get(s)).encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+            }
+        }
+        let mut me = enc.encode_descriptor("edge_output_queue_records", "Records waiting for the output", None, MetricType::Gauge)?;
+        for (o, kind, _, q) in &m.outputs {
+            ConstGauge::new(queue_depth(q)).encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+        }
+        let mut me = enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
+        ConstGauge::new(1).encode(me.encode_family(&[("version", crate::VERSION)])?)?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` until `shutdown`.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics endpoint on http://{addr}/metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

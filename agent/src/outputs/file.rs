@@ -1,0 +1,159 @@
+//! `[[outputs.file]]`: writes samples to a file or stdout as JSON lines or as the CSV
+//! recording format (`recording.rs`) — for debugging, and for recording training data that
+//! `edge-agent featurize` reads back.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use edge_protocols::config_check::{Issues, KeyPath};
+use edge_protocols::error_latch::ErrorLatch;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{Output, OutputFuture, OutputStats};
+use crate::pipeline::record::Record;
+use crate::recording::{write_csv_row, CSV_HEADER};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutputConfig {
+    pub name: String,
+    /// File to append to; `-` is standard output.
+    pub path: PathBuf,
+    /// `jsonl` (one JSON object per sample) or `csv` (the recording format).
+    #[serde(default)]
+    pub format: FileFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    #[default]
+    Jsonl,
+    Csv,
+}
+
+impl FileOutputConfig {
+    pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
+            "path must not be empty (use \"-\" for standard output)".into()
+        });
+    }
+}
+
+/// Writes records to a file, one write + flush per record (a batch), so a crash loses at
+/// most the record being written.
+#[derive(Debug)]
+pub struct FileOutput {
+    cfg: FileOutputConfig,
+}
+
+impl FileOutput {
+    pub fn new(cfg: FileOutputConfig) -> Self {
+        FileOutput { cfg }
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        if self.cfg.path.as_os_str() == "-" {
+            return Ok(Box::new(std::io::stdout()));
+        }
+        if let Some(dir) = self.cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.path)?;
+        let empty = f.metadata()?.len() == 0;
+        let mut w: Box<dyn Write + Send> = Box::new(f);
+        if empty && self.cfg.format == FileFormat::Csv {
+            writeln!(w, "{CSV_HEADER}")?;
+        }
+        Ok(w)
+    }
+
+    fn render(&self, r: &Record, buf: &mut String) {
+        buf.clear();
+        match r {
+            Record::Samples(samples) => {
+                for s in samples.iter() {
+                    match self.cfg.format {
+                        FileFormat::Csv => write_csv_row(buf, s),
+                        FileFormat::Jsonl => {
+                            // Serializing plain data into a String cannot fail.
+                            if let Ok(j) = serde_json::to_string(s) {
+                                buf.push_str(&j);
+                                buf.push('\n');
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_loop(self: Box<Self>, mut input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) {
+        let name = self.cfg.name.clone();
+        // File I/O is blocking: it runs on the blocking pool, one record at a time.
+        let (wtx, mut wrx) = mpsc::channel::<(String, usize)>(4);
+        let this = Arc::new(self);
+        let writer_this = this.clone();
+        let writer_stats = stats.clone();
+        let writer = tokio::task::spawn_blocking(move || {
+            let mut latch = ErrorLatch::default();
+            let mut out: Option<Box<dyn Write + Send>> = None;
+            while let Some((text, n)) = wrx.blocking_recv() {
+                if out.is_none() {
+                    match writer_this.open() {
+                        Ok(w) => out = Some(w),
+                        Err(e) => {
+                            let msg = format!("cannot open {}: {e}", writer_this.cfg.path.display());
+                            if latch.fail(&msg) {
+                                tracing::error!(output = %writer_this.cfg.name, "{msg}; dropping records until it works");
+                            }
+                            writer_stats.add_failed(n);
+                            continue;
+                        }
+                    }
+                }
+                let res = out.as_mut().map(|w| w.write_all(text.as_bytes()).and_then(|_| w.flush()));
+                match res {
+                    Some(Ok(())) => {
+                        if latch.ok().is_some() {
+                            tracing::info!(output = %writer_this.cfg.name, "writing again");
+                        }
+                        writer_stats.add_written(n);
+                    }
+                    Some(Err(e)) => {
+                        let msg = format!("write to {} failed: {e}", writer_this.cfg.path.display());
+                        if latch.fail(&msg) {
+                            tracing::error!(output = %writer_this.cfg.name, "{msg}; dropping records until it works");
+                        }
+                        writer_stats.add_failed(n);
+                        out = None; // reopen next time (the file may have been rotated away)
+                    }
+                    None => {}
+                }
+            }
+        });
+        let mut buf = String::new();
+        while let Some(r) = input.recv().await {
+            this.render(&r, &mut buf);
+            if wtx.send((std::mem::take(&mut buf), r.len())).await.is_err() {
+                break;
+            }
+        }
+        drop(wtx);
+        tracing::debug!(output = %name, "input closed, waiting for the writer");
+        if let Err(e) = writer.await {
+            tracing::error!(output = %name, "file writer failed: {e}");
+        }
+    }
+}
+
+impl Output for FileOutput {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) -> OutputFuture {
+        Box::pin(self.run_loop(input, stats))
+    }
+}

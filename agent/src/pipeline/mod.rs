@@ -1,0 +1,355 @@
+//! The pipeline runtime: starts every source and output as its own task, connects them with
+//! bounded channels through the hub, and runs the shutdown sequence.
+//!
+//! ```text
+//! sources --(fan-in, bounded, BackpressurePolicy)--> hub --(one bounded queue each)--> outputs
+//! ```
+//! Shutdown (SIGTERM/SIGINT): sources stop reading and return; the hub forwards everything
+//! already read, then closes the output queues; outputs drain and flush. If that takes longer
+//! than `pipeline.shutdown_timeout`, whatever is still queued is dropped, counted and logged —
+//! never silently.
+//!
+//! Architecture invariant: a failing or panicking source ends only its own task; the other
+//! sources and the outputs keep running.
+
+pub mod record;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_protocols::{SampleBatch, SampleSender, Source, SourceContext, SourceStats};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::outputs::{Output, OutputStats};
+use record::Record;
+
+/// Counters of the hub.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    pub batches: AtomicU64,
+    pub samples: AtomicU64,
+    /// Samples read but dropped because the shutdown deadline passed.
+    pub dropped_at_shutdown: AtomicU64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub samples: u64,
+    /// Samples that were read but not delivered because shutdown hit its deadline.
+    pub dropped_at_shutdown: u64,
+    /// Whether everything stopped within the deadline.
+    pub clean: bool,
+}
+
+/// A pipeline before it runs: named sources and outputs.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    sources: Vec<(Arc<str>, Box<dyn Source>)>,
+    outputs: Vec<(Arc<str>, Box<dyn Output>)>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("sources", &self.sources.iter().map(|s| &s.0).collect::<Vec<_>>())
+            .field("outputs", &self.outputs.iter().map(|s| &s.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig) -> Self {
+        Pipeline {
+            cfg,
+            sources: Vec::new(),
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn add_source(&mut self, name: &str, s: Box<dyn Source>) {
+        self.sources.push((Arc::from(name), s));
+    }
+
+    pub fn add_output(&mut self, name: &str, o: Box<dyn Output>) {
+        self.outputs.push((Arc::from(name), o));
+    }
+
+    /// Runs until `shutdown` fires, then stops everything (see the module docs).
+    pub async fn run(self, shutdown: CancellationToken, metrics: Arc<Metrics>) -> RunReport {
+        let abort = CancellationToken::new();
+        let (tx, rx) = mpsc::channel::<SampleBatch>(self.cfg.channel_capacity);
+        metrics.set_fan_in(&tx);
+        let stats = Arc::new(PipelineStats::default());
+        metrics.set_pipeline(stats.clone());
+
+        let mut source_tasks = JoinSet::new();
+        for (name, src) in self.sources {
+            let kind = src.kind();
+            let sstats = Arc::new(SourceStats::default());
+            metrics.add_source(&name, kind, sstats.clone());
+            let ctx = SourceContext {
+                name: name.clone(),
+                out: SampleSender::new(tx.clone(), self.cfg.backpressure, sstats.clone(), abort.clone()),
+                shutdown: shutdown.child_token(),
+                stats: sstats,
+            };
+            source_tasks.spawn(async move {
+                // A panic stays inside this task; report it like an error.
+                let res = tokio::spawn(src.run(ctx)).await;
+                match res {
+                    Ok(Ok(())) => tracing::debug!(source = %name, "source finished"),
+                    Ok(Err(e)) => tracing::error!(source = %name, kind,
+                        "source stopped: {e}; the other sources keep running"),
+                    Err(e) => tracing::error!(source = %name, kind,
+                        "source crashed: {e}; the other sources keep running"),
+                }
+            });
+        }
+        drop(tx);
+
+        let mut output_txs = Vec::new();
+        let mut output_stats = Vec::new();
+        let mut output_tasks = JoinSet::new();
+        for (name, out) in self.outputs {
+            let (otx, orx) = mpsc::channel::<Record>(self.cfg.output_capacity);
+            let ostats = Arc::new(OutputStats::default());
+            metrics.add_output(&name, out.kind(), ostats.clone(), &otx);
+            output_txs.push((name.clone(), otx, ostats.clone()));
+            output_stats.push((name.clone(), ostats.clone()));
+            output_tasks.spawn(out.run(orx, ostats));
+        }
+
+        let hub = tokio::spawn(hub(rx, output_txs, stats.clone(), abort.clone()));
+
+        shutdown.cancelled().await;
+        tracing::info!("shutting down: stopping sources, delivering what was read");
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        let clean = tokio::time::timeout_at(deadline, async {
+            while source_tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        let mut hub = hub;
+        let mut clean = clean
+            && tokio::time::timeout_at(deadline, &mut hub).await.is_ok()
+            && tokio::time::timeout_at(deadline, async { while output_tasks.join_next().await.is_some() {} })
+                .await
+                .is_ok();
+        if !clean {
+            tracing::warn!(timeout = ?self.cfg.shutdown_timeout,
+                "shutdown deadline reached: dropping what is still queued");
+            abort.cancel();
+            // Give tasks a moment to count and log what they drop, then stop them.
+            let grace = Duration::from_secs(1);
+            let _ = tokio::time::timeout(grace, async {
+                while source_tasks.join_next().await.is_some() {}
+            })
+            .await;
+            let _ = tokio::time::timeout(grace, &mut hub).await;
+            let _ = tokio::time::timeout(grace, async { while output_tasks.join_next().await.is_some() {} }).await;
+            source_tasks.abort_all();
+            hub.abort();
+            output_tasks.abort_all();
+            for (name, o) in &output_stats {
+                let lost = o.in_flight();
+                if lost > 0 {
+                    stats.dropped_at_shutdown.fetch_add(lost, Ordering::Relaxed);
+                    tracing::warn!(output = %name, "shutdown deadline: {lost} samples queued for this output were not written");
+                }
+            }
+            clean = false;
+        }
+        let dropped = stats.dropped_at_shutdown.load(Ordering::Relaxed);
+        let samples = stats.samples.load(Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!("shutdown dropped {dropped} samples that were read but not delivered");
+        }
+        tracing::info!(samples, dropped, clean, "pipeline stopped");
+        RunReport {
+            samples,
+            dropped_at_shutdown: dropped,
+            clean,
+        }
+    }
+}
+
+/// Fans each batch out to every output; waits for room in each output's queue.
+async fn hub(
+    mut rx: mpsc::Receiver<SampleBatch>,
+    outputs: Vec<(Arc<str>, mpsc::Sender<Record>, Arc<OutputStats>)>,
+    stats: Arc<PipelineStats>,
+    abort: CancellationToken,
+) {
+    loop {
+        let batch = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => break },
+            _ = abort.cancelled() => break,
+        };
+        let n = batch.len() as u64;
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.samples.fetch_add(n, Ordering::Relaxed);
+        let rec = Record::Samples(Arc::new(batch));
+        for (name, otx, ostats) in &outputs {
+            tokio::select! {
+                r = otx.send(rec.clone()) => match r {
+                    Ok(()) => ostats.add_enqueued(n),
+                    Err(_) => tracing::error!(output = %name, "output stopped; {n} samples not delivered to it"),
+                },
+                _ = abort.cancelled() => {
+                    stats.dropped_at_shutdown.fetch_add(n, Ordering::Relaxed);
+                    tracing::warn!(output = %name, "shutdown deadline: {n} samples not delivered to this output");
+                }
+            }
+        }
+    }
+    tracing::debug!("hub finished");
+    // Anything still queued from sources at an aborted shutdown is counted, not lost silently.
+    rx.close();
+    let mut left = 0u64;
+    while let Ok(b) = rx.try_recv() {
+        left += b.len() as u64;
+    }
+    if left > 0 {
+        stats.dropped_at_shutdown.fetch_add(left, Ordering::Relaxed);
+        tracing::warn!("shutdown deadline: {left} queued samples not delivered to any output");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outputs::OutputFuture;
+    use edge_protocols::{Quality, Sample, SourceError, SourceFuture, Tag, Value};
+    use std::sync::Mutex;
+
+    /// Emits `n` batches of one sample, then waits for shutdown.
+    struct CountingSource {
+        n: usize,
+        fail: bool,
+    }
+    impl Source for CountingSource {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn tags(&self) -> Vec<Tag> {
+            vec![Arc::from("t")]
+        }
+        fn run(self: Box<Self>, ctx: SourceContext) -> SourceFuture {
+            Box::pin(async move {
+                if self.fail {
+                    return Err(SourceError::Config("broken on purpose".into()));
+                }
+                for i in 0..self.n {
+                    let s = Sample::new(ctx.name.clone(), i as i64, Value::Int(i as i64), Quality::Good);
+                    if ctx.out.send(vec![s]).await.is_err() {
+                        break;
+                    }
+                }
+                ctx.shutdown.cancelled().await;
+                Ok(())
+            })
+        }
+    }
+
+    /// Collects everything; optionally sleeps per record (a slow output).
+    struct Collect {
+        got: Arc<Mutex<Vec<Sample>>>,
+        delay: Duration,
+    }
+    impl Output for Collect {
+        fn kind(&self) -> &'static str {
+            "collect"
+        }
+        fn run(self: Box<Self>, mut input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) -> OutputFuture {
+            Box::pin(async move {
+                while let Some(Record::Samples(s)) = input.recv().await {
+                    tokio::time::sleep(self.delay).await;
+                    stats.add_written(s.len());
+                    self.got.lock().unwrap().extend(s.iter().cloned());
+                }
+            })
+        }
+    }
+
+    fn cfg(capacity: usize, timeout_ms: u64) -> PipelineConfig {
+        PipelineConfig {
+            channel_capacity: capacity,
+            output_capacity: capacity,
+            shutdown_timeout: Duration::from_millis(timeout_ms),
+            ..PipelineConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn every_sample_reaches_every_output_and_a_failing_source_is_isolated() {
+        let mut p = Pipeline::new(cfg(4, 2000));
+        p.add_source("a", Box::new(CountingSource { n: 500, fail: false }));
+        p.add_source("b", Box::new(CountingSource { n: 300, fail: false }));
+        p.add_source("broken", Box::new(CountingSource { n: 0, fail: true }));
+        let got1 = Arc::new(Mutex::new(Vec::new()));
+        let got2 = Arc::new(Mutex::new(Vec::new()));
+        p.add_output("o1", Box::new(Collect { got: got1.clone(), delay: Duration::ZERO }));
+        p.add_output("o2", Box::new(Collect { got: got2.clone(), delay: Duration::ZERO }));
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let run = tokio::spawn(p.run(stop.clone(), metrics.clone()));
+        // Wait until both sources delivered everything, then stop.
+        for _ in 0..500 {
+            if got1.lock().unwrap().len() == 800 && got2.lock().unwrap().len() == 800 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        let report = run.await.unwrap();
+        assert!(report.clean);
+        assert_eq!(report.samples, 800);
+        assert_eq!(report.dropped_at_shutdown, 0);
+        for got in [got1, got2] {
+            let got = got.lock().unwrap();
+            let a: Vec<i64> = got.iter().filter(|s| &*s.tag == "a").map(|s| s.ts_ns).collect();
+            assert_eq!(a, (0..500).collect::<Vec<_>>(), "in order, no gaps");
+            assert_eq!(got.iter().filter(|s| &*s.tag == "b").count(), 300);
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"edge_source_samples_total{source="a",kind="test"} 500"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_waits_for_delivery_of_what_was_read() {
+        let mut p = Pipeline::new(cfg(64, 5000));
+        p.add_source("a", Box::new(CountingSource { n: 100, fail: false }));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        p.add_output("slow", Box::new(Collect { got: got.clone(), delay: Duration::from_millis(2) }));
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(p.run(stop.clone(), Arc::new(Metrics::new())));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        stop.cancel(); // most batches are still queued
+        let report = run.await.unwrap();
+        assert!(report.clean);
+        assert_eq!(got.lock().unwrap().len(), 100, "everything read was delivered");
+    }
+
+    #[tokio::test]
+    async fn a_stuck_output_cannot_hang_shutdown_and_drops_are_counted() {
+        let mut p = Pipeline::new(cfg(2, 300));
+        p.add_source("a", Box::new(CountingSource { n: 50, fail: false }));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        p.add_output("stuck", Box::new(Collect { got: got.clone(), delay: Duration::from_secs(3600) }));
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(p.run(stop.clone(), Arc::new(Metrics::new())));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.cancel();
+        let t0 = std::time::Instant::now();
+        let report = run.await.unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t0.elapsed());
+        assert!(!report.clean);
+        assert!(report.dropped_at_shutdown > 0, "{report:?}");
+    }
+}
