@@ -1,1 +1,333 @@
+//! Test harness for interop and end-to-end tests: starts independent peers (Mosquitto,
+//! the asyncua OPC-UA server, pymodbus over TCP and over a socat pty pair) on free ports,
+//! runs sources against them and collects what they produce.
+//!
+//! The peers are installed by `tests/peers/setup.sh` (called by `tests/run.sh`) into
+//! `$EDGE_PEERS_DIR` (default `tests/.peers`). A missing install is a test failure with the
+//! command to run, never a silent skip.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_protocols::{
+    BackpressurePolicy, Sample, SampleBatch, SampleSender, Source, SourceContext, SourceStats,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Root of the workspace.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where `tests/peers/setup.sh` installed the peers.
+pub fn peers_dir() -> PathBuf {
+    let dir = std::env::var_os("EDGE_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("tests/.peers"));
+    assert!(
+        dir.join("venv/bin/python").exists() && dir.join("certs/ca.crt").exists(),
+        "test peers are not installed in {}: run tests/peers/setup.sh (or tests/run.sh)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn python() -> PathBuf {
+    peers_dir().join("venv/bin/python")
+}
+
+/// A peer script shipped in `tests/peers/`.
+pub fn peer_script(name: &str) -> PathBuf {
+    workspace().join("tests/peers").join(name)
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub fn wait_port(port: u16, timeout: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A peer process, killed when dropped. Keeps its command so it can be restarted.
+pub struct Peer {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    ready_port: Option<u16>,
+}
+
+impl Peer {
+    /// Starts `program args`; if `ready_port` is given, waits (20 s max) for it to listen.
+    pub fn start(name: &str, program: impl Into<PathBuf>, args: &[&str], log_dir: &Path, ready_port: Option<u16>) -> Peer {
+        let mut p = Peer {
+            name: name.to_string(),
+            program: program.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            ready_port,
+        };
+        p.restart();
+        p
+    }
+
+    /// (Re)starts the process and waits until it is ready.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("peer log");
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.program.display()));
+        self.child = Some(child);
+        if let Some(port) = self.ready_port {
+            if !wait_port(port, Duration::from_secs(20)) {
+                panic!("{} did not listen on {port} within 20 s; log:\n{}", self.name, self.log_tail());
+            }
+        }
+    }
+
+    /// Kills the process hard (SIGKILL): a crash, a pulled cable.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Mosquitto with three listeners: anonymous, user/password (`edge`/`edge-pass`), and mTLS.
+pub struct Broker {
+    pub anon: u16,
+    pub userpass: u16,
+    pub mtls: u16,
+    pub certs: PathBuf,
+    pub peer: Peer,
+}
+
+pub fn mosquitto(dir: &Path) -> Broker {
+    let certs = peers_dir().join("certs");
+    let (anon, userpass, mtls) = (free_port(), free_port(), free_port());
+    let passwd = dir.join("passwd");
+    std::fs::write(&passwd, "").expect("passwd file");
+    let st = Command::new("mosquitto_passwd")
+        .args(["-b", passwd.to_str().unwrap_or_default(), "edge", "edge-pass"])
+        .status()
+        .expect("mosquitto_passwd (apt mosquitto)");
+    assert!(st.success());
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let conf = format!(
+        "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\n{}\n\
+         listener {anon} 127.0.0.1\nallow_anonymous true\n\n\
+         listener {userpass} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\n\
+         listener {mtls} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/server.crt\nkeyfile {c}/server.key\n\
+         require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n",
+        if root { "user root" } else { "" },
+        passwd = passwd.display(),
+        c = certs.display()
+    );
+    let conf_path = dir.join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).expect("mosquitto.conf");
+    let peer = Peer::start("mosquitto", "mosquitto", &["-c", conf_path.to_str().unwrap_or_default()], dir, Some(mtls));
+    assert!(wait_port(anon, Duration::from_secs(5)) && wait_port(userpass, Duration::from_secs(5)));
+    Broker { anon, userpass, mtls, certs, peer }
+}
+
+/// Publishes one message with mosquitto_pub (an independent client).
+pub fn mqtt_publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
+    let st = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+        .args(extra)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub to {topic} failed");
+}
+
+/// The asyncua test server (`tests/peers/opcua_server.py`): None, or Basic256Sha256
+/// SignAndEncrypt with user `edge`/`edge-pass`.
+pub fn opcua_server(dir: &Path, port: u16, secure: bool) -> Peer {
+    let endpoint = format!("opc.tcp://127.0.0.1:{port}");
+    let pki = dir.join(format!("server-pki-{port}"));
+    let script = peer_script("opcua_server.py");
+    let args = [
+        script.to_str().unwrap_or_default(),
+        "--endpoint",
+        &endpoint,
+        "--security",
+        if secure { "secure" } else { "none" },
+        "--rate",
+        "20",
+        "--user",
+        "edge:edge-pass",
+        "--pki",
+        pki.to_str().unwrap_or_default(),
+    ];
+    Peer::start(&format!("opcua-{port}"), python(), &args, dir, Some(port))
+}
+
+/// The pymodbus test server over TCP.
+pub fn modbus_tcp(dir: &Path, port: u16) -> Peer {
+    let script = peer_script("modbus_server.py");
+    let p = port.to_string();
+    let args = [script.to_str().unwrap_or_default(), "--host", "127.0.0.1", "--port", &p];
+    Peer::start(&format!("modbus-tcp-{port}"), python(), &args, dir, Some(port))
+}
+
+/// A serial line made of a socat pty pair, with the pymodbus RTU server on one end.
+pub struct RtuLine {
+    pub client_tty: PathBuf,
+    pub socat: Peer,
+    pub server: Peer,
+}
+
+pub fn modbus_rtu(dir: &Path, baud: u32) -> RtuLine {
+    let srv = dir.join("ttyS_srv");
+    let cli = dir.join("ttyS_cli");
+    let a = format!("pty,raw,echo=0,link={}", srv.display());
+    let b = format!("pty,raw,echo=0,link={}", cli.display());
+    let socat = Peer::start("socat", "socat", &[&a, &b], dir, None);
+    let t0 = Instant::now();
+    while !(srv.exists() && cli.exists()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "socat pty pair not ready:\n{}", socat.log_tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let script = peer_script("modbus_server.py");
+    let baud = baud.to_string();
+    let args = [script.to_str().unwrap_or_default(), "--rtu", srv.to_str().unwrap_or_default(), "--baud", &baud];
+    let server = Peer::start("modbus-rtu", python(), &args, dir, None);
+    // pymodbus prints READY once it serves.
+    let log = dir.join("modbus-rtu.log");
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("READY") {
+        assert!(t0.elapsed() < Duration::from_secs(20), "RTU server not ready:\n{}", server.log_tail());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    RtuLine { client_tty: cli, socat, server }
+}
+
+/// Runs one source in-process and collects its samples.
+pub struct Harness {
+    rx: mpsc::Receiver<SampleBatch>,
+    pub stop: CancellationToken,
+    pub stats: Arc<SourceStats>,
+    task: tokio::task::JoinHandle<Result<(), edge_protocols::SourceError>>,
+    /// Everything consumed so far.
+    pub seen: Vec<Sample>,
+    pending: std::collections::VecDeque<Sample>,
+}
+
+impl Harness {
+    pub fn start(name: &str, source: Box<dyn Source>) -> Harness {
+        let (tx, rx) = mpsc::channel(4096);
+        let stats = Arc::new(SourceStats::default());
+        let stop = CancellationToken::new();
+        let ctx = SourceContext {
+            name: Arc::from(name),
+            out: SampleSender::new(tx, BackpressurePolicy::Block, stats.clone(), CancellationToken::new()),
+            shutdown: stop.clone(),
+            stats: stats.clone(),
+        };
+        let task = tokio::spawn(source.run(ctx));
+        Harness { rx, stop, stats, task, seen: Vec::new(), pending: Default::default() }
+    }
+
+    /// Consumes samples in arrival order until `pred` holds; returns that sample (later
+    /// samples of the same batch stay queued for the next call). Panics with what was seen on
+    /// timeout.
+    pub async fn wait_for(&mut self, timeout: Duration, what: &str, mut pred: impl FnMut(&Sample) -> bool) -> Sample {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(s) = self.pending.pop_front() {
+                self.seen.push(s.clone());
+                if pred(&s) {
+                    return s;
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(batch)) => self.pending.extend(batch),
+                Ok(None) => panic!("source ended while waiting for {what}; result {:?}", self.task.is_finished()),
+                Err(_) => {
+                    let tail: Vec<String> = self.seen.iter().rev().take(12).map(|s| format!("{s:?}")).collect();
+                    panic!("timeout ({timeout:?}) waiting for {what}; last samples:\n{}", tail.join("\n"));
+                }
+            }
+        }
+    }
+
+    /// Receives everything for `d` (plus anything still queued).
+    pub async fn collect_for(&mut self, d: Duration) -> Vec<Sample> {
+        let deadline = tokio::time::Instant::now() + d;
+        let mut out: Vec<Sample> = self.pending.drain(..).collect();
+        while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            out.extend(batch);
+        }
+        self.seen.extend(out.iter().cloned());
+        out
+    }
+
+    /// Stops the source; returns its result. Panics if it does not stop within 5 s.
+    pub async fn stop(self) -> Result<(), edge_protocols::SourceError> {
+        self.stop.cancel();
+        let mut rx = self.rx;
+        let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let r = tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("source did not stop within 5 s of shutdown")
+            .expect("source task panicked");
+        drain.abort();
+        r
+    }
+
+    pub fn stat(&self, f: impl Fn(&SourceStats) -> &std::sync::atomic::AtomicU64) -> u64 {
+        f(&self.stats).load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Latest usable value of `tag` among samples.
+pub fn last_value(samples: &[Sample], tag: &str) -> Option<f64> {
+    samples.iter().rev().find(|s| &*s.tag == tag).and_then(|s| s.usable_f64())
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("edge-it-").tempdir().expect("tempdir")
+}
+
+/// Builds a source config from TOML text, the way the agent does.
+pub fn toml_config<T: serde::de::DeserializeOwned>(text: &str) -> T {
+    toml::from_str(text).unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
+}

@@ -405,11 +405,13 @@ impl ModbusPoller {
                 }
                 g.next_due = now + g.interval;
             }
+            if !ok {
+                ctx.stats.set_connected(false);
+            }
             if let Err(PipelineClosed) = ctx.out.send(batch).await {
                 break;
             }
             if !ok {
-                ctx.stats.set_connected(false);
                 let delay = backoff.next_delay();
                 tracing::warn!(source = %ctx.name, endpoint = %self.endpoint(),
                     "modbus connection lost; reconnecting in {delay:?}");

@@ -83,8 +83,11 @@ pub struct OpcUaSourceConfig {
 pub enum SecurityPolicyConfig {
     #[default]
     None,
+    #[serde(rename = "basic256sha256")]
     Basic256Sha256,
+    #[serde(rename = "aes128_sha256_rsaoaep")]
     Aes128Sha256RsaOaep,
+    #[serde(rename = "aes256_sha256_rsapss")]
     Aes256Sha256RsaPss,
 }
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs the independent peers the interop tests run against, into $EDGE_PEERS_DIR
+# (default: tests/.peers). Idempotent; needs root for apt on a fresh Debian 12.
+#   apt:  mosquitto (MQTT broker), socat (serial pty pairs for Modbus RTU), openssl (test certs)
+#   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+T0=$(date +%s)
+step() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
+
+need_apt=()
+for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl; do
+  command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "apt install ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq || { sleep 5; $SUDO apt-get update -qq; } || echo "WARN: apt-get update had errors; trying cached lists"
+  $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# The distribution's broker service is not ours: tests start their own brokers on free ports.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
+  systemctl stop mosquitto 2>/dev/null || true
+fi
+
+step "python venv"
+[ -x "$DIR/venv/bin/python" ] || python3 -m venv "$DIR/venv"
+PIP_PKGS=(asyncua==2.1.0 'pymodbus[serial]==3.16.1' paho-mqtt==2.2.0)
+if ! "$DIR/venv/bin/python" -c "import asyncua, pymodbus, paho.mqtt" 2>/dev/null; then
+  "$DIR/venv/bin/pip" install -q --disable-pip-version-check "${PIP_PKGS[@]}"
+fi
+
+step "test certificates"
+if [ ! -f "$DIR/certs/ca.crt" ]; then
+  mkdir -p "$DIR/certs"
+  (cd "$DIR/certs" && sh "$HERE/gen-certs.sh" .)
+fi
+chmod 755 "$DIR" "$DIR/certs"
+
+step "ready in $DIR"
