@@ -16,7 +16,10 @@ fn main() {
         .output()
         .ok()
         .is_some_and(|o| o.status.success() && !o.stdout.is_empty());
-    println!("cargo:rustc-env=EDGE_GIT_HASH={hash}{}", if dirty { "-dirty" } else { "" });
+    println!(
+        "cargo:rustc-env=EDGE_GIT_HASH={hash}{}",
+        if dirty { "-dirty" } else { "" }
+    );
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/index");
 }

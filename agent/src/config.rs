@@ -143,11 +143,17 @@ pub struct OutputsConfig {
 /// A config that cannot be used, with every problem found.
 #[derive(Debug)]
 pub enum ConfigError {
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// TOML syntax or shape (unknown key, wrong type): toml's own message with line and column.
     Parse { path: PathBuf, message: String },
     /// Semantic problems, each with its key path and line.
-    Invalid { path: PathBuf, problems: Vec<Located> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Located>,
+    },
 }
 
 /// A config issue resolved to a line in the file.
@@ -167,11 +173,28 @@ impl fmt::Display for ConfigError {
                 write!(f, "config {}: {}", path.display(), message.trim_end())
             }
             ConfigError::Invalid { path, problems } => {
-                writeln!(f, "config {} has {} problem(s):", path.display(), problems.len())?;
+                writeln!(
+                    f,
+                    "config {} has {} problem(s):",
+                    path.display(),
+                    problems.len()
+                )?;
                 for p in problems {
                     match p.line {
-                        Some(l) => writeln!(f, "  {}:{l}: {}: {}", path.display(), p.issue.path, p.issue.message)?,
-                        None => writeln!(f, "  {}: {}: {}", path.display(), p.issue.path, p.issue.message)?,
+                        Some(l) => writeln!(
+                            f,
+                            "  {}:{l}: {}: {}",
+                            path.display(),
+                            p.issue.path,
+                            p.issue.message
+                        )?,
+                        None => writeln!(
+                            f,
+                            "  {}: {}: {}",
+                            path.display(),
+                            p.issue.path,
+                            p.issue.message
+                        )?,
                     }
                 }
                 Ok(())
@@ -229,8 +252,16 @@ impl AgentConfig {
             issues.push(root.key("log").key("level"), format!("`{}` is not a log filter: {e} (e.g. \"info\" or \"info,edge_protocols=debug\")", self.log.level));
         }
         let p = root.key("pipeline");
-        issues.check(self.pipeline.channel_capacity >= 1, p.key("channel_capacity"), || "must be at least 1".into());
-        issues.check(self.pipeline.output_capacity >= 1, p.key("output_capacity"), || "must be at least 1".into());
+        issues.check(
+            self.pipeline.channel_capacity >= 1,
+            p.key("channel_capacity"),
+            || "must be at least 1".into(),
+        );
+        issues.check(
+            self.pipeline.output_capacity >= 1,
+            p.key("output_capacity"),
+            || "must be at least 1".into(),
+        );
         issues.check(
             self.pipeline.shutdown_timeout >= Duration::from_millis(100),
             p.key("shutdown_timeout"),
@@ -240,7 +271,11 @@ impl AgentConfig {
         // Source names and tag names: unique across the agent.
         let mut names: HashMap<String, KeyPath> = HashMap::new();
         let mut tags: HashMap<String, KeyPath> = HashMap::new();
-        let unique = |map: &mut HashMap<String, KeyPath>, what: &str, name: &str, at: KeyPath, issues: &mut Issues| {
+        let unique = |map: &mut HashMap<String, KeyPath>,
+                      what: &str,
+                      name: &str,
+                      at: KeyPath,
+                      issues: &mut Issues| {
             if name.is_empty() {
                 issues.push(at, format!("{what} name must not be empty"));
             } else if let Some(first) = map.get(name) {
@@ -250,7 +285,10 @@ impl AgentConfig {
             }
         };
         let s = root.key("sources");
-        let total = self.sources.simulated.len() + self.sources.modbus.len() + self.sources.opcua.len() + self.sources.mqtt.len();
+        let total = self.sources.simulated.len()
+            + self.sources.modbus.len()
+            + self.sources.opcua.len()
+            + self.sources.mqtt.len();
         issues.check(total > 0, s.clone(), || {
             "no sources: add a [[sources.simulated]], [[sources.modbus]], [[sources.opcua]] or [[sources.mqtt]] table".into()
         });
@@ -268,7 +306,13 @@ impl AgentConfig {
             feature_check(cfg!(feature = "modbus"), "modbus", &at, issues);
             c.validate(&at, issues);
             for (j, t) in c.tags.iter().enumerate() {
-                unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+                unique(
+                    &mut tags,
+                    "tag",
+                    &t.name,
+                    at.key("tags").index(j).key("name"),
+                    issues,
+                );
             }
         }
         for (i, c) in self.sources.opcua.iter().enumerate() {
@@ -277,7 +321,13 @@ impl AgentConfig {
             feature_check(cfg!(feature = "opcua"), "opcua", &at, issues);
             c.validate(&at, issues);
             for (j, t) in c.tags.iter().enumerate() {
-                unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+                unique(
+                    &mut tags,
+                    "tag",
+                    &t.name,
+                    at.key("tags").index(j).key("name"),
+                    issues,
+                );
             }
         }
         for (i, c) in self.sources.mqtt.iter().enumerate() {
@@ -287,7 +337,13 @@ impl AgentConfig {
             c.validate(&at, issues);
             for (j, t) in c.tags.iter().enumerate() {
                 if !t.name.contains('{') {
-                    unique(&mut tags, "tag", &t.name, at.key("tags").index(j).key("name"), issues);
+                    unique(
+                        &mut tags,
+                        "tag",
+                        &t.name,
+                        at.key("tags").index(j).key("name"),
+                        issues,
+                    );
                 }
             }
         }
@@ -391,7 +447,9 @@ address = 65535
 type = "f32"
 "#;
         let e = load(text).unwrap_err();
-        let ConfigError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        let ConfigError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
         let find = |key: &str| {
             problems
                 .iter()
@@ -401,7 +459,10 @@ type = "f32"
         assert_eq!(find("agent.id").line, Some(3));
         assert_eq!(find("sources.modbus[0].tcp.address").line, Some(7));
         assert_eq!(find("sources.modbus[0].tags[0].type").line, Some(13));
-        assert!(find("sources.modbus[0].tags[1].name").issue.message.contains("already defined at sources.modbus[0].tags[0].name"));
+        assert!(find("sources.modbus[0].tags[1].name")
+            .issue
+            .message
+            .contains("already defined at sources.modbus[0].tags[0].name"));
         assert_eq!(find("sources.modbus[0].tags[1].address").line, Some(18));
         let shown = e.to_string();
         assert!(shown.contains("test.toml:3: agent.id:"), "{shown}");
@@ -411,7 +472,9 @@ type = "f32"
     fn wrong_type_and_missing_table_are_parse_errors() {
         let e = load("[agent]\nid = 5\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("invalid type"), "{e}");
-        let e = load("[[sources.simulated]]\nname = \"x\"\n").unwrap_err().to_string();
+        let e = load("[[sources.simulated]]\nname = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `agent`"), "{e}");
         let e = load("[agent]\nid = \"a\"\n").unwrap_err().to_string();
         assert!(e.contains("no sources"), "{e}");

@@ -5,14 +5,19 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Library crates that log every connection attempt at warn/error; keep them quieter than ours.
-const QUIET: &str = "opcua_client=error,opcua_core=error,opcua_crypto=error,opcua_types=error,rumqttc=warn";
+/// Library crates that log routine events (each failed connection attempt, a publish racing
+/// subscription creation) as errors. The sources report every event that matters in their
+/// own words (with source name and fix), so these are off unless asked for via `EDGE_LOG`
+/// (e.g. `EDGE_LOG=info,opcua_client=debug`).
+const QUIET: &str = "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,rumqttc=warn";
 
 pub fn init(cfg: &LogConfig) {
     let spec = std::env::var("EDGE_LOG").unwrap_or_else(|_| format!("{QUIET},{}", cfg.level));
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let res = match cfg.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text if tty => builder.try_init(),

@@ -7,7 +7,12 @@ use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("EDGE_GIT_HASH"), ")");
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("EDGE_GIT_HASH"),
+    ")"
+);
 
 /// Edge inference agent: reads OPC-UA, Modbus and MQTT sensors and runs the pipeline.
 #[derive(Parser, Debug)]
@@ -37,12 +42,24 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match AgentConfig::load(&config) {
             Ok(c) => {
-                let tags: usize = c.sources.simulated.iter().map(|s| s.tag_names_with_paths(&Default::default()).len()).sum::<usize>()
+                let tags: usize = c
+                    .sources
+                    .simulated
+                    .iter()
+                    .map(|s| s.tag_names_with_paths(&Default::default()).len())
+                    .sum::<usize>()
                     + c.sources.modbus.iter().map(|s| s.tags.len()).sum::<usize>()
                     + c.sources.opcua.iter().map(|s| s.tags.len()).sum::<usize>()
                     + c.sources.mqtt.iter().map(|s| s.tags.len()).sum::<usize>();
-                let sources = c.sources.simulated.len() + c.sources.modbus.len() + c.sources.opcua.len() + c.sources.mqtt.len();
-                println!("{}: ok ({sources} sources, {tags} tags, {} outputs)", config.display(), c.outputs.file.len());
+                let sources = c.sources.simulated.len()
+                    + c.sources.modbus.len()
+                    + c.sources.opcua.len()
+                    + c.sources.mqtt.len();
+                println!(
+                    "{}: ok ({sources} sources, {tags} tags, {} outputs)",
+                    config.display(),
+                    c.outputs.file.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -59,7 +76,10 @@ fn main() -> ExitCode {
                 }
             };
             edge_agent::logging::init(&cfg.log);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -98,7 +118,10 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

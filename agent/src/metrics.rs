@@ -30,7 +30,12 @@ use crate::pipeline::PipelineStats;
 #[derive(Default)]
 struct Inner {
     sources: Vec<(String, &'static str, Arc<SourceStats>)>,
-    outputs: Vec<(String, &'static str, Arc<OutputStats>, mpsc::WeakSender<Record>)>,
+    outputs: Vec<(
+        String,
+        &'static str,
+        Arc<OutputStats>,
+        mpsc::WeakSender<Record>,
+    )>,
     pipeline: Option<Arc<PipelineStats>>,
     fan_in: Option<mpsc::WeakSender<SampleBatch>>,
 }
@@ -61,8 +66,16 @@ impl Metrics {
         self.lock().sources.push((name.to_string(), kind, s));
     }
     /// Metrics hold only weak handles on queues: they must never keep a queue open.
-    pub fn add_output(&self, name: &str, kind: &'static str, s: Arc<OutputStats>, q: &mpsc::Sender<Record>) {
-        self.lock().outputs.push((name.to_string(), kind, s, q.downgrade()));
+    pub fn add_output(
+        &self,
+        name: &str,
+        kind: &'static str,
+        s: Arc<OutputStats>,
+        q: &mpsc::Sender<Record>,
+    ) {
+        self.lock()
+            .outputs
+            .push((name.to_string(), kind, s, q.downgrade()));
     }
     pub fn set_pipeline(&self, s: Arc<PipelineStats>) {
         self.lock().pipeline = Some(s);
@@ -83,12 +96,19 @@ impl Metrics {
 
     /// A quick value lookup for tests and the status line.
     pub fn source_stat(&self, name: &str, f: impl Fn(&SourceStats) -> u64) -> Option<u64> {
-        self.lock().sources.iter().find(|s| s.0 == name).map(|s| f(&s.2))
+        self.lock()
+            .sources
+            .iter()
+            .find(|s| s.0 == name)
+            .map(|s| f(&s.2))
     }
 }
 
 #[derive(Debug)]
 struct Snapshot(Arc<Metrics>);
+
+/// A counter family: name, help, and how to read it from a stage's stats.
+type CounterDef<S> = (&'static str, &'static str, fn(&S) -> u64);
 
 fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
@@ -96,18 +116,37 @@ fn load(a: &AtomicU64) -> u64 {
 
 /// Items waiting in a queue; 0 once the queue is closed.
 fn queue_depth<T>(q: &mpsc::WeakSender<T>) -> i64 {
-    q.upgrade().map_or(0, |q| (q.max_capacity() - q.capacity()) as i64)
+    q.upgrade()
+        .map_or(0, |q| (q.max_capacity() - q.capacity()) as i64)
 }
 
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = self.0.lock();
-        let source_counters: [(&str, &str, fn(&SourceStats) -> u64); 5] = [
-            ("edge_source_samples", "Samples handed to the pipeline", |s| load(&s.samples)),
-            ("edge_source_bad_samples", "Samples with bad quality", |s| load(&s.bad_samples)),
-            ("edge_source_dropped_samples", "Samples dropped (pipeline full or shutdown)", |s| load(&s.dropped_samples)),
-            ("edge_source_errors", "Read, decode and connection errors", |s| load(&s.errors)),
-            ("edge_source_reconnects", "Reconnections after the first connection", |s| load(&s.reconnects)),
+        let source_counters: [CounterDef<SourceStats>; 5] = [
+            (
+                "edge_source_samples",
+                "Samples handed to the pipeline",
+                |s| load(&s.samples),
+            ),
+            ("edge_source_bad_samples", "Samples with bad quality", |s| {
+                load(&s.bad_samples)
+            }),
+            (
+                "edge_source_dropped_samples",
+                "Samples dropped (pipeline full or shutdown)",
+                |s| load(&s.dropped_samples),
+            ),
+            (
+                "edge_source_errors",
+                "Read, decode and connection errors",
+                |s| load(&s.errors),
+            ),
+            (
+                "edge_source_reconnects",
+                "Reconnections after the first connection",
+                |s| load(&s.reconnects),
+            ),
         ];
         for (name, help, get) in source_counters {
             let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -116,16 +155,33 @@ impl Collector for Snapshot {
                 ConstCounter::new(get(s)).encode(me.encode_family(&labels)?)?;
             }
         }
-        let mut me = enc.encode_descriptor("edge_source_connected", "1 while the source has a working connection", None, MetricType::Gauge)?;
+        let mut me = enc.encode_descriptor(
+            "edge_source_connected",
+            "1 while the source has a working connection",
+            None,
+            MetricType::Gauge,
+        )?;
         for (src, kind, s) in &m.sources {
             let labels = [("source", src.as_str()), ("kind", *kind)];
             ConstGauge::new(i64::from(s.is_connected())).encode(me.encode_family(&labels)?)?;
         }
         if let Some(p) = &m.pipeline {
             for (name, help, v) in [
-                ("edge_pipeline_batches", "Batches received from sources", load(&p.batches)),
-                ("edge_pipeline_samples", "Samples received from sources", load(&p.samples)),
-                ("edge_pipeline_dropped_at_shutdown", "Samples read but dropped at a shutdown deadline", load(&p.dropped_at_shutdown)),
+                (
+                    "edge_pipeline_batches",
+                    "Batches received from sources",
+                    load(&p.batches),
+                ),
+                (
+                    "edge_pipeline_samples",
+                    "Samples received from sources",
+                    load(&p.samples),
+                ),
+                (
+                    "edge_pipeline_dropped_at_shutdown",
+                    "Samples read but dropped at a shutdown deadline",
+                    load(&p.dropped_at_shutdown),
+                ),
             ] {
                 let c = ConstCounter::new(v);
                 c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
@@ -133,30 +189,53 @@ impl Collector for Snapshot {
         }
         if let Some(q) = &m.fan_in {
             let g = ConstGauge::new(queue_depth(q));
-            g.encode(enc.encode_descriptor("edge_pipeline_queue_batches", "Batches waiting between sources and the pipeline", None, g.metric_type())?)?;
+            g.encode(enc.encode_descriptor(
+                "edge_pipeline_queue_batches",
+                "Batches waiting between sources and the pipeline",
+                None,
+                g.metric_type(),
+            )?)?;
         }
-        let output_counters: [(&str, &str, fn(&OutputStats) -> u64); 2] = [
-            ("edge_output_written", "Items written by the output", |s| load(&s.written)),
-            ("edge_output_failed", "Items the output could not write", |s| load(&s.failed)),
+        let output_counters: [CounterDef<OutputStats>; 2] = [
+            ("edge_output_written", "Items written by the output", |s| {
+                load(&s.written)
+            }),
+            (
+                "edge_output_failed",
+                "Items the output could not write",
+                |s| load(&s.failed),
+            ),
         ];
         for (name, help, get) in output_counters {
             let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (o, kind, s, _) in &m.outputs {
-                ConstCounter::new(get(s)).encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+                ConstCounter::new(get(s))
+                    .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
             }
         }
-        let mut me = enc.encode_descriptor("edge_output_queue_records", "Records waiting for the output", None, MetricType::Gauge)?;
+        let mut me = enc.encode_descriptor(
+            "edge_output_queue_records",
+            "Records waiting for the output",
+            None,
+            MetricType::Gauge,
+        )?;
         for (o, kind, _, q) in &m.outputs {
-            ConstGauge::new(queue_depth(q)).encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+            ConstGauge::new(queue_depth(q))
+                .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
         }
-        let mut me = enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
+        let mut me =
+            enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
         ConstGauge::new(1).encode(me.encode_family(&[("version", crate::VERSION)])?)?;
         Ok(())
     }
 }
 
 /// Serves `GET /metrics` until `shutdown`.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint on http://{addr}/metrics");
@@ -166,7 +245,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: Cancellati
             let m = metrics.clone();
             async move {
                 (
-                    [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     m.render(),
                 )
             }

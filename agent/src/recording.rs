@@ -92,9 +92,17 @@ fn split_fields(line: &str) -> Result<Vec<(String, bool)>, String> {
 /// Parses one data row. Errors say what is wrong with the row.
 pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
     let fields = split_fields(line.trim_end_matches(['\r', '\n']))?;
-    let [(tag, _), (ts, _), (value, value_quoted), (quality, _)] = <[(String, bool); 4]>::try_from(fields)
-        .map_err(|f| format!("expected 4 fields (tag,ts_ns,value,quality), found {}", f.len()))?;
-    let ts_ns: i64 = ts.trim().parse().map_err(|_| format!("ts_ns `{ts}` is not an integer"))?;
+    let [(tag, _), (ts, _), (value, value_quoted), (quality, _)] =
+        <[(String, bool); 4]>::try_from(fields).map_err(|f| {
+            format!(
+                "expected 4 fields (tag,ts_ns,value,quality), found {}",
+                f.len()
+            )
+        })?;
+    let ts_ns: i64 = ts
+        .trim()
+        .parse()
+        .map_err(|_| format!("ts_ns `{ts}` is not an integer"))?;
     let quality = match quality.trim() {
         "good" => Quality::Good,
         "uncertain" => Quality::Uncertain,
@@ -115,7 +123,9 @@ pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
     } else if let Ok(f) = v.parse::<f64>() {
         Value::Float(f)
     } else {
-        return Err(format!("value `{v}` is not a number, boolean, quoted text or empty"));
+        return Err(format!(
+            "value `{v}` is not a number, boolean, quoted text or empty"
+        ));
     };
     Ok(Sample::new(Arc::from(tag.as_str()), ts_ns, value, quality))
 }
@@ -127,13 +137,28 @@ mod tests {
     #[test]
     fn rows_round_trip_bit_exactly() {
         let samples = vec![
-            Sample::new(Arc::from("p1.temp"), 1, Value::Float(0.1 + 0.2), Quality::Good),
-            Sample::new(Arc::from("p1.temp"), 2, Value::Float(1e-300), Quality::Uncertain),
+            Sample::new(
+                Arc::from("p1.temp"),
+                1,
+                Value::Float(0.1 + 0.2),
+                Quality::Good,
+            ),
+            Sample::new(
+                Arc::from("p1.temp"),
+                2,
+                Value::Float(1e-300),
+                Quality::Uncertain,
+            ),
             Sample::new(Arc::from("p1.temp"), 3, Value::Float(3.0), Quality::Good),
             Sample::new(Arc::from("c"), -4, Value::Int(-7), Quality::Good),
             Sample::new(Arc::from("c"), 5, Value::UInt(u64::MAX), Quality::Good),
             Sample::new(Arc::from("b"), 6, Value::Bool(false), Quality::Good),
-            Sample::new(Arc::from("odd,\"tag\""), 7, Value::Text(Arc::from("a,\"b\"")), Quality::Good),
+            Sample::new(
+                Arc::from("odd,\"tag\""),
+                7,
+                Value::Text(Arc::from("a,\"b\"")),
+                Quality::Good,
+            ),
             Sample::bad(Arc::from("x"), 8),
         ];
         for s in samples {
@@ -149,11 +174,15 @@ mod tests {
 
     #[test]
     fn malformed_rows_are_explained() {
-        assert!(parse_csv_row("a,1,2").unwrap_err().contains("expected 4 fields"));
+        assert!(parse_csv_row("a,1,2")
+            .unwrap_err()
+            .contains("expected 4 fields"));
         assert!(parse_csv_row("a,x,2,good").unwrap_err().contains("ts_ns"));
         assert!(parse_csv_row("a,1,2,fine").unwrap_err().contains("quality"));
         assert!(parse_csv_row("a,1,hot,good").unwrap_err().contains("hot"));
-        assert!(parse_csv_row("\"a,1,2,good").unwrap_err().contains("unterminated"));
+        assert!(parse_csv_row("\"a,1,2,good")
+            .unwrap_err()
+            .contains("unterminated"));
         // NaN in a recording stays bad quality on the way back in.
         assert_eq!(parse_csv_row("a,1,NaN,good").unwrap().quality, Quality::Bad);
     }

@@ -86,7 +86,11 @@ mod tests {
         let bounds = [100u64, 200, 400, 800, 1600, 2000, 2000];
         for hi in bounds {
             let d = b.next_delay().as_millis() as u64;
-            assert!(d >= hi / 2 && d <= hi, "delay {d} outside [{}, {hi}]", hi / 2);
+            assert!(
+                d >= hi / 2 && d <= hi,
+                "delay {d} outside [{}, {hi}]",
+                hi / 2
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));

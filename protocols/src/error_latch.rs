@@ -26,7 +26,9 @@ impl ErrorLatch {
     /// Records a success; returns the number of failures that preceded it, if any, so the
     /// caller can log the recovery.
     pub fn ok(&mut self) -> Option<u64> {
-        self.last.take().map(|_| std::mem::take(&mut self.repeats) + 1)
+        self.last
+            .take()
+            .map(|_| std::mem::take(&mut self.repeats) + 1)
     }
 
     pub fn is_failing(&self) -> bool {

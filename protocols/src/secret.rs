@@ -104,13 +104,22 @@ mod tests {
         assert_eq!(c.p.resolve().unwrap(), "x");
         assert!(!format!("{:?}", c.p).contains('x'));
         let c: C = serde_json::from_str(r#"{"p":{"env":"EDGE_TEST_SECRET_UNSET_VAR"}}"#).unwrap();
-        assert!(c.p.resolve().unwrap_err().to_string().contains("EDGE_TEST_SECRET_UNSET_VAR"));
+        assert!(c
+            .p
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("EDGE_TEST_SECRET_UNSET_VAR"));
         let dir = std::env::temp_dir().join(format!("secret-test-{}", std::process::id()));
         std::fs::write(&dir, "s3cret\n").unwrap();
-        let c = C { p: Secret::File(dir.display().to_string()) };
+        let c = C {
+            p: Secret::File(dir.display().to_string()),
+        };
         assert_eq!(c.p.resolve().unwrap(), "s3cret");
         std::fs::remove_file(&dir).unwrap();
-        let e = serde_json::from_str::<C>(r#"{"p":{"path":"x"}}"#).err().unwrap();
+        let e = serde_json::from_str::<C>(r#"{"p":{"path":"x"}}"#)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("path"), "{e}");
     }
 }

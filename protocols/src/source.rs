@@ -143,7 +143,10 @@ impl SampleSender {
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Full(batch)) => {
-                self.count_dropped(batch.len(), "pipeline full (backpressure policy drop_newest)");
+                self.count_dropped(
+                    batch.len(),
+                    "pipeline full (backpressure policy drop_newest)",
+                );
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(batch)) => {
@@ -155,7 +158,9 @@ impl SampleSender {
 
     fn count_sent(&self, n: usize, bad: usize) {
         self.stats.samples.fetch_add(n as u64, Ordering::Relaxed);
-        self.stats.bad_samples.fetch_add(bad as u64, Ordering::Relaxed);
+        self.stats
+            .bad_samples
+            .fetch_add(bad as u64, Ordering::Relaxed);
     }
 
     fn count_dropped(&self, n: usize, why: &str) {
@@ -166,10 +171,7 @@ impl SampleSender {
             + n as u64;
         // Log the first drop and then every 10 000th, so an overload is visible but not noisy.
         if total == n as u64 || total % 10_000 < n as u64 {
-            tracing::warn!(
-                dropped_total = total,
-                "dropped {n} samples: {why}"
-            );
+            tracing::warn!(dropped_total = total, "dropped {n} samples: {why}");
         }
     }
 }
@@ -245,7 +247,12 @@ mod tests {
     async fn drop_newest_counts_drops_and_never_waits() {
         let (tx, mut rx) = mpsc::channel(1);
         let stats = Arc::new(SourceStats::default());
-        let s = SampleSender::new(tx, BackpressurePolicy::DropNewest, stats.clone(), CancellationToken::new());
+        let s = SampleSender::new(
+            tx,
+            BackpressurePolicy::DropNewest,
+            stats.clone(),
+            CancellationToken::new(),
+        );
         s.send(batch(3)).await.unwrap();
         s.send(batch(5)).await.unwrap(); // channel full: dropped
         assert_eq!(SourceStats::get(&stats.samples), 3);
@@ -257,7 +264,12 @@ mod tests {
     async fn block_waits_for_room_and_loses_nothing() {
         let (tx, mut rx) = mpsc::channel(1);
         let stats = Arc::new(SourceStats::default());
-        let s = SampleSender::new(tx, BackpressurePolicy::Block, stats.clone(), CancellationToken::new());
+        let s = SampleSender::new(
+            tx,
+            BackpressurePolicy::Block,
+            stats.clone(),
+            CancellationToken::new(),
+        );
         let producer = tokio::spawn(async move {
             for _ in 0..10 {
                 s.send(batch(2)).await.unwrap();
@@ -291,7 +303,12 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         drop(rx);
         let stats = Arc::new(SourceStats::default());
-        let s = SampleSender::new(tx, BackpressurePolicy::Block, stats.clone(), CancellationToken::new());
+        let s = SampleSender::new(
+            tx,
+            BackpressurePolicy::Block,
+            stats.clone(),
+            CancellationToken::new(),
+        );
         assert_eq!(s.send(batch(2)).await, Err(PipelineClosed));
         assert_eq!(SourceStats::get(&stats.dropped_samples), 2);
     }

@@ -109,7 +109,10 @@ mod tests {
         let p = std::env::temp_dir().join(format!("empty-ca-{}.pem", std::process::id()));
         std::fs::write(&p, "not a pem\n").unwrap();
         let e = client_config(Some(&p), None).unwrap_err();
-        assert!(matches!(e, TlsError::EmptyCa(_) | TlsError::Ca { .. }), "{e}");
+        assert!(
+            matches!(e, TlsError::EmptyCa(_) | TlsError::Ca { .. }),
+            "{e}"
+        );
         std::fs::remove_file(&p).unwrap();
     }
 }

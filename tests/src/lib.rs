@@ -77,7 +77,13 @@ pub struct Peer {
 
 impl Peer {
     /// Starts `program args`; if `ready_port` is given, waits (20 s max) for it to listen.
-    pub fn start(name: &str, program: impl Into<PathBuf>, args: &[&str], log_dir: &Path, ready_port: Option<u16>) -> Peer {
+    pub fn start(
+        name: &str,
+        program: impl Into<PathBuf>,
+        args: &[&str],
+        log_dir: &Path,
+        ready_port: Option<u16>,
+    ) -> Peer {
         let mut p = Peer {
             name: name.to_string(),
             program: program.into(),
@@ -93,18 +99,32 @@ impl Peer {
     /// (Re)starts the process and waits until it is ready.
     pub fn restart(&mut self) {
         self.kill();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("peer log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("peer log");
         let child = Command::new(&self.program)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({}): {e}", self.name, self.program.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({}): {e}",
+                    self.name,
+                    self.program.display()
+                )
+            });
         self.child = Some(child);
         if let Some(port) = self.ready_port {
             if !wait_port(port, Duration::from_secs(20)) {
-                panic!("{} did not listen on {port} within 20 s; log:\n{}", self.name, self.log_tail());
+                panic!(
+                    "{} did not listen on {port} within 20 s; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
         }
     }
@@ -145,11 +165,20 @@ pub fn mosquitto(dir: &Path) -> Broker {
     let passwd = dir.join("passwd");
     std::fs::write(&passwd, "").expect("passwd file");
     let st = Command::new("mosquitto_passwd")
-        .args(["-b", passwd.to_str().unwrap_or_default(), "edge", "edge-pass"])
+        .args([
+            "-b",
+            passwd.to_str().unwrap_or_default(),
+            "edge",
+            "edge-pass",
+        ])
         .status()
         .expect("mosquitto_passwd (apt mosquitto)");
     assert!(st.success());
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     let conf = format!(
         "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\n{}\n\
          listener {anon} 127.0.0.1\nallow_anonymous true\n\n\
@@ -162,15 +191,38 @@ pub fn mosquitto(dir: &Path) -> Broker {
     );
     let conf_path = dir.join("mosquitto.conf");
     std::fs::write(&conf_path, conf).expect("mosquitto.conf");
-    let peer = Peer::start("mosquitto", "mosquitto", &["-c", conf_path.to_str().unwrap_or_default()], dir, Some(mtls));
+    let peer = Peer::start(
+        "mosquitto",
+        "mosquitto",
+        &["-c", conf_path.to_str().unwrap_or_default()],
+        dir,
+        Some(mtls),
+    );
     assert!(wait_port(anon, Duration::from_secs(5)) && wait_port(userpass, Duration::from_secs(5)));
-    Broker { anon, userpass, mtls, certs, peer }
+    Broker {
+        anon,
+        userpass,
+        mtls,
+        certs,
+        peer,
+    }
 }
 
 /// Publishes one message with mosquitto_pub (an independent client).
 pub fn mqtt_publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
     let st = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic, "-m", payload])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
         .args(extra)
         .status()
         .expect("mosquitto_pub");
@@ -201,10 +253,28 @@ pub fn opcua_server(dir: &Path, port: u16, secure: bool) -> Peer {
 
 /// The pymodbus test server over TCP.
 pub fn modbus_tcp(dir: &Path, port: u16) -> Peer {
+    modbus_tcp_with(dir, port, &[])
+}
+
+/// The pymodbus test server over TCP with extra arguments (e.g. `--extra 1000`).
+pub fn modbus_tcp_with(dir: &Path, port: u16, extra: &[&str]) -> Peer {
     let script = peer_script("modbus_server.py");
     let p = port.to_string();
-    let args = [script.to_str().unwrap_or_default(), "--host", "127.0.0.1", "--port", &p];
-    Peer::start(&format!("modbus-tcp-{port}"), python(), &args, dir, Some(port))
+    let mut args = vec![
+        script.to_str().unwrap_or_default(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &p,
+    ];
+    args.extend_from_slice(extra);
+    Peer::start(
+        &format!("modbus-tcp-{port}"),
+        python(),
+        &args,
+        dir,
+        Some(port),
+    )
 }
 
 /// A serial line made of a socat pty pair, with the pymodbus RTU server on one end.
@@ -222,21 +292,42 @@ pub fn modbus_rtu(dir: &Path, baud: u32) -> RtuLine {
     let socat = Peer::start("socat", "socat", &[&a, &b], dir, None);
     let t0 = Instant::now();
     while !(srv.exists() && cli.exists()) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "socat pty pair not ready:\n{}", socat.log_tail());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "socat pty pair not ready:\n{}",
+            socat.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let script = peer_script("modbus_server.py");
     let baud = baud.to_string();
-    let args = [script.to_str().unwrap_or_default(), "--rtu", srv.to_str().unwrap_or_default(), "--baud", &baud];
+    let args = [
+        script.to_str().unwrap_or_default(),
+        "--rtu",
+        srv.to_str().unwrap_or_default(),
+        "--baud",
+        &baud,
+    ];
     let server = Peer::start("modbus-rtu", python(), &args, dir, None);
     // pymodbus prints READY once it serves.
     let log = dir.join("modbus-rtu.log");
     let t0 = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("READY") {
-        assert!(t0.elapsed() < Duration::from_secs(20), "RTU server not ready:\n{}", server.log_tail());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("READY")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "RTU server not ready:\n{}",
+            server.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    RtuLine { client_tty: cli, socat, server }
+    RtuLine {
+        client_tty: cli,
+        socat,
+        server,
+    }
 }
 
 /// Runs one source in-process and collects its samples.
@@ -257,18 +348,35 @@ impl Harness {
         let stop = CancellationToken::new();
         let ctx = SourceContext {
             name: Arc::from(name),
-            out: SampleSender::new(tx, BackpressurePolicy::Block, stats.clone(), CancellationToken::new()),
+            out: SampleSender::new(
+                tx,
+                BackpressurePolicy::Block,
+                stats.clone(),
+                CancellationToken::new(),
+            ),
             shutdown: stop.clone(),
             stats: stats.clone(),
         };
         let task = tokio::spawn(source.run(ctx));
-        Harness { rx, stop, stats, task, seen: Vec::new(), pending: Default::default() }
+        Harness {
+            rx,
+            stop,
+            stats,
+            task,
+            seen: Vec::new(),
+            pending: Default::default(),
+        }
     }
 
     /// Consumes samples in arrival order until `pred` holds; returns that sample (later
     /// samples of the same batch stay queued for the next call). Panics with what was seen on
     /// timeout.
-    pub async fn wait_for(&mut self, timeout: Duration, what: &str, mut pred: impl FnMut(&Sample) -> bool) -> Sample {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Sample) -> bool,
+    ) -> Sample {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             while let Some(s) = self.pending.pop_front() {
@@ -279,10 +387,22 @@ impl Harness {
             }
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(batch)) => self.pending.extend(batch),
-                Ok(None) => panic!("source ended while waiting for {what}; result {:?}", self.task.is_finished()),
+                Ok(None) => panic!(
+                    "source ended while waiting for {what}; result {:?}",
+                    self.task.is_finished()
+                ),
                 Err(_) => {
-                    let tail: Vec<String> = self.seen.iter().rev().take(12).map(|s| format!("{s:?}")).collect();
-                    panic!("timeout ({timeout:?}) waiting for {what}; last samples:\n{}", tail.join("\n"));
+                    let tail: Vec<String> = self
+                        .seen
+                        .iter()
+                        .rev()
+                        .take(12)
+                        .map(|s| format!("{s:?}"))
+                        .collect();
+                    panic!(
+                        "timeout ({timeout:?}) waiting for {what}; last samples:\n{}",
+                        tail.join("\n")
+                    );
                 }
             }
         }
@@ -319,15 +439,36 @@ impl Harness {
 
 /// Latest usable value of `tag` among samples.
 pub fn last_value(samples: &[Sample], tag: &str) -> Option<f64> {
-    samples.iter().rev().find(|s| &*s.tag == tag).and_then(|s| s.usable_f64())
+    samples
+        .iter()
+        .rev()
+        .find(|s| &*s.tag == tag)
+        .and_then(|s| s.usable_f64())
 }
 
 /// A fresh temporary directory, removed when dropped.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("edge-it-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("edge-it-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// Builds a source config from TOML text, the way the agent does.
 pub fn toml_config<T: serde::de::DeserializeOwned>(text: &str) -> T {
     toml::from_str(text).unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
+}
+
+/// A binary of this workspace, built by `cargo build --workspace --bins` (tests/run.sh does).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    // Test executables live in <target>/<profile>/deps/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is not built: run `cargo build --workspace --bins` (tests/run.sh does)",
+        bin.display()
+    );
+    bin
 }

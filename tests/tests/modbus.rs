@@ -96,7 +96,10 @@ fn value(samples: &[edge_protocols::Sample], tag: &str) -> Value {
 /// One full poll of the known addresses, checked value by value.
 async fn check_known_values(h: &mut Harness) {
     // Wait for a poll where every tag is present, then take the last of each.
-    h.wait_for(Duration::from_secs(10), "a good alarm sample", |s| &*s.tag == "alarm" && s.quality == Quality::Good).await;
+    h.wait_for(Duration::from_secs(10), "a good alarm sample", |s| {
+        &*s.tag == "alarm" && s.quality == Quality::Good
+    })
+    .await;
     let s = h.collect_for(Duration::from_millis(400)).await;
     assert_eq!(value(&s, "int16"), Value::Int(-1234));
     assert_eq!(value(&s, "uint32"), Value::UInt(123_456_789));
@@ -107,8 +110,13 @@ async fn check_known_values(h: &mut Harness) {
     assert_eq!(value(&s, "coil1"), Value::Bool(false));
     assert_eq!(value(&s, "alarm"), Value::Bool(true));
     // The dynamic temperature is stored twice, ABCD and CDAB: one poll reads both equal.
-    let same_poll: Vec<_> = s.iter().filter(|x| &*x.tag == "temp_abcd" || &*x.tag == "temp_cdab").collect();
-    let pairs = same_poll.windows(2).filter(|w| w[0].ts_ns == w[1].ts_ns && w[0].tag != w[1].tag);
+    let same_poll: Vec<_> = s
+        .iter()
+        .filter(|x| &*x.tag == "temp_abcd" || &*x.tag == "temp_cdab")
+        .collect();
+    let pairs = same_poll
+        .windows(2)
+        .filter(|w| w[0].ts_ns == w[1].ts_ns && w[0].tag != w[1].tag);
     let mut n = 0;
     for w in pairs {
         assert_eq!(w[0].value, w[1].value, "ABCD and CDAB copies differ: {w:?}");
@@ -116,14 +124,27 @@ async fn check_known_values(h: &mut Harness) {
     }
     assert!(n > 0, "no poll with both temperatures");
     let t = value(&s, "temp_abcd").as_f64().unwrap_or(f64::NAN);
-    assert!((55.0..=65.0).contains(&t), "temperature {t} outside the peer's 60±5");
+    assert!(
+        (55.0..=65.0).contains(&t),
+        "temperature {t} outside the peer's 60±5"
+    );
     let scaled = value(&s, "temp_scaled").as_f64().unwrap_or(f64::NAN);
-    assert!((55.0..=65.0).contains(&scaled), "scaled temperature {scaled}");
+    assert!(
+        (55.0..=65.0).contains(&scaled),
+        "scaled temperature {scaled}"
+    );
     let vib = value(&s, "vibration").as_f64().unwrap_or(f64::NAN);
     assert!((0.3..=0.7).contains(&vib), "vibration {vib}");
     // The counter moves between polls.
-    let counters: Vec<f64> = s.iter().filter(|x| &*x.tag == "counter").filter_map(|x| x.usable_f64()).collect();
-    assert!(counters.len() >= 2 && counters.last() != counters.first(), "counter {counters:?}");
+    let counters: Vec<f64> = s
+        .iter()
+        .filter(|x| &*x.tag == "counter")
+        .filter_map(|x| x.usable_f64())
+        .collect();
+    assert!(
+        counters.len() >= 2 && counters.last() != counters.first(),
+        "counter {counters:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,7 +152,11 @@ async fn tcp_reads_every_type_and_both_word_orders_in_four_requests() {
     let dir = tempdir();
     let port = free_port();
     let _server = modbus_tcp(dir.path(), port);
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "", KNOWN_TAGS);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "",
+        KNOWN_TAGS,
+    );
     let poller = ModbusPoller::new(cfg);
     // holding 0..12, input 0..6, coils 0..2, discrete 0: one request each.
     assert_eq!(poller.request_count(), 4);
@@ -176,7 +201,11 @@ name = "unmapped"
 table = "holding"
 address = 100
 "#;
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "max_register_gap = 120", tags);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "max_register_gap = 120",
+        tags,
+    );
     let poller = ModbusPoller::new(cfg);
     assert_eq!(poller.request_count(), 1, "coalesced into one read");
     let mut h = Harness::start("plc", Box::new(poller));
@@ -184,11 +213,23 @@ address = 100
         &*s.tag == "int16" && s.value == Value::Int(-1234) && s.quality == Quality::Good
     })
     .await;
-    h.wait_for(Duration::from_secs(5), "bad unmapped", |s| &*s.tag == "unmapped" && s.quality == Quality::Bad).await;
+    h.wait_for(Duration::from_secs(5), "bad unmapped", |s| {
+        &*s.tag == "unmapped" && s.quality == Quality::Bad
+    })
+    .await;
     // Both keep coming, poll after poll.
     let later = h.collect_for(Duration::from_millis(600)).await;
-    assert!(later.iter().filter(|s| &*s.tag == "int16" && s.quality == Quality::Good).count() >= 3);
-    assert!(later.iter().filter(|s| &*s.tag == "unmapped").all(|s| s.quality == Quality::Bad));
+    assert!(
+        later
+            .iter()
+            .filter(|s| &*s.tag == "int16" && s.quality == Quality::Good)
+            .count()
+            >= 3
+    );
+    assert!(later
+        .iter()
+        .filter(|s| &*s.tag == "unmapped")
+        .all(|s| s.quality == Quality::Bad));
     assert!(h.stat(|s| &s.errors) >= 1);
     h.stop().await.unwrap();
 }
@@ -198,14 +239,29 @@ async fn reconnects_after_the_device_restarts_and_marks_tags_bad_in_between() {
     let dir = tempdir();
     let port = free_port();
     let mut server = modbus_tcp(dir.path(), port);
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "", KNOWN_TAGS);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "",
+        KNOWN_TAGS,
+    );
     let mut h = Harness::start("plc", Box::new(ModbusPoller::new(cfg)));
-    h.wait_for(Duration::from_secs(10), "first good value", |s| &*s.tag == "int16" && s.quality == Quality::Good).await;
+    h.wait_for(Duration::from_secs(10), "first good value", |s| {
+        &*s.tag == "int16" && s.quality == Quality::Good
+    })
+    .await;
     server.kill();
-    h.wait_for(Duration::from_secs(10), "bad quality while the device is gone", |s| &*s.tag == "int16" && s.quality == Quality::Bad).await;
+    h.wait_for(
+        Duration::from_secs(10),
+        "bad quality while the device is gone",
+        |s| &*s.tag == "int16" && s.quality == Quality::Bad,
+    )
+    .await;
     assert!(!h.stats.is_connected());
     server.restart();
-    h.wait_for(Duration::from_secs(20), "good values again", |s| &*s.tag == "int16" && s.quality == Quality::Good).await;
+    h.wait_for(Duration::from_secs(20), "good values again", |s| {
+        &*s.tag == "int16" && s.quality == Quality::Good
+    })
+    .await;
     assert!(h.stat(|s| &s.reconnects) >= 1);
     assert!(h.stats.is_connected());
     h.stop().await.unwrap();
@@ -214,9 +270,17 @@ async fn reconnects_after_the_device_restarts_and_marks_tags_bad_in_between() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_device_gives_bad_samples_and_stops_promptly() {
     let port = free_port(); // nothing listens
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "", KNOWN_TAGS);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "",
+        KNOWN_TAGS,
+    );
     let mut h = Harness::start("plc", Box::new(ModbusPoller::new(cfg)));
-    let s = h.wait_for(Duration::from_secs(5), "bad sample", |s| s.quality == Quality::Bad).await;
+    let s = h
+        .wait_for(Duration::from_secs(5), "bad sample", |s| {
+            s.quality == Quality::Bad
+        })
+        .await;
     assert_eq!(s.value, Value::Null);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(h.stat(|s| &s.errors) >= 2, "retries are counted");
@@ -255,17 +319,37 @@ async fn unknown_exception_codes_and_silent_devices_are_bad_quality() {
     let one_tag = "[[tags]]\nname = \"x\"\ntable = \"holding\"\naddress = 0\n";
     // Exception 0x19 is not in the Modbus spec: it must not choke the poller.
     let port = fake_device(Some(0x19)).await;
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "", one_tag);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "",
+        one_tag,
+    );
     let mut h = Harness::start("odd", Box::new(ModbusPoller::new(cfg)));
-    h.wait_for(Duration::from_secs(5), "bad sample", |s| s.quality == Quality::Bad).await;
-    h.wait_for(Duration::from_secs(5), "second bad sample", |s| s.quality == Quality::Bad).await;
-    assert!(h.stats.is_connected(), "an exception is an answer: the connection stays up");
+    h.wait_for(Duration::from_secs(5), "bad sample", |s| {
+        s.quality == Quality::Bad
+    })
+    .await;
+    h.wait_for(Duration::from_secs(5), "second bad sample", |s| {
+        s.quality == Quality::Bad
+    })
+    .await;
+    assert!(
+        h.stats.is_connected(),
+        "an exception is an answer: the connection stays up"
+    );
     h.stop().await.unwrap();
 
     let port = fake_device(None).await;
-    let cfg = config(&format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"), "retries = 1", one_tag);
+    let cfg = config(
+        &format!("tcp = {{ address = \"127.0.0.1:{port}\" }}"),
+        "retries = 1",
+        one_tag,
+    );
     let mut h = Harness::start("silent", Box::new(ModbusPoller::new(cfg)));
-    h.wait_for(Duration::from_secs(5), "bad sample after timeouts", |s| s.quality == Quality::Bad).await;
+    h.wait_for(Duration::from_secs(5), "bad sample after timeouts", |s| {
+        s.quality == Quality::Bad
+    })
+    .await;
     assert!(h.stat(|s| &s.errors) >= 1);
     h.stop().await.unwrap();
 }

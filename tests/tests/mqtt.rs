@@ -42,7 +42,10 @@ async fn subscribed(h: &mut Harness, port: u16, extra: &[&str]) {
     for _ in 0..100 {
         mqtt_publish(port, "plant/line1/flow", "-1", extra);
         let got = h.collect_for(Duration::from_millis(100)).await;
-        if got.iter().any(|s| &*s.tag == "flow" && s.value == Value::Int(-1)) {
+        if got
+            .iter()
+            .any(|s| &*s.tag == "flow" && s.value == Value::Int(-1))
+        {
             return;
         }
     }
@@ -53,19 +56,52 @@ async fn subscribed(h: &mut Harness, port: u16, extra: &[&str]) {
 async fn plain_json_timestamps_and_wildcard_names() {
     let dir = tempdir();
     let b = mosquitto(dir.path());
-    let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(config(&anon(b.anon), ""), "it-1".into())));
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(
+            config(&anon(b.anon), ""),
+            "it-1".into(),
+        )),
+    );
     subscribed(&mut h, b.anon, &[]).await;
     mqtt_publish(b.anon, "plant/line1/flow", "42.5", &[]);
-    let s = h.wait_for(Duration::from_secs(5), "flow 42.5", |s| &*s.tag == "flow" && s.value == Value::Float(42.5)).await;
+    let s = h
+        .wait_for(Duration::from_secs(5), "flow 42.5", |s| {
+            &*s.tag == "flow" && s.value == Value::Float(42.5)
+        })
+        .await;
     assert_eq!(s.quality, Quality::Good);
-    mqtt_publish(b.anon, "plant/line1/json", r#"{"ts":"2026-11-27T05:00:00.250Z","data":{"temp":61.25,"on":true}}"#, &[]);
-    let t = h.wait_for(Duration::from_secs(5), "temperature", |s| &*s.tag == "line1.temperature").await;
-    assert_eq!((t.value.clone(), t.quality), (Value::Float(61.25), Quality::Good));
-    assert_eq!(t.ts_ns, 1_795_755_600_250_000_000, "timestamp from the payload");
-    let r = h.wait_for(Duration::from_secs(5), "running", |s| &*s.tag == "line1.running").await;
+    mqtt_publish(
+        b.anon,
+        "plant/line1/json",
+        r#"{"ts":"2026-11-27T05:00:00.250Z","data":{"temp":61.25,"on":true}}"#,
+        &[],
+    );
+    let t = h
+        .wait_for(Duration::from_secs(5), "temperature", |s| {
+            &*s.tag == "line1.temperature"
+        })
+        .await;
+    assert_eq!(
+        (t.value.clone(), t.quality),
+        (Value::Float(61.25), Quality::Good)
+    );
+    assert_eq!(
+        t.ts_ns, 1_795_755_600_250_000_000,
+        "timestamp from the payload"
+    );
+    let r = h
+        .wait_for(Duration::from_secs(5), "running", |s| {
+            &*s.tag == "line1.running"
+        })
+        .await;
     assert_eq!(r.value, Value::Bool(true));
     mqtt_publish(b.anon, "plant/pumpA/pressure", "3.5", &[]);
-    let p = h.wait_for(Duration::from_secs(5), "pumpA.pressure", |s| &*s.tag == "pumpA.pressure").await;
+    let p = h
+        .wait_for(Duration::from_secs(5), "pumpA.pressure", |s| {
+            &*s.tag == "pumpA.pressure"
+        })
+        .await;
     assert_eq!(p.value, Value::Float(3.5));
     h.stop().await.unwrap();
 }
@@ -74,25 +110,62 @@ async fn plain_json_timestamps_and_wildcard_names() {
 async fn malformed_payloads_are_bad_quality_and_the_source_carries_on() {
     let dir = tempdir();
     let b = mosquitto(dir.path());
-    let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(config(&anon(b.anon), ""), "it-2".into())));
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(
+            config(&anon(b.anon), ""),
+            "it-2".into(),
+        )),
+    );
     subscribed(&mut h, b.anon, &[]).await;
     for (topic, payload, tag) in [
         ("plant/line1/flow", "hot", "flow"),
         ("plant/line1/flow", "NaN", "flow"),
-        ("plant/line1/json", "{\"data\": {\"temp\": ", "line1.temperature"),
-        ("plant/line1/json", r#"{"data":{"temp":"warm","on":true}}"#, "line1.temperature"),
+        (
+            "plant/line1/json",
+            "{\"data\": {\"temp\": ",
+            "line1.temperature",
+        ),
+        (
+            "plant/line1/json",
+            r#"{"data":{"temp":"warm","on":true}}"#,
+            "line1.temperature",
+        ),
         ("plant/line1/json", r#"{"other":1}"#, "line1.temperature"),
     ] {
         mqtt_publish(b.anon, topic, payload, &[]);
-        let s = h.wait_for(Duration::from_secs(5), tag, |s| &*s.tag == tag).await;
-        assert_eq!(s.quality, Quality::Bad, "{payload} must give a bad sample, got {s:?}");
+        let s = h
+            .wait_for(Duration::from_secs(5), tag, |s| &*s.tag == tag)
+            .await;
+        assert_eq!(
+            s.quality,
+            Quality::Bad,
+            "{payload} must give a bad sample, got {s:?}"
+        );
     }
     // A bad timestamp keeps the value but flags it.
-    mqtt_publish(b.anon, "plant/line1/json", r#"{"ts":"yesterday","data":{"temp":20.0,"on":false}}"#, &[]);
-    let s = h.wait_for(Duration::from_secs(5), "temp with bad ts", |s| &*s.tag == "line1.temperature").await;
-    assert_eq!((s.value.clone(), s.quality), (Value::Float(20.0), Quality::Uncertain));
+    mqtt_publish(
+        b.anon,
+        "plant/line1/json",
+        r#"{"ts":"yesterday","data":{"temp":20.0,"on":false}}"#,
+        &[],
+    );
+    let s = h
+        .wait_for(Duration::from_secs(5), "temp with bad ts", |s| {
+            &*s.tag == "line1.temperature"
+        })
+        .await;
+    assert_eq!(
+        (s.value.clone(), s.quality),
+        (Value::Float(20.0), Quality::Uncertain)
+    );
     mqtt_publish(b.anon, "plant/line1/flow", "7", &[]);
-    h.wait_for(Duration::from_secs(5), "good flow after the bad ones", |s| &*s.tag == "flow" && s.value == Value::Int(7)).await;
+    h.wait_for(
+        Duration::from_secs(5),
+        "good flow after the bad ones",
+        |s| &*s.tag == "flow" && s.value == Value::Int(7),
+    )
+    .await;
     assert!(h.stat(|s| &s.errors) >= 6);
     h.stop().await.unwrap();
 }
@@ -101,14 +174,30 @@ async fn malformed_payloads_are_bad_quality_and_the_source_carries_on() {
 async fn username_password_accepted_and_wrong_password_refused() {
     let dir = tempdir();
     let b = mosquitto(dir.path());
-    let good = format!("url = \"mqtt://127.0.0.1:{}\"\nusername = \"edge\"\npassword = \"edge-pass\"", b.userpass);
-    let mut h = Harness::start("ok", Box::new(MqttSubscriber::new(config(&good, ""), "it-3".into())));
+    let good = format!(
+        "url = \"mqtt://127.0.0.1:{}\"\nusername = \"edge\"\npassword = \"edge-pass\"",
+        b.userpass
+    );
+    let mut h = Harness::start(
+        "ok",
+        Box::new(MqttSubscriber::new(config(&good, ""), "it-3".into())),
+    );
     subscribed(&mut h, b.userpass, &["-u", "edge", "-P", "edge-pass"]).await;
     h.stop().await.unwrap();
 
-    let bad = format!("url = \"mqtt://127.0.0.1:{}\"\nusername = \"edge\"\npassword = \"nope\"", b.userpass);
-    let mut h = Harness::start("bad", Box::new(MqttSubscriber::new(config(&bad, ""), "it-4".into())));
-    let s = h.wait_for(Duration::from_secs(5), "bad quality", |s| s.quality == Quality::Bad).await;
+    let bad = format!(
+        "url = \"mqtt://127.0.0.1:{}\"\nusername = \"edge\"\npassword = \"nope\"",
+        b.userpass
+    );
+    let mut h = Harness::start(
+        "bad",
+        Box::new(MqttSubscriber::new(config(&bad, ""), "it-4".into())),
+    );
+    let s = h
+        .wait_for(Duration::from_secs(5), "bad quality", |s| {
+            s.quality == Quality::Bad
+        })
+        .await;
     assert_eq!(s.value, Value::Null);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(h.stat(|s| &s.errors) >= 1 && !h.stats.is_connected());
@@ -125,12 +214,18 @@ async fn mutual_tls_with_the_right_certificate_only() {
         b.mtls
     );
     let pub_tls = [
-        "--cafile".to_string(), format!("{c}/ca.crt"),
-        "--cert".to_string(), format!("{c}/client.crt"),
-        "--key".to_string(), format!("{c}/client.key"),
+        "--cafile".to_string(),
+        format!("{c}/ca.crt"),
+        "--cert".to_string(),
+        format!("{c}/client.crt"),
+        "--key".to_string(),
+        format!("{c}/client.key"),
     ];
     let pub_tls: Vec<&str> = pub_tls.iter().map(String::as_str).collect();
-    let mut h = Harness::start("tls", Box::new(MqttSubscriber::new(config(&tls, ""), "it-5".into())));
+    let mut h = Harness::start(
+        "tls",
+        Box::new(MqttSubscriber::new(config(&tls, ""), "it-5".into())),
+    );
     subscribed(&mut h, b.mtls, &pub_tls).await;
     h.stop().await.unwrap();
 
@@ -138,18 +233,36 @@ async fn mutual_tls_with_the_right_certificate_only() {
         "url = \"mqtts://127.0.0.1:{}\"\nca_file = \"{c}/ca.crt\"\ncert_file = \"{c}/rogue.crt\"\nkey_file = \"{c}/rogue.key\"",
         b.mtls
     );
-    let mut h = Harness::start("rogue", Box::new(MqttSubscriber::new(config(&rogue, ""), "it-6".into())));
-    h.wait_for(Duration::from_secs(5), "bad quality", |s| s.quality == Quality::Bad).await;
+    let mut h = Harness::start(
+        "rogue",
+        Box::new(MqttSubscriber::new(config(&rogue, ""), "it-6".into())),
+    );
+    h.wait_for(Duration::from_secs(5), "bad quality", |s| {
+        s.quality == Quality::Bad
+    })
+    .await;
     mqtt_publish(b.mtls, "plant/line1/flow", "1", &pub_tls);
     let got = h.collect_for(Duration::from_secs(1)).await;
-    assert!(got.iter().all(|s| s.quality == Quality::Bad), "a rogue certificate must not get data");
+    assert!(
+        got.iter().all(|s| s.quality == Quality::Bad),
+        "a rogue certificate must not get data"
+    );
     assert!(!h.stats.is_connected());
     h.stop().await.unwrap();
 
     // A CA that did not sign the broker's certificate: the handshake fails on our side.
-    let wrong_ca = format!("url = \"mqtts://127.0.0.1:{}\"\nca_file = \"{c}/rogue-ca.crt\"", b.mtls);
-    let mut h = Harness::start("wrong-ca", Box::new(MqttSubscriber::new(config(&wrong_ca, ""), "it-7".into())));
-    h.wait_for(Duration::from_secs(5), "bad quality", |s| s.quality == Quality::Bad).await;
+    let wrong_ca = format!(
+        "url = \"mqtts://127.0.0.1:{}\"\nca_file = \"{c}/rogue-ca.crt\"",
+        b.mtls
+    );
+    let mut h = Harness::start(
+        "wrong-ca",
+        Box::new(MqttSubscriber::new(config(&wrong_ca, ""), "it-7".into())),
+    );
+    h.wait_for(Duration::from_secs(5), "bad quality", |s| {
+        s.quality == Quality::Bad
+    })
+    .await;
     assert!(!h.stats.is_connected());
     h.stop().await.unwrap();
 }
@@ -158,10 +271,21 @@ async fn mutual_tls_with_the_right_certificate_only() {
 async fn broker_restart_marks_tags_bad_then_resubscribes() {
     let dir = tempdir();
     let mut b = mosquitto(dir.path());
-    let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(config(&anon(b.anon), ""), "it-8".into())));
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(
+            config(&anon(b.anon), ""),
+            "it-8".into(),
+        )),
+    );
     subscribed(&mut h, b.anon, &[]).await;
     b.peer.kill();
-    h.wait_for(Duration::from_secs(10), "bad flow while the broker is down", |s| &*s.tag == "flow" && s.quality == Quality::Bad).await;
+    h.wait_for(
+        Duration::from_secs(10),
+        "bad flow while the broker is down",
+        |s| &*s.tag == "flow" && s.quality == Quality::Bad,
+    )
+    .await;
     b.peer.restart(); // persistence is off: the broker forgot the subscription
     subscribed(&mut h, b.anon, &[]).await;
     assert!(h.stat(|s| &s.reconnects) >= 1);
@@ -172,8 +296,17 @@ async fn broker_restart_marks_tags_bad_then_resubscribes() {
 async fn qos1_messages_sent_while_the_agent_was_away_are_delivered() {
     let dir = tempdir();
     let b = mosquitto(dir.path());
-    let cfg = config(&format!("{}\nclient_id = \"persistent-1\"\nclean_session = false", anon(b.anon)), "qos = 1");
-    let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(cfg.clone(), "x".into())));
+    let cfg = config(
+        &format!(
+            "{}\nclient_id = \"persistent-1\"\nclean_session = false",
+            anon(b.anon)
+        ),
+        "qos = 1",
+    );
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(cfg.clone(), "x".into())),
+    );
     subscribed(&mut h, b.anon, &[]).await;
     h.stop().await.unwrap();
     // Agent away: the broker queues QoS 1 messages for its persistent session.
@@ -183,13 +316,21 @@ async fn qos1_messages_sent_while_the_agent_was_away_are_delivered() {
     let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(cfg, "x".into())));
     let mut got = Vec::new();
     while got.len() < 20 {
-        let s = h.wait_for(Duration::from_secs(10), "queued messages", |s| &*s.tag == "flow").await;
+        let s = h
+            .wait_for(Duration::from_secs(10), "queued messages", |s| {
+                &*s.tag == "flow"
+            })
+            .await;
         if let Value::Int(v) = s.value {
             if v >= 1000 {
                 got.push(v);
             }
         }
     }
-    assert_eq!(got, (1000..1020).collect::<Vec<_>>(), "all queued messages, in order");
+    assert_eq!(
+        got,
+        (1000..1020).collect::<Vec<_>>(),
+        "all queued messages, in order"
+    );
     h.stop().await.unwrap();
 }

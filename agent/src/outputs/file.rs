@@ -61,7 +61,10 @@ impl FileOutput {
         if let Some(dir) = self.cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(&self.cfg.path)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cfg.path)?;
         let empty = f.metadata()?.len() == 0;
         let mut w: Box<dyn Write + Send> = Box::new(f);
         if empty && self.cfg.format == FileFormat::Csv {
@@ -92,6 +95,12 @@ impl FileOutput {
 
     async fn run_loop(self: Box<Self>, mut input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) {
         let name = self.cfg.name.clone();
+        let dest = if self.cfg.path.as_os_str() == "-" {
+            "standard output".to_string()
+        } else {
+            self.cfg.path.display().to_string()
+        };
+        tracing::info!(output = %name, format = ?self.cfg.format, "writing samples to {dest}");
         // File I/O is blocking: it runs on the blocking pool, one record at a time.
         let (wtx, mut wrx) = mpsc::channel::<(String, usize)>(4);
         let this = Arc::new(self);
@@ -105,7 +114,8 @@ impl FileOutput {
                     match writer_this.open() {
                         Ok(w) => out = Some(w),
                         Err(e) => {
-                            let msg = format!("cannot open {}: {e}", writer_this.cfg.path.display());
+                            let msg =
+                                format!("cannot open {}: {e}", writer_this.cfg.path.display());
                             if latch.fail(&msg) {
                                 tracing::error!(output = %writer_this.cfg.name, "{msg}; dropping records until it works");
                             }
@@ -114,7 +124,9 @@ impl FileOutput {
                         }
                     }
                 }
-                let res = out.as_mut().map(|w| w.write_all(text.as_bytes()).and_then(|_| w.flush()));
+                let res = out
+                    .as_mut()
+                    .map(|w| w.write_all(text.as_bytes()).and_then(|_| w.flush()));
                 match res {
                     Some(Ok(())) => {
                         if latch.ok().is_some() {
@@ -123,7 +135,8 @@ impl FileOutput {
                         writer_stats.add_written(n);
                     }
                     Some(Err(e)) => {
-                        let msg = format!("write to {} failed: {e}", writer_this.cfg.path.display());
+                        let msg =
+                            format!("write to {} failed: {e}", writer_this.cfg.path.display());
                         if latch.fail(&msg) {
                             tracing::error!(output = %writer_this.cfg.name, "{msg}; dropping records until it works");
                         }
@@ -153,7 +166,11 @@ impl Output for FileOutput {
     fn kind(&self) -> &'static str {
         "file"
     }
-    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) -> OutputFuture {
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        stats: Arc<OutputStats>,
+    ) -> OutputFuture {
         Box::pin(self.run_loop(input, stats))
     }
 }

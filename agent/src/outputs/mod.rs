@@ -47,5 +47,9 @@ pub trait Output: Send + 'static {
     /// Output kind for logs and metrics (`"file"`, ...).
     fn kind(&self) -> &'static str;
     /// Consumes records until the queue closes, then flushes and returns.
-    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, stats: std::sync::Arc<OutputStats>) -> OutputFuture;
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        stats: std::sync::Arc<OutputStats>,
+    ) -> OutputFuture;
 }

@@ -57,8 +57,14 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("sources", &self.sources.iter().map(|s| &s.0).collect::<Vec<_>>())
-            .field("outputs", &self.outputs.iter().map(|s| &s.0).collect::<Vec<_>>())
+            .field(
+                "sources",
+                &self.sources.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            )
+            .field(
+                "outputs",
+                &self.outputs.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -95,7 +101,12 @@ impl Pipeline {
             metrics.add_source(&name, kind, sstats.clone());
             let ctx = SourceContext {
                 name: name.clone(),
-                out: SampleSender::new(tx.clone(), self.cfg.backpressure, sstats.clone(), abort.clone()),
+                out: SampleSender::new(
+                    tx.clone(),
+                    self.cfg.backpressure,
+                    sstats.clone(),
+                    abort.clone(),
+                ),
                 shutdown: shutdown.child_token(),
                 stats: sstats,
             };
@@ -138,9 +149,11 @@ impl Pipeline {
         let mut hub = hub;
         let mut clean = clean
             && tokio::time::timeout_at(deadline, &mut hub).await.is_ok()
-            && tokio::time::timeout_at(deadline, async { while output_tasks.join_next().await.is_some() {} })
-                .await
-                .is_ok();
+            && tokio::time::timeout_at(deadline, async {
+                while output_tasks.join_next().await.is_some() {}
+            })
+            .await
+            .is_ok();
         if !clean {
             tracing::warn!(timeout = ?self.cfg.shutdown_timeout,
                 "shutdown deadline reached: dropping what is still queued");
@@ -152,7 +165,10 @@ impl Pipeline {
             })
             .await;
             let _ = tokio::time::timeout(grace, &mut hub).await;
-            let _ = tokio::time::timeout(grace, async { while output_tasks.join_next().await.is_some() {} }).await;
+            let _ = tokio::time::timeout(grace, async {
+                while output_tasks.join_next().await.is_some() {}
+            })
+            .await;
             source_tasks.abort_all();
             hub.abort();
             output_tasks.abort_all();
@@ -246,7 +262,12 @@ mod tests {
                     return Err(SourceError::Config("broken on purpose".into()));
                 }
                 for i in 0..self.n {
-                    let s = Sample::new(ctx.name.clone(), i as i64, Value::Int(i as i64), Quality::Good);
+                    let s = Sample::new(
+                        ctx.name.clone(),
+                        i as i64,
+                        Value::Int(i as i64),
+                        Quality::Good,
+                    );
                     if ctx.out.send(vec![s]).await.is_err() {
                         break;
                     }
@@ -266,7 +287,11 @@ mod tests {
         fn kind(&self) -> &'static str {
             "collect"
         }
-        fn run(self: Box<Self>, mut input: mpsc::Receiver<Record>, stats: Arc<OutputStats>) -> OutputFuture {
+        fn run(
+            self: Box<Self>,
+            mut input: mpsc::Receiver<Record>,
+            stats: Arc<OutputStats>,
+        ) -> OutputFuture {
             Box::pin(async move {
                 while let Some(Record::Samples(s)) = input.recv().await {
                     tokio::time::sleep(self.delay).await;
@@ -289,13 +314,37 @@ mod tests {
     #[tokio::test]
     async fn every_sample_reaches_every_output_and_a_failing_source_is_isolated() {
         let mut p = Pipeline::new(cfg(4, 2000));
-        p.add_source("a", Box::new(CountingSource { n: 500, fail: false }));
-        p.add_source("b", Box::new(CountingSource { n: 300, fail: false }));
+        p.add_source(
+            "a",
+            Box::new(CountingSource {
+                n: 500,
+                fail: false,
+            }),
+        );
+        p.add_source(
+            "b",
+            Box::new(CountingSource {
+                n: 300,
+                fail: false,
+            }),
+        );
         p.add_source("broken", Box::new(CountingSource { n: 0, fail: true }));
         let got1 = Arc::new(Mutex::new(Vec::new()));
         let got2 = Arc::new(Mutex::new(Vec::new()));
-        p.add_output("o1", Box::new(Collect { got: got1.clone(), delay: Duration::ZERO }));
-        p.add_output("o2", Box::new(Collect { got: got2.clone(), delay: Duration::ZERO }));
+        p.add_output(
+            "o1",
+            Box::new(Collect {
+                got: got1.clone(),
+                delay: Duration::ZERO,
+            }),
+        );
+        p.add_output(
+            "o2",
+            Box::new(Collect {
+                got: got2.clone(),
+                delay: Duration::ZERO,
+            }),
+        );
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let run = tokio::spawn(p.run(stop.clone(), metrics.clone()));
@@ -313,27 +362,50 @@ mod tests {
         assert_eq!(report.dropped_at_shutdown, 0);
         for got in [got1, got2] {
             let got = got.lock().unwrap();
-            let a: Vec<i64> = got.iter().filter(|s| &*s.tag == "a").map(|s| s.ts_ns).collect();
+            let a: Vec<i64> = got
+                .iter()
+                .filter(|s| &*s.tag == "a")
+                .map(|s| s.ts_ns)
+                .collect();
             assert_eq!(a, (0..500).collect::<Vec<_>>(), "in order, no gaps");
             assert_eq!(got.iter().filter(|s| &*s.tag == "b").count(), 300);
         }
         let text = metrics.render();
-        assert!(text.contains(r#"edge_source_samples_total{source="a",kind="test"} 500"#), "{text}");
+        assert!(
+            text.contains(r#"edge_source_samples_total{source="a",kind="test"} 500"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn shutdown_waits_for_delivery_of_what_was_read() {
         let mut p = Pipeline::new(cfg(64, 5000));
-        p.add_source("a", Box::new(CountingSource { n: 100, fail: false }));
+        p.add_source(
+            "a",
+            Box::new(CountingSource {
+                n: 100,
+                fail: false,
+            }),
+        );
         let got = Arc::new(Mutex::new(Vec::new()));
-        p.add_output("slow", Box::new(Collect { got: got.clone(), delay: Duration::from_millis(2) }));
+        p.add_output(
+            "slow",
+            Box::new(Collect {
+                got: got.clone(),
+                delay: Duration::from_millis(2),
+            }),
+        );
         let stop = CancellationToken::new();
         let run = tokio::spawn(p.run(stop.clone(), Arc::new(Metrics::new())));
         tokio::time::sleep(Duration::from_millis(20)).await;
         stop.cancel(); // most batches are still queued
         let report = run.await.unwrap();
         assert!(report.clean);
-        assert_eq!(got.lock().unwrap().len(), 100, "everything read was delivered");
+        assert_eq!(
+            got.lock().unwrap().len(),
+            100,
+            "everything read was delivered"
+        );
     }
 
     #[tokio::test]
@@ -341,14 +413,24 @@ mod tests {
         let mut p = Pipeline::new(cfg(2, 300));
         p.add_source("a", Box::new(CountingSource { n: 50, fail: false }));
         let got = Arc::new(Mutex::new(Vec::new()));
-        p.add_output("stuck", Box::new(Collect { got: got.clone(), delay: Duration::from_secs(3600) }));
+        p.add_output(
+            "stuck",
+            Box::new(Collect {
+                got: got.clone(),
+                delay: Duration::from_secs(3600),
+            }),
+        );
         let stop = CancellationToken::new();
         let run = tokio::spawn(p.run(stop.clone(), Arc::new(Metrics::new())));
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.cancel();
         let t0 = std::time::Instant::now();
         let report = run.await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "shutdown took {:?}",
+            t0.elapsed()
+        );
         assert!(!report.clean);
         assert!(report.dropped_at_shutdown > 0, "{report:?}");
     }

@@ -11,11 +11,17 @@ use crate::config::AgentConfig;
 pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, Box<dyn Source>)>> {
     let mut out: Vec<(String, Box<dyn Source>)> = Vec::new();
     for c in &cfg.sources.simulated {
-        out.push((c.name.clone(), Box::new(simulated::SimulatedPlant::new(c.clone()))));
+        out.push((
+            c.name.clone(),
+            Box::new(simulated::SimulatedPlant::new(c.clone())),
+        ));
     }
     #[cfg(feature = "modbus")]
     for c in &cfg.sources.modbus {
-        out.push((c.name.clone(), Box::new(edge_protocols::modbus::ModbusPoller::new(c.clone()))));
+        out.push((
+            c.name.clone(),
+            Box::new(edge_protocols::modbus::ModbusPoller::new(c.clone())),
+        ));
     }
     #[cfg(feature = "opcua")]
     for c in &cfg.sources.opcua {
@@ -26,7 +32,10 @@ pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, Box<dyn Source>)>
     #[cfg(feature = "mqtt")]
     for c in &cfg.sources.mqtt {
         let id = format!("{}-{}", cfg.agent.id, c.name);
-        out.push((c.name.clone(), Box::new(edge_protocols::mqtt::MqttSubscriber::new(c.clone(), id))));
+        out.push((
+            c.name.clone(),
+            Box::new(edge_protocols::mqtt::MqttSubscriber::new(c.clone(), id)),
+        ));
     }
     Ok(out)
 }

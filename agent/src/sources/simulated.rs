@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::{now_ns, Quality, Sample, Source, SourceContext, SourceError, SourceFuture, Tag, Value};
+use edge_protocols::{
+    now_ns, Quality, Sample, Source, SourceContext, SourceError, SourceFuture, Tag, Value,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,26 +125,51 @@ fn one() -> f64 {
 }
 fn default_assets() -> Vec<AssetConfig> {
     vec![
-        AssetConfig { name: "pump1".into(), kind: AssetKind::Pump, load: 0.7 },
-        AssetConfig { name: "pump2".into(), kind: AssetKind::Pump, load: 0.55 },
-        AssetConfig { name: "motor1".into(), kind: AssetKind::Motor, load: 0.8 },
+        AssetConfig {
+            name: "pump1".into(),
+            kind: AssetKind::Pump,
+            load: 0.7,
+        },
+        AssetConfig {
+            name: "pump2".into(),
+            kind: AssetKind::Pump,
+            load: 0.55,
+        },
+        AssetConfig {
+            name: "motor1".into(),
+            kind: AssetKind::Motor,
+            load: 0.8,
+        },
     ]
 }
 
 impl SimulatedSourceConfig {
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
-        issues.check(self.sample_interval >= Duration::from_millis(1), at.key("sample_interval"), || {
-            "sample_interval must be at least 1ms".into()
+        issues.check(
+            self.sample_interval >= Duration::from_millis(1),
+            at.key("sample_interval"),
+            || "sample_interval must be at least 1ms".into(),
+        );
+        issues.check(
+            self.day_length >= Duration::from_secs(1),
+            at.key("day_length"),
+            || "day_length must be at least 1s".into(),
+        );
+        issues.check(!self.assets.is_empty(), at.key("assets"), || {
+            "at least one asset is needed".into()
         });
-        issues.check(self.day_length >= Duration::from_secs(1), at.key("day_length"), || {
-            "day_length must be at least 1s".into()
-        });
-        issues.check(!self.assets.is_empty(), at.key("assets"), || "at least one asset is needed".into());
         for (i, a) in self.assets.iter().enumerate() {
             let ap = at.key("assets").index(i);
-            issues.check(!a.name.is_empty() && !a.name.contains(['/', '+', '#']), ap.key("name"), || {
-                format!("asset name `{}` must be non-empty without `/`, `+`, `#`", a.name)
-            });
+            issues.check(
+                !a.name.is_empty() && !a.name.contains(['/', '+', '#']),
+                ap.key("name"),
+                || {
+                    format!(
+                        "asset name `{}` must be non-empty without `/`, `+`, `#`",
+                        a.name
+                    )
+                },
+            );
             issues.check((0.0..=1.2).contains(&a.load), ap.key("load"), || {
                 format!("load {} must be within 0..=1.2 (fraction of rated)", a.load)
             });
@@ -156,13 +183,26 @@ impl SimulatedSourceConfig {
             });
             let sensor = !matches!(f.kind, FaultKind::BearingWear | FaultKind::LoadShift);
             match (&f.signal, asset) {
-                (None, _) if sensor => issues.push(fp.key("signal"), format!("a {:?} fault needs `signal` (e.g. \"temperature\")", f.kind)),
-                (Some(s), Some(a)) if sensor => issues.check(a.kind.signals().contains(&s.as_str()), fp.key("signal"), || {
-                    format!("asset `{}` has no signal `{s}` (it has: {})", a.name, a.kind.signals().join(", "))
-                }),
+                (None, _) if sensor => issues.push(
+                    fp.key("signal"),
+                    format!("a {:?} fault needs `signal` (e.g. \"temperature\")", f.kind),
+                ),
+                (Some(s), Some(a)) if sensor => issues.check(
+                    a.kind.signals().contains(&s.as_str()),
+                    fp.key("signal"),
+                    || {
+                        format!(
+                            "asset `{}` has no signal `{s}` (it has: {})",
+                            a.name,
+                            a.kind.signals().join(", ")
+                        )
+                    },
+                ),
                 _ => {}
             }
-            issues.check(f.magnitude.is_finite(), fp.key("magnitude"), || "magnitude must be finite".into());
+            issues.check(f.magnitude.is_finite(), fp.key("magnitude"), || {
+                "magnitude must be finite".into()
+            });
         }
     }
 
@@ -173,7 +213,10 @@ impl SimulatedSourceConfig {
             .enumerate()
             .flat_map(|(i, a)| {
                 let p = at.key("assets").index(i).key("name");
-                a.kind.signals().iter().map(move |s| (format!("{}.{s}", a.name), p.clone()))
+                a.kind
+                    .signals()
+                    .iter()
+                    .map(move |s| (format!("{}.{s}", a.name), p.clone()))
             })
             .collect()
     }
@@ -227,7 +270,15 @@ impl SimulatedPlant {
     }
 
     /// One sample per tag of `a` at elapsed time `t` seconds, step `dt` seconds.
-    fn step(&self, a: &mut AssetState, noise: &mut Noise, t: f64, dt: f64, ts: i64, out: &mut Vec<Sample>) {
+    fn step(
+        &self,
+        a: &mut AssetState,
+        noise: &mut Noise,
+        t: f64,
+        dt: f64,
+        ts: i64,
+        out: &mut Vec<Sample>,
+    ) {
         let day = self.cfg.day_length.as_secs_f64();
         let phase = std::f64::consts::TAU * t / day;
         let ambient = 20.0 + 6.0 * (phase - std::f64::consts::FRAC_PI_2).sin();
@@ -274,7 +325,11 @@ impl SimulatedPlant {
         let signals = a.cfg.kind.signals();
         let mut quality = vec![true; values.len()];
         for (f, p) in &faults {
-            let Some(idx) = f.signal.as_deref().and_then(|s| signals.iter().position(|x| *x == s)) else {
+            let Some(idx) = f
+                .signal
+                .as_deref()
+                .and_then(|s| signals.iter().position(|x| *x == s))
+            else {
                 continue;
             };
             match f.kind {
@@ -313,7 +368,12 @@ impl SimulatedPlant {
         self.cfg
             .assets
             .iter()
-            .flat_map(|a| a.kind.signals().iter().map(move |s| Arc::from(format!("{}.{s}", a.name))))
+            .flat_map(|a| {
+                a.kind
+                    .signals()
+                    .iter()
+                    .map(move |s| Arc::from(format!("{}.{s}", a.name)))
+            })
             .collect()
     }
 
@@ -324,7 +384,12 @@ impl SimulatedPlant {
             .assets
             .iter()
             .map(|a| {
-                let tags: Vec<Tag> = a.kind.signals().iter().map(|s| Arc::from(format!("{}.{s}", a.name))).collect();
+                let tags: Vec<Tag> = a
+                    .kind
+                    .signals()
+                    .iter()
+                    .map(|s| Arc::from(format!("{}.{s}", a.name)))
+                    .collect();
                 AssetState {
                     frozen: vec![None; tags.len()],
                     tags,
@@ -386,7 +451,11 @@ mod tests {
             sample_interval: Duration::from_millis(100),
             seed: 7,
             day_length: Duration::from_secs(3600),
-            assets: vec![AssetConfig { name: "p".into(), kind: AssetKind::Pump, load: 0.7 }],
+            assets: vec![AssetConfig {
+                name: "p".into(),
+                kind: AssetKind::Pump,
+                load: 0.7,
+            }],
             faults,
         }
     }
@@ -444,24 +513,40 @@ mod tests {
             magnitude,
         };
         let base = run(cfg(vec![]), 400);
-        let drift = run(cfg(vec![fault(FaultKind::Drift, Some("temperature"), 5.0)]), 400);
+        let drift = run(
+            cfg(vec![fault(FaultKind::Drift, Some("temperature"), 5.0)]),
+            400,
+        );
         // After the ramp completes (t=300), temperature is offset by ~5.
         let d = drift[0][299].usable_f64().unwrap() - base[0][299].usable_f64().unwrap();
         assert!((d - 5.0).abs() < 0.1, "drift offset {d}");
         let stuck = run(cfg(vec![fault(FaultKind::Stuck, Some("flow"), 1.0)]), 400);
         assert_eq!(stuck[4][150].value, stuck[4][250].value);
-        assert_ne!(stuck[4][350].value, stuck[4][250].value, "released after the fault");
-        let drop = run(cfg(vec![fault(FaultKind::Dropout, Some("pressure"), 1.0)]), 400);
+        assert_ne!(
+            stuck[4][350].value, stuck[4][250].value,
+            "released after the fault"
+        );
+        let drop = run(
+            cfg(vec![fault(FaultKind::Dropout, Some("pressure"), 1.0)]),
+            400,
+        );
         assert_eq!(drop[2][150].quality, Quality::Bad);
         assert_eq!(drop[2][50].quality, Quality::Good);
         let nan = run(cfg(vec![fault(FaultKind::Nan, Some("current"), 1.0)]), 400);
-        assert_eq!(nan[3][150].quality, Quality::Bad, "NaN readings are bad quality");
+        assert_eq!(
+            nan[3][150].quality,
+            Quality::Bad,
+            "NaN readings are bad quality"
+        );
         let wear = run(cfg(vec![fault(FaultKind::BearingWear, None, 3.0)]), 400);
         let v_base = mean(&base[1][280..300]);
         let v_wear = mean(&wear[1][280..300]);
         assert!(v_wear > 2.5 * v_base, "vibration {v_wear} vs {v_base}");
         let shift = run(cfg(vec![fault(FaultKind::LoadShift, None, 0.2)]), 400);
-        assert!(mean(&shift[3][200..300]) > mean(&base[3][200..300]) + 6.0, "current follows load");
+        assert!(
+            mean(&shift[3][200..300]) > mean(&base[3][200..300]) + 6.0,
+            "current follows load"
+        );
     }
 
     #[test]
@@ -476,10 +561,17 @@ mod tests {
         }]);
         let mut issues = Issues::default();
         c.validate(&KeyPath::root(), &mut issues);
-        assert!(issues.0.iter().any(|i| i.path.to_string() == "faults[0].asset"));
+        assert!(issues
+            .0
+            .iter()
+            .any(|i| i.path.to_string() == "faults[0].asset"));
         c.faults[0].asset = "p".into();
         let mut issues = Issues::default();
         c.validate(&KeyPath::root(), &mut issues);
-        assert!(issues.0[0].message.contains("has no signal `colour`"), "{:?}", issues.0);
+        assert!(
+            issues.0[0].message.contains("has no signal `colour`"),
+            "{:?}",
+            issues.0
+        );
     }
 }

@@ -192,17 +192,41 @@ mod tests {
     fn every_type_round_trips_in_every_order() {
         for order in ORDERS {
             let cases: Vec<(DataType, Vec<u8>, Value)> = vec![
-                (DataType::U16, 0xBEEFu16.to_be_bytes().to_vec(), Value::UInt(0xBEEF)),
-                (DataType::I16, (-1234i16).to_be_bytes().to_vec(), Value::Int(-1234)),
-                (DataType::U32, 123456789u32.to_be_bytes().to_vec(), Value::UInt(123456789)),
-                (DataType::I32, (-123456789i32).to_be_bytes().to_vec(), Value::Int(-123456789)),
-                (DataType::F32, (-0.15625f32).to_be_bytes().to_vec(), Value::Float(-0.15625)),
+                (
+                    DataType::U16,
+                    0xBEEFu16.to_be_bytes().to_vec(),
+                    Value::UInt(0xBEEF),
+                ),
+                (
+                    DataType::I16,
+                    (-1234i16).to_be_bytes().to_vec(),
+                    Value::Int(-1234),
+                ),
+                (
+                    DataType::U32,
+                    123456789u32.to_be_bytes().to_vec(),
+                    Value::UInt(123456789),
+                ),
+                (
+                    DataType::I32,
+                    (-123456789i32).to_be_bytes().to_vec(),
+                    Value::Int(-123456789),
+                ),
+                (
+                    DataType::F32,
+                    (-0.15625f32).to_be_bytes().to_vec(),
+                    Value::Float(-0.15625),
+                ),
                 (
                     DataType::U64,
                     0x0102_0304_0506_0708u64.to_be_bytes().to_vec(),
                     Value::UInt(0x0102_0304_0506_0708),
                 ),
-                (DataType::I64, (-5i64).to_be_bytes().to_vec(), Value::Int(-5)),
+                (
+                    DataType::I64,
+                    (-5i64).to_be_bytes().to_vec(),
+                    Value::Int(-5),
+                ),
                 (
                     DataType::F64,
                     std::f64::consts::PI.to_be_bytes().to_vec(),
@@ -212,7 +236,11 @@ mod tests {
             for (ty, be, want) in cases {
                 let regs = encode_be_bytes(&be, order);
                 assert_eq!(regs.len(), ty.register_count() as usize);
-                assert_eq!(decode_registers(&regs, ty, order, None), Some(want), "{ty:?} {order:?}");
+                assert_eq!(
+                    decode_registers(&regs, ty, order, None),
+                    Some(want),
+                    "{ty:?} {order:?}"
+                );
             }
         }
     }
@@ -237,14 +265,26 @@ mod tests {
             decode_registers(&[0b1000], DataType::Bool, ByteOrder::Abcd, Some(2)),
             Some(Value::Bool(false))
         );
-        assert_eq!(decode_registers(&[1], DataType::F32, ByteOrder::Abcd, None), None);
-        assert_eq!(decode_registers(&[], DataType::Bool, ByteOrder::Abcd, None), None);
+        assert_eq!(
+            decode_registers(&[1], DataType::F32, ByteOrder::Abcd, None),
+            None
+        );
+        assert_eq!(
+            decode_registers(&[], DataType::Bool, ByteOrder::Abcd, None),
+            None
+        );
     }
 
     #[test]
     fn scaling_keeps_integers_exact_unless_asked() {
         assert_eq!(apply_scaling(Value::Int(600), 1.0, 0.0), Value::Int(600));
-        assert_eq!(apply_scaling(Value::UInt(600), 0.1, -40.0), Value::Float(600.0 * 0.1 - 40.0));
-        assert_eq!(apply_scaling(Value::Bool(true), 2.0, 1.0), Value::Bool(true));
+        assert_eq!(
+            apply_scaling(Value::UInt(600), 0.1, -40.0),
+            Value::Float(600.0 * 0.1 - 40.0)
+        );
+        assert_eq!(
+            apply_scaling(Value::Bool(true), 2.0, 1.0),
+            Value::Bool(true)
+        );
     }
 }

@@ -194,9 +194,16 @@ impl ModbusSourceConfig {
         }
         if let Some(tcp) = &self.tcp {
             issues.check(
-                tcp.address.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+                tcp.address
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
                 at.key("tcp").key("address"),
-                || format!("`{}` is not `host:port` (e.g. \"192.168.1.10:502\")", tcp.address),
+                || {
+                    format!(
+                        "`{}` is not `host:port` (e.g. \"192.168.1.10:502\")",
+                        tcp.address
+                    )
+                },
             );
         }
         if let Some(rtu) = &self.rtu {
@@ -210,7 +217,9 @@ impl ModbusSourceConfig {
             issues.check(matches!(rtu.stop_bits, 1 | 2), p.key("stop_bits"), || {
                 format!("stop_bits {} must be 1 or 2", rtu.stop_bits)
             });
-            issues.check(rtu.baud_rate > 0, p.key("baud_rate"), || "baud_rate must be > 0".into());
+            issues.check(rtu.baud_rate > 0, p.key("baud_rate"), || {
+                "baud_rate must be > 0".into()
+            });
         }
         check_unit(self.unit_id, at.key("unit_id"), issues);
         check_interval(self.poll_interval, at.key("poll_interval"), issues);
@@ -220,12 +229,22 @@ impl ModbusSourceConfig {
         issues.check(
             (1..=125).contains(&self.max_registers_per_read),
             at.key("max_registers_per_read"),
-            || format!("{} is outside 1..=125 (the protocol maximum is 125)", self.max_registers_per_read),
+            || {
+                format!(
+                    "{} is outside 1..=125 (the protocol maximum is 125)",
+                    self.max_registers_per_read
+                )
+            },
         );
         issues.check(
             (1..=2000).contains(&self.max_bits_per_read),
             at.key("max_bits_per_read"),
-            || format!("{} is outside 1..=2000 (the protocol maximum is 2000)", self.max_bits_per_read),
+            || {
+                format!(
+                    "{} is outside 1..=2000 (the protocol maximum is 2000)",
+                    self.max_bits_per_read
+                )
+            },
         );
         issues.check(!self.tags.is_empty(), at.key("tags"), || {
             "no tags: add at least one [[sources.modbus.tags]] table".into()
@@ -235,7 +254,11 @@ impl ModbusSourceConfig {
             let ty = t.data_type();
             if t.table.is_bits() {
                 issues.check(ty == DataType::Bool, tp.key("type"), || {
-                    format!("{} table holds single bits: type must be \"bool\", not \"{}\"", t.table.name(), ty.name())
+                    format!(
+                        "{} table holds single bits: type must be \"bool\", not \"{}\"",
+                        t.table.name(),
+                        ty.name()
+                    )
                 });
                 issues.check(t.bit.is_none(), tp.key("bit"), || {
                     "`bit` only applies to bool tags in holding/input registers".into()
@@ -246,21 +269,40 @@ impl ModbusSourceConfig {
                 });
             } else {
                 issues.check(t.bit.is_none(), tp.key("bit"), || {
-                    format!("`bit` only applies to type \"bool\" (this tag is \"{}\")", ty.name())
+                    format!(
+                        "`bit` only applies to type \"bool\" (this tag is \"{}\")",
+                        ty.name()
+                    )
                 });
             }
             issues.check(
                 u32::from(t.address) + u32::from(t.count()) <= 65536,
                 tp.key("address"),
-                || format!("a {} at address {} runs past the last address 65535", ty.name(), t.address),
+                || {
+                    format!(
+                        "a {} at address {} runs past the last address 65535",
+                        ty.name(),
+                        t.address
+                    )
+                },
             );
-            let max = if t.table.is_bits() { self.max_bits_per_read } else { self.max_registers_per_read };
+            let max = if t.table.is_bits() {
+                self.max_bits_per_read
+            } else {
+                self.max_registers_per_read
+            };
             issues.check(t.count() <= max, tp.key("type"), || {
-                format!("a {} needs {} registers but max_registers_per_read is {max}", ty.name(), t.count())
+                format!(
+                    "a {} needs {} registers but max_registers_per_read is {max}",
+                    ty.name(),
+                    t.count()
+                )
             });
-            issues.check(t.scale.is_finite() && t.scale != 0.0, tp.key("scale"), || {
-                format!("scale {} must be a finite, non-zero number", t.scale)
-            });
+            issues.check(
+                t.scale.is_finite() && t.scale != 0.0,
+                tp.key("scale"),
+                || format!("scale {} must be a finite, non-zero number", t.scale),
+            );
             issues.check(t.offset.is_finite(), tp.key("offset"), || {
                 format!("offset {} must be finite", t.offset)
             });

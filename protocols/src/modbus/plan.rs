@@ -171,12 +171,15 @@ mod tests {
             span(0, Table::Holding, 0, 1),
             span(1, Table::Holding, 1, 1),
             span(2, Table::Holding, 2, 2),
-            span(3, Table::Holding, 8, 2), // gap of 4 <= 10
+            span(3, Table::Holding, 8, 2),  // gap of 4 <= 10
             span(4, Table::Holding, 40, 2), // gap of 30 > 10
         ];
         let reqs = plan(&spans, PlanLimits::default());
         assert_eq!(reqs.len(), 2);
-        assert_eq!((reqs[0].start, reqs[0].count, reqs[0].tags.len()), (0, 10, 4));
+        assert_eq!(
+            (reqs[0].start, reqs[0].count, reqs[0].tags.len()),
+            (0, 10, 4)
+        );
         assert_eq!((reqs[1].start, reqs[1].count), (40, 2));
     }
 
@@ -204,7 +207,10 @@ mod tests {
             span(2, Table::Discrete, 0, 1),
             span(3, Table::Holding, 0, 1),
         ];
-        spans.push(TagSpan { unit: 2, ..span(4, Table::Holding, 1, 1) });
+        spans.push(TagSpan {
+            unit: 2,
+            ..span(4, Table::Holding, 1, 1)
+        });
         let reqs = plan(&spans, PlanLimits::default());
         assert_eq!(reqs.len(), 4);
         assert_eq!((reqs[0].table, reqs[0].count), (Table::Coil, 21));
@@ -223,7 +229,10 @@ mod tests {
         };
         let reqs = plan(&spans, limits);
         assert_eq!(reqs.len(), 2);
-        assert_eq!((reqs[0].start, reqs[0].count, reqs[0].tags.len()), (2, 2, 2));
+        assert_eq!(
+            (reqs[0].start, reqs[0].count, reqs[0].tags.len()),
+            (2, 2, 2)
+        );
     }
 
     #[test]

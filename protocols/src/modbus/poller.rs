@@ -147,7 +147,9 @@ impl ModbusPoller {
             return match timeout(connect_timeout, tcp::connect_slave(addr, slave)).await {
                 Ok(Ok(ctx)) => Ok(ctx),
                 Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-                Err(_) => Err(format!("connect to {addr} timed out after {connect_timeout:?}")),
+                Err(_) => Err(format!(
+                    "connect to {addr} timed out after {connect_timeout:?}"
+                )),
             };
         }
         if let Some(rtu) = &self.cfg.rtu {
@@ -239,7 +241,11 @@ impl ModbusPoller {
     }
 
     fn bad_samples(&self, req: &ReadRequest, ts: i64, out: &mut Vec<Sample>) {
-        out.extend(req.tags.iter().map(|s| Sample::bad(self.decoders[s.tag].tag.clone(), ts)));
+        out.extend(
+            req.tags
+                .iter()
+                .map(|s| Sample::bad(self.decoders[s.tag].tag.clone(), ts)),
+        );
     }
 
     /// Polls one group once. Returns `false` if the connection was lost and could not be
@@ -391,8 +397,11 @@ impl ModbusPoller {
                 _ = ctx.shutdown.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            let mut batch = Vec::with_capacity(groups[gi].requests.iter().map(|r| r.req.tags.len()).sum());
-            let ok = self.poll_group(&mut groups[gi], &mut conn, &ctx, &mut batch).await;
+            let mut batch =
+                Vec::with_capacity(groups[gi].requests.iter().map(|r| r.req.tags.len()).sum());
+            let ok = self
+                .poll_group(&mut groups[gi], &mut conn, &ctx, &mut batch)
+                .await;
             let g = &mut groups[gi];
             g.next_due += g.interval;
             let now = Instant::now();

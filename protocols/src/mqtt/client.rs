@@ -26,7 +26,8 @@ pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, 
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        let tls = tls::client_config(cfg.ca_file.as_deref(), client_auth).map_err(|e| e.to_string())?;
+        let tls =
+            tls::client_config(cfg.ca_file.as_deref(), client_auth).map_err(|e| e.to_string())?;
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     Ok(o)

@@ -57,10 +57,12 @@ pub struct BrokerAddr {
 
 impl BrokerConfig {
     pub fn addr(&self) -> Result<BrokerAddr, String> {
-        let (scheme, rest) = self
-            .url
-            .split_once("://")
-            .ok_or_else(|| format!("`{}` has no scheme: use mqtt://host:1883 or mqtts://host:8883", self.url))?;
+        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| {
+            format!(
+                "`{}` has no scheme: use mqtt://host:1883 or mqtts://host:8883",
+                self.url
+            )
+        })?;
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
@@ -69,8 +71,13 @@ impl BrokerConfig {
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p.parse::<u16>().map_err(|_| format!("bad port `{p}` in `{}`", self.url))?;
-                (h.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("bad port `{p}` in `{}`", self.url))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    port,
+                )
             }
             _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
         };
@@ -86,9 +93,11 @@ impl BrokerConfig {
             issues.push(at.key("url"), e.clone());
         }
         let tls = addr.map(|a| a.tls).unwrap_or(false);
-        issues.check(self.cert_file.is_some() == self.key_file.is_some(), at.key("key_file"), || {
-            "set both cert_file and key_file for mutual TLS, or neither".into()
-        });
+        issues.check(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            at.key("key_file"),
+            || "set both cert_file and key_file for mutual TLS, or neither".into(),
+        );
         if !tls {
             for (k, set) in [
                 ("ca_file", self.ca_file.is_some()),
@@ -99,17 +108,21 @@ impl BrokerConfig {
                 });
             }
         }
-        issues.check(self.password.is_none() || self.username.is_some(), at.key("password"), || {
-            "password without username".into()
-        });
+        issues.check(
+            self.password.is_none() || self.username.is_some(),
+            at.key("password"),
+            || "password without username".into(),
+        );
         issues.check(
             self.keep_alive.is_zero() || self.keep_alive >= Duration::from_secs(1),
             at.key("keep_alive"),
             || "keep_alive must be 0 (off) or at least 1s".into(),
         );
-        issues.check(self.max_packet_size >= 1024, at.key("max_packet_size"), || {
-            "max_packet_size must be at least 1024 bytes".into()
-        });
+        issues.check(
+            self.max_packet_size >= 1024,
+            at.key("max_packet_size"),
+            || "max_packet_size must be at least 1024 bytes".into(),
+        );
     }
 }
 
@@ -161,27 +174,46 @@ impl MqttSourceConfig {
             if let Err(e) = validate_filter(&t.topic) {
                 issues.push(tp.key("topic"), e);
             }
-            for (k, p) in [("json_pointer", &t.json_pointer), ("timestamp_pointer", &t.timestamp_pointer)] {
+            for (k, p) in [
+                ("json_pointer", &t.json_pointer),
+                ("timestamp_pointer", &t.timestamp_pointer),
+            ] {
                 if let Some(p) = p {
                     issues.check(p.is_empty() || p.starts_with('/'), tp.key(k), || {
                         format!("`{p}` is not a JSON pointer: it must start with `/` (e.g. \"/data/value\")")
                     });
                 }
             }
-            issues.check(t.timestamp_pointer.is_none() || t.json_pointer.is_some(), tp.key("timestamp_pointer"), || {
-                "timestamp_pointer needs a JSON payload: set json_pointer too".into()
-            });
+            issues.check(
+                t.timestamp_pointer.is_none() || t.json_pointer.is_some(),
+                tp.key("timestamp_pointer"),
+                || "timestamp_pointer needs a JSON payload: set json_pointer too".into(),
+            );
             let wild = has_wildcards(&t.topic);
             let templated = t.name.contains('{');
             issues.check(!templated || wild, tp.key("name"), || {
-                format!("`{}` uses {{n}} placeholders but topic `{}` has no wildcard", t.name, t.topic)
+                format!(
+                    "`{}` uses {{n}} placeholders but topic `{}` has no wildcard",
+                    t.name, t.topic
+                )
             });
             if templated {
-                let n = t.topic.split('/').filter(|l| *l == "+" || *l == "#").count();
+                let n = t
+                    .topic
+                    .split('/')
+                    .filter(|l| *l == "+" || *l == "#")
+                    .count();
                 for k in 1..=9 {
-                    issues.check(!t.name.contains(&format!("{{{k}}}")) || k <= n, tp.key("name"), || {
-                        format!("placeholder {{{k}}} but topic `{}` has only {n} wildcard(s)", t.topic)
-                    });
+                    issues.check(
+                        !t.name.contains(&format!("{{{k}}}")) || k <= n,
+                        tp.key("name"),
+                        || {
+                            format!(
+                                "placeholder {{{k}}} but topic `{}` has only {n} wildcard(s)",
+                                t.topic
+                            )
+                        },
+                    );
                 }
             }
         }
@@ -189,7 +221,10 @@ impl MqttSourceConfig {
 
     /// Static tag names (those without placeholders).
     pub fn static_tags(&self) -> impl Iterator<Item = &str> {
-        self.tags.iter().filter(|t| !t.name.contains('{')).map(|t| t.name.as_str())
+        self.tags
+            .iter()
+            .filter(|t| !t.name.contains('{'))
+            .map(|t| t.name.as_str())
     }
 }
 
@@ -205,11 +240,19 @@ mod tests {
     fn broker_urls() {
         assert_eq!(
             broker("mqtt://localhost").addr().unwrap(),
-            BrokerAddr { host: "localhost".into(), port: 1883, tls: false }
+            BrokerAddr {
+                host: "localhost".into(),
+                port: 1883,
+                tls: false
+            }
         );
         assert_eq!(
             broker("mqtts://10.0.0.1:8884").addr().unwrap(),
-            BrokerAddr { host: "10.0.0.1".into(), port: 8884, tls: true }
+            BrokerAddr {
+                host: "10.0.0.1".into(),
+                port: 8884,
+                tls: true
+            }
         );
         assert_eq!(broker("mqtt://[::1]:1883").addr().unwrap().host, "::1");
         assert!(broker("http://x").addr().is_err());

@@ -32,7 +32,10 @@ pub enum PayloadError {
     #[error("JSON pointer `{0}` not found in payload")]
     Missing(String),
     #[error("JSON value at `{pointer}` is {found}, expected a number, boolean or numeric string")]
-    WrongType { pointer: String, found: &'static str },
+    WrongType {
+        pointer: String,
+        found: &'static str,
+    },
     #[error("timestamp at `{pointer}`: {reason}")]
     BadTimestamp { pointer: String, reason: String },
 }
@@ -140,12 +143,18 @@ pub fn timestamp_at(
             }
             // Integer nanoseconds do not fit f64 exactly: keep integers exact.
             if let Some(i) = n.as_i64() {
-                return unix_int_to_ns(i, format).ok_or_else(|| bad(format!("{i} is out of range")));
+                return unix_int_to_ns(i, format)
+                    .ok_or_else(|| bad(format!("{i} is out of range")));
             }
-            let f = n.as_f64().ok_or_else(|| bad("not a finite number".into()))?;
+            let f = n
+                .as_f64()
+                .ok_or_else(|| bad("not a finite number".into()))?;
             unix_to_ns(f, format).ok_or_else(|| bad(format!("{f} is out of range")))
         }
-        other => Err(bad(format!("expected a string or number, found {}", json_type(other)))),
+        other => Err(bad(format!(
+            "expected a string or number, found {}",
+            json_type(other)
+        ))),
     }
 }
 
@@ -182,26 +191,42 @@ mod tests {
     #[test]
     fn plain_payloads() {
         assert_eq!(parse_plain(b" 42\n"), Ok(Value::Int(42)));
-        assert_eq!(parse_plain(b"18446744073709551615"), Ok(Value::UInt(u64::MAX)));
+        assert_eq!(
+            parse_plain(b"18446744073709551615"),
+            Ok(Value::UInt(u64::MAX))
+        );
         assert_eq!(parse_plain(b"-1.5e3"), Ok(Value::Float(-1500.0)));
         assert_eq!(parse_plain(b"true"), Ok(Value::Bool(true)));
         assert!(matches!(parse_plain(b"NaN"), Ok(Value::Float(f)) if f.is_nan()));
-        assert_eq!(parse_plain(b"hot"), Err(PayloadError::NotANumber("hot".into())));
+        assert_eq!(
+            parse_plain(b"hot"),
+            Err(PayloadError::NotANumber("hot".into()))
+        );
         assert_eq!(parse_plain(&[0xff, 0xfe]), Err(PayloadError::NotUtf8));
     }
 
     #[test]
     fn json_pointer_values_and_errors() {
-        let doc = parse_json(br#"{"d":{"t":21.5,"on":true,"s":"7","n":null,"a":[1,2]},"c":3}"#).unwrap();
+        let doc =
+            parse_json(br#"{"d":{"t":21.5,"on":true,"s":"7","n":null,"a":[1,2]},"c":3}"#).unwrap();
         assert_eq!(value_at(&doc, "/d/t"), Ok(Value::Float(21.5)));
         assert_eq!(value_at(&doc, "/c"), Ok(Value::Int(3)));
         assert_eq!(value_at(&doc, "/d/on"), Ok(Value::Bool(true)));
         assert_eq!(value_at(&doc, "/d/s"), Ok(Value::Int(7)));
         assert_eq!(value_at(&doc, "/d/a/1"), Ok(Value::Int(2)));
-        assert_eq!(value_at(&doc, "/d/x"), Err(PayloadError::Missing("/d/x".into())));
+        assert_eq!(
+            value_at(&doc, "/d/x"),
+            Err(PayloadError::Missing("/d/x".into()))
+        );
         let e = value_at(&doc, "/d/n").unwrap_err();
-        assert_eq!(e.to_string(), "JSON value at `/d/n` is null, expected a number, boolean or numeric string");
-        assert!(matches!(parse_json(b"{\"t\": 1"), Err(PayloadError::BadJson(_))));
+        assert_eq!(
+            e.to_string(),
+            "JSON value at `/d/n` is null, expected a number, boolean or numeric string"
+        );
+        assert!(matches!(
+            parse_json(b"{\"t\": 1"),
+            Err(PayloadError::BadJson(_))
+        ));
     }
 
     #[test]
@@ -212,7 +237,10 @@ mod tests {
         .unwrap();
         let want = 1_795_757_154_500_000_000i64;
         assert_eq!(timestamp_at(&doc, "/iso", TimestampFormat::Auto), Ok(want));
-        assert_eq!(timestamp_at(&doc, "/off", TimestampFormat::Rfc3339), Ok(want));
+        assert_eq!(
+            timestamp_at(&doc, "/off", TimestampFormat::Rfc3339),
+            Ok(want)
+        );
         assert_eq!(timestamp_at(&doc, "/ms", TimestampFormat::Auto), Ok(want));
         assert_eq!(timestamp_at(&doc, "/ms", TimestampFormat::UnixMs), Ok(want));
         assert_eq!(timestamp_at(&doc, "/s", TimestampFormat::UnixS), Ok(want));

@@ -117,12 +117,12 @@ impl MqttSubscriber {
                     let doc = json.get_or_insert_with(|| parse_json(&p.payload));
                     match doc {
                         Err(e) => Err(e.clone()),
-                        Ok(doc) => value_at(doc, ptr).and_then(|v| {
-                            let ts = match &t.timestamp_pointer {
-                                Some(tp) => Some(timestamp_at(doc, tp, t.timestamp_format)),
-                                None => None,
-                            };
-                            Ok((v, ts))
+                        Ok(doc) => value_at(doc, ptr).map(|v| {
+                            let ts = t
+                                .timestamp_pointer
+                                .as_ref()
+                                .map(|tp| timestamp_at(doc, tp, t.timestamp_format));
+                            (v, ts)
                         }),
                     }
                 }
@@ -258,9 +258,11 @@ impl MqttSubscriber {
                     };
                     if conn_latch.fail(&msg) {
                         match fatal {
-                            Some(why) => tracing::error!(source = %ctx.name, url = %self.cfg.broker.url,
+                            Some(why) => {
+                                tracing::error!(source = %ctx.name, url = %self.cfg.broker.url,
                                 "mqtt: {msg} — {why}; retrying every ~{:?}, other sources keep running",
-                                self.cfg.broker.reconnect.max),
+                                self.cfg.broker.reconnect.max)
+                            }
                             None => tracing::warn!(source = %ctx.name, url = %self.cfg.broker.url,
                                 "mqtt connection failed: {msg}; retrying in {delay:?} (backing off)"),
                         }

@@ -86,6 +86,9 @@ mod tests {
         assert!(validate_filter("a/#/b").is_err());
         assert!(validate_filter("a/b+").is_err());
         assert!(validate_filter("").is_err());
-        assert_eq!(expand_name("{1}.{2}.temp", &["line1", "pump3"]), "line1.pump3.temp");
+        assert_eq!(
+            expand_name("{1}.{2}.temp", &["line1", "pump3"]),
+            "line1.pump3.temp"
+        );
     }
 }

@@ -180,9 +180,16 @@ fn default_keep_alive() -> Duration {
 
 impl OpcUaSourceConfig {
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
-        issues.check(self.endpoint.starts_with("opc.tcp://"), at.key("endpoint"), || {
-            format!("`{}` is not an opc.tcp:// URL (e.g. \"opc.tcp://plc.local:4840\")", self.endpoint)
-        });
+        issues.check(
+            self.endpoint.starts_with("opc.tcp://"),
+            at.key("endpoint"),
+            || {
+                format!(
+                    "`{}` is not an opc.tcp:// URL (e.g. \"opc.tcp://plc.local:4840\")",
+                    self.endpoint
+                )
+            },
+        );
         let policy_none = self.security_policy == SecurityPolicyConfig::None;
         let mode_none = self.security_mode == SecurityModeConfig::None;
         if policy_none != mode_none {
@@ -197,20 +204,34 @@ impl OpcUaSourceConfig {
                 },
             );
         }
-        issues.check(self.password.is_none() || self.username.is_some(), at.key("password"), || {
-            "password without username: set `username` too (or remove `password` for anonymous)".into()
-        });
+        issues.check(
+            self.password.is_none() || self.username.is_some(),
+            at.key("password"),
+            || {
+                "password without username: set `username` too (or remove `password` for anonymous)"
+                    .into()
+            },
+        );
         issues.check(self.username.is_none() || self.password.is_some(), at.key("username"), || {
             "username without password: add `password = { file = \"...\" }` (or `{ env = \"...\" }`)".into()
         });
         issues.check(
             self.certificate.is_some() == self.private_key.is_some(),
-            at.key(if self.certificate.is_some() { "private_key" } else { "certificate" }),
-            || "set both `certificate` and `private_key`, or neither (a pair is then generated)".into(),
+            at.key(if self.certificate.is_some() {
+                "private_key"
+            } else {
+                "certificate"
+            }),
+            || {
+                "set both `certificate` and `private_key`, or neither (a pair is then generated)"
+                    .into()
+            },
         );
-        issues.check(!self.application_uri.is_empty(), at.key("application_uri"), || {
-            "application_uri must not be empty".into()
-        });
+        issues.check(
+            !self.application_uri.is_empty(),
+            at.key("application_uri"),
+            || "application_uri must not be empty".into(),
+        );
         for (key, d) in [
             ("publishing_interval", self.publishing_interval),
             ("poll_interval", self.poll_interval),
@@ -221,37 +242,52 @@ impl OpcUaSourceConfig {
                 format!("{key} must be at least 10ms")
             });
         }
-        issues.check(self.session_timeout >= Duration::from_secs(1), at.key("session_timeout"), || {
-            "session_timeout must be at least 1s".into()
-        });
-        issues.check(self.session_timeout.as_millis() <= u128::from(u32::MAX), at.key("session_timeout"), || {
-            "session_timeout is too large (max ~49 days)".into()
-        });
+        issues.check(
+            self.session_timeout >= Duration::from_secs(1),
+            at.key("session_timeout"),
+            || "session_timeout must be at least 1s".into(),
+        );
+        issues.check(
+            self.session_timeout.as_millis() <= u128::from(u32::MAX),
+            at.key("session_timeout"),
+            || "session_timeout is too large (max ~49 days)".into(),
+        );
         issues.check(!self.tags.is_empty(), at.key("tags"), || {
             "no tags: add at least one [[sources.opcua.tags]] table".into()
         });
         for (i, t) in self.tags.iter().enumerate() {
             let tp = at.key("tags").index(i);
             #[cfg(feature = "opcua")]
-            issues.check(t.node_id.parse::<opcua::types::NodeId>().is_ok(), tp.key("node_id"), || {
-                format!(
+            issues.check(
+                t.node_id.parse::<opcua::types::NodeId>().is_ok(),
+                tp.key("node_id"),
+                || {
+                    format!(
                     "`{}` is not a node id (forms: \"ns=2;s=Pump1.Temperature\", \"ns=3;i=1001\", \
                      \"i=2258\")",
                     t.node_id
                 )
-            });
+                },
+            );
             if t.deadband_absolute.is_some() && t.deadband_percent.is_some() {
-                issues.push(tp.key("deadband_percent"), "set deadband_absolute or deadband_percent, not both");
+                issues.push(
+                    tp.key("deadband_percent"),
+                    "set deadband_absolute or deadband_percent, not both",
+                );
             }
             if let Some(d) = t.deadband_absolute {
-                issues.check(d.is_finite() && d >= 0.0, tp.key("deadband_absolute"), || {
-                    format!("deadband {d} must be a finite number >= 0")
-                });
+                issues.check(
+                    d.is_finite() && d >= 0.0,
+                    tp.key("deadband_absolute"),
+                    || format!("deadband {d} must be a finite number >= 0"),
+                );
             }
             if let Some(p) = t.deadband_percent {
-                issues.check((0.0..=100.0).contains(&p), tp.key("deadband_percent"), || {
-                    format!("deadband_percent {p} must be within 0..=100")
-                });
+                issues.check(
+                    (0.0..=100.0).contains(&p),
+                    tp.key("deadband_percent"),
+                    || format!("deadband_percent {p} must be within 0..=100"),
+                );
             }
         }
     }

@@ -11,6 +11,7 @@
 //! - fatal errors (rejected identity, untrusted certificate, no matching endpoint) are
 //!   classified, reported once with the fix, and retried at the maximum backoff only;
 //! - while disconnected every tag gets a `Bad` sample: consumers never see a stale "good".
+//!
 //! Data-change callbacks run on the event-loop task: they only `try_send` into a local queue.
 
 use std::path::{Path, PathBuf};
@@ -25,9 +26,9 @@ use opcua::client::{
 };
 use opcua::crypto::{CertificateStore, SecurityPolicy, X509};
 use opcua::types::{
-    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType,
-    EndpointDescription, ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest,
-    MonitoringMode, MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn,
+    AttributeId, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, EndpointDescription,
+    ExtensionObject, MessageSecurityMode, MonitoredItemCreateRequest, MonitoringMode,
+    MonitoringParameters, NodeId, ReadValueId, StatusCode, TimestampsToReturn,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -91,7 +92,11 @@ impl OpcUaSource {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let tags = cfg.tags.iter().map(|t| Arc::from(t.name.as_str())).collect();
+        let tags = cfg
+            .tags
+            .iter()
+            .map(|t| Arc::from(t.name.as_str()))
+            .collect();
         let pki_dir = cfg.pki_dir.clone().unwrap_or(default_pki_dir);
         Ok(OpcUaSource {
             cfg,
@@ -153,13 +158,20 @@ impl OpcUaSource {
             .recreate_subscriptions(true)
             .session_name(format!("edge-agent:{}", c.name));
         if let (Some(cert), Some(key)) = (&c.certificate, &c.private_key) {
-            b = b.certificate_path(cert.clone()).private_key_path(key.clone());
+            b = b
+                .certificate_path(cert.clone())
+                .private_key_path(key.clone());
         }
         let name = c.name.clone();
         tokio::task::spawn_blocking(move || b.client())
             .await
             .map_err(|e| SourceError::Config(format!("{name}: client setup panicked: {e}")))?
-            .map_err(|errs| SourceError::Config(format!("{name}: invalid client config: {}", errs.join("; "))))
+            .map_err(|errs| {
+                SourceError::Config(format!(
+                    "{name}: invalid client config: {}",
+                    errs.join("; ")
+                ))
+            })
     }
 
     /// Trust on first use: pins the endpoint's certificate on first sight, refuses a changed one.
@@ -319,7 +331,11 @@ impl OpcUaSource {
             }
         };
         let created = match session
-            .create_monitored_items(sub_id, TimestampsToReturn::Both, self.monitored_item_requests())
+            .create_monitored_items(
+                sub_id,
+                TimestampsToReturn::Both,
+                self.monitored_item_requests(),
+            )
             .await
         {
             Ok(r) => r,
@@ -413,7 +429,10 @@ impl OpcUaSource {
                         // Without this, notifications never resume after a reconnect.
                         driver_session.trigger_publish_now();
                         LoopEvent::Connected {
-                            new_session: matches!(mode, opcua::client::SessionConnectMode::NewSession(_)),
+                            new_session: matches!(
+                                mode,
+                                opcua::client::SessionConnectMode::NewSession(_)
+                            ),
                         }
                     }
                     Ok(SessionPollResult::ConnectionLost(code)) => LoopEvent::Lost(code),
@@ -615,7 +634,13 @@ fn code_fatal_reason_static(name: &str) -> Option<&'static str> {
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

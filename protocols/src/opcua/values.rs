@@ -80,14 +80,26 @@ mod tests {
 
     #[test]
     fn variants_statuses_and_timestamps() {
-        assert_eq!(variant_to_value(&Variant::Double(1.5)), Some(Value::Float(1.5)));
+        assert_eq!(
+            variant_to_value(&Variant::Double(1.5)),
+            Some(Value::Float(1.5))
+        );
         assert_eq!(variant_to_value(&Variant::UInt32(7)), Some(Value::UInt(7)));
         assert_eq!(variant_to_value(&Variant::Int16(-7)), Some(Value::Int(-7)));
-        assert_eq!(variant_to_value(&Variant::Boolean(true)), Some(Value::Bool(true)));
+        assert_eq!(
+            variant_to_value(&Variant::Boolean(true)),
+            Some(Value::Bool(true))
+        );
         assert_eq!(variant_to_value(&Variant::Empty), None);
         assert_eq!(status_to_quality(StatusCode::Good), Quality::Good);
-        assert_eq!(status_to_quality(StatusCode::UncertainLastUsableValue), Quality::Uncertain);
-        assert_eq!(status_to_quality(StatusCode::BadNodeIdUnknown), Quality::Bad);
+        assert_eq!(
+            status_to_quality(StatusCode::UncertainLastUsableValue),
+            Quality::Uncertain
+        );
+        assert_eq!(
+            status_to_quality(StatusCode::BadNodeIdUnknown),
+            Quality::Bad
+        );
 
         let tag: Tag = Arc::from("t");
         let src = DateTime::from(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap());
@@ -102,7 +114,14 @@ mod tests {
         assert_eq!(s.quality, Quality::Bad, "NaN from a server is bad quality");
         let s = data_value_to_sample(&tag, &dv, TimestampSource::Agent, 5);
         assert_eq!(s.ts_ns, 5);
-        let dv = DataValue { value: None, status: Some(StatusCode::Good), ..Default::default() };
-        assert_eq!(data_value_to_sample(&tag, &dv, TimestampSource::Server, 9).quality, Quality::Bad);
+        let dv = DataValue {
+            value: None,
+            status: Some(StatusCode::Good),
+            ..Default::default()
+        };
+        assert_eq!(
+            data_value_to_sample(&tag, &dv, TimestampSource::Server, 9).quality,
+            Quality::Bad
+        );
     }
 }
