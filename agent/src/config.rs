@@ -269,90 +269,42 @@ impl AgentConfig {
         );
 
         // Source names and tag names: unique across the agent.
-        let mut names: HashMap<String, KeyPath> = HashMap::new();
-        let mut tags: HashMap<String, KeyPath> = HashMap::new();
-        let unique = |map: &mut HashMap<String, KeyPath>,
-                      what: &str,
-                      name: &str,
-                      at: KeyPath,
-                      issues: &mut Issues| {
-            if name.is_empty() {
-                issues.push(at, format!("{what} name must not be empty"));
-            } else if let Some(first) = map.get(name) {
-                issues.push(at, format!("{what} `{name}` is already defined at {first}; {what} names must be unique"));
-            } else {
-                map.insert(name.to_string(), at);
-            }
-        };
+        let mut names = UniqueNames::new("source");
+        let mut tags = UniqueNames::new("tag");
         let s = root.key("sources");
-        let total = self.sources.simulated.len()
-            + self.sources.modbus.len()
-            + self.sources.opcua.len()
-            + self.sources.mqtt.len();
-        issues.check(total > 0, s.clone(), || {
+        issues.check(self.source_count() > 0, s.clone(), || {
             "no sources: add a [[sources.simulated]], [[sources.modbus]], [[sources.opcua]] or [[sources.mqtt]] table".into()
         });
-        for (i, c) in self.sources.simulated.iter().enumerate() {
-            let at = s.key("simulated").index(i);
-            unique(&mut names, "source", &c.name, at.key("name"), issues);
-            c.validate(&at, issues);
-            for (tag, tp) in c.tag_names_with_paths(&at) {
-                unique(&mut tags, "tag", &tag, tp, issues);
-            }
-        }
-        for (i, c) in self.sources.modbus.iter().enumerate() {
-            let at = s.key("modbus").index(i);
-            unique(&mut names, "source", &c.name, at.key("name"), issues);
-            feature_check(cfg!(feature = "modbus"), "modbus", &at, issues);
-            c.validate(&at, issues);
-            for (j, t) in c.tags.iter().enumerate() {
-                unique(
-                    &mut tags,
-                    "tag",
-                    &t.name,
-                    at.key("tags").index(j).key("name"),
-                    issues,
-                );
-            }
-        }
-        for (i, c) in self.sources.opcua.iter().enumerate() {
-            let at = s.key("opcua").index(i);
-            unique(&mut names, "source", &c.name, at.key("name"), issues);
-            feature_check(cfg!(feature = "opcua"), "opcua", &at, issues);
-            c.validate(&at, issues);
-            for (j, t) in c.tags.iter().enumerate() {
-                unique(
-                    &mut tags,
-                    "tag",
-                    &t.name,
-                    at.key("tags").index(j).key("name"),
-                    issues,
-                );
-            }
-        }
-        for (i, c) in self.sources.mqtt.iter().enumerate() {
-            let at = s.key("mqtt").index(i);
-            unique(&mut names, "source", &c.name, at.key("name"), issues);
-            feature_check(cfg!(feature = "mqtt"), "mqtt", &at, issues);
-            c.validate(&at, issues);
-            for (j, t) in c.tags.iter().enumerate() {
-                if !t.name.contains('{') {
-                    unique(
-                        &mut tags,
-                        "tag",
-                        &t.name,
-                        at.key("tags").index(j).key("name"),
-                        issues,
-                    );
-                }
-            }
-        }
-        let mut outputs: HashMap<String, KeyPath> = HashMap::new();
+        let sc = &self.sources;
+        check_sources(&sc.simulated, &s, &mut names, &mut tags, issues);
+        check_sources(&sc.modbus, &s, &mut names, &mut tags, issues);
+        check_sources(&sc.opcua, &s, &mut names, &mut tags, issues);
+        check_sources(&sc.mqtt, &s, &mut names, &mut tags, issues);
+        let mut outputs = UniqueNames::new("output");
         for (i, c) in self.outputs.file.iter().enumerate() {
             let at = root.key("outputs").key("file").index(i);
-            unique(&mut outputs, "output", &c.name, at.key("name"), issues);
+            outputs.add(&c.name, at.key("name"), issues);
             c.validate(&at, issues);
         }
+    }
+
+    pub fn source_count(&self) -> usize {
+        let s = &self.sources;
+        s.simulated.len() + s.modbus.len() + s.opcua.len() + s.mqtt.len()
+    }
+
+    /// Tags known at load time (wildcard MQTT tags are created at runtime).
+    pub fn static_tag_count(&self) -> usize {
+        let s = &self.sources;
+        let at = KeyPath::root();
+        let n = |v: Vec<(String, KeyPath)>| v.len();
+        s.simulated
+            .iter()
+            .map(|c| n(c.tag_keys(&at)))
+            .sum::<usize>()
+            + s.modbus.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
+            + s.opcua.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
+            + s.mqtt.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
     }
 
     /// Default PKI folder of OPC-UA sources.
@@ -361,10 +313,137 @@ impl AgentConfig {
     }
 }
 
-fn feature_check(enabled: bool, feature: &str, at: &KeyPath, issues: &mut Issues) {
-    issues.check(enabled, at.clone(), || {
-        format!("this edge-agent build has no `{feature}` support (built without cargo feature `{feature}`)")
-    });
+/// What config loading needs from every `[[sources.<kind>]]` entry.
+trait SourceEntry {
+    /// The `<kind>` key, also the cargo feature that builds it.
+    const KIND: &'static str;
+    /// Whether this build can run the kind.
+    const ENABLED: bool;
+    fn name(&self) -> &str;
+    fn validate(&self, at: &KeyPath, issues: &mut Issues);
+    /// Tag names known at load time, each with the key that defines it.
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)>;
+}
+
+fn tag_list<'a>(at: &KeyPath, names: impl Iterator<Item = &'a str>) -> Vec<(String, KeyPath)> {
+    names
+        .enumerate()
+        .map(|(j, n)| (n.to_string(), at.key("tags").index(j).key("name")))
+        .collect()
+}
+
+impl SourceEntry for SimulatedSourceConfig {
+    const KIND: &'static str = "simulated";
+    const ENABLED: bool = true;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        SimulatedSourceConfig::validate(self, at, issues)
+    }
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)> {
+        self.tag_names_with_paths(at)
+    }
+}
+
+impl SourceEntry for ModbusSourceConfig {
+    const KIND: &'static str = "modbus";
+    const ENABLED: bool = cfg!(feature = "modbus");
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        ModbusSourceConfig::validate(self, at, issues)
+    }
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)> {
+        tag_list(at, self.tags.iter().map(|t| t.name.as_str()))
+    }
+}
+
+impl SourceEntry for OpcUaSourceConfig {
+    const KIND: &'static str = "opcua";
+    const ENABLED: bool = cfg!(feature = "opcua");
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        OpcUaSourceConfig::validate(self, at, issues)
+    }
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)> {
+        tag_list(at, self.tags.iter().map(|t| t.name.as_str()))
+    }
+}
+
+impl SourceEntry for MqttSourceConfig {
+    const KIND: &'static str = "mqtt";
+    const ENABLED: bool = cfg!(feature = "mqtt");
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        MqttSourceConfig::validate(self, at, issues)
+    }
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)> {
+        // Templated names (`{1}.temp`) become tags at runtime; skip them here, keep indices.
+        tag_list(at, self.tags.iter().map(|t| t.name.as_str()))
+            .into_iter()
+            .filter(|(n, _)| !n.contains('{'))
+            .collect()
+    }
+}
+
+/// Names that must be unique, with where each was first defined.
+struct UniqueNames {
+    what: &'static str,
+    seen: HashMap<String, KeyPath>,
+}
+
+impl UniqueNames {
+    fn new(what: &'static str) -> Self {
+        UniqueNames {
+            what,
+            seen: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, name: &str, at: KeyPath, issues: &mut Issues) {
+        let what = self.what;
+        if name.is_empty() {
+            issues.push(at, format!("{what} name must not be empty"));
+        } else if let Some(first) = self.seen.get(name) {
+            issues.push(
+                at,
+                format!(
+                    "{what} `{name}` is already defined at {first}; {what} names must be unique"
+                ),
+            );
+        } else {
+            self.seen.insert(name.to_string(), at);
+        }
+    }
+}
+
+fn check_sources<T: SourceEntry>(
+    list: &[T],
+    sources: &KeyPath,
+    names: &mut UniqueNames,
+    tags: &mut UniqueNames,
+    issues: &mut Issues,
+) {
+    for (i, c) in list.iter().enumerate() {
+        let at = sources.key(T::KIND).index(i);
+        names.add(c.name(), at.key("name"), issues);
+        issues.check(T::ENABLED, at.clone(), || {
+            format!(
+                "this edge-agent build has no `{0}` support (built without cargo feature `{0}`)",
+                T::KIND
+            )
+        });
+        c.validate(&at, issues);
+        for (tag, key) in c.tag_keys(&at) {
+            tags.add(&tag, key, issues);
+        }
+    }
 }
 
 /// 1-based line of the deepest existing key along `path`.

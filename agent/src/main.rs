@@ -42,22 +42,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match AgentConfig::load(&config) {
             Ok(c) => {
-                let tags: usize = c
-                    .sources
-                    .simulated
-                    .iter()
-                    .map(|s| s.tag_names_with_paths(&Default::default()).len())
-                    .sum::<usize>()
-                    + c.sources.modbus.iter().map(|s| s.tags.len()).sum::<usize>()
-                    + c.sources.opcua.iter().map(|s| s.tags.len()).sum::<usize>()
-                    + c.sources.mqtt.iter().map(|s| s.tags.len()).sum::<usize>();
-                let sources = c.sources.simulated.len()
-                    + c.sources.modbus.len()
-                    + c.sources.opcua.len()
-                    + c.sources.mqtt.len();
                 println!(
-                    "{}: ok ({sources} sources, {tags} tags, {} outputs)",
+                    "{}: ok ({} sources, {} tags, {} outputs)",
                     config.display(),
+                    c.source_count(),
+                    c.static_tag_count(),
                     c.outputs.file.len()
                 );
                 ExitCode::SUCCESS

@@ -179,39 +179,30 @@ impl ModbusPoller {
 
     async fn read(&self, ctx: &mut Context, req: &ReadRequest) -> ReadOutcome {
         ctx.set_slave(Slave(req.unit));
+        let (start, count) = (req.start, req.count);
+        let fut = async {
+            Ok(match req.table {
+                Table::Coil => ctx.read_coils(start, count).await?.map(ReadOutcome::Bits),
+                Table::Discrete => ctx
+                    .read_discrete_inputs(start, count)
+                    .await?
+                    .map(ReadOutcome::Bits),
+                Table::Holding => ctx
+                    .read_holding_registers(start, count)
+                    .await?
+                    .map(ReadOutcome::Registers),
+                Table::Input => ctx
+                    .read_input_registers(start, count)
+                    .await?
+                    .map(ReadOutcome::Registers),
+            })
+        };
         let t = self.cfg.timeout;
-        let what = |e: &dyn std::fmt::Display| format!("{e}");
-        match req.table {
-            Table::Coil | Table::Discrete => {
-                let fut = async {
-                    if req.table == Table::Coil {
-                        ctx.read_coils(req.start, req.count).await
-                    } else {
-                        ctx.read_discrete_inputs(req.start, req.count).await
-                    }
-                };
-                match timeout(t, fut).await {
-                    Ok(Ok(Ok(bits))) => ReadOutcome::Bits(bits),
-                    Ok(Ok(Err(code))) => ReadOutcome::Exception(code),
-                    Ok(Err(e)) => ReadOutcome::Broken(what(&e)),
-                    Err(_) => ReadOutcome::Broken(format!("no response within {t:?}")),
-                }
-            }
-            Table::Holding | Table::Input => {
-                let fut = async {
-                    if req.table == Table::Holding {
-                        ctx.read_holding_registers(req.start, req.count).await
-                    } else {
-                        ctx.read_input_registers(req.start, req.count).await
-                    }
-                };
-                match timeout(t, fut).await {
-                    Ok(Ok(Ok(regs))) => ReadOutcome::Registers(regs),
-                    Ok(Ok(Err(code))) => ReadOutcome::Exception(code),
-                    Ok(Err(e)) => ReadOutcome::Broken(what(&e)),
-                    Err(_) => ReadOutcome::Broken(format!("no response within {t:?}")),
-                }
-            }
+        match timeout(t, fut).await {
+            Ok(Ok(Ok(data))) => data,
+            Ok(Ok(Err(code))) => ReadOutcome::Exception(code),
+            Ok(Err::<_, tokio_modbus::Error>(e)) => ReadOutcome::Broken(e.to_string()),
+            Err(_) => ReadOutcome::Broken(format!("no response within {t:?}")),
         }
     }
 
@@ -399,9 +390,16 @@ impl ModbusPoller {
             }
             let mut batch =
                 Vec::with_capacity(groups[gi].requests.iter().map(|r| r.req.tags.len()).sum());
-            let ok = self
-                .poll_group(&mut groups[gi], &mut conn, &ctx, &mut batch)
-                .await;
+            // A poll against a silent device can take timeout x attempts: shutdown must not
+            // wait for it. What was read before the cancel is still handed over.
+            let polled = tokio::select! {
+                ok = self.poll_group(&mut groups[gi], &mut conn, &ctx, &mut batch) => Some(ok),
+                _ = ctx.shutdown.cancelled() => None,
+            };
+            let Some(ok) = polled else {
+                let _ = ctx.out.send(batch).await;
+                break;
+            };
             let g = &mut groups[gi];
             g.next_due += g.interval;
             let now = Instant::now();

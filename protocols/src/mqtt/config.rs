@@ -218,14 +218,6 @@ impl MqttSourceConfig {
             }
         }
     }
-
-    /// Static tag names (those without placeholders).
-    pub fn static_tags(&self) -> impl Iterator<Item = &str> {
-        self.tags
-            .iter()
-            .filter(|t| !t.name.contains('{'))
-            .map(|t| t.name.as_str())
-    }
 }
 
 #[cfg(test)]

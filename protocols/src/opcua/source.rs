@@ -373,7 +373,11 @@ impl OpcUaSource {
             .iter()
             .map(|&i| ReadValueId::new(self.nodes[i].clone(), AttributeId::Value))
             .collect();
-        match session.read(&reads, TimestampsToReturn::Both, 0.0).await {
+        let read = tokio::select! {
+            r = session.read(&reads, TimestampsToReturn::Both, 0.0) => r,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        match read {
             Ok(dvs) => {
                 latch.ok();
                 let now = now_ns();
@@ -478,7 +482,10 @@ impl OpcUaSource {
                             security = %format!("{}/{}", self.policy(), self.mode()),
                             new_session, "opc-ua session up");
                         if !subscribed {
-                            polled = self.subscribe(&session, ctx, tx).await;
+                            polled = tokio::select! {
+                                p = self.subscribe(&session, ctx, tx) => p,
+                                _ = ctx.shutdown.cancelled() => continue,
+                            };
                             subscribed = true;
                         }
                     }
