@@ -19,6 +19,7 @@ use edge_protocols::opcua::OpcUaSourceConfig;
 use edge_protocols::BackpressurePolicy;
 use serde::Deserialize;
 
+use crate::models::{BundlesConfig, ModelConfig, TagCatalog};
 use crate::outputs::file::FileOutputConfig;
 use crate::sources::simulated::SimulatedSourceConfig;
 
@@ -37,6 +38,10 @@ pub struct AgentConfig {
     pub sources: SourcesConfig,
     #[serde(default)]
     pub outputs: OutputsConfig,
+    #[serde(default)]
+    pub bundles: BundlesConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
 }
 
 /// `[agent]`
@@ -280,6 +285,16 @@ impl AgentConfig {
         check_sources(&sc.modbus, &s, &mut names, &mut tags, issues);
         check_sources(&sc.opcua, &s, &mut names, &mut tags, issues);
         check_sources(&sc.mqtt, &s, &mut names, &mut tags, issues);
+        let mut models = UniqueNames::new("model");
+        for (i, m) in self.models.iter().enumerate() {
+            let at = root.key("models").index(i);
+            models.add(&m.name, at.key("name"), issues);
+            m.validate(&at, issues);
+        }
+        issues.check(self.models.is_empty() || !self.bundles.trusted_keys.is_empty(), root.key("bundles").key("trusted_keys"), || {
+            "models are configured but no key is trusted: add the ML team's public key, e.g. \
+             trusted_keys = [\"/etc/edge-agent/keys/ml.pub.pem\"]".into()
+        });
         let mut outputs = UniqueNames::new("output");
         for (i, c) in self.outputs.file.iter().enumerate() {
             let at = root.key("outputs").key("file").index(i);
@@ -307,10 +322,77 @@ impl AgentConfig {
             + s.mqtt.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
     }
 
+    /// Where bundle state (the version floor) lives.
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.agent.data_dir.join("bundles")
+    }
+
+    /// The tag names sources will produce, for checking feature specs.
+    pub fn tag_catalog(&self) -> ConfigTags {
+        let at = KeyPath::root();
+        let s = &self.sources;
+        let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for v in [
+            s.simulated.iter().flat_map(|c| c.tag_keys(&at)).collect::<Vec<_>>(),
+            s.modbus.iter().flat_map(|c| c.tag_keys(&at)).collect(),
+            s.opcua.iter().flat_map(|c| c.tag_keys(&at)).collect(),
+            s.mqtt.iter().flat_map(|c| c.tag_keys(&at)).collect(),
+        ] {
+            known.extend(v.into_iter().map(|(n, _)| n));
+        }
+        let templates = s.mqtt.iter().flat_map(|c| c.tags.iter()).filter(|t| t.name.contains('{')).map(|t| t.name.clone()).collect();
+        ConfigTags { known, templates }
+    }
+
     /// Default PKI folder of OPC-UA sources.
     pub fn opcua_pki_dir(&self) -> PathBuf {
         self.agent.data_dir.join("pki").join("opcua")
     }
+}
+
+/// Tag names from the config: static names, plus MQTT name templates (`{1}.temp`) that
+/// create names at runtime.
+#[derive(Debug, Clone)]
+pub struct ConfigTags {
+    known: std::collections::HashSet<String>,
+    templates: Vec<String>,
+}
+
+impl TagCatalog for ConfigTags {
+    fn knows(&self, tag: &str) -> bool {
+        self.known.contains(tag) || self.templates.iter().any(|t| template_matches(t, tag))
+    }
+}
+
+/// Whether `name` can come out of `template` (each placeholder matches one or more characters).
+fn template_matches(template: &str, name: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    let mut rest = template;
+    while let (Some(open), Some(close)) = (rest.find('{'), rest.find('}')) {
+        if close < open {
+            break;
+        }
+        parts.push(&rest[..open]);
+        rest = &rest[close + 1..];
+    }
+    parts.push(rest);
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return template == name;
+    }
+    if !name.starts_with(first) || !name.ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let end = name.len() - last.len();
+    let mut pos = first.len();
+    for p in &parts[1..parts.len() - 1] {
+        let from = pos + 1; // the placeholder before `p` takes at least one character
+        match name.get(from..end).and_then(|r| r.find(p)) {
+            Some(k) => pos = from + k + p.len(),
+            None => return false,
+        }
+    }
+    end > pos
 }
 
 /// What config loading needs from every `[[sources.<kind>]]` entry.
@@ -545,6 +627,15 @@ type = "f32"
         assert_eq!(find("sources.modbus[0].tags[1].address").line, Some(18));
         let shown = e.to_string();
         assert!(shown.contains("test.toml:3: agent.id:"), "{shown}");
+    }
+
+    #[test]
+    fn mqtt_name_templates_match_runtime_names() {
+        assert!(template_matches("{1}.temp", "pumpA.temp"));
+        assert!(!template_matches("{1}.temp", ".temp"));
+        assert!(template_matches("line.{1}.{2}", "line.a.b"));
+        assert!(!template_matches("line.{1}.{2}", "plant.a.b"));
+        assert!(!template_matches("{1}.temp", "pumpA.pressure"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `edge-agent`: the command-line edge of the agent library. Commands: `run`, `check`.
+//! `edge-agent`: the command-line edge of the agent library. Commands: `run`, `check`,
+//! `featurize`, `bundle keygen|pack|inspect|verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,10 +31,74 @@ enum Command {
         #[arg(long, short, env = "EDGE_AGENT_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file without connecting to anything; exits non-zero on errors.
+    /// Validate a config file (and the bundles it names) without connecting to anything;
+    /// exits 2 on errors.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Compute features from a recording (CSV) with the exact code the agent runs.
+    Featurize {
+        /// Bundle whose feature spec to use (its signature is not needed for this).
+        #[arg(long, conflicts_with = "spec", required_unless_present = "spec")]
+        bundle: Option<PathBuf>,
+        /// Or a pack/spec TOML file (`[spec]` table), before any model exists.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// Recording: `tag,ts_ns,value,quality` (what `[[outputs.file]] format = "csv"` writes).
+        #[arg(long)]
+        input: PathBuf,
+        /// Output CSV (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Write the model input (layout + scaler applied) instead of raw features.
+        #[arg(long)]
+        scaled: bool,
+    },
+    /// Model bundles: keys, packing, inspection, verification.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BundleCommand {
+    /// Create an ed25519 signing key pair: PREFIX.key.pem (keep secret) and PREFIX.pub.pem.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Pack and sign a bundle from an ONNX model, a pack spec and a training recording.
+    Pack {
+        /// Pack spec (TOML): name, version, version_number, [spec], [postprocess].
+        #[arg(long)]
+        spec: PathBuf,
+        #[arg(long)]
+        model: PathBuf,
+        /// Training recording (CSV) for the reference statistics.
+        #[arg(long)]
+        train: PathBuf,
+        /// Signing key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show what a bundle contains (does not check the signature).
+    Inspect {
+        file: PathBuf,
+        /// Print the whole manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check signature, hashes, version floor, and that the model loads with its spec.
+    Verify {
+        file: PathBuf,
+        /// Trusted public key(s) (PEM).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Refuse version numbers below this.
+        #[arg(long, default_value_t = 0)]
+        floor: u64,
     },
 }
 
@@ -42,6 +107,14 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match AgentConfig::load(&config) {
             Ok(c) => {
+                let problems = edge_agent::check_models(&c);
+                if !problems.is_empty() {
+                    eprintln!("error: config {} has {} problem(s):", config.display(), problems.len());
+                    for p in problems {
+                        eprintln!("  {p}");
+                    }
+                    return ExitCode::from(2);
+                }
                 println!(
                     "{}: ok ({} sources, {} tags, {} outputs)",
                     config.display(),
@@ -55,6 +128,27 @@ fn main() -> ExitCode {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             }
+        },
+        Command::Featurize { bundle, spec, input, output, scaled } => {
+            let res = edge_agent::commands::featurize::load_spec(bundle.as_deref(), spec.as_deref())
+                .and_then(|s| edge_agent::commands::featurize::featurize(&s, &input, output.as_deref(), scaled));
+            match res {
+                Ok(st) => {
+                    eprintln!(
+                        "featurize: {} windows, {} skipped (missing data), {} late samples dropped",
+                        st.windows, st.skipped_missing, st.late_samples
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Bundle(cmd) => match bundle(cmd) {
+            Ok(msg) => {
+                println!("{}", msg.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
         },
         Command::Run { config } => {
             let cfg = match AgentConfig::load(&config) {
@@ -84,6 +178,35 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(2)
+}
+
+fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
+    use edge_agent::commands::bundle as b;
+    match cmd {
+        BundleCommand::Keygen { out } => {
+            let (k, p) = b::keygen(&out)?;
+            Ok(format!("wrote {} (private: keep it off devices) and {} (give to agents: bundles.trusted_keys)", k.display(), p.display()))
+        }
+        BundleCommand::Pack { spec, model, train, key, out } => {
+            let m = b::pack(&spec, &model, &train, &key, &out)?;
+            Ok(format!(
+                "wrote {}: {} {} (version number {}), {} features, reference from {} training windows",
+                out.display(),
+                m.name,
+                m.version,
+                m.version_number,
+                m.features.column_names().len(),
+                m.reference.windows
+            ))
+        }
+        BundleCommand::Inspect { file, json } => b::inspect(&file, json),
+        BundleCommand::Verify { file, keys, floor } => b::verify(&file, &keys, floor),
     }
 }
 

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::models::ModelStats;
 use crate::outputs::OutputStats;
 use crate::pipeline::record::Record;
 use crate::pipeline::PipelineStats;
@@ -37,6 +38,7 @@ struct Inner {
         mpsc::WeakSender<Record>,
     )>,
     pipeline: Option<Arc<PipelineStats>>,
+    models: Vec<(String, Arc<ModelStats>)>,
     fan_in: Option<mpsc::WeakSender<SampleBatch>>,
 }
 
@@ -77,6 +79,10 @@ impl Metrics {
             .outputs
             .push((name.to_string(), kind, s, q.downgrade()));
     }
+    pub fn add_model(&self, name: &str, s: Arc<ModelStats>) {
+        self.lock().models.push((name.to_string(), s));
+    }
+
     pub fn set_pipeline(&self, s: Arc<PipelineStats>) {
         self.lock().pipeline = Some(s);
     }

@@ -11,6 +11,7 @@
 #![warn(missing_debug_implementations)]
 
 pub mod backoff;
+pub mod bundle;
 pub mod config_check;
 pub mod error_latch;
 pub mod modbus;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::{Output, OutputFuture, OutputStats};
-use crate::pipeline::record::Record;
+use crate::pipeline::record::{Record, RecordKind};
 use crate::recording::{write_csv_row, CSV_HEADER};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -21,9 +21,14 @@ pub struct FileOutputConfig {
     pub name: String,
     /// File to append to; `-` is standard output.
     pub path: PathBuf,
-    /// `jsonl` (one JSON object per sample) or `csv` (the recording format).
+    /// `jsonl` (one JSON object per sample, feature row or prediction) or `csv` (the
+    /// recording format; samples only).
     #[serde(default)]
     pub format: FileFormat,
+    /// Which records to write: any of `samples`, `features`, `predictions`. Default: all
+    /// (jsonl), samples (csv).
+    #[serde(default)]
+    pub records: Option<Vec<crate::pipeline::record::RecordKind>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -39,6 +44,13 @@ impl FileOutputConfig {
         issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
             "path must not be empty (use \"-\" for standard output)".into()
         });
+        if self.format == FileFormat::Csv {
+            issues.check(
+                self.records.as_ref().is_none_or(|r| r.iter().all(|k| *k == RecordKind::Samples)),
+                at.key("records"),
+                || "the csv format holds samples only; use format = \"jsonl\" for features and predictions".into(),
+            );
+        }
     }
 }
 
@@ -80,16 +92,12 @@ impl FileOutput {
                 for s in samples.iter() {
                     match self.cfg.format {
                         FileFormat::Csv => write_csv_row(buf, s),
-                        FileFormat::Jsonl => {
-                            // Serializing plain data into a String cannot fail.
-                            if let Ok(j) = serde_json::to_string(s) {
-                                buf.push_str(&j);
-                                buf.push('\n');
-                            }
-                        }
+                        FileFormat::Jsonl => push_json(buf, &Tagged { kind: "sample", body: s }),
                     }
                 }
             }
+            Record::Features(f) => push_json(buf, &Tagged { kind: "features", body: &**f }),
+            Record::Prediction(p) => push_json(buf, &Tagged { kind: "prediction", body: &**p }),
         }
     }
 
@@ -162,9 +170,32 @@ impl FileOutput {
     }
 }
 
+/// A record with its kind: `{"kind": "sample", ...}`.
+#[derive(serde::Serialize)]
+struct Tagged<'a, T: serde::Serialize> {
+    kind: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn push_json<T: serde::Serialize>(buf: &mut String, v: &T) {
+    // Serializing plain data into a String cannot fail.
+    if let Ok(j) = serde_json::to_string(v) {
+        buf.push_str(&j);
+        buf.push('\n');
+    }
+}
+
 impl Output for FileOutput {
     fn kind(&self) -> &'static str {
         "file"
+    }
+
+    fn accepts(&self, kind: RecordKind) -> bool {
+        match &self.cfg.records {
+            Some(r) => r.contains(&kind),
+            None => self.cfg.format == FileFormat::Jsonl || kind == RecordKind::Samples,
+        }
     }
     fn run(
         self: Box<Self>,

@@ -46,6 +46,10 @@ pub type OutputFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub trait Output: Send + 'static {
     /// Output kind for logs and metrics (`"file"`, ...).
     fn kind(&self) -> &'static str;
+    /// Whether the output takes records of this kind (the pipeline sends it only those).
+    fn accepts(&self, _kind: crate::pipeline::record::RecordKind) -> bool {
+        true
+    }
     /// Consumes records until the queue closes, then flushes and returns.
     fn run(
         self: Box<Self>,

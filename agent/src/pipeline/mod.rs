@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
 use crate::outputs::{Output, OutputStats};
-use record::Record;
+use record::{Record, RecordKind};
 
 /// Counters of the hub.
 #[derive(Debug, Default)]
@@ -47,10 +47,22 @@ pub struct RunReport {
     pub clean: bool,
 }
 
-/// A pipeline before it runs: named sources and outputs.
+/// A boxed, sendable future: the return type of [`Stage::run`].
+pub type StageFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A transform between sources and outputs (e.g. windows -> features -> model). It receives
+/// every sample record and emits derived records (features, predictions), which go to the
+/// outputs. It must drain its input until it closes, then finish what it holds and return.
+pub trait Stage: Send + 'static {
+    fn kind(&self) -> &'static str;
+    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) -> StageFuture;
+}
+
+/// A pipeline before it runs: named sources, stages and outputs.
 pub struct Pipeline {
     cfg: PipelineConfig,
     sources: Vec<(Arc<str>, Box<dyn Source>)>,
+    stages: Vec<(Arc<str>, Box<dyn Stage>)>,
     outputs: Vec<(Arc<str>, Box<dyn Output>)>,
 }
 
@@ -74,12 +86,17 @@ impl Pipeline {
         Pipeline {
             cfg,
             sources: Vec::new(),
+            stages: Vec::new(),
             outputs: Vec::new(),
         }
     }
 
     pub fn add_source(&mut self, name: &str, s: Box<dyn Source>) {
         self.sources.push((Arc::from(name), s));
+    }
+
+    pub fn add_stage(&mut self, name: &str, s: Box<dyn Stage>) {
+        self.stages.push((Arc::from(name), s));
     }
 
     pub fn add_output(&mut self, name: &str, o: Box<dyn Output>) {
@@ -131,12 +148,28 @@ impl Pipeline {
             let (otx, orx) = mpsc::channel::<Record>(self.cfg.output_capacity);
             let ostats = Arc::new(OutputStats::default());
             metrics.add_output(&name, out.kind(), ostats.clone(), &otx);
-            output_txs.push((name.clone(), otx, ostats.clone()));
+            let accepts = [RecordKind::Samples, RecordKind::Features, RecordKind::Predictions].map(|k| out.accepts(k));
+            output_txs.push(OutputLink { name: name.clone(), tx: otx, stats: ostats.clone(), accepts });
             output_stats.push((name.clone(), ostats.clone()));
             output_tasks.spawn(out.run(orx, ostats));
         }
 
-        let hub = tokio::spawn(hub(rx, output_txs, stats.clone(), abort.clone()));
+        let (derived_tx, derived_rx) = mpsc::channel::<Record>(self.cfg.output_capacity);
+        let mut stage_txs = Vec::new();
+        let mut stage_tasks = JoinSet::new();
+        for (name, stage) in self.stages {
+            let (stx, srx) = mpsc::channel::<Record>(self.cfg.channel_capacity);
+            stage_txs.push((name.clone(), stx));
+            let out = derived_tx.clone();
+            stage_tasks.spawn(async move {
+                if let Err(e) = tokio::spawn(stage.run(srx, out)).await {
+                    tracing::error!(stage = %name, "stage crashed: {e}; its records are lost, sources keep running");
+                }
+            });
+        }
+        drop(derived_tx);
+
+        let hub = tokio::spawn(hub(rx, derived_rx, stage_txs, output_txs, stats.clone(), abort.clone()));
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: stopping sources, delivering what was read");
@@ -171,6 +204,7 @@ impl Pipeline {
             .await;
             source_tasks.abort_all();
             hub.abort();
+            stage_tasks.abort_all();
             output_tasks.abort_all();
             for (name, o) in &output_stats {
                 let lost = o.in_flight();
@@ -195,31 +229,81 @@ impl Pipeline {
     }
 }
 
-/// Fans each batch out to every output; waits for room in each output's queue.
+/// The hub's handle on one output.
+struct OutputLink {
+    name: Arc<str>,
+    tx: mpsc::Sender<Record>,
+    stats: Arc<OutputStats>,
+    /// Indexed by `RecordKind as usize`.
+    accepts: [bool; 3],
+}
+
+/// Fans each sample batch out to every stage and output, and every derived record (features,
+/// predictions) to every output; waits for room in each queue.
+///
+/// Shutdown order: when the sources' channel closes, the stage inputs are closed; stages
+/// finish and drop their outputs; once no stage can emit anymore the output queues close.
 async fn hub(
     mut rx: mpsc::Receiver<SampleBatch>,
-    outputs: Vec<(Arc<str>, mpsc::Sender<Record>, Arc<OutputStats>)>,
+    mut derived: mpsc::Receiver<Record>,
+    mut stages: Vec<(Arc<str>, mpsc::Sender<Record>)>,
+    outputs: Vec<OutputLink>,
     stats: Arc<PipelineStats>,
     abort: CancellationToken,
 ) {
-    loop {
-        let batch = tokio::select! {
-            b = rx.recv() => match b { Some(b) => b, None => break },
+    let mut samples_open = true;
+    let mut derived_open = true;
+    while samples_open || derived_open {
+        let rec = tokio::select! {
+            b = rx.recv(), if samples_open => match b {
+                Some(b) => {
+                    stats.batches.fetch_add(1, Ordering::Relaxed);
+                    stats.samples.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    Record::Samples(Arc::new(b))
+                }
+                None => {
+                    samples_open = false;
+                    stages.clear(); // closes the stage inputs
+                    continue;
+                }
+            },
+            d = derived.recv(), if derived_open => match d {
+                Some(d) => d,
+                None => {
+                    derived_open = false;
+                    continue;
+                }
+            },
             _ = abort.cancelled() => break,
         };
-        let n = batch.len() as u64;
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.samples.fetch_add(n, Ordering::Relaxed);
-        let rec = Record::Samples(Arc::new(batch));
-        for (name, otx, ostats) in &outputs {
+        let n = rec.len() as u64;
+        if let Record::Samples(_) = rec {
+            for (name, stx) in &stages {
+                tokio::select! {
+                    r = stx.send(rec.clone()) => if r.is_err() {
+                        tracing::error!(stage = %name, "stage stopped; {n} samples not delivered to it");
+                    },
+                    _ = abort.cancelled() => {
+                        tracing::warn!(stage = %name, "shutdown deadline: {n} samples not delivered to this stage");
+                    }
+                }
+            }
+        }
+        let kind = rec.kind() as usize;
+        for OutputLink { name, tx: otx, stats: ostats, accepts } in &outputs {
+            if !accepts[kind] {
+                continue;
+            }
             tokio::select! {
                 r = otx.send(rec.clone()) => match r {
                     Ok(()) => ostats.add_enqueued(n),
-                    Err(_) => tracing::error!(output = %name, "output stopped; {n} samples not delivered to it"),
+                    Err(_) => tracing::error!(output = %name, "output stopped; {n} items not delivered to it"),
                 },
                 _ = abort.cancelled() => {
-                    stats.dropped_at_shutdown.fetch_add(n, Ordering::Relaxed);
-                    tracing::warn!(output = %name, "shutdown deadline: {n} samples not delivered to this output");
+                    if let Record::Samples(_) = rec {
+                        stats.dropped_at_shutdown.fetch_add(n, Ordering::Relaxed);
+                    }
+                    tracing::warn!(output = %name, "shutdown deadline: {n} items not delivered to this output");
                 }
             }
         }

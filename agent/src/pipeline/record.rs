@@ -1,25 +1,90 @@
-//! [`Record`]: what flows from the pipeline's stages to its outputs. Batches are shared
-//! (`Arc`) so fanning out to several outputs never copies samples.
+//! [`Record`]: what flows from the pipeline's stages to its outputs. Payloads are shared
+//! (`Arc`) so fanning out to several outputs never copies them.
 
 use std::sync::Arc;
 
 use edge_protocols::Sample;
+use serde::Serialize;
 
 #[derive(Debug, Clone)]
 pub enum Record {
     /// Raw samples as the sources produced them.
     Samples(Arc<Vec<Sample>>),
+    /// The features of one window, before normalization.
+    Features(Arc<FeatureRecord>),
+    /// A model's output for one window.
+    Prediction(Arc<Prediction>),
+}
+
+/// The kinds of record, for outputs that take only some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Samples,
+    Features,
+    Predictions,
 }
 
 impl Record {
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Record::Samples(_) => RecordKind::Samples,
+            Record::Features(_) => RecordKind::Features,
+            Record::Prediction(_) => RecordKind::Predictions,
+        }
+    }
+
     /// Number of items in the record, for counters.
     pub fn len(&self) -> usize {
         match self {
             Record::Samples(s) => s.len(),
+            Record::Features(_) | Record::Prediction(_) => 1,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Which bundle produced a record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BundleRef {
+    /// The `[[models]]` instance name.
+    pub model: Arc<str>,
+    /// Bundle name and versions from its manifest.
+    pub bundle: Arc<str>,
+    pub version: Arc<str>,
+    pub version_number: u64,
+    /// SHA-256 of the bundle file.
+    pub sha256: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeatureRecord {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub names: Arc<[String]>,
+    pub values: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// Raw model outputs by name (flattened).
+    pub outputs: Vec<(String, Vec<f64>)>,
+    /// The manifest's score, if it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Class name from the manifest's label rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Whether the score crossed the manifest's threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<bool>,
 }

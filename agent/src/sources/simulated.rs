@@ -28,6 +28,11 @@ pub struct SimulatedSourceConfig {
     /// Length of one simulated day (ambient temperature and demand cycle). Shorten it for demos.
     #[serde(default = "default_day", with = "humantime_serde")]
     pub day_length: Duration,
+    /// Simulated seconds per real second (default 1). Above 1 the plant runs faster than real
+    /// time and sample timestamps advance with simulated time — for producing training
+    /// recordings quickly; keep 1 for anything that meets real devices.
+    #[serde(default = "one")]
+    pub time_scale: f64,
     /// The machines. Default: two pumps and one motor.
     #[serde(default = "default_assets")]
     pub assets: Vec<AssetConfig>,
@@ -403,19 +408,22 @@ impl SimulatedPlant {
         ctx.stats.set_connected(true);
         tracing::info!(source = %ctx.name, assets = assets.len(), tags = self.tag_list().len(),
             interval = ?self.cfg.sample_interval, faults = self.cfg.faults.len(), "simulated plant starting");
-        let mut tick = tokio::time::interval(self.cfg.sample_interval);
+        let scale = self.cfg.time_scale;
+        let mut tick = tokio::time::interval(self.cfg.sample_interval.div_f64(scale));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let start = tokio::time::Instant::now();
+        let start_ns = now_ns();
         let mut last = 0.0f64;
         loop {
             let now = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 now = tick.tick() => now,
             };
-            let t = (now - start).as_secs_f64();
+            // Simulated time since start.
+            let t = (now - start).as_secs_f64() * scale;
             let dt = (t - last).max(self.cfg.sample_interval.as_secs_f64());
             last = t;
-            let ts = now_ns();
+            let ts = if scale == 1.0 { now_ns() } else { start_ns + (t * 1e9) as i64 };
             let mut batch = Vec::with_capacity(assets.len() * 5);
             for a in assets.iter_mut() {
                 self.step(a, &mut noise, t, dt, ts, &mut batch);
@@ -451,6 +459,7 @@ mod tests {
             sample_interval: Duration::from_millis(100),
             seed: 7,
             day_length: Duration::from_secs(3600),
+            time_scale: 1.0,
             assets: vec![AssetConfig {
                 name: "p".into(),
                 kind: AssetKind::Pump,

@@ -1,0 +1,63 @@
+//! Per-window inference latency: tract (this agent) vs onnxruntime on the same models and
+//! inputs, batch 1, one thread each, in the same run.
+//!
+//! Run: `cargo bench -p edge-agent --bench inference` (needs tests/peers/setup.sh for the
+//! Python side). Results in BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use edge_agent::inference::Model;
+
+const MODELS: [&str; 6] = ["dense_autoencoder", "conv1d", "rf_classifier", "rf_binary", "iforest", "gbr"];
+const RUNS: usize = 2000;
+
+fn models() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
+}
+
+fn tract_us(name: &str) -> f64 {
+    let bytes = std::fs::read(models().join(format!("{name}.onnx"))).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(models().join(format!("{name}.ref.json"))).unwrap()).unwrap();
+    let shape: Vec<usize> = serde_json::from_value(reference["input_shape"].clone()).unwrap();
+    let rows: Vec<Vec<f32>> = serde_json::from_value::<Vec<Vec<f64>>>(reference["inputs"].clone())
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v as f32).collect())
+        .collect();
+    let model = Model::load(&bytes, &shape).unwrap();
+    for r in rows.iter().take(50) {
+        model.run(r).unwrap();
+    }
+    let mut samples: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            for i in 0..RUNS {
+                std::hint::black_box(model.run(&rows[i % rows.len()]).unwrap());
+            }
+            t0.elapsed().as_secs_f64() / RUNS as f64 * 1e6
+        })
+        .collect();
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[2]
+}
+
+fn main() {
+    let peers = std::env::var("EDGE_PEERS_DIR").map(PathBuf::from).unwrap_or_else(|_| models().join("../.peers"));
+    let out = Command::new(peers.join("venv/bin/python"))
+        .arg(models().join("bench_ort.py"))
+        .arg(RUNS.to_string())
+        .output()
+        .expect("run tests/peers/setup.sh first: the onnxruntime side needs its venv");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("per-window latency, batch 1, single thread, median of 5 x {RUNS} runs");
+    println!("{:<20} {:>12} {:>14} {:>8}", "model", "tract (us)", "onnxrt (us)", "ratio");
+    for m in MODELS {
+        let t = tract_us(m);
+        let o = ort[m].as_f64().unwrap();
+        println!("{m:<20} {t:>12.2} {o:>14.2} {:>8.2}", t / o);
+    }
+}

@@ -1,0 +1,224 @@
+//! `edge-agent bundle ...`: make signing keys, pack a signed bundle (feature spec + ONNX +
+//! reference statistics from training data), inspect one, verify one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use edge_protocols::bundle::file::{self, key_id, read_public_key, read_signing_key};
+use edge_protocols::bundle::manifest::{ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT};
+use edge_protocols::bundle::{Bundle, FeatureSpec, InputLayout, Manifest};
+use edge_protocols::config_check::{Issues, KeyPath};
+use serde::Deserialize;
+
+use crate::features::{model_input, offline::featurize_csv};
+use crate::inference::Model;
+use crate::models::reference::column_stats;
+
+/// The pack description (`--spec pack.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackSpec {
+    pub name: String,
+    pub version: String,
+    pub version_number: u64,
+    pub description: Option<String>,
+    pub spec: FeatureSpec,
+    #[serde(default)]
+    pub postprocess: PostProcess,
+}
+
+/// Writes `<prefix>.key.pem` (private, mode 0600) and `<prefix>.pub.pem`.
+pub fn keygen(prefix: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (private, public) = file::generate_key_pem()?;
+    let key = PathBuf::from(format!("{}.key.pem", prefix.display()));
+    let publ = PathBuf::from(format!("{}.pub.pem", prefix.display()));
+    if key.exists() {
+        bail!("{} exists: refusing to overwrite a signing key", key.display());
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&key)
+        .and_then(|mut f| f.write_all(private.as_bytes()))
+        .with_context(|| format!("writing {}", key.display()))?;
+    std::fs::write(&publ, public).with_context(|| format!("writing {}", publ.display()))?;
+    Ok((key, publ))
+}
+
+/// Builds, checks and signs a bundle. Returns the manifest written.
+pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, out: &Path) -> anyhow::Result<Manifest> {
+    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    let ps: PackSpec = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", spec_path.display(), e))?;
+    let mut issues = Issues::default();
+    ps.spec.validate(&KeyPath::root().key("spec"), &mut issues);
+    if !issues.is_empty() {
+        let lines: Vec<String> = issues
+            .0
+            .iter()
+            .map(|i| match crate::config::line_of(&text, &i.path) {
+                Some(l) => format!("  {}:{l}: {}: {}", spec_path.display(), i.path, i.message),
+                None => format!("  {}: {}: {}", spec_path.display(), i.path, i.message),
+            })
+            .collect();
+        bail!("the feature spec has {} problem(s):\n{}", lines.len(), lines.join("\n"));
+    }
+    let onnx = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    let shape = ps.spec.input_shape();
+    let model = Model::load(&onnx, &shape).map_err(|e| {
+        anyhow::anyhow!("{}: the model does not accept the feature spec's input {shape:?}: {e}", model_path.display())
+    })?;
+    let key = read_signing_key(key_path)?;
+
+    // Reference statistics: the training recording through the serving code path.
+    let names = ps.spec.column_names();
+    let mut columns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut outputs: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
+    let f = std::fs::File::open(train).with_context(|| format!("reading {}", train.display()))?;
+    let len = ps.spec.window_len();
+    let stats = featurize_csv(&ps.spec, std::io::BufReader::new(f), &train.display().to_string(), |row| {
+        match ps.spec.layout {
+            InputLayout::Vector => row.values.iter().zip(columns.iter_mut()).for_each(|(v, c)| c.push(*v)),
+            // Raw layouts: one value per channel and window, the window mean.
+            _ => columns.iter_mut().enumerate().for_each(|(c, col)| {
+                let ch = &row.values[c * len..(c + 1) * len];
+                col.push(ch.iter().sum::<f64>() / len as f64);
+            }),
+        }
+        let input = model_input(&ps.spec, row);
+        if input.iter().all(|v| v.is_finite()) {
+            let outs = model.run(&input).map_err(|e| e.to_string())?;
+            for o in outs {
+                let idx = match outputs.iter().position(|(n, _)| *n == o.name) {
+                    Some(i) => i,
+                    None => {
+                        outputs.push((o.name.clone(), vec![Vec::new(); o.values.len()]));
+                        outputs.len() - 1
+                    }
+                };
+                for (k, v) in o.values.iter().enumerate() {
+                    if let Some(col) = outputs[idx].1.get_mut(k) {
+                        col.push(*v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    if stats.windows == 0 {
+        bail!(
+            "{}: no complete window in the training data ({} skipped for missing data, {} late samples): \
+             check the tags and the window spec",
+            train.display(),
+            stats.skipped_missing,
+            stats.late_samples
+        );
+    }
+    let features = names
+        .iter()
+        .zip(&columns)
+        .map(|(n, c)| column_stats(n, c).ok_or_else(|| anyhow::anyhow!("column {n} has no finite value")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out_stats = outputs
+        .iter()
+        .flat_map(|(n, cols)| cols.iter().enumerate().filter_map(move |(k, c)| column_stats(&format!("{n}[{k}]"), c)))
+        .collect();
+    let probe = model.run(&vec![0.0; shape.iter().product()]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        name: ps.name,
+        version: ps.version,
+        version_number: ps.version_number,
+        description: ps.description,
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        features: ps.spec.clone(),
+        model: ModelInfo {
+            sha256: String::new(),
+            size: 0,
+            input: TensorInfo { name: "input".into(), shape: shape.clone(), dtype: "f32".into() },
+            outputs: probe
+                .iter()
+                .map(|o| TensorInfo { name: o.name.clone(), shape: o.shape.clone(), dtype: "f32".into() })
+                .collect(),
+        },
+        postprocess: ps.postprocess,
+        reference: Reference { windows: stats.windows, features, outputs: out_stats },
+    };
+    for (what, o) in [
+        ("score", manifest.postprocess.score.as_ref().map(|s| &s.output)),
+        ("labels", manifest.postprocess.labels.as_ref().map(|s| &s.output)),
+    ] {
+        if let Some(o) = o {
+            if !model.output_names().contains(o) {
+                bail!("postprocess.{what} names output `{o}`; the model has {:?}", model.output_names());
+            }
+        }
+    }
+    let bytes = file::pack(&manifest, &onnx, &key)?;
+    let tmp = out.with_extension("bundle.tmp");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(file::parse(&bytes)?.manifest)
+}
+
+/// A human summary of a bundle (signature not checked).
+pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let u = file::parse(&bytes)?;
+    if json {
+        return Ok(serde_json::to_string_pretty(&u.manifest)?);
+    }
+    let m = &u.manifest;
+    let signer = ed25519_dalek::VerifyingKey::from_bytes(&u.signer).map(|k| key_id(&k)).unwrap_or_else(|_| "invalid".into());
+    let mut s = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "bundle      {} {} (version number {})", m.name, m.version, m.version_number);
+    if let Some(d) = &m.description {
+        let _ = writeln!(s, "            {d}");
+    }
+    let _ = writeln!(s, "created     {}", m.created);
+    let _ = writeln!(s, "file        {} bytes, sha256 {}", bytes.len(), u.file_sha256);
+    let _ = writeln!(s, "model       {} bytes, sha256 {}", m.model.size, m.model.sha256);
+    let _ = writeln!(s, "signed by   key {signer} (signature not checked: use `bundle verify`)");
+    let f = &m.features;
+    let _ = writeln!(
+        s,
+        "window      {} tags at {} Hz, {} points, hop {}, layout {:?}, input {:?}",
+        f.tags.len(),
+        f.rate_hz,
+        f.window_len(),
+        f.hop_len(),
+        f.layout,
+        f.input_shape()
+    );
+    let _ = writeln!(s, "tags        {}", f.tags.join(", "));
+    let _ = writeln!(s, "features    {}", f.column_names().join(", "));
+    let outs: Vec<String> = m.model.outputs.iter().map(|o| format!("{} {:?}", o.name, o.shape)).collect();
+    let _ = writeln!(s, "outputs     {}", outs.join(", "));
+    if let Some(sc) = &m.postprocess.score {
+        let _ = writeln!(s, "score       {}[{}] threshold {:?} alarm {}", sc.output, sc.index, sc.threshold, if sc.alarm_above { "above" } else { "below" });
+    }
+    let _ = writeln!(s, "reference   {} training windows, {} feature and {} output columns", m.reference.windows, m.reference.features.len(), m.reference.outputs.len());
+    Ok(s)
+}
+
+/// Verifies signature (against `keys`), hashes, floor, and that the model loads with its spec.
+pub fn verify(path: &Path, keys: &[PathBuf], floor: u64) -> anyhow::Result<String> {
+    if keys.is_empty() {
+        bail!("give at least one --key PUB.pem to verify against");
+    }
+    let trusted = keys.iter().map(|k| read_public_key(k)).collect::<Result<Vec<_>, _>>()?;
+    let b = Bundle::open(path, &trusted, floor)?;
+    Model::load(&b.model, &b.manifest.features.input_shape())
+        .map_err(|e| anyhow::anyhow!("signature ok, but the model does not load with its feature spec: {e}"))?;
+    Ok(format!(
+        "OK: {} {} (version number {}) signed by key {}, model loads with input {:?}",
+        b.manifest.name,
+        b.manifest.version,
+        b.manifest.version_number,
+        key_id(&b.signer),
+        b.manifest.features.input_shape()
+    ))
+}

@@ -1,0 +1,5 @@
+//! The offline commands of the binary: `bundle keygen|pack|inspect|verify` and `featurize`.
+//! They return `anyhow` errors whose text is shown to the user as is.
+
+pub mod bundle;
+pub mod featurize;

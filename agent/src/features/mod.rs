@@ -1,0 +1,118 @@
+//! Windows and features: the one implementation used online (the model stage) and offline
+//! (`edge-agent featurize`, `bundle pack`), so a model is trained on exactly the numbers it
+//! will be served. [`Featurizer`] = [`window::WindowAssembler`] + the feature library
+//! ([`compute`]) + layout and normalization.
+
+pub mod compute;
+pub mod offline;
+pub mod window;
+
+use edge_protocols::bundle::{FeatureSpec, InputLayout};
+use edge_protocols::Sample;
+
+use compute::Scratch;
+pub use window::{Window, WindowStats};
+
+/// The features of one window (before normalization), or the raw window for raw layouts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRow {
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// Layout `vector`: one value per feature, in spec order. Raw layouts: the window,
+    /// channel-major (`[c * len + i]`).
+    pub values: Vec<f64>,
+}
+
+#[derive(Debug)]
+pub struct Featurizer {
+    spec: FeatureSpec,
+    /// For each feature, the index of its tag's channel.
+    channel_of: Vec<usize>,
+    windows: window::WindowAssembler,
+    scratch: Scratch,
+    ready: Vec<Window>,
+}
+
+impl Featurizer {
+    /// `spec` must have passed `FeatureSpec::validate`.
+    pub fn new(spec: &FeatureSpec) -> Self {
+        let channel_of = spec
+            .features
+            .iter()
+            .map(|f| spec.tags.iter().position(|t| *t == f.tag).unwrap_or(0))
+            .collect();
+        Featurizer {
+            spec: spec.clone(),
+            channel_of,
+            windows: window::WindowAssembler::new(spec),
+            scratch: Scratch::default(),
+            ready: Vec::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
+    pub fn wants(&self, tag: &str) -> bool {
+        self.windows.wants(tag)
+    }
+
+    pub fn stats(&self) -> &WindowStats {
+        &self.windows.stats
+    }
+
+    /// Feeds samples; appends the rows of every window that became final.
+    pub fn push(&mut self, samples: &[Sample], out: &mut Vec<FeatureRow>) {
+        for s in samples {
+            self.windows.push(s);
+        }
+        self.windows.drain_ready(&mut self.ready);
+        for w in self.ready.drain(..) {
+            out.push(compute_row(&self.spec, &self.channel_of, &mut self.scratch, &w));
+        }
+    }
+
+    /// The model input of a row: layout applied, normalized, as f32.
+    pub fn model_input(&self, row: &FeatureRow) -> Vec<f32> {
+        model_input(&self.spec, row)
+    }
+}
+
+fn compute_row(spec: &FeatureSpec, channel_of: &[usize], scratch: &mut Scratch, w: &Window) -> FeatureRow {
+    let values = match spec.layout {
+        InputLayout::Vector => spec
+            .features
+            .iter()
+            .zip(channel_of)
+            .map(|(f, &c)| scratch.compute(&f.kind, w.channel(c), spec.rate_hz))
+            .collect(),
+        InputLayout::RawTc | InputLayout::RawCt => w.values.clone(),
+    };
+    FeatureRow { start_ns: w.start_ns, end_ns: w.end_ns, values }
+}
+
+/// Applies layout and scaler; the result feeds the model's input tensor.
+pub fn model_input(spec: &FeatureSpec, row: &FeatureRow) -> Vec<f32> {
+    let scale = |v: f64, k: usize| match &spec.scaler {
+        Some(s) => (v - s.mean[k]) / s.scale[k],
+        None => v,
+    };
+    match spec.layout {
+        InputLayout::Vector => row.values.iter().enumerate().map(|(k, v)| scale(*v, k) as f32).collect(),
+        InputLayout::RawCt => {
+            let len = spec.window_len();
+            row.values.iter().enumerate().map(|(j, v)| scale(*v, j / len.max(1)) as f32).collect()
+        }
+        InputLayout::RawTc => {
+            let (len, ch) = (spec.window_len(), spec.tags.len());
+            let mut out = vec![0f32; len * ch];
+            for c in 0..ch {
+                for i in 0..len {
+                    out[i * ch + c] = scale(row.values[c * len + i], c) as f32;
+                }
+            }
+            out
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `[bundles]` and `[[models]]`: which signed bundles the agent runs and whom it trusts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edge_protocols::config_check::{Issues, KeyPath};
+use serde::Deserialize;
+
+/// `[bundles]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// ed25519 public keys (PEM) whose signatures are accepted. A bundle signed by any other
+    /// key, or unsigned, is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+/// `[[models]]`: one model instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Instance name (records, metrics, topics).
+    pub name: String,
+    /// The bundle file. Replacing the file hot-reloads the model (checked every
+    /// `reload_check`); a new bundle that fails any check is refused and the running one stays.
+    pub bundle: PathBuf,
+    /// Windows that may wait for inference; more are dropped and counted.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Emit a features record per window (for outputs and drift).
+    #[serde(default = "yes")]
+    pub features: bool,
+    #[serde(default = "default_reload", with = "humantime_serde")]
+    pub reload_check: Duration,
+}
+
+fn default_queue() -> usize {
+    16
+}
+fn yes() -> bool {
+    true
+}
+fn default_reload() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl ModelConfig {
+    pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        issues.check(!self.name.is_empty() && !self.name.contains(['/', '+', '#']), at.key("name"), || {
+            format!("model name `{}` must be non-empty without `/`, `+`, `#`", self.name)
+        });
+        issues.check(self.queue >= 1, at.key("queue"), || "queue must be at least 1".into());
+        issues.check(self.reload_check >= Duration::from_millis(100), at.key("reload_check"), || {
+            "reload_check must be at least 100ms".into()
+        });
+    }
+}

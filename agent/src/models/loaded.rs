@@ -1,0 +1,111 @@
+//! [`LoadedBundle`]: a bundle that passed every check and is ready to serve — signature by a
+//! trusted key, version floor, feature-spec validity, known tags, and an ONNX model that loads
+//! with the spec's input shape — plus the post-processing of its outputs.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use ed25519_dalek::VerifyingKey;
+use edge_protocols::bundle::{Bundle, Manifest};
+use edge_protocols::config_check::{Issues, KeyPath};
+
+use crate::inference::{Model, Output};
+use crate::pipeline::record::BundleRef;
+
+#[derive(Debug)]
+pub struct LoadedBundle {
+    pub manifest: Manifest,
+    pub model: Model,
+    pub source: Arc<BundleRef>,
+    pub names: Arc<[String]>,
+}
+
+/// Decides whether a tag name will exist at runtime.
+pub trait TagCatalog {
+    fn knows(&self, tag: &str) -> bool;
+}
+
+impl LoadedBundle {
+    /// Runs every check on `bytes` (the contents of `path`).
+    pub fn load(
+        instance: &str,
+        path: &Path,
+        bytes: &[u8],
+        trusted: &[VerifyingKey],
+        floor: u64,
+        tags: &dyn TagCatalog,
+    ) -> Result<LoadedBundle, String> {
+        let shown = path.display();
+        let b = Bundle::from_bytes(bytes, trusted, floor).map_err(|e| format!("{shown}: {e}"))?;
+        let spec = &b.manifest.features;
+        let mut issues = Issues::default();
+        spec.validate(&KeyPath::root().key("features"), &mut issues);
+        if let Some(i) = issues.0.first() {
+            return Err(format!("{shown}: feature spec: {}: {}", i.path, i.message));
+        }
+        let unknown: Vec<&str> = spec.tags.iter().map(String::as_str).filter(|t| !tags.knows(t)).collect();
+        if !unknown.is_empty() {
+            return Err(format!(
+                "{shown}: the feature spec reads tags no source provides: {} (check the tag names in the sources)",
+                unknown.join(", ")
+            ));
+        }
+        let model = Model::load(&b.model, &spec.input_shape()).map_err(|e| {
+            format!("{shown}: the model does not accept the feature spec's input {:?}: {e}", spec.input_shape())
+        })?;
+        let outputs = model.output_names();
+        let pp = &b.manifest.postprocess;
+        let check_output = |name: &str, what: &str| {
+            if outputs.iter().any(|o| o == name) {
+                Ok(())
+            } else {
+                Err(format!("{shown}: {what} names output `{name}`, the model has {outputs:?}"))
+            }
+        };
+        if let Some(s) = &pp.score {
+            check_output(&s.output, "postprocess.score")?;
+        }
+        if let Some(l) = &pp.labels {
+            check_output(&l.output, "postprocess.labels")?;
+        }
+        for r in &pp.ranges {
+            check_output(&r.output, "postprocess.ranges")?;
+        }
+        let source = Arc::new(BundleRef {
+            model: Arc::from(instance),
+            bundle: Arc::from(b.manifest.name.as_str()),
+            version: Arc::from(b.manifest.version.as_str()),
+            version_number: b.manifest.version_number,
+            sha256: Arc::from(b.file_sha256.as_str()),
+        });
+        let names: Arc<[String]> = spec.column_names().into();
+        Ok(LoadedBundle { manifest: b.manifest, model, source, names })
+    }
+
+    /// Score, label and alarm from the outputs, per the manifest.
+    pub fn postprocess(&self, outputs: &[Output]) -> (Option<f64>, Option<String>, Option<bool>) {
+        let pp = &self.manifest.postprocess;
+        let find = |n: &str| outputs.iter().find(|o| o.name == n);
+        let score = pp.score.as_ref().and_then(|s| find(&s.output).and_then(|o| o.values.get(s.index).copied()));
+        let alarm = match (&pp.score, score) {
+            (Some(rule), Some(v)) => rule.threshold.map(|t| if rule.alarm_above { v > t } else { v < t }),
+            _ => None,
+        };
+        let label = pp.labels.as_ref().and_then(|l| {
+            let v = find(&l.output)?.values.first().copied()?;
+            let i = (v >= 0.0 && v.fract() == 0.0).then_some(v as usize)?;
+            l.names.get(i).cloned()
+        });
+        (score, label, alarm)
+    }
+
+    /// Whether every output value is within the manifest's declared ranges.
+    pub fn in_range(&self, outputs: &[Output]) -> bool {
+        self.manifest.postprocess.ranges.iter().all(|r| {
+            outputs
+                .iter()
+                .filter(|o| o.name == r.output)
+                .all(|o| o.values.iter().all(|v| v.is_finite() && *v >= r.min && *v <= r.max))
+        })
+    }
+}

@@ -1,0 +1,12 @@
+//! Models: signed bundles loaded with every check, the version floor, and the model stage that
+//! turns samples into features and predictions.
+
+pub mod config;
+pub mod floor;
+pub mod loaded;
+pub mod reference;
+pub mod stage;
+
+pub use config::{BundlesConfig, ModelConfig};
+pub use loaded::{LoadedBundle, TagCatalog};
+pub use stage::{ModelStage, ModelStats};

@@ -1,0 +1,271 @@
+//! [`ModelStage`]: samples -> windows -> features -> model -> predictions, for one
+//! `[[models]]` entry. Windowing and features run on the pipeline task (microseconds);
+//! inference runs on a dedicated thread fed by a bounded queue, so a slow model never stalls
+//! the sources — a window that finds the queue full is dropped and counted.
+//!
+//! Hot reload: the bundle file is checked every `reload_check`; a changed file goes through
+//! every check of [`LoadedBundle::load`] and replaces the running model only if it passes. A
+//! failing bundle is logged and the previous one keeps serving.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc};
+use std::time::{Instant, SystemTime};
+
+use ed25519_dalek::VerifyingKey;
+use tokio::sync::mpsc;
+
+use super::config::ModelConfig;
+use super::floor::FloorStore;
+use super::loaded::{LoadedBundle, TagCatalog};
+use crate::features::{model_input, FeatureRow, Featurizer};
+use crate::pipeline::record::{FeatureRecord, Prediction, Record};
+use crate::pipeline::{Stage, StageFuture};
+
+/// Counters of one model, exposed as metrics.
+#[derive(Debug, Default)]
+pub struct ModelStats {
+    pub windows: AtomicU64,
+    pub skipped_missing: AtomicU64,
+    pub late_samples: AtomicU64,
+    /// Windows whose features were not finite (never fed to the model).
+    pub skipped_nonfinite: AtomicU64,
+    /// Windows dropped because inference was busy.
+    pub dropped_busy: AtomicU64,
+    pub predictions: AtomicU64,
+    pub inference_errors: AtomicU64,
+    /// Predictions outside the manifest's declared output ranges.
+    pub out_of_range: AtomicU64,
+    /// Sum of inference times, microseconds.
+    pub inference_us: AtomicU64,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+    /// Version number of the bundle being served (0 = none).
+    pub version_number: AtomicU64,
+}
+
+struct Job {
+    bundle: Arc<LoadedBundle>,
+    row: FeatureRow,
+    input: Vec<f32>,
+}
+
+/// The model stage of one `[[models]]` entry.
+pub struct ModelStage {
+    cfg: ModelConfig,
+    trusted: Vec<VerifyingKey>,
+    floors: FloorStore,
+    tags: Box<dyn TagCatalog + Send>,
+    stats: Arc<ModelStats>,
+    current: Arc<LoadedBundle>,
+    file_stamp: Option<(SystemTime, u64)>,
+}
+
+impl std::fmt::Debug for ModelStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelStage").field("model", &self.cfg.name).finish()
+    }
+}
+
+fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+}
+
+impl ModelStage {
+    /// Loads the configured bundle (every check) and raises its version floor.
+    pub fn load(
+        cfg: ModelConfig,
+        trusted: Vec<VerifyingKey>,
+        floors: FloorStore,
+        tags: Box<dyn TagCatalog + Send>,
+    ) -> Result<ModelStage, String> {
+        let file_stamp = stamp(&cfg.bundle);
+        let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
+        let stats = Arc::new(ModelStats::default());
+        stats.version_number.store(current.source.version_number, Ordering::Relaxed);
+        Ok(ModelStage { cfg, trusted, floors, tags, stats, current, file_stamp })
+    }
+
+    fn load_bundle(
+        cfg: &ModelConfig,
+        trusted: &[VerifyingKey],
+        floors: &FloorStore,
+        tags: &dyn TagCatalog,
+    ) -> Result<LoadedBundle, String> {
+        let bytes = std::fs::read(&cfg.bundle).map_err(|e| format!("cannot read {}: {e}", cfg.bundle.display()))?;
+        // The floor is per bundle name; peek at the name before trusting anything else.
+        let name = edge_protocols::bundle::file::parse(&bytes)
+            .map(|u| u.manifest.name)
+            .map_err(|e| format!("{}: {e}", cfg.bundle.display()))?;
+        let floor = floors.floor(&name)?;
+        let b = LoadedBundle::load(&cfg.name, &cfg.bundle, &bytes, trusted, floor, tags)?;
+        floors.raise(&b.manifest.name, b.manifest.version_number)?;
+        Ok(b)
+    }
+
+    pub fn stats(&self) -> Arc<ModelStats> {
+        self.stats.clone()
+    }
+
+    pub fn current(&self) -> Arc<LoadedBundle> {
+        self.current.clone()
+    }
+
+    /// Checks the bundle file; swaps in a new bundle if it changed and passes every check.
+    fn maybe_reload(&mut self) -> Option<Arc<LoadedBundle>> {
+        let now = stamp(&self.cfg.bundle);
+        if now == self.file_stamp || now.is_none() {
+            return None;
+        }
+        self.file_stamp = now;
+        match Self::load_bundle(&self.cfg, &self.trusted, &self.floors, &*self.tags) {
+            Ok(b) => {
+                let b = Arc::new(b);
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                self.stats.version_number.store(b.source.version_number, Ordering::Relaxed);
+                tracing::info!(model = %self.cfg.name, bundle = %b.source.bundle, version = %b.source.version,
+                    version_number = b.source.version_number, "new bundle loaded");
+                self.current = b.clone();
+                Some(b)
+            }
+            Err(e) => {
+                self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(model = %self.cfg.name, "refused the new bundle: {e}; still serving {} {} (#{})",
+                    self.current.source.bundle, self.current.source.version, self.current.source.version_number);
+                None
+            }
+        }
+    }
+
+    async fn run_loop(mut self: Box<Self>, mut input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) {
+        let name = self.cfg.name.clone();
+        let stats = self.stats.clone();
+        let (jobs, worker) = spawn_worker(&name, self.cfg.queue, output.clone(), stats.clone());
+        let mut featurizer = Featurizer::new(&self.current.manifest.features);
+        let mut rows = Vec::new();
+        let mut tick = tokio::time::interval(self.cfg.reload_check);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut busy_logged = false;
+        tracing::info!(model = %name, bundle = %self.current.source.bundle, version = %self.current.source.version,
+            version_number = self.current.source.version_number, inputs = ?self.current.manifest.features.input_shape(),
+            "model serving");
+        loop {
+            let rec = tokio::select! {
+                r = input.recv() => match r { Some(r) => r, None => break },
+                _ = tick.tick() => {
+                    if let Some(b) = self.maybe_reload() {
+                        if b.manifest.features != featurizer.spec().clone() {
+                            featurizer = Featurizer::new(&b.manifest.features);
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Record::Samples(batch) = rec else { continue };
+            featurizer.push(&batch, &mut rows);
+            let ws = featurizer.stats();
+            stats.windows.store(ws.windows, Ordering::Relaxed);
+            stats.skipped_missing.store(ws.skipped_missing, Ordering::Relaxed);
+            stats.late_samples.store(ws.late_samples, Ordering::Relaxed);
+            for row in rows.drain(..) {
+                let bundle = self.current.clone();
+                let input = model_input(&bundle.manifest.features, &row);
+                if row.values.iter().any(|v| !v.is_finite()) || input.iter().any(|v| !v.is_finite()) {
+                    stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                if self.cfg.features {
+                    let rec = FeatureRecord {
+                        source: bundle.source.clone(),
+                        start_ns: row.start_ns,
+                        end_ns: row.end_ns,
+                        names: bundle.names.clone(),
+                        values: row.values.clone(),
+                    };
+                    if output.send(Record::Features(Arc::new(rec))).await.is_err() {
+                        break;
+                    }
+                }
+                match jobs.try_send(Job { bundle, row, input }) {
+                    Ok(()) => {}
+                    Err(std_mpsc::TrySendError::Full(_)) => {
+                        stats.dropped_busy.fetch_add(1, Ordering::Relaxed);
+                        if !busy_logged {
+                            busy_logged = true;
+                            tracing::warn!(model = %name, queue = self.cfg.queue,
+                                "inference is slower than windows arrive: dropping windows (counted in \
+                                 edge_model_windows_dropped_total); raise hop or queue");
+                        }
+                    }
+                    Err(std_mpsc::TrySendError::Disconnected(_)) => {
+                        tracing::error!(model = %name, "inference thread stopped");
+                        break;
+                    }
+                }
+            }
+        }
+        drop(jobs);
+        // Let the worker finish what is queued (its results still reach the outputs).
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        tracing::info!(model = %name, "model stage stopped");
+    }
+}
+
+fn spawn_worker(
+    name: &str,
+    queue: usize,
+    output: mpsc::Sender<Record>,
+    stats: Arc<ModelStats>,
+) -> (std_mpsc::SyncSender<Job>, std::thread::JoinHandle<()>) {
+    let (tx, rx) = std_mpsc::sync_channel::<Job>(queue);
+    let name = name.to_string();
+    let handle = std::thread::Builder::new()
+        .name(format!("infer-{name}"))
+        .spawn(move || {
+            let mut err_logged = false;
+            while let Ok(job) = rx.recv() {
+                let t0 = Instant::now();
+                let res = job.bundle.model.run(&job.input);
+                stats.inference_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let outputs = match res {
+                    Ok(o) => o,
+                    Err(e) => {
+                        stats.inference_errors.fetch_add(1, Ordering::Relaxed);
+                        if !err_logged {
+                            err_logged = true;
+                            tracing::error!(model = %name, "inference failed: {e}");
+                        }
+                        continue;
+                    }
+                };
+                if !job.bundle.in_range(&outputs) {
+                    stats.out_of_range.fetch_add(1, Ordering::Relaxed);
+                }
+                let (score, label, alarm) = job.bundle.postprocess(&outputs);
+                let p = Prediction {
+                    source: job.bundle.source.clone(),
+                    start_ns: job.row.start_ns,
+                    end_ns: job.row.end_ns,
+                    outputs: outputs.into_iter().map(|o| (o.name, o.values)).collect(),
+                    score,
+                    label,
+                    alarm,
+                };
+                stats.predictions.fetch_add(1, Ordering::Relaxed);
+                if output.blocking_send(Record::Prediction(Arc::new(p))).is_err() {
+                    break;
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"));
+    (tx, handle)
+}
+
+impl Stage for ModelStage {
+    fn kind(&self) -> &'static str {
+        "model"
+    }
+    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) -> StageFuture {
+        Box::pin(self.run_loop(input, output))
+    }
+}

@@ -1,0 +1,123 @@
+//! Helpers shared by the binary-level tests: the binary, temp dirs, recordings of the
+//! simulated plant, and a running agent whose log can be waited on.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_edge-agent")
+}
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+pub fn model(name: &str) -> PathBuf {
+    repo().join("tests/models").join(format!("{name}.onnx"))
+}
+
+/// A fresh directory per test.
+pub fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("edge-agent-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Records the simulated plant (pump1 only) for `wall` seconds at `time_scale`x into CSV.
+pub fn record(dir: &Path, wall: Duration, time_scale: f64, extra: &str) -> PathBuf {
+    let csv = dir.join("recording.csv");
+    let cfg = dir.join("record.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"rec\"\ndata_dir = \"{d}\"\n[[sources.simulated]]\nname = \"plant\"\nseed = 3\n\
+             time_scale = {time_scale}\n[[sources.simulated.assets]]\nname = \"pump1\"\n{extra}\n\
+             [[outputs.file]]\nname = \"rec\"\npath = \"{csv}\"\nformat = \"csv\"\n",
+            d = dir.display(),
+            csv = csv.display()
+        ),
+    )
+    .unwrap();
+    let mut a = Agent::start(&cfg);
+    std::thread::sleep(wall);
+    a.stop();
+    csv
+}
+
+/// A running `edge-agent run` with its stderr collected.
+pub struct Agent {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    pub fn start(cfg: &Path) -> Agent {
+        let mut child = Command::new(bin()).args(["run", "--config"]).arg(cfg).stderr(Stdio::piped()).spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut g = l.lock().unwrap();
+                g.push_str(&line);
+                g.push('\n');
+            }
+        });
+        Agent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `text`.
+    pub fn wait_log(&self, text: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while !self.log().contains(text) {
+            assert!(t0.elapsed() < timeout, "no `{text}` in the log within {timeout:?}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM and wait (6 s max); returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the log reader drain
+                return s.success();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(6), "agent did not exit within 6 s of SIGTERM:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,140 @@
+//! The bundle [`Manifest`]: identity and version of a model, its feature spec, its input and
+//! output tensors, post-processing, and reference statistics from the training data (the
+//! baseline devices measure drift against).
+
+use serde::{Deserialize, Serialize};
+
+use super::spec::FeatureSpec;
+
+/// Schema version of the manifest itself.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    /// Model name, e.g. `pump-anomaly`.
+    pub name: String,
+    /// Semantic version for people, e.g. `1.4.0`.
+    pub version: String,
+    /// Monotonic version number: devices refuse a bundle below the highest they have run.
+    pub version_number: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Creation time, RFC 3339.
+    pub created: String,
+    pub features: FeatureSpec,
+    pub model: ModelInfo,
+    #[serde(default)]
+    pub postprocess: PostProcess,
+    pub reference: Reference,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelInfo {
+    /// SHA-256 of the ONNX bytes, hex.
+    pub sha256: String,
+    pub size: u64,
+    pub input: TensorInfo,
+    pub outputs: Vec<TensorInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Shape with the batch dimension (1), e.g. `[1, 12]`.
+    pub shape: Vec<usize>,
+    /// `f32` or `i64`.
+    pub dtype: String,
+}
+
+/// What the agent derives from the raw outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PostProcess {
+    /// Which output value is "the score" (e.g. an anomaly score or failure probability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreRule>,
+    /// Class names for a label output holding class indices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<LabelRule>,
+    /// Range each output's values must stay in (health check after an update).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<OutputRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRule {
+    pub output: String,
+    /// Flat index into that output (e.g. 1 = probability of class 1 in `[1, 2]`).
+    #[serde(default)]
+    pub index: usize,
+    /// An alarm is raised when the score crosses this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// `true`: scores above the threshold are alarms; `false`: below (e.g. IsolationForest
+    /// decision function, where lower is more anomalous).
+    #[serde(default = "yes")]
+    pub alarm_above: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRule {
+    pub output: String,
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputRange {
+    pub output: String,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Training-data statistics per feature (or raw channel) and per score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    /// Windows the statistics were computed from.
+    pub windows: u64,
+    pub features: Vec<ColumnStats>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<ColumnStats>,
+}
+
+/// Distribution summary of one column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnStats {
+    pub name: String,
+    pub count: u64,
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Quantiles at [`REFERENCE_QUANTILES`].
+    pub quantiles: Vec<f64>,
+    /// Histogram bin edges (ascending, `bins + 1` values; the outer edges are -inf/+inf in
+    /// use) and the share of training values per bin.
+    pub bin_edges: Vec<f64>,
+    pub bin_freqs: Vec<f64>,
+}
+
+/// Probabilities of [`ColumnStats::quantiles`].
+pub const REFERENCE_QUANTILES: [f64; 7] = [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99];
+
+impl Manifest {
+    /// Every column name the model input consists of.
+    pub fn column_names(&self) -> Vec<String> {
+        self.features.column_names()
+    }
+}
