@@ -10,7 +10,14 @@ use std::time::Instant;
 
 use edge_agent::inference::Model;
 
-const MODELS: [&str; 6] = ["dense_autoencoder", "conv1d", "rf_classifier", "rf_binary", "iforest", "gbr"];
+const MODELS: [&str; 6] = [
+    "dense_autoencoder",
+    "conv1d",
+    "rf_classifier",
+    "rf_binary",
+    "iforest",
+    "gbr",
+];
 const RUNS: usize = 2000;
 
 fn models() -> PathBuf {
@@ -19,8 +26,10 @@ fn models() -> PathBuf {
 
 fn tract_us(name: &str) -> f64 {
     let bytes = std::fs::read(models().join(format!("{name}.onnx"))).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(models().join(format!("{name}.ref.json"))).unwrap()).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models().join(format!("{name}.ref.json"))).unwrap(),
+    )
+    .unwrap();
     let shape: Vec<usize> = serde_json::from_value(reference["input_shape"].clone()).unwrap();
     let rows: Vec<Vec<f32>> = serde_json::from_value::<Vec<Vec<f64>>>(reference["inputs"].clone())
         .unwrap()
@@ -45,16 +54,25 @@ fn tract_us(name: &str) -> f64 {
 }
 
 fn main() {
-    let peers = std::env::var("EDGE_PEERS_DIR").map(PathBuf::from).unwrap_or_else(|_| models().join("../.peers"));
+    let peers = std::env::var("EDGE_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| models().join("../.peers"));
     let out = Command::new(peers.join("venv/bin/python"))
         .arg(models().join("bench_ort.py"))
         .arg(RUNS.to_string())
         .output()
         .expect("run tests/peers/setup.sh first: the onnxruntime side needs its venv");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("per-window latency, batch 1, single thread, median of 5 x {RUNS} runs");
-    println!("{:<20} {:>12} {:>14} {:>8}", "model", "tract (us)", "onnxrt (us)", "ratio");
+    println!(
+        "{:<20} {:>12} {:>14} {:>8}",
+        "model", "tract (us)", "onnxrt (us)", "ratio"
+    );
     for m in MODELS {
         let t = tract_us(m);
         let o = ort[m].as_f64().unwrap();

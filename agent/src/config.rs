@@ -291,10 +291,15 @@ impl AgentConfig {
             models.add(&m.name, at.key("name"), issues);
             m.validate(&at, issues);
         }
-        issues.check(self.models.is_empty() || !self.bundles.trusted_keys.is_empty(), root.key("bundles").key("trusted_keys"), || {
-            "models are configured but no key is trusted: add the ML team's public key, e.g. \
-             trusted_keys = [\"/etc/edge-agent/keys/ml.pub.pem\"]".into()
-        });
+        issues.check(
+            self.models.is_empty() || !self.bundles.trusted_keys.is_empty(),
+            root.key("bundles").key("trusted_keys"),
+            || {
+                "models are configured but no key is trusted: add the ML team's public key, e.g. \
+             trusted_keys = [\"/etc/edge-agent/keys/ml.pub.pem\"]"
+                    .into()
+            },
+        );
         let mut outputs = UniqueNames::new("output");
         for (i, c) in self.outputs.file.iter().enumerate() {
             let at = root.key("outputs").key("file").index(i);
@@ -333,14 +338,23 @@ impl AgentConfig {
         let s = &self.sources;
         let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
         for v in [
-            s.simulated.iter().flat_map(|c| c.tag_keys(&at)).collect::<Vec<_>>(),
+            s.simulated
+                .iter()
+                .flat_map(|c| c.tag_keys(&at))
+                .collect::<Vec<_>>(),
             s.modbus.iter().flat_map(|c| c.tag_keys(&at)).collect(),
             s.opcua.iter().flat_map(|c| c.tag_keys(&at)).collect(),
             s.mqtt.iter().flat_map(|c| c.tag_keys(&at)).collect(),
         ] {
             known.extend(v.into_iter().map(|(n, _)| n));
         }
-        let templates = s.mqtt.iter().flat_map(|c| c.tags.iter()).filter(|t| t.name.contains('{')).map(|t| t.name.clone()).collect();
+        let templates = s
+            .mqtt
+            .iter()
+            .flat_map(|c| c.tags.iter())
+            .filter(|t| t.name.contains('{'))
+            .map(|t| t.name.clone())
+            .collect();
         ConfigTags { known, templates }
     }
 

@@ -73,7 +73,10 @@ pub fn trusted_keys(cfg: &AgentConfig) -> anyhow::Result<Vec<ed25519_dalek::Veri
     cfg.bundles
         .trusted_keys
         .iter()
-        .map(|p| edge_protocols::bundle::file::read_public_key(p).map_err(|e| anyhow::anyhow!("bundles.trusted_keys: {e}")))
+        .map(|p| {
+            edge_protocols::bundle::file::read_public_key(p)
+                .map_err(|e| anyhow::anyhow!("bundles.trusted_keys: {e}"))
+        })
         .collect()
 }
 
@@ -87,7 +90,12 @@ fn build_models(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, models::ModelS
     let mut out = Vec::new();
     for m in &cfg.models {
         let floors = models::floor::FloorStore::new(&cfg.bundle_dir());
-        match models::ModelStage::load(m.clone(), trusted.clone(), floors, Box::new(cfg.tag_catalog())) {
+        match models::ModelStage::load(
+            m.clone(),
+            trusted.clone(),
+            floors,
+            Box::new(cfg.tag_catalog()),
+        ) {
             Ok(stage) => out.push((m.name.clone(), stage)),
             Err(e) => tracing::error!(model = %m.name, "model not started: {e}"),
         }
@@ -111,15 +119,27 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
             let floors = models::floor::FloorStore::new(&cfg.bundle_dir());
             let bytes = match std::fs::read(&m.bundle) {
                 Ok(b) => b,
-                Err(e) => return Some(format!("models[{i}].bundle: cannot read {}: {e}", m.bundle.display())),
+                Err(e) => {
+                    return Some(format!(
+                        "models[{i}].bundle: cannot read {}: {e}",
+                        m.bundle.display()
+                    ))
+                }
             };
             let floor = edge_protocols::bundle::file::parse(&bytes)
                 .ok()
                 .and_then(|u| floors.floor(&u.manifest.name).ok())
                 .unwrap_or(0);
-            models::LoadedBundle::load(&m.name, &m.bundle, &bytes, &trusted, floor, &cfg.tag_catalog())
-                .err()
-                .map(|e| format!("models[{i}].bundle: {e}"))
+            models::LoadedBundle::load(
+                &m.name,
+                &m.bundle,
+                &bytes,
+                &trusted,
+                floor,
+                &cfg.tag_catalog(),
+            )
+            .err()
+            .map(|e| format!("models[{i}].bundle: {e}"))
         })
         .collect()
 }

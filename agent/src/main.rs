@@ -109,7 +109,11 @@ fn main() -> ExitCode {
             Ok(c) => {
                 let problems = edge_agent::check_models(&c);
                 if !problems.is_empty() {
-                    eprintln!("error: config {} has {} problem(s):", config.display(), problems.len());
+                    eprintln!(
+                        "error: config {} has {} problem(s):",
+                        config.display(),
+                        problems.len()
+                    );
                     for p in problems {
                         eprintln!("  {p}");
                     }
@@ -129,9 +133,23 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Featurize { bundle, spec, input, output, scaled } => {
-            let res = edge_agent::commands::featurize::load_spec(bundle.as_deref(), spec.as_deref())
-                .and_then(|s| edge_agent::commands::featurize::featurize(&s, &input, output.as_deref(), scaled));
+        Command::Featurize {
+            bundle,
+            spec,
+            input,
+            output,
+            scaled,
+        } => {
+            let res =
+                edge_agent::commands::featurize::load_spec(bundle.as_deref(), spec.as_deref())
+                    .and_then(|s| {
+                        edge_agent::commands::featurize::featurize(
+                            &s,
+                            &input,
+                            output.as_deref(),
+                            scaled,
+                        )
+                    });
             match res {
                 Ok(st) => {
                     eprintln!(
@@ -193,7 +211,13 @@ fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
             let (k, p) = b::keygen(&out)?;
             Ok(format!("wrote {} (private: keep it off devices) and {} (give to agents: bundles.trusted_keys)", k.display(), p.display()))
         }
-        BundleCommand::Pack { spec, model, train, key, out } => {
+        BundleCommand::Pack {
+            spec,
+            model,
+            train,
+            key,
+            out,
+        } => {
             let m = b::pack(&spec, &model, &train, &key, &out)?;
             Ok(format!(
                 "wrote {}: {} {} (version number {}), {} features, reference from {} training windows",

@@ -18,13 +18,26 @@ fn keygen(dir: &Path, name: &str) -> Keys {
     let prefix = dir.join(name);
     let o = run(&["bundle", "keygen", "--out", prefix.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    Keys { key: dir.join(format!("{name}.key.pem")), public: dir.join(format!("{name}.pub.pem")) }
+    Keys {
+        key: dir.join(format!("{name}.key.pem")),
+        public: dir.join(format!("{name}.pub.pem")),
+    }
 }
 
 fn pack(spec: &Path, model: &Path, train: &Path, key: &Path, out: &Path) -> std::process::Output {
     run(&[
-        "bundle", "pack", "--spec", spec.to_str().unwrap(), "--model", model.to_str().unwrap(),
-        "--train", train.to_str().unwrap(), "--key", key.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        "bundle",
+        "pack",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
     ])
 }
 
@@ -32,12 +45,25 @@ fn pack(spec: &Path, model: &Path, train: &Path, key: &Path, out: &Path) -> std:
 fn spec_version(dir: &Path, n: u64) -> PathBuf {
     let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
     let p = dir.join(format!("pack-v{n}.toml"));
-    std::fs::write(&p, text.replace("version_number = 1", &format!("version_number = {n}")).replace("\"1.0.0\"", &format!("\"1.{n}.0\""))).unwrap();
+    std::fs::write(
+        &p,
+        text.replace("version_number = 1", &format!("version_number = {n}"))
+            .replace("\"1.0.0\"", &format!("\"1.{n}.0\"")),
+    )
+    .unwrap();
     p
 }
 
 fn verify(b: &Path, key: &Path, floor: u64) -> std::process::Output {
-    run(&["bundle", "verify", b.to_str().unwrap(), "--key", key.to_str().unwrap(), "--floor", &floor.to_string()])
+    run(&[
+        "bundle",
+        "verify",
+        b.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--floor",
+        &floor.to_string(),
+    ])
 }
 
 #[test]
@@ -46,13 +72,27 @@ fn pack_inspect_verify_featurize() {
     let train = record(&dir, Duration::from_secs(3), 40.0, "");
     let k = keygen(&dir, "ml");
     let b = dir.join("pump.bundle");
-    let o = pack(&fixture("pump_pack.toml"), &model("dense_autoencoder"), &train, &k.key, &b);
+    let o = pack(
+        &fixture("pump_pack.toml"),
+        &model("dense_autoencoder"),
+        &train,
+        &k.key,
+        &b,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stdout(&o).contains("pump-ae 1.0.0 (version number 1), 12 features"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("pump-ae 1.0.0 (version number 1), 12 features"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = run(&["bundle", "inspect", b.to_str().unwrap()]);
     let text = stdout(&o);
-    assert!(text.contains("pump-ae 1.0.0 (version number 1)") && text.contains("pump1.vibration:band_0.5-5hz"), "{text}");
+    assert!(
+        text.contains("pump-ae 1.0.0 (version number 1)")
+            && text.contains("pump1.vibration:band_0.5-5hz"),
+        "{text}"
+    );
     assert!(text.contains("signature not checked"), "{text}");
     let o = run(&["bundle", "inspect", "--json", b.to_str().unwrap()]);
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -60,34 +100,74 @@ fn pack_inspect_verify_featurize() {
     assert!(windows > 20, "{windows} training windows");
     let f0 = &m["reference"]["features"][0];
     assert_eq!(f0["name"], "pump1.temperature:mean");
-    assert_eq!(f0["bin_freqs"].as_array().unwrap().len() + 1, f0["bin_edges"].as_array().unwrap().len());
-    assert!(m["reference"]["outputs"].as_array().unwrap().iter().any(|o| o["name"] == "score[0]"));
+    assert_eq!(
+        f0["bin_freqs"].as_array().unwrap().len() + 1,
+        f0["bin_edges"].as_array().unwrap().len()
+    );
+    assert!(m["reference"]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["name"] == "score[0]"));
 
     let o = verify(&b, &k.public, 0);
-    assert!(o.status.success() && stdout(&o).starts_with("OK: pump-ae 1.0.0"), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success() && stdout(&o).starts_with("OK: pump-ae 1.0.0"),
+        "{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
 
     // featurize --bundle gives exactly the windows the reference statistics came from.
     let feats = dir.join("features.csv");
-    let o = run(&["featurize", "--bundle", b.to_str().unwrap(), "--input", train.to_str().unwrap(), "--output", feats.to_str().unwrap()]);
+    let o = run(&[
+        "featurize",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--input",
+        train.to_str().unwrap(),
+        "--output",
+        feats.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&feats).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
-    assert!(header.starts_with("start_ns,end_ns,pump1.temperature:mean,pump1.temperature:slope"), "{header}");
-    let rows: Vec<Vec<f64>> = lines.map(|l| l.split(',').map(|v| v.parse().unwrap()).collect()).collect();
+    assert!(
+        header.starts_with("start_ns,end_ns,pump1.temperature:mean,pump1.temperature:slope"),
+        "{header}"
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
     assert_eq!(rows.len() as u64, windows);
     // The reference statistics were computed from exactly these numbers.
     let col: Vec<f64> = rows.iter().map(|r| r[2]).collect();
     let min = col.iter().copied().fold(f64::INFINITY, f64::min);
     let max = col.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    assert_eq!(min.to_bits(), f0["min"].as_f64().unwrap().to_bits(), "same code, same numbers");
+    assert_eq!(
+        min.to_bits(),
+        f0["min"].as_f64().unwrap().to_bits(),
+        "same code, same numbers"
+    );
     assert_eq!(max.to_bits(), f0["max"].as_f64().unwrap().to_bits());
     let mean = col.iter().sum::<f64>() / col.len() as f64;
     assert!((mean - f0["mean"].as_f64().unwrap()).abs() < 1e-9);
     // Twice the same input, twice the same bytes.
     let again = dir.join("again.csv");
-    run(&["featurize", "--spec", fixture("pump_pack.toml").to_str().unwrap(), "--input", train.to_str().unwrap(), "--output", again.to_str().unwrap()]);
-    assert_eq!(std::fs::read(&feats).unwrap(), std::fs::read(&again).unwrap());
+    run(&[
+        "featurize",
+        "--spec",
+        fixture("pump_pack.toml").to_str().unwrap(),
+        "--input",
+        train.to_str().unwrap(),
+        "--output",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(&feats).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
 }
 
 #[test]
@@ -97,7 +177,15 @@ fn bad_bundles_are_refused_with_clear_errors() {
     let k = keygen(&dir, "ml");
     let other = keygen(&dir, "intruder");
     let good = dir.join("good.bundle");
-    assert!(pack(&fixture("pump_pack.toml"), &model("dense_autoencoder"), &train, &k.key, &good).status.success());
+    assert!(pack(
+        &fixture("pump_pack.toml"),
+        &model("dense_autoencoder"),
+        &train,
+        &k.key,
+        &good
+    )
+    .status
+    .success());
     let bytes = std::fs::read(&good).unwrap();
     let write = |name: &str, b: &[u8]| {
         let p = dir.join(name);
@@ -112,26 +200,66 @@ fn bad_bundles_are_refused_with_clear_errors() {
     let mut flipped_sig = bytes.clone();
     flipped_sig[n - 1] ^= 1;
     let cases: Vec<(PathBuf, &str)> = vec![
-        (write("garbage.bundle", b"PK\x03\x04 this is a zip"), "not a bundle"),
-        (write("truncated.bundle", &bytes[..bytes.len() / 2]), "truncated"),
-        (write("tampered-model.bundle", &flipped_model), "model hash mismatch"),
-        (write("unsigned.bundle", &unsigned), "signature does not verify"),
-        (write("bad-signature.bundle", &flipped_sig), "signature does not verify"),
+        (
+            write("garbage.bundle", b"PK\x03\x04 this is a zip"),
+            "not a bundle",
+        ),
+        (
+            write("truncated.bundle", &bytes[..bytes.len() / 2]),
+            "truncated",
+        ),
+        (
+            write("tampered-model.bundle", &flipped_model),
+            "model hash mismatch",
+        ),
+        (
+            write("unsigned.bundle", &unsigned),
+            "signature does not verify",
+        ),
+        (
+            write("bad-signature.bundle", &flipped_sig),
+            "signature does not verify",
+        ),
     ];
     for (path, want) in &cases {
         let o = verify(path, &k.public, 0);
         assert_eq!(o.status.code(), Some(2), "{}", path.display());
-        assert!(stderr(&o).contains(want), "{}: want `{want}`, got {}", path.display(), stderr(&o));
+        assert!(
+            stderr(&o).contains(want),
+            "{}: want `{want}`, got {}",
+            path.display(),
+            stderr(&o)
+        );
     }
     // Signed by a key the device does not trust.
     let foreign = dir.join("foreign.bundle");
-    assert!(pack(&fixture("pump_pack.toml"), &model("dense_autoencoder"), &train, &other.key, &foreign).status.success());
+    assert!(pack(
+        &fixture("pump_pack.toml"),
+        &model("dense_autoencoder"),
+        &train,
+        &other.key,
+        &foreign
+    )
+    .status
+    .success());
     assert!(stderr(&verify(&foreign, &k.public, 0)).contains("which is not trusted here"));
     // A downgrade below the floor.
-    assert!(stderr(&verify(&good, &k.public, 2)).contains("below this device's floor 2: refusing a downgrade"));
+    assert!(stderr(&verify(&good, &k.public, 2))
+        .contains("below this device's floor 2: refusing a downgrade"));
     // A model that does not take the spec's input: refused at pack time.
-    let o = pack(&fixture("pump_pack.toml"), &model("conv1d"), &train, &k.key, &dir.join("x.bundle"));
-    assert!(!o.status.success() && stderr(&o).contains("does not accept the feature spec's input [1, 12]"), "{}", stderr(&o));
+    let o = pack(
+        &fixture("pump_pack.toml"),
+        &model("conv1d"),
+        &train,
+        &k.key,
+        &dir.join("x.bundle"),
+    );
+    assert!(
+        !o.status.success()
+            && stderr(&o).contains("does not accept the feature spec's input [1, 12]"),
+        "{}",
+        stderr(&o)
+    );
     // A feature spec naming a tag no source provides: refused by `check`.
     let cfg = dir.join("agent.toml");
     std::fs::write(
@@ -145,11 +273,27 @@ fn bad_bundles_are_refused_with_clear_errors() {
     .unwrap();
     let o = run(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("models[0].bundle") && stderr(&o).contains("reads tags no source provides: pump1.temperature"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("models[0].bundle")
+            && stderr(&o).contains("reads tags no source provides: pump1.temperature"),
+        "{}",
+        stderr(&o)
+    );
     // Missing trusted keys for configured models.
-    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace(&format!("trusted_keys = [\"{}\"]", k.public.display()), "trusted_keys = []")).unwrap();
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap().replace(
+            &format!("trusted_keys = [\"{}\"]", k.public.display()),
+            "trusted_keys = []",
+        ),
+    )
+    .unwrap();
     let o = run(&["check", "--config", cfg.to_str().unwrap()]);
-    assert!(stderr(&o).contains("bundles.trusted_keys") && stderr(&o).contains("no key is trusted"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("bundles.trusted_keys") && stderr(&o).contains("no key is trusted"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn predictions(path: &Path) -> Vec<serde_json::Value> {
@@ -168,8 +312,24 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
     let k = keygen(&dir, "ml");
     let v1 = dir.join("v1.bundle");
     let v2 = dir.join("v2.bundle");
-    assert!(pack(&spec_version(&dir, 1), &model("dense_autoencoder"), &train, &k.key, &v1).status.success());
-    assert!(pack(&spec_version(&dir, 2), &model("dense_autoencoder"), &train, &k.key, &v2).status.success());
+    assert!(pack(
+        &spec_version(&dir, 1),
+        &model("dense_autoencoder"),
+        &train,
+        &k.key,
+        &v1
+    )
+    .status
+    .success());
+    assert!(pack(
+        &spec_version(&dir, 2),
+        &model("dense_autoencoder"),
+        &train,
+        &k.key,
+        &v2
+    )
+    .status
+    .success());
     let live = dir.join("live.bundle");
     std::fs::copy(&v1, &live).unwrap();
     let out = dir.join("out.jsonl");
@@ -189,17 +349,26 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
     let wait_predictions = |version: u64, min: usize| {
         let t0 = std::time::Instant::now();
         loop {
-            let n = predictions(&out).iter().filter(|p| p["version_number"] == version).count();
+            let n = predictions(&out)
+                .iter()
+                .filter(|p| p["version_number"] == version)
+                .count();
             if n >= min {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "only {n} predictions of v{version}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "only {n} predictions of v{version}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
     wait_predictions(1, 3);
     let p = &predictions(&out)[0];
-    assert!(p["score"].as_f64().is_some() && p["alarm"].is_boolean() && p["bundle"] == "pump-ae", "{p}");
+    assert!(
+        p["score"].as_f64().is_some() && p["alarm"].is_boolean() && p["bundle"] == "pump-ae",
+        "{p}"
+    );
     // A tampered bundle arrives: refused, v1 keeps serving.
     let mut bad = std::fs::read(&v2).unwrap();
     let n = bad.len();
@@ -215,11 +384,16 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
     // Now the signed v1 again: a downgrade below the floor, refused; v2 keeps serving.
     std::fs::copy(&v1, &live).unwrap();
     agent.wait_log("refusing a downgrade", Duration::from_secs(10));
-    let v2_count = predictions(&out).iter().filter(|p| p["version_number"] == 2).count();
+    let v2_count = predictions(&out)
+        .iter()
+        .filter(|p| p["version_number"] == 2)
+        .count();
     wait_predictions(2, v2_count + 3);
     assert!(agent.stop(), "{}", agent.log());
     // The floor survives a restart: the device remembers it ran v2.
-    let floor: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bundles/floor.json")).unwrap()).unwrap();
+    let floor: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("bundles/floor.json")).unwrap())
+            .unwrap();
     assert_eq!(floor["pump-ae"], 2);
 }
 
@@ -229,7 +403,13 @@ fn a_raw_window_feeds_the_conv_net() {
     let train = record(&dir, Duration::from_secs(2), 40.0, "");
     let k = keygen(&dir, "ml");
     let b = dir.join("conv.bundle");
-    let o = pack(&fixture("raw_pack.toml"), &model("conv1d"), &train, &k.key, &b);
+    let o = pack(
+        &fixture("raw_pack.toml"),
+        &model("conv1d"),
+        &train,
+        &k.key,
+        &b,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(verify(&b, &k.public, 0).status.success());
     let o = run(&["bundle", "inspect", "--json", b.to_str().unwrap()]);

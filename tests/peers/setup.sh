@@ -2,7 +2,8 @@
 # Installs the independent peers the interop tests run against, into $EDGE_PEERS_DIR
 # (default: tests/.peers). Idempotent; needs root for apt on a fresh Debian 12.
 #   apt:  mosquitto (MQTT broker), socat (serial pty pairs for Modbus RTU), openssl (test certs)
-#   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt
+#   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt, and the ML
+#         reference stack: numpy, onnx, onnxruntime, scikit-learn, skl2onnx
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
@@ -29,8 +30,9 @@ fi
 
 step "python venv"
 [ -x "$DIR/venv/bin/python" ] || python3 -m venv "$DIR/venv"
-PIP_PKGS=(asyncua==2.1.0 'pymodbus[serial]==3.16.1' paho-mqtt==2.2.0)
-if ! "$DIR/venv/bin/python" -c "import asyncua, pymodbus, paho.mqtt" 2>/dev/null; then
+PIP_PKGS=(asyncua==2.1.0 'pymodbus[serial]==3.16.1' paho-mqtt==2.2.0
+  numpy==2.4.6 onnx==1.23.2 onnxruntime==1.32.0 scikit-learn==1.9.1 skl2onnx==1.20.0)
+if ! "$DIR/venv/bin/python" -c "import asyncua, pymodbus, paho.mqtt, numpy, onnx, onnxruntime, sklearn, skl2onnx" 2>/dev/null; then
   "$DIR/venv/bin/pip" install -q --disable-pip-version-check "${PIP_PKGS[@]}"
 fi
 

@@ -180,7 +180,7 @@ pub fn mosquitto(dir: &Path) -> Broker {
         .map(|o| o.stdout == b"0\n")
         .unwrap_or(false);
     let conf = format!(
-        "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\n{}\n\
+        "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\nmax_queued_messages 100000\n{}\n\
          listener {anon} 127.0.0.1\nallow_anonymous true\n\n\
          listener {userpass} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\n\
          listener {mtls} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/server.crt\nkeyfile {c}/server.key\n\

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use edge_protocols::bundle::file::{self, key_id, read_public_key, read_signing_key};
-use edge_protocols::bundle::manifest::{ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT};
+use edge_protocols::bundle::manifest::{
+    ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT,
+};
 use edge_protocols::bundle::{Bundle, FeatureSpec, InputLayout, Manifest};
 use edge_protocols::config_check::{Issues, KeyPath};
 use serde::Deserialize;
@@ -34,7 +36,10 @@ pub fn keygen(prefix: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let key = PathBuf::from(format!("{}.key.pem", prefix.display()));
     let publ = PathBuf::from(format!("{}.pub.pem", prefix.display()));
     if key.exists() {
-        bail!("{} exists: refusing to overwrite a signing key", key.display());
+        bail!(
+            "{} exists: refusing to overwrite a signing key",
+            key.display()
+        );
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -48,9 +53,17 @@ pub fn keygen(prefix: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 /// Builds, checks and signs a bundle. Returns the manifest written.
-pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, out: &Path) -> anyhow::Result<Manifest> {
-    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
-    let ps: PackSpec = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", spec_path.display(), e))?;
+pub fn pack(
+    spec_path: &Path,
+    model_path: &Path,
+    train: &Path,
+    key_path: &Path,
+    out: &Path,
+) -> anyhow::Result<Manifest> {
+    let text = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("reading {}", spec_path.display()))?;
+    let ps: PackSpec =
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", spec_path.display(), e))?;
     let mut issues = Issues::default();
     ps.spec.validate(&KeyPath::root().key("spec"), &mut issues);
     if !issues.is_empty() {
@@ -62,12 +75,20 @@ pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, 
                 None => format!("  {}: {}: {}", spec_path.display(), i.path, i.message),
             })
             .collect();
-        bail!("the feature spec has {} problem(s):\n{}", lines.len(), lines.join("\n"));
+        bail!(
+            "the feature spec has {} problem(s):\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
     }
-    let onnx = std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
+    let onnx =
+        std::fs::read(model_path).with_context(|| format!("reading {}", model_path.display()))?;
     let shape = ps.spec.input_shape();
     let model = Model::load(&onnx, &shape).map_err(|e| {
-        anyhow::anyhow!("{}: the model does not accept the feature spec's input {shape:?}: {e}", model_path.display())
+        anyhow::anyhow!(
+            "{}: the model does not accept the feature spec's input {shape:?}: {e}",
+            model_path.display()
+        )
     })?;
     let key = read_signing_key(key_path)?;
 
@@ -77,35 +98,44 @@ pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, 
     let mut outputs: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
     let f = std::fs::File::open(train).with_context(|| format!("reading {}", train.display()))?;
     let len = ps.spec.window_len();
-    let stats = featurize_csv(&ps.spec, std::io::BufReader::new(f), &train.display().to_string(), |row| {
-        match ps.spec.layout {
-            InputLayout::Vector => row.values.iter().zip(columns.iter_mut()).for_each(|(v, c)| c.push(*v)),
-            // Raw layouts: one value per channel and window, the window mean.
-            _ => columns.iter_mut().enumerate().for_each(|(c, col)| {
-                let ch = &row.values[c * len..(c + 1) * len];
-                col.push(ch.iter().sum::<f64>() / len as f64);
-            }),
-        }
-        let input = model_input(&ps.spec, row);
-        if input.iter().all(|v| v.is_finite()) {
-            let outs = model.run(&input).map_err(|e| e.to_string())?;
-            for o in outs {
-                let idx = match outputs.iter().position(|(n, _)| *n == o.name) {
-                    Some(i) => i,
-                    None => {
-                        outputs.push((o.name.clone(), vec![Vec::new(); o.values.len()]));
-                        outputs.len() - 1
-                    }
-                };
-                for (k, v) in o.values.iter().enumerate() {
-                    if let Some(col) = outputs[idx].1.get_mut(k) {
-                        col.push(*v);
+    let stats = featurize_csv(
+        &ps.spec,
+        std::io::BufReader::new(f),
+        &train.display().to_string(),
+        |row| {
+            match ps.spec.layout {
+                InputLayout::Vector => row
+                    .values
+                    .iter()
+                    .zip(columns.iter_mut())
+                    .for_each(|(v, c)| c.push(*v)),
+                // Raw layouts: one value per channel and window, the window mean.
+                _ => columns.iter_mut().enumerate().for_each(|(c, col)| {
+                    let ch = &row.values[c * len..(c + 1) * len];
+                    col.push(ch.iter().sum::<f64>() / len as f64);
+                }),
+            }
+            let input = model_input(&ps.spec, row);
+            if input.iter().all(|v| v.is_finite()) {
+                let outs = model.run(&input).map_err(|e| e.to_string())?;
+                for o in outs {
+                    let idx = match outputs.iter().position(|(n, _)| *n == o.name) {
+                        Some(i) => i,
+                        None => {
+                            outputs.push((o.name.clone(), vec![Vec::new(); o.values.len()]));
+                            outputs.len() - 1
+                        }
+                    };
+                    for (k, v) in o.values.iter().enumerate() {
+                        if let Some(col) = outputs[idx].1.get_mut(k) {
+                            col.push(*v);
+                        }
                     }
                 }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .map_err(|e| anyhow::anyhow!(e))?;
     if stats.windows == 0 {
         bail!(
@@ -119,13 +149,21 @@ pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, 
     let features = names
         .iter()
         .zip(&columns)
-        .map(|(n, c)| column_stats(n, c).ok_or_else(|| anyhow::anyhow!("column {n} has no finite value")))
+        .map(|(n, c)| {
+            column_stats(n, c).ok_or_else(|| anyhow::anyhow!("column {n} has no finite value"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let out_stats = outputs
         .iter()
-        .flat_map(|(n, cols)| cols.iter().enumerate().filter_map(move |(k, c)| column_stats(&format!("{n}[{k}]"), c)))
+        .flat_map(|(n, cols)| {
+            cols.iter()
+                .enumerate()
+                .filter_map(move |(k, c)| column_stats(&format!("{n}[{k}]"), c))
+        })
         .collect();
-    let probe = model.run(&vec![0.0; shape.iter().product()]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let probe = model
+        .run(&vec![0.0; shape.iter().product()])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: ps.name,
@@ -137,22 +175,43 @@ pub fn pack(spec_path: &Path, model_path: &Path, train: &Path, key_path: &Path, 
         model: ModelInfo {
             sha256: String::new(),
             size: 0,
-            input: TensorInfo { name: "input".into(), shape: shape.clone(), dtype: "f32".into() },
+            input: TensorInfo {
+                name: "input".into(),
+                shape: shape.clone(),
+                dtype: "f32".into(),
+            },
             outputs: probe
                 .iter()
-                .map(|o| TensorInfo { name: o.name.clone(), shape: o.shape.clone(), dtype: "f32".into() })
+                .map(|o| TensorInfo {
+                    name: o.name.clone(),
+                    shape: o.shape.clone(),
+                    dtype: "f32".into(),
+                })
                 .collect(),
         },
         postprocess: ps.postprocess,
-        reference: Reference { windows: stats.windows, features, outputs: out_stats },
+        reference: Reference {
+            windows: stats.windows,
+            features,
+            outputs: out_stats,
+        },
     };
     for (what, o) in [
-        ("score", manifest.postprocess.score.as_ref().map(|s| &s.output)),
-        ("labels", manifest.postprocess.labels.as_ref().map(|s| &s.output)),
+        (
+            "score",
+            manifest.postprocess.score.as_ref().map(|s| &s.output),
+        ),
+        (
+            "labels",
+            manifest.postprocess.labels.as_ref().map(|s| &s.output),
+        ),
     ] {
         if let Some(o) = o {
             if !model.output_names().contains(o) {
-                bail!("postprocess.{what} names output `{o}`; the model has {:?}", model.output_names());
+                bail!(
+                    "postprocess.{what} names output `{o}`; the model has {:?}",
+                    model.output_names()
+                );
             }
         }
     }
@@ -171,17 +230,35 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
         return Ok(serde_json::to_string_pretty(&u.manifest)?);
     }
     let m = &u.manifest;
-    let signer = ed25519_dalek::VerifyingKey::from_bytes(&u.signer).map(|k| key_id(&k)).unwrap_or_else(|_| "invalid".into());
+    let signer = ed25519_dalek::VerifyingKey::from_bytes(&u.signer)
+        .map(|k| key_id(&k))
+        .unwrap_or_else(|_| "invalid".into());
     let mut s = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(s, "bundle      {} {} (version number {})", m.name, m.version, m.version_number);
+    let _ = writeln!(
+        s,
+        "bundle      {} {} (version number {})",
+        m.name, m.version, m.version_number
+    );
     if let Some(d) = &m.description {
         let _ = writeln!(s, "            {d}");
     }
     let _ = writeln!(s, "created     {}", m.created);
-    let _ = writeln!(s, "file        {} bytes, sha256 {}", bytes.len(), u.file_sha256);
-    let _ = writeln!(s, "model       {} bytes, sha256 {}", m.model.size, m.model.sha256);
-    let _ = writeln!(s, "signed by   key {signer} (signature not checked: use `bundle verify`)");
+    let _ = writeln!(
+        s,
+        "file        {} bytes, sha256 {}",
+        bytes.len(),
+        u.file_sha256
+    );
+    let _ = writeln!(
+        s,
+        "model       {} bytes, sha256 {}",
+        m.model.size, m.model.sha256
+    );
+    let _ = writeln!(
+        s,
+        "signed by   key {signer} (signature not checked: use `bundle verify`)"
+    );
     let f = &m.features;
     let _ = writeln!(
         s,
@@ -195,12 +272,30 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
     );
     let _ = writeln!(s, "tags        {}", f.tags.join(", "));
     let _ = writeln!(s, "features    {}", f.column_names().join(", "));
-    let outs: Vec<String> = m.model.outputs.iter().map(|o| format!("{} {:?}", o.name, o.shape)).collect();
+    let outs: Vec<String> = m
+        .model
+        .outputs
+        .iter()
+        .map(|o| format!("{} {:?}", o.name, o.shape))
+        .collect();
     let _ = writeln!(s, "outputs     {}", outs.join(", "));
     if let Some(sc) = &m.postprocess.score {
-        let _ = writeln!(s, "score       {}[{}] threshold {:?} alarm {}", sc.output, sc.index, sc.threshold, if sc.alarm_above { "above" } else { "below" });
+        let _ = writeln!(
+            s,
+            "score       {}[{}] threshold {:?} alarm {}",
+            sc.output,
+            sc.index,
+            sc.threshold,
+            if sc.alarm_above { "above" } else { "below" }
+        );
     }
-    let _ = writeln!(s, "reference   {} training windows, {} feature and {} output columns", m.reference.windows, m.reference.features.len(), m.reference.outputs.len());
+    let _ = writeln!(
+        s,
+        "reference   {} training windows, {} feature and {} output columns",
+        m.reference.windows,
+        m.reference.features.len(),
+        m.reference.outputs.len()
+    );
     Ok(s)
 }
 
@@ -209,10 +304,14 @@ pub fn verify(path: &Path, keys: &[PathBuf], floor: u64) -> anyhow::Result<Strin
     if keys.is_empty() {
         bail!("give at least one --key PUB.pem to verify against");
     }
-    let trusted = keys.iter().map(|k| read_public_key(k)).collect::<Result<Vec<_>, _>>()?;
+    let trusted = keys
+        .iter()
+        .map(|k| read_public_key(k))
+        .collect::<Result<Vec<_>, _>>()?;
     let b = Bundle::open(path, &trusted, floor)?;
-    Model::load(&b.model, &b.manifest.features.input_shape())
-        .map_err(|e| anyhow::anyhow!("signature ok, but the model does not load with its feature spec: {e}"))?;
+    Model::load(&b.model, &b.manifest.features.input_shape()).map_err(|e| {
+        anyhow::anyhow!("signature ok, but the model does not load with its feature spec: {e}")
+    })?;
     Ok(format!(
         "OK: {} {} (version number {}) signed by key {}, model loads with input {:?}",
         b.manifest.name,

@@ -105,7 +105,10 @@ fn zero_crossing_rate(x: &[f64]) -> f64 {
         return 0.0;
     }
     let m = mean(x);
-    let crossings = x.windows(2).filter(|w| (w[0] - m >= 0.0) != (w[1] - m >= 0.0)).count();
+    let crossings = x
+        .windows(2)
+        .filter(|w| (w[0] - m >= 0.0) != (w[1] - m >= 0.0))
+        .count();
     crossings as f64 / (x.len() - 1) as f64
 }
 
@@ -143,7 +146,8 @@ impl Scratch {
             .or_insert_with(|| self.planner.plan_fft_forward(n))
             .clone();
         self.fft_in.clear();
-        self.fft_in.extend(x.iter().zip(&win).map(|(v, w)| (v - m) * w));
+        self.fft_in
+            .extend(x.iter().zip(&win).map(|(v, w)| (v - m) * w));
         self.fft_out.resize(n / 2 + 1, Complex::new(0.0, 0.0));
         // Lengths match the plan by construction, so this cannot fail.
         if plan.process(&mut self.fft_in, &mut self.fft_out).is_err() {
@@ -195,7 +199,11 @@ impl Scratch {
             FeatureKind::Slope => slope(x, 1.0 / rate),
             FeatureKind::ZeroCrossingRate => zero_crossing_rate(x),
             FeatureKind::Quantile { q } => quantile(x, q, &mut self.sorted),
-            FeatureKind::BandEnergy { low_hz, high_hz, window } => self.band_energy(x, rate, low_hz, high_hz, window),
+            FeatureKind::BandEnergy {
+                low_hz,
+                high_hz,
+                window,
+            } => self.band_energy(x, rate, low_hz, high_hz, window),
         }
     }
 }
@@ -224,7 +232,10 @@ mod tests {
         // np.quantile(x, 0.9) = 7.6, np.quantile(x, 0.25) = 4.0
         assert!(close(f(&mut s, FeatureKind::Quantile { q: 0.9 }), 7.6));
         assert!(close(f(&mut s, FeatureKind::Quantile { q: 0.25 }), 4.0));
-        assert!(close(f(&mut s, FeatureKind::CrestFactor), 9.0 / (29.0f64).sqrt()));
+        assert!(close(
+            f(&mut s, FeatureKind::CrestFactor),
+            9.0 / (29.0f64).sqrt()
+        ));
     }
 
     #[test]
@@ -235,7 +246,12 @@ mod tests {
         let alt = [1.0, -1.0, 1.0, -1.0, 1.0];
         assert_eq!(s.compute(&FeatureKind::ZeroCrossingRate, &alt, 10.0), 1.0);
         let flat = [4.0; 6];
-        for k in [FeatureKind::Skewness, FeatureKind::Kurtosis, FeatureKind::Std, FeatureKind::Slope] {
+        for k in [
+            FeatureKind::Skewness,
+            FeatureKind::Kurtosis,
+            FeatureKind::Std,
+            FeatureKind::Slope,
+        ] {
             assert_eq!(s.compute(&k, &flat, 10.0), 0.0, "{k:?}");
         }
         assert_eq!(s.compute(&FeatureKind::CrestFactor, &[0.0; 4], 10.0), 0.0);
@@ -245,10 +261,20 @@ mod tests {
     fn band_energy_finds_a_sine_in_its_band_and_parseval_holds() {
         let rate = 100.0;
         let n = 200;
-        let x: Vec<f64> = (0..n).map(|i| (2.0 * std::f64::consts::PI * 10.0 * i as f64 / rate).sin()).collect();
+        let x: Vec<f64> = (0..n)
+            .map(|i| (2.0 * std::f64::consts::PI * 10.0 * i as f64 / rate).sin())
+            .collect();
         let mut s = Scratch::default();
         let band = |s: &mut Scratch, lo, hi| {
-            s.compute(&FeatureKind::BandEnergy { low_hz: lo, high_hz: hi, window: WindowFn::Rectangular }, &x, rate)
+            s.compute(
+                &FeatureKind::BandEnergy {
+                    low_hz: lo,
+                    high_hz: hi,
+                    window: WindowFn::Rectangular,
+                },
+                &x,
+                rate,
+            )
         };
         let total = band(&mut s, 0.0, 51.0);
         let in_band = band(&mut s, 9.0, 11.0);
@@ -258,7 +284,15 @@ mod tests {
         // One-sided rfft energy of a unit sine of n samples: (n/2)^2 / n = n/4.
         assert!(close(in_band, n as f64 / 4.0));
         // Hann windowing keeps the peak in band too.
-        let h = s.compute(&FeatureKind::BandEnergy { low_hz: 9.0, high_hz: 11.0, window: WindowFn::Hann }, &x, rate);
+        let h = s.compute(
+            &FeatureKind::BandEnergy {
+                low_hz: 9.0,
+                high_hz: 11.0,
+                window: WindowFn::Hann,
+            },
+            &x,
+            rate,
+        );
         assert!(h > 0.0 && h < in_band);
     }
 }

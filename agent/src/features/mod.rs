@@ -69,7 +69,12 @@ impl Featurizer {
         }
         self.windows.drain_ready(&mut self.ready);
         for w in self.ready.drain(..) {
-            out.push(compute_row(&self.spec, &self.channel_of, &mut self.scratch, &w));
+            out.push(compute_row(
+                &self.spec,
+                &self.channel_of,
+                &mut self.scratch,
+                &w,
+            ));
         }
     }
 
@@ -79,7 +84,12 @@ impl Featurizer {
     }
 }
 
-fn compute_row(spec: &FeatureSpec, channel_of: &[usize], scratch: &mut Scratch, w: &Window) -> FeatureRow {
+fn compute_row(
+    spec: &FeatureSpec,
+    channel_of: &[usize],
+    scratch: &mut Scratch,
+    w: &Window,
+) -> FeatureRow {
     let values = match spec.layout {
         InputLayout::Vector => spec
             .features
@@ -89,7 +99,11 @@ fn compute_row(spec: &FeatureSpec, channel_of: &[usize], scratch: &mut Scratch, 
             .collect(),
         InputLayout::RawTc | InputLayout::RawCt => w.values.clone(),
     };
-    FeatureRow { start_ns: w.start_ns, end_ns: w.end_ns, values }
+    FeatureRow {
+        start_ns: w.start_ns,
+        end_ns: w.end_ns,
+        values,
+    }
 }
 
 /// Applies layout and scaler; the result feeds the model's input tensor.
@@ -99,10 +113,19 @@ pub fn model_input(spec: &FeatureSpec, row: &FeatureRow) -> Vec<f32> {
         None => v,
     };
     match spec.layout {
-        InputLayout::Vector => row.values.iter().enumerate().map(|(k, v)| scale(*v, k) as f32).collect(),
+        InputLayout::Vector => row
+            .values
+            .iter()
+            .enumerate()
+            .map(|(k, v)| scale(*v, k) as f32)
+            .collect(),
         InputLayout::RawCt => {
             let len = spec.window_len();
-            row.values.iter().enumerate().map(|(j, v)| scale(*v, j / len.max(1)) as f32).collect()
+            row.values
+                .iter()
+                .enumerate()
+                .map(|(j, v)| scale(*v, j / len.max(1)) as f32)
+                .collect()
         }
         InputLayout::RawTc => {
             let (len, ch) = (spec.window_len(), spec.tags.len());

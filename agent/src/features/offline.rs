@@ -22,7 +22,11 @@ pub fn featurize_csv(
     let mut lines = input.lines().enumerate();
     match lines.next() {
         Some((_, Ok(h))) if h.trim_end() == CSV_HEADER => {}
-        Some((_, Ok(h))) => return Err(format!("{what}:1: expected the header `{CSV_HEADER}`, found `{h}`")),
+        Some((_, Ok(h))) => {
+            return Err(format!(
+                "{what}:1: expected the header `{CSV_HEADER}`, found `{h}`"
+            ))
+        }
         Some((_, Err(e))) => return Err(format!("{what}: {e}")),
         None => return Err(format!("{what}: empty file")),
     }

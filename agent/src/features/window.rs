@@ -77,7 +77,12 @@ impl WindowAssembler {
     pub fn new(spec: &FeatureSpec) -> Self {
         let len = spec.window_len().max(1);
         WindowAssembler {
-            index: spec.tags.iter().enumerate().map(|(i, t)| (t.clone(), i)).collect(),
+            index: spec
+                .tags
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i))
+                .collect(),
             bufs: spec.tags.iter().map(|_| TagBuf::default()).collect(),
             tags: spec.tags.clone(),
             period: spec.period_ns().max(1),
@@ -101,7 +106,9 @@ impl WindowAssembler {
 
     /// Adds one sample; other tags are ignored.
     pub fn push(&mut self, s: &Sample) {
-        let Some(&c) = self.index.get(&*s.tag) else { return };
+        let Some(&c) = self.index.get(&*s.tag) else {
+            return;
+        };
         let buf = &mut self.bufs[c];
         if buf.last_ts.is_some_and(|l| s.ts_ns <= l) {
             self.stats.late_samples += 1;
@@ -112,11 +119,19 @@ impl WindowAssembler {
             self.stats.overflow_samples += 1;
         }
         buf.last_ts = Some(s.ts_ns);
-        buf.points.push_back((s.ts_ns, s.usable_f64().unwrap_or(f64::NAN)));
+        buf.points
+            .push_back((s.ts_ns, s.usable_f64().unwrap_or(f64::NAN)));
         if self.next_start.is_none() {
             let hop_ns = self.period * self.hop as i64;
             // First window start: the first hop-aligned grid point at or after this sample.
-            self.next_start = Some(s.ts_ns.div_euclid(hop_ns) * self.hop as i64 + if s.ts_ns.rem_euclid(hop_ns) == 0 { 0 } else { self.hop as i64 });
+            self.next_start = Some(
+                s.ts_ns.div_euclid(hop_ns) * self.hop as i64
+                    + if s.ts_ns.rem_euclid(hop_ns) == 0 {
+                        0
+                    } else {
+                        self.hop as i64
+                    },
+            );
         }
     }
 
@@ -127,7 +142,10 @@ impl WindowAssembler {
         let patience = self.max_age + self.period * self.len as i64;
         let mut w = i64::MAX;
         for b in &self.bufs {
-            let l = b.last_ts.unwrap_or(i64::MIN).max(most.saturating_sub(patience));
+            let l = b
+                .last_ts
+                .unwrap_or(i64::MIN)
+                .max(most.saturating_sub(patience));
             w = w.min(l);
         }
         Some(w)
@@ -136,7 +154,9 @@ impl WindowAssembler {
     /// Every window that is final now, in time order.
     pub fn drain_ready(&mut self, out: &mut Vec<Window>) {
         let Some(wm) = self.watermark() else { return };
-        let Some(mut start) = self.next_start else { return };
+        let Some(mut start) = self.next_start else {
+            return;
+        };
         let hop = self.hop as i64;
         loop {
             let last_point = (start + self.len as i64 - 1) * self.period;
@@ -220,7 +240,9 @@ impl WindowAssembler {
 
 /// Fills NaN points from the previous valid point; leading ones from the first valid point.
 fn fill_missing(s: &mut [f64]) {
-    let Some(first) = s.iter().copied().find(|v| !v.is_nan()) else { return };
+    let Some(first) = s.iter().copied().find(|v| !v.is_nan()) else {
+        return;
+    };
     let mut prev = first;
     for v in s.iter_mut() {
         if v.is_nan() {
@@ -255,7 +277,12 @@ mod tests {
     }
 
     fn s(tag: &str, ts_ms: i64, v: f64) -> Sample {
-        Sample::new(Arc::from(tag), ts_ms * 1_000_000, Value::Float(v), Quality::Good)
+        Sample::new(
+            Arc::from(tag),
+            ts_ms * 1_000_000,
+            Value::Float(v),
+            Quality::Good,
+        )
     }
 
     fn run(a: &mut WindowAssembler, samples: &[Sample]) -> Vec<Window> {
@@ -282,10 +309,18 @@ mod tests {
         assert_eq!(w[0].start_ns, 200_000_000);
         assert_eq!(w[0].end_ns, 600_000_000);
         assert_eq!(w[0].channel(0), &[2.0, 3.0, 4.0, 5.0]);
-        assert_eq!(w[0].channel(1), &[101.0, 102.0, 103.0, 104.0], "last sample at or before each point");
+        assert_eq!(
+            w[0].channel(1),
+            &[101.0, 102.0, 103.0, 104.0],
+            "last sample at or before each point"
+        );
         assert_eq!(w[1].start_ns, 400_000_000, "sliding by the hop");
         assert_eq!(a.stats.skipped_missing, 1);
-        assert_eq!(w.len(), 4, "windows at 200..800 ms; the one at 1000 ms needs both tags past 1300 ms");
+        assert_eq!(
+            w.len(),
+            4,
+            "windows at 200..800 ms; the one at 1000 ms needs both tags past 1300 ms"
+        );
     }
 
     #[test]
@@ -298,10 +333,17 @@ mod tests {
         samples[3].quality = Quality::Bad;
         let w1 = run(&mut strict, &samples);
         let w2 = run(&mut lenient, &samples);
-        assert_eq!(w1[0].start_ns, 500_000_000, "the first window has 2 bad points");
+        assert_eq!(
+            w1[0].start_ns, 500_000_000,
+            "the first window has 2 bad points"
+        );
         assert_eq!(strict.stats.skipped_missing, 1);
         assert_eq!(w2[0].start_ns, 0);
-        assert_eq!(w2[0].channel(0), &[0.0, 1.0, 1.0, 1.0, 4.0], "filled from the previous point");
+        assert_eq!(
+            w2[0].channel(0),
+            &[0.0, 1.0, 1.0, 1.0, 4.0],
+            "filled from the previous point"
+        );
     }
 
     #[test]

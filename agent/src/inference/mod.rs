@@ -49,17 +49,34 @@ impl Model {
         let mut model = framework().model_for_read(&mut &*onnx).map_err(err)?;
         let inputs = model.input_outlets().map_err(err)?.len();
         if inputs != 1 {
-            return Err(InferenceError::Load(format!("the model has {inputs} inputs; exactly one is supported")));
+            return Err(InferenceError::Load(format!(
+                "the model has {inputs} inputs; exactly one is supported"
+            )));
         }
         let output_names = model
             .output_outlets()
             .map_err(err)?
             .iter()
-            .map(|o| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| model.node(o.node).name.clone()))
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
             .collect();
-        model = model.with_input_fact(0, f32::fact(input_shape).into()).map_err(err)?;
-        let plan = model.into_optimized().map_err(err)?.into_runnable().map_err(err)?;
-        Ok(Model { plan, input_shape: input_shape.to_vec(), output_names })
+        model = model
+            .with_input_fact(0, f32::fact(input_shape).into())
+            .map_err(err)?;
+        let plan = model
+            .into_optimized()
+            .map_err(err)?
+            .into_runnable()
+            .map_err(err)?;
+        Ok(Model {
+            plan,
+            input_shape: input_shape.to_vec(),
+            output_names,
+        })
     }
 
     pub fn output_names(&self) -> &[String] {
@@ -73,7 +90,10 @@ impl Model {
     /// Runs one input (row-major, `input_len()` values).
     pub fn run(&self, input: &[f32]) -> Result<Vec<Output>, InferenceError> {
         if input.len() != self.input_len() {
-            return Err(InferenceError::InputSize { expected: self.input_len(), got: input.len() });
+            return Err(InferenceError::InputSize {
+                expected: self.input_len(),
+                got: input.len(),
+            });
         }
         let run = |e: TractError| InferenceError::Run(format!("{e:#}"));
         let t = Tensor::from_shape(&self.input_shape, input).map_err(run)?;
@@ -82,8 +102,17 @@ impl Model {
             .zip(&self.output_names)
             .map(|(o, name)| {
                 let f = o.cast_to::<f64>().map_err(run)?;
-                let values = f.try_as_plain_ram().map_err(run)?.as_slice::<f64>().map_err(run)?.to_vec();
-                Ok(Output { name: name.clone(), shape: o.shape().to_vec(), values })
+                let values = f
+                    .try_as_plain_ram()
+                    .map_err(run)?
+                    .as_slice::<f64>()
+                    .map_err(run)?
+                    .to_vec();
+                Ok(Output {
+                    name: name.clone(),
+                    shape: o.shape().to_vec(),
+                    values,
+                })
             })
             .collect()
     }
@@ -101,8 +130,10 @@ mod tests {
     /// Every reference row, tract vs onnxruntime: |a - b| <= 1e-5 * max(1, |b|).
     fn check(name: &str) {
         let bytes = std::fs::read(models().join(format!("{name}.onnx"))).unwrap();
-        let reference: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(models().join(format!("{name}.ref.json"))).unwrap()).unwrap();
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(models().join(format!("{name}.ref.json"))).unwrap(),
+        )
+        .unwrap();
         let shape: Vec<usize> = serde_json::from_value(reference["input_shape"].clone()).unwrap();
         let model = Model::load(&bytes, &shape).unwrap_or_else(|e| panic!("{name}: {e}"));
         let inputs: Vec<Vec<f64>> = serde_json::from_value(reference["inputs"].clone()).unwrap();
@@ -111,17 +142,25 @@ mod tests {
             let x: Vec<f32> = x.iter().map(|v| *v as f32).collect();
             let outs = model.run(&x).unwrap();
             for o in outs {
-                let want: Vec<f64> = serde_json::from_value(reference["outputs"][&o.name][row].clone())
-                    .unwrap_or_else(|_| panic!("{name}: no reference for output {}", o.name));
+                let want: Vec<f64> =
+                    serde_json::from_value(reference["outputs"][&o.name][row].clone())
+                        .unwrap_or_else(|_| panic!("{name}: no reference for output {}", o.name));
                 assert_eq!(o.values.len(), want.len(), "{name}/{} row {row}", o.name);
                 for (a, b) in o.values.iter().zip(&want) {
                     let err = (a - b).abs() / b.abs().max(1.0);
                     worst = worst.max(err);
-                    assert!(err <= 1e-5, "{name}/{} row {row}: tract {a} vs onnxruntime {b}", o.name);
+                    assert!(
+                        err <= 1e-5,
+                        "{name}/{} row {row}: tract {a} vs onnxruntime {b}",
+                        o.name
+                    );
                 }
             }
         }
-        eprintln!("{name}: {} rows, worst relative difference {worst:.2e}", inputs.len());
+        eprintln!(
+            "{name}: {} rows, worst relative difference {worst:.2e}",
+            inputs.len()
+        );
     }
 
     #[test]
@@ -154,7 +193,13 @@ mod tests {
     fn wrong_input_sizes_and_garbage_models_are_errors() {
         let bytes = std::fs::read(models().join("gbr.onnx")).unwrap();
         let m = Model::load(&bytes, &[1, 8]).unwrap();
-        assert!(matches!(m.run(&[0.0; 7]), Err(InferenceError::InputSize { expected: 8, got: 7 })));
+        assert!(matches!(
+            m.run(&[0.0; 7]),
+            Err(InferenceError::InputSize {
+                expected: 8,
+                got: 7
+            })
+        ));
         assert!(Model::load(b"not an onnx model", &[1, 8]).is_err());
         assert!(Model::load(&bytes[..bytes.len() / 2], &[1, 8]).is_err());
         // Wrong feature count for the trees: a clear error, not a panic.

@@ -47,7 +47,8 @@ fn tree_attrs(ctx: &ParsingContext, node: &NodeProto, leaf: &str) -> TractResult
         node_ids: ints("nodes_nodeids")?,
         feature_ids: ints("nodes_featureids")?,
         modes,
-        values: floats(ctx, node, "nodes_values")?.ok_or_else(|| format_err!("{}: no nodes_values", node.name))?,
+        values: floats(ctx, node, "nodes_values")?
+            .ok_or_else(|| format_err!("{}: no nodes_values", node.name))?,
         true_ids: ints("nodes_truenodeids")?,
         false_ids: ints("nodes_falsenodeids")?,
         missing_tracks_true: node
@@ -63,30 +64,64 @@ fn tree_attrs(ctx: &ParsingContext, node: &NodeProto, leaf: &str) -> TractResult
 }
 
 fn post_transform(node: &NodeProto) -> TractResult<PostTransform> {
-    PostTransform::parse(node.get_attr_opt::<&str>("post_transform")?.unwrap_or("NONE")).map_err(|e| format_err!("{e}"))
+    PostTransform::parse(
+        node.get_attr_opt::<&str>("post_transform")?
+            .unwrap_or("NONE"),
+    )
+    .map_err(|e| format_err!("{e}"))
 }
 
-fn parse_regressor(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn parse_regressor(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let n_targets: i64 = node.get_attr_opt("n_targets")?.unwrap_or(1);
     ensure!(n_targets >= 1, "{}: n_targets {n_targets}", node.name);
     let attrs = tree_attrs(ctx, node, "target")?;
-    let forest = Forest::build(&attrs, n_targets as usize).map_err(|e| format_err!("{}: {e}", node.name))?;
-    let agg = Aggregate::parse(node.get_attr_opt::<&str>("aggregate_function")?.unwrap_or("SUM")).map_err(|e| format_err!("{e}"))?;
+    let forest =
+        Forest::build(&attrs, n_targets as usize).map_err(|e| format_err!("{}: {e}", node.name))?;
+    let agg = Aggregate::parse(
+        node.get_attr_opt::<&str>("aggregate_function")?
+            .unwrap_or("SUM"),
+    )
+    .map_err(|e| format_err!("{e}"))?;
     let base = floats(ctx, node, "base_values")?.unwrap_or_default();
-    let r = Regressor::new(forest, agg, base, post_transform(node)?).map_err(|e| format_err!("{}: {e}", node.name))?;
-    Ok((expand(TreeExpansion(TreeOp { model: Arc::new(TreeModel::Regressor(r)) })), vec![]))
+    let r = Regressor::new(forest, agg, base, post_transform(node)?)
+        .map_err(|e| format_err!("{}: {e}", node.name))?;
+    Ok((
+        expand(TreeExpansion(TreeOp {
+            model: Arc::new(TreeModel::Regressor(r)),
+        })),
+        vec![],
+    ))
 }
 
-fn parse_classifier(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    if node.get_attr_opt_vec::<&str>("classlabels_strings")?.is_some() {
-        bail!("{}: string class labels are not supported; train with integer labels", node.name);
+fn parse_classifier(
+    ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    if node
+        .get_attr_opt_vec::<&str>("classlabels_strings")?
+        .is_some()
+    {
+        bail!(
+            "{}: string class labels are not supported; train with integer labels",
+            node.name
+        );
     }
     let labels = node.get_attr_slice::<i64>("classlabels_int64s")?.to_vec();
     let attrs = tree_attrs(ctx, node, "class")?;
-    let forest = Forest::build(&attrs, labels.len()).map_err(|e| format_err!("{}: {e}", node.name))?;
+    let forest =
+        Forest::build(&attrs, labels.len()).map_err(|e| format_err!("{}: {e}", node.name))?;
     let base = floats(ctx, node, "base_values")?.unwrap_or_default();
-    let c = Classifier::new(forest, labels, base, post_transform(node)?).map_err(|e| format_err!("{}: {e}", node.name))?;
-    Ok((expand(TreeExpansion(TreeOp { model: Arc::new(TreeModel::Classifier(c)) })), vec![]))
+    let c = Classifier::new(forest, labels, base, post_transform(node)?)
+        .map_err(|e| format_err!("{}: {e}", node.name))?;
+    Ok((
+        expand(TreeExpansion(TreeOp {
+            model: Arc::new(TreeModel::Classifier(c)),
+        })),
+        vec![],
+    ))
 }
 
 #[derive(Debug)]
@@ -138,7 +173,11 @@ impl EvalOp for TreeOp {
             2 => (x.shape()[0], x.shape()[1]),
             r => bail!("tree ensemble input must be [N, F], got rank {r}"),
         };
-        ensure!(f > self.model.forest().max_feature, "tree ensemble uses feature {} but the input has {f}", self.model.forest().max_feature);
+        ensure!(
+            f > self.model.forest().max_feature,
+            "tree ensemble uses feature {} but the input has {f}",
+            self.model.forest().max_feature
+        );
         let xs = x.try_as_plain_ram()?.as_slice::<f32>()?;
         match &*self.model {
             TreeModel::Regressor(r) => {
@@ -165,10 +204,17 @@ impl TypedOp for TreeOp {
     as_op!();
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let n: TDim = if inputs[0].rank() == 2 { inputs[0].shape[0].clone() } else { 1.into() };
+        let n: TDim = if inputs[0].rank() == 2 {
+            inputs[0].shape[0].clone()
+        } else {
+            1.into()
+        };
         Ok(match &*self.model {
             TreeModel::Regressor(r) => tvec!(f32::fact([n, r.forest.n_out.to_dim()])),
-            TreeModel::Classifier(c) => tvec!(i64::fact([n.clone()]), f32::fact([n, c.labels.len().to_dim()])),
+            TreeModel::Classifier(c) => tvec!(
+                i64::fact([n.clone()]),
+                f32::fact([n, c.labels.len().to_dim()])
+            ),
         })
     }
 }
@@ -218,7 +264,12 @@ impl Expansion for TreeExpansion {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         model.wire_node(prefix, self.0.clone(), inputs)
     }
 }
@@ -246,7 +297,11 @@ const NONE: u32 = u32::MAX;
 impl Encoder {
     fn lookup(&self, key_bits: u64, key_i64: i64) -> Option<usize> {
         if let Some(d) = &self.dense {
-            return usize::try_from(key_i64).ok().and_then(|k| d.get(k)).filter(|&&i| i != NONE).map(|&i| i as usize);
+            return usize::try_from(key_i64)
+                .ok()
+                .and_then(|k| d.get(k))
+                .filter(|&&i| i != NONE)
+                .map(|&i| i as usize);
         }
         self.sparse.get(&key_bits).map(|&i| i as usize)
     }
@@ -262,18 +317,34 @@ impl PartialEq for LabelEncoderOp {
 }
 impl Eq for LabelEncoderOp {}
 
-fn parse_label_encoder(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn parse_label_encoder(
+    _ctx: &ParsingContext,
+    node: &NodeProto,
+) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let ikeys = node.get_attr_opt_slice::<i64>("keys_int64s")?;
     let fkeys = node.get_attr_opt_slice::<f32>("keys_floats")?;
     let (keys_bits, keys_i64, float_keys): (Vec<u64>, Vec<i64>, bool) = match (ikeys, fkeys) {
         (Some(k), None) => (k.iter().map(|v| *v as u64).collect(), k.to_vec(), false),
-        (None, Some(k)) => (k.iter().map(|v| u64::from(v.to_bits())).collect(), vec![], true),
-        _ => bail!("{}: LabelEncoder needs keys_int64s or keys_floats (string keys are not supported)", node.name),
+        (None, Some(k)) => (
+            k.iter().map(|v| u64::from(v.to_bits())).collect(),
+            vec![],
+            true,
+        ),
+        _ => bail!(
+            "{}: LabelEncoder needs keys_int64s or keys_floats (string keys are not supported)",
+            node.name
+        ),
     };
     let values = if let Some(v) = node.get_attr_opt_slice::<f32>("values_floats")? {
-        Values::F32(v.to_vec(), node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0))
+        Values::F32(
+            v.to_vec(),
+            node.get_attr_opt::<f32>("default_float")?.unwrap_or(-0.0),
+        )
     } else if let Some(v) = node.get_attr_opt_slice::<i64>("values_int64s")? {
-        Values::I64(v.to_vec(), node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1))
+        Values::I64(
+            v.to_vec(),
+            node.get_attr_opt::<i64>("default_int64")?.unwrap_or(-1),
+        )
     } else {
         bail!("{}: LabelEncoder needs values_floats or values_int64s (string values are not supported)", node.name)
     };
@@ -281,7 +352,12 @@ fn parse_label_encoder(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(
         Values::F32(v, _) => v.len(),
         Values::I64(v, _) => v.len(),
     };
-    ensure!(n_values == keys_bits.len(), "{}: {} keys but {n_values} values", node.name, keys_bits.len());
+    ensure!(
+        n_values == keys_bits.len(),
+        "{}: {} keys but {n_values} values",
+        node.name,
+        keys_bits.len()
+    );
     let dense = (!float_keys && keys_i64.iter().all(|k| (0..1_000_000).contains(k))).then(|| {
         let max = keys_i64.iter().copied().max().unwrap_or(0) as usize;
         let mut d = vec![NONE; max + 1];
@@ -296,8 +372,16 @@ fn parse_label_encoder(_ctx: &ParsingContext, node: &NodeProto) -> TractResult<(
             sparse.entry(*k).or_insert(i as u32);
         }
     }
-    let enc = Encoder { dense, sparse, float_keys, values };
-    Ok((expand(LabelEncoderExpansion(LabelEncoderOp(Arc::new(enc)))), vec![]))
+    let enc = Encoder {
+        dense,
+        sparse,
+        float_keys,
+        values,
+    };
+    Ok((
+        expand(LabelEncoderExpansion(LabelEncoderOp(Arc::new(enc)))),
+        vec![],
+    ))
 }
 
 impl Op for LabelEncoderOp {
@@ -315,14 +399,32 @@ impl EvalOp for LabelEncoderOp {
         let enc = &*self.0;
         let idx: Vec<Option<usize>> = if enc.float_keys {
             let x = x.cast_to::<f32>()?;
-            x.try_as_plain_ram()?.as_slice::<f32>()?.iter().map(|v| enc.lookup(u64::from(v.to_bits()), 0)).collect()
+            x.try_as_plain_ram()?
+                .as_slice::<f32>()?
+                .iter()
+                .map(|v| enc.lookup(u64::from(v.to_bits()), 0))
+                .collect()
         } else {
             let x = x.cast_to::<i64>()?;
-            x.try_as_plain_ram()?.as_slice::<i64>()?.iter().map(|v| enc.lookup(*v as u64, *v)).collect()
+            x.try_as_plain_ram()?
+                .as_slice::<i64>()?
+                .iter()
+                .map(|v| enc.lookup(*v as u64, *v))
+                .collect()
         };
         let out = match &enc.values {
-            Values::F32(v, d) => Tensor::from_shape(x.shape(), &idx.iter().map(|i| i.map_or(*d, |i| v[i])).collect::<Vec<_>>())?,
-            Values::I64(v, d) => Tensor::from_shape(x.shape(), &idx.iter().map(|i| i.map_or(*d, |i| v[i])).collect::<Vec<_>>())?,
+            Values::F32(v, d) => Tensor::from_shape(
+                x.shape(),
+                &idx.iter()
+                    .map(|i| i.map_or(*d, |i| v[i]))
+                    .collect::<Vec<_>>(),
+            )?,
+            Values::I64(v, d) => Tensor::from_shape(
+                x.shape(),
+                &idx.iter()
+                    .map(|i| i.map_or(*d, |i| v[i]))
+                    .collect::<Vec<_>>(),
+            )?,
         };
         Ok(tvec!(out.into_tvalue()))
     }
@@ -344,7 +446,11 @@ impl TypedOp for LabelEncoderOp {
         Ok(tvec!(self.out_type().fact(inputs[0].shape.iter())))
     }
 
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+    fn axes_mapping(
+        &self,
+        inputs: &[&TypedFact],
+        outputs: &[&TypedFact],
+    ) -> TractResult<AxesMapping> {
         AxesMapping::natural(inputs, outputs)
     }
 
@@ -380,7 +486,12 @@ impl Expansion for LabelEncoderExpansion {
         Ok(())
     }
 
-    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+    fn wire(
+        &self,
+        prefix: &str,
+        model: &mut TypedModel,
+        inputs: &[OutletId],
+    ) -> TractResult<TVec<OutletId>> {
         model.wire_node(prefix, self.0.clone(), inputs)
     }
 }

@@ -145,7 +145,8 @@ impl Forest {
             return Err("nodes_missing_value_tracks_true has the wrong length".into());
         }
         let m = a.leaf_weights.len();
-        if a.leaf_tree_ids.len() != m || a.leaf_node_ids.len() != m || a.leaf_target_ids.len() != m {
+        if a.leaf_tree_ids.len() != m || a.leaf_node_ids.len() != m || a.leaf_target_ids.len() != m
+        {
             return Err("leaf attributes (treeids/nodeids/ids/weights) differ in length".into());
         }
         if n == 0 {
@@ -155,7 +156,10 @@ impl Forest {
         let mut roots = Vec::new();
         for i in 0..n {
             if index.insert((a.tree_ids[i], a.node_ids[i]), i).is_some() {
-                return Err(format!("node ({}, {}) appears twice", a.tree_ids[i], a.node_ids[i]));
+                return Err(format!(
+                    "node ({}, {}) appears twice",
+                    a.tree_ids[i], a.node_ids[i]
+                ));
             }
             if i == 0 || a.tree_ids[i] != a.tree_ids[i - 1] {
                 roots.push(i as u32);
@@ -170,7 +174,9 @@ impl Forest {
         for j in order {
             let key = (a.leaf_tree_ids[j], a.leaf_node_ids[j]);
             let Some(&node) = index.get(&key) else {
-                return Err(format!("a weight refers to node {key:?}, which does not exist"));
+                return Err(format!(
+                    "a weight refers to node {key:?}, which does not exist"
+                ));
             };
             if a.modes[node] != Mode::Leaf {
                 continue; // onnxruntime ignores weights on branch nodes
@@ -190,15 +196,30 @@ impl Forest {
             let mode = a.modes[i];
             let node = if mode == Mode::Leaf {
                 let Some(&(start, len)) = leaf_ranges.get(&i) else {
-                    return Err(format!("leaf ({}, {}) has no weight", a.tree_ids[i], a.node_ids[i]));
+                    return Err(format!(
+                        "leaf ({}, {}) has no weight",
+                        a.tree_ids[i], a.node_ids[i]
+                    ));
                 };
-                Node { feature: 0, threshold: 0.0, t: start, f: len, mode, nan_true: false }
+                Node {
+                    feature: 0,
+                    threshold: 0.0,
+                    t: start,
+                    f: len,
+                    mode,
+                    nan_true: false,
+                }
             } else {
                 let child = |id: i64| {
                     index
                         .get(&(a.tree_ids[i], id))
                         .map(|&c| c as u32)
-                        .ok_or_else(|| format!("node ({}, {}) points to missing child {id}", a.tree_ids[i], a.node_ids[i]))
+                        .ok_or_else(|| {
+                            format!(
+                                "node ({}, {}) points to missing child {id}",
+                                a.tree_ids[i], a.node_ids[i]
+                            )
+                        })
                 };
                 let f = a.feature_ids[i];
                 if f < 0 {
@@ -217,7 +238,9 @@ impl Forest {
             nodes.push(node);
         }
         let forest = Forest {
-            all_leq: nodes.iter().all(|n| n.mode == Mode::Leaf || (n.mode == Mode::Leq && !n.nan_true)),
+            all_leq: nodes
+                .iter()
+                .all(|n| n.mode == Mode::Leaf || (n.mode == Mode::Leq && !n.nan_true)),
             distinct_targets: targets.len(),
             all_weights_positive: weights.iter().all(|w| w.1 >= 0.0),
             nodes,
@@ -261,7 +284,11 @@ impl Forest {
         if self.all_leq {
             while n.mode != Mode::Leaf {
                 // NaN <= t is false: the false branch, as in onnxruntime.
-                n = &self.nodes[if x[n.feature as usize] <= n.threshold { n.t } else { n.f } as usize];
+                n = &self.nodes[if x[n.feature as usize] <= n.threshold {
+                    n.t
+                } else {
+                    n.f
+                } as usize];
             }
             return n;
         }
@@ -312,11 +339,25 @@ pub struct Regressor {
 }
 
 impl Regressor {
-    pub fn new(forest: Forest, aggregate: Aggregate, base: Vec<f32>, post: PostTransform) -> Result<Regressor, String> {
+    pub fn new(
+        forest: Forest,
+        aggregate: Aggregate,
+        base: Vec<f32>,
+        post: PostTransform,
+    ) -> Result<Regressor, String> {
         if !base.is_empty() && base.len() != 1 && base.len() != forest.n_out {
-            return Err(format!("base_values has {} entries for {} targets", base.len(), forest.n_out));
+            return Err(format!(
+                "base_values has {} entries for {} targets",
+                base.len(),
+                forest.n_out
+            ));
         }
-        Ok(Regressor { forest, aggregate, base, post })
+        Ok(Regressor {
+            forest,
+            aggregate,
+            base,
+            post,
+        })
     }
 
     /// Evaluates `rows` rows of `x` (row-major, `f` features each) into `out` (`rows * n_out`).
@@ -328,19 +369,37 @@ impl Regressor {
             self.forest.raw(row, self.aggregate, &mut s, &mut h);
             let n_trees = self.forest.n_trees() as f64;
             if k == 1 {
-                let origin = if self.base.len() == 1 { f64::from(self.base[0]) } else { 0.0 };
+                let origin = if self.base.len() == 1 {
+                    f64::from(self.base[0])
+                } else {
+                    0.0
+                };
                 let v = match self.aggregate {
                     Aggregate::Sum => s[0] + origin,
                     Aggregate::Average => s[0] / n_trees + origin,
-                    Aggregate::Min | Aggregate::Max => if h[0] { s[0] + origin } else { origin },
+                    Aggregate::Min | Aggregate::Max => {
+                        if h[0] {
+                            s[0] + origin
+                        } else {
+                            origin
+                        }
+                    }
                 };
                 // onnxruntime applies only PROBIT to a single target.
-                o[0] = if self.post == PostTransform::Probit { probit(v as f32) } else { v as f32 };
+                o[0] = if self.post == PostTransform::Probit {
+                    probit(v as f32)
+                } else {
+                    v as f32
+                };
             } else {
                 let use_base = self.base.len() == k;
                 let mut v: Vec<f32> = (0..k)
                     .map(|j| {
-                        let b = if use_base { f64::from(self.base[j]) } else { 0.0 };
+                        let b = if use_base {
+                            f64::from(self.base[j])
+                        } else {
+                            0.0
+                        };
                         (match self.aggregate {
                             Aggregate::Sum => s[j] + b,
                             Aggregate::Average => s[j] / n_trees + b,
@@ -365,17 +424,34 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    pub fn new(forest: Forest, labels: Vec<i64>, base: Vec<f32>, post: PostTransform) -> Result<Classifier, String> {
+    pub fn new(
+        forest: Forest,
+        labels: Vec<i64>,
+        base: Vec<f32>,
+        post: PostTransform,
+    ) -> Result<Classifier, String> {
         if labels.len() < 2 {
-            return Err(format!("{} class label(s): a classifier needs at least 2", labels.len()));
+            return Err(format!(
+                "{} class label(s): a classifier needs at least 2",
+                labels.len()
+            ));
         }
         if forest.n_out != labels.len() {
             return Err("class count mismatch".into());
         }
         if !base.is_empty() && base.len() > labels.len() {
-            return Err(format!("base_values has {} entries for {} classes", base.len(), labels.len()));
+            return Err(format!(
+                "base_values has {} entries for {} classes",
+                base.len(),
+                labels.len()
+            ));
         }
-        Ok(Classifier { forest, labels, base, post })
+        Ok(Classifier {
+            forest,
+            labels,
+            base,
+            post,
+        })
     }
 
     fn binary_case(&self) -> bool {
@@ -388,10 +464,18 @@ impl Classifier {
         if self.binary_case() {
             if self.forest.all_weights_positive {
                 *add_second = if pos > 0.5 { 0 } else { 1 };
-                if pos > 0.5 { self.labels[1] } else { self.labels[0] }
+                if pos > 0.5 {
+                    self.labels[1]
+                } else {
+                    self.labels[0]
+                }
             } else {
                 *add_second = if pos > 0.0 { 2 } else { 3 };
-                if pos > 0.0 { self.labels[1] } else { self.labels[0] }
+                if pos > 0.0 {
+                    self.labels[1]
+                } else {
+                    self.labels[0]
+                }
             }
         } else if pos > 0.0 {
             1
@@ -404,7 +488,11 @@ impl Classifier {
         let c = self.labels.len();
         let mut s = vec![0f64; c];
         let mut h = vec![false; c];
-        for ((row, lab), z) in x.chunks_exact(f).zip(labels_out.iter_mut()).zip(scores_out.chunks_exact_mut(c)) {
+        for ((row, lab), z) in x
+            .chunks_exact(f)
+            .zip(labels_out.iter_mut())
+            .zip(scores_out.chunks_exact_mut(c))
+        {
             self.forest.raw(row, Aggregate::Sum, &mut s, &mut h);
             let mut sc: Vec<f32> = s.iter().map(|v| *v as f32).collect();
             let mut add_second = -1i32;
@@ -445,7 +533,13 @@ impl Classifier {
                 if !keep_second {
                     sc.pop();
                 }
-                let pos = if sc.len() == 2 && h[1] { sc[1] } else if h[0] { sc[0] } else { 0.0 };
+                let pos = if sc.len() == 2 && h[1] {
+                    sc[1]
+                } else if h[0] {
+                    sc[0]
+                } else {
+                    0.0
+                };
                 *lab = self.binary_label(pos, &mut add_second);
             }
             write_scores(&mut sc, self.post, add_second);
@@ -466,7 +560,9 @@ fn logistic(v: f32) -> f32 {
     }
 }
 
-/// onnxruntime's erfinv approximation (Winitzki, a = 0.147), in f32 like onnxruntime.
+/// onnxruntime's erfinv approximation (Winitzki, a = 0.147), in f32 like onnxruntime —
+/// including its truncated π, so results match it rather than the exact function.
+#[allow(clippy::approx_constant)]
 fn probit(v: f32) -> f32 {
     let x = 2.0 * v - 1.0;
     let sgn = if x < 0.0 { -1.0f32 } else { 1.0 };
@@ -474,7 +570,7 @@ fn probit(v: f32) -> f32 {
     let l = x.ln();
     let a = 2.0 / (3.14159f32 * 0.147) + 0.5 * l;
     let b = 1.0 / 0.147 * l;
-    1.414_213_6 * sgn * (-a + (a * a - b).sqrt()).sqrt()
+    std::f32::consts::SQRT_2 * sgn * (-a + (a * a - b).sqrt()).sqrt()
 }
 
 fn transform(v: &mut [f32], post: PostTransform) {
@@ -537,7 +633,11 @@ mod tests {
         let mut a = TreeAttrs::default();
         for (t, &(feat, mode, thr, wl, wr)) in trees.iter().enumerate() {
             let t = t as i64;
-            for (node, m, f, v, tr, fa) in [(0, mode, feat as i64, thr, 1, 2), (1, Mode::Leaf, 0, 0.0, 0, 0), (2, Mode::Leaf, 0, 0.0, 0, 0)] {
+            for (node, m, f, v, tr, fa) in [
+                (0, mode, feat as i64, thr, 1, 2),
+                (1, Mode::Leaf, 0, 0.0, 0, 0),
+                (2, Mode::Leaf, 0, 0.0, 0, 0),
+            ] {
                 a.tree_ids.push(t);
                 a.node_ids.push(node);
                 a.modes.push(m);
@@ -578,17 +678,39 @@ mod tests {
         }
         let mut a = stumps(&[(0, Mode::Lt, 1.0, 10.0, 20.0)], 0);
         a.missing_tracks_true = vec![true, false, false];
-        let r = Regressor::new(Forest::build(&a, 1).unwrap(), Aggregate::Sum, vec![], PostTransform::None).unwrap();
+        let r = Regressor::new(
+            Forest::build(&a, 1).unwrap(),
+            Aggregate::Sum,
+            vec![],
+            PostTransform::None,
+        )
+        .unwrap();
         let mut out = [0f32];
         r.eval(&[f32::NAN], 1, &mut out);
-        assert_eq!(out[0], 10.0, "missing_value_tracks_true sends NaN to the true branch");
+        assert_eq!(
+            out[0], 10.0,
+            "missing_value_tracks_true sends NaN to the true branch"
+        );
     }
 
     #[test]
     fn aggregates_and_base_values() {
-        let a = stumps(&[(0, Mode::Leq, 0.0, 1.0, 2.0), (0, Mode::Leq, 0.0, 3.0, 5.0), (0, Mode::Leq, 0.0, -1.0, 7.0)], 0);
+        let a = stumps(
+            &[
+                (0, Mode::Leq, 0.0, 1.0, 2.0),
+                (0, Mode::Leq, 0.0, 3.0, 5.0),
+                (0, Mode::Leq, 0.0, -1.0, 7.0),
+            ],
+            0,
+        );
         let run = |agg, base: Vec<f32>| {
-            let r = Regressor::new(Forest::build(&a, 1).unwrap(), agg, base, PostTransform::None).unwrap();
+            let r = Regressor::new(
+                Forest::build(&a, 1).unwrap(),
+                agg,
+                base,
+                PostTransform::None,
+            )
+            .unwrap();
             let mut out = [0f32; 2];
             r.eval(&[-1.0, 1.0], 1, &mut out);
             out
@@ -602,13 +724,25 @@ mod tests {
     #[test]
     fn binary_classifier_like_skl2onnx_random_forest() {
         // Only class-1 probabilities, class id 0, no base: scores [1-p, p], label p > 0.5.
-        let a = stumps(&[(0, Mode::Leq, 0.0, 0.2, 0.9), (1, Mode::Leq, 0.0, 0.1, 0.7)], 0);
-        let c = Classifier::new(Forest::build(&a, 2).unwrap(), vec![10, 20], vec![], PostTransform::None).unwrap();
+        let a = stumps(
+            &[(0, Mode::Leq, 0.0, 0.2, 0.9), (1, Mode::Leq, 0.0, 0.1, 0.7)],
+            0,
+        );
+        let c = Classifier::new(
+            Forest::build(&a, 2).unwrap(),
+            vec![10, 20],
+            vec![],
+            PostTransform::None,
+        )
+        .unwrap();
         let (mut l, mut s) = ([0i64; 2], [0f32; 4]);
         // Weights as RandomForest exports them already include 1/n_trees: sum = p.
         c.eval(&[-1.0, -1.0, 1.0, 1.0], 2, &mut l, &mut s);
         assert_eq!(l, [10, 20]);
-        assert!((s[0] - (1.0 - 0.3)).abs() < 1e-6 && (s[1] - 0.3).abs() < 1e-6, "{s:?}");
+        assert!(
+            (s[0] - (1.0 - 0.3)).abs() < 1e-6 && (s[1] - 0.3).abs() < 1e-6,
+            "{s:?}"
+        );
         assert!((s[3] - 1.6).abs() < 1e-6);
     }
 

@@ -47,12 +47,23 @@ fn default_reload() -> Duration {
 
 impl ModelConfig {
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
-        issues.check(!self.name.is_empty() && !self.name.contains(['/', '+', '#']), at.key("name"), || {
-            format!("model name `{}` must be non-empty without `/`, `+`, `#`", self.name)
+        issues.check(
+            !self.name.is_empty() && !self.name.contains(['/', '+', '#']),
+            at.key("name"),
+            || {
+                format!(
+                    "model name `{}` must be non-empty without `/`, `+`, `#`",
+                    self.name
+                )
+            },
+        );
+        issues.check(self.queue >= 1, at.key("queue"), || {
+            "queue must be at least 1".into()
         });
-        issues.check(self.queue >= 1, at.key("queue"), || "queue must be at least 1".into());
-        issues.check(self.reload_check >= Duration::from_millis(100), at.key("reload_check"), || {
-            "reload_check must be at least 100ms".into()
-        });
+        issues.check(
+            self.reload_check >= Duration::from_millis(100),
+            at.key("reload_check"),
+            || "reload_check must be at least 100ms".into(),
+        );
     }
 }

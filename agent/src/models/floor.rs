@@ -12,13 +12,18 @@ pub struct FloorStore {
 
 impl FloorStore {
     pub fn new(dir: &Path) -> Self {
-        FloorStore { path: dir.join("floor.json") }
+        FloorStore {
+            path: dir.join("floor.json"),
+        }
     }
 
     fn read(&self) -> Result<BTreeMap<String, u64>, String> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                format!("{} is corrupt ({e}); refusing to guess a floor — fix or delete it", self.path.display())
+                format!(
+                    "{} is corrupt ({e}); refusing to guess a floor — fix or delete it",
+                    self.path.display()
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
@@ -39,7 +44,8 @@ impl FloorStore {
         }
         *e = version;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
         let write = || -> std::io::Result<()> {

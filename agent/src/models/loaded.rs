@@ -43,7 +43,12 @@ impl LoadedBundle {
         if let Some(i) = issues.0.first() {
             return Err(format!("{shown}: feature spec: {}: {}", i.path, i.message));
         }
-        let unknown: Vec<&str> = spec.tags.iter().map(String::as_str).filter(|t| !tags.knows(t)).collect();
+        let unknown: Vec<&str> = spec
+            .tags
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !tags.knows(t))
+            .collect();
         if !unknown.is_empty() {
             return Err(format!(
                 "{shown}: the feature spec reads tags no source provides: {} (check the tag names in the sources)",
@@ -51,7 +56,10 @@ impl LoadedBundle {
             ));
         }
         let model = Model::load(&b.model, &spec.input_shape()).map_err(|e| {
-            format!("{shown}: the model does not accept the feature spec's input {:?}: {e}", spec.input_shape())
+            format!(
+                "{shown}: the model does not accept the feature spec's input {:?}: {e}",
+                spec.input_shape()
+            )
         })?;
         let outputs = model.output_names();
         let pp = &b.manifest.postprocess;
@@ -59,7 +67,9 @@ impl LoadedBundle {
             if outputs.iter().any(|o| o == name) {
                 Ok(())
             } else {
-                Err(format!("{shown}: {what} names output `{name}`, the model has {outputs:?}"))
+                Err(format!(
+                    "{shown}: {what} names output `{name}`, the model has {outputs:?}"
+                ))
             }
         };
         if let Some(s) = &pp.score {
@@ -79,21 +89,38 @@ impl LoadedBundle {
             sha256: Arc::from(b.file_sha256.as_str()),
         });
         let names: Arc<[String]> = spec.column_names().into();
-        Ok(LoadedBundle { manifest: b.manifest, model, source, names })
+        Ok(LoadedBundle {
+            manifest: b.manifest,
+            model,
+            source,
+            names,
+        })
     }
 
     /// Score, label and alarm from the outputs, per the manifest.
     pub fn postprocess(&self, outputs: &[Output]) -> (Option<f64>, Option<String>, Option<bool>) {
         let pp = &self.manifest.postprocess;
         let find = |n: &str| outputs.iter().find(|o| o.name == n);
-        let score = pp.score.as_ref().and_then(|s| find(&s.output).and_then(|o| o.values.get(s.index).copied()));
+        let score = pp
+            .score
+            .as_ref()
+            .and_then(|s| find(&s.output).and_then(|o| o.values.get(s.index).copied()));
         let alarm = match (&pp.score, score) {
-            (Some(rule), Some(v)) => rule.threshold.map(|t| if rule.alarm_above { v > t } else { v < t }),
+            (Some(rule), Some(v)) => {
+                rule.threshold
+                    .map(|t| if rule.alarm_above { v > t } else { v < t })
+            }
             _ => None,
         };
         let label = pp.labels.as_ref().and_then(|l| {
             let v = find(&l.output)?.values.first().copied()?;
-            let i = (v >= 0.0 && v.fract() == 0.0).then_some(v as usize)?;
+            if v.fract() != 0.0 {
+                return None;
+            }
+            let i = match &l.values {
+                Some(values) => values.iter().position(|x| *x as f64 == v)?,
+                None => usize::try_from(v as i64).ok()?,
+            };
             l.names.get(i).cloned()
         });
         (score, label, alarm)
@@ -102,10 +129,11 @@ impl LoadedBundle {
     /// Whether every output value is within the manifest's declared ranges.
     pub fn in_range(&self, outputs: &[Output]) -> bool {
         self.manifest.postprocess.ranges.iter().all(|r| {
-            outputs
-                .iter()
-                .filter(|o| o.name == r.output)
-                .all(|o| o.values.iter().all(|v| v.is_finite() && *v >= r.min && *v <= r.max))
+            outputs.iter().filter(|o| o.name == r.output).all(|o| {
+                o.values
+                    .iter()
+                    .all(|v| v.is_finite() && *v >= r.min && *v <= r.max)
+            })
         })
     }
 }

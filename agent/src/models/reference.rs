@@ -21,7 +21,10 @@ pub fn column_stats(name: &str, values: &[f64]) -> Option<ColumnStats> {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     let std = (v.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n).sqrt();
-    let quantiles = REFERENCE_QUANTILES.iter().map(|q| quantile_sorted(&v, *q)).collect();
+    let quantiles = REFERENCE_QUANTILES
+        .iter()
+        .map(|q| quantile_sorted(&v, *q))
+        .collect();
     // Edges: min, the distinct interior deciles, max. Bins are [e_i, e_i+1), the last closed;
     // in use the outer edges stand for -inf and +inf.
     let mut edges = vec![v[0]];
@@ -63,7 +66,11 @@ mod tests {
         let s = column_stats("x", &v).unwrap();
         assert_eq!(s.count, 1000);
         assert_eq!(s.bin_edges.len(), 11);
-        assert!(s.bin_freqs.iter().all(|f| (f - 0.1).abs() < 0.002), "{:?}", s.bin_freqs);
+        assert!(
+            s.bin_freqs.iter().all(|f| (f - 0.1).abs() < 0.002),
+            "{:?}",
+            s.bin_freqs
+        );
         assert!((s.bin_freqs.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         assert_eq!(s.quantiles[3], 499.5);
         assert_eq!((s.min, s.max), (0.0, 999.0));

@@ -63,12 +63,16 @@ pub struct ModelStage {
 
 impl std::fmt::Debug for ModelStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelStage").field("model", &self.cfg.name).finish()
+        f.debug_struct("ModelStage")
+            .field("model", &self.cfg.name)
+            .finish()
     }
 }
 
 fn stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
 impl ModelStage {
@@ -82,8 +86,18 @@ impl ModelStage {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
         let stats = Arc::new(ModelStats::default());
-        stats.version_number.store(current.source.version_number, Ordering::Relaxed);
-        Ok(ModelStage { cfg, trusted, floors, tags, stats, current, file_stamp })
+        stats
+            .version_number
+            .store(current.source.version_number, Ordering::Relaxed);
+        Ok(ModelStage {
+            cfg,
+            trusted,
+            floors,
+            tags,
+            stats,
+            current,
+            file_stamp,
+        })
     }
 
     fn load_bundle(
@@ -92,7 +106,8 @@ impl ModelStage {
         floors: &FloorStore,
         tags: &dyn TagCatalog,
     ) -> Result<LoadedBundle, String> {
-        let bytes = std::fs::read(&cfg.bundle).map_err(|e| format!("cannot read {}: {e}", cfg.bundle.display()))?;
+        let bytes = std::fs::read(&cfg.bundle)
+            .map_err(|e| format!("cannot read {}: {e}", cfg.bundle.display()))?;
         // The floor is per bundle name; peek at the name before trusting anything else.
         let name = edge_protocols::bundle::file::parse(&bytes)
             .map(|u| u.manifest.name)
@@ -122,7 +137,9 @@ impl ModelStage {
             Ok(b) => {
                 let b = Arc::new(b);
                 self.stats.reloads.fetch_add(1, Ordering::Relaxed);
-                self.stats.version_number.store(b.source.version_number, Ordering::Relaxed);
+                self.stats
+                    .version_number
+                    .store(b.source.version_number, Ordering::Relaxed);
                 tracing::info!(model = %self.cfg.name, bundle = %b.source.bundle, version = %b.source.version,
                     version_number = b.source.version_number, "new bundle loaded");
                 self.current = b.clone();
@@ -137,7 +154,11 @@ impl ModelStage {
         }
     }
 
-    async fn run_loop(mut self: Box<Self>, mut input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) {
+    async fn run_loop(
+        mut self: Box<Self>,
+        mut input: mpsc::Receiver<Record>,
+        output: mpsc::Sender<Record>,
+    ) {
         let name = self.cfg.name.clone();
         let stats = self.stats.clone();
         let (jobs, worker) = spawn_worker(&name, self.cfg.queue, output.clone(), stats.clone());
@@ -161,16 +182,21 @@ impl ModelStage {
                     continue;
                 }
             };
-            let Record::Samples(batch) = rec else { continue };
+            let Record::Samples(batch) = rec else {
+                continue;
+            };
             featurizer.push(&batch, &mut rows);
             let ws = featurizer.stats();
             stats.windows.store(ws.windows, Ordering::Relaxed);
-            stats.skipped_missing.store(ws.skipped_missing, Ordering::Relaxed);
+            stats
+                .skipped_missing
+                .store(ws.skipped_missing, Ordering::Relaxed);
             stats.late_samples.store(ws.late_samples, Ordering::Relaxed);
             for row in rows.drain(..) {
                 let bundle = self.current.clone();
                 let input = model_input(&bundle.manifest.features, &row);
-                if row.values.iter().any(|v| !v.is_finite()) || input.iter().any(|v| !v.is_finite()) {
+                if row.values.iter().any(|v| !v.is_finite()) || input.iter().any(|v| !v.is_finite())
+                {
                     stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
@@ -194,7 +220,7 @@ impl ModelStage {
                             busy_logged = true;
                             tracing::warn!(model = %name, queue = self.cfg.queue,
                                 "inference is slower than windows arrive: dropping windows (counted in \
-                                 edge_model_windows_dropped_total); raise hop or queue");
+                                 edge_model_windows_skipped_busy_total); raise hop or queue");
                         }
                     }
                     Err(std_mpsc::TrySendError::Disconnected(_)) => {
@@ -207,7 +233,10 @@ impl ModelStage {
         drop(jobs);
         // Let the worker finish what is queued (its results still reach the outputs).
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-        tracing::info!(model = %name, "model stage stopped");
+        let ws = featurizer.stats();
+        tracing::info!(model = %name, windows = ws.windows, skipped_missing = ws.skipped_missing,
+            late_samples = ws.late_samples, dropped_busy = stats.dropped_busy.load(Ordering::Relaxed),
+            predictions = stats.predictions.load(Ordering::Relaxed), "model stage stopped");
     }
 }
 
@@ -226,7 +255,9 @@ fn spawn_worker(
             while let Ok(job) = rx.recv() {
                 let t0 = Instant::now();
                 let res = job.bundle.model.run(&job.input);
-                stats.inference_us.fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                stats
+                    .inference_us
+                    .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
                 let outputs = match res {
                     Ok(o) => o,
                     Err(e) => {
@@ -252,7 +283,10 @@ fn spawn_worker(
                     alarm,
                 };
                 stats.predictions.fetch_add(1, Ordering::Relaxed);
-                if output.blocking_send(Record::Prediction(Arc::new(p))).is_err() {
+                if output
+                    .blocking_send(Record::Prediction(Arc::new(p)))
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -265,7 +299,11 @@ impl Stage for ModelStage {
     fn kind(&self) -> &'static str {
         "model"
     }
-    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) -> StageFuture {
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        output: mpsc::Sender<Record>,
+    ) -> StageFuture {
         Box::pin(self.run_loop(input, output))
     }
 }

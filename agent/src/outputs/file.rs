@@ -92,12 +92,30 @@ impl FileOutput {
                 for s in samples.iter() {
                     match self.cfg.format {
                         FileFormat::Csv => write_csv_row(buf, s),
-                        FileFormat::Jsonl => push_json(buf, &Tagged { kind: "sample", body: s }),
+                        FileFormat::Jsonl => push_json(
+                            buf,
+                            &Tagged {
+                                kind: "sample",
+                                body: s,
+                            },
+                        ),
                     }
                 }
             }
-            Record::Features(f) => push_json(buf, &Tagged { kind: "features", body: &**f }),
-            Record::Prediction(p) => push_json(buf, &Tagged { kind: "prediction", body: &**p }),
+            Record::Features(f) => push_json(
+                buf,
+                &Tagged {
+                    kind: "features",
+                    body: &**f,
+                },
+            ),
+            Record::Prediction(p) => push_json(
+                buf,
+                &Tagged {
+                    kind: "prediction",
+                    body: &**p,
+                },
+            ),
         }
     }
 

@@ -55,7 +55,11 @@ pub type StageFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
 /// outputs. It must drain its input until it closes, then finish what it holds and return.
 pub trait Stage: Send + 'static {
     fn kind(&self) -> &'static str;
-    fn run(self: Box<Self>, input: mpsc::Receiver<Record>, output: mpsc::Sender<Record>) -> StageFuture;
+    fn run(
+        self: Box<Self>,
+        input: mpsc::Receiver<Record>,
+        output: mpsc::Sender<Record>,
+    ) -> StageFuture;
 }
 
 /// A pipeline before it runs: named sources, stages and outputs.
@@ -148,8 +152,18 @@ impl Pipeline {
             let (otx, orx) = mpsc::channel::<Record>(self.cfg.output_capacity);
             let ostats = Arc::new(OutputStats::default());
             metrics.add_output(&name, out.kind(), ostats.clone(), &otx);
-            let accepts = [RecordKind::Samples, RecordKind::Features, RecordKind::Predictions].map(|k| out.accepts(k));
-            output_txs.push(OutputLink { name: name.clone(), tx: otx, stats: ostats.clone(), accepts });
+            let accepts = [
+                RecordKind::Samples,
+                RecordKind::Features,
+                RecordKind::Predictions,
+            ]
+            .map(|k| out.accepts(k));
+            output_txs.push(OutputLink {
+                name: name.clone(),
+                tx: otx,
+                stats: ostats.clone(),
+                accepts,
+            });
             output_stats.push((name.clone(), ostats.clone()));
             output_tasks.spawn(out.run(orx, ostats));
         }
@@ -169,7 +183,14 @@ impl Pipeline {
         }
         drop(derived_tx);
 
-        let hub = tokio::spawn(hub(rx, derived_rx, stage_txs, output_txs, stats.clone(), abort.clone()));
+        let hub = tokio::spawn(hub(
+            rx,
+            derived_rx,
+            stage_txs,
+            output_txs,
+            stats.clone(),
+            abort.clone(),
+        ));
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: stopping sources, delivering what was read");
@@ -290,7 +311,13 @@ async fn hub(
             }
         }
         let kind = rec.kind() as usize;
-        for OutputLink { name, tx: otx, stats: ostats, accepts } in &outputs {
+        for OutputLink {
+            name,
+            tx: otx,
+            stats: ostats,
+            accepts,
+        } in &outputs
+        {
             if !accepts[kind] {
                 continue;
             }

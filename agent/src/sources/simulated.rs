@@ -423,7 +423,11 @@ impl SimulatedPlant {
             let t = (now - start).as_secs_f64() * scale;
             let dt = (t - last).max(self.cfg.sample_interval.as_secs_f64());
             last = t;
-            let ts = if scale == 1.0 { now_ns() } else { start_ns + (t * 1e9) as i64 };
+            let ts = if scale == 1.0 {
+                now_ns()
+            } else {
+                start_ns + (t * 1e9) as i64
+            };
             let mut batch = Vec::with_capacity(assets.len() * 5);
             for a in assets.iter_mut() {
                 self.step(a, &mut noise, t, dt, ts, &mut batch);

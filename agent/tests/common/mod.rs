@@ -17,7 +17,9 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn model(name: &str) -> PathBuf {
@@ -73,7 +75,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(cfg: &Path) -> Agent {
-        let mut child = Command::new(bin()).args(["run", "--config"]).arg(cfg).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(cfg)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let l = log.clone();
         let err = child.stderr.take().unwrap();
@@ -95,21 +102,31 @@ impl Agent {
     pub fn wait_log(&self, text: &str, timeout: Duration) {
         let t0 = Instant::now();
         while !self.log().contains(text) {
-            assert!(t0.elapsed() < timeout, "no `{text}` in the log within {timeout:?}:\n{}", self.log());
+            assert!(
+                t0.elapsed() < timeout,
+                "no `{text}` in the log within {timeout:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// SIGTERM and wait (6 s max); returns whether it exited 0.
     pub fn stop(&mut self) -> bool {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let t0 = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(50)); // let the log reader drain
                 return s.success();
             }
-            assert!(t0.elapsed() < Duration::from_secs(6), "agent did not exit within 6 s of SIGTERM:\n{}", self.log());
+            assert!(
+                t0.elapsed() < Duration::from_secs(6),
+                "agent did not exit within 6 s of SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -31,7 +31,10 @@ const MAX_MODEL: u64 = 2 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("not a bundle (bad magic bytes)")]
     NotABundle,
     #[error("bundle format {0} is not supported by this agent (it reads format {FORMAT})")]
@@ -50,7 +53,9 @@ pub enum BundleError {
     UntrustedKey(String),
     #[error("bundle is not signed (no trusted key configured to check it against)")]
     NoTrustedKeys,
-    #[error("bundle version number {got} is below this device's floor {floor}: refusing a downgrade")]
+    #[error(
+        "bundle version number {got} is below this device's floor {floor}: refusing a downgrade"
+    )]
     Downgrade { got: u64, floor: u64 },
     #[error("key: {0}")]
     Key(String),
@@ -93,7 +98,8 @@ pub fn pack(manifest: &Manifest, model: &[u8], key: &SigningKey) -> Result<Vec<u
     manifest.format = MANIFEST_FORMAT;
     manifest.model.sha256 = sha256_hex(model);
     manifest.model.size = model.len() as u64;
-    let mbytes = serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    let mbytes =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| BundleError::Manifest(e.to_string()))?;
     let sig = key.sign(&signed_message(&mbytes, model));
     let mut out = Vec::with_capacity(mbytes.len() + model.len() + 128);
     out.extend_from_slice(MAGIC);
@@ -150,7 +156,9 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified, BundleError> {
     }
     let mlen = u32::from_le_bytes(r.array("manifest length")?) as usize;
     if mlen > MAX_MANIFEST {
-        return Err(BundleError::Manifest(format!("manifest of {mlen} bytes exceeds the {MAX_MANIFEST}-byte limit")));
+        return Err(BundleError::Manifest(format!(
+            "manifest of {mlen} bytes exceeds the {MAX_MANIFEST}-byte limit"
+        )));
     }
     let manifest_bytes = r.take(mlen, "manifest")?.to_vec();
     let model_len = u64::from_le_bytes(r.array("model length")?);
@@ -163,16 +171,29 @@ pub fn parse(bytes: &[u8]) -> Result<Unverified, BundleError> {
     if !r.0.is_empty() {
         return Err(BundleError::Trailing(r.0.len()));
     }
-    let manifest: Manifest =
-        serde_json::from_slice(&manifest_bytes).map_err(|e| BundleError::Manifest(e.to_string()))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| BundleError::Manifest(e.to_string()))?;
     if manifest.format != MANIFEST_FORMAT {
-        return Err(BundleError::Manifest(format!("manifest format {} is not supported (expected {MANIFEST_FORMAT})", manifest.format)));
+        return Err(BundleError::Manifest(format!(
+            "manifest format {} is not supported (expected {MANIFEST_FORMAT})",
+            manifest.format
+        )));
     }
     let actual = sha256_hex(&model);
     if manifest.model.sha256 != actual || manifest.model.size != model.len() as u64 {
-        return Err(BundleError::ModelHash { expected: manifest.model.sha256.clone(), actual });
+        return Err(BundleError::ModelHash {
+            expected: manifest.model.sha256.clone(),
+            actual,
+        });
     }
-    Ok(Unverified { manifest, manifest_bytes, model, signer, signature, file_sha256: sha256_hex(bytes) })
+    Ok(Unverified {
+        manifest,
+        manifest_bytes,
+        model,
+        signer,
+        signature,
+        file_sha256: sha256_hex(bytes),
+    })
 }
 
 impl Unverified {
@@ -181,7 +202,8 @@ impl Unverified {
         if trusted.is_empty() {
             return Err(BundleError::NoTrustedKeys);
         }
-        let signer = VerifyingKey::from_bytes(&self.signer).map_err(|_| BundleError::BadSignature)?;
+        let signer =
+            VerifyingKey::from_bytes(&self.signer).map_err(|_| BundleError::BadSignature)?;
         if !trusted.iter().any(|k| k.as_bytes() == signer.as_bytes()) {
             return Err(BundleError::UntrustedKey(key_id(&signer)));
         }
@@ -189,23 +211,38 @@ impl Unverified {
         signer
             .verify(&signed_message(&self.manifest_bytes, &self.model), &sig)
             .map_err(|_| BundleError::BadSignature)?;
-        Ok(Bundle { manifest: self.manifest, model: self.model, signer, file_sha256: self.file_sha256 })
+        Ok(Bundle {
+            manifest: self.manifest,
+            model: self.model,
+            signer,
+            file_sha256: self.file_sha256,
+        })
     }
 }
 
 impl Bundle {
     /// Parses and verifies bundle bytes, refusing version numbers below `floor`.
-    pub fn from_bytes(bytes: &[u8], trusted: &[VerifyingKey], floor: u64) -> Result<Bundle, BundleError> {
+    pub fn from_bytes(
+        bytes: &[u8],
+        trusted: &[VerifyingKey],
+        floor: u64,
+    ) -> Result<Bundle, BundleError> {
         let b = parse(bytes)?.verify(trusted)?;
         if b.manifest.version_number < floor {
-            return Err(BundleError::Downgrade { got: b.manifest.version_number, floor });
+            return Err(BundleError::Downgrade {
+                got: b.manifest.version_number,
+                floor,
+            });
         }
         Ok(b)
     }
 
     /// Reads and verifies a bundle file.
     pub fn open(path: &Path, trusted: &[VerifyingKey], floor: u64) -> Result<Bundle, BundleError> {
-        let bytes = std::fs::read(path).map_err(|source| BundleError::Io { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| BundleError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::from_bytes(&bytes, trusted, floor)
     }
 }
@@ -214,24 +251,46 @@ impl Bundle {
 /// `openssl pkey -pubout` or `edge-agent bundle keygen`).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, BundleError> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
-    let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io { path: path.display().to_string(), source })?;
-    VerifyingKey::from_public_key_pem(&text).map_err(|e| BundleError::Key(format!("{}: not an ed25519 public key PEM: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    VerifyingKey::from_public_key_pem(&text).map_err(|e| {
+        BundleError::Key(format!(
+            "{}: not an ed25519 public key PEM: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// Reads an ed25519 private key: PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, BundleError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io { path: path.display().to_string(), source })?;
-    SigningKey::from_pkcs8_pem(&text).map_err(|e| BundleError::Key(format!("{}: not an ed25519 PKCS#8 private key PEM: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|e| {
+        BundleError::Key(format!(
+            "{}: not an ed25519 PKCS#8 private key PEM: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// A new key pair as (private PKCS#8 PEM, public PEM).
 pub fn generate_key_pem() -> Result<(String, String), BundleError> {
     use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
     let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| BundleError::Key(format!("no OS randomness: {e}")))?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| BundleError::Key(format!("no OS randomness: {e}")))?;
     let key = SigningKey::from_bytes(&seed);
-    let private = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| BundleError::Key(e.to_string()))?;
-    let public = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| BundleError::Key(e.to_string()))?;
+    let private = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| BundleError::Key(e.to_string()))?;
+    let public = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| BundleError::Key(e.to_string()))?;
     Ok((private.to_string(), public))
 }

@@ -90,6 +90,10 @@ fn yes() -> bool {
 pub struct LabelRule {
     pub output: String,
     pub names: Vec<String>,
+    /// The output value each name stands for (e.g. `[-1, 1]` for IsolationForest); default
+    /// `0, 1, 2, ...` (class indices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

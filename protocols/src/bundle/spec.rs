@@ -19,19 +19,31 @@ pub struct FeatureSpec {
     /// multiples of the period since the Unix epoch, so online and offline grids coincide.
     pub rate_hz: f64,
     /// Window length: a duration (`window = "10s"`) or a number of grid points.
-    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub window: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_points: Option<u32>,
     /// Step between window starts; equal to the length for tumbling windows, shorter for
     /// sliding ones. Default: the window length.
-    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub hop: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hop_points: Option<u32>,
     /// A grid point takes the last good sample of its tag at or before it, if that sample is at
     /// most this old; otherwise the point is missing. Default: two grid periods.
-    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_age: Option<Duration>,
     /// Largest share of missing points per tag a window may have; missing points are then
     /// filled from the nearest earlier point (or the first later one). A window with more is
@@ -82,18 +94,43 @@ pub struct FeatureDef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "fn", rename_all = "snake_case", deny_unknown_fields)]
 enum FeatureDefRepr {
-    Mean { tag: String },
-    Std { tag: String },
-    Min { tag: String },
-    Max { tag: String },
-    Rms { tag: String },
-    PeakToPeak { tag: String },
-    Skewness { tag: String },
-    Kurtosis { tag: String },
-    CrestFactor { tag: String },
-    Slope { tag: String },
-    ZeroCrossingRate { tag: String },
-    Quantile { tag: String, q: f64 },
+    Mean {
+        tag: String,
+    },
+    Std {
+        tag: String,
+    },
+    Min {
+        tag: String,
+    },
+    Max {
+        tag: String,
+    },
+    Rms {
+        tag: String,
+    },
+    PeakToPeak {
+        tag: String,
+    },
+    Skewness {
+        tag: String,
+    },
+    Kurtosis {
+        tag: String,
+    },
+    CrestFactor {
+        tag: String,
+    },
+    Slope {
+        tag: String,
+    },
+    ZeroCrossingRate {
+        tag: String,
+    },
+    Quantile {
+        tag: String,
+        q: f64,
+    },
     BandEnergy {
         tag: String,
         low_hz: f64,
@@ -119,7 +156,19 @@ impl From<FeatureDefRepr> for FeatureDef {
             R::Slope { tag } => (tag, FeatureKind::Slope),
             R::ZeroCrossingRate { tag } => (tag, FeatureKind::ZeroCrossingRate),
             R::Quantile { tag, q } => (tag, FeatureKind::Quantile { q }),
-            R::BandEnergy { tag, low_hz, high_hz, window } => (tag, FeatureKind::BandEnergy { low_hz, high_hz, window }),
+            R::BandEnergy {
+                tag,
+                low_hz,
+                high_hz,
+                window,
+            } => (
+                tag,
+                FeatureKind::BandEnergy {
+                    low_hz,
+                    high_hz,
+                    window,
+                },
+            ),
         };
         FeatureDef { tag, kind }
     }
@@ -142,7 +191,16 @@ impl From<FeatureDef> for FeatureDefRepr {
             FeatureKind::Slope => R::Slope { tag },
             FeatureKind::ZeroCrossingRate => R::ZeroCrossingRate { tag },
             FeatureKind::Quantile { q } => R::Quantile { tag, q },
-            FeatureKind::BandEnergy { low_hz, high_hz, window } => R::BandEnergy { tag, low_hz, high_hz, window },
+            FeatureKind::BandEnergy {
+                low_hz,
+                high_hz,
+                window,
+            } => R::BandEnergy {
+                tag,
+                low_hz,
+                high_hz,
+                window,
+            },
         }
     }
 }
@@ -171,10 +229,16 @@ pub enum FeatureKind {
     /// Share of consecutive pairs whose sign (relative to the window mean) changes
     ZeroCrossingRate,
     /// Quantile `q` in [0, 1], linear interpolation between order statistics (numpy default)
-    Quantile { q: f64 },
+    Quantile {
+        q: f64,
+    },
     /// Energy Σ|X_k|²/n of the real FFT bins with `low_hz <= f_k < high_hz`, after removing the
     /// mean and applying `window`
-    BandEnergy { low_hz: f64, high_hz: f64, window: WindowFn },
+    BandEnergy {
+        low_hz: f64,
+        high_hz: f64,
+        window: WindowFn,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -202,7 +266,9 @@ impl FeatureKind {
             FeatureKind::Slope => "slope".into(),
             FeatureKind::ZeroCrossingRate => "zero_crossing_rate".into(),
             FeatureKind::Quantile { q } => format!("quantile_{q}"),
-            FeatureKind::BandEnergy { low_hz, high_hz, .. } => format!("band_{low_hz}-{high_hz}hz"),
+            FeatureKind::BandEnergy {
+                low_hz, high_hz, ..
+            } => format!("band_{low_hz}-{high_hz}hz"),
         }
     }
 }
@@ -270,36 +336,60 @@ impl FeatureSpec {
     }
 
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
-        issues.check(!self.tags.is_empty(), at.key("tags"), || "at least one tag is needed".into());
+        issues.check(!self.tags.is_empty(), at.key("tags"), || {
+            "at least one tag is needed".into()
+        });
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.tags.iter().enumerate() {
-            issues.check(seen.insert(t.as_str()), at.key("tags").index(i), || format!("tag `{t}` is listed twice"));
+            issues.check(seen.insert(t.as_str()), at.key("tags").index(i), || {
+                format!("tag `{t}` is listed twice")
+            });
         }
-        issues.check(self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= 1e6, at.key("rate_hz"), || {
-            format!("rate_hz {} must be > 0 and <= 1e6", self.rate_hz)
-        });
+        issues.check(
+            self.rate_hz.is_finite() && self.rate_hz > 0.0 && self.rate_hz <= 1e6,
+            at.key("rate_hz"),
+            || format!("rate_hz {} must be > 0 and <= 1e6", self.rate_hz),
+        );
         if !(self.rate_hz.is_finite() && self.rate_hz > 0.0) {
             return;
         }
-        issues.check(self.window.is_some() != self.window_points.is_some(), at.key("window"), || {
-            "set exactly one of `window` (a duration) or `window_points`".into()
-        });
-        issues.check(!(self.hop.is_some() && self.hop_points.is_some()), at.key("hop"), || {
-            "set at most one of `hop` or `hop_points`".into()
-        });
+        issues.check(
+            self.window.is_some() != self.window_points.is_some(),
+            at.key("window"),
+            || "set exactly one of `window` (a duration) or `window_points`".into(),
+        );
+        issues.check(
+            !(self.hop.is_some() && self.hop_points.is_some()),
+            at.key("hop"),
+            || "set at most one of `hop` or `hop_points`".into(),
+        );
         let n = self.window_len();
         issues.check((2..=1_000_000).contains(&n), at.key("window"), || {
-            format!("the window is {n} grid points at {} Hz; it needs 2..=1000000", self.rate_hz)
+            format!(
+                "the window is {n} grid points at {} Hz; it needs 2..=1000000",
+                self.rate_hz
+            )
         });
         let h = self.hop_len();
-        issues.check(h >= 1, at.key("hop"), || "hop must be at least one grid point".into());
-        issues.check((0.0..1.0).contains(&self.max_missing_fraction), at.key("max_missing_fraction"), || {
-            format!("max_missing_fraction {} must be in [0, 1)", self.max_missing_fraction)
+        issues.check(h >= 1, at.key("hop"), || {
+            "hop must be at least one grid point".into()
         });
+        issues.check(
+            (0.0..1.0).contains(&self.max_missing_fraction),
+            at.key("max_missing_fraction"),
+            || {
+                format!(
+                    "max_missing_fraction {} must be in [0, 1)",
+                    self.max_missing_fraction
+                )
+            },
+        );
         match self.layout {
-            InputLayout::Vector => issues.check(!self.features.is_empty(), at.key("features"), || {
-                "layout \"vector\" needs at least one [[features]] entry".into()
-            }),
+            InputLayout::Vector => {
+                issues.check(!self.features.is_empty(), at.key("features"), || {
+                    "layout \"vector\" needs at least one [[features]] entry".into()
+                })
+            }
             _ => issues.check(self.features.is_empty(), at.key("features"), || {
                 "raw layouts feed the window itself: remove the [[features]] list".into()
             }),
@@ -308,7 +398,11 @@ impl FeatureSpec {
         for (i, f) in self.features.iter().enumerate() {
             let fp = at.key("features").index(i);
             issues.check(self.tags.contains(&f.tag), fp.key("tag"), || {
-                format!("`{}` is not one of the window's tags ({})", f.tag, self.tags.join(", "))
+                format!(
+                    "`{}` is not one of the window's tags ({})",
+                    f.tag,
+                    self.tags.join(", ")
+                )
             });
             match f.kind {
                 FeatureKind::Quantile { q } => issues.check((0.0..=1.0).contains(&q), fp.key("q"), || {
@@ -330,9 +424,12 @@ impl FeatureSpec {
             issues.check(s.mean.len() == want && s.scale.len() == want, at.key("scaler"), || {
                 format!("scaler needs {want} means and scales (one per feature/channel), has {} and {}", s.mean.len(), s.scale.len())
             });
-            issues.check(s.scale.iter().all(|x| x.is_finite() && *x != 0.0) && s.mean.iter().all(|x| x.is_finite()), at.key("scaler"), || {
-                "scaler values must be finite and scales non-zero".into()
-            });
+            issues.check(
+                s.scale.iter().all(|x| x.is_finite() && *x != 0.0)
+                    && s.mean.iter().all(|x| x.is_finite()),
+                at.key("scaler"),
+                || "scaler values must be finite and scales non-zero".into(),
+            );
         }
     }
 }
@@ -350,7 +447,14 @@ mod tests {
     fn feature_defs_read_and_reject_unknown_keys() {
         let w: W = serde_json::from_str(r#"{"f":[{"tag":"a","fn":"quantile","q":0.9},{"tag":"b","fn":"band_energy","low_hz":1,"high_hz":2}]}"#).unwrap();
         assert_eq!(w.f[0].kind, FeatureKind::Quantile { q: 0.9 });
-        assert_eq!(w.f[1].kind, FeatureKind::BandEnergy { low_hz: 1.0, high_hz: 2.0, window: WindowFn::Hann });
+        assert_eq!(
+            w.f[1].kind,
+            FeatureKind::BandEnergy {
+                low_hz: 1.0,
+                high_hz: 2.0,
+                window: WindowFn::Hann
+            }
+        );
         let e = serde_json::from_str::<W>(r#"{"f":[{"tag":"a","fn":"rms","q":1}]}"#).unwrap_err();
         assert!(e.to_string().contains("unknown field `q`"), "{e}");
         let e = serde_json::from_str::<W>(r#"{"f":[{"tag":"a","fn":"median"}]}"#).unwrap_err();

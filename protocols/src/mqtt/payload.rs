@@ -230,6 +230,22 @@ mod tests {
     }
 
     #[test]
+    fn json_floats_parse_exactly() {
+        // serde_json's default float parser can be off by an ulp; parity with recordings
+        // (parsed by Rust's exact parser) needs the `float_roundtrip` feature.
+        for text in [
+            "0.000547046863624216",
+            "61.58279432946513",
+            "1.7976931348623157e308",
+            "5e-324",
+        ] {
+            let doc = parse_json(format!("{{\"v\":{text}}}").as_bytes()).unwrap();
+            let want: f64 = text.parse().unwrap();
+            assert_eq!(value_at(&doc, "/v"), Ok(Value::Float(want)), "{text}");
+        }
+    }
+
+    #[test]
     fn timestamps_in_every_format() {
         let doc = parse_json(
             br#"{"iso":"2026-11-27T05:25:54.5Z","off":"2026-11-27T07:25:54.5+02:00","ms":1795757154500,"s":1795757154.5,"bad":"yesterday"}"#,

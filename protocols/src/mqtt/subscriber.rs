@@ -111,33 +111,36 @@ impl MqttSubscriber {
                     None => continue,
                 },
             };
+            // The measurement time, when the payload carries one: it stamps bad values too, so a
+            // failed reading sits at its true place in the tag's timeline.
+            let mut ts: Option<Result<i64, PayloadError>> = None;
             let result = match &t.json_pointer {
-                None => parse_plain(&p.payload).map(|v| (v, None)),
+                None => parse_plain(&p.payload),
                 Some(ptr) => {
                     let doc = json.get_or_insert_with(|| parse_json(&p.payload));
                     match doc {
                         Err(e) => Err(e.clone()),
-                        Ok(doc) => value_at(doc, ptr).map(|v| {
-                            let ts = t
+                        Ok(doc) => {
+                            ts = t
                                 .timestamp_pointer
                                 .as_ref()
                                 .map(|tp| timestamp_at(doc, tp, t.timestamp_format));
-                            (v, ts)
-                        }),
+                            value_at(doc, ptr)
+                        }
                     }
                 }
             };
+            let good_ts = match &ts {
+                Some(Ok(ns)) => *ns,
+                _ => arrived,
+            };
             let latch = dec.latches.entry(i).or_default();
-            match result {
-                Ok((v, None)) => {
+            match (result, ts) {
+                (Ok(v), None) | (Ok(v), Some(Ok(_))) => {
                     latch.ok();
-                    out.push(Sample::new(tag, arrived, v, Quality::Good));
+                    out.push(Sample::new(tag, good_ts, v, Quality::Good));
                 }
-                Ok((v, Some(Ok(ts)))) => {
-                    latch.ok();
-                    out.push(Sample::new(tag, ts, v, Quality::Good));
-                }
-                Ok((v, Some(Err(e)))) => {
+                (Ok(v), Some(Err(e))) => {
                     // The value is fine, its time is not: keep it, flagged.
                     ctx.stats.error();
                     if latch.fail(&e.to_string()) {
@@ -146,13 +149,13 @@ impl MqttSubscriber {
                     }
                     out.push(Sample::new(tag, arrived, v, Quality::Uncertain));
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     ctx.stats.error();
                     if latch.fail(&e.to_string()) {
                         tracing::warn!(source = %ctx.name, topic = %p.topic, tag = %tag,
                             "cannot read value: {e}; sample is bad quality");
                     }
-                    out.push(Sample::bad(tag, arrived));
+                    out.push(Sample::bad(tag, good_ts));
                 }
             }
         }
@@ -192,7 +195,12 @@ impl MqttSubscriber {
             .map_err(|e| SourceError::Config(format!("{}: {e}", self.cfg.name)))?;
         let mut opts = opts;
         opts.set_manual_acks(true);
-        let (client, mut events) = AsyncClient::new(opts, 64);
+        // Acks travel through the client's request queue, which rumqttc drains only between
+        // bursts of incoming packets; size it well above any broker's in-flight window, and
+        // keep acks that still do not fit for the next turn (a lost ack would stall the session).
+        let (client, mut events) = AsyncClient::new(opts, 256);
+        let mut unacked: std::collections::VecDeque<rumqttc::Publish> =
+            std::collections::VecDeque::new();
         let mut dec = Decoder::default();
         let mut backoff = self.cfg.broker.reconnect.backoff();
         let mut conn_latch = ErrorLatch::default();
@@ -201,6 +209,12 @@ impl MqttSubscriber {
         tracing::info!(source = %ctx.name, url = %self.cfg.broker.url, client_id = %self.client_id,
             filters = self.filters().len(), "mqtt source starting");
         loop {
+            while let Some(p) = unacked.front() {
+                if client.try_ack(p).is_err() {
+                    break;
+                }
+                unacked.pop_front();
+            }
             let ev = tokio::select! {
                 _ = ctx.shutdown.cancelled() => break,
                 ev = events.poll() => ev,
@@ -243,12 +257,16 @@ impl MqttSubscriber {
                         break;
                     }
                     // Acknowledge only once the samples are in the pipeline.
-                    if let Err(e) = client.try_ack(&p) {
-                        tracing::debug!(source = %ctx.name, "ack not queued: {e}");
+                    if p.qos != QoS::AtMostOnce
+                        && (!unacked.is_empty() || client.try_ack(&p).is_err())
+                    {
+                        unacked.push_back(p);
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Acks of the lost connection are void: the broker redelivers.
+                    unacked.clear();
                     ctx.stats.error();
                     ctx.stats.set_connected(false);
                     let msg = e.to_string();
