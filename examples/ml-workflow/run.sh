@@ -57,7 +57,7 @@ plant serve 10 "[[sources.simulated.faults]]
 asset = \"pump1\"
 kind = \"bearing_wear\"
 start = \"2m\"
-duration = \"3m\"
+ramp = \"2m\"
 magnitude = 4.0" "[bundles]
 trusted_keys = [\"$W/ml.pub.pem\"]
 [[models]]

@@ -240,6 +240,31 @@ impl ModelStage {
     }
 }
 
+/// Alarm hysteresis: raise after `raise` consecutive windows past the threshold, clear after
+/// `clear` consecutive windows within it.
+#[derive(Debug, Default)]
+struct AlarmState {
+    raised: bool,
+    streak: u32,
+}
+
+impl AlarmState {
+    /// Feeds one window; returns (state, whether it changed).
+    fn update(&mut self, over: bool, raise: u32, clear: u32) -> (bool, bool) {
+        if over != self.raised {
+            self.streak += 1;
+            if self.streak >= if over { raise } else { clear } {
+                self.raised = over;
+                self.streak = 0;
+                return (self.raised, true);
+            }
+        } else {
+            self.streak = 0;
+        }
+        (self.raised, false)
+    }
+}
+
 fn spawn_worker(
     name: &str,
     queue: usize,
@@ -252,6 +277,7 @@ fn spawn_worker(
         .name(format!("infer-{name}"))
         .spawn(move || {
             let mut err_logged = false;
+            let mut alarm = AlarmState::default();
             while let Ok(job) = rx.recv() {
                 let t0 = Instant::now();
                 let res = job.bundle.model.run(&job.input);
@@ -272,7 +298,25 @@ fn spawn_worker(
                 if !job.bundle.in_range(&outputs) {
                     stats.out_of_range.fetch_add(1, Ordering::Relaxed);
                 }
-                let (score, label, alarm) = job.bundle.postprocess(&outputs);
+                let (score, label, over) = job.bundle.postprocess(&outputs);
+                let rule = job.bundle.manifest.postprocess.score.as_ref();
+                let state = match (over, rule) {
+                    (Some(o), Some(r)) => {
+                        let (state, changed) = alarm.update(o, r.raise_after.max(1), r.clear_after.max(1));
+                        if changed {
+                            let score = score.unwrap_or(f64::NAN);
+                            if state {
+                                tracing::warn!(model = %name, score, threshold = ?r.threshold, window_end_ns = job.row.end_ns,
+                                    "alarm raised ({} windows past the threshold)", r.raise_after);
+                            } else {
+                                tracing::info!(model = %name, score, threshold = ?r.threshold, window_end_ns = job.row.end_ns,
+                                    "alarm cleared ({} windows back within the threshold)", r.clear_after);
+                            }
+                        }
+                        Some(state)
+                    }
+                    _ => None,
+                };
                 let p = Prediction {
                     source: job.bundle.source.clone(),
                     start_ns: job.row.start_ns,
@@ -280,7 +324,8 @@ fn spawn_worker(
                     outputs: outputs.into_iter().map(|o| (o.name, o.values)).collect(),
                     score,
                     label,
-                    alarm,
+                    over_threshold: over,
+                    alarm: state,
                 };
                 stats.predictions.fetch_add(1, Ordering::Relaxed);
                 if output
@@ -305,5 +350,18 @@ impl Stage for ModelStage {
         output: mpsc::Sender<Record>,
     ) -> StageFuture {
         Box::pin(self.run_loop(input, output))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AlarmState;
+
+    #[test]
+    fn alarms_need_consecutive_windows_both_ways() {
+        let mut a = AlarmState::default();
+        let feed = |a: &mut AlarmState, seq: &[bool]| seq.iter().map(|o| a.update(*o, 3, 2).0).collect::<Vec<_>>();
+        assert_eq!(feed(&mut a, &[true, true, false, true, true, true]), [false, false, false, false, false, true]);
+        assert_eq!(feed(&mut a, &[false, true, false, false]), [true, true, true, false]);
     }
 }

@@ -84,7 +84,10 @@ pub struct Prediction {
     /// Class name from the manifest's label rule.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Whether the score crossed the manifest's threshold.
+    /// Whether this window's score is past the manifest's threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_threshold: Option<bool>,
+    /// The alarm state after hysteresis (`raise_after` / `clear_after` windows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<bool>,
 }

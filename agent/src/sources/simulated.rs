@@ -87,6 +87,10 @@ pub struct FaultConfig {
     /// How long it lasts; default: until the agent stops.
     #[serde(default, with = "humantime_serde::option")]
     pub duration: Option<Duration>,
+    /// For `drift` and `bearing_wear`: time to reach the full magnitude (then held). Default:
+    /// `duration`, or 1 h when the fault is open-ended.
+    #[serde(default, with = "humantime_serde::option")]
+    pub ramp: Option<Duration>,
     /// Size of the effect (units depend on the kind; see README).
     #[serde(default = "one")]
     pub magnitude: f64,
@@ -95,8 +99,7 @@ pub struct FaultConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
-    /// Sensor calibration drift: offset ramping linearly to `magnitude` over `duration`
-    /// (or 1 h when open-ended), then held.
+    /// Sensor calibration drift: offset ramping linearly to `magnitude` over `ramp`, then held.
     Drift,
     /// Sensor frozen at its value when the fault starts.
     Stuck,
@@ -108,8 +111,8 @@ pub enum FaultKind {
     Dropout,
     /// The device reports NaN (the agent must flag it bad).
     Nan,
-    /// Bearing degradation: vibration grows to `magnitude` x normal over the fault's
-    /// duration (or 1 h), temperature rises with it.
+    /// Bearing degradation: vibration grows to `magnitude` x normal over `ramp`
+    /// (quadratically), temperature rises with it.
     BearingWear,
     /// Process change: load shifts by `magnitude` (fraction of rated, e.g. 0.2) — a
     /// distribution shift for drift detection.
@@ -261,17 +264,15 @@ impl SimulatedPlant {
         SimulatedPlant { cfg }
     }
 
-    /// Fault activity at elapsed time `t`: `Some(progress in 0..=1)` while active.
+    /// Fault activity at elapsed time `t`: `Some(progress in 0..=1)` while active, progress
+    /// ramping over `ramp`.
     fn active(f: &FaultConfig, t: f64) -> Option<f64> {
         let start = f.start.as_secs_f64();
-        if t < start {
+        if t < start || f.duration.is_some_and(|d| t > start + d.as_secs_f64()) {
             return None;
         }
-        match f.duration {
-            Some(d) if t > start + d.as_secs_f64() => None,
-            Some(d) => Some(((t - start) / d.as_secs_f64().max(1e-9)).min(1.0)),
-            None => Some(((t - start) / 3600.0).min(1.0)),
-        }
+        let ramp = f.ramp.or(f.duration).map_or(3600.0, |d| d.as_secs_f64()).max(1e-9);
+        Some(((t - start) / ramp).min(1.0))
     }
 
     /// One sample per tag of `a` at elapsed time `t` seconds, step `dt` seconds.
@@ -312,17 +313,21 @@ impl SimulatedPlant {
         let target = ambient + 38.0 * load + 6.0 * wear;
         a.temp += (target - a.temp) * (dt / 600.0).min(1.0);
         let vib_base = 1.1 + 0.9 * load;
+        // A worn bearing vibrates harder, rougher, and with impacts (spikes): RMS, kurtosis,
+        // crest factor and band energy all rise, as on real machines.
+        let impact = if wear > 0.0 && noise.0.f64() < 0.04 * wear.min(5.0) { vib_base * wear * (1.0 + noise.0.f64()) } else { 0.0 };
+        let rough = noise.gauss(0.04 * (1.0 + 2.0 * wear));
         let mut values: Vec<f64> = match a.cfg.kind {
             AssetKind::Pump => vec![
                 a.temp + noise.gauss(0.08),
-                vib_base * (1.0 + wear) + noise.gauss(0.04) + 0.05 * (t * 0.7).sin(),
+                vib_base * (1.0 + wear) + rough + impact + 0.05 * (t * 0.7).sin(),
                 1.8 + 3.2 * load * load + noise.gauss(0.03),
                 9.0 + 42.0 * load + noise.gauss(0.25),
                 120.0 * load + noise.gauss(0.8),
             ],
             AssetKind::Motor => vec![
                 a.temp + 4.0 + noise.gauss(0.08),
-                vib_base * 0.8 * (1.0 + wear) + noise.gauss(0.03),
+                vib_base * 0.8 * (1.0 + wear) + rough + impact,
                 6.0 + 55.0 * load + noise.gauss(0.3),
                 1485.0 - 35.0 * load + noise.gauss(0.5),
             ],
@@ -523,6 +528,7 @@ mod tests {
             signal: signal.map(String::from),
             start: Duration::from_secs(100),
             duration: Some(Duration::from_secs(200)),
+            ramp: None,
             magnitude,
         };
         let base = run(cfg(vec![]), 400);
@@ -570,6 +576,7 @@ mod tests {
             signal: Some("colour".into()),
             start: Duration::ZERO,
             duration: None,
+            ramp: None,
             magnitude: 1.0,
         }]);
         let mut issues = Issues::default();

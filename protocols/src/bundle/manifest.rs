@@ -79,6 +79,17 @@ pub struct ScoreRule {
     /// decision function, where lower is more anomalous).
     #[serde(default = "yes")]
     pub alarm_above: bool,
+    /// The alarm is raised after this many consecutive windows past the threshold…
+    #[serde(default = "three")]
+    pub raise_after: u32,
+    /// …and cleared after this many consecutive windows back within it (hysteresis against
+    /// flapping on a noisy score).
+    #[serde(default = "three")]
+    pub clear_after: u32,
+}
+
+fn three() -> u32 {
+    3
 }
 
 fn yes() -> bool {
