@@ -81,11 +81,26 @@ fn main() {
     let samples = (WINDOWS * CHANNELS * POINTS) as f64;
     let rate = |secs: f64| samples / secs / 1e6;
     println!("12 features, {WINDOWS} windows x {CHANNELS} channels x {POINTS} points, best of 3, one core");
-    println!("  numpy, window by window                 {:>8.2} M samples/s", rate(np_s));
-    println!("  numpy, vectorized over all windows      {:>8.2} M samples/s", rate(vec_s));
-    println!("  edge-agent, window by window            {:>8.2} M samples/s", rate(best));
-    println!("  ratio edge-agent / numpy vectorized:      {:.1}", vec_s / best);
-    println!("  ratio edge-agent / numpy window by window: {:.1}", np_s / best);
+    println!(
+        "  numpy, window by window                 {:>8.2} M samples/s",
+        rate(np_s)
+    );
+    println!(
+        "  numpy, vectorized over all windows      {:>8.2} M samples/s",
+        rate(vec_s)
+    );
+    println!(
+        "  edge-agent, window by window            {:>8.2} M samples/s",
+        rate(best)
+    );
+    println!(
+        "  ratio edge-agent / numpy vectorized:      {:.1}",
+        vec_s / best
+    );
+    println!(
+        "  ratio edge-agent / numpy window by window: {:.1}",
+        np_s / best
+    );
     for key in ["checksum", "vectorized_checksum"] {
         let rel = (checksum - np[key].as_f64().unwrap()).abs() / checksum.abs();
         println!("  {key} agreement: relative difference {rel:.1e}");

@@ -415,6 +415,10 @@ fn a_raw_window_feeds_the_conv_net() {
     let o = run(&["bundle", "inspect", "--json", b.to_str().unwrap()]);
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(m["model"]["input"]["shape"], serde_json::json!([1, 3, 64]));
+    assert_eq!(
+        m["model"]["input"]["name"], "X",
+        "the ONNX input's own name"
+    );
     let p = m["reference"]["outputs"][0]["mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p), "sigmoid output {p}");
 }

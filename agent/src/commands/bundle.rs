@@ -176,7 +176,7 @@ pub fn pack(
             sha256: String::new(),
             size: 0,
             input: TensorInfo {
-                name: "input".into(),
+                name: model.input_name().to_string(),
                 shape: shape.clone(),
                 dtype: "f32".into(),
             },

@@ -38,6 +38,7 @@ pub fn framework() -> tract_onnx::Onnx {
 #[derive(Debug, Clone)]
 pub struct Model {
     plan: Arc<TypedRunnableModel>,
+    input_name: String,
     input_shape: Vec<usize>,
     output_names: Vec<String>,
 }
@@ -53,6 +54,11 @@ impl Model {
                 "the model has {inputs} inputs; exactly one is supported"
             )));
         }
+        let input = model.input_outlets().map_err(err)?[0];
+        let input_name = model
+            .outlet_label(input)
+            .map(str::to_string)
+            .unwrap_or_else(|| model.node(input.node).name.clone());
         let output_names = model
             .output_outlets()
             .map_err(err)?
@@ -74,9 +80,14 @@ impl Model {
             .map_err(err)?;
         Ok(Model {
             plan,
+            input_name,
             input_shape: input_shape.to_vec(),
             output_names,
         })
+    }
+
+    pub fn input_name(&self) -> &str {
+        &self.input_name
     }
 
     pub fn output_names(&self) -> &[String] {

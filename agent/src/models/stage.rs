@@ -360,8 +360,16 @@ mod tests {
     #[test]
     fn alarms_need_consecutive_windows_both_ways() {
         let mut a = AlarmState::default();
-        let feed = |a: &mut AlarmState, seq: &[bool]| seq.iter().map(|o| a.update(*o, 3, 2).0).collect::<Vec<_>>();
-        assert_eq!(feed(&mut a, &[true, true, false, true, true, true]), [false, false, false, false, false, true]);
-        assert_eq!(feed(&mut a, &[false, true, false, false]), [true, true, true, false]);
+        let feed = |a: &mut AlarmState, seq: &[bool]| {
+            seq.iter().map(|o| a.update(*o, 3, 2).0).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            feed(&mut a, &[true, true, false, true, true, true]),
+            [false, false, false, false, false, true]
+        );
+        assert_eq!(
+            feed(&mut a, &[false, true, false, false]),
+            [true, true, true, false]
+        );
     }
 }

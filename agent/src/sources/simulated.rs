@@ -271,7 +271,11 @@ impl SimulatedPlant {
         if t < start || f.duration.is_some_and(|d| t > start + d.as_secs_f64()) {
             return None;
         }
-        let ramp = f.ramp.or(f.duration).map_or(3600.0, |d| d.as_secs_f64()).max(1e-9);
+        let ramp = f
+            .ramp
+            .or(f.duration)
+            .map_or(3600.0, |d| d.as_secs_f64())
+            .max(1e-9);
         Some(((t - start) / ramp).min(1.0))
     }
 
@@ -315,7 +319,11 @@ impl SimulatedPlant {
         let vib_base = 1.1 + 0.9 * load;
         // A worn bearing vibrates harder, rougher, and with impacts (spikes): RMS, kurtosis,
         // crest factor and band energy all rise, as on real machines.
-        let impact = if wear > 0.0 && noise.0.f64() < 0.04 * wear.min(5.0) { vib_base * wear * (1.0 + noise.0.f64()) } else { 0.0 };
+        let impact = if wear > 0.0 && noise.0.f64() < 0.04 * wear.min(5.0) {
+            vib_base * wear * (1.0 + noise.0.f64())
+        } else {
+            0.0
+        };
         let rough = noise.gauss(0.04 * (1.0 + 2.0 * wear));
         let mut values: Vec<f64> = match a.cfg.kind {
             AssetKind::Pump => vec![
