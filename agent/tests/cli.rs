@@ -38,9 +38,12 @@ fn every_example_config_checks_clean() {
     for e in std::fs::read_dir(examples()).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "toml") {
+            // Relative paths in a config are relative to the working directory; the examples
+            // are written to be run from the repository root.
             let out = Command::new(bin())
                 .args(["check", "--config"])
                 .arg(&p)
+                .current_dir(examples().join(".."))
                 .output()
                 .unwrap();
             assert!(
