@@ -39,6 +39,8 @@ pub struct AgentConfig {
     #[serde(default)]
     pub outputs: OutputsConfig,
     #[serde(default)]
+    pub outbox: crate::outbox::OutboxConfig,
+    #[serde(default)]
     pub bundles: BundlesConfig,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -143,6 +145,8 @@ pub struct SourcesConfig {
 pub struct OutputsConfig {
     #[serde(default)]
     pub file: Vec<FileOutputConfig>,
+    #[serde(default)]
+    pub mqtt: Vec<crate::publish::MqttOutputConfig>,
 }
 
 /// A config that cannot be used, with every problem found.
@@ -306,6 +310,15 @@ impl AgentConfig {
             outputs.add(&c.name, at.key("name"), issues);
             c.validate(&at, issues);
         }
+        for (i, c) in self.outputs.mqtt.iter().enumerate() {
+            let at = root.key("outputs").key("mqtt").index(i);
+            outputs.add(&c.name, at.key("name"), issues);
+            issues.check(cfg!(feature = "mqtt"), at.clone(), || {
+                "this edge-agent build has no `mqtt` support (built without cargo feature `mqtt`)".into()
+            });
+            c.validate(&at, issues);
+        }
+        self.outbox.validate(&root.key("outbox"), issues);
     }
 
     pub fn source_count(&self) -> usize {
@@ -358,6 +371,41 @@ impl AgentConfig {
         ConfigTags { known, templates }
     }
 
+    /// Which source produces each tag (outputs that group tags by source use it).
+    pub fn tag_owners(&self) -> TagOwners {
+        let at = KeyPath::root();
+        let s = &self.sources;
+        let mut exact = std::collections::HashMap::new();
+        let mut add = |source: &str, tags: Vec<(String, KeyPath)>| {
+            for (t, _) in tags {
+                exact.insert(t, source.to_string());
+            }
+        };
+        for c in &s.simulated {
+            add(&c.name, c.tag_keys(&at));
+        }
+        for c in &s.modbus {
+            add(&c.name, c.tag_keys(&at));
+        }
+        for c in &s.opcua {
+            add(&c.name, c.tag_keys(&at));
+        }
+        for c in &s.mqtt {
+            add(&c.name, c.tag_keys(&at));
+        }
+        let templates = s
+            .mqtt
+            .iter()
+            .flat_map(|c| {
+                c.tags
+                    .iter()
+                    .filter(|t| t.name.contains('{'))
+                    .map(|t| (t.name.clone(), c.name.clone()))
+            })
+            .collect();
+        TagOwners { exact, templates }
+    }
+
     /// Default PKI folder of OPC-UA sources.
     pub fn opcua_pki_dir(&self) -> PathBuf {
         self.agent.data_dir.join("pki").join("opcua")
@@ -375,6 +423,24 @@ pub struct ConfigTags {
 impl TagCatalog for ConfigTags {
     fn knows(&self, tag: &str) -> bool {
         self.known.contains(tag) || self.templates.iter().any(|t| template_matches(t, tag))
+    }
+}
+
+/// Tag -> name of the source that produces it.
+#[derive(Debug, Clone, Default)]
+pub struct TagOwners {
+    exact: std::collections::HashMap<String, String>,
+    templates: Vec<(String, String)>,
+}
+
+impl TagOwners {
+    pub fn owner(&self, tag: &str) -> Option<&str> {
+        self.exact.get(tag).map(String::as_str).or_else(|| {
+            self.templates
+                .iter()
+                .find(|(t, _)| template_matches(t, tag))
+                .map(|(_, s)| s.as_str())
+        })
     }
 }
 

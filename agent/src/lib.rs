@@ -12,8 +12,10 @@ pub mod inference;
 pub mod logging;
 pub mod metrics;
 pub mod models;
+pub mod outbox;
 pub mod outputs;
 pub mod pipeline;
+pub mod publish;
 pub mod recording;
 pub mod sources;
 
@@ -37,7 +39,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     for (name, src) in sources::build(&cfg)? {
         pipeline.add_source(&name, src);
     }
-    for stage in build_models(&cfg)? {
+    let stages = build_models(&cfg)?;
+    let model_stats: Vec<(String, Arc<models::ModelStats>)> =
+        stages.iter().map(|(n, s)| (n.clone(), s.stats())).collect();
+    for stage in stages {
         metrics.add_model(&stage.0, stage.1.stats());
         pipeline.add_stage(&stage.0, Box::new(stage.1));
     }
@@ -60,8 +65,28 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    #[cfg(feature = "mqtt")]
+    let delivery = match cfg.outputs.mqtt.is_empty() {
+        true => None,
+        false => {
+            let d = publish_setup(&cfg, &model_stats)?;
+            metrics.set_outbox(d.outbox.clone());
+            pipeline.add_output(
+                "outbox",
+                Box::new(outbox::OutboxWriter::new(
+                    d.outbox.clone(),
+                    cfg.outbox.sample_interval,
+                )),
+            );
+            Some(d)
+        }
+    };
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
+    #[cfg(feature = "mqtt")]
+    if let Some(d) = delivery {
+        d.finish().await;
+    }
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -142,4 +167,161 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
             .map(|e| format!("models[{i}].bundle: {e}"))
         })
         .collect()
+}
+
+/// The outbox, its committer, and the MQTT outputs that drain it.
+#[cfg(feature = "mqtt")]
+struct Delivery {
+    outbox: Arc<outbox::SledOutbox>,
+    committer: tokio::task::JoinHandle<()>,
+    commit_stop: CancellationToken,
+    forwarders: Vec<tokio::task::JoinHandle<()>>,
+    forward_stop: CancellationToken,
+}
+
+#[cfg(feature = "mqtt")]
+impl Delivery {
+    /// After the pipeline stopped: commit what it wrote, then stop the outputs.
+    async fn finish(self) {
+        self.commit_stop.cancel();
+        let _ = self.committer.await; // the committer commits once more on its way out
+        self.forward_stop.cancel();
+        for f in self.forwarders {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), f).await;
+        }
+        let s = self.outbox.stats();
+        let backlog: u64 = s.iter().map(|x| x.records).sum();
+        tracing::info!(
+            backlog,
+            "outbox committed; undelivered records wait for the next start"
+        );
+    }
+}
+
+#[cfg(feature = "mqtt")]
+fn publish_setup(
+    cfg: &AgentConfig,
+    model_stats: &[(String, Arc<models::ModelStats>)],
+) -> anyhow::Result<Delivery> {
+    let path = cfg
+        .outbox
+        .path
+        .clone()
+        .unwrap_or_else(|| cfg.agent.data_dir.join("outbox"));
+    let consumers: Vec<(String, Vec<outbox::Stream>)> = cfg
+        .outputs
+        .mqtt
+        .iter()
+        .map(|o| (o.name.clone(), o.streams.clone()))
+        .collect();
+    let (ob, report) = outbox::SledOutbox::open(&path, &cfg.outbox, &consumers)
+        .map_err(|e| anyhow::anyhow!("outbox {}: {e}", path.display()))?;
+    if let outbox::OpenReport::MovedAside {
+        path: aside,
+        reason,
+    } = report
+    {
+        tracing::error!(outbox = %path.display(), moved_to = %aside.display(),
+            "the outbox could not be opened ({reason}); it was moved aside and a fresh one started — \
+             its undelivered records are NOT lost on disk but will not be sent; inspect or delete {}", aside.display());
+    }
+    let ob = Arc::new(ob);
+    let commit_stop = CancellationToken::new();
+    let committer = tokio::spawn(ob.clone().run_committer(commit_stop.clone()));
+    let forward_stop = CancellationToken::new();
+    let mut forwarders = Vec::new();
+    for o in &cfg.outputs.mqtt {
+        let client_id = o
+            .broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", cfg.agent.id, o.name));
+        let opts = edge_protocols::mqtt::client::mqtt_options(&o.broker, &client_id)
+            .map_err(|e| anyhow::anyhow!("outputs.mqtt {}: {e}", o.name))?;
+        let qos = if o.qos == 0 {
+            rumqttc::QoS::AtMostOnce
+        } else {
+            rumqttc::QoS::AtLeastOnce
+        };
+        let (format, will, subs): (
+            Box<dyn publish::forwarder::Format>,
+            publish::link::WillFn,
+            Vec<(String, rumqttc::QoS)>,
+        ) = match o.format {
+            publish::MqttFormat::Json => {
+                let (prefix, device) = (o.topic_prefix.clone(), cfg.agent.id.clone());
+                let will = publish::json::JsonFormat::will(&prefix, &device);
+                (
+                    Box::new(publish::json::JsonFormat {
+                        prefix,
+                        device,
+                        qos,
+                        outbox: ob.clone(),
+                        models: model_stats.to_vec(),
+                    }),
+                    Arc::new(move || Some(will.clone())),
+                    Vec::new(),
+                )
+            }
+            publish::MqttFormat::Sparkplug => {
+                let sp = o.sparkplug.clone().ok_or_else(|| {
+                    anyhow::anyhow!("outputs.mqtt {}: no [sparkplug] table", o.name)
+                })?;
+                let node = sp
+                    .edge_node_id
+                    .clone()
+                    .unwrap_or_else(|| cfg.agent.id.clone());
+                let bdseq = Arc::new(publish::sparkplug::BdSeq::open(
+                    cfg.agent
+                        .data_dir
+                        .join("sparkplug")
+                        .join(format!("{}.bdseq", o.name)),
+                ));
+                let owners = cfg.tag_owners();
+                let subs = publish::sparkplug::SparkplugFormat::subscriptions(
+                    &sp.group_id,
+                    &node,
+                    sp.primary_host_id.as_deref(),
+                );
+                let (g, n, b) = (sp.group_id.clone(), node.clone(), bdseq.clone());
+                let will: publish::link::WillFn =
+                    Arc::new(move || Some(publish::sparkplug::SparkplugFormat::will(&g, &n, &b)));
+                let format = publish::sparkplug::SparkplugFormat::new(
+                    sp.group_id.clone(),
+                    node,
+                    sp.primary_host_id.clone(),
+                    qos,
+                    bdseq,
+                    Box::new(move |t: &str| owners.owner(t).map(String::from)),
+                    ob.clone(),
+                    o.streams.clone(),
+                    model_stats.to_vec(),
+                );
+                (Box::new(format), will, subs)
+            }
+        };
+        let link_stop = CancellationToken::new();
+        let link =
+            publish::link::Link::start(&o.name, opts, &o.broker, subs, will, link_stop.clone());
+        let f = publish::forwarder::Forwarder {
+            name: o.name.clone(),
+            outbox: ob.clone(),
+            streams: o.streams.clone(),
+            qos,
+            batch: o.batch,
+            format,
+            link,
+            link_stop,
+            periodic_every: std::time::Duration::from_secs(30),
+            ack_timeout: std::time::Duration::from_secs(30),
+        };
+        forwarders.push(tokio::spawn(f.run(forward_stop.clone())));
+    }
+    Ok(Delivery {
+        outbox: ob,
+        committer,
+        commit_stop,
+        forwarders,
+        forward_stop,
+    })
 }

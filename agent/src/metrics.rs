@@ -39,6 +39,7 @@ struct Inner {
     )>,
     pipeline: Option<Arc<PipelineStats>>,
     models: Vec<(String, Arc<ModelStats>)>,
+    outbox: Option<Arc<crate::outbox::SledOutbox>>,
     fan_in: Option<mpsc::WeakSender<SampleBatch>>,
 }
 
@@ -81,6 +82,10 @@ impl Metrics {
     }
     pub fn add_model(&self, name: &str, s: Arc<ModelStats>) {
         self.lock().models.push((name.to_string(), s));
+    }
+
+    pub fn set_outbox(&self, o: Arc<crate::outbox::SledOutbox>) {
+        self.lock().outbox = Some(o);
     }
 
     pub fn set_pipeline(&self, s: Arc<PipelineStats>) {

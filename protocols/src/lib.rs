@@ -20,6 +20,7 @@ pub mod opcua;
 pub mod sample;
 pub mod secret;
 pub mod source;
+pub mod sparkplug;
 #[cfg(feature = "mqtt")]
 pub mod tls;
 

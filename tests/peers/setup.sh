@@ -2,8 +2,10 @@
 # Installs the independent peers the interop tests run against, into $EDGE_PEERS_DIR
 # (default: tests/.peers). Idempotent; needs root for apt on a fresh Debian 12.
 #   apt:  mosquitto (MQTT broker), socat (serial pty pairs for Modbus RTU), openssl (test certs)
-#   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt, and the ML
-#         reference stack: numpy, onnx, onnxruntime, scikit-learn, skl2onnx
+#   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt, protobuf +
+#         pysparkplug's generated Sparkplug B schema (the independent Sparkplug decoder/encoder,
+#         tests/peers/spb_decode.py), and the ML reference stack: numpy, onnx, onnxruntime,
+#         scikit-learn, skl2onnx
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
@@ -30,10 +32,14 @@ fi
 
 step "python venv"
 [ -x "$DIR/venv/bin/python" ] || python3 -m venv "$DIR/venv"
-PIP_PKGS=(asyncua==2.1.0 'pymodbus[serial]==3.16.1' paho-mqtt==2.2.0
+PIP_PKGS=(asyncua==2.1.0 'pymodbus[serial]==3.16.1' paho-mqtt==2.2.0 protobuf==7.36.2
   numpy==2.4.6 onnx==1.23.2 onnxruntime==1.32.0 scikit-learn==1.9.1 skl2onnx==1.20.0)
 if ! "$DIR/venv/bin/python" -c "import asyncua, pymodbus, paho.mqtt, numpy, onnx, onnxruntime, sklearn, skl2onnx" 2>/dev/null; then
   "$DIR/venv/bin/pip" install -q --disable-pip-version-check "${PIP_PKGS[@]}"
+fi
+# Only pysparkplug's generated sparkplug_b_pb2.py is used (its own deps pin paho-mqtt<2).
+if ! "$DIR/venv/bin/python" -c "import importlib.util as u, google.protobuf; assert u.find_spec('pysparkplug')" 2>/dev/null; then
+  "$DIR/venv/bin/pip" install -q --disable-pip-version-check --no-deps pysparkplug==0.6.1
 fi
 
 step "test certificates"

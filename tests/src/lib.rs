@@ -137,6 +137,31 @@ impl Peer {
         }
     }
 
+    /// Stops the process with SIGTERM (a clean shutdown) and waits up to `timeout`;
+    /// returns whether it exited in time (if not, it is killed).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -471,4 +496,153 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The Sparkplug/JSON listener peer (`tests/peers/spb_peer.py listen`): paho-mqtt subscribed
+/// to `spBv1.0/#` and `edge/#`, decoding Sparkplug payloads with the Tahu schema. Its output
+/// is one JSON object per message, in arrival order.
+pub struct MqttListener {
+    pub peer: Peer,
+}
+
+impl MqttListener {
+    pub fn start(dir: &Path, port: u16) -> MqttListener {
+        let script = workspace().join("tests/peers/spb_peer.py");
+        let peer = Peer::start(
+            "mqtt-listener",
+            python(),
+            &[
+                script.to_str().unwrap_or_default(),
+                "listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            dir,
+            None,
+        );
+        let l = MqttListener { peer };
+        assert!(
+            l.wait_for(Duration::from_secs(20), |m| m
+                .iter()
+                .any(|x| x["subscribed"] == true)),
+            "the listener did not subscribe: {}",
+            l.peer.log_tail()
+        );
+        l
+    }
+
+    /// Every message received so far (lines that are not JSON are skipped).
+    pub fn messages(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.peer.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the messages so far.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if pred(&self.messages()) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Publishes a file's bytes with mosquitto_pub (binary payloads such as Sparkplug NCMD).
+pub fn mqtt_publish_file(port: u16, topic: &str, file: &Path) {
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+        ])
+        .arg(file)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub -f to {topic} failed");
+}
+
+/// A TCP proxy in front of a peer whose link can be cut and restored: a pulled network cable
+/// between the agent and a broker or server, while the peer itself keeps running.
+pub struct TcpProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    down: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
+}
+
+impl TcpProxy {
+    pub fn start(target_port: u16) -> TcpProxy {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if st.down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                };
+                if let (Ok(c2), Ok(u2)) = (client.try_clone(), upstream.try_clone()) {
+                    if let Ok(mut conns) = st.conns.lock() {
+                        conns.push(c2);
+                        conns.push(u2);
+                    }
+                    if let (Ok(c3), Ok(u3)) = (client.try_clone(), upstream.try_clone()) {
+                        pipe(c3, upstream);
+                        pipe(u3, client);
+                    }
+                }
+            }
+        });
+        TcpProxy { port, state }
+    }
+
+    /// Cuts every connection and refuses new ones until [`TcpProxy::restore`].
+    pub fn cut(&self) {
+        self.state
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut conns) = self.state.conns.lock() {
+            for c in conns.drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

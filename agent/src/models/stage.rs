@@ -19,7 +19,7 @@ use super::config::ModelConfig;
 use super::floor::FloorStore;
 use super::loaded::{LoadedBundle, TagCatalog};
 use crate::features::{model_input, FeatureRow, Featurizer};
-use crate::pipeline::record::{FeatureRecord, Prediction, Record};
+use crate::pipeline::record::{AlarmEvent, FeatureRecord, Prediction, Record};
 use crate::pipeline::{Stage, StageFuture};
 
 /// Counters of one model, exposed as metrics.
@@ -305,6 +305,16 @@ fn spawn_worker(
                         let (state, changed) = alarm.update(o, r.raise_after.max(1), r.clear_after.max(1));
                         if changed {
                             let score = score.unwrap_or(f64::NAN);
+                            let ev = AlarmEvent {
+                                source: job.bundle.source.clone(),
+                                ts_ns: job.row.end_ns,
+                                active: state,
+                                score,
+                                threshold: r.threshold,
+                            };
+                            if output.blocking_send(Record::Alarm(Arc::new(ev))).is_err() {
+                                break;
+                            }
                             if state {
                                 tracing::warn!(model = %name, score, threshold = ?r.threshold, window_end_ns = job.row.end_ns,
                                     "alarm raised ({} windows past the threshold)", r.raise_after);

@@ -25,7 +25,7 @@ pub struct FileOutputConfig {
     /// recording format; samples only).
     #[serde(default)]
     pub format: FileFormat,
-    /// Which records to write: any of `samples`, `features`, `predictions`. Default: all
+    /// Which records to write: any of `samples`, `features`, `predictions`, `alarms`. Default: all
     /// (jsonl), samples (csv).
     #[serde(default)]
     pub records: Option<Vec<crate::pipeline::record::RecordKind>>,
@@ -114,6 +114,13 @@ impl FileOutput {
                 &Tagged {
                     kind: "prediction",
                     body: &**p,
+                },
+            ),
+            Record::Alarm(a) => push_json(
+                buf,
+                &Tagged {
+                    kind: "alarm",
+                    body: &**a,
                 },
             ),
         }

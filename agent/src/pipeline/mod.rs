@@ -156,6 +156,7 @@ impl Pipeline {
                 RecordKind::Samples,
                 RecordKind::Features,
                 RecordKind::Predictions,
+                RecordKind::Alarms,
             ]
             .map(|k| out.accepts(k));
             output_txs.push(OutputLink {
@@ -256,7 +257,7 @@ struct OutputLink {
     tx: mpsc::Sender<Record>,
     stats: Arc<OutputStats>,
     /// Indexed by `RecordKind as usize`.
-    accepts: [bool; 3],
+    accepts: [bool; 4],
 }
 
 /// Fans each sample batch out to every stage and output, and every derived record (features,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use edge_protocols::Sample;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone)]
 pub enum Record {
@@ -14,6 +14,8 @@ pub enum Record {
     Features(Arc<FeatureRecord>),
     /// A model's output for one window.
     Prediction(Arc<Prediction>),
+    /// A model's alarm was raised or cleared.
+    Alarm(Arc<AlarmEvent>),
 }
 
 /// The kinds of record, for outputs that take only some.
@@ -23,6 +25,7 @@ pub enum RecordKind {
     Samples,
     Features,
     Predictions,
+    Alarms,
 }
 
 impl Record {
@@ -31,6 +34,7 @@ impl Record {
             Record::Samples(_) => RecordKind::Samples,
             Record::Features(_) => RecordKind::Features,
             Record::Prediction(_) => RecordKind::Predictions,
+            Record::Alarm(_) => RecordKind::Alarms,
         }
     }
 
@@ -38,7 +42,7 @@ impl Record {
     pub fn len(&self) -> usize {
         match self {
             Record::Samples(s) => s.len(),
-            Record::Features(_) | Record::Prediction(_) => 1,
+            Record::Features(_) | Record::Prediction(_) | Record::Alarm(_) => 1,
         }
     }
 
@@ -48,7 +52,7 @@ impl Record {
 }
 
 /// Which bundle produced a record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleRef {
     /// The `[[models]]` instance name.
     pub model: Arc<str>,
@@ -60,7 +64,7 @@ pub struct BundleRef {
     pub sha256: Arc<str>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureRecord {
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
@@ -70,7 +74,7 @@ pub struct FeatureRecord {
     pub values: Vec<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
@@ -90,4 +94,18 @@ pub struct Prediction {
     /// The alarm state after hysteresis (`raise_after` / `clear_after` windows).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<bool>,
+}
+
+/// An alarm state change of a model (hysteresis applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    /// End of the window that changed the state.
+    pub ts_ns: i64,
+    /// `true`: raised; `false`: cleared.
+    pub active: bool,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }

@@ -1,0 +1,664 @@
+//! [`SledOutbox`]: the outbox on sled. One tree per stream; in each tree, records under
+//! `0x01 ‖ seq (u64 BE)` and the stream's metadata under `0x00 ‖ name` (the last assigned
+//! sequence number, each destination's cursor, the drop count), so an append and its head
+//! update commit atomically in one batch.
+//!
+//! A record value is `append time (u64 ms, LE) ‖ payload`. Durability comes from group commits
+//! (`flush`), driven by the agent every `commit_interval`; only committed records are read out.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::config::{OutboxConfig, Stream, WhenFull};
+use super::{OutboxError, StreamStats};
+
+const REC: u8 = 0x01;
+const META_HEAD: &[u8] = b"\x00head";
+const META_DROPS: &[u8] = b"\x00drops";
+const META_CURSOR: &[u8] = b"\x00cursor:";
+/// Bytes a record costs beyond its payload (header + key), for the size limit.
+const OVERHEAD: u64 = 8 + 9;
+
+fn rec_key(seq: u64) -> [u8; 9] {
+    let mut k = [REC; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    (key.len() == 9 && key[0] == REC)
+        .then(|| u64::from_be_bytes(key[1..].try_into().unwrap_or([0; 8])))
+}
+
+fn u64_of(v: Option<sled::IVec>) -> u64 {
+    v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+        .unwrap_or(0)
+}
+
+fn cursor_key(dest: &str) -> Vec<u8> {
+    [META_CURSOR, dest.as_bytes()].concat()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// In-memory state of one stream, guarded by its mutex (appends to one stream are serialized).
+#[derive(Debug, Default)]
+struct StreamState {
+    /// Last assigned sequence number (0 = none yet).
+    head: u64,
+    /// Lowest stored sequence number (head + 1 when empty).
+    first: u64,
+    records: u64,
+    bytes: u64,
+    dropped: u64,
+    /// Confirmed sequence number per destination.
+    cursors: HashMap<String, u64>,
+}
+
+#[derive(Debug)]
+struct StreamSlot {
+    tree: sled::Tree,
+    state: Mutex<StreamState>,
+    /// Last durable sequence number (set after a commit).
+    durable: AtomicU64,
+}
+
+/// How opening went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenReport {
+    Opened,
+    /// The database could not be opened and was moved aside to this path; a fresh one was
+    /// created. Records in it were not delivered.
+    MovedAside {
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct SledOutbox {
+    db: sled::Db,
+    streams: Vec<StreamSlot>,
+    cfg: OutboxConfig,
+    uncommitted: AtomicUsize,
+    commit_wake: tokio::sync::Notify,
+    durable_tx: tokio::sync::watch::Sender<u64>,
+}
+
+impl SledOutbox {
+    /// Opens (or creates) the outbox at `path` for these destinations. A database that cannot
+    /// be opened is moved aside and replaced by an empty one (reported, loudly logged by the
+    /// caller): the agent keeps running and keeps buffering.
+    /// `consumers`: each destination with the streams it takes. A stream nobody takes is not
+    /// written at all.
+    pub fn open(
+        path: &Path,
+        cfg: &OutboxConfig,
+        consumers: &[(String, Vec<Stream>)],
+    ) -> Result<(SledOutbox, OpenReport), OutboxError> {
+        match Self::try_open(path, cfg, consumers) {
+            Ok(o) => Ok((o, OpenReport::Opened)),
+            Err(reason) => {
+                let stamp = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+                std::fs::rename(path, &aside).map_err(|e| {
+                    OutboxError::Storage(format!(
+                        "outbox {} is unusable ({reason}) and cannot be moved aside: {e}",
+                        path.display()
+                    ))
+                })?;
+                let o = Self::try_open(path, cfg, consumers).map_err(OutboxError::Storage)?;
+                Ok((
+                    o,
+                    OpenReport::MovedAside {
+                        path: aside,
+                        reason,
+                    },
+                ))
+            }
+        }
+    }
+
+    fn try_open(
+        path: &Path,
+        cfg: &OutboxConfig,
+        consumers: &[(String, Vec<Stream>)],
+    ) -> Result<SledOutbox, String> {
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(cfg.cache_mb * (1 << 20))
+                // We commit ourselves, on our cadence.
+                .flush_every_ms(None)
+                .open()
+        };
+        // sled may panic on some corruptions instead of returning an error.
+        let db = match std::panic::catch_unwind(open) {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("the database is corrupt (sled panicked while opening it)".into()),
+        };
+        let mut streams = Vec::new();
+        for s in Stream::ALL {
+            let tree = db.open_tree(s.name()).map_err(|e| e.to_string())?;
+            let dests: Vec<String> = consumers
+                .iter()
+                .filter(|c| c.1.contains(&s))
+                .map(|c| c.0.clone())
+                .collect();
+            let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::scan(&tree, &dests)
+            }))
+            .map_err(|_| "the database is corrupt (sled panicked while reading it)".to_string())?;
+            let state = scan.map_err(|e| e.to_string())?;
+            streams.push(StreamSlot {
+                durable: AtomicU64::new(state.head),
+                tree,
+                state: Mutex::new(state),
+            });
+        }
+        let (durable_tx, _) = tokio::sync::watch::channel(0);
+        Ok(SledOutbox {
+            db,
+            streams,
+            cfg: cfg.clone(),
+            uncommitted: AtomicUsize::new(0),
+            commit_wake: tokio::sync::Notify::new(),
+            durable_tx,
+        })
+    }
+
+    fn scan(tree: &sled::Tree, dests: &[String]) -> sled::Result<StreamState> {
+        let mut st = StreamState {
+            head: u64_of(tree.get(META_HEAD)?),
+            dropped: u64_of(tree.get(META_DROPS)?),
+            ..Default::default()
+        };
+        st.first = st.head + 1;
+        for kv in tree.range(rec_key(0)..) {
+            let (k, v) = kv?;
+            if let Some(seq) = seq_of(&k) {
+                st.first = st.first.min(seq);
+                st.records += 1;
+                st.bytes += v.len() as u64 + 9;
+                st.head = st.head.max(seq);
+            }
+        }
+        // Cursors of destinations no longer configured are forgotten (they would pin records).
+        for kv in tree.scan_prefix(META_CURSOR) {
+            let (k, _) = kv?;
+            let dest = String::from_utf8_lossy(&k[META_CURSOR.len()..]).into_owned();
+            if !dests.contains(&dest) {
+                tree.remove(k)?;
+            }
+        }
+        for d in dests {
+            st.cursors
+                .insert(d.clone(), u64_of(tree.get(cursor_key(d))?));
+        }
+        Ok(st)
+    }
+
+    fn slot(&self, s: Stream) -> &StreamSlot {
+        &self.streams[s.index()]
+    }
+
+    fn lock(slot: &StreamSlot) -> std::sync::MutexGuard<'_, StreamState> {
+        slot.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends records; returns their sequence numbers. Enforces the stream's size limit
+    /// (counting drops). Records become readable after the next commit.
+    pub fn append(&self, stream: Stream, payloads: &[Vec<u8>]) -> Result<Range<u64>, OutboxError> {
+        let slot = self.slot(stream);
+        let limits = self.cfg.limits(stream);
+        let mut st = Self::lock(slot);
+        let incoming: u64 = payloads.iter().map(|p| p.len() as u64 + OVERHEAD).sum();
+        let mut batch = sled::Batch::default();
+        let mut dropped_now = 0u64;
+        let mut payloads = payloads;
+        if st.bytes + incoming > limits.max_bytes {
+            match limits.when_full {
+                WhenFull::DropNewest => {
+                    // Keep what fits of this append, drop the rest.
+                    let mut room = limits.max_bytes.saturating_sub(st.bytes);
+                    let mut keep = 0;
+                    for p in payloads {
+                        let c = p.len() as u64 + OVERHEAD;
+                        if c > room {
+                            break;
+                        }
+                        room -= c;
+                        keep += 1;
+                    }
+                    dropped_now = (payloads.len() - keep) as u64;
+                    payloads = &payloads[..keep];
+                }
+                WhenFull::DropOldest => {
+                    let mut need = st.bytes + incoming - limits.max_bytes;
+                    for kv in slot.tree.range(rec_key(st.first)..rec_key(st.head + 1)) {
+                        if need == 0 {
+                            break;
+                        }
+                        let (k, v) = kv?;
+                        let c = v.len() as u64 + 9;
+                        batch.remove(k);
+                        need = need.saturating_sub(c);
+                        st.bytes -= c;
+                        st.records -= 1;
+                        st.first += 1;
+                        dropped_now += 1;
+                    }
+                }
+            }
+        }
+        let start = st.head + 1;
+        let ts = now_ms().to_le_bytes();
+        for (i, p) in payloads.iter().enumerate() {
+            let mut v = Vec::with_capacity(8 + p.len());
+            v.extend_from_slice(&ts);
+            v.extend_from_slice(p);
+            batch.insert(&rec_key(start + i as u64), v);
+        }
+        let end = start + payloads.len() as u64;
+        batch.insert(META_HEAD, &(end - 1).to_le_bytes());
+        if dropped_now > 0 {
+            batch.insert(META_DROPS, &(st.dropped + dropped_now).to_le_bytes());
+        }
+        slot.tree.apply_batch(batch)?;
+        st.head = end - 1;
+        if st.records == 0 {
+            st.first = start;
+        }
+        st.records += payloads.len() as u64;
+        st.bytes += payloads
+            .iter()
+            .map(|p| p.len() as u64 + OVERHEAD)
+            .sum::<u64>();
+        st.dropped += dropped_now;
+        if dropped_now > 0 {
+            tracing::warn!(stream = stream.name(), dropped = dropped_now, total = st.dropped, policy = ?limits.when_full,
+                "outbox stream full ({} bytes): dropped records", limits.max_bytes);
+        }
+        let n = self
+            .uncommitted
+            .fetch_add(payloads.len(), Ordering::Relaxed)
+            + payloads.len();
+        if n >= self.cfg.commit_max_records {
+            self.commit_wake.notify_one();
+        }
+        Ok(start..end)
+    }
+
+    /// Whether any destination takes this stream (if not, nothing is written to it).
+    pub fn consumed(&self, stream: Stream) -> bool {
+        !Self::lock(self.slot(stream)).cursors.is_empty()
+    }
+
+    /// Counts records lost by a failed write (disk full, I/O error): they never got a
+    /// sequence number, so consumers see no gap, but the loss is reported.
+    pub fn count_lost(&self, stream: Stream, n: u64) {
+        Self::lock(self.slot(stream)).dropped += n;
+    }
+
+    /// Up to `max` committed records after `dest`'s cursor, in order: (seq, append time ms, payload).
+    pub fn read(
+        &self,
+        stream: Stream,
+        dest: &str,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
+        let slot = self.slot(stream);
+        let from = {
+            let st = Self::lock(slot);
+            let c = *st
+                .cursors
+                .get(dest)
+                .ok_or_else(|| OutboxError::UnknownDestination(dest.into()))?;
+            c.max(st.first.saturating_sub(1)) + 1
+        };
+        let durable = slot.durable.load(Ordering::Acquire);
+        if from > durable {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in slot
+            .tree
+            .range(rec_key(from)..rec_key(durable + 1))
+            .take(max)
+        {
+            let (k, v) = kv?;
+            let (Some(seq), true) = (seq_of(&k), v.len() >= 8) else {
+                continue;
+            };
+            let ts = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
+            out.push((seq, ts, v[8..].to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records that `dest` has everything up to `seq` of `stream`.
+    pub fn confirm(&self, stream: Stream, dest: &str, seq: u64) -> Result<(), OutboxError> {
+        let slot = self.slot(stream);
+        let mut st = Self::lock(slot);
+        let c = st
+            .cursors
+            .get_mut(dest)
+            .ok_or_else(|| OutboxError::UnknownDestination(dest.into()))?;
+        if seq > *c {
+            *c = seq;
+            slot.tree.insert(cursor_key(dest), &seq.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The last durable sequence number of a stream.
+    pub fn durable(&self, stream: Stream) -> u64 {
+        self.slot(stream).durable.load(Ordering::Acquire)
+    }
+
+    /// Makes everything written so far durable; then deletes records every destination
+    /// confirmed and records past their max age. Blocking (fsync): call off the async runtime.
+    pub fn commit(&self) -> Result<(), OutboxError> {
+        let heads: Vec<u64> = self.streams.iter().map(|s| Self::lock(s).head).collect();
+        self.uncommitted.store(0, Ordering::Relaxed);
+        self.db.flush()?;
+        for (slot, head) in self.streams.iter().zip(heads) {
+            slot.durable.fetch_max(head, Ordering::AcqRel);
+        }
+        self.durable_tx.send_modify(|v| *v = v.wrapping_add(1));
+        self.collect_garbage()
+    }
+
+    fn collect_garbage(&self) -> Result<(), OutboxError> {
+        let now = now_ms();
+        for (s, slot) in Stream::ALL.iter().zip(&self.streams) {
+            let max_age_ms = self.cfg.limits(*s).max_age.as_millis() as u64;
+            let mut st = Self::lock(slot);
+            let confirmed = st.cursors.values().copied().min().unwrap_or(st.head);
+            let mut batch = sled::Batch::default();
+            let mut removed = 0u64;
+            let mut aged = 0u64;
+            for kv in slot.tree.range(rec_key(st.first)..rec_key(st.head + 1)) {
+                let (k, v) = kv?;
+                let Some(seq) = seq_of(&k) else { continue };
+                let ts = v
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0);
+                let old = now.saturating_sub(ts) > max_age_ms;
+                if seq > confirmed && !old {
+                    break;
+                }
+                if seq > confirmed {
+                    aged += 1;
+                }
+                batch.remove(k);
+                st.bytes = st.bytes.saturating_sub(v.len() as u64 + 9);
+                st.records -= 1;
+                st.first = seq + 1;
+                removed += 1;
+            }
+            if removed > 0 {
+                if aged > 0 {
+                    st.dropped += aged;
+                    batch.insert(META_DROPS, &st.dropped.to_le_bytes());
+                    tracing::warn!(
+                        stream = s.name(),
+                        dropped = aged,
+                        "outbox: records older than max_age dropped undelivered"
+                    );
+                }
+                slot.tree.apply_batch(batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs group commits until `stop`: every `commit_interval`, or earlier when
+    /// `commit_max_records` wait. A failed commit is logged and retried next time.
+    pub async fn run_committer(
+        self: std::sync::Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let interval = self.cfg.commit_interval;
+        let mut latch = edge_protocols::error_latch::ErrorLatch::default();
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.cancelled() => true,
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.commit_wake.notified() => false,
+            };
+            let me = self.clone();
+            match tokio::task::spawn_blocking(move || me.commit()).await {
+                Ok(Ok(())) => {
+                    if latch.ok().is_some() {
+                        tracing::info!("outbox commits work again");
+                    }
+                }
+                Ok(Err(e)) => {
+                    if latch.fail(&e.to_string()) {
+                        tracing::error!("outbox commit failed: {e}; retrying every {interval:?}");
+                    }
+                }
+                Err(e) => tracing::error!("outbox commit task failed: {e}"),
+            }
+            if stopping {
+                break;
+            }
+        }
+    }
+
+    /// A receiver that changes after every commit (destinations wait on it for new data).
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable_tx.subscribe()
+    }
+
+    pub fn stats(&self) -> Vec<StreamStats> {
+        Stream::ALL
+            .iter()
+            .zip(&self.streams)
+            .map(|(s, slot)| {
+                let st = Self::lock(slot);
+                StreamStats {
+                    stream: s.name(),
+                    head: st.head,
+                    durable: slot.durable.load(Ordering::Acquire),
+                    records: st.records,
+                    bytes: st.bytes,
+                    dropped: st.dropped,
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub fn commit_interval(&self) -> Duration {
+        self.cfg.commit_interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("outbox-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn dests() -> Vec<(String, Vec<Stream>)> {
+        vec![
+            ("mqtt".into(), Stream::ALL.to_vec()),
+            ("sync".into(), Stream::ALL.to_vec()),
+        ]
+    }
+
+    fn one() -> Vec<(String, Vec<Stream>)> {
+        vec![("mqtt".into(), Stream::ALL.to_vec())]
+    }
+
+    fn payloads(n: usize, tag: u8) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![tag, i as u8, 0xAB, 0xCD]).collect()
+    }
+
+    #[test]
+    fn sequences_cursors_and_deletion_need_every_destination() {
+        let p = tmp("cursors");
+        let (o, r) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+        assert_eq!(r, OpenReport::Opened);
+        assert_eq!(o.append(Stream::Samples, &payloads(3, 1)).unwrap(), 1..4);
+        assert_eq!(o.append(Stream::Samples, &payloads(2, 2)).unwrap(), 4..6);
+        assert_eq!(
+            o.append(Stream::Alarms, &payloads(1, 3)).unwrap(),
+            1..2,
+            "streams count separately"
+        );
+        assert!(
+            o.read(Stream::Samples, "mqtt", 10).unwrap().is_empty(),
+            "nothing readable before a commit"
+        );
+        o.commit().unwrap();
+        let got = o.read(Stream::Samples, "mqtt", 10).unwrap();
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(got[3].2, vec![2, 0, 0xAB, 0xCD]);
+        o.confirm(Stream::Samples, "mqtt", 4).unwrap();
+        assert_eq!(o.read(Stream::Samples, "mqtt", 10).unwrap().len(), 1);
+        assert_eq!(
+            o.read(Stream::Samples, "sync", 10).unwrap().len(),
+            5,
+            "cursors are independent"
+        );
+        o.commit().unwrap();
+        assert_eq!(
+            o.stats()[0].records,
+            5,
+            "sync has confirmed nothing: nothing deleted"
+        );
+        o.confirm(Stream::Samples, "sync", 2).unwrap();
+        o.commit().unwrap();
+        assert_eq!(o.stats()[0].records, 3, "1 and 2 are confirmed everywhere");
+        assert!(matches!(
+            o.read(Stream::Samples, "nobody", 1),
+            Err(OutboxError::UnknownDestination(_))
+        ));
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn state_survives_reopen_and_numbering_continues() {
+        let p = tmp("reopen");
+        {
+            let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+            o.append(Stream::Features, &payloads(4, 1)).unwrap();
+            o.commit().unwrap();
+            o.confirm(Stream::Features, "mqtt", 4).unwrap();
+            o.confirm(Stream::Features, "sync", 4).unwrap();
+            o.commit().unwrap();
+        }
+        let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+        let s = &o.stats()[1];
+        assert_eq!(
+            (s.head, s.records),
+            (4, 0),
+            "all delivered and deleted, head remembered"
+        );
+        assert_eq!(
+            o.append(Stream::Features, &payloads(1, 2)).unwrap(),
+            5..6,
+            "never reuses a number"
+        );
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn full_streams_drop_per_policy_and_count() {
+        let p = tmp("full");
+        let mut cfg = OutboxConfig::default();
+        let per = 100 + OVERHEAD;
+        cfg.samples.max_bytes = 10 * per;
+        cfg.alarms.max_bytes = 10 * per;
+        cfg.alarms.when_full = WhenFull::DropNewest;
+        let (o, _) = SledOutbox::open(&p, &cfg, &one()).unwrap();
+        let big = |n| vec![vec![7u8; 100]; n];
+        o.append(Stream::Samples, &big(8)).unwrap();
+        o.append(Stream::Samples, &big(5)).unwrap();
+        o.commit().unwrap();
+        let got = o.read(Stream::Samples, "mqtt", 100).unwrap();
+        assert_eq!(got.first().map(|r| r.0), Some(4), "oldest three dropped");
+        assert_eq!(got.last().map(|r| r.0), Some(13));
+        assert_eq!(o.stats()[0].dropped, 3);
+        o.append(Stream::Alarms, &big(8)).unwrap();
+        let r = o.append(Stream::Alarms, &big(5)).unwrap();
+        assert_eq!(r, 9..11, "newest that do not fit are refused");
+        assert_eq!(o.stats()[3].dropped, 3);
+        // Drops survive a restart.
+        drop(o);
+        let (o, _) = SledOutbox::open(&p, &cfg, &one()).unwrap();
+        assert_eq!((o.stats()[0].dropped, o.stats()[3].dropped), (3, 3));
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn expired_records_are_dropped_undelivered_and_counted() {
+        let p = tmp("age");
+        let mut cfg = OutboxConfig::default();
+        cfg.events.max_age = Duration::from_millis(1);
+        let (o, _) = SledOutbox::open(&p, &cfg, &one()).unwrap();
+        o.append(Stream::Events, &payloads(3, 1)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        o.commit().unwrap();
+        let s = &o.stats()[5];
+        assert_eq!((s.records, s.dropped), (0, 3));
+        assert!(o.read(Stream::Events, "mqtt", 10).unwrap().is_empty());
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_database_is_moved_aside_and_replaced() {
+        let p = tmp("corrupt");
+        {
+            let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+            o.append(Stream::Samples, &payloads(100, 1)).unwrap();
+            o.commit().unwrap();
+        }
+        // Scribble over every file of the database.
+        for e in std::fs::read_dir(&p).unwrap() {
+            let f = e.unwrap().path();
+            if f.is_file() {
+                let len = std::fs::metadata(&f).unwrap().len() as usize;
+                std::fs::write(&f, vec![0x5Au8; len.max(64)]).unwrap();
+            }
+        }
+        let (o, r) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+        let OpenReport::MovedAside { path, .. } = r else {
+            panic!("expected the database to be moved aside")
+        };
+        assert!(path.exists());
+        assert_eq!(
+            o.append(Stream::Samples, &payloads(1, 1)).unwrap(),
+            1..2,
+            "a fresh outbox"
+        );
+        std::fs::remove_dir_all(&p).unwrap();
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+}

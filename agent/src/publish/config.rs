@@ -1,0 +1,133 @@
+//! `[[outputs.mqtt]]`: publishing to SCADA systems and historians over MQTT, as plain JSON or
+//! Sparkplug B, from the outbox (so nothing is lost while the broker or host is away).
+
+use edge_protocols::config_check::{Issues, KeyPath};
+use edge_protocols::mqtt::BrokerConfig;
+use serde::Deserialize;
+
+use super::topics::valid_level;
+use crate::outbox::Stream;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttFormat {
+    /// Plain JSON on `{prefix}/{device}/{kind}/{name}` (see `publish/topics.rs`).
+    #[default]
+    Json,
+    /// Sparkplug B 3.0 (births, deaths, aliases, store-and-forward on the primary host state).
+    Sparkplug,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttOutputConfig {
+    /// Output name: also its cursor in the outbox (renaming it replays from the start).
+    pub name: String,
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub format: MqttFormat,
+    /// What to publish: any of `samples`, `features`, `predictions`, `alarms`. Default: all.
+    #[serde(default = "all_streams")]
+    pub streams: Vec<Stream>,
+    /// QoS of data messages: 1 (default; the outbox entry is released on the broker's ack) or
+    /// 0 (released once written to the socket).
+    #[serde(default = "one")]
+    pub qos: u8,
+    /// JSON: first topic level (default `edge`).
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// Messages in flight before waiting for acks.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Sparkplug settings (required with `format = "sparkplug"`).
+    pub sparkplug: Option<SparkplugConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugConfig {
+    pub group_id: String,
+    /// Default: the agent id.
+    pub edge_node_id: Option<String>,
+    /// Host application whose `spBv1.0/STATE/{id}` gates publishing: while it is offline, data
+    /// stays in the outbox; when it returns, a fresh birth is published and the backlog is
+    /// sent with `is_historical = true`. Without it, data flows whenever the broker is up.
+    pub primary_host_id: Option<String>,
+}
+
+fn all_streams() -> Vec<Stream> {
+    vec![
+        Stream::Samples,
+        Stream::Features,
+        Stream::Predictions,
+        Stream::Alarms,
+    ]
+}
+fn one() -> u8 {
+    1
+}
+fn default_prefix() -> String {
+    "edge".into()
+}
+fn default_batch() -> usize {
+    100
+}
+
+impl MqttOutputConfig {
+    pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        self.broker.validate(&at.key("broker"), issues);
+        issues.check(self.qos <= 1, at.key("qos"), || {
+            format!("qos {} is not supported: use 0 or 1", self.qos)
+        });
+        issues.check(valid_level(&self.name), at.key("name"), || {
+            "name must be non-empty without `/`, `+`, `#`".into()
+        });
+        issues.check((1..=10_000).contains(&self.batch), at.key("batch"), || {
+            "batch must be within 1..=10000".into()
+        });
+        for (i, s) in self.streams.iter().enumerate() {
+            issues.check(
+                matches!(
+                    s,
+                    Stream::Samples | Stream::Features | Stream::Predictions | Stream::Alarms
+                ),
+                at.key("streams").index(i),
+                || format!("`{}` cannot be published over MQTT yet", s.name()),
+            );
+        }
+        match self.format {
+            MqttFormat::Json => {
+                issues.check(
+                    !self.topic_prefix.is_empty() && !self.topic_prefix.contains(['+', '#']),
+                    at.key("topic_prefix"),
+                    || "topic_prefix must be non-empty without `+`, `#`".into(),
+                );
+                issues.check(self.sparkplug.is_none(), at.key("sparkplug"), || {
+                    "a [sparkplug] table needs format = \"sparkplug\"".into()
+                });
+            }
+            MqttFormat::Sparkplug => match &self.sparkplug {
+                None => issues.push(
+                    at.key("format"),
+                    "format \"sparkplug\" needs a [outputs.mqtt.sparkplug] table with group_id",
+                ),
+                Some(s) => {
+                    let sp = at.key("sparkplug");
+                    issues.check(valid_level(&s.group_id), sp.key("group_id"), || {
+                        "group_id must be non-empty without `/`, `+`, `#`".into()
+                    });
+                    if let Some(n) = &s.edge_node_id {
+                        issues.check(valid_level(n), sp.key("edge_node_id"), || {
+                            "edge_node_id must be non-empty without `/`, `+`, `#`".into()
+                        });
+                    }
+                    if let Some(h) = &s.primary_host_id {
+                        issues.check(valid_level(h), sp.key("primary_host_id"), || {
+                            "primary_host_id must be non-empty without `/`, `+`, `#`".into()
+                        });
+                    }
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Publishing to SCADA systems and historians: MQTT outputs fed from the outbox. Topics are
+//! defined in `topics.rs`; the connection in `link.rs`; the outbox-to-broker loop in
+//! `forwarder.rs`; message formats in `json.rs` and `sparkplug/`.
+
+pub mod config;
+#[cfg(feature = "mqtt")]
+pub mod forwarder;
+#[cfg(feature = "mqtt")]
+pub mod json;
+#[cfg(feature = "mqtt")]
+pub mod link;
+#[cfg(feature = "mqtt")]
+pub mod sparkplug;
+pub mod topics;
+
+pub use config::{MqttFormat, MqttOutputConfig};

@@ -1,0 +1,40 @@
+//! Every MQTT topic the agent publishes or subscribes to, in one place.
+//!
+//! Plain JSON (`format = "json"`):
+//! - `{prefix}/{device}/samples/{tag}` — one sample
+//! - `{prefix}/{device}/features/{model}` — one window's features
+//! - `{prefix}/{device}/predictions/{model}` — one window's prediction
+//! - `{prefix}/{device}/alarms/{model}` — alarm raised/cleared (retained when live)
+//! - `{prefix}/{device}/status` — retained agent status; the last will sets it offline
+//!
+//! Sparkplug B 3.0 (`format = "sparkplug"`), namespace `spBv1.0`:
+//! - `spBv1.0/{group}/NBIRTH|NDATA|NDEATH|NCMD/{node}`
+//! - `spBv1.0/{group}/DBIRTH|DDATA|DDEATH/{node}/{device}`
+//! - `spBv1.0/STATE/{host}` — the primary host application's state (subscribed)
+
+pub fn json_data(prefix: &str, device: &str, kind: &str, name: &str) -> String {
+    format!("{prefix}/{device}/{kind}/{name}")
+}
+
+pub fn json_status(prefix: &str, device: &str) -> String {
+    format!("{prefix}/{device}/status")
+}
+
+pub const SPB: &str = "spBv1.0";
+
+pub fn spb_node(group: &str, kind: &str, node: &str) -> String {
+    format!("{SPB}/{group}/{kind}/{node}")
+}
+
+pub fn spb_device(group: &str, kind: &str, node: &str, device: &str) -> String {
+    format!("{SPB}/{group}/{kind}/{node}/{device}")
+}
+
+pub fn spb_state(host: &str) -> String {
+    format!("{SPB}/STATE/{host}")
+}
+
+/// A topic level must not hold MQTT wildcards or separators.
+pub fn valid_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#'])
+}

@@ -1,0 +1,491 @@
+//! The agent's MQTT outputs against Mosquitto, checked by an independent subscriber
+//! (paho-mqtt + the Eclipse Tahu Sparkplug schema, `tests/peers/spb_peer.py`):
+//! plain JSON topics, retained status and last will, alarms, backfill after a broker outage;
+//! Sparkplug B births, aliases, bdSeq, seq wrap, rebirth, primary-host STATE gating with
+//! historical backfill, and NDEATH on a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use interop_tests::*;
+use serde_json::Value;
+
+const SECS: Duration = Duration::from_secs(30);
+
+/// An agent on the simulated plant (pump1's bearing wears after 20 simulated seconds, so the
+/// demo model raises its alarm) with one MQTT output. `time_scale` > 1 runs the plant faster.
+fn agent_config(
+    d: &Path,
+    port: u16,
+    time_scale: f64,
+    interval: &str,
+    output: &str,
+) -> std::path::PathBuf {
+    let ws = workspace();
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agent]
+id = "gw1"
+data_dir = "{d}"
+
+[[sources.simulated]]
+name = "plant"
+sample_interval = "{interval}"
+time_scale = {time_scale:.1}
+seed = 7
+[[sources.simulated.assets]]
+name = "pump1"
+kind = "pump"
+load = 0.7
+[[sources.simulated.faults]]
+asset = "pump1"
+kind = "bearing_wear"
+start = "20s"
+ramp = "10s"
+magnitude = 4.0
+
+[bundles]
+trusted_keys = ["{ws}/examples/demo/demo.pub.pem"]
+
+[[models]]
+name = "pump1-anomaly"
+bundle = "{ws}/examples/demo/pump-anomaly.bundle"
+
+[outbox]
+commit_interval = "100ms"
+
+[[outputs.mqtt]]
+name = "scada"
+broker = {{ url = "mqtt://127.0.0.1:{port}", reconnect = {{ initial = "100ms", max = "500ms" }} }}
+{output}
+"#,
+            d = d.display(),
+            ws = ws.display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn start_agent(d: &Path, cfg: &Path) -> Peer {
+    let p = Peer::start(
+        "agent",
+        workspace_bin("edge-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        d,
+        None,
+    );
+    p
+}
+
+fn json_body(m: &Value) -> Option<Value> {
+    m["text"]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+}
+
+fn on(msgs: &[Value], topic: &str) -> Vec<Value> {
+    msgs.iter()
+        .filter(|m| m["topic"] == topic)
+        .filter_map(json_body)
+        .collect()
+}
+
+#[test]
+fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = mosquitto(d);
+    let listener = MqttListener::start(d, broker.anon);
+    // The agent reaches the broker through a link that can be cut.
+    let link = TcpProxy::start(broker.anon);
+    let cfg = agent_config(
+        d,
+        link.port,
+        5.0,
+        "100ms",
+        "format = \"json\"\ntopic_prefix = \"edge\"",
+    );
+    let mut agent = start_agent(d, &cfg);
+
+    // Live data on the documented topics, with the documented fields.
+    let temp = "edge/gw1/samples/pump1.temperature";
+    let ok = listener.wait_for(SECS, |m| {
+        !on(m, temp).is_empty()
+            && !on(m, "edge/gw1/predictions/pump1-anomaly").is_empty()
+            && !on(m, "edge/gw1/features/pump1-anomaly").is_empty()
+            && on(m, "edge/gw1/status")
+                .iter()
+                .any(|s| s["state"] == "online")
+    });
+    assert!(ok, "no live data; agent log:\n{}", agent.log_tail());
+    let msgs = listener.messages();
+    let s = &on(&msgs, temp)[0];
+    assert!(s["value"].is_f64() && s["quality"] == "good" && s["ts"].is_i64() && s["seq"].is_u64());
+    assert!(
+        s.get("historical").is_none(),
+        "live values are not historical"
+    );
+    let p = &on(&msgs, "edge/gw1/predictions/pump1-anomaly")[0];
+    assert_eq!(p["model"], "pump1-anomaly");
+    assert_eq!(p["model_version"], "1.0.0");
+    assert!(p["score"].is_f64() && p["window_start"].as_i64() < p["ts"].as_i64());
+    let f = &on(&msgs, "edge/gw1/features/pump1-anomaly")[0];
+    assert!(f["features"]["pump1.vibration:rms"].is_f64());
+    let st = on(&msgs, "edge/gw1/status");
+    assert_eq!(st[0]["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(st[0]["models"]["pump1-anomaly"], 1);
+    assert!(st[0]["outbox"]["samples"]["dropped"].is_u64());
+
+    // The bearing wears: the alarm is raised, retained.
+    let raised = listener.wait_for(Duration::from_secs(60), |m| {
+        on(m, "edge/gw1/alarms/pump1-anomaly")
+            .iter()
+            .any(|a| a["state"] == "raised")
+    });
+    assert!(raised, "no alarm; agent log:\n{}", agent.log_tail());
+    let alarm_msg = listener
+        .messages()
+        .into_iter()
+        .find(|m| m["topic"] == "edge/gw1/alarms/pump1-anomaly")
+        .unwrap();
+    assert_eq!(alarm_msg["retain"], false, "delivered live to a subscriber");
+
+    // Network outage: the agent keeps measuring into the outbox; afterwards the backlog
+    // arrives marked historical, and nothing is missing.
+    link.cut();
+    std::thread::sleep(Duration::from_secs(3));
+    let before = listener.messages().len();
+    link.restore();
+    let ok = listener.wait_for(SECS, |m| {
+        m[before.min(m.len())..]
+            .iter()
+            .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
+            .any(|b| b["historical"] == true)
+    });
+    assert!(
+        ok,
+        "no historical backfill; agent log:\n{}",
+        agent.log_tail()
+    );
+    // Live values resume (not historical) after the backlog.
+    let ok = listener.wait_for(SECS, |m| {
+        m.iter()
+            .rev()
+            .take(200)
+            .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
+            .any(|b| b.get("historical").is_none())
+    });
+    assert!(ok, "live data did not resume");
+    // Every sample record of the stream arrived: the sequence numbers seen are contiguous.
+    std::thread::sleep(Duration::from_secs(1));
+    let seqs: BTreeSet<u64> = listener
+        .messages()
+        .iter()
+        .filter(|m| {
+            m["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("edge/gw1/samples/"))
+        })
+        .filter_map(|m| json_body(m)?["seq"].as_u64())
+        .collect();
+    let (lo, hi) = (*seqs.first().unwrap(), *seqs.last().unwrap());
+    assert_eq!(lo, 1);
+    let missing: Vec<u64> = (lo..=hi).filter(|s| !seqs.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "sample records lost across the outage: {missing:?}"
+    );
+
+    // A crash: the broker publishes the last will (retained offline status).
+    agent.kill();
+    let ok = listener.wait_for(SECS, |m| {
+        on(m, "edge/gw1/status")
+            .last()
+            .is_some_and(|s| s["state"] == "offline")
+    });
+    assert!(ok, "no last will after kill -9");
+}
+
+fn spb(msgs: &[Value]) -> Vec<(String, Value)> {
+    msgs.iter()
+        .filter(|m| {
+            m["topic"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("spBv1.0/plant/"))
+        })
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap().to_string(),
+                m["payload"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn metric<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
+    p["metrics"].as_array()?.iter().find(|m| m["name"] == name)
+}
+
+fn bdseq(p: &Value) -> Option<u64> {
+    metric(p, "bdSeq")?["long_value"].as_str()?.parse().ok()
+}
+
+fn seq(p: &Value) -> Option<u64> {
+    p["seq"].as_str()?.parse().ok()
+}
+
+fn state(port: u16, online: bool) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    mqtt_publish(
+        port,
+        "spBv1.0/STATE/scada",
+        &format!(r#"{{"online": {online}, "timestamp": {ts}}}"#),
+        &["-r"],
+    );
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = mosquitto(d);
+    let port = broker.anon;
+    state(port, true);
+    let listener = MqttListener::start(d, port);
+    let cfg = agent_config(
+        d,
+        port,
+        1.0,
+        "50ms",
+        "format = \"sparkplug\"\nsparkplug = { group_id = \"plant\", edge_node_id = \"gw1\", primary_host_id = \"scada\" }",
+    );
+    let mut agent = start_agent(d, &cfg);
+
+    // NBIRTH (bdSeq 0 on a fresh node, seq 0), DBIRTHs of the source and the model, then
+    // DDATA by alias: and past 256 messages, so seq wraps.
+    let ok = listener.wait_for(Duration::from_secs(60), |m| {
+        let s = spb(m);
+        s.iter()
+            .any(|(t, _)| t == "spBv1.0/plant/DDATA/gw1/pump1-anomaly")
+            && s.len() > 300
+    });
+    assert!(ok, "no Sparkplug data; agent log:\n{}", agent.log_tail());
+    let msgs = spb(&listener.messages());
+    let (t0, nbirth) = &msgs[0];
+    assert_eq!(t0, "spBv1.0/plant/NBIRTH/gw1");
+    assert_eq!((bdseq(nbirth), seq(nbirth)), (Some(0), Some(0)));
+    assert_eq!(
+        metric(nbirth, "Node Control/Rebirth").unwrap()["boolean_value"],
+        false
+    );
+    assert!(metric(nbirth, "Outbox/samples/Backlog").is_some());
+    // Every data metric's alias was declared by its device's DBIRTH; types as documented.
+    let mut aliases: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut data = 0;
+    for (t, p) in &msgs {
+        let dev = t.rsplit('/').next().unwrap().to_string();
+        if t.contains("/DBIRTH/") {
+            let a = aliases.entry(dev).or_default();
+            for m in p["metrics"].as_array().unwrap() {
+                a.insert(m["alias"].as_str().unwrap().to_string(), m.clone());
+            }
+        } else if t.contains("/DDATA/") {
+            for m in p["metrics"].as_array().unwrap() {
+                assert!(m.get("name").is_none(), "DDATA uses aliases only");
+                let alias = m["alias"].as_str().unwrap();
+                assert!(
+                    aliases.get(&dev).is_some_and(|a| a.contains_key(alias)),
+                    "alias {alias} of {dev} not born"
+                );
+                data += 1;
+            }
+        }
+    }
+    assert!(data > 100);
+    let plant = aliases
+        .values()
+        .flat_map(|a| a.values())
+        .collect::<Vec<_>>();
+    let by_name = |n: &str| plant.iter().find(|m| m["name"] == n).copied();
+    assert_eq!(
+        by_name("pump1.temperature").unwrap()["datatype_name"],
+        "Double"
+    );
+    assert_eq!(by_name("Score").unwrap()["datatype_name"], "Double");
+    assert_eq!(
+        by_name("Window Start").unwrap()["datatype_name"],
+        "DateTime"
+    );
+    assert_eq!(by_name("Model/Version").unwrap()["datatype_name"], "String");
+    assert_eq!(
+        by_name("Model/Version Number").unwrap()["datatype_name"],
+        "UInt64"
+    );
+    assert_eq!(
+        by_name("Features/pump1.vibration:rms").unwrap()["datatype_name"],
+        "Double"
+    );
+    assert_eq!(
+        by_name("pump1.temperature").unwrap()["properties"]["keys"][0],
+        "Quality"
+    );
+    // seq: +1 per message from NBIRTH on, wrapping 255 -> 0.
+    let seqs: Vec<u64> = msgs.iter().filter_map(|(_, p)| seq(p)).collect();
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], (w[0] + 1) % 256, "seq must increase by one and wrap");
+    }
+    assert!(seqs.contains(&255) && seqs[1..].contains(&0), "seq wrapped");
+
+    // Rebirth on command: NBIRTH with the same bdSeq, seq 0, and every device again.
+    let cmd = d.join("rebirth.bin");
+    let st = std::process::Command::new(python())
+        .arg(workspace().join("tests/peers/spb_peer.py"))
+        .args(["rebirth", cmd.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let n_before = spb(&listener.messages()).len();
+    mqtt_publish_file(port, "spBv1.0/plant/NCMD/gw1", &cmd);
+    let ok = listener.wait_for(SECS, |m| {
+        let s = spb(m);
+        let after = &s[n_before.min(s.len())..];
+        after.iter().any(|(t, _)| t == "spBv1.0/plant/NBIRTH/gw1")
+            && after
+                .iter()
+                .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/plant")
+            && after
+                .iter()
+                .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/pump1-anomaly")
+    });
+    assert!(ok, "no rebirth; agent log:\n{}", agent.log_tail());
+    let s = spb(&listener.messages());
+    let reborn = s[n_before..]
+        .iter()
+        .find(|(t, _)| t.ends_with("/NBIRTH/gw1"))
+        .unwrap();
+    assert_eq!((bdseq(&reborn.1), seq(&reborn.1)), (Some(0), Some(0)));
+
+    // The primary host goes offline: data stops and waits in the outbox.
+    state(port, false);
+    std::thread::sleep(Duration::from_millis(700));
+    let offline_from = now_ms();
+    let n_off = spb(&listener.messages()).len();
+    std::thread::sleep(Duration::from_secs(3));
+    let offline_to = now_ms();
+    let during = spb(&listener.messages()).len() - n_off;
+    assert_eq!(during, 0, "published while the primary host was offline");
+    // Back online: a fresh birth, then the backlog as historical with measurement times,
+    // then live data again.
+    state(port, true);
+    let ok = listener.wait_for(SECS, |m| {
+        let s = spb(m);
+        let after = &s[n_off.min(s.len())..];
+        after.iter().any(|(t, p)| {
+            t.contains("/DDATA/")
+                && p["metrics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|m| m["is_historical"] == true)
+        }) && after.iter().rev().take(20).any(|(t, p)| {
+            t.contains("/DDATA/gw1/plant")
+                && p["metrics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|m| m.get("is_historical").is_none())
+        })
+    });
+    assert!(
+        ok,
+        "no historical backfill after the host came back; agent log:\n{}",
+        agent.log_tail()
+    );
+    let s = spb(&listener.messages());
+    let after = &s[n_off..];
+    assert_eq!(
+        after[0].0, "spBv1.0/plant/NBIRTH/gw1",
+        "a birth comes first"
+    );
+    let historical_ts: Vec<u64> = after
+        .iter()
+        .filter(|(t, _)| t.contains("/DDATA/gw1/plant"))
+        .flat_map(|(_, p)| p["metrics"].as_array().unwrap().clone())
+        .filter(|m| m["is_historical"] == true)
+        .filter_map(|m| m["timestamp"].as_str()?.parse().ok())
+        .collect();
+    // The backlog holds what was measured while the host was away, stamped with its
+    // measurement time, in order.
+    let inside = historical_ts
+        .iter()
+        .filter(|t| (offline_from..=offline_to).contains(*t))
+        .count();
+    assert!(
+        inside > 50,
+        "{inside} historical values measured during the outage ({offline_from}..{offline_to})"
+    );
+    assert!(
+        historical_ts.windows(2).all(|w| w[0] <= w[1]),
+        "backlog out of order"
+    );
+
+    // Crash: the broker sends the NDEATH will with the bdSeq of the current session.
+    agent.kill();
+    let ok = listener.wait_for(SECS, |m| {
+        spb(m).iter().any(|(t, _)| t == "spBv1.0/plant/NDEATH/gw1")
+    });
+    assert!(ok, "no NDEATH after kill -9");
+    let death = spb(&listener.messages())
+        .into_iter()
+        .find(|(t, _)| t.ends_with("/NDEATH/gw1"))
+        .unwrap();
+    assert_eq!(bdseq(&death.1), Some(0));
+    // Restart: the next session's bdSeq is 1 (persisted across the crash).
+    let n = spb(&listener.messages()).len();
+    agent.restart();
+    let ok = listener.wait_for(SECS, |m| {
+        spb(m)[n.min(spb(m).len())..]
+            .iter()
+            .any(|(t, _)| t.ends_with("/NBIRTH/gw1"))
+    });
+    assert!(ok, "no NBIRTH after restart");
+    let s = spb(&listener.messages());
+    let nb = s[n..]
+        .iter()
+        .find(|(t, _)| t.ends_with("/NBIRTH/gw1"))
+        .unwrap();
+    assert_eq!(bdseq(&nb.1), Some(1));
+    // A clean stop sends NDEATH with that bdSeq.
+    let n = spb(&listener.messages()).len();
+    assert!(
+        agent.terminate(Duration::from_secs(6)),
+        "agent did not stop on SIGTERM"
+    );
+    let ok = listener.wait_for(SECS, |m| {
+        spb(m)[n.min(spb(m).len())..]
+            .iter()
+            .any(|(t, _)| t.ends_with("/NDEATH/gw1"))
+    });
+    assert!(ok, "no NDEATH on a clean stop");
+    let death = spb(&listener.messages())[n..]
+        .iter()
+        .find(|(t, _)| t.ends_with("/NDEATH/gw1"))
+        .cloned()
+        .unwrap();
+    assert_eq!(bdseq(&death.1), Some(1));
+}
