@@ -216,14 +216,21 @@ fn publish_setup(
         .collect();
     let (ob, report) = outbox::SledOutbox::open(&path, &cfg.outbox, &consumers)
         .map_err(|e| anyhow::anyhow!("outbox {}: {e}", path.display()))?;
-    if let outbox::OpenReport::MovedAside {
-        path: aside,
-        reason,
-    } = report
-    {
-        tracing::error!(outbox = %path.display(), moved_to = %aside.display(),
-            "the outbox could not be opened ({reason}); it was moved aside and a fresh one started — \
-             its undelivered records are NOT lost on disk but will not be sent; inspect or delete {}", aside.display());
+    match report {
+        outbox::OpenReport::Opened => {}
+        outbox::OpenReport::MovedAside {
+            path: aside,
+            reason,
+        } => {
+            tracing::error!(outbox = %path.display(), moved_to = %aside.display(),
+                "the outbox is corrupt ({reason}); it was moved aside and a fresh one started — \
+                 its undelivered records are still on disk there but will not be sent; inspect or delete {}", aside.display());
+        }
+        outbox::OpenReport::Unavailable { reason } => {
+            tracing::error!(outbox = %path.display(),
+                "the outbox cannot be opened ({reason}); running without it (records are dropped and counted) \
+                 and retrying — check free disk space and permissions");
+        }
     }
     let ob = Arc::new(ob);
     let commit_stop = CancellationToken::new();

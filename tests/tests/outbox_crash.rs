@@ -125,3 +125,198 @@ streams = ["samples"]
         seqs.len()
     );
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` where this machine does not allow mounting (not root, or no CAP_SYS_ADMIN).
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn agent_toml(data_dir: &std::path::Path, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[agent]
+id = "crash"
+data_dir = "{d}"
+
+[[sources.simulated]]
+name = "plant"
+sample_interval = "10ms"
+[[sources.simulated.assets]]
+name = "pump1"
+kind = "pump"
+
+[outbox]
+commit_interval = "50ms"
+
+[[outputs.mqtt]]
+name = "historian"
+broker = {{ url = "mqtt://127.0.0.1:{port}", reconnect = {{ initial = "50ms", max = "200ms" }} }}
+streams = ["samples"]
+{extra}
+"#,
+        d = data_dir.display()
+    )
+}
+
+fn last_status(l: &MqttListener) -> Option<serde_json::Value> {
+    l.messages()
+        .iter()
+        .rev()
+        .find(|m| m["topic"] == "edge/crash/status")
+        .and_then(|m| serde_json::from_str(m["text"].as_str()?).ok())
+}
+
+#[test]
+fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
+    let dir = tempdir();
+    let d = dir.path();
+    let Some(_disk) = SmallDisk::mount(&d.join("small"), "4m") else {
+        eprintln!("SKIPPED: this machine does not allow mounting a tmpfs (needs root)");
+        return;
+    };
+    let broker = mosquitto(d);
+    let listener = MqttListener::start(d, broker.anon);
+    // The outbox lives on the small disk; a file recording on the big one.
+    let rec = d.join("rec.csv");
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        agent_toml(
+            &d.join("small"),
+            broker.anon,
+            &format!(
+                "[[outputs.file]]\nname = \"rec\"\npath = \"{}\"\nformat = \"csv\"",
+                rec.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let mut agent = Peer::start(
+        "agent",
+        workspace_bin("edge-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        d,
+        None,
+    );
+    assert!(
+        listener.wait_for(Duration::from_secs(20), |_| !sample_seqs(&listener)
+            .is_empty())
+    );
+
+    // Fill the disk to the last byte.
+    let filler = d.join("small/filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("No space left on device") && log.contains("outbox"),
+        "the full disk is not reported clearly:\n{}",
+        agent.log_tail()
+    );
+    let rec_size = std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0) > rec_size,
+        "other outputs must keep working"
+    );
+    let before = sample_seqs(&listener).iter().copied().max().unwrap_or(0);
+
+    // Space comes back: the outbox reopens and publishing resumes, with no gap in what
+    // reached the subscriber.
+    std::fs::remove_file(&filler).unwrap();
+    let ok = listener.wait_for(Duration::from_secs(30), |_| {
+        sample_seqs(&listener).iter().copied().max().unwrap_or(0) > before + 100
+    });
+    assert!(
+        ok,
+        "publishing did not resume after space was freed:\n{}",
+        agent.log_tail()
+    );
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(log.contains("outbox reopened"), "{}", agent.log_tail());
+    assert!(agent.terminate(Duration::from_secs(6)));
+    std::thread::sleep(Duration::from_millis(500));
+    let set: BTreeSet<u64> = sample_seqs(&listener).into_iter().collect();
+    let max = *set.last().unwrap();
+    let missing: Vec<u64> = (1..=max).filter(|s| !set.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "gaps after the disk-full episode: {missing:?}"
+    );
+    // What could not be stored is counted and reported (status on shutdown).
+    let status = last_status(&listener).expect("a status message");
+    assert_eq!(status["state"], "offline");
+    assert!(
+        status["outbox"]["samples"]["dropped"].as_u64().unwrap_or(0) > 0,
+        "drops not reported: {status}"
+    );
+}
+
+#[test]
+fn a_corrupt_outbox_is_moved_aside_and_the_agent_keeps_publishing() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = mosquitto(d);
+    let listener = MqttListener::start(d, broker.anon);
+    let outbox = d.join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::fs::write(outbox.join("conf"), vec![0x5A; 62]).unwrap();
+    std::fs::write(outbox.join("db"), vec![0xA5; 1 << 20]).unwrap();
+    let cfg = d.join("agent.toml");
+    std::fs::write(&cfg, agent_toml(d, broker.anon, "")).unwrap();
+    let agent = Peer::start(
+        "agent",
+        workspace_bin("edge-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        d,
+        None,
+    );
+    let ok = listener.wait_for(Duration::from_secs(20), |_| {
+        sample_seqs(&listener).len() > 50
+    });
+    assert!(ok, "no data after a corrupt outbox:\n{}", agent.log_tail());
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("ERROR") && log.contains("moved aside"),
+        "{log}"
+    );
+    let aside: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.corrupt-")
+        })
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the corrupt database is kept for inspection"
+    );
+}

@@ -41,12 +41,19 @@ pub struct StreamStats {
 pub enum OutboxError {
     #[error("outbox storage error: {0}")]
     Storage(String),
+    #[error("outbox I/O error (disk full?): {0}")]
+    Io(String),
+    #[error("the outbox is unavailable (reopening after an I/O error)")]
+    Unavailable,
     #[error("unknown destination `{0}`")]
     UnknownDestination(String),
 }
 
 impl From<sled::Error> for OutboxError {
     fn from(e: sled::Error) -> Self {
-        OutboxError::Storage(e.to_string())
+        match e {
+            sled::Error::Io(io) => OutboxError::Io(io.to_string()),
+            other => OutboxError::Storage(other.to_string()),
+        }
     }
 }

@@ -5,12 +5,19 @@
 //!
 //! A record value is `append time (u64 ms, LE) ‖ payload`. Durability comes from group commits
 //! (`flush`), driven by the agent every `commit_interval`; only committed records are read out.
+//!
+//! Failure handling: a database that sled reports as corrupt (or panics on) is moved aside and
+//! a fresh one opened. An I/O error (disk full, read-only remount) is not corruption: the
+//! database is closed and reopened from what is on disk, retried until it works; meanwhile
+//! appends fail and the agent counts the records it could not store as dropped. Records
+//! numbered but not yet durable when the store failed are counted as dropped too; consumers
+//! never saw their numbers, so the sequence stays gap-free for them.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::config::{OutboxConfig, Stream, WhenFull};
@@ -76,28 +83,68 @@ struct StreamSlot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenReport {
     Opened,
-    /// The database could not be opened and was moved aside to this path; a fresh one was
-    /// created. Records in it were not delivered.
+    /// The database was corrupt and was moved aside to this path; a fresh one was created.
+    /// Records in it were not delivered (they are still on disk there).
     MovedAside {
         path: PathBuf,
         reason: String,
     },
+    /// The database cannot be opened right now (I/O error: disk full, permissions); the agent
+    /// runs without it, counts what it cannot store, and retries.
+    Unavailable {
+        reason: String,
+    },
+}
+
+/// The open database: one slot per stream.
+#[derive(Debug)]
+struct Store {
+    db: sled::Db,
+    streams: Vec<StreamSlot>,
+}
+
+impl Store {
+    fn slot(&self, s: Stream) -> &StreamSlot {
+        &self.streams[s.index()]
+    }
+}
+
+/// Why a database could not be opened.
+struct OpenFailure {
+    corrupt: bool,
+    reason: String,
+}
+
+impl From<sled::Error> for OpenFailure {
+    fn from(e: sled::Error) -> Self {
+        OpenFailure {
+            corrupt: !matches!(e, sled::Error::Io(_)),
+            reason: e.to_string(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct SledOutbox {
-    db: sled::Db,
-    streams: Vec<StreamSlot>,
+    path: PathBuf,
+    /// `None` while the database is unavailable (being reopened after an I/O error).
+    store: RwLock<Option<Store>>,
+    /// Destinations and the streams each takes.
+    consumers: Vec<(String, Vec<Stream>)>,
     cfg: OutboxConfig,
     uncommitted: AtomicUsize,
+    /// The store hit an I/O error and must be reopened.
+    broken: std::sync::atomic::AtomicBool,
+    /// Records lost while the store was unavailable, per stream, not yet persisted.
+    lost: [AtomicU64; 6],
     commit_wake: tokio::sync::Notify,
     durable_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl SledOutbox {
-    /// Opens (or creates) the outbox at `path` for these destinations. A database that cannot
-    /// be opened is moved aside and replaced by an empty one (reported, loudly logged by the
-    /// caller): the agent keeps running and keeps buffering.
+    /// Opens (or creates) the outbox at `path` for these destinations. A corrupt database is
+    /// moved aside and replaced by an empty one; an unavailable one (I/O error) is retried by
+    /// the committer. Either way the agent keeps running; the caller logs the report loudly.
     /// `consumers`: each destination with the streams it takes. A stream nobody takes is not
     /// written at all.
     pub fn open(
@@ -105,9 +152,16 @@ impl SledOutbox {
         cfg: &OutboxConfig,
         consumers: &[(String, Vec<Stream>)],
     ) -> Result<(SledOutbox, OpenReport), OutboxError> {
-        match Self::try_open(path, cfg, consumers) {
-            Ok(o) => Ok((o, OpenReport::Opened)),
-            Err(reason) => {
+        let (store, report) = match Self::try_open(path, cfg, consumers) {
+            Ok(s) => (Some(s), OpenReport::Opened),
+            Err(OpenFailure {
+                corrupt: false,
+                reason,
+            }) => (None, OpenReport::Unavailable { reason }),
+            Err(OpenFailure {
+                corrupt: true,
+                reason,
+            }) => {
                 let stamp = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -115,27 +169,45 @@ impl SledOutbox {
                 let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
                 std::fs::rename(path, &aside).map_err(|e| {
                     OutboxError::Storage(format!(
-                        "outbox {} is unusable ({reason}) and cannot be moved aside: {e}",
+                        "outbox {} is corrupt ({reason}) and cannot be moved aside: {e}",
                         path.display()
                     ))
                 })?;
-                let o = Self::try_open(path, cfg, consumers).map_err(OutboxError::Storage)?;
-                Ok((
-                    o,
-                    OpenReport::MovedAside {
-                        path: aside,
-                        reason,
-                    },
-                ))
+                match Self::try_open(path, cfg, consumers) {
+                    Ok(s) => (
+                        Some(s),
+                        OpenReport::MovedAside {
+                            path: aside,
+                            reason,
+                        },
+                    ),
+                    Err(f) => return Err(OutboxError::Storage(f.reason)),
+                }
             }
-        }
+        };
+        let (durable_tx, _) = tokio::sync::watch::channel(0);
+        let broken = store.is_none();
+        Ok((
+            SledOutbox {
+                path: path.to_path_buf(),
+                store: RwLock::new(store),
+                consumers: consumers.to_vec(),
+                cfg: cfg.clone(),
+                uncommitted: AtomicUsize::new(0),
+                broken: std::sync::atomic::AtomicBool::new(broken),
+                lost: Default::default(),
+                commit_wake: tokio::sync::Notify::new(),
+                durable_tx,
+            },
+            report,
+        ))
     }
 
     fn try_open(
         path: &Path,
         cfg: &OutboxConfig,
         consumers: &[(String, Vec<Stream>)],
-    ) -> Result<SledOutbox, String> {
+    ) -> Result<Store, OpenFailure> {
         let open = || {
             sled::Config::new()
                 .path(path)
@@ -144,15 +216,18 @@ impl SledOutbox {
                 .flush_every_ms(None)
                 .open()
         };
+        let panicked = |what: &str| OpenFailure {
+            corrupt: true,
+            reason: format!("the database is corrupt (sled panicked while {what} it)"),
+        };
         // sled may panic on some corruptions instead of returning an error.
         let db = match std::panic::catch_unwind(open) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("the database is corrupt (sled panicked while opening it)".into()),
+            Ok(r) => r?,
+            Err(_) => return Err(panicked("opening")),
         };
         let mut streams = Vec::new();
         for s in Stream::ALL {
-            let tree = db.open_tree(s.name()).map_err(|e| e.to_string())?;
+            let tree = db.open_tree(s.name())?;
             let dests: Vec<String> = consumers
                 .iter()
                 .filter(|c| c.1.contains(&s))
@@ -161,23 +236,15 @@ impl SledOutbox {
             let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Self::scan(&tree, &dests)
             }))
-            .map_err(|_| "the database is corrupt (sled panicked while reading it)".to_string())?;
-            let state = scan.map_err(|e| e.to_string())?;
+            .map_err(|_| panicked("reading"))?;
+            let state = scan?;
             streams.push(StreamSlot {
                 durable: AtomicU64::new(state.head),
                 tree,
                 state: Mutex::new(state),
             });
         }
-        let (durable_tx, _) = tokio::sync::watch::channel(0);
-        Ok(SledOutbox {
-            db,
-            streams,
-            cfg: cfg.clone(),
-            uncommitted: AtomicUsize::new(0),
-            commit_wake: tokio::sync::Notify::new(),
-            durable_tx,
-        })
+        Ok(Store { db, streams })
     }
 
     fn scan(tree: &sled::Tree, dests: &[String]) -> sled::Result<StreamState> {
@@ -211,8 +278,53 @@ impl SledOutbox {
         Ok(st)
     }
 
-    fn slot(&self, s: Stream) -> &StreamSlot {
-        &self.streams[s.index()]
+    /// Runs `f` on the open store; `Unavailable` while it is being reopened.
+    fn with<R>(&self, f: impl FnOnce(&Store) -> Result<R, OutboxError>) -> Result<R, OutboxError> {
+        let g = self.store.read().unwrap_or_else(|p| p.into_inner());
+        let r = match g.as_ref() {
+            Some(s) => f(s),
+            None => Err(OutboxError::Unavailable),
+        };
+        if let Err(OutboxError::Io(_)) = &r {
+            self.broken.store(true, Ordering::Release);
+        }
+        r
+    }
+
+    /// Closes the database and opens it again from what is on disk (after an I/O error).
+    /// Records that were numbered but did not make it to disk are counted as dropped.
+    pub fn reopen(&self) -> Result<(), OutboxError> {
+        let mut g = self.store.write().unwrap_or_else(|p| p.into_inner());
+        let old_heads: Option<Vec<u64>> = g
+            .as_ref()
+            .map(|s| s.streams.iter().map(|x| Self::lock(x).head).collect());
+        if let Some(old) = g.take() {
+            // Dropping releases sled's file lock; it may try (and fail) to flush.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
+        }
+        let store = Self::try_open(&self.path, &self.cfg, &self.consumers)
+            .map_err(|f| OutboxError::Storage(f.reason))?;
+        for (i, slot) in store.streams.iter().enumerate() {
+            let mut st = Self::lock(slot);
+            let vanished = old_heads
+                .as_ref()
+                .map_or(0, |h| h[i].saturating_sub(st.head));
+            let lost = self.lost[i].swap(0, Ordering::AcqRel) + vanished;
+            if lost > 0 {
+                st.dropped += lost;
+                if let Err(e) = slot.tree.insert(META_DROPS, &st.dropped.to_le_bytes()) {
+                    tracing::warn!(
+                        stream = Stream::ALL[i].name(),
+                        "cannot record {lost} dropped records: {e}"
+                    );
+                }
+            }
+        }
+        *g = Some(store);
+        self.broken.store(false, Ordering::Release);
+        drop(g);
+        self.durable_tx.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
     }
 
     fn lock(slot: &StreamSlot) -> std::sync::MutexGuard<'_, StreamState> {
@@ -222,7 +334,16 @@ impl SledOutbox {
     /// Appends records; returns their sequence numbers. Enforces the stream's size limit
     /// (counting drops). Records become readable after the next commit.
     pub fn append(&self, stream: Stream, payloads: &[Vec<u8>]) -> Result<Range<u64>, OutboxError> {
-        let slot = self.slot(stream);
+        self.with(|store| self.append_in(store, stream, payloads))
+    }
+
+    fn append_in(
+        &self,
+        store: &Store,
+        stream: Stream,
+        payloads: &[Vec<u8>],
+    ) -> Result<Range<u64>, OutboxError> {
+        let slot = store.slot(stream);
         let limits = self.cfg.limits(stream);
         let mut st = Self::lock(slot);
         let incoming: u64 = payloads.iter().map(|p| p.len() as u64 + OVERHEAD).sum();
@@ -304,13 +425,13 @@ impl SledOutbox {
 
     /// Whether any destination takes this stream (if not, nothing is written to it).
     pub fn consumed(&self, stream: Stream) -> bool {
-        !Self::lock(self.slot(stream)).cursors.is_empty()
+        self.consumers.iter().any(|c| c.1.contains(&stream))
     }
 
     /// Counts records lost by a failed write (disk full, I/O error): they never got a
     /// sequence number, so consumers see no gap, but the loss is reported.
     pub fn count_lost(&self, stream: Stream, n: u64) {
-        Self::lock(self.slot(stream)).dropped += n;
+        self.lost[stream.index()].fetch_add(n, Ordering::AcqRel);
     }
 
     /// Up to `max` committed records after `dest`'s cursor, in order: (seq, append time ms, payload).
@@ -320,7 +441,16 @@ impl SledOutbox {
         dest: &str,
         max: usize,
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
-        let slot = self.slot(stream);
+        self.with(|store| Self::read_in(store, stream, dest, max))
+    }
+
+    fn read_in(
+        store: &Store,
+        stream: Stream,
+        dest: &str,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
+        let slot = store.slot(stream);
         let from = {
             let st = Self::lock(slot);
             let c = *st
@@ -351,40 +481,50 @@ impl SledOutbox {
 
     /// Records that `dest` has everything up to `seq` of `stream`.
     pub fn confirm(&self, stream: Stream, dest: &str, seq: u64) -> Result<(), OutboxError> {
-        let slot = self.slot(stream);
-        let mut st = Self::lock(slot);
-        let c = st
-            .cursors
-            .get_mut(dest)
-            .ok_or_else(|| OutboxError::UnknownDestination(dest.into()))?;
-        if seq > *c {
-            *c = seq;
-            slot.tree.insert(cursor_key(dest), &seq.to_le_bytes())?;
-        }
-        Ok(())
+        self.with(|store| {
+            let slot = store.slot(stream);
+            let mut st = Self::lock(slot);
+            let c = st
+                .cursors
+                .get_mut(dest)
+                .ok_or_else(|| OutboxError::UnknownDestination(dest.into()))?;
+            if seq > *c {
+                *c = seq;
+                slot.tree.insert(cursor_key(dest), &seq.to_le_bytes())?;
+            }
+            Ok(())
+        })
     }
 
     /// The last durable sequence number of a stream.
     pub fn durable(&self, stream: Stream) -> u64 {
-        self.slot(stream).durable.load(Ordering::Acquire)
+        self.with(|s| Ok(s.slot(stream).durable.load(Ordering::Acquire)))
+            .unwrap_or(0)
     }
 
     /// Makes everything written so far durable; then deletes records every destination
     /// confirmed and records past their max age. Blocking (fsync): call off the async runtime.
     pub fn commit(&self) -> Result<(), OutboxError> {
-        let heads: Vec<u64> = self.streams.iter().map(|s| Self::lock(s).head).collect();
-        self.uncommitted.store(0, Ordering::Relaxed);
-        self.db.flush()?;
-        for (slot, head) in self.streams.iter().zip(heads) {
-            slot.durable.fetch_max(head, Ordering::AcqRel);
-        }
-        self.durable_tx.send_modify(|v| *v = v.wrapping_add(1));
-        self.collect_garbage()
+        self.with(|store| {
+            let heads: Vec<u64> = store.streams.iter().map(|s| Self::lock(s).head).collect();
+            self.uncommitted.store(0, Ordering::Relaxed);
+            store.db.flush()?;
+            for (slot, head) in store.streams.iter().zip(heads) {
+                slot.durable.fetch_max(head, Ordering::AcqRel);
+            }
+            self.durable_tx.send_modify(|v| *v = v.wrapping_add(1));
+            self.collect_garbage(store)
+        })
     }
 
-    fn collect_garbage(&self) -> Result<(), OutboxError> {
+    /// Whether the store failed and waits to be reopened.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    fn collect_garbage(&self, store: &Store) -> Result<(), OutboxError> {
         let now = now_ms();
-        for (s, slot) in Stream::ALL.iter().zip(&self.streams) {
+        for (s, slot) in Stream::ALL.iter().zip(&store.streams) {
             let max_age_ms = self.cfg.limits(*s).max_age.as_millis() as u64;
             let mut st = Self::lock(slot);
             let confirmed = st.cursors.values().copied().min().unwrap_or(st.head);
@@ -443,7 +583,15 @@ impl SledOutbox {
                 _ = self.commit_wake.notified() => false,
             };
             let me = self.clone();
-            match tokio::task::spawn_blocking(move || me.commit()).await {
+            let res = tokio::task::spawn_blocking(move || {
+                if me.is_broken() {
+                    me.reopen()?;
+                    tracing::info!(outbox = %me.path.display(), "outbox reopened");
+                }
+                me.commit()
+            })
+            .await;
+            match res {
                 Ok(Ok(())) => {
                     if latch.ok().is_some() {
                         tracing::info!("outbox commits work again");
@@ -451,7 +599,9 @@ impl SledOutbox {
                 }
                 Ok(Err(e)) => {
                     if latch.fail(&e.to_string()) {
-                        tracing::error!("outbox commit failed: {e}; retrying every {interval:?}");
+                        tracing::error!(outbox = %self.path.display(),
+                            "outbox commit failed: {e}; records that cannot be stored are dropped and counted; \
+                             reopening and retrying every {interval:?}");
                     }
                 }
                 Err(e) => tracing::error!("outbox commit task failed: {e}"),
@@ -468,18 +618,29 @@ impl SledOutbox {
     }
 
     pub fn stats(&self) -> Vec<StreamStats> {
+        let g = self.store.read().unwrap_or_else(|p| p.into_inner());
         Stream::ALL
             .iter()
-            .zip(&self.streams)
-            .map(|(s, slot)| {
-                let st = Self::lock(slot);
-                StreamStats {
-                    stream: s.name(),
-                    head: st.head,
-                    durable: slot.durable.load(Ordering::Acquire),
-                    records: st.records,
-                    bytes: st.bytes,
-                    dropped: st.dropped,
+            .map(|s| {
+                let lost = self.lost[s.index()].load(Ordering::Acquire);
+                match g.as_ref() {
+                    Some(store) => {
+                        let slot = store.slot(*s);
+                        let st = Self::lock(slot);
+                        StreamStats {
+                            stream: s.name(),
+                            head: st.head,
+                            durable: slot.durable.load(Ordering::Acquire),
+                            records: st.records,
+                            bytes: st.bytes,
+                            dropped: st.dropped + lost,
+                        }
+                    }
+                    None => StreamStats {
+                        stream: s.name(),
+                        dropped: lost,
+                        ..Default::default()
+                    },
                 }
             })
             .collect()
@@ -487,7 +648,8 @@ impl SledOutbox {
 
     /// Bytes the database occupies on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.with(|s| Ok(s.db.size_on_disk().unwrap_or(0)))
+            .unwrap_or(0)
     }
 
     pub fn commit_interval(&self) -> Duration {
@@ -629,6 +791,42 @@ mod tests {
         let s = &o.stats()[5];
         assert_eq!((s.records, s.dropped), (0, 3));
         assert!(o.read(Stream::Events, "mqtt", 10).unwrap().is_empty());
+        std::fs::remove_dir_all(&p).unwrap();
+    }
+
+    #[test]
+    fn reopen_after_an_io_failure_keeps_durable_records_and_counts_the_rest() {
+        let p = tmp("reopen-io");
+        let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &one()).unwrap();
+        o.append(Stream::Samples, &payloads(3, 1)).unwrap();
+        o.commit().unwrap();
+        o.append(Stream::Samples, &payloads(2, 2)).unwrap(); // numbered, not yet durable
+        o.count_lost(Stream::Samples, 4); // e.g. appends that failed while the disk was full
+        assert_eq!(o.stats()[0].dropped, 4, "losses are reported at once");
+        o.reopen().unwrap();
+        let s = &o.stats()[0];
+        // The two undurable records either made it to disk or are counted as dropped.
+        assert!(s.head >= 3);
+        assert_eq!(s.head + (s.dropped - 4), 5);
+        o.commit().unwrap();
+        let got: Vec<u64> = o
+            .read(Stream::Samples, "mqtt", 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(
+            got,
+            (1..=s.head).collect::<Vec<_>>(),
+            "durable records survive, in order"
+        );
+        assert_eq!(
+            o.append(Stream::Samples, &payloads(1, 3)).unwrap(),
+            s.head + 1..s.head + 2
+        );
+        drop(o);
+        let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &one()).unwrap();
+        assert!(o.stats()[0].dropped >= 4, "the drop count was persisted");
         std::fs::remove_dir_all(&p).unwrap();
     }
 
