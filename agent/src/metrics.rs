@@ -234,6 +234,99 @@ impl Collector for Snapshot {
             ConstGauge::new(queue_depth(q))
                 .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
         }
+        let model_counters: [CounterDef<ModelStats>; 11] = [
+            ("edge_model_windows", "Windows completed", |s| {
+                load(&s.windows)
+            }),
+            (
+                "edge_model_windows_skipped_missing",
+                "Windows skipped: too many missing or bad samples",
+                |s| load(&s.skipped_missing),
+            ),
+            (
+                "edge_model_windows_skipped_nonfinite",
+                "Windows skipped: non-finite features",
+                |s| load(&s.skipped_nonfinite),
+            ),
+            (
+                "edge_model_windows_dropped_busy",
+                "Windows dropped: inference busy",
+                |s| load(&s.dropped_busy),
+            ),
+            (
+                "edge_model_late_samples",
+                "Samples too late for their window",
+                |s| load(&s.late_samples),
+            ),
+            ("edge_model_predictions", "Predictions made", |s| {
+                load(&s.predictions)
+            }),
+            ("edge_model_inference_errors", "Inference errors", |s| {
+                load(&s.inference_errors)
+            }),
+            (
+                "edge_model_out_of_range",
+                "Predictions outside the manifest's declared range",
+                |s| load(&s.out_of_range),
+            ),
+            (
+                "edge_model_inference_microseconds",
+                "Total inference time",
+                |s| load(&s.inference_us),
+            ),
+            ("edge_model_reloads", "Bundle reloads", |s| load(&s.reloads)),
+            (
+                "edge_model_reload_failures",
+                "Bundle reloads refused or failed",
+                |s| load(&s.reload_failures),
+            ),
+        ];
+        for (name, help, get) in model_counters {
+            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (model, s) in &m.models {
+                ConstCounter::new(get(s))
+                    .encode(me.encode_family(&[("model", model.as_str())])?)?;
+            }
+        }
+        if let Some(ob) = &m.outbox {
+            let stats = ob.stats();
+            let gauges: [(&str, &str, fn(&crate::outbox::StreamStats) -> u64); 3] = [
+                (
+                    "edge_outbox_records",
+                    "Records stored, waiting for a destination",
+                    |s| s.records,
+                ),
+                ("edge_outbox_bytes", "Bytes stored per stream", |s| s.bytes),
+                (
+                    "edge_outbox_head_sequence",
+                    "Last sequence number assigned",
+                    |s| s.head,
+                ),
+            ];
+            for (name, help, get) in gauges {
+                let mut me = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for s in &stats {
+                    ConstGauge::new(get(s) as i64)
+                        .encode(me.encode_family(&[("stream", s.stream)])?)?;
+                }
+            }
+            let mut me = enc.encode_descriptor(
+                "edge_outbox_dropped",
+                "Records dropped by the size/age limit or a failed write",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &stats {
+                ConstCounter::new(s.dropped).encode(me.encode_family(&[("stream", s.stream)])?)?;
+            }
+            let g = ConstGauge::new(ob.size_on_disk() as i64);
+            g.encode(enc.encode_descriptor(
+                "edge_outbox_disk_bytes",
+                "Size of the outbox database on disk",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
         let mut me =
             enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
         ConstGauge::new(1).encode(me.encode_family(&[("version", crate::VERSION)])?)?;

@@ -646,3 +646,18 @@ impl TcpProxy {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A plain HTTP/1.1 GET on loopback (the agent's metrics endpoint); the whole response.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}

@@ -58,6 +58,9 @@ bundle = "{ws}/examples/demo/pump-anomaly.bundle"
 [outbox]
 commit_interval = "100ms"
 
+[metrics]
+listen = "127.0.0.1:{metrics}"
+
 [[outputs.mqtt]]
 name = "scada"
 broker = {{ url = "mqtt://127.0.0.1:{port}", reconnect = {{ initial = "100ms", max = "500ms" }} }}
@@ -65,6 +68,7 @@ broker = {{ url = "mqtt://127.0.0.1:{port}", reconnect = {{ initial = "100ms", m
 "#,
             d = d.display(),
             ws = ws.display(),
+            metrics = free_port(),
         ),
     )
     .unwrap();
@@ -140,6 +144,26 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
     assert_eq!(st[0]["agent_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(st[0]["models"]["pump1-anomaly"], 1);
     assert!(st[0]["outbox"]["samples"]["dropped"].is_u64());
+
+    // The outbox and the model report through the metrics endpoint.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let mport: u16 = text
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let metrics = http_get(mport, "/metrics");
+    for want in [
+        "edge_outbox_dropped_total{stream=\"samples\"} 0",
+        "edge_outbox_records{stream=\"samples\"}",
+        "edge_model_predictions_total{model=\"pump1-anomaly\"}",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "{want} missing from /metrics:\n{metrics}"
+        );
+    }
 
     // The bearing wears: the alarm is raised, retained.
     let raised = listener.wait_for(Duration::from_secs(60), |m| {
@@ -488,4 +512,61 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
         .cloned()
         .unwrap();
     assert_eq!(bdseq(&death.1), Some(1));
+}
+
+#[test]
+fn outputs_publish_over_mutual_tls_and_with_a_password() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = mosquitto(d);
+    // The subscriber sits on the anonymous listener of the same broker.
+    let listener = MqttListener::start(d, broker.anon);
+    let c = broker.certs.display();
+    let cfg = agent_config(
+        d,
+        broker.mtls,
+        5.0,
+        "100ms",
+        &format!(
+            r#"format = "json"
+topic_prefix = "edge"
+streams = ["samples"]
+[outputs.mqtt.broker]
+url = "mqtts://127.0.0.1:{mtls}"
+ca_file = "{c}/ca.crt"
+cert_file = "{c}/client.crt"
+key_file = "{c}/client.key"
+
+[[outputs.mqtt]]
+name = "plain-auth"
+topic_prefix = "edge/auth"  # the subscriber listens on edge/#
+streams = ["samples"]
+[outputs.mqtt.broker]
+url = "mqtt://127.0.0.1:{up}"
+username = "edge"
+password = "edge-pass"
+"#,
+            mtls = broker.mtls,
+            up = broker.userpass
+        ),
+    );
+    // The first output's inline broker table is replaced by the [outputs.mqtt.broker] above.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!(
+            "broker = {{ url = \"mqtt://127.0.0.1:{}\", reconnect = {{ initial = \"100ms\", max = \"500ms\" }} }}\n",
+            broker.mtls
+        ),
+        "",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let agent = start_agent(d, &cfg);
+    let ok = listener.wait_for(SECS, |m| {
+        !on(m, "edge/gw1/samples/pump1.temperature").is_empty()
+            && !on(m, "edge/auth/gw1/samples/pump1.temperature").is_empty()
+    });
+    assert!(
+        ok,
+        "no data over mTLS / password; agent log:\n{}",
+        agent.log_tail()
+    );
 }
