@@ -290,7 +290,7 @@ impl Collector for Snapshot {
         }
         if let Some(ob) = &m.outbox {
             let stats = ob.stats();
-            let gauges: [(&str, &str, fn(&crate::outbox::StreamStats) -> u64); 3] = [
+            let gauges: [CounterDef<crate::outbox::StreamStats>; 3] = [
                 (
                     "edge_outbox_records",
                     "Records stored, waiting for a destination",
