@@ -234,23 +234,13 @@ impl Collector for Snapshot {
             ConstGauge::new(queue_depth(q))
                 .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
         }
-        let model_counters: [CounterDef<ModelStats>; 11] = [
+        let model_counters: [CounterDef<ModelStats>; 9] = [
             ("edge_model_windows", "Windows completed", |s| {
                 load(&s.windows)
             }),
             (
-                "edge_model_windows_skipped_missing",
-                "Windows skipped: too many missing or bad samples",
-                |s| load(&s.skipped_missing),
-            ),
-            (
-                "edge_model_windows_skipped_nonfinite",
-                "Windows skipped: non-finite features",
-                |s| load(&s.skipped_nonfinite),
-            ),
-            (
-                "edge_model_windows_dropped_busy",
-                "Windows dropped: inference busy",
+                "edge_model_windows_skipped_busy",
+                "Windows dropped because inference was busy",
                 |s| load(&s.dropped_busy),
             ),
             (
@@ -287,6 +277,31 @@ impl Collector for Snapshot {
                 ConstCounter::new(get(s))
                     .encode(me.encode_family(&[("model", model.as_str())])?)?;
             }
+        }
+        let mut me = enc.encode_descriptor(
+            "edge_model_windows_skipped",
+            "Windows skipped: too many missing/bad samples, or non-finite features",
+            None,
+            MetricType::Counter,
+        )?;
+        for (model, s) in &m.models {
+            for (reason, v) in [
+                ("missing", load(&s.skipped_missing)),
+                ("nonfinite", load(&s.skipped_nonfinite)),
+            ] {
+                ConstCounter::new(v)
+                    .encode(me.encode_family(&[("model", model.as_str()), ("reason", reason)])?)?;
+            }
+        }
+        let mut me = enc.encode_descriptor(
+            "edge_model_bundle_version",
+            "Version number of the bundle being served",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (model, s) in &m.models {
+            ConstGauge::new(load(&s.version_number) as i64)
+                .encode(me.encode_family(&[("model", model.as_str())])?)?;
         }
         if let Some(ob) = &m.outbox {
             let stats = ob.stats();
