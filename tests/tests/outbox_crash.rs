@@ -273,7 +273,13 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     assert_eq!(status["state"], "offline");
     assert!(
         status["outbox"]["samples"]["dropped"].as_u64().unwrap_or(0) > 0,
-        "drops not reported: {status}"
+        "drops not reported: {status}; all status messages: {:?}\nagent log:\n{}",
+        listener
+            .messages()
+            .iter()
+            .filter(|m| m["topic"] == "edge/crash/status")
+            .collect::<Vec<_>>(),
+        agent.log_tail()
     );
 }
 

@@ -79,6 +79,10 @@ pub struct Forwarder {
     /// Publishes that the broker must acknowledge within this time, or the connection is
     /// treated as broken.
     pub ack_timeout: Duration,
+    /// QoS 1 publishes of this connection not yet acknowledged.
+    pub pending_acks: usize,
+    /// Publishes of this connection not yet written to the socket.
+    pub pending_sent: usize,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -96,23 +100,21 @@ enum Step {
 }
 
 impl Forwarder {
-    /// Publishes `msgs` and waits for every acknowledgement (QoS 1) or socket write (QoS 0).
+    /// Publishes `msgs` and waits until everything in flight on this connection is through:
+    /// acknowledged (QoS 1) or written to the socket (QoS 0). Counting what is in flight, not
+    /// just this batch, keeps late events of an interrupted batch from being mistaken for
+    /// this batch's.
     async fn send(
         &mut self,
         msgs: Vec<Msg>,
         stop: &CancellationToken,
         stash: &mut Vec<rumqttc::Publish>,
     ) -> Step {
-        if msgs.is_empty() {
-            return Step::Done;
-        }
-        let (mut need_acks, mut need_sent) = (0usize, 0usize);
         for m in msgs {
-            if m.qos == QoS::AtMostOnce {
-                need_sent += 1;
-            } else {
-                need_acks += 1;
+            if m.qos != QoS::AtMostOnce {
+                self.pending_acks += 1;
             }
+            self.pending_sent += 1;
             if self
                 .link
                 .client
@@ -124,8 +126,7 @@ impl Forwarder {
             }
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let (mut acks, mut sent) = (0usize, 0usize);
-        while acks < need_acks || sent < need_acks + need_sent {
+        while self.pending_acks > 0 || self.pending_sent > 0 {
             let ev = tokio::select! {
                 _ = stop.cancelled() => return Step::Stop,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -136,14 +137,27 @@ impl Forwarder {
                 ev = self.link.events.recv() => ev,
             };
             match ev {
-                Some(LinkEvent::Acked) => acks += 1,
-                Some(LinkEvent::Sent) => sent += 1,
+                Some(LinkEvent::Acked | LinkEvent::Sent) => self.account(ev.as_ref()),
                 Some(LinkEvent::Incoming(p)) => stash.push(p),
                 Some(LinkEvent::Down(_)) | None => return Step::Down,
-                Some(LinkEvent::Up) => return Step::Down, // reconnected under us: start over
+                Some(LinkEvent::Up) => {
+                    // Reconnected under us (clean session): nothing is in flight any more.
+                    self.pending_acks = 0;
+                    self.pending_sent = 0;
+                    return Step::Down;
+                }
             }
         }
         Step::Done
+    }
+
+    /// Books an acknowledgement or a socket write against what is in flight.
+    fn account(&mut self, ev: Option<&LinkEvent>) {
+        match ev {
+            Some(LinkEvent::Acked) => self.pending_acks = self.pending_acks.saturating_sub(1),
+            Some(LinkEvent::Sent) => self.pending_sent = self.pending_sent.saturating_sub(1),
+            _ => {}
+        }
     }
 
     /// Sends what the outbox holds, until it is empty, the gate closes, or the link drops.
@@ -240,6 +254,9 @@ impl Forwarder {
                 }
                 ev = self.link.events.recv() => match ev {
                     Some(LinkEvent::Up) => {
+                        // A clean session: nothing of the last connection is in flight.
+                        self.pending_acks = 0;
+                        self.pending_sent = 0;
                         // Everything stored until now is the backlog of this connection.
                         boundary = self.boundary();
                         let msgs = self.format.on_connect();
@@ -247,21 +264,35 @@ impl Forwarder {
                     }
                     Some(LinkEvent::Down(_)) => connected = false,
                     Some(LinkEvent::Incoming(p)) => stash.push(p),
-                    Some(LinkEvent::Acked | LinkEvent::Sent) => {}
+                    Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(Some(&e)),
                     None => break,
                 }
             }
         }
+        let mut goodbye = "not connected";
         if connected {
             let msgs = self.format.on_shutdown();
             let quick = CancellationToken::new();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), self.send(msgs, &quick, &mut stash))
-                    .await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.link.client.disconnect())
+            goodbye = match tokio::time::timeout(
+                Duration::from_secs(1),
+                self.send(msgs, &quick, &mut stash),
+            )
+            .await
+            {
+                Ok(Step::Done) => "sent",
+                Ok(_) => "failed",
+                Err(_) => "timed out",
+            };
+            // DISCONNECT must reach the broker before the link stops, or the broker publishes
+            // the last will (an unclean death) after the goodbye.
+            if self.link.client.try_disconnect().is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while self.link.events.recv().await.is_some() {}
+                })
                 .await;
+            }
         }
         self.link_stop.cancel();
-        tracing::info!(output = %self.name, "mqtt output stopped");
+        tracing::info!(output = %self.name, goodbye, "mqtt output stopped");
     }
 }

@@ -90,6 +90,9 @@ impl Link {
                     }
                     Ok(Event::Incoming(Packet::PubAck(_))) => LinkEvent::Acked,
                     Ok(Event::Outgoing(Outgoing::Publish(_))) => LinkEvent::Sent,
+                    // A clean goodbye went out: stop here, so the broker does not publish the
+                    // last will (the events channel closes, which the publisher waits for).
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Incoming(p),
                     Ok(_) => continue,
                     Err(e) => {
