@@ -17,6 +17,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod publish;
 pub mod recording;
+pub mod service;
 pub mod sources;
 
 use std::sync::Arc;
@@ -81,8 +82,18 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             Some(d)
         }
     };
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    pipeline.on_started(started_tx);
+    let status = format!(
+        "running: {} source(s), {} model(s), {} MQTT output(s)",
+        cfg.source_count(),
+        cfg.models.len(),
+        cfg.outputs.mqtt.len()
+    );
+    let service = tokio::spawn(service::supervise(started_rx, status, shutdown.clone()));
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
+    let _ = service.await;
     #[cfg(feature = "mqtt")]
     if let Some(d) = delivery {
         d.finish().await;

@@ -35,6 +35,9 @@ pub struct PipelineStats {
     pub samples: AtomicU64,
     /// Samples read but dropped because the shutdown deadline passed.
     pub dropped_at_shutdown: AtomicU64,
+    /// Beats on every record the hub routes and on an idle tick; stops when the hub is stuck
+    /// (what the systemd watchdog watches).
+    pub heartbeat: AtomicU64,
 }
 
 /// What a finished run reports.
@@ -68,6 +71,8 @@ pub struct Pipeline {
     sources: Vec<(Arc<str>, Box<dyn Source>)>,
     stages: Vec<(Arc<str>, Box<dyn Stage>)>,
     outputs: Vec<(Arc<str>, Box<dyn Output>)>,
+    /// Told once every task runs (the service's readiness).
+    started: Option<tokio::sync::oneshot::Sender<Arc<PipelineStats>>>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -92,7 +97,13 @@ impl Pipeline {
             sources: Vec::new(),
             stages: Vec::new(),
             outputs: Vec::new(),
+            started: None,
         }
+    }
+
+    /// `tx` receives the pipeline's counters once sources, stages, outputs and the hub run.
+    pub fn on_started(&mut self, tx: tokio::sync::oneshot::Sender<Arc<PipelineStats>>) {
+        self.started = Some(tx);
     }
 
     pub fn add_source(&mut self, name: &str, s: Box<dyn Source>) {
@@ -192,6 +203,9 @@ impl Pipeline {
             stats.clone(),
             abort.clone(),
         ));
+        if let Some(tx) = self.started {
+            let _ = tx.send(stats.clone());
+        }
 
         shutdown.cancelled().await;
         tracing::info!("shutting down: stopping sources, delivering what was read");
@@ -275,8 +289,12 @@ async fn hub(
 ) {
     let mut samples_open = true;
     let mut derived_open = true;
+    let mut idle = tokio::time::interval(Duration::from_millis(250));
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while samples_open || derived_open {
+        stats.heartbeat.fetch_add(1, Ordering::Relaxed);
         let rec = tokio::select! {
+            _ = idle.tick() => continue,
             b = rx.recv(), if samples_open => match b {
                 Some(b) => {
                     stats.batches.fetch_add(1, Ordering::Relaxed);
