@@ -2,7 +2,8 @@
 # Installs the independent peers the interop tests run against, into $EDGE_PEERS_DIR
 # (default: tests/.peers). Idempotent; needs root for apt on a fresh Debian 12.
 #   apt:  mosquitto (MQTT broker), socat (serial pty pairs for Modbus RTU), openssl (test certs),
-#         systemd (systemd-analyze verify/security on the unit files)
+#         systemd (systemd-analyze verify/security on the unit files), adduser + binutils
+#         (the Debian package install test)
 #   pip:  asyncua (OPC-UA server), pymodbus (Modbus TCP/RTU server), paho-mqtt, protobuf +
 #         pysparkplug's generated Sparkplug B schema (the independent Sparkplug decoder/encoder,
 #         tests/peers/spb_decode.py), and the ML reference stack: numpy, onnx, onnxruntime,
@@ -16,7 +17,7 @@ T0=$(date +%s)
 step() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
 
 need_apt=()
-for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd; do
+for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
