@@ -39,7 +39,15 @@ fn record_featurize_train_pack_run() {
         !early.is_empty() && early.iter().all(|p| p["alarm"] == false),
         "false alarms while healthy"
     );
-    assert!(early.iter().all(|p| p["label"] == "normal"));
+    // Per-window labels: the forest is trained with contamination = 0.01, so about 1 % of
+    // healthy windows are labelled anomalous by construction; the alarm's hysteresis is what
+    // keeps them from reaching the operator (checked above). Allow up to 5 %.
+    let flagged = early.iter().filter(|p| p["label"] != "normal").count();
+    assert!(
+        flagged * 20 <= early.len(),
+        "{flagged} of {} healthy windows labelled anomalous",
+        early.len()
+    );
     // Worn late in the run: most windows alarm.
     let late: Vec<_> = preds.iter().filter(|p| at(p) > 240.0).collect();
     let alarms = late.iter().filter(|p| p["alarm"] == true).count();
