@@ -235,6 +235,15 @@ pub fn mosquitto(dir: &Path) -> Broker {
 
 /// Publishes one message with mosquitto_pub (an independent client).
 pub fn mqtt_publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
+    mosquitto_pub(port, topic, &["-m", payload], extra);
+}
+
+/// Publishes a file's bytes with mosquitto_pub (binary payloads such as Sparkplug NCMD).
+pub fn mqtt_publish_file(port: u16, topic: &str, file: &Path) {
+    mosquitto_pub(port, topic, &["-f", file.to_str().unwrap_or_default()], &[]);
+}
+
+fn mosquitto_pub(port: u16, topic: &str, payload: &[&str], extra: &[&str]) {
     let st = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -245,9 +254,8 @@ pub fn mqtt_publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
             "1",
             "-t",
             topic,
-            "-m",
-            payload,
         ])
+        .args(payload)
         .args(extra)
         .status()
         .expect("mosquitto_pub");
@@ -552,26 +560,6 @@ impl MqttListener {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-/// Publishes a file's bytes with mosquitto_pub (binary payloads such as Sparkplug NCMD).
-pub fn mqtt_publish_file(port: u16, topic: &str, file: &Path) {
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
-        .arg(file)
-        .status()
-        .expect("mosquitto_pub");
-    assert!(st.success(), "mosquitto_pub -f to {topic} failed");
 }
 
 /// A TCP proxy in front of a peer whose link can be cut and restored: a pulled network cable

@@ -68,15 +68,21 @@ fn now_ms() -> u64 {
 struct StreamState {
     /// Last assigned sequence number (0 = none yet).
     head: u64,
-    /// Lowest stored sequence number (head + 1 when empty).
+    /// Lowest stored sequence number (head + 1 when empty). Records are contiguous, so
+    /// `first..=head` are exactly the stored ones.
     first: u64,
-    records: u64,
     bytes: u64,
     dropped: u64,
     /// Confirmed sequence number per destination.
     cursors: HashMap<String, u64>,
     /// (head, bytes, dropped) as last written to the metadata keys.
     persisted: (u64, u64, u64),
+}
+
+impl StreamState {
+    fn records(&self) -> u64 {
+        (self.head + 1).saturating_sub(self.first)
+    }
 }
 
 #[derive(Debug)]
@@ -286,8 +292,7 @@ impl SledOutbox {
                 st.first = seq;
             }
         }
-        st.records = (st.head + 1).saturating_sub(st.first);
-        if st.records == 0 {
+        if st.records() == 0 {
             st.bytes = 0;
         }
         st.persisted = (st.head, st.bytes, st.dropped);
@@ -338,15 +343,8 @@ impl SledOutbox {
                 .as_ref()
                 .map_or(0, |h| h[i].saturating_sub(st.head));
             let lost = self.lost[i].swap(0, Ordering::AcqRel) + vanished;
-            if lost > 0 {
-                st.dropped += lost;
-                if let Err(e) = slot.tree.insert(META_DROPS, &st.dropped.to_le_bytes()) {
-                    tracing::warn!(
-                        stream = Stream::ALL[i].name(),
-                        "cannot record {lost} dropped records: {e}"
-                    );
-                }
-            }
+            // Persisted with the next commit, like every drop count.
+            st.dropped += lost;
         }
         *g = Some(store);
         self.broken.store(false, Ordering::Release);
@@ -411,7 +409,6 @@ impl SledOutbox {
                     for (k, c) in doomed {
                         slot.tree.remove(k)?;
                         st.bytes -= c;
-                        st.records -= 1;
                         st.first += 1;
                         dropped_now += 1;
                     }
@@ -428,11 +425,7 @@ impl SledOutbox {
             // Numbered as soon as it is in the tree: a failure after this point must not
             // reuse the number.
             st.head = start + i as u64;
-            st.records += 1;
             st.bytes += p.len() as u64 + OVERHEAD;
-            if st.records == 1 {
-                st.first = st.head;
-            }
         }
         let end = start + payloads.len() as u64;
         st.dropped += dropped_now;
@@ -588,7 +581,6 @@ impl SledOutbox {
                 }
                 batch.remove(k);
                 st.bytes = st.bytes.saturating_sub(v.len() as u64 + 9);
-                st.records -= 1;
                 st.first = seq + 1;
                 removed += 1;
             }
@@ -670,7 +662,7 @@ impl SledOutbox {
                             stream: s.name(),
                             head: st.head,
                             durable: slot.durable.load(Ordering::Acquire),
-                            records: st.records,
+                            records: st.records(),
                             bytes: st.bytes,
                             dropped: st.dropped + lost,
                         }

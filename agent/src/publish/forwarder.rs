@@ -137,7 +137,7 @@ impl Forwarder {
                 ev = self.link.events.recv() => ev,
             };
             match ev {
-                Some(LinkEvent::Acked | LinkEvent::Sent) => self.account(ev.as_ref()),
+                Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(&e),
                 Some(LinkEvent::Incoming(p)) => stash.push(p),
                 Some(LinkEvent::Down(_)) | None => return Step::Down,
                 Some(LinkEvent::Up) => {
@@ -152,10 +152,10 @@ impl Forwarder {
     }
 
     /// Books an acknowledgement or a socket write against what is in flight.
-    fn account(&mut self, ev: Option<&LinkEvent>) {
+    fn account(&mut self, ev: &LinkEvent) {
         match ev {
-            Some(LinkEvent::Acked) => self.pending_acks = self.pending_acks.saturating_sub(1),
-            Some(LinkEvent::Sent) => self.pending_sent = self.pending_sent.saturating_sub(1),
+            LinkEvent::Acked => self.pending_acks = self.pending_acks.saturating_sub(1),
+            LinkEvent::Sent => self.pending_sent = self.pending_sent.saturating_sub(1),
             _ => {}
         }
     }
@@ -264,7 +264,7 @@ impl Forwarder {
                     }
                     Some(LinkEvent::Down(_)) => connected = false,
                     Some(LinkEvent::Incoming(p)) => stash.push(p),
-                    Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(Some(&e)),
+                    Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(&e),
                     None => break,
                 }
             }

@@ -416,23 +416,14 @@ impl SparkplugFormat {
         )];
         self.node_born = true;
         let names: Vec<String> = self.devices.keys().cloned().collect();
-        for d in names {
-            out.push(self.dbirth(&d));
-        }
+        out.extend(names.iter().filter_map(|d| self.dbirth(d)));
         out
     }
 
-    fn dbirth(&mut self, device: &str) -> Msg {
+    /// The DBIRTH of a known device (`None` for an unknown one: nothing to announce).
+    fn dbirth(&mut self, device: &str) -> Option<Msg> {
         let now = now_ms();
-        let Some(dev) = self.devices.get_mut(device) else {
-            // Only called with known devices.
-            return Msg {
-                topic: String::new(),
-                payload: Vec::new(),
-                qos: self.qos,
-                retain: false,
-            };
-        };
+        let dev = self.devices.get_mut(device)?;
         dev.born = true;
         let metrics = dev
             .metrics
@@ -457,7 +448,7 @@ impl SparkplugFormat {
             })
             .collect();
         let seq = self.take_seq();
-        self.msg(
+        Some(self.msg(
             topics::spb_device(&self.group, "DBIRTH", &self.node, device),
             Payload {
                 timestamp: Some(now),
@@ -465,7 +456,7 @@ impl SparkplugFormat {
                 seq: Some(seq),
                 ..Default::default()
             },
-        )
+        ))
     }
 
     /// Registers the points' metrics (new ones, type changes); returns whether the device
@@ -532,8 +523,7 @@ impl SparkplugFormat {
             }
         }
         if rebirth {
-            let m = self.dbirth(&device);
-            out.push(m);
+            out.extend(self.dbirth(&device));
         }
         let Some(dev) = self.devices.get(&device) else {
             return;
