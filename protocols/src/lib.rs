@@ -13,6 +13,8 @@
 pub mod backoff;
 pub mod bundle;
 pub mod config_check;
+#[cfg(feature = "sync")]
+pub mod delta;
 pub mod error_latch;
 pub mod modbus;
 pub mod mqtt;
@@ -21,6 +23,8 @@ pub mod sample;
 pub mod secret;
 pub mod source;
 pub mod sparkplug;
+#[cfg(feature = "sync")]
+pub mod sync;
 #[cfg(feature = "mqtt")]
 pub mod tls;
 

@@ -1,0 +1,291 @@
+//! The agent ↔ fleet-server sync wire: every message, its version, and its encoding.
+//!
+//! Bodies are `zstd(CBOR(Envelope))` with content type [`CONTENT_TYPE`]; the envelope carries
+//! the protocol version so either side can refuse a version it does not speak with a clear
+//! error instead of misreading it. Uploads are idempotent by (device, stream, sequence) and
+//! the server acks the highest contiguous sequence it stored ([`UploadAck`]).
+//!
+//! Endpoints (HTTPS; every one except enrollment requires the device's client certificate):
+//!
+//! | method, path | request | response |
+//! |---|---|---|
+//! | `POST /v1/enroll` | [`EnrollRequest`] | [`EnrollReply`] |
+//! | `POST /v1/checkin` | [`CheckIn`] | [`CheckInReply`] |
+//! | `POST /v1/upload` | [`UploadBatch`] | [`UploadAck`] |
+//! | `POST /v1/report` | [`UpdateReport`] | [`Empty`] |
+//! | `GET /v1/artifacts/{sha256}` | — | bundle or delta bytes (HTTP ranges) |
+//!
+//! Errors are plain-text bodies with a 4xx/5xx status.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Version of the messages in this module.
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const CONTENT_TYPE: &str = "application/vnd.edge-sync+cbor";
+/// Bodies are zstd-compressed; sent as `Content-Encoding: zstd`.
+pub const CONTENT_ENCODING: &str = "zstd";
+/// Largest message body accepted, compressed and decompressed.
+pub const MAX_BODY: usize = 16 << 20;
+
+pub mod path {
+    pub const ENROLL: &str = "/v1/enroll";
+    pub const CHECKIN: &str = "/v1/checkin";
+    pub const UPLOAD: &str = "/v1/upload";
+    pub const REPORT: &str = "/v1/report";
+    /// Followed by `/{sha256}`.
+    pub const ARTIFACTS: &str = "/v1/artifacts";
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u16,
+    msg: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("body is not zstd: {0}")]
+    Compression(String),
+    #[error("body exceeds {MAX_BODY} bytes")]
+    TooLarge,
+    #[error(
+        "sync message version {0} is not supported (this side speaks version {PROTOCOL_VERSION})"
+    )]
+    Version(u16),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a message: CBOR in a versioned envelope, zstd-compressed.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut cbor = Vec::new();
+    // Serializing our own plain structs into a Vec cannot fail.
+    if let Err(e) = ciborium::into_writer(
+        &Envelope {
+            v: PROTOCOL_VERSION,
+            msg,
+        },
+        &mut cbor,
+    ) {
+        tracing::error!("CBOR encoding failed: {e}");
+    }
+    zstd::bulk::compress(&cbor, 3).unwrap_or_default()
+}
+
+/// Decodes a message; checks size, compression, version and shape.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    if body.len() > MAX_BODY {
+        return Err(WireError::TooLarge);
+    }
+    let mut cbor = Vec::new();
+    zstd::stream::read::Decoder::new(body)
+        .and_then(|d| {
+            use std::io::Read;
+            d.take(MAX_BODY as u64 + 1).read_to_end(&mut cbor)
+        })
+        .map_err(|e| WireError::Compression(e.to_string()))?;
+    if cbor.len() > MAX_BODY {
+        return Err(WireError::TooLarge);
+    }
+    #[derive(Deserialize)]
+    struct Version {
+        v: u16,
+    }
+    let v: Version =
+        ciborium::from_reader(cbor.as_slice()).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if v.v != PROTOCOL_VERSION {
+        return Err(WireError::Version(v.v));
+    }
+    let env: Envelope<T> =
+        ciborium::from_reader(cbor.as_slice()).map_err(|e| WireError::Malformed(e.to_string()))?;
+    Ok(env.msg)
+}
+
+/// First contact: a one-time token and a CSR made on the device (its key never leaves it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub csr_pem: String,
+    /// The agent's `agent.id`; the registry's device name.
+    pub name: String,
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollReply {
+    pub device_id: String,
+    /// The device certificate, signed by the fleet CA.
+    pub cert_pem: String,
+    /// The fleet CA: the agent trusts the server through it from now on.
+    pub ca_pem: String,
+}
+
+/// One running model as the device sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStatus {
+    /// `[[models]] name`.
+    pub model: String,
+    pub bundle: String,
+    pub version: String,
+    pub version_number: u64,
+    pub sha256: String,
+}
+
+/// One outbox stream as the device sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    pub stream: String,
+    /// Records waiting for the fleet server.
+    pub backlog: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckIn {
+    pub agent_version: String,
+    pub models: Vec<ModelStatus>,
+    pub streams: Vec<StreamStatus>,
+    pub last_error: Option<String>,
+    pub uptime_s: u64,
+}
+
+/// A bundle the server wants the device to run, with how to get it from what it runs now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredBundle {
+    pub bundle: String,
+    pub version: String,
+    pub version_number: u64,
+    /// SHA-256 of the bundle file: the result must hash to this.
+    pub sha256: String,
+    pub size: u64,
+    pub rollout: Option<String>,
+    /// What to download: a delta from the device's current bundle, or the full bundle.
+    pub artifact: Artifact,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// SHA-256 of the artifact bytes (its address under [`path::ARTIFACTS`]).
+    pub sha256: String,
+    pub size: u64,
+    /// `full` or a [`crate::delta::Method`] name.
+    pub method: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckInReply {
+    pub device_id: String,
+    pub desired: Vec<DesiredBundle>,
+    /// Seconds until the next check-in.
+    pub next_checkin_s: u64,
+}
+
+/// One outbox record as stored on the device (the outbox's own CBOR payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    pub seq: u64,
+    /// Milliseconds since the epoch when the device stored it.
+    pub ts_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadBatch {
+    pub stream: String,
+    /// The device no longer holds records below this (dropped by its limits): the server
+    /// may move its contiguous mark past them and counts them as lost on the device.
+    pub first_available: u64,
+    pub records: Vec<UploadRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadAck {
+    pub stream: String,
+    /// Every record up to here is stored; the device may forget them.
+    pub acked_through: u64,
+    /// Records in the batch that were already stored (replays).
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateOutcome {
+    /// Installed and healthy.
+    Applied,
+    /// Installed, then failed to load or its health check; the previous bundle runs again.
+    RolledBack,
+    /// Never installed (download, delta or verification failed).
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateReport {
+    pub model: String,
+    pub bundle: String,
+    pub from_version_number: u64,
+    pub to_version_number: u64,
+    pub rollout: Option<String>,
+    pub outcome: UpdateOutcome,
+    pub method: String,
+    pub downloaded_bytes: u64,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_compact_bytes() {
+        let b = UploadBatch {
+            stream: "samples".into(),
+            first_available: 1,
+            records: vec![UploadRecord {
+                seq: 1,
+                ts_ms: 2,
+                body: vec![7; 1000],
+            }],
+        };
+        let enc = encode(&b);
+        assert!(enc.len() < 100, "{} bytes", enc.len());
+        assert_eq!(decode::<UploadBatch>(&enc).unwrap(), b);
+    }
+
+    #[test]
+    fn refuses_other_versions_and_garbage() {
+        let mut cbor = Vec::new();
+        ciborium::into_writer(
+            &Envelope {
+                v: 9,
+                msg: Empty {},
+            },
+            &mut cbor,
+        )
+        .unwrap();
+        let body = zstd::bulk::compress(&cbor, 1).unwrap();
+        let e = decode::<Empty>(&body).unwrap_err();
+        assert!(e.to_string().contains("version 9"), "{e}");
+        assert!(matches!(
+            decode::<Empty>(b"plain text"),
+            Err(WireError::Compression(_))
+        ));
+        let wrong = encode(&Empty {});
+        assert!(matches!(
+            decode::<UploadAck>(&wrong),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused() {
+        let huge = vec![0u8; MAX_BODY + 10];
+        let body = zstd::bulk::compress(&huge, 1).unwrap();
+        assert!(body.len() < MAX_BODY);
+        assert!(matches!(decode::<Empty>(&body), Err(WireError::TooLarge)));
+    }
+}
