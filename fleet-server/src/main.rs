@@ -1,12 +1,15 @@
-//! `fleet-server`: device registry, model registry and rollouts, deltas, ingest, console.
-//!
-//! Not built yet (issue #5): this binary only fixes the command-line contract so scripts and
-//! packaging can refer to it. `serve` refuses to start rather than pretend to work.
+//! `fleet-server`: the thin CLI over the fleet-server library. `serve` runs the HTTPS API;
+//! every other command works on the same data directory directly (SQLite in WAL mode is safe
+//! to share with a running server) and records who did what in the audit log.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleet_server::{ca, registry, rollout, store};
+use tokio_util::sync::CancellationToken;
 
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
@@ -15,33 +18,343 @@ const LONG_VERSION: &str = concat!(
     ")"
 );
 
-/// Fleet server for edge-agent gateways.
+/// Fleet server for edge-agent gateways: enrollment, model registry and rollouts, deltas,
+/// ingest of buffered device data.
 #[derive(Parser, Debug)]
 #[command(name = "fleet-server", version = LONG_VERSION, about)]
 struct Cli {
+    /// Data directory: database, CA, artifacts.
+    #[arg(long, global = true, env = "FLEET_DATA_DIR", default_value = "/var/lib/fleet-server")]
+    data_dir: PathBuf,
+    /// Operator name recorded in the audit log (default: $USER).
+    #[arg(long, global = true, env = "FLEET_OPERATOR")]
+    by: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the server (embedded storage in --data-dir).
+    /// Run the HTTPS API (mutual TLS for devices).
     Serve {
-        #[arg(long, default_value = "/var/lib/fleet-server")]
-        data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: String,
+        /// DNS name or IP address devices use to reach this server (repeatable); goes into
+        /// the server certificate.
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+        /// Seconds between device check-ins.
+        #[arg(long, default_value_t = 10)]
+        checkin_s: u64,
+    },
+    /// The fleet CA certificate devices must trust (`[sync] server_ca` in the agent config).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Device registry.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Model registry and rollouts.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Print the CA certificate (PEM).
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Create a one-time enrollment token (printed once; only its hash is stored).
+    Enroll {
+        /// `key=value` label for the device (repeatable): groups for rollouts.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// How long the token stays valid, e.g. `24h`.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// List devices.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One device: status, streams.
+    Show { id: String },
+    /// Revoke a device: its certificate is refused from the next request on.
+    Revoke { id: String },
+    /// Replace a device's labels.
+    Label { id: String, labels: Vec<String> },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Trust an ed25519 public key (PEM) for bundle signatures.
+    Trust { key: PathBuf },
+    /// Verify and store a signed bundle.
+    Push { bundle: PathBuf },
+    /// List stored bundles.
+    List,
+    /// Compute the deltas between two stored versions and print each method's size.
+    Delta {
+        bundle: String,
+        from: i64,
+        to: i64,
+    },
+    /// Rollouts.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// Start rolling a bundle version out to the devices carrying all `--select` labels.
+    Start {
+        bundle: String,
+        version_number: i64,
+        #[arg(long = "select")]
+        selector: Vec<String>,
+        /// Canary phase: this percentage of the targeted devices first.
+        #[arg(long)]
+        canary_percent: Option<i64>,
+        /// Canary phase: devices carrying this label first.
+        #[arg(long)]
+        canary_label: Option<String>,
+        /// Halt automatically once this many devices report a failed update.
+        #[arg(long, default_value_t = 1)]
+        max_failures: i64,
+    },
+    List,
+    /// Canary phase → everyone targeted.
+    Promote { id: String },
+    /// Stop handing out this rollout; devices keep what they run.
+    Halt { id: String },
+    /// Undo a halt.
+    Resume { id: String },
+    /// Devices go back to the previous rollout's version.
+    Rollback { id: String },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn actor(by: &Option<String>) -> String {
+    by.clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "operator".into())
+}
+
+fn fmt_ms(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn check_labels(labels: &[String]) -> anyhow::Result<()> {
+    for l in labels {
+        anyhow::ensure!(
+            !l.is_empty() && !l.contains(',') && l.len() <= 64,
+            "label `{l}` must be 1-64 characters without commas (e.g. site=plant1)"
+        );
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let who = actor(&cli.by);
+    let dir = cli.data_dir.clone();
+    match cli.command {
+        Command::Serve {
+            listen,
+            names,
+            checkin_s,
+        } => {
+            let stop = CancellationToken::new();
+            let s2 = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                s2.cancel();
+            });
+            let opts = fleet_server::ServeOptions {
+                data_dir: dir.clone(),
+                listen,
+                names,
+                checkin_s: checkin_s.max(1),
+            };
+            fleet_server::serve(opts, stop, |addr| {
+                tracing::info!(data_dir = %dir.display(), "fleet-server {LONG_VERSION} listening on https://{addr} (devices trust {})",
+                    dir.join("ca/ca.pem").display());
+            })
+            .await?;
+            tracing::info!("stopped");
+        }
+        Command::Ca { command: CaCommand::Export } => {
+            let ca = ca::FleetCa::open(&dir)?;
+            print!("{}", ca.ca_pem);
+        }
+        Command::Device { command } => {
+            let st = store::FleetStore::open_dir(&dir).await?;
+            match command {
+                DeviceCommand::Enroll { labels, ttl } => {
+                    check_labels(&labels)?;
+                    let mut raw = [0u8; 24];
+                    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+                    let token = format!("et-{}", edge_protocols::bundle::file::hex(&raw));
+                    let expires = store::now_ms() + ttl.as_millis() as i64;
+                    st.add_token(&ca::sha256_hex(token.as_bytes()), &labels, &who, expires)
+                        .await?;
+                    st.audit(&who, "device.token", &format!("labels [{}]", labels.join(",")),
+                        &format!("expires {}", fmt_ms(Some(expires)))).await?;
+                    println!("{token}");
+                    eprintln!("one-time enrollment token, valid until {} UTC; put it in the agent's [sync] enroll_token", fmt_ms(Some(expires)));
+                }
+                DeviceCommand::List { json } => {
+                    let ds = st.devices().await?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&ds)?);
+                    } else {
+                        println!("{:<20} {:<20} {:<20} {:<10} labels", "id", "name", "last seen (UTC)", "state");
+                        for d in ds {
+                            println!("{:<20} {:<20} {:<20} {:<10} {}", d.id, d.name, fmt_ms(d.last_seen),
+                                if d.revoked_at.is_some() { "revoked" } else { "active" }, d.labels.join(","));
+                        }
+                    }
+                }
+                DeviceCommand::Show { id } => {
+                    let d = st.device(&id).await?.with_context(|| format!("no device `{id}`"))?;
+                    let marks = st.stream_marks(&id).await?;
+                    let status: serde_json::Value = d.status.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+                        "device": d, "status": status, "streams": marks,
+                    }))?);
+                }
+                DeviceCommand::Revoke { id } => {
+                    anyhow::ensure!(st.revoke(&id).await?, "no active device `{id}`");
+                    st.audit(&who, "device.revoke", &id, "").await?;
+                    println!("revoked {id}");
+                }
+                DeviceCommand::Label { id, labels } => {
+                    check_labels(&labels)?;
+                    anyhow::ensure!(st.set_labels(&id, &labels).await?, "no device `{id}`");
+                    st.audit(&who, "device.label", &id, &labels.join(",")).await?;
+                }
+            }
+        }
+        Command::Model { command } => {
+            let st = store::FleetStore::open_dir(&dir).await?;
+            let reg = registry::Registry::new(st.clone(), &dir)?;
+            match command {
+                ModelCommand::Trust { key } => {
+                    let k = edge_protocols::bundle::file::read_public_key(&key)?;
+                    let pem = std::fs::read_to_string(&key)?;
+                    let id = edge_protocols::bundle::file::key_id(&k);
+                    st.trust_key(&id, &pem, &who).await?;
+                    st.audit(&who, "model.trust", &id, &key.display().to_string()).await?;
+                    println!("trusted key {id}");
+                }
+                ModelCommand::Push { bundle } => {
+                    let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+                    let row = reg.push(bytes, &who).await?;
+                    println!("{} {} (#{}) sha256 {} {} bytes", row.name, row.version, row.version_number, row.sha256, row.size);
+                }
+                ModelCommand::List => {
+                    println!("{:<24} {:>8} {:<12} {:>10} {:<16} sha256", "bundle", "number", "version", "bytes", "pushed by");
+                    for b in st.bundles().await? {
+                        println!("{:<24} {:>8} {:<12} {:>10} {:<16} {}", b.name, b.version_number, b.version, b.size, b.pushed_by, b.sha256);
+                    }
+                }
+                ModelCommand::Delta { bundle, from, to } => {
+                    let a = st.bundle(&bundle, from).await?.with_context(|| format!("no {bundle}#{from}"))?;
+                    let b = st.bundle(&bundle, to).await?.with_context(|| format!("no {bundle}#{to}"))?;
+                    let d = match st.delta(&a.sha256, &b.sha256).await? {
+                        Some(d) => d,
+                        None => reg.compute_delta(&a.sha256, &b.sha256).await?,
+                    };
+                    println!("{}", serde_json::json!({"chosen": d.method, "bytes": d.size,
+                        "all": serde_json::from_str::<serde_json::Value>(&d.sizes)?}));
+                }
+                ModelCommand::Rollout { command } => match command {
+                    RolloutCommand::Start { bundle, version_number, selector, canary_percent, canary_label, max_failures } => {
+                        let r = rollout::start(&st, rollout::StartRollout {
+                            bundle, version_number, selector, canary_percent, canary_label, max_failures,
+                        }, &who).await?;
+                        println!("{}", r.id);
+                        eprintln!("rollout {} of {}#{} started in phase {}", r.id, r.bundle, r.version_number, r.phase);
+                    }
+                    RolloutCommand::List => {
+                        for r in st.rollouts().await? {
+                            let outcomes = st.rollout_outcomes(&r.id).await?;
+                            let ok = outcomes.iter().filter(|o| o.1 == "applied").count();
+                            println!("{} {}#{} [{}] phase={} state={} applied={} failed={} by {} at {}", r.id, r.bundle, r.version_number,
+                                r.selector.join(","), r.phase, r.state, ok, outcomes.len() - ok, r.created_by, fmt_ms(Some(r.created_at)));
+                        }
+                    }
+                    RolloutCommand::Promote { id } => { rollout::act(&st, &id, "promote", &who).await?; }
+                    RolloutCommand::Halt { id } => { rollout::act(&st, &id, "halt", &who).await?; }
+                    RolloutCommand::Resume { id } => { rollout::act(&st, &id, "resume", &who).await?; }
+                    RolloutCommand::Rollback { id } => { rollout::act(&st, &id, "rollback", &who).await?; }
+                },
+            }
+        }
+        Command::Audit { limit } => {
+            let st = store::FleetStore::open_dir(&dir).await?;
+            for a in st.audit_log(limit).await? {
+                println!("{} {:<16} {:<22} {:<24} {}", fmt_ms(Some(a.at)), a.actor, a.action, a.subject, a.detail);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
-        Command::Serve { data_dir, listen } => {
-            eprintln!(
-                "error: fleet-server is not implemented yet (would serve {listen} from {}); \
-                 see issue #5",
-                data_dir.display()
-            );
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -250,17 +250,18 @@ impl Bundle {
 /// Reads an ed25519 public key: PEM (`-----BEGIN PUBLIC KEY-----`, as written by
 /// `openssl pkey -pubout` or `edge-agent bundle keygen`).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, BundleError> {
-    use ed25519_dalek::pkcs8::DecodePublicKey;
     let text = std::fs::read_to_string(path).map_err(|source| BundleError::Io {
         path: path.display().to_string(),
         source,
     })?;
-    VerifyingKey::from_public_key_pem(&text).map_err(|e| {
-        BundleError::Key(format!(
-            "{}: not an ed25519 public key PEM: {e}",
-            path.display()
-        ))
-    })
+    parse_public_key(&text).map_err(|e| BundleError::Key(format!("{}: {e}", path.display())))
+}
+
+/// Parses an ed25519 public key PEM.
+pub fn parse_public_key(pem: &str) -> Result<VerifyingKey, BundleError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    VerifyingKey::from_public_key_pem(pem)
+        .map_err(|e| BundleError::Key(format!("not an ed25519 public key PEM: {e}")))
 }
 
 /// Reads an ed25519 private key: PKCS#8 PEM (`openssl genpkey -algorithm ed25519`).

@@ -1,0 +1,374 @@
+//! The device-facing HTTPS API (see `edge_protocols::sync` for the messages and paths).
+//!
+//! Every handler except enrollment starts with the [`AuthDevice`] extractor: the client
+//! certificate presented on the TLS connection, looked up by SHA-256, must belong to an
+//! enrolled, non-revoked device. Handlers only ever read or write that device's rows, so
+//! device A can never reach device B's data, models or status.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use edge_protocols::sync::{self, path, DesiredBundle};
+use serde::Serialize;
+
+use crate::ca::{sha256_hex, FleetCa};
+use crate::registry::Registry;
+use crate::rollout;
+use crate::store::{Device, FleetStore};
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: FleetStore,
+    pub registry: Registry,
+    pub ca: Arc<FleetCa>,
+    /// Seconds between device check-ins.
+    pub checkin_s: u64,
+}
+
+/// The client certificate of the TLS connection (SHA-256 of its DER), set by the acceptor.
+#[derive(Debug, Clone)]
+pub struct PeerCert(pub Option<String>);
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(msg: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!(status = %self.0, "{}", self.1);
+        } else {
+            tracing::debug!(status = %self.0, "{}", self.1);
+        }
+        (self.0, self.1).into_response()
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+/// An authenticated device.
+pub struct AuthDevice(pub Device);
+
+impl FromRequestParts<AppState> for AuthDevice {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(PeerCert(Some(cert))) = parts.extensions.get::<PeerCert>().cloned() else {
+            return Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a device client certificate is required (enroll first)".into(),
+            ));
+        };
+        match state.store.device_by_cert(&cert).await? {
+            Some(d) if d.revoked_at.is_none() => Ok(AuthDevice(d)),
+            Some(d) => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("device {} is revoked", d.id),
+            )),
+            None => Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "certificate does not belong to an enrolled device".into(),
+            )),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != sync::CONTENT_TYPE {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type must be {} (got `{ct}`)", sync::CONTENT_TYPE),
+        ));
+    }
+    sync::decode(body).map_err(|e| match e {
+        sync::WireError::TooLarge => ApiError(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        other => ApiError::bad(other.to_string()),
+    })
+}
+
+fn reply<T: Serialize>(msg: &T) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, sync::CONTENT_TYPE),
+            (header::CONTENT_ENCODING, sync::CONTENT_ENCODING),
+        ],
+        sync::encode(msg),
+    )
+        .into_response()
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(path::ENROLL, post(enroll))
+        .route(path::CHECKIN, post(checkin))
+        .route(path::UPLOAD, post(upload))
+        .route(path::REPORT, post(report))
+        .route(&format!("{}/{{sha}}", path::ARTIFACTS), get(artifact))
+        .layer(axum::extract::DefaultBodyLimit::max(sync::MAX_BODY))
+        .with_state(state)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+async fn enroll(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let req: sync::EnrollRequest = decode(&headers, &body)?;
+    if !valid_name(&req.name) {
+        return Err(ApiError::bad(
+            "device name must be 1-64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    let token_sha = sha256_hex(req.token.as_bytes());
+    let device_id = format!("d-{:016x}", fastrand::u64(..));
+    let (cert_pem, cert_sha) = st
+        .ca
+        .sign_device(&req.csr_pem, &device_id)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let d = st
+        .store
+        .enroll(&token_sha, &device_id, &req.name, &cert_sha)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Invalid(m) => ApiError(StatusCode::FORBIDDEN, m),
+            other => other.into(),
+        })?;
+    st.store
+        .audit(
+            &format!("token:{}", &token_sha[..12]),
+            "device.enroll",
+            &d.id,
+            &format!("name {} labels [{}] agent {}", d.name, d.labels.join(","), req.agent_version),
+        )
+        .await?;
+    tracing::info!(device = %d.id, name = %d.name, "device enrolled");
+    Ok(reply(&sync::EnrollReply {
+        device_id: d.id,
+        cert_pem,
+        ca_pem: st.ca.ca_pem.clone(),
+    }))
+}
+
+/// The bundles `d` should run, with the artifact to get there from what it reports.
+pub async fn desired_for(
+    st: &AppState,
+    d: &Device,
+    running: &[sync::ModelStatus],
+) -> Result<Vec<DesiredBundle>, ApiError> {
+    let rollouts = st.store.rollouts().await?;
+    let mut out = Vec::new();
+    for (bundle, vn, rid) in rollout::desired(&rollouts, d) {
+        let Some(target) = st.store.bundle(&bundle, vn).await? else {
+            continue;
+        };
+        let current = running.iter().find(|m| m.bundle == bundle);
+        if current.is_some_and(|m| m.sha256 == target.sha256) {
+            continue;
+        }
+        let Some(artifact) = st
+            .registry
+            .artifact_for(current.map(|m| m.sha256.as_str()), &target)
+            .await?
+        else {
+            continue; // delta being computed: next check-in
+        };
+        out.push(DesiredBundle {
+            bundle,
+            version: target.version,
+            version_number: target.version_number as u64,
+            sha256: target.sha256,
+            size: target.size as u64,
+            rollout: Some(rid),
+            artifact,
+        });
+    }
+    Ok(out)
+}
+
+fn running_of(d: &Device) -> Vec<sync::ModelStatus> {
+    d.status
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| serde_json::from_value(v.get("models")?.clone()).ok())
+        .unwrap_or_default()
+}
+
+async fn checkin(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let c: sync::CheckIn = decode(&headers, &body)?;
+    let status = serde_json::json!({
+        "agent_version": c.agent_version,
+        "models": c.models,
+        "streams": c.streams,
+        "last_error": c.last_error,
+        "uptime_s": c.uptime_s,
+    });
+    st.store.check_in(&d.id, &status.to_string()).await?;
+    let desired = desired_for(&st, &d, &c.models).await?;
+    Ok(reply(&sync::CheckInReply {
+        device_id: d.id,
+        desired,
+        next_checkin_s: st.checkin_s,
+    }))
+}
+
+fn valid_stream(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+async fn upload(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: sync::UploadBatch = decode(&headers, &body)?;
+    if !valid_stream(&b.stream) {
+        return Err(ApiError::bad(format!("invalid stream name `{}`", b.stream)));
+    }
+    let first = i64::try_from(b.first_available).map_err(|_| ApiError::bad("first_available out of range"))?;
+    let mut recs = Vec::with_capacity(b.records.len());
+    for r in &b.records {
+        let seq = i64::try_from(r.seq).map_err(|_| ApiError::bad("sequence out of range"))?;
+        if seq < 1 {
+            return Err(ApiError::bad("sequence numbers start at 1"));
+        }
+        recs.push((seq, i64::try_from(r.ts_ms).unwrap_or(i64::MAX), r.body.as_slice()));
+    }
+    let res = st.store.ingest(&d.id, &b.stream, first.max(1), &recs).await?;
+    Ok(reply(&sync::UploadAck {
+        stream: b.stream,
+        acked_through: res.acked_through as u64,
+        duplicates: res.duplicates,
+    }))
+}
+
+async fn report(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: sync::UpdateReport = decode(&headers, &body)?;
+    let outcome = match r.outcome {
+        sync::UpdateOutcome::Applied => "applied",
+        sync::UpdateOutcome::RolledBack => "rolled_back",
+        sync::UpdateOutcome::Failed => "failed",
+    };
+    st.store
+        .audit(
+            &d.id,
+            &format!("update.{outcome}"),
+            &format!("{}#{}", r.bundle, r.to_version_number),
+            &format!(
+                "model {} from #{} via {} ({} bytes): {}",
+                r.model, r.from_version_number, r.method, r.downloaded_bytes, r.detail
+            ),
+        )
+        .await?;
+    if let Some(rid) = &r.rollout {
+        // Only a rollout that targets this device may be affected by its reports.
+        if let Some(ro) = st.store.rollout(rid).await? {
+            if rollout::targets(&ro, &d) && ro.bundle == r.bundle {
+                rollout::report(&st.store, rid, &d.id, outcome, &r.detail).await?;
+            }
+        }
+    }
+    Ok(reply(&sync::Empty {}))
+}
+
+/// `Range: bytes=a-b` / `bytes=a-` → (start, end inclusive).
+fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let Some(v) = h.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            format!("unsupported or unsatisfiable range (artifact is {len} bytes)"),
+        )
+    };
+    let s = v.to_str().map_err(|_| bad())?;
+    let spec = s.strip_prefix("bytes=").ok_or_else(bad)?;
+    let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+    let start: u64 = a.trim().parse().map_err(|_| bad())?;
+    let end: u64 = if b.trim().is_empty() {
+        len.saturating_sub(1)
+    } else {
+        b.trim().parse::<u64>().map_err(|_| bad())?.min(len.saturating_sub(1))
+    };
+    if start >= len || end < start {
+        return Err(bad());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn artifact(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    Path(sha): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no artifact {sha} for this device"));
+    let file = st.registry.artifact_path(&sha).ok_or_else(not_found)?;
+    // Authorized only if it is (a delta to) a bundle this device should run now.
+    let desired = desired_for(&st, &d, &running_of(&d)).await?;
+    if !desired.iter().any(|b| b.sha256 == sha || b.artifact.sha256 == sha) {
+        return Err(not_found());
+    }
+    let bytes = tokio::fs::read(&file).await.map_err(|_| not_found())?;
+    let len = bytes.len() as u64;
+    match parse_range(&headers, len)? {
+        None => Ok((
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::ACCEPT_RANGES, "bytes".to_string()),
+            ],
+            bytes,
+        )
+            .into_response()),
+        Some((a, b)) => {
+            let part = bytes[a as usize..=b as usize].to_vec();
+            Ok((
+                StatusCode::PARTIAL_CONTENT,
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::ACCEPT_RANGES, "bytes".to_string()),
+                    (header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}")),
+                ],
+                Body::from(part),
+            )
+                .into_response())
+        }
+    }
+}

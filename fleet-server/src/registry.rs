@@ -1,0 +1,244 @@
+//! [`Registry`]: signed bundles and the artifacts devices download (bundles and cached
+//! deltas), stored as files named by their SHA-256 in `<data-dir>/artifacts/`.
+//!
+//! Architecture invariants: a bundle is stored only after its signature verified against a
+//! trusted key and its version number is above every stored version of the same name; an
+//! artifact file is written under a temporary name and renamed, so a reader never sees half
+//! a file; a delta is computed at most once per (base, target) pair.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use edge_protocols::bundle::file as bundle_file;
+use edge_protocols::delta;
+use edge_protocols::sync::Artifact;
+
+use crate::store::{now_ms, BundleRow, DeltaRow, FleetStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("bundle refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("artifact store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: FleetStore,
+    dir: PathBuf,
+    inflight: Arc<Mutex<HashSet<(String, String)>>>,
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", fastrand::u32(..)));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+impl Registry {
+    pub fn new(store: FleetStore, data_dir: &Path) -> Result<Registry, RegistryError> {
+        let dir = data_dir.join("artifacts");
+        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Registry {
+            store,
+            dir,
+            inflight: Arc::default(),
+        })
+    }
+
+    pub fn artifact_path(&self, sha256: &str) -> Option<PathBuf> {
+        (sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.dir.join(sha256))
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+        let path = path.to_path_buf();
+        move |source| RegistryError::Io { path, source }
+    }
+
+    /// Verifies and stores a bundle. Re-pushing the identical file is a no-op; any other
+    /// file whose version number is not above the stored ones is refused.
+    pub async fn push(&self, bytes: Vec<u8>, actor: &str) -> Result<BundleRow, RegistryError> {
+        let keys: Vec<_> = self
+            .store
+            .trusted_keys()
+            .await?
+            .iter()
+            .filter_map(|pem| bundle_file::parse_public_key(pem).ok())
+            .collect();
+        if keys.is_empty() {
+            return Err(RegistryError::Refused(
+                "no trusted signing key: add one with `fleet-server model trust KEY.pem`".into(),
+            ));
+        }
+        let b = bundle_file::Bundle::from_bytes(&bytes, &keys, 0)
+            .map_err(|e| RegistryError::Refused(e.to_string()))?;
+        let name = b.manifest.name.clone();
+        let vn = i64::try_from(b.manifest.version_number)
+            .map_err(|_| RegistryError::Refused("version number above 2^63".into()))?;
+        if let Some(same) = self.store.bundle(&name, vn).await? {
+            if same.sha256 == b.file_sha256 {
+                return Ok(same);
+            }
+        }
+        if let Some(latest) = self.store.latest_bundle(&name).await? {
+            if vn <= latest.version_number {
+                return Err(RegistryError::Refused(format!(
+                    "{name} version number {vn} is not above the latest stored ({}, {}): refusing a downgrade or a replaced version",
+                    latest.version_number, latest.version
+                )));
+            }
+        }
+        let path = self.dir.join(&b.file_sha256);
+        let to_write = bytes;
+        let p2 = path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&p2, &to_write))
+            .await
+            .map_err(|e| RegistryError::Refused(e.to_string()))?
+            .map_err(self.io(&path))?;
+        let row = BundleRow {
+            name: name.clone(),
+            version_number: vn,
+            version: b.manifest.version.clone(),
+            sha256: b.file_sha256.clone(),
+            size: std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0),
+            signer: bundle_file::key_id(&b.signer),
+            pushed_by: actor.into(),
+            pushed_at: now_ms(),
+        };
+        self.store.add_bundle(&row).await?;
+        self.store
+            .audit(
+                actor,
+                "model.push",
+                &format!("{name}#{vn}"),
+                &format!("version {} sha256 {} signer {}", row.version, row.sha256, row.signer),
+            )
+            .await?;
+        Ok(row)
+    }
+
+    /// The artifact that takes a device from `base` (the bundle file it runs, by SHA-256)
+    /// to `target`: the smallest cached delta, or the full bundle. `None` while the delta
+    /// is being computed (in the background; the device gets it at its next check-in).
+    pub async fn artifact_for(
+        &self,
+        base: Option<&str>,
+        target: &BundleRow,
+    ) -> Result<Option<Artifact>, RegistryError> {
+        let full = Artifact {
+            sha256: target.sha256.clone(),
+            size: target.size as u64,
+            method: "full".into(),
+        };
+        let Some(base) = base.filter(|b| *b != target.sha256) else {
+            return Ok(Some(full));
+        };
+        if self.store.bundle_by_sha(base).await?.is_none() {
+            // The device runs a bundle this server never stored: nothing to diff against.
+            return Ok(Some(full));
+        }
+        if let Some(d) = self.store.delta(base, &target.sha256).await? {
+            return Ok(Some(if d.method == "full" {
+                full
+            } else {
+                Artifact {
+                    sha256: d.artifact_sha256,
+                    size: d.size as u64,
+                    method: d.method,
+                }
+            }));
+        }
+        self.spawn_delta(base.to_string(), target.sha256.clone());
+        Ok(None)
+    }
+
+    fn spawn_delta(&self, base: String, target: String) {
+        let key = (base.clone(), target.clone());
+        {
+            let Ok(mut set) = self.inflight.lock() else {
+                return;
+            };
+            if !set.insert(key.clone()) {
+                return;
+            }
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.compute_delta(&base, &target).await {
+                tracing::error!(base = %base, target = %target, "delta failed: {e}");
+            }
+            if let Ok(mut set) = me.inflight.lock() {
+                set.remove(&key);
+            }
+        });
+    }
+
+    /// Computes every method, keeps the smallest (or `full`), and caches the choice.
+    pub async fn compute_delta(&self, base: &str, target: &str) -> Result<DeltaRow, RegistryError> {
+        let (bp, tp) = (self.dir.join(base), self.dir.join(target));
+        let old = tokio::fs::read(&bp).await.map_err(self.io(&bp))?;
+        let new = tokio::fs::read(&tp).await.map_err(self.io(&tp))?;
+        let started = std::time::Instant::now();
+        let (all, new_len) = tokio::task::spawn_blocking(move || {
+            let n = new.len();
+            (delta::make_all(&old, &new), n)
+        })
+        .await
+        .map_err(|e| RegistryError::Refused(e.to_string()))?;
+        let mut sizes = serde_json::Map::new();
+        sizes.insert("full".into(), (new_len as u64).into());
+        for (m, r) in &all {
+            if let Ok(d) = r {
+                sizes.insert(m.name().into(), (d.len() as u64).into());
+            }
+        }
+        let sizes = serde_json::Value::Object(sizes).to_string();
+        let best = all
+            .into_iter()
+            .find_map(|(m, r)| r.ok().map(|d| (m, d)))
+            .filter(|(_, d)| d.len() < new_len);
+        let row = match best {
+            Some((m, d)) => {
+                let sha = crate::ca::sha256_hex(&d);
+                let path = self.dir.join(&sha);
+                let p2 = path.clone();
+                tokio::task::spawn_blocking(move || write_atomic(&p2, &d))
+                    .await
+                    .map_err(|e| RegistryError::Refused(e.to_string()))?
+                    .map_err(self.io(&path))?;
+                DeltaRow {
+                    method: m.name().into(),
+                    size: std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0),
+                    artifact_sha256: sha,
+                    sizes,
+                }
+            }
+            None => DeltaRow {
+                method: "full".into(),
+                artifact_sha256: target.into(),
+                size: new_len as i64,
+                sizes,
+            },
+        };
+        tracing::info!(base = %base, target = %target, method = %row.method, bytes = row.size,
+            all = %row.sizes, took_ms = started.elapsed().as_millis() as u64, "delta ready");
+        self.store.add_delta(base, target, &row).await?;
+        Ok(row)
+    }
+}
