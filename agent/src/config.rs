@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub bundles: BundlesConfig,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// `[sync]`: the fleet server (absent: no fleet sync).
+    #[serde(default)]
+    pub sync: Option<crate::sync::SyncConfig>,
 }
 
 /// `[agent]`
@@ -319,6 +322,21 @@ impl AgentConfig {
             c.validate(&at, issues);
         }
         self.outbox.validate(&root.key("outbox"), issues);
+        if let Some(sc) = &self.sync {
+            sc.validate(&root.key("sync"), issues);
+            for (i, c) in self.outputs.mqtt.iter().enumerate() {
+                issues.check(
+                    c.name != crate::sync::OUTBOX_DEST,
+                    root.key("outputs").key("mqtt").index(i).key("name"),
+                    || {
+                        format!(
+                            "`{}` is reserved for the fleet sync's outbox cursor",
+                            c.name
+                        )
+                    },
+                );
+            }
+        }
     }
 
     pub fn source_count(&self) -> usize {

@@ -19,6 +19,7 @@ pub mod publish;
 pub mod recording;
 pub mod service;
 pub mod sources;
+pub mod sync;
 
 use std::sync::Arc;
 
@@ -66,21 +67,58 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    let mut delivery = if cfg.outputs.mqtt.is_empty() && cfg.sync.is_none() {
+        None
+    } else {
+        let d = open_outbox(&cfg)?;
+        metrics.set_outbox(d.outbox.clone());
+        pipeline.add_output(
+            "outbox",
+            Box::new(outbox::OutboxWriter::new(
+                d.outbox.clone(),
+                cfg.outbox.sample_interval,
+            )),
+        );
+        Some(d)
+    };
     #[cfg(feature = "mqtt")]
-    let delivery = match cfg.outputs.mqtt.is_empty() {
-        true => None,
-        false => {
-            let d = publish_setup(&cfg, &model_stats)?;
-            metrics.set_outbox(d.outbox.clone());
-            pipeline.add_output(
-                "outbox",
-                Box::new(outbox::OutboxWriter::new(
-                    d.outbox.clone(),
-                    cfg.outbox.sample_interval,
-                )),
+    if let Some(d) = delivery.as_mut() {
+        publish_setup(&cfg, d, &model_stats)?;
+    }
+    let sync_stop = CancellationToken::new();
+    let sync_task = match &cfg.sync {
+        Some(sc) => {
+            let handles = cfg
+                .models
+                .iter()
+                .filter_map(|m| {
+                    let stats = model_stats.iter().find(|(n, _)| *n == m.name)?.1.clone();
+                    Some(sync::update::ModelHandle {
+                        name: m.name.clone(),
+                        bundle_path: m.bundle.clone(),
+                        stats,
+                        reload_check: m.reload_check,
+                    })
+                })
+                .collect();
+            let trusted = if cfg.models.is_empty() {
+                Vec::new()
+            } else {
+                trusted_keys(&cfg)?
+            };
+            let task = sync::SyncTask::new(
+                sc.clone(),
+                cfg.agent.id.clone(),
+                cfg.agent.data_dir.clone(),
+                delivery.as_ref().map(|d| d.outbox.clone()),
+                handles,
+                trusted,
+                models::floor::FloorStore::new(&cfg.bundle_dir()),
             );
-            Some(d)
+            metrics.set_sync(task.stats.clone());
+            Some(tokio::spawn(task.run(sync_stop.clone())))
         }
+        None => None,
     };
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     pipeline.on_started(started_tx);
@@ -94,7 +132,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
     let _ = service.await;
-    #[cfg(feature = "mqtt")]
+    sync_stop.cancel();
+    if let Some(t) = sync_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+    }
     if let Some(d) = delivery {
         d.finish().await;
     }
@@ -180,8 +221,7 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
         .collect()
 }
 
-/// The outbox, its committer, and the MQTT outputs that drain it.
-#[cfg(feature = "mqtt")]
+/// The outbox, its committer, and the destinations that drain it (MQTT outputs, fleet sync).
 struct Delivery {
     outbox: Arc<outbox::SledOutbox>,
     committer: tokio::task::JoinHandle<()>,
@@ -190,7 +230,6 @@ struct Delivery {
     forward_stop: CancellationToken,
 }
 
-#[cfg(feature = "mqtt")]
 impl Delivery {
     /// After the pipeline stopped: commit what it wrote, then stop the outputs.
     async fn finish(self) {
@@ -209,22 +248,23 @@ impl Delivery {
     }
 }
 
-#[cfg(feature = "mqtt")]
-fn publish_setup(
-    cfg: &AgentConfig,
-    model_stats: &[(String, Arc<models::ModelStats>)],
-) -> anyhow::Result<Delivery> {
+/// Opens the outbox with one destination per MQTT output and one for the fleet server, and
+/// starts its committer.
+fn open_outbox(cfg: &AgentConfig) -> anyhow::Result<Delivery> {
     let path = cfg
         .outbox
         .path
         .clone()
         .unwrap_or_else(|| cfg.agent.data_dir.join("outbox"));
-    let consumers: Vec<(String, Vec<outbox::Stream>)> = cfg
+    let mut consumers: Vec<(String, Vec<outbox::Stream>)> = cfg
         .outputs
         .mqtt
         .iter()
         .map(|o| (o.name.clone(), o.streams.clone()))
         .collect();
+    if let Some(s) = &cfg.sync {
+        consumers.push((sync::OUTBOX_DEST.to_string(), s.streams.clone()));
+    }
     let (ob, report) = outbox::SledOutbox::open(&path, &cfg.outbox, &consumers)
         .map_err(|e| anyhow::anyhow!("outbox {}: {e}", path.display()))?;
     match report {
@@ -246,8 +286,25 @@ fn publish_setup(
     let ob = Arc::new(ob);
     let commit_stop = CancellationToken::new();
     let committer = tokio::spawn(ob.clone().run_committer(commit_stop.clone()));
-    let forward_stop = CancellationToken::new();
-    let mut forwarders = Vec::new();
+    Ok(Delivery {
+        outbox: ob,
+        committer,
+        commit_stop,
+        forwarders: Vec::new(),
+        forward_stop: CancellationToken::new(),
+    })
+}
+
+/// Starts one forwarder per `[[outputs.mqtt]]` on the outbox.
+#[cfg(feature = "mqtt")]
+fn publish_setup(
+    cfg: &AgentConfig,
+    d: &mut Delivery,
+    model_stats: &[(String, Arc<models::ModelStats>)],
+) -> anyhow::Result<()> {
+    let ob = d.outbox.clone();
+    let forward_stop = d.forward_stop.clone();
+    let forwarders = &mut d.forwarders;
     for o in &cfg.outputs.mqtt {
         let client_id = o
             .broker
@@ -337,11 +394,5 @@ fn publish_setup(
         };
         forwarders.push(tokio::spawn(f.run(forward_stop.clone())));
     }
-    Ok(Delivery {
-        outbox: ob,
-        committer,
-        commit_stop,
-        forwarders,
-        forward_stop,
-    })
+    Ok(())
 }

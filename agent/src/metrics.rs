@@ -7,6 +7,9 @@
 //! - `pipeline_batches_total`, `pipeline_samples_total`, `pipeline_dropped_at_shutdown_total`,
 //!   `pipeline_queue_batches` (fan-in queue depth)
 //! - `output_written_total`, `output_failed_total`, `output_queue_records` — label `output`, `kind`
+//! - `sync_checkins_total`, `sync_failures_total`, `sync_uploaded_records_total`,
+//!   `sync_uploaded_bytes_total`, `sync_updates_applied_total`, `sync_updates_failed_total`,
+//!   `sync_last_checkin_seconds`
 //! - `agent_info` — label `version`
 
 use std::net::SocketAddr;
@@ -41,6 +44,7 @@ struct Inner {
     models: Vec<(String, Arc<ModelStats>)>,
     outbox: Option<Arc<crate::outbox::SledOutbox>>,
     fan_in: Option<mpsc::WeakSender<SampleBatch>>,
+    sync: Option<Arc<crate::sync::SyncStats>>,
 }
 
 /// Shared handle on every stage's counters.
@@ -86,6 +90,10 @@ impl Metrics {
 
     pub fn set_outbox(&self, o: Arc<crate::outbox::SledOutbox>) {
         self.lock().outbox = Some(o);
+    }
+
+    pub fn set_sync(&self, s: Arc<crate::sync::SyncStats>) {
+        self.lock().sync = Some(s);
     }
 
     pub fn set_pipeline(&self, s: Arc<PipelineStats>) {
@@ -338,6 +346,51 @@ impl Collector for Snapshot {
             g.encode(enc.encode_descriptor(
                 "edge_outbox_disk_bytes",
                 "Size of the outbox database on disk",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        if let Some(s) = &m.sync {
+            let counters: [(&str, &str, &AtomicU64); 6] = [
+                (
+                    "edge_sync_checkins",
+                    "Successful check-ins with the fleet server",
+                    &s.checkins,
+                ),
+                (
+                    "edge_sync_failures",
+                    "Sync cycles that failed (network, refusals)",
+                    &s.failures,
+                ),
+                (
+                    "edge_sync_uploaded_records",
+                    "Outbox records uploaded to the fleet server",
+                    &s.uploaded_records,
+                ),
+                (
+                    "edge_sync_uploaded_bytes",
+                    "Record payload bytes uploaded",
+                    &s.uploaded_bytes,
+                ),
+                (
+                    "edge_sync_updates_applied",
+                    "Model updates installed and healthy",
+                    &s.updates_applied,
+                ),
+                (
+                    "edge_sync_updates_failed",
+                    "Model updates refused or rolled back",
+                    &s.updates_failed,
+                ),
+            ];
+            for (name, help, v) in counters {
+                let c = ConstCounter::new(load(v));
+                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+            }
+            let g = ConstGauge::new((load(&s.last_checkin_ms) / 1000) as i64);
+            g.encode(enc.encode_descriptor(
+                "edge_sync_last_checkin_seconds",
+                "Unix time of the last successful check-in (0: never)",
                 None,
                 g.metric_type(),
             )?)?;

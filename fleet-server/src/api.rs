@@ -133,12 +133,15 @@ pub fn router(state: AppState) -> Router {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-async fn enroll(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn enroll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: sync::EnrollRequest = decode(&headers, &body)?;
     if !valid_name(&req.name) {
         return Err(ApiError::bad(
@@ -164,7 +167,12 @@ async fn enroll(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
             &format!("token:{}", &token_sha[..12]),
             "device.enroll",
             &d.id,
-            &format!("name {} labels [{}] agent {}", d.name, d.labels.join(","), req.agent_version),
+            &format!(
+                "name {} labels [{}] agent {}",
+                d.name,
+                d.labels.join(","),
+                req.agent_version
+            ),
         )
         .await?;
     tracing::info!(device = %d.id, name = %d.name, "device enrolled");
@@ -256,16 +264,24 @@ async fn upload(
     if !valid_stream(&b.stream) {
         return Err(ApiError::bad(format!("invalid stream name `{}`", b.stream)));
     }
-    let first = i64::try_from(b.first_available).map_err(|_| ApiError::bad("first_available out of range"))?;
+    let first = i64::try_from(b.first_available)
+        .map_err(|_| ApiError::bad("first_available out of range"))?;
     let mut recs = Vec::with_capacity(b.records.len());
     for r in &b.records {
         let seq = i64::try_from(r.seq).map_err(|_| ApiError::bad("sequence out of range"))?;
         if seq < 1 {
             return Err(ApiError::bad("sequence numbers start at 1"));
         }
-        recs.push((seq, i64::try_from(r.ts_ms).unwrap_or(i64::MAX), r.body.as_slice()));
+        recs.push((
+            seq,
+            i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
+            r.body.as_slice(),
+        ));
     }
-    let res = st.store.ingest(&d.id, &b.stream, first.max(1), &recs).await?;
+    let res = st
+        .store
+        .ingest(&d.id, &b.stream, first.max(1), &recs)
+        .await?;
     Ok(reply(&sync::UploadAck {
         stream: b.stream,
         acked_through: res.acked_through as u64,
@@ -325,7 +341,10 @@ fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ApiError> 
     let end: u64 = if b.trim().is_empty() {
         len.saturating_sub(1)
     } else {
-        b.trim().parse::<u64>().map_err(|_| bad())?.min(len.saturating_sub(1))
+        b.trim()
+            .parse::<u64>()
+            .map_err(|_| bad())?
+            .min(len.saturating_sub(1))
     };
     if start >= len || end < start {
         return Err(bad());
@@ -339,11 +358,19 @@ async fn artifact(
     Path(sha): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError(StatusCode::NOT_FOUND, format!("no artifact {sha} for this device"));
+    let not_found = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no artifact {sha} for this device"),
+        )
+    };
     let file = st.registry.artifact_path(&sha).ok_or_else(not_found)?;
     // Authorized only if it is (a delta to) a bundle this device should run now.
     let desired = desired_for(&st, &d, &running_of(&d)).await?;
-    if !desired.iter().any(|b| b.sha256 == sha || b.artifact.sha256 == sha) {
+    if !desired
+        .iter()
+        .any(|b| b.sha256 == sha || b.artifact.sha256 == sha)
+    {
         return Err(not_found());
     }
     let bytes = tokio::fs::read(&file).await.map_err(|_| not_found())?;

@@ -118,14 +118,17 @@ impl FleetCa {
             let key = KeyPair::generate()?;
             let mut p = CertificateParams::new(Vec::<String>::new())?;
             for n in names {
-                p.subject_alt_names.push(match n.parse::<std::net::IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(n.clone().try_into()?),
-                });
+                p.subject_alt_names
+                    .push(match n.parse::<std::net::IpAddr>() {
+                        Ok(ip) => SanType::IpAddress(ip),
+                        Err(_) => SanType::DnsName(n.clone().try_into()?),
+                    });
             }
             p.distinguished_name = rcgen::DistinguishedName::new();
-            p.distinguished_name
-                .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+            p.distinguished_name.push(
+                DnType::CommonName,
+                names.first().cloned().unwrap_or_default(),
+            );
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             validity(&mut p, 5);

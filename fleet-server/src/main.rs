@@ -24,7 +24,12 @@ const LONG_VERSION: &str = concat!(
 #[command(name = "fleet-server", version = LONG_VERSION, about)]
 struct Cli {
     /// Data directory: database, CA, artifacts.
-    #[arg(long, global = true, env = "FLEET_DATA_DIR", default_value = "/var/lib/fleet-server")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_DATA_DIR",
+        default_value = "/var/lib/fleet-server"
+    )]
     data_dir: PathBuf,
     /// Operator name recorded in the audit log (default: $USER).
     #[arg(long, global = true, env = "FLEET_OPERATOR")]
@@ -108,11 +113,7 @@ enum ModelCommand {
     /// List stored bundles.
     List,
     /// Compute the deltas between two stored versions and print each method's size.
-    Delta {
-        bundle: String,
-        from: i64,
-        to: i64,
-    },
+    Delta { bundle: String, from: i64, to: i64 },
     /// Rollouts.
     Rollout {
         #[command(subcommand)]
@@ -140,13 +141,21 @@ enum RolloutCommand {
     },
     List,
     /// Canary phase → everyone targeted.
-    Promote { id: String },
+    Promote {
+        id: String,
+    },
     /// Stop handing out this rollout; devices keep what they run.
-    Halt { id: String },
+    Halt {
+        id: String,
+    },
     /// Undo a halt.
-    Resume { id: String },
+    Resume {
+        id: String,
+    },
     /// Devices go back to the previous rollout's version.
-    Rollback { id: String },
+    Rollback {
+        id: String,
+    },
 }
 
 fn init_logging() {
@@ -208,7 +217,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             tracing::info!("stopped");
         }
-        Command::Ca { command: CaCommand::Export } => {
+        Command::Ca {
+            command: CaCommand::Export,
+        } => {
             let ca = ca::FleetCa::open(&dir)?;
             print!("{}", ca.ca_pem);
         }
@@ -218,13 +229,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DeviceCommand::Enroll { labels, ttl } => {
                     check_labels(&labels)?;
                     let mut raw = [0u8; 24];
-                    getrandom::getrandom(&mut raw).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+                    getrandom::getrandom(&mut raw)
+                        .map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
                     let token = format!("et-{}", edge_protocols::bundle::file::hex(&raw));
                     let expires = store::now_ms() + ttl.as_millis() as i64;
                     st.add_token(&ca::sha256_hex(token.as_bytes()), &labels, &who, expires)
                         .await?;
-                    st.audit(&who, "device.token", &format!("labels [{}]", labels.join(",")),
-                        &format!("expires {}", fmt_ms(Some(expires)))).await?;
+                    st.audit(
+                        &who,
+                        "device.token",
+                        &format!("labels [{}]", labels.join(",")),
+                        &format!("expires {}", fmt_ms(Some(expires))),
+                    )
+                    .await?;
                     println!("{token}");
                     eprintln!("one-time enrollment token, valid until {} UTC; put it in the agent's [sync] enroll_token", fmt_ms(Some(expires)));
                 }
@@ -233,20 +250,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&ds)?);
                     } else {
-                        println!("{:<20} {:<20} {:<20} {:<10} labels", "id", "name", "last seen (UTC)", "state");
+                        println!(
+                            "{:<20} {:<20} {:<20} {:<10} labels",
+                            "id", "name", "last seen (UTC)", "state"
+                        );
                         for d in ds {
-                            println!("{:<20} {:<20} {:<20} {:<10} {}", d.id, d.name, fmt_ms(d.last_seen),
-                                if d.revoked_at.is_some() { "revoked" } else { "active" }, d.labels.join(","));
+                            println!(
+                                "{:<20} {:<20} {:<20} {:<10} {}",
+                                d.id,
+                                d.name,
+                                fmt_ms(d.last_seen),
+                                if d.revoked_at.is_some() {
+                                    "revoked"
+                                } else {
+                                    "active"
+                                },
+                                d.labels.join(",")
+                            );
                         }
                     }
                 }
                 DeviceCommand::Show { id } => {
-                    let d = st.device(&id).await?.with_context(|| format!("no device `{id}`"))?;
+                    let d = st
+                        .device(&id)
+                        .await?
+                        .with_context(|| format!("no device `{id}`"))?;
                     let marks = st.stream_marks(&id).await?;
-                    let status: serde_json::Value = d.status.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
-                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({
-                        "device": d, "status": status, "streams": marks,
-                    }))?);
+                    let status: serde_json::Value = d
+                        .status
+                        .as_deref()
+                        .and_then(|s| serde_json::from_str(s).ok())
+                        .unwrap_or_default();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({
+                            "device": d, "status": status, "streams": marks,
+                        }))?
+                    );
                 }
                 DeviceCommand::Revoke { id } => {
                     anyhow::ensure!(st.revoke(&id).await?, "no active device `{id}`");
@@ -256,7 +296,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DeviceCommand::Label { id, labels } => {
                     check_labels(&labels)?;
                     anyhow::ensure!(st.set_labels(&id, &labels).await?, "no device `{id}`");
-                    st.audit(&who, "device.label", &id, &labels.join(",")).await?;
+                    st.audit(&who, "device.label", &id, &labels.join(","))
+                        .await?;
                 }
             }
         }
@@ -269,57 +310,114 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let pem = std::fs::read_to_string(&key)?;
                     let id = edge_protocols::bundle::file::key_id(&k);
                     st.trust_key(&id, &pem, &who).await?;
-                    st.audit(&who, "model.trust", &id, &key.display().to_string()).await?;
+                    st.audit(&who, "model.trust", &id, &key.display().to_string())
+                        .await?;
                     println!("trusted key {id}");
                 }
                 ModelCommand::Push { bundle } => {
-                    let bytes = std::fs::read(&bundle).with_context(|| format!("cannot read {}", bundle.display()))?;
+                    let bytes = std::fs::read(&bundle)
+                        .with_context(|| format!("cannot read {}", bundle.display()))?;
                     let row = reg.push(bytes, &who).await?;
-                    println!("{} {} (#{}) sha256 {} {} bytes", row.name, row.version, row.version_number, row.sha256, row.size);
+                    println!(
+                        "{} {} (#{}) sha256 {} {} bytes",
+                        row.name, row.version, row.version_number, row.sha256, row.size
+                    );
                 }
                 ModelCommand::List => {
-                    println!("{:<24} {:>8} {:<12} {:>10} {:<16} sha256", "bundle", "number", "version", "bytes", "pushed by");
+                    println!(
+                        "{:<24} {:>8} {:<12} {:>10} {:<16} sha256",
+                        "bundle", "number", "version", "bytes", "pushed by"
+                    );
                     for b in st.bundles().await? {
-                        println!("{:<24} {:>8} {:<12} {:>10} {:<16} {}", b.name, b.version_number, b.version, b.size, b.pushed_by, b.sha256);
+                        println!(
+                            "{:<24} {:>8} {:<12} {:>10} {:<16} {}",
+                            b.name, b.version_number, b.version, b.size, b.pushed_by, b.sha256
+                        );
                     }
                 }
                 ModelCommand::Delta { bundle, from, to } => {
-                    let a = st.bundle(&bundle, from).await?.with_context(|| format!("no {bundle}#{from}"))?;
-                    let b = st.bundle(&bundle, to).await?.with_context(|| format!("no {bundle}#{to}"))?;
+                    let a = st
+                        .bundle(&bundle, from)
+                        .await?
+                        .with_context(|| format!("no {bundle}#{from}"))?;
+                    let b = st
+                        .bundle(&bundle, to)
+                        .await?
+                        .with_context(|| format!("no {bundle}#{to}"))?;
                     let d = match st.delta(&a.sha256, &b.sha256).await? {
                         Some(d) => d,
                         None => reg.compute_delta(&a.sha256, &b.sha256).await?,
                     };
-                    println!("{}", serde_json::json!({"chosen": d.method, "bytes": d.size,
-                        "all": serde_json::from_str::<serde_json::Value>(&d.sizes)?}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"chosen": d.method, "bytes": d.size,
+                        "all": serde_json::from_str::<serde_json::Value>(&d.sizes)?})
+                    );
                 }
-                ModelCommand::Rollout { command } => match command {
-                    RolloutCommand::Start { bundle, version_number, selector, canary_percent, canary_label, max_failures } => {
-                        let r = rollout::start(&st, rollout::StartRollout {
-                            bundle, version_number, selector, canary_percent, canary_label, max_failures,
-                        }, &who).await?;
-                        println!("{}", r.id);
-                        eprintln!("rollout {} of {}#{} started in phase {}", r.id, r.bundle, r.version_number, r.phase);
-                    }
-                    RolloutCommand::List => {
-                        for r in st.rollouts().await? {
-                            let outcomes = st.rollout_outcomes(&r.id).await?;
-                            let ok = outcomes.iter().filter(|o| o.1 == "applied").count();
-                            println!("{} {}#{} [{}] phase={} state={} applied={} failed={} by {} at {}", r.id, r.bundle, r.version_number,
+                ModelCommand::Rollout { command } => {
+                    match command {
+                        RolloutCommand::Start {
+                            bundle,
+                            version_number,
+                            selector,
+                            canary_percent,
+                            canary_label,
+                            max_failures,
+                        } => {
+                            let r = rollout::start(
+                                &st,
+                                rollout::StartRollout {
+                                    bundle,
+                                    version_number,
+                                    selector,
+                                    canary_percent,
+                                    canary_label,
+                                    max_failures,
+                                },
+                                &who,
+                            )
+                            .await?;
+                            println!("{}", r.id);
+                            eprintln!(
+                                "rollout {} of {}#{} started in phase {}",
+                                r.id, r.bundle, r.version_number, r.phase
+                            );
+                        }
+                        RolloutCommand::List => {
+                            for r in st.rollouts().await? {
+                                let outcomes = st.rollout_outcomes(&r.id).await?;
+                                let ok = outcomes.iter().filter(|o| o.1 == "applied").count();
+                                println!("{} {}#{} [{}] phase={} state={} applied={} failed={} by {} at {}", r.id, r.bundle, r.version_number,
                                 r.selector.join(","), r.phase, r.state, ok, outcomes.len() - ok, r.created_by, fmt_ms(Some(r.created_at)));
+                            }
+                        }
+                        RolloutCommand::Promote { id } => {
+                            rollout::act(&st, &id, "promote", &who).await?;
+                        }
+                        RolloutCommand::Halt { id } => {
+                            rollout::act(&st, &id, "halt", &who).await?;
+                        }
+                        RolloutCommand::Resume { id } => {
+                            rollout::act(&st, &id, "resume", &who).await?;
+                        }
+                        RolloutCommand::Rollback { id } => {
+                            rollout::act(&st, &id, "rollback", &who).await?;
                         }
                     }
-                    RolloutCommand::Promote { id } => { rollout::act(&st, &id, "promote", &who).await?; }
-                    RolloutCommand::Halt { id } => { rollout::act(&st, &id, "halt", &who).await?; }
-                    RolloutCommand::Resume { id } => { rollout::act(&st, &id, "resume", &who).await?; }
-                    RolloutCommand::Rollback { id } => { rollout::act(&st, &id, "rollback", &who).await?; }
-                },
+                }
             }
         }
         Command::Audit { limit } => {
             let st = store::FleetStore::open_dir(&dir).await?;
             for a in st.audit_log(limit).await? {
-                println!("{} {:<16} {:<22} {:<24} {}", fmt_ms(Some(a.at)), a.actor, a.action, a.subject, a.detail);
+                println!(
+                    "{} {:<16} {:<22} {:<24} {}",
+                    fmt_ms(Some(a.at)),
+                    a.actor,
+                    a.action,
+                    a.subject,
+                    a.detail
+                );
             }
         }
     }
@@ -344,7 +442,10 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -116,7 +116,9 @@ impl Registry {
             version_number: vn,
             version: b.manifest.version.clone(),
             sha256: b.file_sha256.clone(),
-            size: std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0),
+            size: std::fs::metadata(&path)
+                .map(|m| m.len() as i64)
+                .unwrap_or(0),
             signer: bundle_file::key_id(&b.signer),
             pushed_by: actor.into(),
             pushed_at: now_ms(),
@@ -127,7 +129,10 @@ impl Registry {
                 actor,
                 "model.push",
                 &format!("{name}#{vn}"),
-                &format!("version {} sha256 {} signer {}", row.version, row.sha256, row.signer),
+                &format!(
+                    "version {} sha256 {} signer {}",
+                    row.version, row.sha256, row.signer
+                ),
             )
             .await?;
         Ok(row)
@@ -224,7 +229,9 @@ impl Registry {
                     .map_err(self.io(&path))?;
                 DeltaRow {
                     method: m.name().into(),
-                    size: std::fs::metadata(&path).map(|m| m.len() as i64).unwrap_or(0),
+                    size: std::fs::metadata(&path)
+                        .map(|m| m.len() as i64)
+                        .unwrap_or(0),
                     artifact_sha256: sha,
                     sizes,
                 }

@@ -75,7 +75,11 @@ pub struct StartRollout {
     pub max_failures: i64,
 }
 
-pub async fn start(store: &FleetStore, s: StartRollout, actor: &str) -> Result<Rollout, RolloutError> {
+pub async fn start(
+    store: &FleetStore,
+    s: StartRollout,
+    actor: &str,
+) -> Result<Rollout, RolloutError> {
     if store.bundle(&s.bundle, s.version_number).await?.is_none() {
         return Err(RolloutError::Invalid(format!(
             "no bundle {} with version number {} in the registry (push it first)",
@@ -134,9 +138,18 @@ pub async fn start(store: &FleetStore, s: StartRollout, actor: &str) -> Result<R
 }
 
 /// `promote` | `halt` | `resume` | `rollback`.
-pub async fn act(store: &FleetStore, id: &str, action: &str, actor: &str) -> Result<Rollout, RolloutError> {
+pub async fn act(
+    store: &FleetStore,
+    id: &str,
+    action: &str,
+    actor: &str,
+) -> Result<Rollout, RolloutError> {
     let ok = match action {
-        "promote" => store.set_rollout(id, &["active"], "active", Some("full")).await?,
+        "promote" => {
+            store
+                .set_rollout(id, &["active"], "active", Some("full"))
+                .await?
+        }
         "halt" => store.set_rollout(id, &["active"], "halted", None).await?,
         "resume" => store.set_rollout(id, &["halted"], "active", None).await?,
         "rollback" => {
@@ -157,7 +170,12 @@ pub async fn act(store: &FleetStore, id: &str, action: &str, actor: &str) -> Res
         )));
     }
     store
-        .audit(actor, &format!("rollout.{action}"), id, &format!("{}#{}", r.bundle, r.version_number))
+        .audit(
+            actor,
+            &format!("rollout.{action}"),
+            id,
+            &format!("{}#{}", r.bundle, r.version_number),
+        )
         .await?;
     Ok(r)
 }
@@ -170,11 +188,20 @@ pub async fn report(
     outcome: &str,
     detail: &str,
 ) -> Result<(), RolloutError> {
-    let failures = store.rollout_report(rollout, device, outcome, detail).await?;
+    let failures = store
+        .rollout_report(rollout, device, outcome, detail)
+        .await?;
     if let Some(r) = store.rollout(rollout).await? {
         if outcome != "applied" && failures >= r.max_failures && r.state == "active" {
-            if store.set_rollout(rollout, &["active"], "halted", None).await? {
-                tracing::warn!(rollout, failures, "rollout halted: devices report failed updates");
+            if store
+                .set_rollout(rollout, &["active"], "halted", None)
+                .await?
+            {
+                tracing::warn!(
+                    rollout,
+                    failures,
+                    "rollout halted: devices report failed updates"
+                );
                 store
                     .audit(
                         "fleet-server",

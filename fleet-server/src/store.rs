@@ -230,7 +230,9 @@ impl FleetStore {
                     if sqlite {
                         // WAL: readers never block the writer; busy_timeout: the CLI and the
                         // server may write at the same moment.
-                        sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode=WAL")
+                            .execute(&mut *conn)
+                            .await?;
                         sqlx::query("PRAGMA busy_timeout=10000")
                             .execute(&mut *conn)
                             .await?;
@@ -258,15 +260,23 @@ impl FleetStore {
 
     // ---- audit ----
 
-    pub async fn audit(&self, actor: &str, action: &str, subject: &str, detail: &str) -> Result<()> {
-        sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
-            .bind(now_ms())
-            .bind(actor)
-            .bind(action)
-            .bind(subject)
-            .bind(detail)
-            .execute(&self.pool)
-            .await?;
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -394,13 +404,12 @@ impl FleetStore {
     }
 
     pub async fn revoke(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE devices SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let r =
+            sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -440,9 +449,7 @@ impl FleetStore {
         let rows = sqlx::query("SELECT public_pem FROM trusted_keys")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get("public_pem")?))
-            .collect()
+        rows.iter().map(|r| Ok(r.try_get("public_pem")?)).collect()
     }
 
     pub async fn latest_bundle(&self, name: &str) -> Result<Option<BundleRow>> {
@@ -629,7 +636,13 @@ impl FleetStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("device_id")?, r.try_get("outcome")?, r.try_get("detail")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    r.try_get("outcome")?,
+                    r.try_get("detail")?,
+                ))
+            })
             .collect()
     }
 
@@ -770,10 +783,16 @@ mod tests {
     async fn ingest_is_idempotent_and_acks_contiguous() {
         let (s, dir) = store().await;
         let b = b"x".as_slice();
-        let r = s.ingest("d1", "samples", 1, &[(1, 0, b), (2, 0, b), (4, 0, b)]).await.unwrap();
+        let r = s
+            .ingest("d1", "samples", 1, &[(1, 0, b), (2, 0, b), (4, 0, b)])
+            .await
+            .unwrap();
         assert_eq!((r.acked_through, r.inserted, r.duplicates), (2, 3, 0));
         // Replay plus the missing record: nothing stored twice, the mark jumps over 4.
-        let r = s.ingest("d1", "samples", 1, &[(2, 0, b), (3, 0, b), (4, 0, b)]).await.unwrap();
+        let r = s
+            .ingest("d1", "samples", 1, &[(2, 0, b), (3, 0, b), (4, 0, b)])
+            .await
+            .unwrap();
         assert_eq!((r.acked_through, r.inserted, r.duplicates), (4, 1, 2));
         // Another device's stream is separate.
         let r = s.ingest("d2", "samples", 1, &[(1, 0, b)]).await.unwrap();
@@ -792,7 +811,9 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_one_time_and_expire() {
         let (s, dir) = store().await;
-        s.add_token("t1", &["site=a".into()], "op", now_ms() + 60_000).await.unwrap();
+        s.add_token("t1", &["site=a".into()], "op", now_ms() + 60_000)
+            .await
+            .unwrap();
         s.add_token("t2", &[], "op", now_ms() - 1).await.unwrap();
         let d = s.enroll("t1", "dev-1", "gw1", "cert1").await.unwrap();
         assert_eq!(d.labels, vec!["site=a".to_string()]);
@@ -804,7 +825,13 @@ mod tests {
         assert!(e.to_string().contains("unknown"), "{e}");
         assert_eq!(s.devices().await.unwrap().len(), 1);
         assert!(s.revoke("dev-1").await.unwrap());
-        assert!(s.device_by_cert("cert1").await.unwrap().unwrap().revoked_at.is_some());
+        assert!(s
+            .device_by_cert("cert1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
         std::fs::remove_dir_all(dir).ok();
     }
 }

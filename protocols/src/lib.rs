@@ -25,7 +25,7 @@ pub mod source;
 pub mod sparkplug;
 #[cfg(feature = "sync")]
 pub mod sync;
-#[cfg(feature = "mqtt")]
+#[cfg(any(feature = "mqtt", feature = "sync"))]
 pub mod tls;
 
 pub use sample::{now_ns, Quality, Sample, Tag, Value};

@@ -6,6 +6,8 @@
 //! `$EDGE_PEERS_DIR` (default `tests/.peers`). A missing install is a test failure with the
 //! command to run, never a silent skip.
 
+pub mod fleet;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -577,6 +579,16 @@ struct ProxyState {
 
 impl TcpProxy {
     pub fn start(target_port: u16) -> TcpProxy {
+        Self::start_with_rate(target_port, None)
+    }
+
+    /// A proxy whose link carries at most `bytes_per_s` in each direction: a slow uplink,
+    /// so a transfer is really in flight (not sitting in socket buffers) when it is cut.
+    pub fn start_throttled(target_port: u16, bytes_per_s: u64) -> TcpProxy {
+        Self::start_with_rate(target_port, Some(bytes_per_s))
+    }
+
+    fn start_with_rate(target_port: u16, rate: Option<u64>) -> TcpProxy {
         use std::net::{Shutdown, TcpListener, TcpStream};
         use std::sync::atomic::Ordering;
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
@@ -594,9 +606,29 @@ impl TcpProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
-                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                let pipe = move |mut from: TcpStream, mut to: TcpStream| {
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        match rate {
+                            None => {
+                                let _ = std::io::copy(&mut from, &mut to);
+                            }
+                            Some(r) => {
+                                use std::io::{Read, Write};
+                                let mut buf = vec![0u8; 4096];
+                                let started = Instant::now();
+                                let mut sent = 0u64;
+                                while let Ok(n) = from.read(&mut buf) {
+                                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                    sent += n as u64;
+                                    let due = Duration::from_secs_f64(sent as f64 / r as f64);
+                                    if let Some(w) = due.checked_sub(started.elapsed()) {
+                                        std::thread::sleep(w);
+                                    }
+                                }
+                            }
+                        }
                         let _ = to.shutdown(Shutdown::Both);
                         let _ = from.shutdown(Shutdown::Both);
                     });

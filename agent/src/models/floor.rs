@@ -43,11 +43,24 @@ impl FloorStore {
             return Ok(());
         }
         *e = version;
+        self.write(&m)
+    }
+
+    /// Sets the floor for `name` back to `version`. Only for the agent's own rollback to the
+    /// exact bundle file it ran before the failed update (`sync/update.rs`): the floor keeps
+    /// refusing every other older bundle.
+    pub fn restore(&self, name: &str, version: u64) -> Result<(), String> {
+        let mut m = self.read()?;
+        m.insert(name.to_string(), version);
+        self.write(&m)
+    }
+
+    fn write(&self, m: &BTreeMap<String, u64>) -> Result<(), String> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
+        let text = serde_json::to_vec_pretty(m).map_err(|e| e.to_string())?;
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;

@@ -42,6 +42,8 @@ pub struct ModelStats {
     pub reload_failures: AtomicU64,
     /// Version number of the bundle being served (0 = none).
     pub version_number: AtomicU64,
+    /// Why the last reload was refused (the sync client reports it to the fleet server).
+    pub last_reload_error: std::sync::Mutex<Option<String>>,
 }
 
 struct Job {
@@ -146,6 +148,9 @@ impl ModelStage {
                 Some(b)
             }
             Err(e) => {
+                if let Ok(mut last) = self.stats.last_reload_error.lock() {
+                    *last = Some(e.clone());
+                }
                 self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(model = %self.cfg.name, "refused the new bundle: {e}; still serving {} {} (#{})",
                     self.current.source.bundle, self.current.source.version, self.current.source.version_number);

@@ -1,0 +1,133 @@
+//! `[sync]`: the fleet server this agent syncs with, and how.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use edge_protocols::config_check::{Issues, KeyPath};
+use edge_protocols::secret::Secret;
+use serde::Deserialize;
+
+use crate::outbox::Stream;
+
+/// `[sync]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// `https://host[:port]` of the fleet server.
+    pub server: String,
+    /// The fleet CA certificate (PEM, from `fleet-server ca export`): the only authority
+    /// trusted for the server's certificate.
+    pub server_ca: PathBuf,
+    /// One-time enrollment token (`fleet-server device enroll`): inline, `{ file = … }` or
+    /// `{ env = … }`. Only needed until the device is enrolled.
+    #[serde(default)]
+    pub enroll_token: Option<Secret>,
+    /// Check-in period when the server does not say otherwise.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Streams uploaded to the server, in priority order (earlier streams are uploaded first).
+    #[serde(default = "default_streams")]
+    pub streams: Vec<Stream>,
+    /// Records per upload request.
+    #[serde(default = "default_batch_records")]
+    pub batch_records: usize,
+    /// Payload bytes per upload request (before compression).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
+    /// Bandwidth cap for uploads and downloads, bytes per second (0: none).
+    #[serde(default)]
+    pub max_bytes_per_s: u64,
+    /// Bound on each request (and each wait for download data).
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// `[sync.health]`: when a freshly installed bundle counts as healthy. It must load, then
+/// serve `windows` predictions with fewer than `max_inference_errors` inference errors and
+/// fewer than `max_out_of_range` outputs outside the manifest's declared ranges; otherwise
+/// the previous bundle is restored and the server told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    pub windows: u64,
+    pub max_inference_errors: u64,
+    pub max_out_of_range: u64,
+    /// Give up waiting for `windows` predictions after this long (the bundle is then kept:
+    /// no evidence against it, and the report says so).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            windows: 10,
+            max_inference_errors: 1,
+            max_out_of_range: 3,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_streams() -> Vec<Stream> {
+    vec![
+        Stream::Alarms,
+        Stream::Drift,
+        Stream::Events,
+        Stream::Predictions,
+        Stream::Features,
+        Stream::Samples,
+    ]
+}
+fn default_batch_records() -> usize {
+    1000
+}
+fn default_batch_bytes() -> usize {
+    1 << 20
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl SyncConfig {
+    pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        if let Err(e) = super::client::ServerUrl::parse(&self.server) {
+            issues.push(at.key("server"), e);
+        }
+        issues.check(
+            self.interval >= Duration::from_secs(1),
+            at.key("interval"),
+            || "must be at least 1s".into(),
+        );
+        issues.check(self.batch_records >= 1, at.key("batch_records"), || {
+            "must be at least 1".into()
+        });
+        issues.check(
+            self.batch_bytes >= 1024 && self.batch_bytes <= 8 << 20,
+            at.key("batch_bytes"),
+            || "must be between 1024 and 8388608 (the server refuses bodies over 16 MiB)".into(),
+        );
+        issues.check(
+            self.request_timeout >= Duration::from_secs(1),
+            at.key("request_timeout"),
+            || "must be at least 1s".into(),
+        );
+        let mut seen = Vec::new();
+        for (i, s) in self.streams.iter().enumerate() {
+            issues.check(!seen.contains(s), at.key("streams").index(i), || {
+                format!("stream `{}` is listed twice", s.name())
+            });
+            seen.push(*s);
+        }
+        issues.check(
+            self.health.windows >= 1,
+            at.key("health").key("windows"),
+            || "must be at least 1".into(),
+        );
+    }
+}

@@ -1,0 +1,142 @@
+//! The device identity: a key made on the device, and the certificate the fleet CA signed
+//! for it at enrollment. Kept in `<agent.data_dir>/sync/` (`device.key` mode 0600,
+//! `device.pem`, `device.json`). The private key never leaves the device: enrollment sends a
+//! CSR.
+
+use std::path::{Path, PathBuf};
+
+use edge_protocols::sync::{self, EnrollReply, EnrollRequest};
+use serde::{Deserialize, Serialize};
+
+use super::client::{ClientError, FleetClient};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub device_id: String,
+    /// The server it was enrolled with.
+    pub server: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make the device key/CSR: {0}")]
+    Key(String),
+    #[error("not enrolled and no [sync] enroll_token is configured: create one with `fleet-server device enroll` and set it")]
+    NoToken,
+    #[error("enroll_token: {0}")]
+    Token(String),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] ClientError),
+    #[error("{0} is corrupt: {1}; delete the sync folder to enroll again")]
+    Corrupt(PathBuf, String),
+}
+
+pub struct IdentityFiles {
+    pub dir: PathBuf,
+}
+
+impl IdentityFiles {
+    pub fn new(data_dir: &Path) -> Self {
+        IdentityFiles {
+            dir: data_dir.join("sync"),
+        }
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("device.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("device.pem")
+    }
+    fn meta(&self) -> PathBuf {
+        self.dir.join("device.json")
+    }
+
+    /// The stored identity, if enrolled.
+    pub fn load(&self) -> Result<Option<Identity>, IdentityError> {
+        let meta = self.meta();
+        if !meta.exists() || !self.cert().exists() || !self.key().exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read(&meta).map_err(|source| IdentityError::Io {
+            path: meta.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| IdentityError::Corrupt(meta, e.to_string()))
+    }
+
+    fn write(&self, path: &Path, contents: &[u8], private: bool) -> Result<(), IdentityError> {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let io = |source| IdentityError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let tmp = path.with_extension("tmp");
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        o.mode(if private { 0o600 } else { 0o644 });
+        let mut f = o.open(&tmp).map_err(io)?;
+        f.write_all(contents).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+
+    /// Makes a key and CSR, presents the token, stores the certificate.
+    pub async fn enroll(
+        &self,
+        client: &mut FleetClient,
+        server: &str,
+        agent_id: &str,
+        token: &str,
+    ) -> Result<Identity, IdentityError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| IdentityError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, agent_id);
+        let csr = params
+            .serialize_request(&key)
+            .and_then(|c| c.pem())
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        let reply: EnrollReply = client
+            .call(
+                sync::path::ENROLL,
+                &EnrollRequest {
+                    token: token.to_string(),
+                    csr_pem: csr,
+                    name: agent_id.to_string(),
+                    agent_version: crate::VERSION.to_string(),
+                },
+            )
+            .await?;
+        self.write(&self.key(), key.serialize_pem().as_bytes(), true)?;
+        self.write(&self.cert(), reply.cert_pem.as_bytes(), false)?;
+        self.write(
+            &self.dir.join("fleet-ca.pem"),
+            reply.ca_pem.as_bytes(),
+            false,
+        )?;
+        let id = Identity {
+            device_id: reply.device_id,
+            server: server.to_string(),
+        };
+        let meta = serde_json::to_vec_pretty(&id).map_err(|e| IdentityError::Key(e.to_string()))?;
+        self.write(&self.meta(), &meta, false)?;
+        Ok(id)
+    }
+}

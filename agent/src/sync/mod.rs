@@ -1,0 +1,402 @@
+//! The fleet sync client: enrollment, check-in with status, outbox upload, model updates.
+//!
+//! One task ([`SyncTask::run`]) repeats a cycle every check-in interval while the server is
+//! reachable:
+//!
+//! 1. enroll once (key + CSR made here, one-time token) — `identity.rs`;
+//! 2. check in with the agent's status (models, backlog per stream, last error) and learn
+//!    which bundles the server wants here;
+//! 3. send pending update reports;
+//! 4. upload the outbox in bounded batches, streams in the configured priority order
+//!    (alarms and drift before raw samples), within the bandwidth cap; the outbox cursor
+//!    `fleet` moves only to what the server acked (highest contiguous sequence stored), so a
+//!    cut mid-upload re-sends and the server de-duplicates;
+//! 5. apply model updates (`update.rs`).
+//!
+//! Failures are logged once per change and retried with backoff; an operator-fixable refusal
+//! (revoked device, bad token) is retried slowly.
+
+pub mod client;
+pub mod config;
+pub mod identity;
+pub mod update;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_protocols::sync::{
+    self as wire, CheckIn, CheckInReply, ModelStatus, StreamStatus, UploadAck, UploadBatch,
+    UploadRecord,
+};
+use tokio_util::sync::CancellationToken;
+
+pub use config::SyncConfig;
+
+use crate::outbox::SledOutbox;
+use client::{ClientError, FleetClient, ServerUrl};
+use identity::IdentityFiles;
+use update::{ModelHandle, Updater};
+
+/// The outbox destination name of the fleet server.
+pub const OUTBOX_DEST: &str = "fleet";
+
+/// Counters of the sync client, exposed as metrics and in the log.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub checkins: std::sync::atomic::AtomicU64,
+    pub failures: std::sync::atomic::AtomicU64,
+    pub uploaded_records: std::sync::atomic::AtomicU64,
+    pub uploaded_bytes: std::sync::atomic::AtomicU64,
+    pub updates_applied: std::sync::atomic::AtomicU64,
+    pub updates_failed: std::sync::atomic::AtomicU64,
+    /// Unix ms of the last successful check-in (0: never).
+    pub last_checkin_ms: std::sync::atomic::AtomicU64,
+}
+
+pub struct SyncTask {
+    pub cfg: SyncConfig,
+    pub agent_id: String,
+    pub data_dir: std::path::PathBuf,
+    pub outbox: Option<Arc<SledOutbox>>,
+    pub updater: Updater,
+    pub stats: Arc<SyncStats>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for SyncTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncTask")
+            .field("server", &self.cfg.server)
+            .finish()
+    }
+}
+
+fn tls_config(
+    cfg: &SyncConfig,
+    ids: &IdentityFiles,
+    enrolled: bool,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let auth = enrolled.then(|| (ids.cert(), ids.key()));
+    edge_protocols::tls::client_config(
+        Some(&cfg.server_ca),
+        auth.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|e| format!("sync.server_ca: {e}"))
+}
+
+impl SyncTask {
+    pub fn new(
+        cfg: SyncConfig,
+        agent_id: String,
+        data_dir: std::path::PathBuf,
+        outbox: Option<Arc<SledOutbox>>,
+        models: Vec<ModelHandle>,
+        trusted: Vec<ed25519_dalek::VerifyingKey>,
+        floors: crate::models::floor::FloorStore,
+    ) -> SyncTask {
+        let updater = Updater {
+            trusted,
+            floors,
+            models,
+            downloads: data_dir.join("sync").join("downloads"),
+            health: cfg.health.clone(),
+            max_bytes_per_s: cfg.max_bytes_per_s,
+            given_up: Default::default(),
+            downloaded: Default::default(),
+        };
+        SyncTask {
+            cfg,
+            agent_id,
+            data_dir,
+            outbox,
+            updater,
+            stats: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let ids = IdentityFiles::new(&self.data_dir);
+        let url = match ServerUrl::parse(&self.cfg.server) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!("sync.server: {e}; fleet sync disabled");
+                return;
+            }
+        };
+        let mut backoff =
+            edge_protocols::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut last_error: Option<String> = None;
+        let mut pending_reports = Vec::new();
+        let mut client: Option<FleetClient> = None;
+        loop {
+            let started = Instant::now();
+            let r = self
+                .cycle(
+                    &ids,
+                    &url,
+                    &mut client,
+                    &mut pending_reports,
+                    last_error.clone(),
+                )
+                .await;
+            let wait = match r {
+                Ok(next) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(server = %self.cfg.server, "fleet sync working again");
+                    }
+                    backoff.reset();
+                    next
+                }
+                Err(e) => {
+                    self.stats
+                        .failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let refusal = e.1;
+                    let msg = e.0;
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(server = %self.cfg.server, "fleet sync: {msg}");
+                    }
+                    last_error = Some(msg);
+                    if let Some(c) = client.as_mut() {
+                        c.disconnect();
+                    }
+                    if refusal {
+                        Duration::from_secs(300)
+                    } else {
+                        backoff.next_delay()
+                    }
+                }
+            };
+            let wait = wait.saturating_sub(started.elapsed().min(wait / 2));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One cycle. Err((message, operator must act)).
+    async fn cycle(
+        &mut self,
+        ids: &IdentityFiles,
+        url: &ServerUrl,
+        client: &mut Option<FleetClient>,
+        pending_reports: &mut Vec<wire::UpdateReport>,
+        last_error: Option<String>,
+    ) -> Result<Duration, (String, bool)> {
+        let fail = |e: ClientError| {
+            let refusal = e.is_refusal();
+            (e.to_string(), refusal)
+        };
+        let identity = ids.load().map_err(|e| (e.to_string(), true))?;
+        let identity = match identity {
+            Some(i) => i,
+            None => {
+                let token = match &self.cfg.enroll_token {
+                    Some(t) => t
+                        .resolve()
+                        .map_err(|e| (format!("sync.enroll_token: {e}"), true))?,
+                    None => return Err((identity::IdentityError::NoToken.to_string(), true)),
+                };
+                let tls = tls_config(&self.cfg, ids, false).map_err(|e| (e, true))?;
+                let mut c = FleetClient::new(url.clone(), tls, self.cfg.request_timeout);
+                let id = ids
+                    .enroll(&mut c, &self.cfg.server, &self.agent_id, &token)
+                    .await
+                    .map_err(|e| {
+                        let refusal =
+                            matches!(&e, identity::IdentityError::Enroll(c) if c.is_refusal());
+                        (e.to_string(), refusal)
+                    })?;
+                tracing::info!(device = %id.device_id, server = %self.cfg.server, "enrolled with the fleet server");
+                *client = None;
+                id
+            }
+        };
+        if client.is_none() {
+            let tls = tls_config(&self.cfg, ids, true).map_err(|e| (e, true))?;
+            *client = Some(FleetClient::new(url.clone(), tls, self.cfg.request_timeout));
+        }
+        let Some(c) = client.as_mut() else {
+            return Err(("no client".into(), false));
+        };
+        // 1. Check in.
+        let reply: CheckInReply = c
+            .call(wire::path::CHECKIN, &self.status(last_error))
+            .await
+            .map_err(fail)?;
+        self.stats
+            .checkins
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.last_checkin_ms.store(
+            chrono::Utc::now().timestamp_millis().max(0) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if reply.device_id != identity.device_id {
+            tracing::warn!(ours = %identity.device_id, server = %reply.device_id, "server knows this device under another id");
+        }
+        let next = if reply.next_checkin_s > 0 {
+            Duration::from_secs(reply.next_checkin_s.clamp(1, 3600))
+        } else {
+            self.cfg.interval
+        };
+        // 2. Reports owed from earlier cycles.
+        self.send_reports(c, pending_reports).await.map_err(fail)?;
+        // 3. Upload, highest priority first, for at most a few intervals.
+        self.upload(c, next * 3).await.map_err(fail)?;
+        // 4. Updates.
+        if !reply.desired.is_empty() {
+            let reports = self.updater.apply_all(c, &reply.desired).await;
+            for r in &reports {
+                let counter = match r.outcome {
+                    wire::UpdateOutcome::Applied => &self.stats.updates_applied,
+                    _ => &self.stats.updates_failed,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            pending_reports.extend(reports);
+            self.send_reports(c, pending_reports).await.map_err(fail)?;
+        }
+        Ok(next)
+    }
+
+    async fn send_reports(
+        &self,
+        c: &mut FleetClient,
+        pending: &mut Vec<wire::UpdateReport>,
+    ) -> Result<(), ClientError> {
+        while let Some(r) = pending.first() {
+            let _: wire::Empty = c.call(wire::path::REPORT, r).await?;
+            pending.remove(0);
+        }
+        Ok(())
+    }
+
+    fn status(&self, last_error: Option<String>) -> CheckIn {
+        let models = self
+            .updater
+            .models
+            .iter()
+            .filter_map(|m| {
+                update::identify(&m.bundle_path).map(|(i, _)| ModelStatus {
+                    model: m.name.clone(),
+                    bundle: i.name,
+                    version: i.version,
+                    version_number: i.version_number,
+                    sha256: i.sha256,
+                })
+            })
+            .collect();
+        let streams = match &self.outbox {
+            Some(ob) => {
+                let stats = ob.stats();
+                self.cfg
+                    .streams
+                    .iter()
+                    .filter_map(|s| stats.iter().find(|x| x.stream == s.name()))
+                    .map(|x| StreamStatus {
+                        stream: x.stream.to_string(),
+                        backlog: x.records,
+                        bytes: x.bytes,
+                        dropped: x.dropped,
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        CheckIn {
+            agent_version: format!("{} ({})", crate::VERSION, crate::GIT_HASH),
+            models,
+            streams,
+            last_error,
+            uptime_s: self.started.elapsed().as_secs(),
+        }
+    }
+
+    async fn upload(&self, c: &mut FleetClient, budget: Duration) -> Result<(), ClientError> {
+        let Some(ob) = self.outbox.clone() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let mut sent_bytes = 0u64;
+        for &stream in &self.cfg.streams {
+            loop {
+                if started.elapsed() > budget {
+                    return Ok(()); // next cycle starts again from the highest priority
+                }
+                let recs = {
+                    let ob = ob.clone();
+                    let max = self.cfg.batch_records;
+                    tokio::task::spawn_blocking(move || ob.read(stream, OUTBOX_DEST, max))
+                        .await
+                        .map_err(|e| ClientError::Http("outbox".into(), e.to_string()))?
+                };
+                let recs = match recs {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(stream = stream.name(), "outbox read failed: {e}");
+                        break;
+                    }
+                };
+                let Some(first) = recs.first().map(|r| r.0) else {
+                    break;
+                };
+                let full = recs.len() >= self.cfg.batch_records;
+                let mut bytes = 0usize;
+                let records: Vec<UploadRecord> = recs
+                    .into_iter()
+                    .take_while(|r| {
+                        bytes += r.2.len();
+                        bytes <= self.cfg.batch_bytes || bytes == r.2.len()
+                    })
+                    .map(|(seq, ts_ms, body)| UploadRecord { seq, ts_ms, body })
+                    .collect();
+                let last = records.last().map(|r| r.seq).unwrap_or(first);
+                let n = records.len() as u64;
+                let payload: u64 = records.iter().map(|r| r.body.len() as u64).sum();
+                let batch = UploadBatch {
+                    stream: stream.name().to_string(),
+                    first_available: first,
+                    records,
+                };
+                let ack: UploadAck = c.call(wire::path::UPLOAD, &batch).await?;
+                if ack.acked_through > 0 {
+                    if let Err(e) = ob.confirm(stream, OUTBOX_DEST, ack.acked_through.min(last)) {
+                        tracing::warn!(stream = stream.name(), "outbox confirm failed: {e}");
+                    }
+                }
+                self.stats
+                    .uploaded_records
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                self.stats
+                    .uploaded_bytes
+                    .fetch_add(payload, std::sync::atomic::Ordering::Relaxed);
+                sent_bytes += payload;
+                if self.cfg.max_bytes_per_s > 0 {
+                    let due = Duration::from_secs_f64(
+                        sent_bytes as f64 / self.cfg.max_bytes_per_s as f64,
+                    );
+                    if let Some(w) = due.checked_sub(started.elapsed()) {
+                        tokio::time::sleep(w).await;
+                    }
+                }
+                if ack.acked_through < last {
+                    tracing::warn!(
+                        stream = stream.name(),
+                        acked = ack.acked_through,
+                        sent_to = last,
+                        "server stored less than sent; re-sending next cycle"
+                    );
+                    break;
+                }
+                let more = full || bytes > self.cfg.batch_bytes;
+                if !more {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! Model updates from the fleet server: download (resumable), rebuild from a delta, verify,
+//! swap atomically, watch the model stage load it and serve healthy windows, and restore the
+//! previous bundle when it does not.
+//!
+//! Architecture invariants:
+//! - the bundle file a model stage reads is only ever replaced by `rename` of a complete,
+//!   verified file (hash, signature against the pinned keys, version floor), so no half-applied
+//!   model ever runs;
+//! - the previous bundle is kept beside it (`<bundle>.prev`) until the new one is healthy;
+//! - the version floor is lowered only to restore that exact previous file
+//!   ([`FloorStore::restore`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+use edge_protocols::bundle::file as bundle_file;
+use edge_protocols::sync::{DesiredBundle, UpdateOutcome, UpdateReport};
+
+use super::client::FleetClient;
+use super::config::HealthConfig;
+use crate::models::floor::FloorStore;
+use crate::models::ModelStats;
+
+/// One `[[models]]` entry as the updater sees it.
+#[derive(Debug, Clone)]
+pub struct ModelHandle {
+    pub name: String,
+    pub bundle_path: PathBuf,
+    pub stats: Arc<ModelStats>,
+    pub reload_check: Duration,
+}
+
+/// What a model's bundle file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleIdentity {
+    pub name: String,
+    pub version: String,
+    pub version_number: u64,
+    pub sha256: String,
+}
+
+pub fn identify(path: &Path) -> Option<(BundleIdentity, Vec<u8>)> {
+    let bytes = std::fs::read(path).ok()?;
+    let u = bundle_file::parse(&bytes).ok()?;
+    Some((
+        BundleIdentity {
+            name: u.manifest.name,
+            version: u.manifest.version,
+            version_number: u.manifest.version_number,
+            sha256: u.file_sha256,
+        },
+        bytes,
+    ))
+}
+
+fn prev_path(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".prev");
+    PathBuf::from(s)
+}
+
+/// Writes `bytes` beside `dest` and renames it over `dest` (fsync file and folder).
+fn replace_file(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = dest.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dest)?;
+    if let Some(dir) = dest.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+pub struct Updater {
+    pub trusted: Vec<VerifyingKey>,
+    pub floors: FloorStore,
+    pub models: Vec<ModelHandle>,
+    pub downloads: PathBuf,
+    pub health: HealthConfig,
+    pub max_bytes_per_s: u64,
+    /// Targets that failed here: not tried again (the server sees the report).
+    pub given_up: HashMap<String, String>,
+    /// Bytes received per artifact over every (resumed) attempt.
+    pub downloaded: HashMap<String, u64>,
+}
+
+impl std::fmt::Debug for Updater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Updater")
+            .field("models", &self.models.len())
+            .finish()
+    }
+}
+
+enum Install {
+    Healthy(String),
+    RolledBack(String),
+}
+
+impl Updater {
+    /// Works through the server's wishes; returns the reports to send.
+    pub async fn apply_all(
+        &mut self,
+        client: &mut FleetClient,
+        desired: &[DesiredBundle],
+    ) -> Vec<UpdateReport> {
+        let mut reports = Vec::new();
+        for d in desired {
+            if self.given_up.contains_key(&d.sha256) {
+                continue;
+            }
+            let targets: Vec<(ModelHandle, BundleIdentity, Vec<u8>)> = self
+                .models
+                .iter()
+                .filter_map(|m| identify(&m.bundle_path).map(|(i, b)| (m.clone(), i, b)))
+                .filter(|(_, i, _)| i.name == d.bundle && i.sha256 != d.sha256)
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            for (model, current, current_bytes) in targets {
+                let r = self
+                    .update_one(client, d, &model, &current, &current_bytes)
+                    .await;
+                let report = match r {
+                    Ok((outcome, detail, method, bytes)) => UpdateReport {
+                        model: model.name.clone(),
+                        bundle: d.bundle.clone(),
+                        from_version_number: current.version_number,
+                        to_version_number: d.version_number,
+                        rollout: d.rollout.clone(),
+                        outcome,
+                        method,
+                        downloaded_bytes: bytes,
+                        detail,
+                    },
+                    Err(Retry(e)) => {
+                        // Network trouble: the partial download stays; next check-in resumes.
+                        tracing::warn!(model = %model.name, bundle = %d.bundle, "update paused: {e}");
+                        continue;
+                    }
+                };
+                match report.outcome {
+                    UpdateOutcome::Applied => {
+                        tracing::info!(model = %model.name, bundle = %d.bundle,
+                        from = current.version_number, to = d.version_number, method = %report.method,
+                        bytes = report.downloaded_bytes, "model updated: {}", report.detail)
+                    }
+                    _ => {
+                        tracing::error!(model = %model.name, bundle = %d.bundle, to = d.version_number,
+                            outcome = ?report.outcome, "model update failed: {}", report.detail);
+                        self.given_up
+                            .insert(d.sha256.clone(), report.detail.clone());
+                    }
+                }
+                reports.push(report);
+            }
+        }
+        reports
+    }
+
+    async fn update_one(
+        &mut self,
+        client: &mut FleetClient,
+        d: &DesiredBundle,
+        model: &ModelHandle,
+        current: &BundleIdentity,
+        current_bytes: &[u8],
+    ) -> Result<(UpdateOutcome, String, String, u64), Retry> {
+        let failed = |detail: String, method: &str, bytes: u64| {
+            Ok((UpdateOutcome::Failed, detail, method.to_string(), bytes))
+        };
+        let floor = self
+            .floors
+            .floor(&d.bundle)
+            .map_err(|e| Retry(format!("version floor: {e}")))?;
+        // A fleet rollback to the bundle this device ran just before: allowed below the floor
+        // only for that exact file.
+        if d.version_number < floor {
+            let prev = prev_path(&model.bundle_path);
+            return match identify(&prev) {
+                Some((p, bytes)) if p.sha256 == d.sha256 => {
+                    match self.install(model, current, current_bytes, &bytes, &p, true).await {
+                        Install::Healthy(detail) => Ok((
+                            UpdateOutcome::Applied,
+                            format!("restored the previous bundle: {detail}"),
+                            "local".into(),
+                            0,
+                        )),
+                        Install::RolledBack(detail) => {
+                            Ok((UpdateOutcome::RolledBack, detail, "local".into(), 0))
+                        }
+                    }
+                }
+                _ => failed(
+                    format!(
+                        "version number {} is below this device's floor {floor}: refusing a downgrade",
+                        d.version_number
+                    ),
+                    "none",
+                    0,
+                ),
+            };
+        }
+        // Download (resuming a partial file), then check what arrived.
+        std::fs::create_dir_all(&self.downloads)
+            .map_err(|e| Retry(format!("{}: {e}", self.downloads.display())))?;
+        let art = &d.artifact;
+        let done = self.downloads.join(&art.sha256);
+        let part = self.downloads.join(format!("{}.part", art.sha256));
+        let mut got = 0;
+        if !done.exists() {
+            let path = format!("{}/{}", edge_protocols::sync::path::ARTIFACTS, art.sha256);
+            let cap = (self.max_bytes_per_s > 0).then_some(self.max_bytes_per_s);
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            let before = size(&part);
+            let r = client.download(&path, &part, cap).await;
+            let after = size(&part);
+            // A resumed transfer adds to the file; a restarted one (200 instead of 206) rewrote it.
+            *self.downloaded.entry(art.sha256.clone()).or_default() += if after >= before {
+                after - before
+            } else {
+                after
+            };
+            r.map_err(|e| {
+                if e.is_refusal() {
+                    Retry(format!("server refused the download: {e}"))
+                } else {
+                    Retry(e.to_string())
+                }
+            })?;
+            let bytes =
+                std::fs::read(&part).map_err(|e| Retry(format!("{}: {e}", part.display())))?;
+            let sha = bundle_file::sha256_hex(&bytes);
+            if bytes.len() as u64 > art.size
+                || (bytes.len() as u64 == art.size && sha != art.sha256)
+            {
+                let _ = std::fs::remove_file(&part);
+                return Err(Retry(format!(
+                    "downloaded artifact does not match (sha256 {sha}, {} bytes; expected {} bytes {}): discarded, will download again",
+                    bytes.len(), art.size, art.sha256
+                )));
+            }
+            if (bytes.len() as u64) < art.size {
+                return Err(Retry(format!(
+                    "download incomplete ({} of {} bytes)",
+                    bytes.len(),
+                    art.size
+                )));
+            }
+            std::fs::rename(&part, &done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
+        }
+        got = self.downloaded.remove(&art.sha256).unwrap_or(got);
+        let artifact =
+            std::fs::read(&done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
+        let new_bytes = if art.method == "full" {
+            artifact
+        } else {
+            match edge_protocols::delta::apply(current_bytes, &artifact) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&done);
+                    return failed(
+                        format!("delta ({}) does not apply: {e}", art.method),
+                        &art.method,
+                        got,
+                    );
+                }
+            }
+        };
+        let _ = std::fs::remove_file(&done);
+        // Verify before anything touches the running model.
+        let verified = match bundle_file::Bundle::from_bytes(&new_bytes, &self.trusted, floor) {
+            Ok(b) => b,
+            Err(e) => return failed(format!("bundle refused: {e}"), &art.method, got),
+        };
+        if verified.manifest.name != d.bundle
+            || verified.manifest.version_number != d.version_number
+            || verified.file_sha256 != d.sha256
+        {
+            return failed(
+                format!(
+                    "bundle is {} #{} ({}), not the announced {} #{} ({})",
+                    verified.manifest.name,
+                    verified.manifest.version_number,
+                    verified.file_sha256,
+                    d.bundle,
+                    d.version_number,
+                    d.sha256
+                ),
+                &art.method,
+                got,
+            );
+        }
+        let ident = BundleIdentity {
+            name: d.bundle.clone(),
+            version: d.version.clone(),
+            version_number: d.version_number,
+            sha256: d.sha256.clone(),
+        };
+        Ok(
+            match self
+                .install(model, current, current_bytes, &new_bytes, &ident, false)
+                .await
+            {
+                Install::Healthy(detail) => {
+                    (UpdateOutcome::Applied, detail, art.method.clone(), got)
+                }
+                Install::RolledBack(detail) => {
+                    (UpdateOutcome::RolledBack, detail, art.method.clone(), got)
+                }
+            },
+        )
+    }
+
+    /// Swaps the file in, waits for the stage to load it, checks its health, and restores the
+    /// previous bundle if anything fails.
+    async fn install(
+        &self,
+        model: &ModelHandle,
+        current: &BundleIdentity,
+        current_bytes: &[u8],
+        new_bytes: &[u8],
+        new: &BundleIdentity,
+        is_rollback: bool,
+    ) -> Install {
+        let stats = &model.stats;
+        let prev = prev_path(&model.bundle_path);
+        if let Err(e) = replace_file(&prev, current_bytes) {
+            return Install::RolledBack(format!(
+                "cannot keep the previous bundle at {}: {e}; not installed",
+                prev.display()
+            ));
+        }
+        if is_rollback {
+            if let Err(e) = self.floors.restore(&new.name, new.version_number) {
+                return Install::RolledBack(format!("cannot set the version floor: {e}"));
+            }
+        }
+        let failures0 = stats.reload_failures.load(Ordering::Relaxed);
+        if let Err(e) = replace_file(&model.bundle_path, new_bytes) {
+            return Install::RolledBack(format!(
+                "cannot write {}: {e}; previous bundle still serving",
+                model.bundle_path.display()
+            ));
+        }
+        // 1. The stage picks the file up at its next reload check.
+        let deadline = Instant::now() + model.reload_check * 3 + Duration::from_secs(10);
+        let loaded = loop {
+            if stats.version_number.load(Ordering::Relaxed) == new.version_number {
+                break Ok(());
+            }
+            if stats.reload_failures.load(Ordering::Relaxed) > failures0 {
+                let why = stats
+                    .last_reload_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .unwrap_or_else(|| "see the agent log".into());
+                break Err(format!("failed to load: {why}"));
+            }
+            if Instant::now() > deadline {
+                break Err("the model stage did not load it in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // 2. Health: enough windows without inference errors or out-of-range outputs.
+        let verdict = match loaded {
+            Err(e) => Err(e),
+            Ok(()) => self.watch_health(stats).await,
+        };
+        match verdict {
+            Ok(detail) => Install::Healthy(detail),
+            Err(why) => {
+                // Roll back: the previous file, with its floor, then wait for it to serve again.
+                let restore = self
+                    .floors
+                    .restore(&current.name, current.version_number)
+                    .and_then(|_| {
+                        replace_file(&model.bundle_path, current_bytes).map_err(|e| e.to_string())
+                    });
+                if let Err(e) = restore {
+                    return Install::RolledBack(format!(
+                        "{why}; restoring the previous bundle FAILED: {e}"
+                    ));
+                }
+                let deadline = Instant::now() + model.reload_check * 3 + Duration::from_secs(10);
+                while stats.version_number.load(Ordering::Relaxed) != current.version_number
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Install::RolledBack(format!(
+                    "{why}; rolled back to {} #{}",
+                    current.version, current.version_number
+                ))
+            }
+        }
+    }
+
+    async fn watch_health(&self, stats: &ModelStats) -> Result<String, String> {
+        let h = &self.health;
+        let p0 = stats.predictions.load(Ordering::Relaxed);
+        let e0 = stats.inference_errors.load(Ordering::Relaxed);
+        let o0 = stats.out_of_range.load(Ordering::Relaxed);
+        let deadline = Instant::now() + h.timeout;
+        loop {
+            let p = stats.predictions.load(Ordering::Relaxed) - p0;
+            let e = stats.inference_errors.load(Ordering::Relaxed) - e0;
+            let o = stats.out_of_range.load(Ordering::Relaxed) - o0;
+            if e >= h.max_inference_errors {
+                return Err(format!(
+                    "health check failed: {e} inference error(s) in {p} window(s)"
+                ));
+            }
+            if o >= h.max_out_of_range {
+                return Err(format!(
+                    "health check failed: {o} prediction(s) outside the manifest's output range in {p} window(s)"
+                ));
+            }
+            if p >= h.windows {
+                return Ok(format!("healthy over {p} windows"));
+            }
+            if Instant::now() > deadline {
+                return Ok(format!(
+                    "kept: only {p} window(s) within {:?} of the health check, none failing",
+                    h.timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A temporary problem (network, partial download): try again at the next check-in.
+#[derive(Debug)]
+pub struct Retry(pub String);

@@ -1,0 +1,267 @@
+//! Fleet-server test helpers: start the real `fleet-server` binary, run its CLI, make signed
+//! bundle versions, and a small blocking HTTPS client (rustls, optional client certificate)
+//! to talk to the device API directly — as a second device, or as an attacker.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_protocols::bundle::file as bundle_file;
+
+use crate::{free_port, workspace_bin, Peer};
+
+pub struct FleetServer {
+    pub peer: Peer,
+    pub port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl FleetServer {
+    pub fn start(dir: &Path) -> FleetServer {
+        let data_dir = dir.join("fleet");
+        let port = free_port();
+        let peer = Peer::start(
+            "fleet-server",
+            workspace_bin("fleet-server"),
+            &[
+                "serve",
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--checkin-s",
+                "1",
+            ],
+            dir,
+            Some(port),
+        );
+        FleetServer {
+            peer,
+            port,
+            data_dir,
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("ca/ca.pem")
+    }
+
+    /// Runs a CLI command on the data dir; stdout on success, panics with stderr otherwise.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli_status(args);
+        assert!(ok, "fleet-server {args:?} failed:\n{err}");
+        out
+    }
+
+    /// Runs a CLI command: (success, stdout, stderr).
+    pub fn cli_status(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(workspace_bin("fleet-server"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--by", "test-operator"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fleet-server CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub fn devices(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli(&["device", "list", "--json"])).expect("device list JSON")
+    }
+
+    pub fn device_show(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&self.cli(&["device", "show", id])).expect("device show JSON")
+    }
+
+    pub fn audit(&self) -> String {
+        self.cli(&["audit", "--limit", "500"])
+    }
+
+    /// Polls `f` until it returns `Some`, panicking with the server log after `timeout`.
+    pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\nserver log:\n{}",
+                self.peer.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// A signing key pair made by `edge-agent bundle keygen`: (private PEM path, public PEM path).
+pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let base = dir.join(name);
+    let st = Command::new(workspace_bin("edge-agent"))
+        .args(["bundle", "keygen", "--out"])
+        .arg(&base)
+        .stdout(Stdio::null())
+        .status()
+        .expect("keygen");
+    assert!(st.success());
+    (
+        PathBuf::from(format!("{}.key.pem", base.display())),
+        PathBuf::from(format!("{}.pub.pem", base.display())),
+    )
+}
+
+/// A new version of the demo bundle: same model and features, `version_number`, signed by
+/// `key`; `edit` may change the manifest (e.g. impossible output ranges).
+pub fn demo_bundle_version(
+    key: &Path,
+    version_number: u64,
+    edit: impl FnOnce(&mut edge_protocols::bundle::manifest::Manifest),
+) -> Vec<u8> {
+    let demo = std::fs::read(crate::workspace().join("examples/demo/pump-anomaly.bundle"))
+        .expect("demo bundle");
+    let u = bundle_file::parse(&demo).expect("demo bundle parses");
+    let mut m = u.manifest.clone();
+    m.version_number = version_number;
+    m.version = format!("1.{version_number}.0");
+    m.description = Some(format!("test version {version_number}"));
+    edit(&mut m);
+    let k = bundle_file::read_signing_key(key).expect("signing key");
+    bundle_file::pack(&m, &u.model, &k).expect("pack")
+}
+
+/// A blocking HTTPS/1.1 request with `Connection: close`: (status, body).
+pub fn https(
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let cfg = edge_protocols::tls::client_config(Some(ca), client).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(Arc::clone(&cfg), name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    tls.write_all(body).map_err(|e| e.to_string())?;
+    tls.flush().map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    match tls.read_to_end(&mut resp) {
+        Ok(_) => {}
+        // Servers may close without close_notify after `Connection: close`.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !resp.is_empty() => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let mut body = resp[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = b.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..p]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let start = p + 2;
+        out.extend_from_slice(&b[start..(start + n).min(b.len())]);
+        b = &b[(start + n + 2).min(b.len())..];
+    }
+    out
+}
+
+/// POSTs a sync message (CBOR + zstd) and decodes the reply, or returns (status, text).
+pub fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    port: u16,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    path: &str,
+    msg: &Req,
+) -> Result<Rep, (u16, String)> {
+    let (status, body) = https(
+        port,
+        ca,
+        client,
+        "POST",
+        path,
+        &[
+            ("content-type", edge_protocols::sync::CONTENT_TYPE),
+            ("content-encoding", "zstd"),
+        ],
+        &edge_protocols::sync::encode(msg),
+    )
+    .map_err(|e| (0, e))?;
+    if status != 200 {
+        return Err((status, String::from_utf8_lossy(&body).into_owned()));
+    }
+    edge_protocols::sync::decode(&body).map_err(|e| (status, e.to_string()))
+}
+
+/// Enrolls a device directly (key and CSR made here); returns (cert path, key path, id).
+pub fn enroll_device(
+    port: u16,
+    ca: &Path,
+    dir: &Path,
+    name: &str,
+    token: &str,
+) -> Result<(PathBuf, PathBuf, String), (u16, String)> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .expect("csr");
+    let reply: edge_protocols::sync::EnrollReply = call(
+        port,
+        ca,
+        None,
+        edge_protocols::sync::path::ENROLL,
+        &edge_protocols::sync::EnrollRequest {
+            token: token.into(),
+            csr_pem: csr,
+            name: name.into(),
+            agent_version: "test".into(),
+        },
+    )?;
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, reply.cert_pem).expect("write cert");
+    std::fs::write(&k, key.serialize_pem()).expect("write key");
+    Ok((c, k, reply.device_id))
+}
