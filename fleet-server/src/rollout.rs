@@ -192,10 +192,13 @@ pub async fn report(
         .rollout_report(rollout, device, outcome, detail)
         .await?;
     if let Some(r) = store.rollout(rollout).await? {
-        if outcome != "applied" && failures >= r.max_failures && r.state == "active" {
-            if store
+        if outcome != "applied"
+            && failures >= r.max_failures
+            && r.state == "active"
+            && store
                 .set_rollout(rollout, &["active"], "halted", None)
                 .await?
+        {
             {
                 tracing::warn!(
                     rollout,

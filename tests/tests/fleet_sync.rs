@@ -11,16 +11,26 @@ use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;
 
-fn agent_config(
-    d: &Path,
-    id: &str,
+struct AgentSetup<'a> {
+    id: &'a str,
     server_port: u16,
-    ca: &Path,
-    token: &str,
-    bundle: &Path,
-    trusted: &Path,
-    extra_sync: &str,
-) -> PathBuf {
+    ca: &'a Path,
+    token: &'a str,
+    bundle: &'a Path,
+    trusted: &'a Path,
+    extra_sync: &'a str,
+}
+
+fn agent_config(d: &Path, a: AgentSetup) -> PathBuf {
+    let AgentSetup {
+        id,
+        server_port,
+        ca,
+        token,
+        bundle,
+        trusted,
+        extra_sync,
+    } = a;
     let cfg = d.join(format!("{id}.toml"));
     let data = d.join(id);
     std::fs::create_dir_all(&data).expect("data dir");
@@ -125,13 +135,16 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     let tok = token(&server, &["site=a"]);
     let cfg = agent_config(
         d,
-        "gw1",
-        proxy.port,
-        &server.ca(),
-        &tok,
-        &bundle,
-        &public,
-        "max_bytes_per_s = 100000\nstreams = [\"alarms\", \"predictions\", \"samples\"]",
+        AgentSetup {
+            id: "gw1",
+            server_port: proxy.port,
+            ca: &server.ca(),
+            token: &tok,
+            bundle: &bundle,
+            trusted: &public,
+            extra_sync:
+                "max_bytes_per_s = 100000\nstreams = [\"alarms\", \"predictions\", \"samples\"]",
+        },
     );
     let mut agent = start_agent(d, "gw1", &cfg);
 
@@ -420,13 +433,15 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     let tok = token(&server, &["site=a", "canary"]);
     let cfg = agent_config(
         d,
-        "gw",
-        server.port,
-        &server.ca(),
-        &tok,
-        &bundle,
-        &public,
-        "",
+        AgentSetup {
+            id: "gw",
+            server_port: server.port,
+            ca: &server.ca(),
+            token: &tok,
+            bundle: &bundle,
+            trusted: &public,
+            extra_sync: "",
+        },
     );
     let mut agent = start_agent(d, "gw", &cfg);
     server.wait("check-in", Duration::from_secs(60), || {
