@@ -29,6 +29,9 @@ pub enum RegistryError {
     },
 }
 
+/// The cache key of "no base": the compressed full bundle.
+const NO_BASE: &str = "";
+
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: FleetStore,
@@ -151,13 +154,12 @@ impl Registry {
             size: target.size as u64,
             method: "full".into(),
         };
-        let Some(base) = base.filter(|b| *b != target.sha256) else {
-            return Ok(Some(full));
+        // The device runs a bundle this server never stored (or none): nothing to diff
+        // against, so the compressed full bundle (cached under the empty base).
+        let base = match base.filter(|b| *b != target.sha256) {
+            Some(b) if self.store.bundle_by_sha(b).await?.is_some() => b,
+            _ => NO_BASE,
         };
-        if self.store.bundle_by_sha(base).await?.is_none() {
-            // The device runs a bundle this server never stored: nothing to diff against.
-            return Ok(Some(full));
-        }
         if let Some(d) = self.store.delta(base, &target.sha256).await? {
             return Ok(Some(if d.method == "full" {
                 full
@@ -196,13 +198,27 @@ impl Registry {
 
     /// Computes every method, keeps the smallest (or `full`), and caches the choice.
     pub async fn compute_delta(&self, base: &str, target: &str) -> Result<DeltaRow, RegistryError> {
-        let (bp, tp) = (self.dir.join(base), self.dir.join(target));
-        let old = tokio::fs::read(&bp).await.map_err(self.io(&bp))?;
+        let tp = self.dir.join(target);
+        let old = if base == NO_BASE {
+            Vec::new()
+        } else {
+            let bp = self.dir.join(base);
+            tokio::fs::read(&bp).await.map_err(self.io(&bp))?
+        };
         let new = tokio::fs::read(&tp).await.map_err(self.io(&tp))?;
         let started = std::time::Instant::now();
+        let no_base = base == NO_BASE;
         let (all, new_len) = tokio::task::spawn_blocking(move || {
             let n = new.len();
-            (delta::make_all(&old, &new), n)
+            let all = if no_base {
+                vec![(
+                    delta::Method::Zstd,
+                    delta::make(delta::Method::Zstd, &old, &new),
+                )]
+            } else {
+                delta::make_all(&old, &new)
+            };
+            (all, n)
         })
         .await
         .map_err(|e| RegistryError::Refused(e.to_string()))?;

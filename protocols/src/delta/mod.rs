@@ -10,6 +10,8 @@
 //!   byte-shuffled (all first bytes of each element, then all second bytes, …) so unchanged
 //!   high bytes become long zero runs; the result is compressed with A as reference prefix,
 //!   which also covers everything that is not a tensor (manifest, graph, signature).
+//! - [`Method::Zstd`]: the new file alone, zstd-compressed — no base needed; what a device
+//!   gets when the server does not hold the bundle it runs (a compressed full download).
 //!
 //! ```text
 //! "EDGEDLTA" | u8 container version (=1) | u8 method | SHA-256(A) | SHA-256(B) | u64 len(B)
@@ -42,16 +44,30 @@ pub enum Method {
     Bsdiff,
     PatchFrom,
     TensorXor,
+    Zstd,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::Bsdiff, Method::PatchFrom, Method::TensorXor];
+    /// Whether the result depends on the old file.
+    pub fn needs_base(self) -> bool {
+        self != Method::Zstd
+    }
+}
+
+impl Method {
+    pub const ALL: [Method; 4] = [
+        Method::Bsdiff,
+        Method::PatchFrom,
+        Method::TensorXor,
+        Method::Zstd,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Bsdiff => "bsdiff-zstd",
             Method::PatchFrom => "zstd-patch-from",
             Method::TensorXor => "tensor-xor-zstd",
+            Method::Zstd => "zstd-full",
         }
     }
 
@@ -60,6 +76,7 @@ impl Method {
             Method::Bsdiff => 1,
             Method::PatchFrom => 2,
             Method::TensorXor => 3,
+            Method::Zstd => 4,
         }
     }
 
@@ -199,7 +216,12 @@ fn header(method: Method, old: &[u8], new: &[u8]) -> Vec<u8> {
     h.extend_from_slice(MAGIC);
     h.push(VERSION);
     h.push(method.code());
-    h.extend_from_slice(&sha(old));
+    // A method without a base records no base hash.
+    h.extend_from_slice(&if method.needs_base() {
+        sha(old)
+    } else {
+        [0; 32]
+    });
     h.extend_from_slice(&sha(new));
     h.extend_from_slice(&(new.len() as u64).to_le_bytes());
     h
@@ -216,6 +238,7 @@ pub fn make(method: Method, old: &[u8], new: &[u8]) -> Result<Vec<u8>, DeltaErro
             out.extend(zstd::bulk::compress(&patch, LEVEL).map_err(corrupt)?);
         }
         Method::PatchFrom => out.extend(compress_with_prefix(old, new)?),
+        Method::Zstd => out.extend(zstd::bulk::compress(new, LEVEL).map_err(corrupt)?),
         Method::TensorXor => {
             let regions =
                 aligned_regions(old, new).ok_or(DeltaError::NotApplicable(method.name()))?;
@@ -289,7 +312,7 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, DeltaError> {
 pub fn apply(old: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let info = inspect(delta)?;
     let actual = hex(&sha(old));
-    if actual != info.base_sha256 {
+    if info.method.needs_base() && actual != info.base_sha256 {
         return Err(DeltaError::WrongBase {
             expected: info.base_sha256,
             actual,
@@ -312,6 +335,15 @@ pub fn apply(old: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
             new
         }
         Method::PatchFrom => decompress_with_prefix(old, body, info.target_len)?,
+        Method::Zstd => {
+            let mut new = Vec::new();
+            zstd::stream::read::Decoder::new(body)
+                .map_err(corrupt)?
+                .take(info.target_len + 1)
+                .read_to_end(&mut new)
+                .map_err(corrupt)?;
+            new
+        }
         Method::TensorXor => {
             let n = body
                 .get(..4)
@@ -383,7 +415,9 @@ mod tests {
             let d = make(m, &old, &new).unwrap();
             assert_eq!(inspect(&d).unwrap().method, m);
             assert_eq!(apply(&old, &d).unwrap(), new, "{}", m.name());
-            assert!(d.len() < new.len() / 4, "{}: {} bytes", m.name(), d.len());
+            if m.needs_base() {
+                assert!(d.len() < new.len() / 4, "{}: {} bytes", m.name(), d.len());
+            }
         }
     }
 
@@ -420,8 +454,12 @@ mod tests {
             t[last] ^= 0x40;
             assert!(apply(&old, &t).is_err(), "{} tampered", m.name());
             // Applied to the wrong base.
-            let err = apply(&new, &d).unwrap_err();
-            assert!(matches!(err, DeltaError::WrongBase { .. }), "{err}");
+            if m.needs_base() {
+                let err = apply(&new, &d).unwrap_err();
+                assert!(matches!(err, DeltaError::WrongBase { .. }), "{err}");
+            } else {
+                assert_eq!(apply(b"anything", &d).unwrap(), new);
+            }
         }
         assert!(matches!(
             apply(&old, b"not a delta at all"),

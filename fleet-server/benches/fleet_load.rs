@@ -1,0 +1,289 @@
+//! Fleet-server load: N simulated devices, each enrolled with its own certificate and keeping
+//! its own mutual-TLS connection, syncing every 10 s (a check-in, then an upload of 10
+//! records). Reports request latency p50/p99 and the server process's CPU and RSS, measured
+//! over a window after every device has synced once.
+//!
+//! Run: `cargo bench -p fleet-server --bench fleet_load`
+//! (`FLEET_LOAD_DEVICES=1000,10000`, `FLEET_LOAD_SECONDS=60` to change the defaults).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edge_protocols::sync::{self, path};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(port: u16, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Conn> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    tcp.set_nodelay(true)?;
+    let s = tokio_rustls::TlsConnector::from(tls)
+        .connect(ServerName::try_from("127.0.0.1")?, tcp)
+        .await?;
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+async fn post<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
+    c: &mut Conn,
+    p: &str,
+    msg: &Req,
+) -> anyhow::Result<Rep> {
+    c.ready().await?;
+    let req = hyper::Request::post(p)
+        .header("host", "127.0.0.1")
+        .header("content-type", sync::CONTENT_TYPE)
+        .body(Full::new(Bytes::from(sync::encode(msg))))?;
+    let r = c.send_request(req).await?;
+    let status = r.status();
+    let body = r.into_body().collect().await?.to_bytes();
+    anyhow::ensure!(
+        status.is_success(),
+        "{p}: {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(sync::decode(&body)?)
+}
+
+fn client_tls(ca: &str, auth: Option<(&str, &str)>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots);
+    Ok(Arc::new(match auth {
+        Some((cert, key)) => b.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<_, _>>()?,
+            PrivateKeyDer::from_pem_slice(key.as_bytes())?,
+        )?,
+        None => b.with_no_client_auth(),
+    }))
+}
+
+/// utime + stime of a process, seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
+    let period = Duration::from_secs(10);
+    let dir = std::env::temp_dir().join(format!("fleet-load-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = fleet_server::store::FleetStore::open_dir(&dir).await?;
+    let tokens: Vec<String> = (0..n)
+        .map(|i| format!("load-token-{i}-{}", fastrand::u64(..)))
+        .collect();
+    for t in &tokens {
+        store
+            .add_token(
+                &fleet_server::ca::sha256_hex(t.as_bytes()),
+                &[],
+                "bench",
+                i64::MAX,
+            )
+            .await?;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"))
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--checkin-s",
+            "10",
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()?;
+    let pid = server.id();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca = std::fs::read_to_string(dir.join("ca/ca.pem"))?;
+    let anon = client_tls(&ca, None)?;
+
+    // Enroll everyone (64 at a time).
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut enrolls = Vec::new();
+    for (i, tok) in tokens.into_iter().enumerate() {
+        let (sem, anon, ca) = (sem.clone(), anon.clone(), ca.clone());
+        enrolls.push(tokio::spawn(async move {
+            let _p = sem.acquire().await?;
+            let key = rcgen::KeyPair::generate()?;
+            let csr = rcgen::CertificateParams::new(Vec::<String>::new())?
+                .serialize_request(&key)?
+                .pem()?;
+            let mut c = connect(port, anon).await?;
+            let r: sync::EnrollReply = post(
+                &mut c,
+                path::ENROLL,
+                &sync::EnrollRequest {
+                    token: tok,
+                    csr_pem: csr,
+                    name: format!("dev{i}"),
+                    agent_version: "load".into(),
+                },
+            )
+            .await?;
+            client_tls(&ca, Some((&r.cert_pem, &key.serialize_pem())))
+        }));
+    }
+    let mut tls = Vec::with_capacity(n);
+    for e in enrolls {
+        tls.push(e.await??);
+    }
+    let enroll_s = t0.elapsed().as_secs_f64();
+
+    // Devices: a random phase, then check-in + upload every period.
+    let start = Instant::now() + period; // measurement starts after every device synced once
+    let stop = start + window;
+    let mut tasks = Vec::new();
+    for cfg in tls {
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<(f64, f64)> = Vec::new();
+            let mut errors = 0u64;
+            tokio::time::sleep(period.mul_f64(fastrand::f64())).await;
+            let mut conn: Option<Conn> = None;
+            let mut seq = 0u64;
+            let mut tick = tokio::time::interval(period);
+            while Instant::now() < stop {
+                tick.tick().await;
+                let began = Instant::now();
+                let one = async {
+                    if conn.is_none() {
+                        conn = Some(connect(port, cfg.clone()).await?);
+                    }
+                    let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no conn"))?;
+                    let t = Instant::now();
+                    let _: sync::CheckInReply = post(
+                        c,
+                        path::CHECKIN,
+                        &sync::CheckIn {
+                            agent_version: "load".into(),
+                            models: vec![],
+                            streams: vec![],
+                            last_error: None,
+                            uptime_s: 0,
+                        },
+                    )
+                    .await?;
+                    let checkin = t.elapsed().as_secs_f64() * 1e3;
+                    let t = Instant::now();
+                    let records = (0..10)
+                        .map(|_| {
+                            seq += 1;
+                            sync::UploadRecord {
+                                seq,
+                                ts_ms: 0,
+                                body: vec![0x5a; 48],
+                            }
+                        })
+                        .collect();
+                    let _: sync::UploadAck = post(
+                        c,
+                        path::UPLOAD,
+                        &sync::UploadBatch {
+                            stream: "samples".into(),
+                            first_available: 1,
+                            records,
+                        },
+                    )
+                    .await?;
+                    anyhow::Ok((checkin, t.elapsed().as_secs_f64() * 1e3))
+                };
+                match one.await {
+                    Ok(l) if began >= start && began < stop => lat.push(l),
+                    Ok(_) => {}
+                    Err(_) => {
+                        errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    tokio::time::sleep_until(start.into()).await;
+    let cpu0 = cpu_seconds(pid);
+    tokio::time::sleep_until(stop.into()).await;
+    let cpu1 = cpu_seconds(pid);
+    let rss = rss_mb(pid);
+    let (mut c, mut u, mut errors) = (Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await?;
+        errors += e;
+        for (a, b) in lat {
+            c.push(a);
+            u.push(b);
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let rps = (c.len() + u.len()) as f64 / window.as_secs_f64();
+    println!(
+        "{n:>6} devices: enroll {enroll_s:.1} s; {rps:.0} req/s; check-in p50 {:.1} ms p99 {:.1} ms; upload p50 {:.1} ms p99 {:.1} ms; server CPU {:.0} % of one core; RSS {rss:.0} MB; errors {errors}",
+        pct(&mut c, 0.5),
+        pct(&mut c, 0.99),
+        pct(&mut u, 0.5),
+        pct(&mut u, 0.99),
+        (cpu1 - cpu0) / window.as_secs_f64() * 100.0,
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let list = std::env::var("FLEET_LOAD_DEVICES").unwrap_or_else(|_| "1000,10000".into());
+    let secs: u64 = std::env::var("FLEET_LOAD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    for n in list
+        .split(',')
+        .filter_map(|s| s.trim().parse::<usize>().ok())
+    {
+        rt.block_on(run(n, Duration::from_secs(secs)))?;
+    }
+    Ok(())
+}
