@@ -160,7 +160,10 @@ enum RolloutCommand {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // FLEET_LOG, else RUST_LOG, else info.
+    let filter = EnvFilter::try_from_env("FLEET_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -213,8 +216,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             fleet_server::serve(opts, stop, |addr| {
                 tracing::info!(data_dir = %dir.display(), "fleet-server {LONG_VERSION} listening on https://{addr} (devices trust {})",
                     dir.join("ca/ca.pem").display());
+                // Under systemd (Type=notify): ready now. Elsewhere: no NOTIFY_SOCKET, a no-op.
+                let status = format!("listening on https://{addr}");
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+                    tracing::warn!("systemd notify failed: {e}");
+                }
             })
             .await?;
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
             tracing::info!("stopped");
         }
         Command::Ca {

@@ -206,6 +206,7 @@ fn rollout_of(r: &AnyRow) -> Result<Rollout> {
 #[derive(Debug, Clone)]
 pub struct FleetStore {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 impl FleetStore {
@@ -255,7 +256,18 @@ impl FleetStore {
         })
         .execute(&pool)
         .await?;
-        Ok(FleetStore { pool })
+        Ok(FleetStore { pool, sqlite })
+    }
+
+    /// A transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), so it waits for another writer (busy timeout) instead of failing
+    /// with "database is locked" when its read snapshot is upgraded.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(if self.sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     // ---- audit ----
@@ -329,7 +341,7 @@ impl FleetStore {
         name: &str,
         cert_sha256: &str,
     ) -> Result<Device> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "SELECT labels, expires_at, used_at FROM enroll_tokens WHERE token_sha256 = $1",
         )
@@ -658,7 +670,7 @@ impl FleetStore {
         first_available: i64,
         records: &[(i64, i64, &[u8])],
     ) -> Result<IngestResult> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ($1, $2, 0, 0, 0, 0) ON CONFLICT (device_id, stream) DO NOTHING")
             .bind(device)
             .bind(stream)
@@ -805,6 +817,35 @@ mod tests {
         assert_eq!(m[0].records, 5);
         assert_eq!(m[0].duplicates, 2);
         assert_eq!(s.records("d1", "samples", 0, 100).await.unwrap().len(), 5);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Many writers at once (the server's pool and a CLI process): no "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_wait_instead_of_failing() {
+        let (s, dir) = store().await;
+        let other = FleetStore::open_dir(&dir).await.unwrap(); // a second process's pool
+        for i in 0..64 {
+            s.add_token(&format!("t{i}"), &[], "op", now_ms() + 60_000)
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+            tasks.push(tokio::spawn(async move {
+                st.enroll(&format!("t{i}"), &format!("d{i}"), "gw", &format!("c{i}"))
+                    .await?;
+                let b = b"x".as_slice();
+                st.ingest(&format!("d{i}"), "samples", 1, &[(1, 0, b), (2, 0, b)])
+                    .await?;
+                st.check_in(&format!("d{i}"), "{}").await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(s.devices().await.unwrap().len(), 64);
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -182,16 +182,62 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     assert_ne!(id_b, id);
 
     // Roll v2 out to site=a; the agent starts a full, rate-limited download.
-    server.cli(&[
-        "model",
-        "rollout",
-        "start",
-        "pump-anomaly",
-        "2",
-        "--select",
-        "site=a",
-    ]);
+    let rid = server
+        .cli(&[
+            "model",
+            "rollout",
+            "start",
+            "pump-anomaly",
+            "2",
+            "--select",
+            "site=a",
+        ])
+        .trim()
+        .to_string();
     let v2_sha = sha_of(&v2_path);
+    // Device B sees only its own state, and cannot halt a rollout that does not target it.
+    let b_auth = Some((cert_b.as_path(), key_b.as_path()));
+    let reply: sync::CheckInReply = call(
+        server.port,
+        &server.ca(),
+        b_auth,
+        path::CHECKIN,
+        &sync::CheckIn {
+            agent_version: "t".into(),
+            models: vec![],
+            streams: vec![],
+            last_error: None,
+            uptime_s: 0,
+        },
+    )
+    .expect("B checks in");
+    assert_eq!(reply.device_id, id_b);
+    assert!(reply.desired.is_empty(), "{:?}", reply.desired);
+    let _: sync::Empty = call(
+        server.port,
+        &server.ca(),
+        b_auth,
+        path::REPORT,
+        &sync::UpdateReport {
+            model: "pump".into(),
+            bundle: "pump-anomaly".into(),
+            from_version_number: 1,
+            to_version_number: 2,
+            rollout: Some(rid.clone()),
+            outcome: sync::UpdateOutcome::Failed,
+            method: "full".into(),
+            downloaded_bytes: 0,
+            detail: "forged failure".into(),
+        },
+    )
+    .expect("B reports");
+    let rollouts = server.cli(&["model", "rollout", "list"]);
+    assert!(
+        rollouts
+            .lines()
+            .any(|l| l.starts_with(&rid) && l.contains("state=active") && l.contains("failed=0")),
+        "{rollouts}"
+    );
     let (st, body) = https(
         server.port,
         &server.ca(),
@@ -557,6 +603,44 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     let audit = applied(4);
     assert!(audit.contains("restored the previous bundle"), "{audit}");
     assert_eq!(sha_of(&bundle), sha_of(&v2));
+    // A tampered delta on the server: the device discards it and keeps serving v2; once the
+    // artifact is intact again the update goes through.
+    let v5 = write("v5.bundle", demo_bundle_version(&key, 5, |_| {}));
+    server.cli(&["model", "push", &v5.display().to_string()]);
+    let delta: Value =
+        serde_json::from_str(&server.cli(&["model", "delta", "pump-anomaly", "2", "5"]))
+            .expect("json");
+    let art = server
+        .data_dir
+        .join("artifacts")
+        .join(delta["artifact"].as_str().expect("artifact"));
+    let good = std::fs::read(&art).expect("artifact");
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&art, &bad).expect("tamper");
+    server.cli(&[
+        "model",
+        "rollout",
+        "start",
+        "pump-anomaly",
+        "5",
+        "--select",
+        "site=a",
+    ]);
+    let log_path = d.join("gw.log");
+    server.wait("tampered artifact refused", Duration::from_secs(60), || {
+        let log = std::fs::read_to_string(&log_path).ok()?;
+        log.contains("does not match").then_some(())
+    });
+    assert_eq!(
+        sha_of(&bundle),
+        sha_of(&v2),
+        "a tampered delta must never be installed"
+    );
+    std::fs::write(&art, &good).expect("repair");
+    let audit = applied(5);
+    assert_eq!(sha_of(&bundle), sha_of(&v5), "{audit}");
     // Who did what.
     for action in [
         "model.push",

@@ -99,6 +99,13 @@ impl SyncConfig {
         if let Err(e) = super::client::ServerUrl::parse(&self.server) {
             issues.push(at.key("server"), e);
         }
+        issues.check(self.server_ca.is_file(), at.key("server_ca"), || {
+            format!(
+                "{} does not exist (copy the fleet CA here: `fleet-server ca export > {}`)",
+                self.server_ca.display(),
+                self.server_ca.display()
+            )
+        });
         issues.check(
             self.interval >= Duration::from_secs(1),
             at.key("interval"),
