@@ -119,7 +119,14 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"))
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"))
         .args(["serve", "--data-dir"])
         .arg(&dir)
         .args([
@@ -130,7 +137,8 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
         ])
         .env("RUST_LOG", "warn")
         .spawn()?;
-    let pid = server.id();
+    let server = KillOnDrop(server);
+    let pid = server.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "server did not start");
@@ -255,8 +263,7 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
             u.push(b);
         }
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     let rps = (c.len() + u.len()) as f64 / window.as_secs_f64();
     println!(

@@ -29,6 +29,42 @@ pub struct AppState {
     pub ca: Arc<FleetCa>,
     /// Seconds between device check-ins.
     pub checkin_s: u64,
+    /// The rollout table, re-read at most once a second (every check-in needs it; operator
+    /// changes made through the CLI reach devices within a second).
+    pub rollouts: Arc<RolloutCache>,
+}
+
+#[derive(Debug, Default)]
+pub struct RolloutCache(
+    std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::store::Rollout>>)>>,
+);
+
+impl RolloutCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub async fn get(
+        &self,
+        store: &FleetStore,
+    ) -> Result<Arc<Vec<crate::store::Rollout>>, ApiError> {
+        if let Ok(g) = self.0.lock() {
+            if let Some((at, list)) = g.as_ref() {
+                if at.elapsed() < Self::TTL {
+                    return Ok(list.clone());
+                }
+            }
+        }
+        let list = Arc::new(store.rollouts().await?);
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some((std::time::Instant::now(), list.clone()));
+        }
+        Ok(list)
+    }
+
+    pub fn invalidate(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = None;
+        }
+    }
 }
 
 /// The client certificate of the TLS connection (SHA-256 of its DER), set by the acceptor.
@@ -189,7 +225,7 @@ pub async fn desired_for(
     d: &Device,
     running: &[sync::ModelStatus],
 ) -> Result<Vec<DesiredBundle>, ApiError> {
-    let rollouts = st.store.rollouts().await?;
+    let rollouts = st.rollouts.get(&st.store).await?;
     let mut out = Vec::new();
     for (bundle, vn, rid) in rollout::desired(&rollouts, d) {
         let Some(target) = st.store.bundle(&bundle, vn).await? else {
@@ -317,6 +353,7 @@ async fn report(
         if let Some(ro) = st.store.rollout(rid).await? {
             if rollout::targets(&ro, &d) && ro.bundle == r.bundle {
                 rollout::report(&st.store, rid, &d.id, outcome, &r.detail).await?;
+                st.rollouts.invalidate();
             }
         }
     }

@@ -49,6 +49,7 @@ pub async fn serve(
         registry,
         ca,
         checkin_s: opts.checkin_s,
+        rollouts: Default::default(),
     });
     tls::serve(listener, tls_cfg, app, stop).await;
     Ok(())
