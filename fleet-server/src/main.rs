@@ -359,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     println!(
                         "{}",
-                        serde_json::json!({"chosen": d.method, "bytes": d.size,
+                        serde_json::json!({"chosen": d.method, "bytes": d.size, "artifact": d.artifact_sha256,
                         "all": serde_json::from_str::<serde_json::Value>(&d.sizes)?})
                     );
                 }

@@ -61,6 +61,8 @@ fn gauss(r: &mut fastrand::Rng) -> f32 {
 }
 
 type Layers = Vec<(String, Vec<usize>, Vec<f32>)>;
+/// (name, which layers change, relative change)
+type Scenario = (&'static str, Box<dyn Fn(usize) -> bool>, f32);
 
 fn dense_autoencoder(seed: u64) -> Layers {
     // 6.8 MB of float32: 320-1024-1024-320 (weights + biases).
@@ -131,7 +133,7 @@ fn main() {
     let base = dense_autoencoder(1);
     let old = onnx(&base);
     let n = base.len();
-    let scenarios: [(&str, Box<dyn Fn(usize) -> bool>, f32); 3] = [
+    let scenarios: [Scenario; 3] = [
         ("last layer retrained", Box::new(move |i| i >= n - 2), 0.05),
         ("all weights 0.01 %", Box::new(|_| true), 1e-4),
         ("all weights 1 %", Box::new(|_| true), 1e-2),
