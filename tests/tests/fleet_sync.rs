@@ -641,6 +641,24 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     std::fs::write(&art, &good).expect("repair");
     let audit = applied(5);
     assert_eq!(sha_of(&bundle), sha_of(&v5), "{audit}");
+    // v6 does not load here (its features read tags this gateway does not have): the stage
+    // refuses it, keeps serving v5, and the updater puts v5's file back.
+    let v6 = write(
+        "v6.bundle",
+        demo_bundle_version(&key, 6, |m| {
+            for t in m.features.tags.iter_mut() {
+                *t = t.replace("pump1", "pump9");
+            }
+            for f in m.features.features.iter_mut() {
+                f.tag = f.tag.replace("pump1", "pump9");
+            }
+        }),
+    );
+    server.cli(&["model", "push", &v6.display().to_string()]);
+    server.cli(&["model", "rollout", "start", "pump-anomaly", "6", "--select", "site=a"]);
+    let audit = applied(6);
+    assert!(audit.contains("failed to load"), "{audit}");
+    assert_eq!(sha_of(&bundle), sha_of(&v5));
     // Who did what.
     for action in [
         "model.push",
