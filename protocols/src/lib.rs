@@ -15,6 +15,8 @@ pub mod bundle;
 pub mod config_check;
 #[cfg(feature = "sync")]
 pub mod delta;
+#[cfg(feature = "drift")]
+pub mod drift;
 pub mod error_latch;
 pub mod modbus;
 pub mod mqtt;

@@ -655,7 +655,15 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
         }),
     );
     server.cli(&["model", "push", &v6.display().to_string()]);
-    server.cli(&["model", "rollout", "start", "pump-anomaly", "6", "--select", "site=a"]);
+    server.cli(&[
+        "model",
+        "rollout",
+        "start",
+        "pump-anomaly",
+        "6",
+        "--select",
+        "site=a",
+    ]);
     let audit = applied(6);
     assert!(audit.contains("failed to load"), "{audit}");
     assert_eq!(sha_of(&bundle), sha_of(&v5));
