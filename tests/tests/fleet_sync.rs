@@ -61,6 +61,7 @@ trusted_keys = ["{trusted}"]
 name = "pump"
 bundle = "{bundle}"
 reload_check = "200ms"
+drift_interval = "5s"
 
 [sync]
 server = "https://127.0.0.1:{server_port}"
@@ -144,7 +145,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
             bundle: &bundle,
             trusted: &public,
             extra_sync:
-                "max_bytes_per_s = 100000\nstreams = [\"alarms\", \"predictions\", \"samples\"]",
+                "max_bytes_per_s = 100000\nstreams = [\"alarms\", \"drift\", \"predictions\", \"samples\"]",
         },
     );
     let mut agent = start_agent(d, "gw1", &cfg);
@@ -331,6 +332,10 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     assert_eq!(st, 403);
     assert!(msg.contains("revoked"), "{msg}");
 
+    // Drift summaries (every 5 s here) reached the server ahead of raw samples.
+    let s = server.device_show(&id);
+    let drift = stream(&s, "drift").expect("drift stream at the server");
+    assert!(drift["acked_through"].as_i64().unwrap_or(0) >= 1, "{drift}");
     // Stop the agent; every sample record the server holds is contiguous from 1, none twice.
     assert!(agent.terminate(Duration::from_secs(20)));
     let s = server.device_show(&id);

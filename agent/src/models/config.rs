@@ -33,6 +33,14 @@ pub struct ModelConfig {
     pub features: bool,
     #[serde(default = "default_reload", with = "humantime_serde")]
     pub reload_check: Duration,
+    /// Drift summaries of the features against the bundle's reference are closed (and sent
+    /// to the outbox stream `drift`) every this long.
+    #[serde(default = "default_drift_interval", with = "humantime_serde")]
+    pub drift_interval: Duration,
+}
+
+fn default_drift_interval() -> Duration {
+    Duration::from_secs(600)
 }
 
 fn default_queue() -> usize {
@@ -60,6 +68,11 @@ impl ModelConfig {
         issues.check(self.queue >= 1, at.key("queue"), || {
             "queue must be at least 1".into()
         });
+        issues.check(
+            self.drift_interval >= Duration::from_secs(1),
+            at.key("drift_interval"),
+            || "drift_interval must be at least 1s".into(),
+        );
         issues.check(
             self.reload_check >= Duration::from_millis(100),
             at.key("reload_check"),

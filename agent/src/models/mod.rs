@@ -2,6 +2,7 @@
 //! turns samples into features and predictions.
 
 pub mod config;
+pub mod drift;
 pub mod floor;
 pub mod loaded;
 pub mod reference;

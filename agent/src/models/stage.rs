@@ -168,6 +168,15 @@ impl ModelStage {
         let stats = self.stats.clone();
         let (jobs, worker) = spawn_worker(&name, self.cfg.queue, output.clone(), stats.clone());
         let mut featurizer = Featurizer::new(&self.current.manifest.features);
+        let new_tracker = |b: &LoadedBundle, interval| {
+            super::drift::DriftTracker::new(
+                b.source.clone(),
+                &b.names,
+                &b.manifest.reference.features,
+                interval,
+            )
+        };
+        let mut drift = new_tracker(&self.current, self.cfg.drift_interval);
         let mut rows = Vec::new();
         let mut tick = tokio::time::interval(self.cfg.reload_check);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -183,6 +192,13 @@ impl ModelStage {
                         if b.manifest.features != featurizer.spec().clone() {
                             featurizer = Featurizer::new(&b.manifest.features);
                         }
+                        // The old bundle's interval ends here; the new one has its own reference.
+                        if let Some(rec) = drift.close() {
+                            if output.send(Record::Drift(Arc::new(rec))).await.is_err() {
+                                break;
+                            }
+                        }
+                        drift = new_tracker(&b, self.cfg.drift_interval);
                     }
                     continue;
                 }
@@ -204,6 +220,17 @@ impl ModelStage {
                 {
                     stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
                     continue;
+                }
+                if row.values.len() == bundle.names.len() {
+                    if let Some(rec) = drift.add(row.start_ns, row.end_ns, &row.values) {
+                        if !rec.drifting.is_empty() {
+                            tracing::warn!(model = %name, drifting = ?rec.drifting, dataset_drift = rec.dataset_drift,
+                                "features drift from the bundle's reference (PSI >= 0.25)");
+                        }
+                        if output.send(Record::Drift(Arc::new(rec))).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 if self.cfg.features {
                     let rec = FeatureRecord {
@@ -234,6 +261,10 @@ impl ModelStage {
                     }
                 }
             }
+        }
+        // The interval in progress is not lost at shutdown.
+        if let Some(rec) = drift.close() {
+            let _ = output.send(Record::Drift(Arc::new(rec))).await;
         }
         drop(jobs);
         // Let the worker finish what is queued (its results still reach the outputs).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use edge_protocols::{Quality, Sample, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::record::{AlarmEvent, FeatureRecord, Prediction};
+use crate::pipeline::record::{AlarmEvent, DriftRecord, FeatureRecord, Prediction};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum StoredValue {
@@ -119,6 +119,15 @@ pub fn encode_alarm(a: &AlarmEvent) -> Vec<u8> {
 }
 
 pub fn decode_alarm(b: &[u8]) -> Result<AlarmEvent, DecodeError> {
+    from_cbor(b)
+}
+
+/// Drift records: CBOR of [`DriftRecord`]; each summary carries its sealed sketch.
+pub fn encode_drift(d: &DriftRecord) -> Vec<u8> {
+    to_cbor(d)
+}
+
+pub fn decode_drift(b: &[u8]) -> Result<DriftRecord, DecodeError> {
     from_cbor(b)
 }
 

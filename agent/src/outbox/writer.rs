@@ -65,6 +65,7 @@ impl OutboxWriter {
                 Record::Features(f) => (Stream::Features, records::encode_features(f)),
                 Record::Prediction(p) => (Stream::Predictions, records::encode_prediction(p)),
                 Record::Alarm(a) => (Stream::Alarms, records::encode_alarm(a)),
+                Record::Drift(d) => (Stream::Drift, records::encode_drift(d)),
             };
             let outbox = self.outbox.clone();
             // sled writes are fast but may touch disk: keep them off the async workers.
@@ -104,6 +105,7 @@ impl Output for OutboxWriter {
             RecordKind::Features => Stream::Features,
             RecordKind::Predictions => Stream::Predictions,
             RecordKind::Alarms => Stream::Alarms,
+            RecordKind::Drift => Stream::Drift,
         };
         self.outbox.consumed(stream)
     }

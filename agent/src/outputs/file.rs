@@ -25,7 +25,7 @@ pub struct FileOutputConfig {
     /// recording format; samples only).
     #[serde(default)]
     pub format: FileFormat,
-    /// Which records to write: any of `samples`, `features`, `predictions`, `alarms`. Default: all
+    /// Which records to write: any of `samples`, `features`, `predictions`, `alarms`, `drift`. Default: all
     /// (jsonl), samples (csv).
     #[serde(default)]
     pub records: Option<Vec<crate::pipeline::record::RecordKind>>,
@@ -121,6 +121,13 @@ impl FileOutput {
                 &Tagged {
                     kind: "alarm",
                     body: &**a,
+                },
+            ),
+            Record::Drift(d) => push_json(
+                buf,
+                &Tagged {
+                    kind: "drift",
+                    body: &**d,
                 },
             ),
         }

@@ -168,6 +168,7 @@ impl Pipeline {
                 RecordKind::Features,
                 RecordKind::Predictions,
                 RecordKind::Alarms,
+                RecordKind::Drift,
             ]
             .map(|k| out.accepts(k));
             output_txs.push(OutputLink {
@@ -271,7 +272,7 @@ struct OutputLink {
     tx: mpsc::Sender<Record>,
     stats: Arc<OutputStats>,
     /// Indexed by `RecordKind as usize`.
-    accepts: [bool; 4],
+    accepts: [bool; 5],
 }
 
 /// Fans each sample batch out to every stage and output, and every derived record (features,

@@ -16,6 +16,8 @@ pub enum Record {
     Prediction(Arc<Prediction>),
     /// A model's alarm was raised or cleared.
     Alarm(Arc<AlarmEvent>),
+    /// A model's drift summaries for one interval.
+    Drift(Arc<DriftRecord>),
 }
 
 /// The kinds of record, for outputs that take only some.
@@ -26,6 +28,7 @@ pub enum RecordKind {
     Features,
     Predictions,
     Alarms,
+    Drift,
 }
 
 impl Record {
@@ -35,6 +38,7 @@ impl Record {
             Record::Features(_) => RecordKind::Features,
             Record::Prediction(_) => RecordKind::Predictions,
             Record::Alarm(_) => RecordKind::Alarms,
+            Record::Drift(_) => RecordKind::Drift,
         }
     }
 
@@ -42,7 +46,7 @@ impl Record {
     pub fn len(&self) -> usize {
         match self {
             Record::Samples(s) => s.len(),
-            Record::Features(_) | Record::Prediction(_) | Record::Alarm(_) => 1,
+            Record::Features(_) | Record::Prediction(_) | Record::Alarm(_) | Record::Drift(_) => 1,
         }
     }
 
@@ -62,6 +66,30 @@ pub struct BundleRef {
     pub version_number: u64,
     /// SHA-256 of the bundle file.
     pub sha256: Arc<str>,
+}
+
+/// One column's drift over an interval: its mergeable summary and its scores against the
+/// bundle's reference (absent if the reference has no usable histogram).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDrift {
+    pub summary: edge_protocols::drift::DriftSummary,
+    pub scores: Option<edge_protocols::drift::DriftScores>,
+}
+
+/// A model's drift summaries for one interval (`[[models]] drift_interval`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftRecord {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// Windows summarized.
+    pub windows: u64,
+    pub columns: Vec<ColumnDrift>,
+    /// Columns in the significant PSI band (>= 0.25).
+    pub drifting: Vec<String>,
+    /// At least half of the columns drift.
+    pub dataset_drift: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
