@@ -410,29 +410,36 @@ async fn artifact(
     {
         return Err(not_found());
     }
-    let bytes = tokio::fs::read(&file).await.map_err(|_| not_found())?;
-    let len = bytes.len() as u64;
-    match parse_range(&headers, len)? {
-        None => Ok((
-            [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::ACCEPT_RANGES, "bytes".to_string()),
-            ],
-            bytes,
-        )
-            .into_response()),
-        Some((a, b)) => {
-            let part = bytes[a as usize..=b as usize].to_vec();
-            Ok((
-                StatusCode::PARTIAL_CONTENT,
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::ACCEPT_RANGES, "bytes".to_string()),
-                    (header::CONTENT_RANGE, format!("bytes {a}-{b}/{len}")),
-                ],
-                Body::from(part),
-            )
-                .into_response())
+    let len = tokio::fs::metadata(&file)
+        .await
+        .map_err(|_| not_found())?
+        .len();
+    let range = parse_range(&headers, len)?;
+    let (a, b) = range.unwrap_or((0, len.saturating_sub(1)));
+    // Only the requested bytes are read.
+    let part = {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = tokio::fs::File::open(&file)
+            .await
+            .map_err(|_| not_found())?;
+        f.seek(std::io::SeekFrom::Start(a)).await?;
+        let mut buf = Vec::with_capacity((b + 1 - a) as usize);
+        f.take(b + 1 - a).read_to_end(&mut buf).await?;
+        buf
+    };
+    let mut resp = (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::ACCEPT_RANGES, "bytes".to_string()),
+        ],
+        Body::from(part),
+    )
+        .into_response();
+    if range.is_some() {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = format!("bytes {a}-{b}/{len}").parse() {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
+    Ok(resp)
 }

@@ -61,7 +61,14 @@ pub struct SyncTask {
     pub updater: Updater,
     pub stats: Arc<SyncStats>,
     started: Instant,
+    /// Bundle identities by file stamp: a check-in hashes a bundle only when it changed.
+    identities: std::sync::Mutex<IdentityCache>,
 }
+
+type IdentityCache = std::collections::HashMap<
+    std::path::PathBuf,
+    ((std::time::SystemTime, u64), update::BundleIdentity),
+>;
 
 impl std::fmt::Debug for SyncTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,6 +119,7 @@ impl SyncTask {
             updater,
             stats: Arc::default(),
             started: Instant::now(),
+            identities: Default::default(),
         }
     }
 
@@ -274,13 +282,27 @@ impl SyncTask {
         Ok(())
     }
 
+    fn identify_cached(&self, path: &std::path::Path) -> Option<update::BundleIdentity> {
+        let meta = std::fs::metadata(path).ok()?;
+        let stamp = (meta.modified().ok()?, meta.len());
+        let mut cache = self.identities.lock().ok()?;
+        if let Some((s, i)) = cache.get(path) {
+            if *s == stamp {
+                return Some(i.clone());
+            }
+        }
+        let (i, _) = update::identify(path)?;
+        cache.insert(path.to_path_buf(), (stamp, i.clone()));
+        Some(i)
+    }
+
     fn status(&self, last_error: Option<String>) -> CheckIn {
         let models = self
             .updater
             .models
             .iter()
             .filter_map(|m| {
-                update::identify(&m.bundle_path).map(|(i, _)| ModelStatus {
+                self.identify_cached(&m.bundle_path).map(|i| ModelStatus {
                     model: m.name.clone(),
                     bundle: i.name,
                     version: i.version,
