@@ -12,7 +12,13 @@ mkdir -p "$D"
 fleet() { "$BIN/fleet-server" --data-dir "$D/fleet" --by demo "$@"; }
 fleet serve --listen 127.0.0.1:8443 2> "$D/fleet-server.log" &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+AGENT=
+stop() {
+  [ -n "$AGENT" ] && kill -TERM $AGENT 2>/dev/null && wait $AGENT 2>/dev/null
+  kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true
+}
+trap stop EXIT
+trap 'exit 0' INT TERM
 for _ in $(seq 1 100); do
   [ -f "$D/fleet/ca/ca.pem" ] && grep -q listening "$D/fleet-server.log" && break
   kill -0 $SERVER 2>/dev/null || { cat "$D/fleet-server.log"; exit 1; }
@@ -40,4 +46,6 @@ try, in another terminal:
   $BIN/fleet-server --data-dir $D/fleet audit
 metrics: http://127.0.0.1:9898/metrics (edge_sync_*). Ctrl-C stops both.
 MSG
-"$BIN/edge-agent" run --config "$D/agent.toml"
+"$BIN/edge-agent" run --config "$D/agent.toml" &
+AGENT=$!
+wait $AGENT
