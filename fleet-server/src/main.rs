@@ -98,6 +98,16 @@ enum DeviceCommand {
     },
     /// One device: status, streams.
     Show { id: String },
+    /// The device's drift records (one per model and interval): per feature PSI, JS, W1, KS
+    /// against the bundle's reference, as JSON lines, oldest first.
+    Drift {
+        id: String,
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
     /// Revoke a device: its certificate is refused from the next request on.
     Revoke { id: String },
     /// Replace a device's labels.
@@ -279,6 +289,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     }
                 }
+                DeviceCommand::Drift { id, after, limit } => {
+                    st.device(&id)
+                        .await?
+                        .with_context(|| format!("no device `{id}`"))?;
+                    for (seq, _, body) in st.records(&id, "drift", after, limit).await? {
+                        let v: ciborium::Value = ciborium::from_reader(body.as_slice())
+                            .with_context(|| format!("drift record {seq} is not CBOR"))?;
+                        let mut j = cbor_to_json(v);
+                        // Per column: the scores and the moments, not the sketch bytes.
+                        if let Some(cols) = j.get_mut("columns").and_then(|c| c.as_array_mut()) {
+                            for c in cols.iter_mut() {
+                                let s = &c["summary"];
+                                *c = serde_json::json!({
+                                    "name": s["name"], "count": s["moments"]["count"],
+                                    "missing": s["missing"], "mean": s["moments"]["mean"],
+                                    "scores": c["scores"],
+                                });
+                            }
+                        }
+                        j["seq"] = seq.into();
+                        println!("{j}");
+                    }
+                }
                 DeviceCommand::Show { id } => {
                     let d = st
                         .device(&id)
@@ -431,6 +464,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CBOR as JSON (byte strings become their length: sketches are not for reading).
+fn cbor_to_json(v: ciborium::Value) -> serde_json::Value {
+    use ciborium::Value as C;
+    use serde_json::Value as J;
+    match v {
+        C::Integer(i) => i128::from(i)
+            .try_into()
+            .map(|x: i64| J::from(x))
+            .unwrap_or_else(|_| J::from(i128::from(i) as f64)),
+        C::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        C::Text(t) => J::String(t),
+        C::Bool(b) => J::Bool(b),
+        C::Null => J::Null,
+        C::Bytes(b) => J::from(b.len()),
+        C::Array(a) => J::Array(a.into_iter().map(cbor_to_json).collect()),
+        C::Map(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        C::Text(t) => t,
+                        other => cbor_to_json(other).to_string(),
+                    };
+                    (k, cbor_to_json(v))
+                })
+                .collect(),
+        ),
+        C::Tag(_, inner) => cbor_to_json(*inner),
+        _ => J::Null,
+    }
 }
 
 async fn shutdown_signal() {

@@ -336,6 +336,18 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     let s = server.device_show(&id);
     let drift = stream(&s, "drift").expect("drift stream at the server");
     assert!(drift["acked_through"].as_i64().unwrap_or(0) >= 1, "{drift}");
+    // The operator's view: per interval and feature, scores against the bundle's reference.
+    let lines = server.cli(&["device", "drift", &id]);
+    let first: Value =
+        serde_json::from_str(lines.lines().next().expect("a drift record")).expect("json");
+    assert_eq!(first["bundle"], "pump-anomaly");
+    let cols = first["columns"].as_array().expect("columns");
+    assert_eq!(cols.len(), 8, "{first}");
+    assert!(
+        cols.iter()
+            .all(|c| c["scores"]["psi"].as_f64().is_some() && c["count"].as_u64() > Some(0)),
+        "{first}"
+    );
     // Stop the agent; every sample record the server holds is contiguous from 1, none twice.
     assert!(agent.terminate(Duration::from_secs(20)));
     let s = server.device_show(&id);
