@@ -270,14 +270,9 @@ async fn checkin(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let c: sync::CheckIn = decode(&headers, &body)?;
-    let status = serde_json::json!({
-        "agent_version": c.agent_version,
-        "models": c.models,
-        "streams": c.streams,
-        "last_error": c.last_error,
-        "uptime_s": c.uptime_s,
-    });
-    st.store.check_in(&d.id, &status.to_string()).await?;
+    st.store
+        .check_in(&d.id, &serde_json::to_string(&c)?)
+        .await?;
     let desired = desired_for(&st, &d, &c.models).await?;
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,

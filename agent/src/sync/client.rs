@@ -163,13 +163,11 @@ impl FleetClient {
         }
     }
 
-    async fn request_inner(
+    /// The kept connection if it is still usable, else a new one.
+    async fn ready_conn(
         &mut self,
-        method: Method,
         path: &str,
-        headers: &[(&str, String)],
-        body: Vec<u8>,
-    ) -> Result<Reply, ClientError> {
+    ) -> Result<&mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
         let ready = match self.conn.as_mut() {
             Some(c) => c.ready().await.is_ok(),
             None => false,
@@ -177,10 +175,24 @@ impl FleetClient {
         if !ready {
             self.connect().await?;
         }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(ClientError::Connect(path.into(), "no connection".into()));
-        };
-        let host = format!("{}:{}", self.url.host, self.url.port);
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ClientError::Connect(path.into(), "no connection".into()))
+    }
+
+    fn authority(&self) -> String {
+        format!("{}:{}", self.url.host, self.url.port)
+    }
+
+    async fn request_inner(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Reply, ClientError> {
+        let host = self.authority();
+        let conn = self.ready_conn(path).await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -213,11 +225,13 @@ impl FleetClient {
     /// Downloads `path` into `part`, resuming after the bytes `part` already holds (HTTP
     /// range). Bytes are appended as they arrive, so a cut connection loses nothing already
     /// received. The timeout applies to each wait for data, not to the whole transfer.
-    /// `max_bytes_per_s` caps the rate. Returns the bytes received by this call.
+    /// `max_bytes_per_s` caps the rate; a transfer growing the file past `max_len` is cut.
+    /// Returns the bytes received by this call.
     pub async fn download(
         &mut self,
         path: &str,
         part: &std::path::Path,
+        max_len: u64,
         max_bytes_per_s: Option<u64>,
     ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
@@ -227,27 +241,20 @@ impl FleetClient {
             .await
             .map(|m| m.len())
             .unwrap_or(0);
-        let ready = match self.conn.as_mut() {
-            Some(c) => c.ready().await.is_ok(),
-            None => false,
-        };
-        if !ready {
-            self.connect().await?;
-        }
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(ClientError::Connect(path.into(), "no connection".into()));
-        };
+        let host = self.authority();
+        let timeout = self.timeout;
+        let conn = self.ready_conn(path).await?;
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(path)
-            .header("host", format!("{}:{}", self.url.host, self.url.port));
+            .header("host", host);
         if have > 0 {
             req = req.header("range", format!("bytes={have}-"));
         }
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Http(path.into(), e.to_string()))?;
-        let resp = match tokio::time::timeout(self.timeout, conn.send_request(req)).await {
+        let resp = match tokio::time::timeout(timeout, conn.send_request(req)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 self.conn = None;
@@ -303,6 +310,19 @@ impl FleetClient {
                 }
             };
             if let Ok(data) = frame.into_data() {
+                let start = if status == StatusCode::PARTIAL_CONTENT {
+                    have
+                } else {
+                    0
+                };
+                if start + got + data.len() as u64 > max_len {
+                    self.conn = None;
+                    file.flush().await.map_err(io_err)?;
+                    return Err(ClientError::Reply(
+                        path.into(),
+                        format!("more than the announced {max_len} bytes"),
+                    ));
+                }
                 file.write_all(&data).await.map_err(io_err)?;
                 got += data.len() as u64;
                 if let Some(cap) = max_bytes_per_s.filter(|c| *c > 0) {

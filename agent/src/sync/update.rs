@@ -223,7 +223,7 @@ impl Updater {
             let cap = (self.max_bytes_per_s > 0).then_some(self.max_bytes_per_s);
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let before = size(&part);
-            let r = client.download(&path, &part, cap).await;
+            let r = client.download(&path, &part, art.size, cap).await;
             let after = size(&part);
             // A resumed transfer adds to the file; a restarted one (200 instead of 206) rewrote it.
             *self.downloaded.entry(art.sha256.clone()).or_default() += if after >= before {

@@ -330,7 +330,8 @@ pub fn apply(old: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
                 .take(info.target_len.saturating_mul(4) + (1 << 20))
                 .read_to_end(&mut patch)
                 .map_err(corrupt)?;
-            let mut new = Vec::with_capacity(info.target_len as usize);
+            // No capacity from the header: it is not verified until the result is hashed.
+            let mut new = Vec::new();
             bsdiff::patch(old, &mut patch.as_slice(), &mut new).map_err(corrupt)?;
             new
         }
