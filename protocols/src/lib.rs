@@ -15,7 +15,6 @@ pub mod bundle;
 pub mod config_check;
 #[cfg(feature = "sync")]
 pub mod delta;
-#[cfg(feature = "drift")]
 pub mod drift;
 pub mod error_latch;
 pub mod modbus;

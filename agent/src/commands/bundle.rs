@@ -28,6 +28,9 @@ pub struct PackSpec {
     pub spec: FeatureSpec,
     #[serde(default)]
     pub postprocess: PostProcess,
+    /// Drift policy shipped with the bundle (`[drift]`, docs/bundles.md).
+    #[serde(default)]
+    pub drift: edge_protocols::drift::DriftPolicy,
 }
 
 /// Writes `<prefix>.key.pem` (private, mode 0600) and `<prefix>.pub.pem`.
@@ -66,6 +69,8 @@ pub fn pack(
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", spec_path.display(), e))?;
     let mut issues = Issues::default();
     ps.spec.validate(&KeyPath::root().key("spec"), &mut issues);
+    ps.drift
+        .validate(&KeyPath::root().key("drift"), &mut issues);
     if !issues.is_empty() {
         let lines: Vec<String> = issues
             .0
@@ -190,6 +195,7 @@ pub fn pack(
                 .collect(),
         },
         postprocess: ps.postprocess,
+        drift: ps.drift,
         reference: Reference {
             windows: stats.windows,
             features,

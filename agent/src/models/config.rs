@@ -37,6 +37,13 @@ pub struct ModelConfig {
     /// to the outbox stream `drift`) every this long.
     #[serde(default = "default_drift_interval", with = "humantime_serde")]
     pub drift_interval: Duration,
+    /// Drift policy over the bundle's `[drift]`, key by key (metric, thresholds, hysteresis,
+    /// performance limits).
+    #[serde(default)]
+    pub drift: edge_protocols::drift::DriftPolicy,
+    /// Late ground truth for performance monitoring (concept drift).
+    #[serde(default)]
+    pub labels: Option<super::labels::LabelsConfig>,
 }
 
 fn default_drift_interval() -> Duration {
@@ -73,6 +80,17 @@ impl ModelConfig {
             at.key("drift_interval"),
             || "drift_interval must be at least 1s".into(),
         );
+        self.drift.validate(&at.key("drift"), issues);
+        if let Some(l) = &self.labels {
+            issues.check(!l.tag.is_empty(), at.key("labels").key("tag"), || {
+                "labels.tag must name the tag that carries the ground truth".into()
+            });
+            issues.check(
+                l.horizon >= Duration::from_secs(1),
+                at.key("labels").key("horizon"),
+                || "labels.horizon must be at least 1s".into(),
+            );
+        }
         issues.check(
             self.reload_check >= Duration::from_millis(100),
             at.key("reload_check"),

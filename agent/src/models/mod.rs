@@ -4,6 +4,7 @@
 pub mod config;
 pub mod drift;
 pub mod floor;
+pub mod labels;
 pub mod loaded;
 pub mod reference;
 pub mod stage;

@@ -16,11 +16,13 @@ use ed25519_dalek::VerifyingKey;
 use tokio::sync::mpsc;
 
 use super::config::ModelConfig;
+use super::drift::{Closed, DriftTracker};
 use super::floor::FloorStore;
 use super::loaded::{LoadedBundle, TagCatalog};
 use crate::features::{model_input, FeatureRow, Featurizer};
 use crate::pipeline::record::{AlarmEvent, FeatureRecord, Prediction, Record};
 use crate::pipeline::{Stage, StageFuture};
+use edge_protocols::drift::Hysteresis;
 
 /// Counters of one model, exposed as metrics.
 #[derive(Debug, Default)]
@@ -87,6 +89,27 @@ impl ModelStage {
     ) -> Result<ModelStage, String> {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
+        if let Some(l) = &cfg.labels {
+            if !tags.knows(&l.tag) {
+                return Err(format!(
+                    "labels.tag `{}`: no source provides this tag (the ground truth must come from a configured source)",
+                    l.tag
+                ));
+            }
+            let has_threshold = current
+                .manifest
+                .postprocess
+                .score
+                .as_ref()
+                .is_some_and(|s| s.threshold.is_some());
+            if l.kind == super::labels::LabelKind::Classification && !has_threshold {
+                return Err(format!(
+                    "labels.kind = \"classification\" compares the label with the score past its threshold, \
+                     but bundle {} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)",
+                    current.source.bundle
+                ));
+            }
+        }
         let stats = Arc::new(ModelStats::default());
         stats
             .version_number
@@ -166,17 +189,22 @@ impl ModelStage {
     ) {
         let name = self.cfg.name.clone();
         let stats = self.stats.clone();
-        let (jobs, worker) = spawn_worker(&name, self.cfg.queue, output.clone(), stats.clone());
-        let mut featurizer = Featurizer::new(&self.current.manifest.features);
-        let new_tracker = |b: &LoadedBundle, interval| {
-            super::drift::DriftTracker::new(
-                b.source.clone(),
-                &b.names,
-                &b.manifest.reference.features,
-                interval,
-            )
+        let (labels_tx, labels_rx) = std_mpsc::channel::<(i64, f64)>();
+        let label_tag = self.cfg.labels.as_ref().map(|l| l.tag.clone());
+        let drift_cfg = DriftSettings {
+            interval: self.cfg.drift_interval,
+            policy: self.cfg.drift.clone(),
+            labels: self.cfg.labels.clone(),
         };
-        let mut drift = new_tracker(&self.current, self.cfg.drift_interval);
+        let (jobs, worker) = spawn_worker(
+            &name,
+            self.cfg.queue,
+            output.clone(),
+            stats.clone(),
+            drift_cfg,
+            labels_rx,
+        );
+        let mut featurizer = Featurizer::new(&self.current.manifest.features);
         let mut rows = Vec::new();
         let mut tick = tokio::time::interval(self.cfg.reload_check);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -192,13 +220,6 @@ impl ModelStage {
                         if b.manifest.features != featurizer.spec().clone() {
                             featurizer = Featurizer::new(&b.manifest.features);
                         }
-                        // The old bundle's interval ends here; the new one has its own reference.
-                        if let Some(rec) = drift.close() {
-                            if output.send(Record::Drift(Arc::new(rec))).await.is_err() {
-                                break;
-                            }
-                        }
-                        drift = new_tracker(&b, self.cfg.drift_interval);
                     }
                     continue;
                 }
@@ -206,6 +227,16 @@ impl ModelStage {
             let Record::Samples(batch) = rec else {
                 continue;
             };
+            if let Some(tag) = &label_tag {
+                for smp in batch.iter().filter(|smp| &*smp.tag == tag.as_str()) {
+                    let v = if smp.quality == edge_protocols::Quality::Bad {
+                        f64::NAN
+                    } else {
+                        smp.value.as_f64().unwrap_or(f64::NAN)
+                    };
+                    let _ = labels_tx.send((smp.ts_ns, v));
+                }
+            }
             featurizer.push(&batch, &mut rows);
             let ws = featurizer.stats();
             stats.windows.store(ws.windows, Ordering::Relaxed);
@@ -220,17 +251,6 @@ impl ModelStage {
                 {
                     stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
                     continue;
-                }
-                if row.values.len() == bundle.names.len() {
-                    if let Some(rec) = drift.add(row.start_ns, row.end_ns, &row.values) {
-                        if !rec.drifting.is_empty() {
-                            tracing::warn!(model = %name, drifting = ?rec.drifting, dataset_drift = rec.dataset_drift,
-                                "features drift from the bundle's reference (PSI >= 0.25)");
-                        }
-                        if output.send(Record::Drift(Arc::new(rec))).await.is_err() {
-                            break;
-                        }
-                    }
                 }
                 if self.cfg.features {
                     let rec = FeatureRecord {
@@ -262,10 +282,7 @@ impl ModelStage {
                 }
             }
         }
-        // The interval in progress is not lost at shutdown.
-        if let Some(rec) = drift.close() {
-            let _ = output.send(Record::Drift(Arc::new(rec))).await;
-        }
+        drop(labels_tx);
         drop(jobs);
         // Let the worker finish what is queued (its results still reach the outputs).
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
@@ -276,29 +293,39 @@ impl ModelStage {
     }
 }
 
-/// Alarm hysteresis: raise after `raise` consecutive windows past the threshold, clear after
-/// `clear` consecutive windows within it.
-#[derive(Debug, Default)]
-struct AlarmState {
-    raised: bool,
-    streak: u32,
+/// The drift settings of one model instance, for its inference thread.
+struct DriftSettings {
+    interval: std::time::Duration,
+    policy: edge_protocols::drift::DriftPolicy,
+    labels: Option<super::labels::LabelsConfig>,
 }
 
-impl AlarmState {
-    /// Feeds one window; returns (state, whether it changed).
-    fn update(&mut self, over: bool, raise: u32, clear: u32) -> (bool, bool) {
-        if over != self.raised {
-            self.streak += 1;
-            if self.streak >= if over { raise } else { clear } {
-                self.raised = over;
-                self.streak = 0;
-                return (self.raised, true);
-            }
-        } else {
-            self.streak = 0;
+/// Sends a closed interval's record and alarm changes; false when the pipeline closed.
+fn send_closed(name: &str, c: Closed, output: &mpsc::Sender<Record>) -> bool {
+    if let Some(rec) = c.record {
+        if !rec.drifting.is_empty() {
+            tracing::warn!(model = %name, drifting = ?rec.drifting, dataset_drift = rec.dataset_drift,
+                metric = rec.metric.name(), "columns drift from the bundle's reference");
         }
-        (self.raised, false)
+        if output.blocking_send(Record::Drift(Arc::new(rec))).is_err() {
+            return false;
+        }
     }
+    for a in c.alarms {
+        if let Some(d) = &a.drift {
+            if a.active {
+                tracing::warn!(model = %name, subject = %d.subject, kind = d.kind.as_str(), metric = %d.metric,
+                    value = a.score, threshold = ?a.threshold, "drift alarm raised ({} intervals)", d.intervals);
+            } else {
+                tracing::info!(model = %name, subject = %d.subject, kind = d.kind.as_str(), metric = %d.metric,
+                    value = a.score, "drift alarm cleared");
+            }
+        }
+        if output.blocking_send(Record::Alarm(Arc::new(a))).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 fn spawn_worker(
@@ -306,6 +333,8 @@ fn spawn_worker(
     queue: usize,
     output: mpsc::Sender<Record>,
     stats: Arc<ModelStats>,
+    drift_cfg: DriftSettings,
+    labels: std_mpsc::Receiver<(i64, f64)>,
 ) -> (std_mpsc::SyncSender<Job>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std_mpsc::sync_channel::<Job>(queue);
     let name = name.to_string();
@@ -313,8 +342,31 @@ fn spawn_worker(
         .name(format!("infer-{name}"))
         .spawn(move || {
             let mut err_logged = false;
-            let mut alarm = AlarmState::default();
+            let mut alarm = Hysteresis::default();
+            let new_tracker = |b: &LoadedBundle| {
+                DriftTracker::new(b, drift_cfg.interval, &drift_cfg.policy, drift_cfg.labels.as_ref())
+            };
+            let mut drift: Option<DriftTracker> = None;
             while let Ok(job) = rx.recv() {
+                // A new bundle (hot reload): the old one's interval ends and its alarms clear.
+                if drift.as_ref().is_none_or(|d| !Arc::ptr_eq(d.source(), &job.bundle.source)) {
+                    if let Some(mut old) = drift.take() {
+                        let mut c = old.close();
+                        c.alarms.extend(old.retire(job.row.start_ns));
+                        if !send_closed(&name, c, &output) {
+                            break;
+                        }
+                    }
+                    drift = Some(new_tracker(&job.bundle));
+                }
+                let Some(tracker) = drift.as_mut() else { break };
+                while let Ok((ts, v)) = labels.try_recv() {
+                    tracker.add_label(ts, v);
+                }
+                let c = tracker.add_window(job.row.start_ns, job.row.end_ns, &job.row.values);
+                if !send_closed(&name, c, &output) {
+                    break;
+                }
                 let t0 = Instant::now();
                 let res = job.bundle.model.run(&job.input);
                 stats
@@ -323,6 +375,7 @@ fn spawn_worker(
                 let outputs = match res {
                     Ok(o) => o,
                     Err(e) => {
+                        tracker.add_failed_prediction();
                         stats.inference_errors.fetch_add(1, Ordering::Relaxed);
                         if !err_logged {
                             err_logged = true;
@@ -335,6 +388,9 @@ fn spawn_worker(
                     stats.out_of_range.fetch_add(1, Ordering::Relaxed);
                 }
                 let (score, label, over) = job.bundle.postprocess(&outputs);
+                let named: Vec<(String, Vec<f64>)> =
+                    outputs.into_iter().map(|o| (o.name, o.values)).collect();
+                tracker.add_prediction(job.row.start_ns, job.row.end_ns, &named, score, over);
                 let rule = job.bundle.manifest.postprocess.score.as_ref();
                 let state = match (over, rule) {
                     (Some(o), Some(r)) => {
@@ -347,6 +403,7 @@ fn spawn_worker(
                                 active: state,
                                 score,
                                 threshold: r.threshold,
+                                drift: None,
                             };
                             if output.blocking_send(Record::Alarm(Arc::new(ev))).is_err() {
                                 break;
@@ -367,7 +424,7 @@ fn spawn_worker(
                     source: job.bundle.source.clone(),
                     start_ns: job.row.start_ns,
                     end_ns: job.row.end_ns,
-                    outputs: outputs.into_iter().map(|o| (o.name, o.values)).collect(),
+                    outputs: named,
                     score,
                     label,
                     over_threshold: over,
@@ -380,6 +437,13 @@ fn spawn_worker(
                 {
                     break;
                 }
+            }
+            // The interval in progress is not lost at shutdown.
+            if let Some(mut d) = drift {
+                while let Ok((ts, v)) = labels.try_recv() {
+                    d.add_label(ts, v);
+                }
+                send_closed(&name, d.close(), &output);
             }
         })
         .unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"));
@@ -396,26 +460,5 @@ impl Stage for ModelStage {
         output: mpsc::Sender<Record>,
     ) -> StageFuture {
         Box::pin(self.run_loop(input, output))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::AlarmState;
-
-    #[test]
-    fn alarms_need_consecutive_windows_both_ways() {
-        let mut a = AlarmState::default();
-        let feed = |a: &mut AlarmState, seq: &[bool]| {
-            seq.iter().map(|o| a.update(*o, 3, 2).0).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            feed(&mut a, &[true, true, false, true, true, true]),
-            [false, false, false, false, false, true]
-        );
-        assert_eq!(
-            feed(&mut a, &[false, true, false, false]),
-            [true, true, true, false]
-        );
     }
 }

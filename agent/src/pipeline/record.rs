@@ -55,42 +55,8 @@ impl Record {
     }
 }
 
-/// Which bundle produced a record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BundleRef {
-    /// The `[[models]]` instance name.
-    pub model: Arc<str>,
-    /// Bundle name and versions from its manifest.
-    pub bundle: Arc<str>,
-    pub version: Arc<str>,
-    pub version_number: u64,
-    /// SHA-256 of the bundle file.
-    pub sha256: Arc<str>,
-}
-
-/// One column's drift over an interval: its mergeable summary and its scores against the
-/// bundle's reference (absent if the reference has no usable histogram).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ColumnDrift {
-    pub summary: edge_protocols::drift::DriftSummary,
-    pub scores: Option<edge_protocols::drift::DriftScores>,
-}
-
-/// A model's drift summaries for one interval (`[[models]] drift_interval`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DriftRecord {
-    #[serde(flatten)]
-    pub source: Arc<BundleRef>,
-    pub start_ns: i64,
-    pub end_ns: i64,
-    /// Windows summarized.
-    pub windows: u64,
-    pub columns: Vec<ColumnDrift>,
-    /// Columns in the significant PSI band (>= 0.25).
-    pub drifting: Vec<String>,
-    /// At least half of the columns drift.
-    pub dataset_drift: bool,
-}
+pub use edge_protocols::bundle::BundleRef;
+pub use edge_protocols::drift::{ColumnDrift, DriftRecord};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureRecord {
@@ -136,4 +102,46 @@ pub struct AlarmEvent {
     pub score: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// Set for drift and performance alarms (`score` is then the metric's value and
+    /// `threshold` its limit); absent for the model's score alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftAlarm>,
+}
+
+/// What a drift alarm is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAlarmKind {
+    /// A feature column drifts from the bundle's reference.
+    Column,
+    /// A model output drifts from the outputs seen on the training data.
+    Output,
+    /// At least `dataset_share` of the feature columns drift.
+    Dataset,
+    /// Accuracy / recall / MAE on late labels past its limit (concept drift).
+    Performance,
+}
+
+impl DriftAlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftAlarmKind::Column => "column",
+            DriftAlarmKind::Output => "output",
+            DriftAlarmKind::Dataset => "dataset",
+            DriftAlarmKind::Performance => "performance",
+        }
+    }
+}
+
+/// The drift part of an [`AlarmEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftAlarm {
+    /// Column or output name, `dataset`, or the performance metric (`accuracy`, `recall`, `mae`).
+    pub subject: String,
+    pub kind: DriftAlarmKind,
+    /// The metric compared: `psi`, `js`, `ks`, `w1_std`, `drifting_share`, `accuracy`,
+    /// `recall`, `mae`; `bundle_replaced` when a new bundle cleared it.
+    pub metric: String,
+    /// Consecutive intervals that decided the change.
+    pub intervals: u32,
 }

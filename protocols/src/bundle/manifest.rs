@@ -28,6 +28,10 @@ pub struct Manifest {
     #[serde(default)]
     pub postprocess: PostProcess,
     pub reference: Reference,
+    /// Drift policy: which score and thresholds make a column drift, alarm hysteresis,
+    /// performance limits. The agent's `[models.drift]` overrides it key by key.
+    #[serde(default, skip_serializing_if = "crate::drift::DriftPolicy::is_empty")]
+    pub drift: crate::drift::DriftPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,3 +8,18 @@ pub mod spec;
 pub use file::{Bundle, BundleError};
 pub use manifest::Manifest;
 pub use spec::{FeatureDef, FeatureKind, FeatureSpec, InputLayout};
+
+use std::sync::Arc;
+
+/// Which bundle produced a record (prediction, features, drift, alarm).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BundleRef {
+    /// The agent's `[[models]]` instance name.
+    pub model: Arc<str>,
+    /// Bundle name and versions from its manifest.
+    pub bundle: Arc<str>,
+    pub version: Arc<str>,
+    pub version_number: u64,
+    /// SHA-256 of the bundle file.
+    pub sha256: Arc<str>,
+}
