@@ -8,6 +8,7 @@
 #         pysparkplug's generated Sparkplug B schema (the independent Sparkplug decoder/encoder,
 #         tests/peers/spb_decode.py), and the ML reference stack: numpy, onnx, onnxruntime,
 #         scikit-learn, skl2onnx
+#   data: pvanalytics 0.2.2 wheel data (NREL PV series with labelled faults) for the drift test
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
@@ -42,6 +43,25 @@ fi
 # Only pysparkplug's generated sparkplug_b_pb2.py is used (its own deps pin paho-mqtt<2).
 if ! "$DIR/venv/bin/python" -c "import importlib.util as u, google.protobuf; assert u.find_spec('pysparkplug')" 2>/dev/null; then
   "$DIR/venv/bin/pip" install -q --disable-pip-version-check --no-deps pysparkplug==0.6.1
+fi
+
+# Real sensor data with labelled faults (NREL PV series shipped inside the pvanalytics wheel):
+# the drift end-to-end test replays one through the agent.
+step "pvanalytics data"
+if [ ! -f "$DIR/data/pvanalytics/pvlib_data_shift.csv" ]; then
+  rm -rf "$DIR/data/whl" && mkdir -p "$DIR/data"
+  "$DIR/venv/bin/pip" download -q --disable-pip-version-check --no-deps -d "$DIR/data/whl" pvanalytics==0.2.2
+  "$DIR/venv/bin/python" - "$DIR/data" <<'PY'
+import glob, os, sys, zipfile
+out = os.path.join(sys.argv[1], "pvanalytics")
+os.makedirs(out, exist_ok=True)
+z = zipfile.ZipFile(glob.glob(os.path.join(sys.argv[1], "whl", "pvanalytics-*.whl"))[0])
+for n in z.namelist():
+    if n.startswith("pvanalytics/data/") and n.endswith(".csv"):
+        with open(os.path.join(out, os.path.basename(n)), "wb") as f:
+            f.write(z.read(n))
+PY
+  rm -rf "$DIR/data/whl"
 fi
 
 step "test certificates"

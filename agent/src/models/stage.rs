@@ -189,21 +189,21 @@ impl ModelStage {
     ) {
         let name = self.cfg.name.clone();
         let stats = self.stats.clone();
-        let (labels_tx, labels_rx) = std_mpsc::channel::<(i64, f64)>();
         let label_tag = self.cfg.labels.as_ref().map(|l| l.tag.clone());
-        let drift_cfg = DriftSettings {
-            interval: self.cfg.drift_interval,
-            policy: self.cfg.drift.clone(),
-            labels: self.cfg.labels.clone(),
-        };
+        // Each window's inference outcome comes back for the drift tracker (outputs, labels).
+        // At most `queue` + 1 are in flight, so the channel stays small.
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Outcome>();
         let (jobs, worker) = spawn_worker(
             &name,
             self.cfg.queue,
             output.clone(),
             stats.clone(),
-            drift_cfg,
-            labels_rx,
+            done_tx,
         );
+        let new_tracker = |b: &LoadedBundle, cfg: &ModelConfig| {
+            DriftTracker::new(b, cfg.drift_interval, &cfg.drift, cfg.labels.as_ref())
+        };
+        let mut drift = new_tracker(&self.current, &self.cfg);
         let mut featurizer = Featurizer::new(&self.current.manifest.features);
         let mut rows = Vec::new();
         let mut tick = tokio::time::interval(self.cfg.reload_check);
@@ -215,10 +215,22 @@ impl ModelStage {
         loop {
             let rec = tokio::select! {
                 r = input.recv() => match r { Some(r) => r, None => break },
+                Some(o) = done_rx.recv() => {
+                    drift_outcome(&mut drift, o);
+                    continue;
+                }
                 _ = tick.tick() => {
                     if let Some(b) = self.maybe_reload() {
                         if b.manifest.features != featurizer.spec().clone() {
                             featurizer = Featurizer::new(&b.manifest.features);
+                        }
+                        // The old bundle's interval ends here and its drift alarms clear: the
+                        // new bundle has its own reference.
+                        let mut c = drift.close();
+                        c.alarms.extend(drift.retire(edge_protocols::now_ns()));
+                        drift = new_tracker(&b, &self.cfg);
+                        if !send_closed(&name, c, &output).await {
+                            break;
                         }
                     }
                     continue;
@@ -234,7 +246,7 @@ impl ModelStage {
                     } else {
                         smp.value.as_f64().unwrap_or(f64::NAN)
                     };
-                    let _ = labels_tx.send((smp.ts_ns, v));
+                    drift.add_label(smp.ts_ns, v);
                 }
             }
             featurizer.push(&batch, &mut rows);
@@ -251,6 +263,13 @@ impl ModelStage {
                 {
                     stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
                     continue;
+                }
+                // Every window counts for drift, also those inference has no time for.
+                if Arc::ptr_eq(drift.source(), &bundle.source) {
+                    let c = drift.add_window(row.start_ns, row.end_ns, &row.values);
+                    if !send_closed(&name, c, &output).await {
+                        break;
+                    }
                 }
                 if self.cfg.features {
                     let rec = FeatureRecord {
@@ -282,10 +301,14 @@ impl ModelStage {
                 }
             }
         }
-        drop(labels_tx);
         drop(jobs);
         // Let the worker finish what is queued (its results still reach the outputs).
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        // The interval in progress is not lost at shutdown.
+        while let Ok(o) = done_rx.try_recv() {
+            drift_outcome(&mut drift, o);
+        }
+        send_closed(&name, drift.close(), &output).await;
         let ws = featurizer.stats();
         tracing::info!(model = %name, windows = ws.windows, skipped_missing = ws.skipped_missing,
             late_samples = ws.late_samples, dropped_busy = stats.dropped_busy.load(Ordering::Relaxed),
@@ -293,21 +316,36 @@ impl ModelStage {
     }
 }
 
-/// The drift settings of one model instance, for its inference thread.
-struct DriftSettings {
-    interval: std::time::Duration,
-    policy: edge_protocols::drift::DriftPolicy,
-    labels: Option<super::labels::LabelsConfig>,
+/// What inference made of one window, for the drift tracker.
+struct Outcome {
+    source: Arc<crate::pipeline::record::BundleRef>,
+    start_ns: i64,
+    end_ns: i64,
+    /// `None`: inference failed.
+    result: Option<(Vec<(String, Vec<f64>)>, Option<f64>, Option<bool>)>,
+}
+
+fn drift_outcome(drift: &mut DriftTracker, o: Outcome) {
+    // Outcomes of the bundle that was just replaced no longer count.
+    if !Arc::ptr_eq(drift.source(), &o.source) {
+        return;
+    }
+    match o.result {
+        Some((outputs, score, over)) => {
+            drift.add_prediction(o.start_ns, o.end_ns, &outputs, score, over)
+        }
+        None => drift.add_failed_prediction(),
+    }
 }
 
 /// Sends a closed interval's record and alarm changes; false when the pipeline closed.
-fn send_closed(name: &str, c: Closed, output: &mpsc::Sender<Record>) -> bool {
+async fn send_closed(name: &str, c: Closed, output: &mpsc::Sender<Record>) -> bool {
     if let Some(rec) = c.record {
         if !rec.drifting.is_empty() {
             tracing::warn!(model = %name, drifting = ?rec.drifting, dataset_drift = rec.dataset_drift,
                 metric = rec.metric.name(), "columns drift from the bundle's reference");
         }
-        if output.blocking_send(Record::Drift(Arc::new(rec))).is_err() {
+        if output.send(Record::Drift(Arc::new(rec))).await.is_err() {
             return false;
         }
     }
@@ -321,7 +359,7 @@ fn send_closed(name: &str, c: Closed, output: &mpsc::Sender<Record>) -> bool {
                     value = a.score, "drift alarm cleared");
             }
         }
-        if output.blocking_send(Record::Alarm(Arc::new(a))).is_err() {
+        if output.send(Record::Alarm(Arc::new(a))).await.is_err() {
             return false;
         }
     }
@@ -333,8 +371,7 @@ fn spawn_worker(
     queue: usize,
     output: mpsc::Sender<Record>,
     stats: Arc<ModelStats>,
-    drift_cfg: DriftSettings,
-    labels: std_mpsc::Receiver<(i64, f64)>,
+    done: mpsc::UnboundedSender<Outcome>,
 ) -> (std_mpsc::SyncSender<Job>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std_mpsc::sync_channel::<Job>(queue);
     let name = name.to_string();
@@ -343,30 +380,7 @@ fn spawn_worker(
         .spawn(move || {
             let mut err_logged = false;
             let mut alarm = Hysteresis::default();
-            let new_tracker = |b: &LoadedBundle| {
-                DriftTracker::new(b, drift_cfg.interval, &drift_cfg.policy, drift_cfg.labels.as_ref())
-            };
-            let mut drift: Option<DriftTracker> = None;
             while let Ok(job) = rx.recv() {
-                // A new bundle (hot reload): the old one's interval ends and its alarms clear.
-                if drift.as_ref().is_none_or(|d| !Arc::ptr_eq(d.source(), &job.bundle.source)) {
-                    if let Some(mut old) = drift.take() {
-                        let mut c = old.close();
-                        c.alarms.extend(old.retire(job.row.start_ns));
-                        if !send_closed(&name, c, &output) {
-                            break;
-                        }
-                    }
-                    drift = Some(new_tracker(&job.bundle));
-                }
-                let Some(tracker) = drift.as_mut() else { break };
-                while let Ok((ts, v)) = labels.try_recv() {
-                    tracker.add_label(ts, v);
-                }
-                let c = tracker.add_window(job.row.start_ns, job.row.end_ns, &job.row.values);
-                if !send_closed(&name, c, &output) {
-                    break;
-                }
                 let t0 = Instant::now();
                 let res = job.bundle.model.run(&job.input);
                 stats
@@ -375,7 +389,12 @@ fn spawn_worker(
                 let outputs = match res {
                     Ok(o) => o,
                     Err(e) => {
-                        tracker.add_failed_prediction();
+                        let _ = done.send(Outcome {
+                            source: job.bundle.source.clone(),
+                            start_ns: job.row.start_ns,
+                            end_ns: job.row.end_ns,
+                            result: None,
+                        });
                         stats.inference_errors.fetch_add(1, Ordering::Relaxed);
                         if !err_logged {
                             err_logged = true;
@@ -390,7 +409,12 @@ fn spawn_worker(
                 let (score, label, over) = job.bundle.postprocess(&outputs);
                 let named: Vec<(String, Vec<f64>)> =
                     outputs.into_iter().map(|o| (o.name, o.values)).collect();
-                tracker.add_prediction(job.row.start_ns, job.row.end_ns, &named, score, over);
+                let _ = done.send(Outcome {
+                    source: job.bundle.source.clone(),
+                    start_ns: job.row.start_ns,
+                    end_ns: job.row.end_ns,
+                    result: Some((named.clone(), score, over)),
+                });
                 let rule = job.bundle.manifest.postprocess.score.as_ref();
                 let state = match (over, rule) {
                     (Some(o), Some(r)) => {
@@ -437,13 +461,6 @@ fn spawn_worker(
                 {
                     break;
                 }
-            }
-            // The interval in progress is not lost at shutdown.
-            if let Some(mut d) = drift {
-                while let Ok((ts, v)) = labels.try_recv() {
-                    d.add_label(ts, v);
-                }
-                send_closed(&name, d.close(), &output);
             }
         })
         .unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"));

@@ -26,7 +26,8 @@ pub struct MqttOutputConfig {
     pub broker: BrokerConfig,
     #[serde(default)]
     pub format: MqttFormat,
-    /// What to publish: any of `samples`, `features`, `predictions`, `alarms`. Default: all.
+    /// What to publish: any of `samples`, `features`, `predictions`, `alarms` (model score
+    /// alarms and drift/performance alarms), `drift` (per-interval drift scores). Default: all.
     #[serde(default = "all_streams")]
     pub streams: Vec<Stream>,
     /// QoS of data messages: 1 (default; the outbox entry is released on the broker's ack) or
@@ -61,6 +62,7 @@ fn all_streams() -> Vec<Stream> {
         Stream::Features,
         Stream::Predictions,
         Stream::Alarms,
+        Stream::Drift,
     ]
 }
 fn one() -> u8 {
@@ -89,7 +91,11 @@ impl MqttOutputConfig {
             issues.check(
                 matches!(
                     s,
-                    Stream::Samples | Stream::Features | Stream::Predictions | Stream::Alarms
+                    Stream::Samples
+                        | Stream::Features
+                        | Stream::Predictions
+                        | Stream::Alarms
+                        | Stream::Drift
                 ),
                 at.key("streams").index(i),
                 || format!("`{}` cannot be published over MQTT yet", s.name()),

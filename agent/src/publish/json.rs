@@ -10,6 +10,12 @@
 //! - predictions: as features, with `score`, `label`, `alarm`, `over_threshold`, `outputs`;
 //! - alarms: `model`, `bundle`, `model_version`, `state` (`raised`/`cleared`), `score`,
 //!   `threshold` — retained when live, so a SCADA client that connects later sees the state;
+//!   drift alarms (on their own topics) add `kind` (`column`/`output`/`dataset`/
+//!   `performance`), `subject`, `metric`, `value` (= `score`), `intervals`;
+//! - drift (one per model and interval): `window_start` (interval start), `windows`,
+//!   `metric`, `dataset_drift`, `drifting`, `columns` and `outputs` (name -> `psi`, `js`,
+//!   `ks`, `w1_std`, `band`, `count`, `missing`, `mean`, `std`, `drifting`), `performance`
+//!   (`labelled`, `unlabelled`, `accuracy`, `precision`, `recall`, `mae` when known);
 //! - status (retained): `state` (`online`/`offline`), `agent`, `agent_version`, `ts`, `models`
 //!   (name -> version number), `outbox` (stream -> backlog and dropped counts).
 
@@ -102,6 +108,18 @@ impl JsonFormat {
         &self,
         kind: &str,
         name: &str,
+        body: Map<String, serde_json::Value>,
+        seq: u64,
+        historical: bool,
+        retain: bool,
+    ) -> Msg {
+        let topic = topics::json_data(&self.prefix, &self.device, kind, &level(name));
+        self.msg_at(topic, body, seq, historical, retain)
+    }
+
+    fn msg_at(
+        &self,
+        topic: String,
         mut body: Map<String, serde_json::Value>,
         seq: u64,
         historical: bool,
@@ -112,12 +130,48 @@ impl JsonFormat {
             body.insert("historical".into(), json!(true));
         }
         Msg {
-            topic: topics::json_data(&self.prefix, &self.device, kind, &level(name)),
+            topic,
             payload: serde_json::Value::Object(body).to_string().into_bytes(),
             qos: self.qos,
             retain,
         }
     }
+}
+
+/// Topic name of a drift alarm under `alarms/` (see `topics.rs`).
+fn drift_alarm_name(model: &str, d: &crate::pipeline::record::DriftAlarm) -> String {
+    use crate::pipeline::record::DriftAlarmKind;
+    let subject = level(&d.subject).replace('/', "_");
+    match d.kind {
+        DriftAlarmKind::Dataset => topics::drift_alarm(&level(model), "dataset", None),
+        k => topics::drift_alarm(&level(model), k.as_str(), Some(&subject)),
+    }
+}
+
+fn drift_columns(cols: &[edge_protocols::drift::ColumnDrift]) -> serde_json::Value {
+    let finite = |x: f64| x.is_finite().then_some(x);
+    let m: Map<String, serde_json::Value> = cols
+        .iter()
+        .map(|c| {
+            let mo = &c.summary.moments;
+            let mut v = json!({
+                "count": mo.count,
+                "missing": c.summary.missing,
+                "mean": finite(mo.mean),
+                "std": finite(mo.variance().sqrt()),
+                "drifting": c.drifting,
+            });
+            if let (Some(s), Some(o)) = (c.scores, v.as_object_mut()) {
+                o.insert("psi".into(), json!(finite(s.psi)));
+                o.insert("js".into(), json!(finite(s.js)));
+                o.insert("ks".into(), json!(finite(s.ks)));
+                o.insert("w1_std".into(), json!(finite(s.w1_std)));
+                o.insert("band".into(), json!(s.band));
+            }
+            (c.summary.name.clone(), v)
+        })
+        .collect();
+    serde_json::Value::Object(m)
 }
 
 fn identity(b: &mut Map<String, serde_json::Value>, src: &crate::pipeline::record::BundleRef) {
@@ -230,10 +284,56 @@ impl Format for JsonFormat {
                 if let Some(t) = a.threshold {
                     b.insert("threshold".into(), json!(t));
                 }
+                let name = match &a.drift {
+                    None => level(&a.source.model),
+                    Some(d) => {
+                        b.insert("kind".into(), json!(d.kind.as_str()));
+                        b.insert("subject".into(), json!(d.subject));
+                        b.insert("metric".into(), json!(d.metric));
+                        b.insert("value".into(), json!(a.score));
+                        b.insert("intervals".into(), json!(d.intervals));
+                        drift_alarm_name(&a.source.model, d)
+                    }
+                };
                 // Live alarm states are retained; replayed history must not overwrite them.
-                vec![self.msg("alarms", &a.source.model, b, seq, historical, !historical)]
+                vec![self.msg_at(
+                    topics::json_data(&self.prefix, &self.device, "alarms", &name),
+                    b,
+                    seq,
+                    historical,
+                    !historical,
+                )]
             }
-            Stream::Drift | Stream::Events => Vec::new(),
+            Stream::Drift => {
+                let Ok(d) = records::decode_drift(payload) else {
+                    return bad("drift");
+                };
+                let mut b = Map::new();
+                b.insert("ts".into(), json!(ms(d.end_ns)));
+                b.insert("window_start".into(), json!(ms(d.start_ns)));
+                identity(&mut b, &d.source);
+                b.insert("windows".into(), json!(d.windows));
+                b.insert("metric".into(), json!(d.metric.name()));
+                b.insert("dataset_drift".into(), json!(d.dataset_drift));
+                b.insert("drifting".into(), json!(d.drifting));
+                b.insert("columns".into(), drift_columns(&d.columns));
+                b.insert("outputs".into(), drift_columns(&d.outputs));
+                if let Some(p) = &d.performance {
+                    b.insert(
+                        "performance".into(),
+                        json!({
+                            "labelled": p.labelled,
+                            "unlabelled": p.unlabelled,
+                            "accuracy": p.accuracy(),
+                            "precision": p.precision(),
+                            "recall": p.recall(),
+                            "mae": p.mae(),
+                        }),
+                    );
+                }
+                vec![self.msg("drift", &d.source.model, b, seq, historical, false)]
+            }
+            Stream::Events => Vec::new(),
         }
     }
 }

@@ -4,7 +4,10 @@
 //! - **Devices.** Each sensor source is a Sparkplug device (its tags are its metrics); each
 //!   model is a device (`Features/<name>`, `Score`, `Label`, `Over Threshold`, `Outputs/<name>`,
 //!   `Window Start`, `Model/Version`, `Model/Version Number`, `Alarm/Active`, `Alarm/Score`,
-//!   `Alarm/Threshold`). Node metrics: `bdSeq`, `Node Control/Rebirth`, `Properties/Agent
+//!   `Alarm/Threshold`; per drift interval `Drift/Dataset Drift`, `Drift/Metric`,
+//!   `Drift/<column>/Score` (the policy's metric) and `Drift/<column>/Drifting`,
+//!   `Performance/Accuracy|Precision|Recall|MAE|Labelled` with late labels; drift alarms as
+//!   `Drift Alarm/<kind>/<subject>` (Boolean) with `/Value` and `/Threshold`). Node metrics: `bdSeq`, `Node Control/Rebirth`, `Properties/Agent
 //!   Version`, `Outbox/<stream>/Backlog` and `Outbox/<stream>/Dropped`.
 //! - **Births and aliases.** Every metric gets an alias at its first appearance. NBIRTH and one
 //!   DBIRTH per known device go out when the session starts (on connect, or when the primary
@@ -758,31 +761,76 @@ impl Format for SparkplugFormat {
                     Err(e) => return bad(e),
                 };
                 let ts = ms(a.ts_ns);
-                let mut pts = vec![
-                    Point {
-                        metric: "Alarm/Active".into(),
-                        val: Val::B(a.active),
-                        ts_ms: ts,
-                        quality: Quality::Good,
-                    },
-                    Point {
-                        metric: "Alarm/Score".into(),
-                        val: Val::f64(a.score),
-                        ts_ms: ts,
-                        quality: Quality::Good,
-                    },
-                ];
+                let g = |metric: String, val: Val| Point {
+                    metric,
+                    val,
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                };
+                let base = match &a.drift {
+                    None => "Alarm".to_string(),
+                    Some(d) if d.kind == crate::pipeline::record::DriftAlarmKind::Dataset => {
+                        "Drift Alarm/dataset".to_string()
+                    }
+                    Some(d) => format!("Drift Alarm/{}/{}", d.kind.as_str(), d.subject),
+                };
+                let (active, value) = if a.drift.is_some() {
+                    (base.clone(), format!("{base}/Value"))
+                } else {
+                    (format!("{base}/Active"), format!("{base}/Score"))
+                };
+                let mut pts = vec![g(active, Val::B(a.active)), g(value, Val::f64(a.score))];
                 if let Some(t) = a.threshold {
-                    pts.push(Point {
-                        metric: "Alarm/Threshold".into(),
-                        val: Val::f64(t),
-                        ts_ms: ts,
-                        quality: Quality::Good,
-                    });
+                    pts.push(g(format!("{base}/Threshold"), Val::f64(t)));
                 }
                 self.device_data(&a.source.model, pts, historical, &mut out);
             }
-            Stream::Drift | Stream::Events => {}
+            Stream::Drift => {
+                let d = match records::decode_drift(payload) {
+                    Ok(d) => d,
+                    Err(e) => return bad(e),
+                };
+                let ts = ms(d.end_ns);
+                let g = |metric: String, val: Val| Point {
+                    metric,
+                    val,
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                };
+                let mut pts = vec![
+                    g("Drift/Dataset Drift".into(), Val::B(d.dataset_drift)),
+                    g("Drift/Metric".into(), Val::S(d.metric.name().into())),
+                    g("Drift/Interval Start".into(), Val::Time(ms(d.start_ns))),
+                ];
+                for c in d.columns.iter().chain(&d.outputs) {
+                    let v = c
+                        .scores
+                        .map(|s| edge_protocols::drift::record::metric_value(d.metric, &s));
+                    pts.push(g(
+                        format!("Drift/{}/Score", c.summary.name),
+                        v.map(Val::f64).unwrap_or(Val::Null),
+                    ));
+                    pts.push(g(
+                        format!("Drift/{}/Drifting", c.summary.name),
+                        Val::B(c.drifting),
+                    ));
+                }
+                if let Some(p) = &d.performance {
+                    pts.push(g("Performance/Labelled".into(), Val::U(p.labelled)));
+                    for (name, v) in [
+                        ("Accuracy", p.accuracy()),
+                        ("Precision", p.precision()),
+                        ("Recall", p.recall()),
+                        ("MAE", p.mae()),
+                    ] {
+                        if let Some(v) = v {
+                            pts.push(g(format!("Performance/{name}"), Val::f64(v)));
+                        }
+                    }
+                }
+                self.device_data(&d.source.model, pts, historical, &mut out);
+            }
+            Stream::Events => {}
         }
         out
     }

@@ -4,7 +4,12 @@
 //! - `{prefix}/{device}/samples/{tag}` — one sample
 //! - `{prefix}/{device}/features/{model}` — one window's features
 //! - `{prefix}/{device}/predictions/{model}` — one window's prediction
-//! - `{prefix}/{device}/alarms/{model}` — alarm raised/cleared (retained when live)
+//! - `{prefix}/{device}/alarms/{model}` — the model's score alarm raised/cleared (retained
+//!   when live)
+//! - `{prefix}/{device}/alarms/{model}/drift/column/{column}`, `.../drift/output/{output}`,
+//!   `.../drift/dataset`, `.../drift/performance/{accuracy|recall|mae}` — drift and
+//!   performance alarms raised/cleared (retained when live)
+//! - `{prefix}/{device}/drift/{model}` — one interval's drift scores per column
 //! - `{prefix}/{device}/status` — retained agent status; the last will sets it offline
 //!
 //! Sparkplug B 3.0 (`format = "sparkplug"`), namespace `spBv1.0`:
@@ -14,6 +19,14 @@
 
 pub fn json_data(prefix: &str, device: &str, kind: &str, name: &str) -> String {
     format!("{prefix}/{device}/{kind}/{name}")
+}
+
+/// The name part (after `alarms/`) of a drift alarm topic.
+pub fn drift_alarm(model: &str, kind: &str, subject: Option<&str>) -> String {
+    match subject {
+        Some(s) => format!("{model}/drift/{kind}/{s}"),
+        None => format!("{model}/drift/{kind}"),
+    }
 }
 
 pub fn json_status(prefix: &str, device: &str) -> String {

@@ -249,6 +249,8 @@ impl MqttSubscriber {
                         ctx.stats.error();
                         tracing::error!(source = %ctx.name,
                             "broker refused {failed} of {} subscriptions (ACL?)", s.return_codes.len());
+                    } else {
+                        tracing::info!(source = %ctx.name, filters = s.return_codes.len(), "mqtt subscribed");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
