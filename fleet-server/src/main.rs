@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fleet_server::{ca, registry, rollout, store};
+use fleet_server::{ca, drift, registry, rollout, store};
 use tokio_util::sync::CancellationToken;
 
 const LONG_VERSION: &str = concat!(
@@ -51,6 +51,14 @@ enum Command {
         /// Seconds between device check-ins.
         #[arg(long, default_value_t = 10)]
         checkin_s: u64,
+        /// File with the operator API token (`Authorization: Bearer …` on
+        /// /v1/operator/…). Default: `<data-dir>/operator.token`, created (mode 0600) at the
+        /// first start.
+        #[arg(long)]
+        operator_token_file: Option<PathBuf>,
+        /// How often drift retrain policies are evaluated, e.g. `60s`.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        drift_check_interval: Duration,
     },
     /// The fleet CA certificate devices must trust (`[sync] server_ca` in the agent config).
     Ca {
@@ -67,10 +75,114 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Fleet drift: merged views per bundle version, retrain policies and their events.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DriftCommand {
+    /// Drift records merged per bundle version (and per `--every` bucket), scored against
+    /// the bundle's reference when the registry has that version; one JSON line per view.
+    Show {
+        /// Bundle name.
+        #[arg(long)]
+        bundle: String,
+        /// Only this version number (default: every version, one view each).
+        #[arg(long)]
+        version_number: Option<u64>,
+        /// One device (default: the devices matching `--select`, or the whole fleet).
+        #[arg(long, conflicts_with = "select")]
+        device: Option<String>,
+        /// `key=value` label the devices must carry (repeatable).
+        #[arg(long = "select")]
+        select: Vec<String>,
+        /// Records ending at or after this: RFC 3339 or a duration ago (`2h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Records ending before this: RFC 3339 or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// One merge per bucket of this length by record end time, e.g. `1h`.
+        #[arg(long)]
+        every: Option<String>,
+    },
+    /// Evaluate every retrain policy once now (as `serve` does periodically) and run the
+    /// hooks of new events; prints the events recorded.
+    Evaluate,
+    /// Retrain policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Recorded retrain events, newest first, as JSON lines.
+    Events {
+        /// Only this policy's events.
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Create or replace a retrain policy: the group's drift records are bucketed by end
+    /// time; `--intervals` consecutive drifting buckets record an event and run the hook once
+    /// (again only after a calm bucket).
+    #[command(group(clap::ArgGroup::new("criterion").required(true).multiple(true)
+        .args(["share", "min_accuracy", "min_recall", "max_mae"])))]
+    #[command(group(clap::ArgGroup::new("hook").required(true)
+        .args(["hook_command", "hook_url"])))]
+    Set {
+        /// Policy name (A-Z a-z 0-9 - _ .).
+        #[arg(long)]
+        name: String,
+        /// Bundle name (its latest version with records is evaluated).
+        #[arg(long)]
+        bundle: String,
+        /// `key=value` label the devices must carry (repeatable; none: the whole fleet).
+        #[arg(long = "select")]
+        select: Vec<String>,
+        /// Bucket length, e.g. `10m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Duration,
+        /// Consecutive drifting buckets that make an event.
+        #[arg(long, default_value_t = 3)]
+        intervals: u32,
+        /// A bucket drifts when at least this share of its reporting devices had dataset
+        /// drift (in at least half of their records there).
+        #[arg(long)]
+        share: Option<f64>,
+        /// …or when the merged accuracy (late labels) is below this…
+        #[arg(long)]
+        min_accuracy: Option<f64>,
+        /// …or the merged recall below this…
+        #[arg(long)]
+        min_recall: Option<f64>,
+        /// …or the merged mean absolute error above this.
+        #[arg(long)]
+        max_mae: Option<f64>,
+        /// Run `sh -c CMD` with the event JSON on stdin and in $FLEET_DRIFT_EVENT_FILE.
+        #[arg(long)]
+        hook_command: Option<String>,
+        /// POST the event JSON to this http:// URL.
+        #[arg(long)]
+        hook_url: Option<String>,
+    },
+    /// List retrain policies (JSON lines).
+    List,
+    /// Remove a retrain policy (its events stay).
+    Remove {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -210,6 +322,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             names,
             checkin_s,
+            operator_token_file,
+            drift_check_interval,
         } => {
             let stop = CancellationToken::new();
             let s2 = stop.clone();
@@ -222,6 +336,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 names,
                 checkin_s: checkin_s.max(1),
+                operator_token_file,
+                drift_check: drift_check_interval,
             };
             fleet_server::serve(opts, stop, |addr| {
                 tracing::info!(data_dir = %dir.display(), "fleet-server {LONG_VERSION} listening on https://{addr} (devices trust {})",
@@ -293,23 +409,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     st.device(&id)
                         .await?
                         .with_context(|| format!("no device `{id}`"))?;
-                    for (seq, _, body) in st.records(&id, "drift", after, limit).await? {
-                        let v: ciborium::Value = ciborium::from_reader(body.as_slice())
-                            .with_context(|| format!("drift record {seq} is not CBOR"))?;
-                        let mut j = cbor_to_json(v);
-                        // Per column: the scores and the moments, not the sketch bytes.
-                        if let Some(cols) = j.get_mut("columns").and_then(|c| c.as_array_mut()) {
-                            for c in cols.iter_mut() {
-                                let s = &c["summary"];
-                                *c = serde_json::json!({
-                                    "name": s["name"], "count": s["moments"]["count"],
-                                    "missing": s["missing"], "mean": s["moments"]["mean"],
-                                    "scores": c["scores"],
-                                });
+                    for (seq, _, body) in st.records(&id, drift::STREAM, after, limit).await? {
+                        match drift::decode(&body) {
+                            Ok(rec) => println!("{}", drift::record_json(seq, &rec)),
+                            Err(e) => {
+                                tracing::warn!(device = %id, seq, "drift record does not decode: {e}")
                             }
                         }
-                        j["seq"] = seq.into();
-                        println!("{j}");
                     }
                 }
                 DeviceCommand::Show { id } => {
@@ -449,6 +555,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Drift { command } => {
+            let st = store::FleetStore::open_dir(&dir).await?;
+            let reg = registry::Registry::new(st.clone(), &dir)?;
+            run_drift(command, &st, &reg, &dir, &who).await?;
+        }
         Command::Audit { limit } => {
             let st = store::FleetStore::open_dir(&dir).await?;
             for a in st.audit_log(limit).await? {
@@ -466,35 +577,123 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CBOR as JSON (byte strings become their length: sketches are not for reading).
-fn cbor_to_json(v: ciborium::Value) -> serde_json::Value {
-    use ciborium::Value as C;
-    use serde_json::Value as J;
-    match v {
-        C::Integer(i) => i128::from(i)
-            .try_into()
-            .map(|x: i64| J::from(x))
-            .unwrap_or_else(|_| J::from(i128::from(i) as f64)),
-        C::Float(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
-        C::Text(t) => J::String(t),
-        C::Bool(b) => J::Bool(b),
-        C::Null => J::Null,
-        C::Bytes(b) => J::from(b.len()),
-        C::Array(a) => J::Array(a.into_iter().map(cbor_to_json).collect()),
-        C::Map(m) => J::Object(
-            m.into_iter()
-                .map(|(k, v)| {
-                    let k = match k {
-                        C::Text(t) => t,
-                        other => cbor_to_json(other).to_string(),
-                    };
-                    (k, cbor_to_json(v))
-                })
-                .collect(),
-        ),
-        C::Tag(_, inner) => cbor_to_json(*inner),
-        _ => J::Null,
+async fn run_drift(
+    command: DriftCommand,
+    st: &store::FleetStore,
+    reg: &registry::Registry,
+    dir: &std::path::Path,
+    who: &str,
+) -> anyhow::Result<()> {
+    match command {
+        DriftCommand::Show {
+            bundle,
+            version_number,
+            device,
+            select,
+            since,
+            until,
+            every,
+        } => {
+            let now = drift::now_ns();
+            let q = drift::DriftQuery {
+                bundle,
+                version_number,
+                device,
+                select,
+                since_ns: since.map(|t| drift::parse_time(&t, now)).transpose()?,
+                until_ns: until.map(|t| drift::parse_time(&t, now)).transpose()?,
+                every_ns: every.map(|e| drift::parse_every(&e)).transpose()?,
+            };
+            let views = drift::show(st, reg, &q).await?;
+            if views.is_empty() {
+                eprintln!("no drift records of {} match", q.bundle);
+            }
+            for v in views {
+                println!("{}", serde_json::to_string(&v)?);
+            }
+        }
+        DriftCommand::Evaluate => {
+            for e in drift::evaluate_all(st, reg, dir, drift::now_ns()).await? {
+                println!("{}", event_line(&e));
+            }
+        }
+        DriftCommand::Policy { command } => match command {
+            PolicyCommand::Set {
+                name,
+                bundle,
+                select,
+                every,
+                intervals,
+                share,
+                min_accuracy,
+                min_recall,
+                max_mae,
+                hook_command,
+                hook_url,
+            } => {
+                let hook = match (hook_command, hook_url) {
+                    (Some(c), None) => drift::Hook::Command(c),
+                    (None, Some(u)) => drift::Hook::Url(u),
+                    _ => anyhow::bail!("give exactly one of --hook-command and --hook-url"),
+                };
+                let row = drift::set_policy(
+                    st,
+                    drift::NewPolicy {
+                        name,
+                        bundle,
+                        select,
+                        every,
+                        intervals,
+                        rule: drift::PolicyRule {
+                            share,
+                            min_accuracy,
+                            min_recall,
+                            max_mae,
+                        },
+                        hook,
+                    },
+                    who,
+                )
+                .await?;
+                eprintln!("drift policy {} set", row.name);
+            }
+            PolicyCommand::List => {
+                for p in st.drift_policies().await? {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "name": p.name, "bundle": p.bundle, "select": p.selector,
+                            "every": humantime::format_duration(Duration::from_millis(p.every_ms.max(0) as u64)).to_string(),
+                            "intervals": p.intervals,
+                            "rule": serde_json::from_str::<serde_json::Value>(&p.rule).unwrap_or_default(),
+                            "hook": serde_json::from_str::<serde_json::Value>(&p.hook).unwrap_or_default(),
+                            "state": serde_json::from_str::<serde_json::Value>(&p.state).unwrap_or_default(),
+                            "by": p.created_by, "updated": fmt_ms(Some(p.updated_at)),
+                        })
+                    );
+                }
+            }
+            PolicyCommand::Remove { name } => {
+                drift::remove_policy(st, &name, who).await?;
+                eprintln!("drift policy {name} removed");
+            }
+        },
+        DriftCommand::Events { policy, limit } => {
+            for e in st.drift_events(policy.as_deref(), limit).await? {
+                println!("{}", event_line(&e));
+            }
+        }
     }
+    Ok(())
+}
+
+/// An event as one JSON line: its body plus how the hook went.
+fn event_line(e: &store::DriftEventRow) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&e.body).unwrap_or_default();
+    v["created"] = fmt_ms(Some(e.created_at)).into();
+    v["hook_status"] = e.hook_status.clone().into();
+    v["hook_detail"] = e.hook_detail.clone().into();
+    v
 }
 
 async fn shutdown_signal() {

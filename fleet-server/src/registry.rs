@@ -74,6 +74,29 @@ impl Registry {
         move |source| RegistryError::Io { path, source }
     }
 
+    /// The manifest of a stored bundle version (`None` if the registry does not have it).
+    /// The file was verified when pushed; here its SHA-256 must still match the stored row.
+    pub async fn manifest(
+        &self,
+        name: &str,
+        version_number: i64,
+    ) -> Result<Option<edge_protocols::bundle::Manifest>, RegistryError> {
+        let Some(row) = self.store.bundle(name, version_number).await? else {
+            return Ok(None);
+        };
+        let path = self.dir.join(&row.sha256);
+        let bytes = tokio::fs::read(&path).await.map_err(self.io(&path))?;
+        let parsed =
+            bundle_file::parse(&bytes).map_err(|e| RegistryError::Refused(e.to_string()))?;
+        if parsed.file_sha256 != row.sha256 {
+            return Err(RegistryError::Refused(format!(
+                "artifact {} does not match its SHA-256 (altered on disk?)",
+                path.display()
+            )));
+        }
+        Ok(Some(parsed.manifest))
+    }
+
     /// Verifies and stores a bundle. Re-pushing the identical file is a no-op; any other
     /// file whose version number is not above the stored ones is refused.
     pub async fn push(&self, bytes: Vec<u8>, actor: &str) -> Result<BundleRow, RegistryError> {

@@ -33,8 +33,14 @@ fn in_percent(rollout: &str, device: &str, percent: i64) -> bool {
     i64::from(bucket) < percent
 }
 
+/// Whether `d` carries every `key=value` label of `selector` (an empty selector selects
+/// every device). Rollouts and drift views select devices with this.
+pub fn selects(selector: &[String], d: &Device) -> bool {
+    selector.iter().all(|l| d.labels.contains(l))
+}
+
 pub fn targets(r: &Rollout, d: &Device) -> bool {
-    r.selector.iter().all(|l| d.labels.contains(l))
+    selects(&r.selector, d)
 }
 
 pub fn is_canary(r: &Rollout, d: &Device) -> bool {

@@ -1,0 +1,676 @@
+//! Fleet drift end to end inside the fleet-server crate: real `DriftRecord`s built from
+//! known distributions for several fake devices and intervals, stored through
+//! `FleetStore::ingest` (the upload path), then the merged views, version separation, time
+//! filters and buckets, the retrain trigger with a hook command, and the operator API.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edge_protocols::bundle::manifest::{ColumnStats, Manifest};
+use edge_protocols::bundle::BundleRef;
+use edge_protocols::drift::fleet::MergedDrift;
+use edge_protocols::drift::{ColumnDrift, DriftRecord, DriftRules, DriftSummary};
+use fleet_server::drift::{self, DriftQuery, Hook, NewPolicy, PolicyRule};
+use fleet_server::registry::Registry;
+use fleet_server::store::FleetStore;
+
+const MIN: i64 = 60_000_000_000;
+const BUNDLE: &str = "pump";
+
+struct Fleet {
+    dir: PathBuf,
+    store: FleetStore,
+    registry: Registry,
+    /// Next sequence number per device.
+    seqs: std::collections::HashMap<String, i64>,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.dir).ok();
+    }
+}
+
+/// Reference of a column uniform on 0..10: ten equal bins.
+fn reference(name: &str) -> ColumnStats {
+    ColumnStats {
+        name: name.into(),
+        count: 10_000,
+        mean: 5.0,
+        std: 2.89,
+        min: 0.0,
+        max: 10.0,
+        quantiles: vec![0.1, 0.5, 2.5, 5.0, 7.5, 9.5, 9.9],
+        bin_edges: (0..=10).map(f64::from).collect(),
+        bin_freqs: vec![0.1; 10],
+    }
+}
+
+fn manifest(version_number: u64) -> Manifest {
+    let reference = serde_json::json!({
+        "windows": 10000,
+        "features": [reference("a"), reference("b")],
+    });
+    serde_json::from_value(serde_json::json!({
+        "format": 1,
+        "name": BUNDLE,
+        "version": format!("1.0.{version_number}"),
+        "version_number": version_number,
+        "created": "2025-01-01T00:00:00Z",
+        "features": {"tags": ["p.a", "p.b"], "rate_hz": 1.0,
+            "features": [{"tag": "p.a", "fn": "mean"}, {"tag": "p.b", "fn": "mean"}]},
+        "model": {"sha256": "", "size": 0,
+            "input": {"name": "x", "shape": [1, 2], "dtype": "f32"},
+            "outputs": [{"name": "y", "shape": [1, 1], "dtype": "f32"}]},
+        "reference": reference,
+    }))
+    .expect("test manifest")
+}
+
+async fn fleet() -> Fleet {
+    let dir = std::env::temp_dir().join(format!("fleet-drift-{}", fastrand::u64(..)));
+    let store = FleetStore::open_dir(&dir).await.unwrap();
+    let registry = Registry::new(store.clone(), &dir).unwrap();
+    // Trust a key and push version 1 only (version 2 stays unknown to the registry).
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
+    let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    store.trust_key("k", &pem, "test").await.unwrap();
+    let bytes = edge_protocols::bundle::file::pack(&manifest(1), b"model", &key).unwrap();
+    registry.push(bytes, "test").await.unwrap();
+    Fleet {
+        dir,
+        store,
+        registry,
+        seqs: Default::default(),
+    }
+}
+
+impl Fleet {
+    async fn device(&self, id: &str, labels: &[&str]) {
+        let labels: Vec<String> = labels.iter().map(|s| s.to_string()).collect();
+        let tok = format!("tok-{id}");
+        self.store
+            .add_token(&tok, &labels, "test", store_now() + 60_000)
+            .await
+            .unwrap();
+        self.store
+            .enroll(&tok, id, &format!("gw-{id}"), &format!("cert-{id}"))
+            .await
+            .unwrap();
+    }
+
+    /// Stores records the way an upload does.
+    async fn upload(&mut self, device: &str, recs: &[DriftRecord]) {
+        let seq = self.seqs.entry(device.to_string()).or_insert(0);
+        let mut bodies = Vec::new();
+        for r in recs {
+            let mut b = Vec::new();
+            ciborium::into_writer(r, &mut b).unwrap();
+            *seq += 1;
+            bodies.push((*seq, r.end_ns / 1_000_000, b));
+        }
+        let batch: Vec<(i64, i64, &[u8])> = bodies
+            .iter()
+            .map(|(s, t, b)| (*s, *t, b.as_slice()))
+            .collect();
+        let first = batch.first().map_or(1, |b| b.0);
+        let r = self
+            .store
+            .ingest(device, drift::STREAM, first, &batch)
+            .await
+            .unwrap();
+        assert_eq!(r.inserted as usize, batch.len());
+    }
+}
+
+fn store_now() -> i64 {
+    fleet_server::store::now_ms()
+}
+
+fn column(name: &str, values: &[f64], start_ms: i64, rules: &DriftRules) -> ColumnDrift {
+    let r = reference(name);
+    let mut s = DriftSummary::new(name, &r.bin_edges, start_ms);
+    values.iter().for_each(|v| s.add(*v));
+    ColumnDrift::scored(s, &r, rules)
+}
+
+/// A device's record over [start, start + 10 min): columns `a` and `b`.
+fn record(version: u64, a: &[f64], b: &[f64], start_ns: i64) -> DriftRecord {
+    let rules = DriftRules::default();
+    let mut rec = DriftRecord {
+        source: Arc::new(BundleRef {
+            model: "m".into(),
+            bundle: BUNDLE.into(),
+            version: format!("1.0.{version}").into(),
+            version_number: version,
+            sha256: "s".into(),
+        }),
+        start_ns,
+        end_ns: start_ns + 10 * MIN,
+        windows: a.len() as u64,
+        columns: vec![
+            column("a", a, start_ns / 1_000_000, &rules),
+            column("b", b, start_ns / 1_000_000, &rules),
+        ],
+        outputs: vec![],
+        drifting: vec![],
+        dataset_drift: false,
+        metric: Default::default(),
+        performance: None,
+    };
+    rec.evaluate(&rules);
+    rec
+}
+
+/// `n` values uniform on [lo, hi).
+fn uniform(r: &mut fastrand::Rng, n: usize, lo: f64, hi: f64) -> Vec<f64> {
+    (0..n).map(|_| lo + r.f64() * (hi - lo)).collect()
+}
+
+/// A time in the past aligned to the hour.
+fn base() -> i64 {
+    let h = 60 * MIN;
+    (drift::now_ns() - 48 * h).div_euclid(h) * h
+}
+
+fn exact_quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+#[tokio::test]
+async fn fleet_merge_equals_direct_merge_and_union() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(11);
+    let t0 = base();
+    let mut direct = MergedDrift::default();
+    let (mut all_a, mut all_b) = (Vec::new(), Vec::new());
+    // Devices in name order (gw-d0..gw-d3), as the store lists them.
+    for d in 0..4 {
+        let id = format!("d{d}");
+        f.device(&id, &["site=a"]).await;
+        let mut recs = Vec::new();
+        for k in 0..5 {
+            let a = uniform(&mut rng, 300 + 10 * k, d as f64, 6.0 + d as f64);
+            let b = uniform(&mut rng, 300, 0.0, 10.0);
+            all_a.extend(&a);
+            all_b.extend(&b);
+            recs.push(record(1, &a, &b, t0 + k as i64 * 10 * MIN));
+        }
+        for r in &recs {
+            direct.add(&id, r).unwrap();
+        }
+        f.upload(&id, &recs).await;
+    }
+    let q = DriftQuery {
+        bundle: BUNDLE.into(),
+        ..Default::default()
+    };
+    let merged = drift::merged(&f.store, &q).await.unwrap();
+    assert_eq!(merged.len(), 1, "one version, no buckets");
+    let m = &merged[0].1;
+    for name in ["a", "b"] {
+        let (x, y) = (&m.columns[name], &direct.columns[name]);
+        assert_eq!(x.bins, y.bins, "{name}: histogram bins");
+        assert_eq!(x.moments, y.moments, "{name}: moments");
+        assert_eq!(x.missing, y.missing);
+    }
+    assert_eq!(
+        (m.records, m.windows, m.devices.len()),
+        (direct.records, direct.windows, 4)
+    );
+    assert_eq!(m.records, 20);
+    // The view: moments of the union, quantiles within 1 % of the exact union quantiles.
+    let views = drift::show(&f.store, &f.registry, &q).await.unwrap();
+    assert_eq!(views.len(), 1);
+    let v = &views[0];
+    assert!(v.scored, "version 1 is in the registry: {:?}", v.note);
+    for (name, all) in [("a", &mut all_a), ("b", &mut all_b)] {
+        all.sort_by(f64::total_cmp);
+        let c = v.columns.iter().find(|c| c.name == name).unwrap();
+        assert_eq!(c.count as usize, all.len());
+        let mean = all.iter().sum::<f64>() / all.len() as f64;
+        assert!((c.mean.unwrap() - mean).abs() < 1e-9, "{name} mean");
+        assert_eq!(
+            (c.min.unwrap(), c.max.unwrap()),
+            (all[0], all[all.len() - 1])
+        );
+        for (got, q) in [(c.p50.unwrap(), 0.5), (c.p99.unwrap(), 0.99)] {
+            let exact = exact_quantile(all, q);
+            assert!(
+                (got - exact).abs() <= 0.01 * exact.abs(),
+                "{name} q{q}: {got} vs exact {exact}"
+            );
+        }
+        assert!(c.psi.is_some() && c.ks.is_some());
+    }
+    // `a` spans 0..9 shifted per device (drifts against 0..10 uniform), `b` is the reference.
+    let a = v.columns.iter().find(|c| c.name == "a").unwrap();
+    let b = v.columns.iter().find(|c| c.name == "b").unwrap();
+    assert!(a.psi.unwrap() > b.psi.unwrap(), "{a:?} {b:?}");
+    assert!(!b.drifting, "{b:?}");
+}
+
+#[tokio::test]
+async fn versions_are_never_merged_and_unknown_versions_are_unscored() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(12);
+    let t0 = base();
+    f.device("d1", &[]).await;
+    f.device("d2", &[]).await;
+    let v1: Vec<_> = (0..3)
+        .map(|k| {
+            let a = uniform(&mut rng, 200, 0.0, 10.0);
+            record(1, &a, &a, t0 + k * 10 * MIN)
+        })
+        .collect();
+    let v2: Vec<_> = (3..5)
+        .map(|k| {
+            let a = uniform(&mut rng, 200, 5.0, 10.0);
+            record(2, &a, &a, t0 + k * 10 * MIN)
+        })
+        .collect();
+    f.upload("d1", &v1).await;
+    f.upload("d1", &v2[..1]).await;
+    f.upload("d2", &v2[1..]).await;
+    let q = DriftQuery {
+        bundle: BUNDLE.into(),
+        ..Default::default()
+    };
+    let views = drift::show(&f.store, &f.registry, &q).await.unwrap();
+    let got: Vec<_> = views
+        .iter()
+        .map(|v| (v.version_number, v.records, v.devices.clone(), v.scored))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, 3, vec!["d1".to_string()], true),
+            (2, 2, vec!["d1".to_string(), "d2".to_string()], false),
+        ]
+    );
+    assert!(
+        views[1].note.as_deref().unwrap().contains("#2"),
+        "{:?}",
+        views[1].note
+    );
+    assert!(views[1]
+        .columns
+        .iter()
+        .all(|c| c.psi.is_none() && c.count == 400));
+    assert!(views[0]
+        .columns
+        .iter()
+        .all(|c| c.psi.is_some() && c.count == 600));
+    // One version only; another bundle name shows nothing.
+    let q2 = DriftQuery {
+        version_number: Some(2),
+        device: Some("d2".into()),
+        ..q.clone()
+    };
+    let only = drift::show(&f.store, &f.registry, &q2).await.unwrap();
+    assert_eq!((only.len(), only[0].records), (1, 1));
+    let other = DriftQuery {
+        bundle: "other".into(),
+        ..Default::default()
+    };
+    assert!(drift::show(&f.store, &f.registry, &other)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn time_ranges_and_buckets_filter_on_record_end() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(13);
+    let t0 = base(); // aligned to the hour
+    f.device("d1", &["site=a"]).await;
+    f.device("d2", &["site=b"]).await;
+    // 12 records each: ends at t0 + 10 min … t0 + 120 min.
+    for d in ["d1", "d2"] {
+        let recs: Vec<_> = (0..12)
+            .map(|k| {
+                let a = uniform(&mut rng, 100, 0.0, 10.0);
+                record(1, &a, &a, t0 + k * 10 * MIN)
+            })
+            .collect();
+        f.upload(d, &recs).await;
+    }
+    let q = DriftQuery {
+        bundle: BUNDLE.into(),
+        select: vec!["site=a".into()],
+        since_ns: Some(t0 + 30 * MIN),
+        until_ns: Some(t0 + 90 * MIN),
+        ..Default::default()
+    };
+    // Ends 30, 40, …, 80: six records of d1 only.
+    let v = drift::show(&f.store, &f.registry, &q).await.unwrap();
+    assert_eq!((v.len(), v[0].records), (1, 6));
+    assert_eq!(v[0].devices, vec!["d1".to_string()]);
+    assert_eq!(v[0].from, drift::rfc3339(t0 + 20 * MIN));
+    assert_eq!(v[0].to, drift::rfc3339(t0 + 80 * MIN));
+    // Whole fleet, 30-minute buckets by end time: [t0, +30) holds ends 10, 20 (×2 devices).
+    let q = DriftQuery {
+        bundle: BUNDLE.into(),
+        every_ns: Some(30 * MIN),
+        ..Default::default()
+    };
+    let v = drift::show(&f.store, &f.registry, &q).await.unwrap();
+    let counts: Vec<u64> = v.iter().map(|x| x.records).collect();
+    assert_eq!(
+        counts,
+        vec![4, 6, 6, 6, 2],
+        "ends 10..=120 min in 30 min buckets"
+    );
+    assert_eq!(
+        v[0].bucket_from.as_deref(),
+        Some(drift::rfc3339(t0).as_str())
+    );
+    assert_eq!(
+        v[1].bucket_to.as_deref(),
+        Some(drift::rfc3339(t0 + 60 * MIN).as_str())
+    );
+    // Relative times parse; bad ones are refused with the parameter named.
+    let now = drift::now_ns();
+    assert_eq!(drift::parse_time("2h", now).unwrap(), now - 120 * MIN);
+    let e = DriftQuery::from_pairs(
+        &[
+            ("bundle".into(), "x".into()),
+            ("since".into(), "yesterday-ish".into()),
+        ],
+        now,
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("since:"), "{e}");
+}
+
+/// Drifting data for `a` (values only in 8..10 against a uniform 0..10 reference) or calm.
+fn interval(rng: &mut fastrand::Rng, drifting: bool, start: i64) -> DriftRecord {
+    let a = if drifting {
+        uniform(rng, 200, 8.0, 10.0)
+    } else {
+        uniform(rng, 200, 0.0, 10.0)
+    };
+    let b = uniform(rng, 200, 0.0, 10.0);
+    record(1, &a, &b, start)
+}
+
+fn lines(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("hook wrote the event JSON"))
+        .collect()
+}
+
+#[tokio::test]
+async fn retrain_hook_fires_once_per_episode() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(14);
+    let t0 = base();
+    let every = 10 * MIN;
+    for d in ["d1", "d2", "d3"] {
+        f.device(d, &["site=a"]).await;
+    }
+    f.device("d9", &["site=b"]).await;
+    // Buckets 0..=9 of 10 minutes; a device's record of bucket k ends inside it.
+    // site=a: 0, 1 calm; 2..=5 drifting (d1, d2; d3 calm); 6 calm; 7..=9 drifting.
+    // site=b: always calm.
+    let drifting = |k: i64| (2..=5).contains(&k) || (7..=9).contains(&k);
+    for k in 0..10 {
+        let start = t0 + k * every - 5 * MIN; // ends at +5 min into bucket k
+        for d in ["d1", "d2"] {
+            let r = interval(&mut rng, drifting(k), start);
+            assert_eq!(r.dataset_drift, drifting(k), "fixture");
+            f.upload(d, &[r]).await;
+        }
+        let r = interval(&mut rng, false, start);
+        f.upload("d3", &[r]).await;
+        let r = interval(&mut rng, false, start);
+        f.upload("d9", &[r]).await;
+    }
+    let out = f.dir.join("hook-events.jsonl");
+    let calm_out = f.dir.join("calm-events.jsonl");
+    for (name, select, file) in [
+        ("retrain-a", "site=a", &out),
+        ("calm-b", "site=b", &calm_out),
+    ] {
+        drift::set_policy(
+            &f.store,
+            NewPolicy {
+                name: name.into(),
+                bundle: BUNDLE.into(),
+                select: vec![select.into()],
+                every: std::time::Duration::from_secs(600),
+                intervals: 3,
+                rule: PolicyRule {
+                    share: Some(0.5),
+                    ..Default::default()
+                },
+                hook: Hook::Command(format!(
+                    "cat >> '{}' && echo >> '{}' && test -s \"$FLEET_DRIFT_EVENT_FILE\"",
+                    file.display(),
+                    file.display()
+                )),
+            },
+            "tester",
+        )
+        .await
+        .unwrap();
+    }
+    // Evaluate as time passes: right after each bucket's end (plus the settle delay).
+    let at = |k: i64| t0 + (k + 1) * every + drift::SETTLE_NS;
+    let mut fired_after = Vec::new();
+    for k in [1, 2, 3, 4, 5, 6, 8, 9] {
+        let ev = drift::evaluate_all(&f.store, &f.registry, &f.dir, at(k))
+            .await
+            .unwrap();
+        // Evaluating again at the same time records nothing new.
+        let again = drift::evaluate_all(&f.store, &f.registry, &f.dir, at(k))
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+        for e in ev {
+            assert_eq!(e.hook_status, "ok", "{}", e.hook_detail);
+            fired_after.push((k, e.policy.clone()));
+        }
+    }
+    // Bucket 4 completes the first 3 drifting buckets (2, 3, 4); 5 continues the episode;
+    // 6 is calm and ends it; 7, 8, 9 make the second event.
+    assert_eq!(
+        fired_after,
+        vec![(4, "retrain-a".to_string()), (9, "retrain-a".to_string())]
+    );
+    assert!(lines(&calm_out).is_empty(), "calm data never fires");
+    let events = lines(&out);
+    assert_eq!(events.len(), 2, "the hook ran once per episode");
+    let e = &events[0];
+    assert_eq!(e["policy"], "retrain-a");
+    assert_eq!(e["bundle"]["name"], BUNDLE);
+    assert_eq!(e["bundle"]["version_number"], 1);
+    assert_eq!(e["from"], drift::rfc3339(t0 + 2 * every).as_str());
+    assert_eq!(e["to"], drift::rfc3339(t0 + 5 * every).as_str());
+    let ids: Vec<&str> = e["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["d1", "d2", "d3"],
+        "the reporting devices of site=a only"
+    );
+    assert_eq!(e["devices"][0]["name"], "gw-d1");
+    let cols: Vec<&str> = e["drifting_columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(cols, ["a"], "{e}");
+    assert!(e["drifting_columns"][0]["psi"].as_f64().unwrap() > 0.25);
+    let api = e["more"]["api"].as_str().unwrap();
+    assert!(
+        api.starts_with("/v1/operator/drift?bundle=pump&version_number=1&select=site%3Da"),
+        "{api}"
+    );
+    assert!(e["more"]["cli"]
+        .as_str()
+        .unwrap()
+        .starts_with("fleet-server drift show --bundle pump"));
+    // Recorded in the store, and the policy change in the audit log.
+    let stored = f.store.drift_events(Some("retrain-a"), 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|s| s.hook_status == "ok"));
+    let audit = f.store.audit_log(10).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|a| a.action == "drift.policy.set" && a.subject == "retrain-a"));
+}
+
+// ---- operator API ----
+
+async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path).header("host", "fleet");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = send
+        .send_request(req.body(Empty::<hyper::body::Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn operator_api_needs_the_token_and_checks_parameters() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(15);
+    f.device("d1", &["site=a"]).await;
+    let t0 = base();
+    let recs: Vec<_> = (0..3)
+        .map(|k| interval(&mut rng, false, t0 + k * 10 * MIN))
+        .collect();
+    f.upload("d1", &recs).await;
+    // The token file is created once, owner-only, and read back the same.
+    let (sha, path, created) = fleet_server::operator::load_token(&f.dir, None).unwrap();
+    assert!(created);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let (sha2, _, created2) = fleet_server::operator::load_token(&f.dir, None).unwrap();
+    assert!(!created2);
+    assert_eq!(sha, sha2);
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    let app = fleet_server::operator::router(fleet_server::operator::OperatorState {
+        store: f.store.clone(),
+        registry: f.registry.clone(),
+        token_sha256: sha,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let path_ok = "/v1/operator/drift?bundle=pump&select=site%3Da&every=10m";
+    assert_eq!(get(addr, path_ok, None).await.0, 401);
+    assert_eq!(get(addr, path_ok, Some("op-wrong")).await.0, 401);
+    let (st, body) = get(addr, path_ok, Some(&token)).await;
+    assert_eq!(st, 200, "{body}");
+    let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let q = DriftQuery {
+        bundle: BUNDLE.into(),
+        select: vec!["site=a".into()],
+        every_ns: Some(10 * MIN),
+        ..Default::default()
+    };
+    let want = serde_json::to_value(drift::show(&f.store, &f.registry, &q).await.unwrap()).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(got.as_array().unwrap().len(), 3, "three 10 min buckets");
+    let (st, body) = get(
+        addr,
+        "/v1/operator/drift?bundle=pump&since=notatime",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(st, 400);
+    assert!(body.contains("since"), "{body}");
+    let (st, body) = get(addr, "/v1/operator/drift?since=2h", Some(&token)).await;
+    assert_eq!(st, 400);
+    assert!(body.contains("bundle"), "{body}");
+}
+
+#[tokio::test]
+async fn url_hook_posts_the_event_and_failures_are_recorded() {
+    use axum::routing::post;
+    let got = Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+    let g2 = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let g = g2.clone();
+            async move {
+                g.lock().await.push(body);
+                "thanks"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let event = fleet_server::store::DriftEventRow {
+        id: "de1".into(),
+        policy: "p".into(),
+        bundle: BUNDLE.into(),
+        version_number: 1,
+        from_ns: 0,
+        to_ns: 1,
+        devices: "[]".into(),
+        columns: "[]".into(),
+        body: r#"{"event":"de1"}"#.into(),
+        created_at: 0,
+        hook_status: "pending".into(),
+        hook_detail: String::new(),
+    };
+    let dir = std::env::temp_dir();
+    let (status, detail) =
+        drift::run_hook(&Hook::Url(format!("http://{addr}/hook")), &event, &dir).await;
+    assert_eq!(status, "ok", "{detail}");
+    assert!(
+        detail.contains("200") && detail.contains("thanks"),
+        "{detail}"
+    );
+    assert_eq!(*got.lock().await, vec![event.body.clone()]);
+    let (status, detail) =
+        drift::run_hook(&Hook::Url(format!("http://{addr}/nope")), &event, &dir).await;
+    assert_eq!(status, "failed", "{detail}");
+    assert!(detail.contains("404"), "{detail}");
+    // A failing command: its exit status and stderr tail are what gets recorded.
+    let (status, detail) = drift::run_hook(
+        &Hook::Command("echo broken >&2; exit 3".into()),
+        &event,
+        &dir,
+    )
+    .await;
+    assert_eq!(status, "failed");
+    assert!(
+        detail.contains('3') && detail.contains("broken"),
+        "{detail}"
+    );
+    std::fs::remove_file(dir.join("drift-events").join("de1.json")).ok();
+}
