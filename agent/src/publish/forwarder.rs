@@ -58,8 +58,9 @@ pub trait Format: Send {
 }
 
 /// Stream order: what an operator needs first after an outage comes out first.
-const PRIORITY: [Stream; 4] = [
+const PRIORITY: [Stream; 5] = [
     Stream::Alarms,
+    Stream::Drift,
     Stream::Predictions,
     Stream::Features,
     Stream::Samples,
