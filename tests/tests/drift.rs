@@ -735,3 +735,237 @@ fn on(msgs: &[Value], topic: &str) -> Vec<Value> {
         })
         .collect()
 }
+
+#[test]
+fn fleet_merges_two_devices_drift_and_runs_the_retrain_hook_once() {
+    use interop_tests::fleet::*;
+    let dir = tempdir();
+    let d = dir.path();
+    let server = FleetServer::start(d);
+    let (key, public) = keygen(d, "ml");
+    server.cli(&["model", "trust", &public.display().to_string()]);
+    // The demo model; its [drift] policy scores intervals of 5 windows (5 s here).
+    let v1 = demo_bundle_version(&key, 1, |m| m.drift.min_count = Some(5));
+    let bundle = d.join("pump.bundle");
+    std::fs::write(&bundle, &v1).unwrap();
+    server.cli(&["model", "push", &bundle.display().to_string()]);
+    // Retrain when at least half of site=a drifts for 2 buckets of 10 s in a row.
+    let hook_out = d.join("hook.jsonl");
+    server.cli(&[
+        "drift",
+        "policy",
+        "set",
+        "--name",
+        "retrain-pump",
+        "--bundle",
+        "pump-anomaly",
+        "--select",
+        "site=a",
+        "--every",
+        "10s",
+        "--intervals",
+        "2",
+        "--share",
+        "0.5",
+        "--hook-command",
+        &format!(
+            "cat >> {}; echo >> {}",
+            hook_out.display(),
+            hook_out.display()
+        ),
+    ]);
+    // Two gateways whose pump1 bearing is worn from the start: vibration features and the
+    // temperature leave the reference, so every interval has dataset drift.
+    let mut agents = Vec::new();
+    for name in ["gw1", "gw2"] {
+        let tok = server
+            .cli(&["device", "enroll", "--label", "site=a"])
+            .trim()
+            .to_string();
+        let data = d.join(name);
+        let cfg = d.join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[agent]
+id = "{name}"
+data_dir = "{data}"
+[[sources.simulated]]
+name = "plant"
+seed = {seed}
+[[sources.simulated.assets]]
+name = "pump1"
+kind = "pump"
+load = 0.7
+[[sources.simulated.faults]]
+asset = "pump1"
+kind = "bearing_wear"
+ramp = "1s"
+magnitude = 4.0
+[bundles]
+trusted_keys = ["{public}"]
+[[models]]
+name = "pump"
+bundle = "{bundle}"
+drift_interval = "5s"
+[outbox]
+commit_interval = "100ms"
+[sync]
+server = "https://127.0.0.1:{port}"
+server_ca = "{ca}"
+enroll_token = "{tok}"
+interval = "1s"
+streams = ["drift", "alarms"]
+"#,
+                data = data.display(),
+                seed = if name == "gw1" { 1 } else { 2 },
+                public = public.display(),
+                bundle = bundle.display(),
+                port = server.port,
+                ca = server.ca().display(),
+            ),
+        )
+        .unwrap();
+        agents.push(Peer::start(
+            name,
+            workspace_bin("edge-agent"),
+            &["run", "--config", cfg.to_str().unwrap()],
+            d,
+            None,
+        ));
+    }
+    // The server evaluates every minute; the CLI evaluates now.
+    let t0 = std::time::Instant::now();
+    let event = loop {
+        let eval = server.cli(&["drift", "evaluate"]);
+        let text = std::fs::read_to_string(&hook_out).unwrap_or_default();
+        if let Some(e) = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            break e;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let views = server.cli(&[
+                "drift",
+                "show",
+                "--bundle",
+                "pump-anomaly",
+                "--every",
+                "10s",
+            ]);
+            let recs: Vec<String> = server
+                .devices()
+                .iter()
+                .flat_map(|dev| {
+                    server
+                        .cli(&["device", "drift", dev["id"].as_str().unwrap()])
+                        .lines()
+                        .map(|l| {
+                            let r: Value = serde_json::from_str(l).unwrap();
+                            format!(
+                                "{} {} {} {}",
+                                dev["name"], r["end_ns"], r["dataset_drift"], r["drifting"]
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "no hook run\nevaluate: {eval}\nviews:\n{views}\nrecords:\n{}\n{}",
+                recs.join("\n"),
+                agents[0].log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(event["bundle"]["name"], "pump-anomaly");
+    assert_eq!(event["bundle"]["version_number"], 1);
+    let names: Vec<&str> = event["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["name"].as_str())
+        .collect();
+    assert!(names.contains(&"gw1") && names.contains(&"gw2"), "{event}");
+    let drifting: Vec<&str> = event["drifting_columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(drifting.contains(&"pump1.vibration:rms"), "{event}");
+    assert!(event["more"]["cli"]
+        .as_str()
+        .unwrap()
+        .starts_with("fleet-server drift show"));
+    // Once per episode: more drifting buckets do not run it again.
+    std::thread::sleep(Duration::from_secs(12));
+    server.cli(&["drift", "evaluate"]);
+    let hooks = std::fs::read_to_string(&hook_out).unwrap();
+    assert_eq!(
+        hooks.lines().filter(|l| !l.trim().is_empty()).count(),
+        1,
+        "{hooks}"
+    );
+    let events = server.cli(&["drift", "events"]);
+    assert_eq!(events.lines().count(), 1, "{events}");
+    for a in &mut agents {
+        assert!(a.terminate(Duration::from_secs(20)), "{}", a.log_tail());
+    }
+    // The fleet view merges both devices' records: its counts are the sums of what each
+    // device reported, and it is scored against the registry's reference.
+    let per_device: Vec<Value> = server
+        .devices()
+        .iter()
+        .flat_map(|dev| {
+            server
+                .cli(&["device", "drift", dev["id"].as_str().unwrap()])
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let view: Value = serde_json::from_str(
+        server
+            .cli(&[
+                "drift",
+                "show",
+                "--bundle",
+                "pump-anomaly",
+                "--select",
+                "site=a",
+            ])
+            .lines()
+            .next()
+            .expect("a fleet view"),
+    )
+    .unwrap();
+    assert_eq!(view["devices"].as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(view["records"].as_u64().unwrap() as usize, per_device.len());
+    let windows: u64 = per_device
+        .iter()
+        .map(|r| r["windows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(view["windows"].as_u64().unwrap(), windows);
+    assert_eq!(view["scored"], true);
+    let col = |v: &Value, name: &str| -> Value {
+        v["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let rms = col(&view, "pump1.vibration:rms");
+    let count: u64 = per_device
+        .iter()
+        .map(|r| col(r, "pump1.vibration:rms")["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rms["count"].as_u64().unwrap(), count);
+    assert_eq!(rms["drifting"], true, "{rms}");
+    assert!(rms["psi"].as_f64().unwrap() > 0.25, "{rms}");
+}

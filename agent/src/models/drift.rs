@@ -51,6 +51,9 @@ pub struct DriftTracker {
     columns: Vec<Column>,
     outputs: Vec<Column>,
     start_ns: Option<i64>,
+    /// End of the interval's first window: the interval holds the windows that end within
+    /// `interval` of it.
+    first_end_ns: i64,
     end_ns: i64,
     windows: u64,
     /// Alarm states by subject (column name, `dataset`, performance metric).
@@ -108,6 +111,7 @@ impl DriftTracker {
             columns,
             outputs,
             start_ns: None,
+            first_end_ns: 0,
             end_ns: 0,
             windows: 0,
             alarms: BTreeMap::new(),
@@ -131,10 +135,13 @@ impl DriftTracker {
     /// one is closed first and returned.
     pub fn add_window(&mut self, start_ns: i64, end_ns: i64, values: &[f64]) -> Closed {
         let out = match self.start_ns {
-            Some(s) if end_ns - s > self.interval_ns => self.close(),
+            Some(_) if end_ns - self.first_end_ns >= self.interval_ns => self.close(),
             _ => Closed::default(),
         };
-        self.start_ns.get_or_insert(start_ns);
+        if self.start_ns.is_none() {
+            self.start_ns = Some(start_ns);
+            self.first_end_ns = end_ns;
+        }
         for c in &mut self.columns {
             match values.get(c.index) {
                 Some(v) => c.summary.add(*v),
@@ -399,6 +406,7 @@ mod tests {
                 summary: DriftSummary::new("score[0]", &reference("score[0]").bin_edges, 0),
             }],
             start_ns: None,
+            first_end_ns: 0,
             end_ns: 0,
             windows: 0,
             alarms: BTreeMap::new(),
