@@ -36,6 +36,17 @@ impl Column {
     }
 }
 
+/// One alarm's observation at an interval close.
+struct Check<'a> {
+    subject: &'a str,
+    kind: DriftAlarmKind,
+    metric: &'a str,
+    value: f64,
+    threshold: f64,
+    /// Past the threshold in this interval.
+    over: bool,
+}
+
 /// What closing an interval produced.
 #[derive(Debug, Default)]
 pub struct Closed {
@@ -191,16 +202,15 @@ impl DriftTracker {
         }
     }
 
-    fn alarm(
-        &mut self,
-        subject: &str,
-        kind: DriftAlarmKind,
-        metric: &str,
-        value: f64,
-        threshold: f64,
-        over: bool,
-        out: &mut Vec<AlarmEvent>,
-    ) {
+    fn alarm(&mut self, c: Check<'_>, out: &mut Vec<AlarmEvent>) {
+        let Check {
+            subject,
+            kind,
+            metric,
+            value,
+            threshold,
+            over,
+        } = c;
         let (raise, clear) = (self.rules.raise_after, self.rules.clear_after);
         let (_, state) = self
             .alarms
@@ -278,40 +288,40 @@ impl DriftTracker {
                     .map(|s| metric_value(rules.metric, &s))
                     .unwrap_or(0.0);
                 let t = rules.threshold_for(&c.summary.name);
-                self.alarm(
-                    &c.summary.name,
+                let check = Check {
+                    subject: &c.summary.name,
                     kind,
                     metric,
                     value,
-                    t,
-                    c.drifting,
-                    &mut alarms,
-                );
+                    threshold: t,
+                    over: c.drifting,
+                };
+                self.alarm(check, &mut alarms);
             }
         }
         if rec.columns.iter().any(|c| c.decisive(&rules)) {
             let share = rec.drifting_share(&rules);
-            self.alarm(
-                "dataset",
-                DriftAlarmKind::Dataset,
-                "drifting_share",
-                share,
-                rules.dataset_share,
-                rec.dataset_drift,
-                &mut alarms,
-            );
+            let check = Check {
+                subject: "dataset",
+                kind: DriftAlarmKind::Dataset,
+                metric: "drifting_share",
+                value: share,
+                threshold: rules.dataset_share,
+                over: rec.dataset_drift,
+            };
+            self.alarm(check, &mut alarms);
         }
         if let Some(p) = &rec.performance {
             for (m, value, limit, breach) in p.checks(&rules) {
-                self.alarm(
-                    m,
-                    DriftAlarmKind::Performance,
-                    m,
+                let check = Check {
+                    subject: m,
+                    kind: DriftAlarmKind::Performance,
+                    metric: m,
                     value,
-                    limit,
-                    breach,
-                    &mut alarms,
-                );
+                    threshold: limit,
+                    over: breach,
+                };
+                self.alarm(check, &mut alarms);
             }
         }
         self.windows = 0;
@@ -382,9 +392,11 @@ mod tests {
             version_number: 1,
             sha256: "x".into(),
         });
-        let mut rules_bundle = DriftPolicy::default();
-        rules_bundle.raise_after = Some(2);
-        rules_bundle.clear_after = Some(2);
+        let rules_bundle = DriftPolicy {
+            raise_after: Some(2),
+            clear_after: Some(2),
+            ..Default::default()
+        };
         DriftTracker {
             source,
             rules: rules_bundle.overlay(&policy).resolve(),

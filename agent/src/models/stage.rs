@@ -322,7 +322,13 @@ struct Outcome {
     start_ns: i64,
     end_ns: i64,
     /// `None`: inference failed.
-    result: Option<(Vec<(String, Vec<f64>)>, Option<f64>, Option<bool>)>,
+    result: Option<Inferred>,
+}
+
+struct Inferred {
+    outputs: Vec<(String, Vec<f64>)>,
+    score: Option<f64>,
+    over: Option<bool>,
 }
 
 fn drift_outcome(drift: &mut DriftTracker, o: Outcome) {
@@ -331,9 +337,7 @@ fn drift_outcome(drift: &mut DriftTracker, o: Outcome) {
         return;
     }
     match o.result {
-        Some((outputs, score, over)) => {
-            drift.add_prediction(o.start_ns, o.end_ns, &outputs, score, over)
-        }
+        Some(i) => drift.add_prediction(o.start_ns, o.end_ns, &i.outputs, i.score, i.over),
         None => drift.add_failed_prediction(),
     }
 }
@@ -413,7 +417,11 @@ fn spawn_worker(
                     source: job.bundle.source.clone(),
                     start_ns: job.row.start_ns,
                     end_ns: job.row.end_ns,
-                    result: Some((named.clone(), score, over)),
+                    result: Some(Inferred {
+                        outputs: named.clone(),
+                        score,
+                        over,
+                    }),
                 });
                 let rule = job.bundle.manifest.postprocess.score.as_ref();
                 let state = match (over, rule) {
