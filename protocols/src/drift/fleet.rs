@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::policy::DriftRules;
 use super::record::{metric_value, DriftRecord, Performance};
-use super::summary::{score, DriftError, DriftScores, DriftSummary};
+use super::summary::{score, CheckedSketch, DriftError, DriftScores, DriftSummary};
 use crate::bundle::manifest::Reference;
 
 /// Merged drift of one bundle version.
@@ -51,21 +51,10 @@ pub struct ColumnView {
 pub enum MergeError {
     #[error("record of {0} #{1} cannot merge into {2} #{3} (another reference)")]
     OtherBundle(String, u64, String, u64),
+    #[error("column `{0}` appears twice in one record")]
+    DuplicateColumn(String),
     #[error(transparent)]
     Drift(#[from] DriftError),
-}
-
-fn merge_into(
-    map: &mut BTreeMap<String, DriftSummary>,
-    s: &DriftSummary,
-) -> Result<(), DriftError> {
-    match map.get_mut(&s.name) {
-        Some(m) => m.merge(s),
-        None => {
-            map.insert(s.name.clone(), s.clone());
-            Ok(())
-        }
-    }
 }
 
 impl MergedDrift {
@@ -86,16 +75,39 @@ impl MergedDrift {
                 self.version_number,
             ));
         }
-        // Merge into copies first: a column that fails leaves `self` untouched.
-        let (mut columns, mut outputs) = (self.columns.clone(), self.outputs.clone());
-        for c in &rec.columns {
-            merge_into(&mut columns, &c.summary)?;
+        // Check (and decode) every column first: a record that cannot merge changes nothing.
+        let mut seen = BTreeSet::new();
+        let mut plan = Vec::with_capacity(rec.columns.len() + rec.outputs.len());
+        for (output, c) in rec
+            .columns
+            .iter()
+            .map(|c| (false, c))
+            .chain(rec.outputs.iter().map(|c| (true, c)))
+        {
+            let s = &c.summary;
+            if !seen.insert((output, s.name.as_str())) {
+                return Err(MergeError::DuplicateColumn(s.name.clone()));
+            }
+            let map = if output { &self.outputs } else { &self.columns };
+            let checked = match map.get(&s.name) {
+                Some(m) => m.check_merge(s)?,
+                None => CheckedSketch::of(s)?,
+            };
+            plan.push((output, s, checked));
         }
-        for c in &rec.outputs {
-            merge_into(&mut outputs, &c.summary)?;
+        for (output, s, checked) in plan {
+            let map = if output {
+                &mut self.outputs
+            } else {
+                &mut self.columns
+            };
+            match map.get_mut(&s.name) {
+                Some(m) => m.merge_checked(s, &checked)?,
+                None => {
+                    map.insert(s.name.clone(), DriftSummary::from_checked(s, checked));
+                }
+            }
         }
-        self.columns = columns;
-        self.outputs = outputs;
         if let Some(p) = &rec.performance {
             self.performance.merge(p);
         }

@@ -7,8 +7,10 @@ use crate::bundle::manifest::ColumnStats;
 
 /// Relative accuracy of the quantile sketch (1 %).
 pub const SKETCH_ALPHA: f64 = 0.01;
-/// Sketch bins per sign; past this the lowest bins collapse (accuracy kept for upper quantiles).
-pub const SKETCH_MAX_BINS: u32 = 512;
+/// Sketch bins per sign; past this the lowest bins collapse (accuracy kept for upper
+/// quantiles). The value the DDSketch encoding assumes when it decodes (with the minimum
+/// value 1e-9), so decoded and live sketches merge.
+pub const SKETCH_MAX_BINS: u32 = 2048;
 
 fn sketch() -> DDSketch {
     DDSketch::new(Config::new(SKETCH_ALPHA, SKETCH_MAX_BINS, 1e-9))
@@ -206,18 +208,37 @@ impl DriftSummary {
             .map_err(|e| DriftError::Sketch(format!("{e:?}")))
     }
 
-    /// Merges `o` into `self` (same column, same bins).
-    pub fn merge(&mut self, o: &DriftSummary) -> Result<(), DriftError> {
+    /// A copy of the sketch (decoded when it only exists as bytes).
+    fn sketch_copy(&self) -> Result<DDSketch, DriftError> {
+        match (&self.live, self.sketch.is_empty()) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, true) => Ok(sketch()),
+            (None, false) => DDSketch::from_java_bytes(&self.sketch)
+                .map_err(|e| DriftError::Sketch(format!("{e:?}"))),
+        }
+    }
+
+    /// Checks that `o` can merge into `self` (same column, same bins, a sketch of the same
+    /// accuracy) and decodes its sketch for [`DriftSummary::merge_checked`]. Changes nothing.
+    pub fn check_merge(&self, o: &DriftSummary) -> Result<CheckedSketch, DriftError> {
         if self.name != o.name {
             return Err(DriftError::NamesDiffer(self.name.clone(), o.name.clone()));
         }
         if self.edges != o.edges || self.bins.len() != o.bins.len() {
             return Err(DriftError::BinsDiffer(self.name.clone()));
         }
-        let mut other = o.clone();
-        let theirs = other.sketch_ref()?.clone();
+        CheckedSketch::of(o)
+    }
+
+    /// Merges `o`, whose sketch [`DriftSummary::check_merge`] (or [`CheckedSketch::of`])
+    /// returned.
+    pub fn merge_checked(
+        &mut self,
+        o: &DriftSummary,
+        theirs: &CheckedSketch,
+    ) -> Result<(), DriftError> {
         self.sketch_ref()?
-            .merge(&theirs)
+            .merge(&theirs.0)
             .map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
         self.moments.merge(&o.moments);
         for (a, b) in self.bins.iter_mut().zip(&o.bins) {
@@ -227,6 +248,42 @@ impl DriftSummary {
         self.start_ms = self.start_ms.min(o.start_ms);
         self.end_ms = self.end_ms.max(o.end_ms);
         Ok(())
+    }
+
+    /// Merges `o` into `self` (same column, same bins).
+    pub fn merge(&mut self, o: &DriftSummary) -> Result<(), DriftError> {
+        let theirs = self.check_merge(o)?;
+        self.merge_checked(o, &theirs)
+    }
+
+    /// `o` with its sketch decoded (the start of a merge).
+    pub fn from_checked(o: &DriftSummary, sketch: CheckedSketch) -> DriftSummary {
+        let mut s = o.clone();
+        s.live = Some(sketch.0);
+        s
+    }
+}
+
+/// A summary's sketch, decoded and checked to merge with ours (same relative accuracy and
+/// bin limit).
+pub struct CheckedSketch(DDSketch);
+
+impl std::fmt::Debug for CheckedSketch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckedSketch({} values)", self.0.count())
+    }
+}
+
+impl CheckedSketch {
+    pub fn of(s: &DriftSummary) -> Result<CheckedSketch, DriftError> {
+        let mut theirs = s.sketch_copy()?;
+        // Another accuracy cannot merge: find out now. Merging an empty sketch checks the
+        // parameters and changes nothing.
+        static EMPTY: std::sync::OnceLock<DDSketch> = std::sync::OnceLock::new();
+        theirs
+            .merge(EMPTY.get_or_init(sketch))
+            .map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
+        Ok(CheckedSketch(theirs))
     }
 }
 
