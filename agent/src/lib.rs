@@ -207,16 +207,13 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
                 .ok()
                 .and_then(|u| floors.floor(&u.manifest.name).ok())
                 .unwrap_or(0);
-            models::LoadedBundle::load(
-                &m.name,
-                &m.bundle,
-                &bytes,
-                &trusted,
-                floor,
-                &cfg.tag_catalog(),
-            )
-            .err()
-            .map(|e| format!("models[{i}].bundle: {e}"))
+            let tags = cfg.tag_catalog();
+            match models::LoadedBundle::load(&m.name, &m.bundle, &bytes, &trusted, floor, &tags) {
+                Err(e) => Some(format!("models[{i}].bundle: {e}")),
+                Ok(b) => models::labels::check(m.labels.as_ref(), &b, &tags)
+                    .err()
+                    .map(|e| format!("models[{i}].{e}")),
+            }
         })
         .collect()
 }

@@ -58,6 +58,17 @@ fn every_example_config_checks_clean() {
     assert!(n >= 5, "expected an example per source kind, found {n}");
 }
 
+/// The demo plant and model, plus `extra` in the model's table.
+fn drift_case(extra: &str) -> String {
+    let ex = examples();
+    format!(
+        "[agent]\nid = \"gw\"\n[[sources.simulated]]\nname = \"p\"\n[[sources.simulated.assets]]\nname = \"pump1\"\nkind = \"pump\"\n\
+         [bundles]\ntrusted_keys = [\"{k}\"]\n[[models]]\nname = \"m\"\nbundle = \"{b}\"\n{extra}",
+        k = ex.join("demo/demo.pub.pem").display(),
+        b = ex.join("demo/pump-anomaly.bundle").display(),
+    )
+}
+
 #[test]
 fn broken_configs_fail_with_key_line_and_fix() {
     let dir = tmp();
@@ -77,6 +88,17 @@ fn broken_configs_fail_with_key_line_and_fix() {
         ),
         ("[agent]\nid = \"gw\"\n[[sources.simulated]]\nname = \"p\"\nsample_interval = \"fast\"\n", "sample_interval", "line 5"),
         ("[agent]\nid = \"gw\"\n", "no sources", "[[sources.simulated]]"),
+        // Drift policy values and the ground-truth tag of a model.
+        (
+            &drift_case("[models.drift]\nthreshold = -1\nraise_after = 0\n"),
+            "models[0].drift.threshold: threshold must be a positive number",
+            "models[0].drift.raise_after: raise_after must be at least 1",
+        ),
+        (
+            &drift_case("[models.labels]\ntag = \"pump1.failur\"\nhorizon = \"1h\"\n"),
+            "models[0].labels.tag `pump1.failur`: no source provides this tag",
+            "ground truth",
+        ),
     ];
     for (i, (text, want1, want2)) in cases.iter().enumerate() {
         let p = dir.join(format!("bad{i}.toml"));

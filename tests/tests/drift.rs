@@ -163,6 +163,34 @@ clear_after = 1
     )
     .unwrap();
     let (bundle, key) = make_bundle(d, &pack, &train);
+    // A threshold for a column the bundle does not have is an error that names it.
+    let bad = d.join("bad-pack.toml");
+    let text = std::fs::read_to_string(&pack).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{text}[drift.thresholds]\n\"pv.energy:mena\" = 2.0\n"),
+    )
+    .unwrap();
+    let out = Command::new(workspace_bin("edge-agent"))
+        .args(["bundle", "pack", "--spec"])
+        .arg(&bad)
+        .arg("--model")
+        .arg(d.join("model.onnx"))
+        .arg("--train")
+        .arg(&train)
+        .arg("--key")
+        .arg(d.join("k.key.pem"))
+        .arg("--out")
+        .arg(d.join("bad.bundle"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("drift.thresholds names pv.energy:mena"),
+        "{err}"
+    );
+    assert!(!d.join("bad.bundle").exists());
 
     let broker = mosquitto(d);
     let out = d.join("drift.jsonl");

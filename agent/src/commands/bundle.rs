@@ -165,7 +165,24 @@ pub fn pack(
                 .enumerate()
                 .filter_map(move |(k, c)| column_stats(&format!("{n}[{k}]"), c))
         })
+        .collect::<Vec<_>>();
+    let unknown: Vec<&str> = ps
+        .drift
+        .thresholds
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !names.iter().any(|n| n == k) && !out_stats.iter().any(|o| o.name == *k))
         .collect();
+    if !unknown.is_empty() {
+        let outs: Vec<&str> = out_stats.iter().map(|o| o.name.as_str()).collect();
+        bail!(
+            "{}: drift.thresholds names {} — not a feature column ({}) or model output ({})",
+            spec_path.display(),
+            unknown.join(", "),
+            names.join(", "),
+            outs.join(", ")
+        );
+    }
     let probe = model
         .run(&vec![0.0; shape.iter().product()])
         .map_err(|e| anyhow::anyhow!("{e}"))?;

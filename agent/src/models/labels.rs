@@ -39,6 +39,35 @@ pub struct LabelsConfig {
     pub kind: LabelKind,
 }
 
+/// Checks `[models.labels]` against the running bundle and the tags sources provide.
+pub fn check(
+    cfg: Option<&LabelsConfig>,
+    bundle: &super::LoadedBundle,
+    tags: &dyn super::TagCatalog,
+) -> Result<(), String> {
+    let Some(l) = cfg else { return Ok(()) };
+    if !tags.knows(&l.tag) {
+        return Err(format!(
+            "labels.tag `{}`: no source provides this tag (the ground truth must come from a configured source)",
+            l.tag
+        ));
+    }
+    let has_threshold = bundle
+        .manifest
+        .postprocess
+        .score
+        .as_ref()
+        .is_some_and(|s| s.threshold.is_some());
+    if l.kind == LabelKind::Classification && !has_threshold {
+        return Err(format!(
+            "labels.kind = \"classification\" compares each label with the score past its threshold, \
+             but bundle {} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)",
+            bundle.source.bundle
+        ));
+    }
+    Ok(())
+}
+
 /// Predictions (and early labels) held at most; past this the oldest resolve as unlabelled.
 const MAX_PENDING: usize = 100_000;
 

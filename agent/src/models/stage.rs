@@ -89,27 +89,7 @@ impl ModelStage {
     ) -> Result<ModelStage, String> {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
-        if let Some(l) = &cfg.labels {
-            if !tags.knows(&l.tag) {
-                return Err(format!(
-                    "labels.tag `{}`: no source provides this tag (the ground truth must come from a configured source)",
-                    l.tag
-                ));
-            }
-            let has_threshold = current
-                .manifest
-                .postprocess
-                .score
-                .as_ref()
-                .is_some_and(|s| s.threshold.is_some());
-            if l.kind == super::labels::LabelKind::Classification && !has_threshold {
-                return Err(format!(
-                    "labels.kind = \"classification\" compares the label with the score past its threshold, \
-                     but bundle {} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)",
-                    current.source.bundle
-                ));
-            }
-        }
+        super::labels::check(cfg.labels.as_ref(), &current, &*tags)?;
         let stats = Arc::new(ModelStats::default());
         stats
             .version_number
