@@ -164,6 +164,17 @@ impl DriftTracker {
         out
     }
 
+    /// Windows that produced no usable features (too much missing data, non-finite values):
+    /// every column counts them as missing in the current interval.
+    pub fn add_missing_windows(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        for c in self.columns.iter_mut().chain(self.outputs.iter_mut()) {
+            c.summary.add_missing(n);
+        }
+    }
+
     /// Adds the model outputs of the window last added, and its prediction for the labels.
     pub fn add_prediction(
         &mut self,
@@ -520,6 +531,14 @@ mod tests {
             "b's own threshold is 5"
         );
         assert_eq!(t.raised(), ["score[0]"]);
+        t.add_missing_windows(7);
+        t.add_window(40_000_000_000, 40_010_000_000, &[1.0, 2.0, 0.0]);
+        let last = t.close().record.unwrap();
+        assert!(last
+            .columns
+            .iter()
+            .chain(&last.outputs)
+            .all(|c| c.summary.missing == 7));
         let cleared = t.retire(99);
         assert_eq!(cleared.len(), 1);
         assert!(!cleared[0].active);

@@ -184,6 +184,7 @@ impl ModelStage {
             DriftTracker::new(b, cfg.drift_interval, &cfg.drift, cfg.labels.as_ref())
         };
         let mut drift = new_tracker(&self.current, &self.cfg);
+        let mut skipped_seen = 0u64;
         let mut featurizer = Featurizer::new(&self.current.manifest.features);
         let mut rows = Vec::new();
         let mut tick = tokio::time::interval(self.cfg.reload_check);
@@ -203,6 +204,7 @@ impl ModelStage {
                     if let Some(b) = self.maybe_reload() {
                         if b.manifest.features != featurizer.spec().clone() {
                             featurizer = Featurizer::new(&b.manifest.features);
+                            skipped_seen = 0;
                         }
                         // The old bundle's interval ends here and its drift alarms clear: the
                         // new bundle has its own reference.
@@ -231,6 +233,9 @@ impl ModelStage {
             }
             featurizer.push(&batch, &mut rows);
             let ws = featurizer.stats();
+            // Windows skipped for missing data count as missing values in the drift summaries.
+            drift.add_missing_windows(ws.skipped_missing.saturating_sub(skipped_seen));
+            skipped_seen = ws.skipped_missing;
             stats.windows.store(ws.windows, Ordering::Relaxed);
             stats
                 .skipped_missing
@@ -242,6 +247,7 @@ impl ModelStage {
                 if row.values.iter().any(|v| !v.is_finite()) || input.iter().any(|v| !v.is_finite())
                 {
                     stats.skipped_nonfinite.fetch_add(1, Ordering::Relaxed);
+                    drift.add_missing_windows(1);
                     continue;
                 }
                 // Every window counts for drift, also those inference has no time for.

@@ -584,6 +584,84 @@ mod tests {
         assert!(z.len() < 2048, "{} bytes", z.len());
     }
 
+    /// Property check over random distributions, sizes and splits: every sketch quantile is
+    /// within the relative accuracy of the exact order statistic, and a merge of random
+    /// parts equals the summary of the union (histogram and count exactly, moments to
+    /// rounding, and the same sketch quantiles).
+    #[test]
+    fn sketch_and_merge_properties_hold_on_random_data() {
+        let r0 = reference();
+        type Dist = fn(&mut fastrand::Rng) -> f64;
+        let dists: [(&str, Dist); 5] = [
+            ("gauss", |r| gauss(r) * 3.0 + 1.0),
+            ("exponential", |r| -(r.f64().max(1e-12)).ln() * 2.0),
+            ("uniform", |r| r.f64() * 200.0 - 50.0),
+            ("bimodal", |r| {
+                if r.bool() {
+                    gauss(r) - 4.0
+                } else {
+                    gauss(r) + 6.0
+                }
+            }),
+            ("lognormal", |r| (gauss(r) * 1.5).exp()),
+        ];
+        for seed in 0..40u64 {
+            let mut r = fastrand::Rng::with_seed(seed);
+            let (name, f) = dists[(seed % 5) as usize];
+            let n = r.usize(1..20_000);
+            let vals: Vec<f64> = (0..n).map(|_| f(&mut r)).collect();
+            let mut union = DriftSummary::new("x", &r0.bin_edges, 0);
+            vals.iter().for_each(|v| union.add(*v));
+            union.seal();
+            let mut sorted = vals.clone();
+            sorted.sort_by(f64::total_cmp);
+            for q in [0.0, 0.01, 0.25, 0.5, 0.75, 0.99, 1.0] {
+                let est = union.quantile(q).unwrap().unwrap();
+                let exact = sorted[(q * (n - 1) as f64).floor() as usize];
+                assert!(
+                    (est - exact).abs() <= SKETCH_ALPHA * exact.abs() + 1e-9,
+                    "{name} seed {seed} n {n} q{q}: {est} vs {exact}"
+                );
+            }
+            // Random split into up to 8 parts, each sealed and decoded as on the wire.
+            let parts = r.usize(1..=8);
+            let mut cuts: Vec<usize> = (0..parts - 1).map(|_| r.usize(0..=n)).collect();
+            cuts.push(0);
+            cuts.push(n);
+            cuts.sort_unstable();
+            let mut merged: Option<DriftSummary> = None;
+            for w in cuts.windows(2) {
+                let mut p = DriftSummary::new("x", &r0.bin_edges, 0);
+                vals[w[0]..w[1]].iter().for_each(|v| p.add(*v));
+                p.seal();
+                let mut b = Vec::new();
+                ciborium::into_writer(&p, &mut b).unwrap();
+                let p: DriftSummary = ciborium::from_reader(b.as_slice()).unwrap();
+                match &mut merged {
+                    None => merged = Some(p),
+                    Some(m) => m.merge(&p).unwrap(),
+                }
+            }
+            let mut m = merged.unwrap();
+            assert_eq!(m.bins, union.bins, "{name} seed {seed}");
+            assert_eq!(m.moments.count, union.moments.count);
+            assert_eq!(
+                (m.moments.min, m.moments.max),
+                (union.moments.min, union.moments.max)
+            );
+            let scale = union.moments.mean.abs().max(1.0);
+            assert!((m.moments.mean - union.moments.mean).abs() < 1e-9 * scale);
+            assert!((m.moments.m2 - union.moments.m2).abs() <= 1e-9 * union.moments.m2.max(1.0));
+            for q in [0.01, 0.5, 0.99] {
+                assert_eq!(
+                    m.quantile(q).unwrap(),
+                    union.quantile(q).unwrap(),
+                    "{name} seed {seed} q{q}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn non_finite_values_are_missing() {
         let r = reference();
