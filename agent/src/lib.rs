@@ -67,6 +67,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    #[cfg_attr(not(feature = "mqtt"), allow(unused_mut))]
     let mut delivery = if cfg.outputs.mqtt.is_empty() && cfg.sync.is_none() {
         None
     } else {
