@@ -245,18 +245,40 @@ pub fn mqtt_publish_file(port: u16, topic: &str, file: &Path) {
     mosquitto_pub(port, topic, &["-f", file.to_str().unwrap_or_default()], &[]);
 }
 
+/// Publishes each line of `lines` as one message (QoS 1, in order) with `mosquitto_pub -l`.
+pub fn mqtt_publish_lines(port: u16, topic: &str, lines: &str) {
+    use std::io::Write;
+    let mut child = mosquitto_pub_cmd(port, topic)
+        .arg("-l")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(lines.as_bytes())
+            .expect("write to mosquitto_pub");
+    }
+    let st = child.wait().expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub -l to {topic} failed");
+}
+
+fn mosquitto_pub_cmd(port: u16, topic: &str) -> Command {
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    c
+}
+
 fn mosquitto_pub(port: u16, topic: &str, payload: &[&str], extra: &[&str]) {
-    let st = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-        ])
+    let st = mosquitto_pub_cmd(port, topic)
         .args(payload)
         .args(extra)
         .status()

@@ -11,7 +11,7 @@
 //!   ends; late labels published on an MQTT label topic give the model's accuracy.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use interop_tests::*;
@@ -249,28 +249,7 @@ records = ["drift", "alarms", "features"]
         .iter()
         .map(|(ts, v, _)| format!("{{\"ts\":{},\"value\":{v}}}\n", ts / 1_000_000))
         .collect();
-    let mut pubr = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &broker.anon.to_string(),
-            "-q",
-            "1",
-            "-t",
-            "site/pv/energy",
-            "-l",
-        ])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    pubr.stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(pubr.wait().unwrap().success());
+    mqtt_publish_lines(broker.anon, "site/pv/energy", &lines);
     // Every weekly window featurized (the last ones wait for later points: allow a few).
     let want = series.len() - 7;
     let t0 = std::time::Instant::now();
@@ -597,28 +576,7 @@ sparkplug = {{ group_id = "plant", edge_node_id = "gw1" }}
                 })
                 .collect();
             labelled = preds.len();
-            let mut pubr = Command::new("mosquitto_pub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-q",
-                    "1",
-                    "-t",
-                    "plant/pump1/failure",
-                    "-l",
-                ])
-                .stdin(Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            pubr.stdin
-                .take()
-                .unwrap()
-                .write_all(lines.as_bytes())
-                .unwrap();
-            assert!(pubr.wait().unwrap().success());
+            mqtt_publish_lines(port, "plant/pump1/failure", &lines);
         }
         std::thread::sleep(Duration::from_millis(300));
     }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::policy::DriftRules;
-use super::record::{metric_value, DriftRecord, Performance};
+use super::record::{drifts, DriftRecord, Performance};
 use super::summary::{score, CheckedSketch, DriftError, DriftScores, DriftSummary};
 use crate::bundle::manifest::Reference;
 
@@ -127,10 +127,7 @@ impl MergedDrift {
     ) -> ColumnView {
         let mut s = s.clone();
         let scores = reference.and_then(|r| score(&s, r).ok());
-        let drifting = scores.is_some_and(|sc| {
-            sc.count >= rules.min_count
-                && metric_value(rules.metric, &sc) >= rules.threshold_for(&s.name)
-        });
+        let drifting = scores.is_some_and(|sc| drifts(rules, &s.name, &sc));
         let m = s.moments;
         ColumnView {
             name: s.name.clone(),

@@ -22,6 +22,12 @@ pub fn metric_value(metric: DriftMetric, s: &DriftScores) -> f64 {
     }
 }
 
+/// Whether a column with these scores drifts under `rules`: scored on at least `min_count`
+/// values and the rules' metric at or past the column's threshold.
+pub fn drifts(rules: &DriftRules, column: &str, s: &DriftScores) -> bool {
+    s.count >= rules.min_count && metric_value(rules.metric, s) >= rules.threshold_for(column)
+}
+
 /// One column's drift over an interval: its mergeable summary and its scores against the
 /// bundle's reference (absent if the reference has no usable histogram).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,10 +45,7 @@ impl ColumnDrift {
     pub fn scored(mut summary: DriftSummary, reference: &ColumnStats, rules: &DriftRules) -> Self {
         summary.seal();
         let scores = score(&summary, reference).ok();
-        let drifting = scores.is_some_and(|s| {
-            s.count >= rules.min_count
-                && metric_value(rules.metric, &s) >= rules.threshold_for(&summary.name)
-        });
+        let drifting = scores.is_some_and(|s| drifts(rules, &summary.name, &s));
         ColumnDrift {
             summary,
             scores,
