@@ -29,8 +29,11 @@ build_armv7() {
   local eh
   eh=$(arm-linux-gnueabihf-gcc -print-file-name=libgcc_eh.a)
   ln -sf "$eh" "$dir/libunwind.a"
+  # std is built with the profile too, so it follows its panic strategy.
+  local panic=panic_unwind
+  [ "$PROFILE" = release-arm-small ] && panic=panic_abort
   RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
-    cargo "${CFG[@]}" build -Z build-std=std,panic_unwind -p edge-agent --bin edge-agent \
+    cargo "${CFG[@]}" build -Z build-std=std,$panic -p edge-agent --bin edge-agent \
     --target armv7-unknown-linux-musleabihf --profile "$PROFILE" "${EXTRA[@]}"
 }
 

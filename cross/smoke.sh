@@ -17,6 +17,19 @@ smoke() {
   echo "== $triple: $(file -b "$bin" | cut -d, -f1-2), $(stat -c %s "$bin") bytes"
   file -b "$bin" | grep -Eq "statically linked|static-pie linked" \
     || { echo "FAIL: $bin is not static: $(file -b "$bin")" >&2; exit 1; }
+  # Size guard for the shipped profile: a dependency or feature that grows the binary fails
+  # CI instead of slipping through (limits in bytes; measured sizes in BENCHMARKS.md).
+  if [ "$PROFILE" = release-arm ]; then
+    local size limit
+    size=$(stat -c %s "$bin")
+    case "$triple" in
+      aarch64-*) limit=${EDGE_SIZE_LIMIT_AARCH64:-16000000} ;;
+      *) limit=${EDGE_SIZE_LIMIT_ARMV7:-16000000} ;;
+    esac
+    [ "$size" -le "$limit" ] \
+      || { echo "FAIL: $bin is $size bytes, over its $limit-byte limit" >&2; exit 1; }
+    echo "size: $size bytes (limit $limit)"
+  fi
   "$qemu" "$bin" --version
   for cfg in examples/*.toml; do
     "$qemu" "$bin" check --config "$cfg" >/dev/null \

@@ -1,22 +1,65 @@
 //! Where a model's memory goes: process RSS split into anonymous memory (heap) and
-//! file-backed pages (the binary's code touched), before and after loading a bundle's model
-//! twice. Used for the footprint section of BENCHMARKS.md:
+//! file-backed pages (the binary's code touched), plus the bytes the program really has
+//! allocated (a counting global allocator), before and after loading a bundle's model twice.
+//! The gap between RssAnon and live bytes is what the allocator keeps after parse garbage
+//! is freed. Used for the footprint section of BENCHMARKS.md:
 //!
 //!   cargo run --release -p edge-agent --example model_mem [BUNDLE] [PUBLIC_KEY]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
-fn rss() -> String {
+/// The system allocator, counting the bytes currently allocated and the peak.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(l.size() as isize, Ordering::Relaxed) + l.size() as isize;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            let d = new as isize - l.size() as isize;
+            let now = LIVE.fetch_add(d, Ordering::Relaxed) + d;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn report(step: &str) {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .filter(|l| {
-            ["VmRSS", "RssAnon", "RssFile"]
-                .iter()
-                .any(|k| l.starts_with(k))
-        })
-        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let kb = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("?")
+            .to_string()
+    };
+    println!(
+        "| {step} | {} | {} | {} | {} | {} |",
+        kb("VmRSS:"),
+        kb("RssAnon:"),
+        kb("RssFile:"),
+        LIVE.load(Ordering::Relaxed) / 1024,
+        PEAK.load(Ordering::Relaxed) / 1024,
+    );
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,18 +70,23 @@ fn main() -> anyhow::Result<()> {
     let key = args
         .get(2)
         .map_or("examples/demo/demo.pub.pem", String::as_str);
+    println!("| step | RSS kB | anonymous kB | file-backed kB | live heap kB | peak heap kB |");
+    println!("|---|---|---|---|---|---|");
+    report("start");
     let bytes = std::fs::read(bundle)?;
     let key = edge_protocols::bundle::file::read_public_key(Path::new(key))?;
-    println!("start                {} kB", rss());
     let b = edge_protocols::bundle::Bundle::from_bytes(&bytes, &[key], 0)?;
-    println!("bundle verified      {} kB", rss());
+    drop(bytes);
+    report("bundle verified");
     let shape = b.manifest.features.input_shape();
     let first = edge_agent::inference::Model::load(&b.model, &shape)?;
-    println!("model loaded         {} kB", rss());
+    report("model loaded");
     let second = edge_agent::inference::Model::load(&b.model, &shape)?;
-    println!("same model again     {} kB", rss());
+    report("the same model loaded again");
     drop(second);
-    println!("second one dropped   {} kB", rss());
+    report("second copy dropped");
+    edge_agent::inference::release_free_memory();
+    report("allocator trimmed");
     drop(first);
     Ok(())
 }

@@ -37,6 +37,10 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Internal: open an outbox database in a throw-away process so that a corruption sled
+    /// crashes on cannot take the agent down (run by the agent itself before each open).
+    #[command(name = "__probe-outbox", hide = true)]
+    ProbeOutbox { path: PathBuf },
     /// Compute features from a recording (CSV) with the exact code the agent runs.
     Featurize {
         /// Bundle whose feature spec to use (its signature is not needed for this).
@@ -105,6 +109,13 @@ enum BundleCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::ProbeOutbox { path } => match edge_agent::outbox::SledOutbox::probe(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(edge_agent::outbox::sled_outbox::PROBE_SLED_ERROR as u8)
+            }
+        },
         Command::Check { config } => match AgentConfig::load(&config) {
             Ok(c) => {
                 let problems = edge_agent::check_models(&c);
@@ -177,6 +188,9 @@ fn main() -> ExitCode {
                 }
             };
             edge_agent::logging::init(&cfg.log);
+            if let Ok(exe) = std::env::current_exe() {
+                edge_agent::outbox::sled_outbox::use_probe_process(exe);
+            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

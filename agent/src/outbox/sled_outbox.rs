@@ -11,7 +11,10 @@
 //! handed to anyone) are kept if they continue the sequence without a gap, else truncated.
 //!
 //! Failure handling: a database that sled reports as corrupt (or panics on) is moved aside and
-//! a fresh one opened. An I/O error (disk full, read-only remount) is not corruption: the
+//! a fresh one opened. Some corruptions make sled panic; the agent binary first opens the
+//! database in a probe process (`edge-agent` re-executed with a hidden subcommand, see
+//! [`use_probe_process`]), so a crash there cannot take the agent down even in builds that
+//! abort on panic (the ARM release profile); without a probe binary, the panic is caught. An I/O error (disk full, read-only remount) is not corruption: the
 //! database is closed and reopened from what is on disk, retried until it works; meanwhile
 //! appends fail and the agent counts the records it could not store as dropped. Records
 //! numbered but not yet durable when the store failed are counted as dropped too; consumers
@@ -23,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use std::sync::OnceLock;
 
 use super::config::{OutboxConfig, Stream, WhenFull};
 use super::{OutboxError, StreamStats};
@@ -129,6 +134,58 @@ struct OpenFailure {
     reason: String,
 }
 
+/// The executable that probes a database before the agent opens it (see the module docs).
+static PROBE_EXE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The hidden subcommand of `exe` that runs [`SledOutbox::probe`] on a path.
+pub const PROBE_SUBCOMMAND: &str = "__probe-outbox";
+
+/// From now on, every open first runs `exe __probe-outbox PATH` and treats a crash of that
+/// process as corruption. Called by the agent binary with its own path.
+pub fn use_probe_process(exe: PathBuf) {
+    let _ = PROBE_EXE.set(exe);
+}
+
+/// Runs the probe process on an existing database. `Err` = it is corrupt (the probe crashed).
+/// A probe that cannot be started (no binary, exec refused) is skipped: the open goes on
+/// in-process as without a probe.
+fn probe_in_subprocess(exe: &Path, path: &Path) -> Result<(), OpenFailure> {
+    let out = match std::process::Command::new(exe)
+        .arg(PROBE_SUBCOMMAND)
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::debug!("outbox probe process not started ({e}); opening in-process");
+            return Ok(());
+        }
+    };
+    // 0: it opened; PROBE_SLED_ERROR: sled returned an error, which the open in-process meets
+    // and classifies itself. Anything else (a panic's 101, a signal) is a crash.
+    match out.status.code() {
+        Some(0) | Some(PROBE_SLED_ERROR) => Ok(()),
+        _ => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr
+                .lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("no message");
+            Err(OpenFailure {
+                corrupt: true,
+                reason: format!(
+                    "the database is corrupt (sled crashed opening it in a probe process: {}; {last})",
+                    out.status
+                ),
+            })
+        }
+    }
+}
+
+/// Exit code of the probe when sled returned an error instead of crashing.
+pub const PROBE_SLED_ERROR: i32 = 3;
+
 impl From<sled::Error> for OpenFailure {
     fn from(e: sled::Error) -> Self {
         OpenFailure {
@@ -222,14 +279,12 @@ impl SledOutbox {
         cfg: &OutboxConfig,
         consumers: &[(String, Vec<Stream>)],
     ) -> Result<Store, OpenFailure> {
-        let open = || {
-            sled::Config::new()
-                .path(path)
-                .cache_capacity(cfg.cache_mb * (1 << 20))
-                // We commit ourselves, on our cadence.
-                .flush_every_ms(None)
-                .open()
-        };
+        if let Some(exe) = PROBE_EXE.get() {
+            if path.exists() {
+                probe_in_subprocess(exe, path)?;
+            }
+        }
+        let open = || Self::sled_config(path, cfg.cache_mb).open();
         let panicked = |what: &str| OpenFailure {
             corrupt: true,
             reason: format!("the database is corrupt (sled panicked while {what} it)"),
@@ -259,6 +314,36 @@ impl SledOutbox {
             });
         }
         Ok(Store { db, streams })
+    }
+
+    fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mb * (1 << 20))
+            // We commit ourselves, on our cadence.
+            .flush_every_ms(None)
+    }
+
+    /// What the probe process does: open the database and read what an open reads (each
+    /// stream's metadata and the tail past the last commit), changing nothing. A corruption
+    /// sled panics on crashes this process, not the agent. `Err` = sled returned an error.
+    pub fn probe(path: &Path) -> Result<(), OutboxError> {
+        let storage = |e: sled::Error| OutboxError::Storage(e.to_string());
+        let db = Self::sled_config(path, 4).open().map_err(storage)?;
+        for s in Stream::ALL {
+            let tree = db.open_tree(s.name()).map_err(storage)?;
+            let head = u64_of(tree.get(META_HEAD).map_err(storage)?);
+            for kv in tree.range(rec_key(head + 1)..) {
+                kv.map_err(storage)?;
+            }
+            if let Some(kv) = tree.range(rec_key(0)..).next() {
+                kv.map_err(storage)?;
+            }
+            for kv in tree.scan_prefix(META_CURSOR) {
+                kv.map_err(storage)?;
+            }
+        }
+        Ok(())
     }
 
     fn scan(tree: &sled::Tree, dests: &[String]) -> sled::Result<StreamState> {
@@ -696,6 +781,56 @@ mod tests {
         let d = std::env::temp_dir().join(format!("outbox-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// The probe's verdicts: a clean exit or a sled error lets the open go on; a panic exit
+    /// or a signal (what an abort-on-panic build does) is corruption, with the probe's last
+    /// stderr line in the reason; a probe that cannot be started is skipped.
+    #[test]
+    fn probe_process_crash_means_corrupt() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp("probe");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let db = dir.join("db");
+        let ok = script("ok", "test \"$1\" = __probe-outbox || exit 9");
+        assert!(probe_in_subprocess(&ok, &db).is_ok());
+        let sled_err = script("err", "echo 'error: corrupted' >&2; exit 3");
+        assert!(probe_in_subprocess(&sled_err, &db).is_ok());
+        let panicked = script(
+            "panic",
+            "echo \"thread 'main' panicked at sled/src/pagecache/segment.rs\" >&2; exit 101",
+        );
+        let f = probe_in_subprocess(&panicked, &db).unwrap_err();
+        assert!(f.corrupt);
+        assert!(f.reason.contains("panicked at sled"), "{}", f.reason);
+        let aborted = script("abort", "echo 'fatal' >&2; kill -ABRT $$");
+        let f = probe_in_subprocess(&aborted, &db).unwrap_err();
+        assert!(f.corrupt && f.reason.contains("SIGABRT"), "{}", f.reason);
+        assert!(probe_in_subprocess(&dir.join("missing"), &db).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The probe itself reads an outbox without changing it.
+    #[test]
+    fn probe_reads_a_healthy_outbox() {
+        let dir = tmp("probe-healthy");
+        {
+            let (o, _) = SledOutbox::open(&dir, &OutboxConfig::default(), &dests()).unwrap();
+            o.append(Stream::Samples, &[b"x".to_vec()]).unwrap();
+            o.commit().unwrap();
+        }
+        SledOutbox::probe(&dir).unwrap();
+        let (o, r) = SledOutbox::open(&dir, &OutboxConfig::default(), &dests()).unwrap();
+        assert!(matches!(r, OpenReport::Opened));
+        assert_eq!(o.stats()[Stream::Samples.index()].records, 1);
+        drop(o);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn dests() -> Vec<(String, Vec<Stream>)> {
