@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds static edge-agent binaries for ARM gateways:
-#   cross/build.sh [aarch64|armv7|all] [--profile NAME] [--features LIST|--no-default-features]
+#   cross/build.sh [aarch64|armv7|x86_64|all] [--profile NAME] [--features LIST|--no-default-features]
 # Output: target/<triple>/<profile>/edge-agent (static, stripped). Default profile:
 # `release-arm` (size-optimized, see Cargo.toml). Needs cross/setup.sh first.
 set -euo pipefail
@@ -16,30 +16,43 @@ while [ $# -gt 0 ]; do
 done
 CFG=(--config cross/cargo-config.toml)
 
+# Debian's musl has no libunwind.a; gcc's libgcc_eh.a provides the same symbols. Used when
+# std is built here (armv7).
+libunwind_dir() {
+  local dir=$(pwd)/target/$1-libunwind
+  mkdir -p "$dir"
+  ln -sf "$($2 -print-file-name=libgcc_eh.a)" "$dir/libunwind.a"
+  echo "$dir"
+}
+
+# std is built with the profile when it is built here, so it follows its panic strategy.
+std_panic() { if [ "$PROFILE" = release-arm-small ]; then echo panic_abort; else echo panic_unwind; fi; }
+
 build_aarch64() {
+  # rustup's prebuilt std for aarch64-unknown-linux-musl, linked with its own musl.
   cargo "${CFG[@]}" build -p edge-agent --bin edge-agent --target aarch64-unknown-linux-musl \
     --profile "$PROFILE" "${EXTRA[@]}"
 }
 
+# The same static build for x86_64 gateways, and to measure the ARM build's footprint natively
+# (same profile, same allocator, no emulator in the way).
+build_x86_64() {
+  cargo "${CFG[@]}" build -p edge-agent --bin edge-agent --target x86_64-unknown-linux-musl \
+    --profile "$PROFILE" "${EXTRA[@]}"
+}
+
 build_armv7() {
-  # Debian's armhf musl has no libunwind.a; gcc's libgcc_eh.a provides the same symbols.
   local dir
-  dir=$(pwd)/target/armv7-libunwind
-  mkdir -p "$dir"
-  local eh
-  eh=$(arm-linux-gnueabihf-gcc -print-file-name=libgcc_eh.a)
-  ln -sf "$eh" "$dir/libunwind.a"
-  # std is built with the profile too, so it follows its panic strategy.
-  local panic=panic_unwind
-  [ "$PROFILE" = release-arm-small ] && panic=panic_abort
+  dir=$(libunwind_dir armv7 arm-linux-gnueabihf-gcc)
   RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
-    cargo "${CFG[@]}" build -Z build-std=std,$panic -p edge-agent --bin edge-agent \
+    cargo "${CFG[@]}" build -Z build-std=std,"$(std_panic)" -p edge-agent --bin edge-agent \
     --target armv7-unknown-linux-musleabihf --profile "$PROFILE" "${EXTRA[@]}"
 }
 
 case "$WHICH" in
   aarch64) build_aarch64 ;;
   armv7) build_armv7 ;;
+  x86_64) build_x86_64 ;;
   all) build_aarch64; build_armv7 ;;
-  *) echo "usage: cross/build.sh [aarch64|armv7|all] [--profile NAME] [cargo args]" >&2; exit 2 ;;
+  *) echo "usage: cross/build.sh [aarch64|armv7|x86_64|all] [--profile NAME] [cargo args]" >&2; exit 2 ;;
 esac

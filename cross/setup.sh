@@ -4,7 +4,7 @@
 #     gcc-aarch64-linux-gnu + musl-dev:arm64 give `aarch64-linux-musl-gcc`,
 #     gcc-arm-linux-gnueabihf + musl-dev:armhf give `arm-linux-musleabihf-gcc`;
 #   - qemu-user-static to run the ARM binaries here;
-#   - the Rust std for aarch64-unknown-linux-musl (prebuilt), and rust-src for armv7, whose
+#   - the Rust std for aarch64-unknown-linux-musl and x86_64-unknown-linux-musl (prebuilt), and rust-src for armv7, whose
 #     musl std is not distributed prebuilt and is built with `-Z build-std`.
 # Needs root (or sudo) for apt.
 set -euo pipefail
@@ -35,6 +35,9 @@ fi
 step "rust targets"
 rustup target list --installed | grep -qx aarch64-unknown-linux-musl \
   || rustup target add aarch64-unknown-linux-musl
+# Only for `cross/build.sh x86_64` (footprint measurements): not fatal.
+rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+  || rustup target add x86_64-unknown-linux-musl || echo "WARN: no x86_64-unknown-linux-musl std"
 rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 
 step "ready: $(aarch64-linux-musl-gcc --version | head -1); $(arm-linux-musleabihf-gcc --version | head -1)"

@@ -85,8 +85,10 @@ fn main() -> anyhow::Result<()> {
     report("the same model loaded again");
     drop(second);
     report("second copy dropped");
-    edge_agent::inference::release_free_memory();
+    edge_agent::memory::release_free_memory();
     report("allocator trimmed");
+    edge_agent::memory::release_code_pages();
+    report("code pages released");
     drop(first);
     Ok(())
 }

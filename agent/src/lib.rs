@@ -3,8 +3,8 @@
 //! Entry points: [`run`] (the `run` command: config -> pipeline until SIGTERM) and
 //! [`config::AgentConfig::load`] (the `check` command). See ARCHITECTURE.md for the map.
 
-// No unsafe code, with one named exception: `inference::release_free_memory` calls glibc's
-// `malloc_trim` (no safe binding exists) to hand a model load's freed heap back.
+// No unsafe code, with one named exception: `memory` (madvise, malloc_trim: advice to the
+// kernel and the allocator after startup and model loads; no safe binding exists).
 #![deny(unsafe_code)]
 
 pub mod commands;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod features;
 pub mod inference;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod models;
 pub mod outbox;

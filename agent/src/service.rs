@@ -41,7 +41,11 @@ pub async fn supervise(
         },
     };
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    tracing::debug!("ready");
+    // Startup is over (config, bundles, model loads): let the kernel reclaim the code only it ran.
+    let released = tokio::task::spawn_blocking(crate::memory::release_code_pages)
+        .await
+        .unwrap_or(0);
+    tracing::debug!(code_pages_advised = released, "ready");
     let Some(period) = sd_notify::watchdog_enabled() else {
         shutdown.cancelled().await;
         notify(&[NotifyState::Stopping]);

@@ -34,23 +34,6 @@ pub fn framework() -> tract_onnx::Onnx {
     onnx
 }
 
-/// Returns freed heap to the kernel. Loading a model parses and rewrites the graph several
-/// times; glibc keeps the freed megabytes in its arenas unless asked (musl's allocator, used
-/// by the static ARM builds, unmaps large free chunks by itself: nothing to do there).
-#[allow(unsafe_code)]
-pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> std::ffi::c_int;
-        }
-        // SAFETY: glibc's malloc_trim only releases free memory; it is thread-safe.
-        unsafe {
-            malloc_trim(0);
-        }
-    }
-}
-
 /// A loaded model: built and optimized once, cheap to run many times.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -96,7 +79,7 @@ impl Model {
             .into_runnable()
             .map_err(err)?;
         // Parsing and optimizing leave megabytes of freed heap behind; hand them back.
-        release_free_memory();
+        crate::memory::release_free_memory();
         Ok(Model {
             plan,
             input_name,

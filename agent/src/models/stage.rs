@@ -148,6 +148,8 @@ impl ModelStage {
                 tracing::info!(model = %self.cfg.name, bundle = %b.source.bundle, version = %b.source.version,
                     version_number = b.source.version_number, "new bundle loaded");
                 self.current = b.clone();
+                // The loader's code ran once more; let the kernel reclaim it again.
+                crate::memory::release_code_pages();
                 Some(b)
             }
             Err(e) => {
