@@ -4,8 +4,9 @@
 #     gcc-aarch64-linux-gnu + musl-dev:arm64 give `aarch64-linux-musl-gcc`,
 #     gcc-arm-linux-gnueabihf + musl-dev:armhf give `arm-linux-musleabihf-gcc`;
 #   - qemu-user-static to run the ARM binaries here;
-#   - the Rust std for aarch64-unknown-linux-musl and x86_64-unknown-linux-musl (prebuilt), and rust-src for armv7, whose
-#     musl std is not distributed prebuilt and is built with `-Z build-std`.
+#   - the prebuilt Rust std for aarch64-unknown-linux-musl (and x86_64-unknown-linux-musl,
+#     for footprint measurements), and rust-src for armv7, whose musl std is not distributed
+#     prebuilt and is built with `-Z build-std`.
 # Needs root (or sudo) for apt.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -39,7 +39,7 @@ enum Command {
     },
     /// Internal: open an outbox database in a throw-away process so that a corruption sled
     /// crashes on cannot take the agent down (run by the agent itself before each open).
-    #[command(name = "__probe-outbox", hide = true)]
+    #[command(name = edge_agent::outbox::sled_outbox::PROBE_SUBCOMMAND, hide = true)]
     ProbeOutbox { path: PathBuf },
     /// Compute features from a recording (CSV) with the exact code the agent runs.
     Featurize {

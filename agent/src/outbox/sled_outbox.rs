@@ -13,21 +13,20 @@
 //! Failure handling: a database that sled reports as corrupt (or panics on) is moved aside and
 //! a fresh one opened. Some corruptions make sled panic; the agent binary first opens the
 //! database in a probe process (`edge-agent` re-executed with a hidden subcommand, see
-//! [`use_probe_process`]), so a crash there cannot take the agent down even in builds that
-//! abort on panic (the ARM release profile); without a probe binary, the panic is caught. An I/O error (disk full, read-only remount) is not corruption: the
-//! database is closed and reopened from what is on disk, retried until it works; meanwhile
-//! appends fail and the agent counts the records it could not store as dropped. Records
-//! numbered but not yet durable when the store failed are counted as dropped too; consumers
+//! [`use_probe_process`]), so a crash there cannot take the agent down, even in builds that
+//! abort on panic (`release-arm-small`); without a probe binary, the panic is caught. An I/O
+//! error (disk full, read-only remount) is not corruption: the database is closed and
+//! reopened from what is on disk, retried until it works; meanwhile appends fail and the agent
+//! counts the records it could not store as dropped. Records numbered but not yet durable when
+//! the store failed are counted as dropped too; consumers
 //! never saw their numbers, so the sequence stays gap-free for them.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::sync::OnceLock;
 
 use super::config::{OutboxConfig, Stream, WhenFull};
 use super::{OutboxError, StreamStats};
@@ -140,6 +139,9 @@ static PROBE_EXE: OnceLock<PathBuf> = OnceLock::new();
 /// The hidden subcommand of `exe` that runs [`SledOutbox::probe`] on a path.
 pub const PROBE_SUBCOMMAND: &str = "__probe-outbox";
 
+/// Exit code of the probe when sled returned an error instead of crashing.
+pub const PROBE_SLED_ERROR: i32 = 3;
+
 /// From now on, every open first runs `exe __probe-outbox PATH` and treats a crash of that
 /// process as corruption. Called by the agent binary with its own path.
 pub fn use_probe_process(exe: PathBuf) {
@@ -182,9 +184,6 @@ fn probe_in_subprocess(exe: &Path, path: &Path) -> Result<(), OpenFailure> {
         }
     }
 }
-
-/// Exit code of the probe when sled returned an error instead of crashing.
-pub const PROBE_SLED_ERROR: i32 = 3;
 
 impl From<sled::Error> for OpenFailure {
     fn from(e: sled::Error) -> Self {
