@@ -579,13 +579,17 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
         ])
         .trim()
         .to_string();
-    let audit = applied(2);
+    applied(2);
+    // The device's report and the halt it triggers are two writes on the server: wait for both.
+    let audit = server.wait("rollout auto-halted", Duration::from_secs(30), || {
+        let a = server.audit();
+        a.contains("rollout.auto_halt").then_some(a)
+    });
     assert!(audit.contains("update.rolled_back"), "{audit}");
     assert!(
         audit.contains("outside the manifest's output range"),
         "{audit}"
     );
-    assert!(audit.contains("rollout.auto_halt"), "{audit}");
     assert_eq!(sha_of(&bundle), sha_of(&v2), "v2 must be back in place");
     let rollouts = server.cli(&["model", "rollout", "list"]);
     assert!(
