@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     report("second copy dropped");
     edge_agent::memory::release_free_memory();
     report("allocator trimmed");
-    edge_agent::memory::release_code_pages();
+    edge_agent::memory::release_executable_pages();
     report("code pages released");
     drop(first);
     Ok(())

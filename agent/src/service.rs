@@ -42,7 +42,7 @@ pub async fn supervise(
     };
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     // Startup is over (config, bundles, model loads): let the kernel reclaim the code only it ran.
-    let released = tokio::task::spawn_blocking(crate::memory::release_code_pages)
+    let released = tokio::task::spawn_blocking(crate::memory::release_executable_pages)
         .await
         .unwrap_or(0);
     tracing::debug!(code_pages_advised = released, "ready");

@@ -78,14 +78,29 @@ impl Model {
             .map_err(err)?
             .into_runnable()
             .map_err(err)?;
-        // Parsing and optimizing leave megabytes of freed heap behind; hand them back.
-        crate::memory::release_free_memory();
-        Ok(Model {
+        let model = Model {
             plan,
             input_name,
             input_shape: input_shape.to_vec(),
             output_names,
-        })
+        };
+        // One warm-up run on zeros: the first run initializes state lazily (megabytes of code
+        // that later runs skip), so it happens here, before the loader's memory is released,
+        // not in the first real window. Its result is discarded; a model may reject zeros
+        // (say, the log of a feature) and still be fine on real windows; a panic refuses it.
+        let zeros = vec![0.0; model.input_len()];
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(&zeros))) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!("warm-up run on zeros failed (ignored): {e}"),
+            Err(_) => {
+                return Err(InferenceError::Load(
+                    "the model panicked in its warm-up run on zeros".into(),
+                ))
+            }
+        }
+        // Parsing and optimizing leave megabytes of freed heap behind; hand them back.
+        crate::memory::release_free_memory();
+        Ok(model)
     }
 
     pub fn input_name(&self) -> &str {

@@ -149,7 +149,7 @@ impl ModelStage {
                     version_number = b.source.version_number, "new bundle loaded");
                 self.current = b.clone();
                 // The loader's code ran once more; let the kernel reclaim it again.
-                crate::memory::release_code_pages();
+                crate::memory::release_executable_pages();
                 Some(b)
             }
             Err(e) => {
