@@ -6,7 +6,8 @@
 #   - qemu-user-static to run the ARM binaries here;
 #   - the prebuilt Rust std for aarch64-unknown-linux-musl (and x86_64-unknown-linux-musl,
 #     for footprint measurements), and rust-src for armv7, whose musl std is not distributed
-#     prebuilt and is built with `-Z build-std`.
+#     prebuilt and is built with `-Z build-std` (and for aarch64 too when its prebuilt std
+#     cannot be fetched: build.sh's fallback route).
 # Needs root (or sudo) for apt.
 set -euo pipefail
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -34,8 +35,10 @@ if ! have_all; then
 fi
 
 step "rust targets"
+# Without it, cross/build.sh builds std for aarch64 from rust-src (its fallback route).
 rustup target list --installed | grep -qx aarch64-unknown-linux-musl \
-  || rustup target add aarch64-unknown-linux-musl
+  || rustup target add aarch64-unknown-linux-musl \
+  || echo "WARN: no prebuilt std for aarch64-unknown-linux-musl; build.sh will build it from rust-src"
 # Only for `cross/build.sh x86_64` (footprint measurements): not fatal.
 rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
   || rustup target add x86_64-unknown-linux-musl || echo "WARN: no x86_64-unknown-linux-musl std"

@@ -31,6 +31,8 @@ smoke() {
     echo "size: $size bytes (limit $limit)"
   fi
   "$qemu" "$bin" --version
+  # Panic isolation needs a working unwinder (libgcc_eh / LLVM libunwind, per route).
+  "$qemu" "$bin" __check-unwind
   for cfg in examples/*.toml; do
     "$qemu" "$bin" check --config "$cfg" >/dev/null \
       || { echo "FAIL: check $cfg under $qemu" >&2; exit 1; }

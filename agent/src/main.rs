@@ -41,6 +41,10 @@ enum Command {
     /// crashes on cannot take the agent down (run by the agent itself before each open).
     #[command(name = edge_agent::outbox::sled_outbox::PROBE_SUBCOMMAND, hide = true)]
     ProbeOutbox { path: PathBuf },
+    /// Internal: check that a panic unwinds and is caught in this build (the agent's panic
+    /// isolation depends on it; cross/smoke.sh runs it on every ARM binary).
+    #[command(name = "__check-unwind", hide = true)]
+    CheckUnwind,
     /// Compute features from a recording (CSV) with the exact code the agent runs.
     Featurize {
         /// Bundle whose feature spec to use (its signature is not needed for this).
@@ -106,6 +110,36 @@ enum BundleCommand {
     },
 }
 
+/// Panics inside `catch_unwind` and reports whether it was caught. A build whose unwinder
+/// cannot find the unwind tables (a broken cross toolchain) aborts here instead of at the
+/// first real panic in a source task or the inference thread.
+fn check_unwind() -> ExitCode {
+    if cfg!(panic = "abort") {
+        println!("panics abort in this build (panic = \"abort\"): nothing to unwind");
+        return ExitCode::SUCCESS;
+    }
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = std::panic::catch_unwind(|| {
+        let depth = std::hint::black_box(3);
+        fn recurse(n: u32) -> u32 {
+            if n == 0 {
+                panic!("unwind check");
+            }
+            recurse(n - 1) + 1
+        }
+        recurse(depth)
+    })
+    .is_err();
+    let _ = std::panic::take_hook();
+    if caught {
+        println!("unwinding works: a panic three frames deep was caught");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: the panic was not caught");
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -116,6 +150,7 @@ fn main() -> ExitCode {
                 ExitCode::from(edge_agent::outbox::sled_outbox::PROBE_SLED_ERROR as u8)
             }
         },
+        Command::CheckUnwind => check_unwind(),
         Command::Check { config } => match AgentConfig::load(&config) {
             Ok(c) => {
                 let problems = edge_agent::check_models(&c);

@@ -32,6 +32,15 @@ fn version_names_the_commit() {
     assert!(v.starts_with("edge-agent 0.") && v.contains("(git "), "{v}");
 }
 
+/// The hidden self-check the cross smoke test runs on ARM binaries: a panic is caught.
+#[test]
+fn a_panic_unwinds_and_is_caught() {
+    let out = Command::new(bin()).arg("__check-unwind").output().unwrap();
+    let v = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(v.contains("a panic three frames deep was caught"), "{v}");
+}
+
 #[test]
 fn every_example_config_checks_clean() {
     let mut n = 0;
