@@ -17,11 +17,21 @@ done
 CFG=(--config cross/cargo-config.toml)
 
 # Debian's musl has no libunwind.a; gcc's libgcc_eh.a provides the same symbols. Used when
-# std is built here (armv7).
+# std is built here: libunwind_dir NAME GCC [C_SHIM] prints a directory holding libunwind.a,
+# either gcc's archive itself or, with C_SHIM, its objects plus that file compiled by the musl
+# wrapper (aarch64, see build_aarch64_std_from_source).
 libunwind_dir() {
-  local dir=$(pwd)/target/$1-libunwind
-  mkdir -p "$dir"
-  ln -sf "$($2 -print-file-name=libgcc_eh.a)" "$dir/libunwind.a"
+  local dir=$(pwd)/target/$1-libunwind eh
+  eh=$($2 -print-file-name=libgcc_eh.a)
+  rm -rf "$dir" && mkdir -p "$dir"
+  if [ -z "${3:-}" ]; then
+    ln -s "$eh" "$dir/libunwind.a"
+  else
+    mkdir "$dir/obj"
+    (cd "$dir/obj" && "${2%gcc}ar" x "$eh")
+    "${2/linux-gnu/linux-musl}" -O2 -fPIC -c "$3" -o "$dir/obj/shim.o"
+    "${2%gcc}ar" rcs "$dir/libunwind.a" "$dir"/obj/*.o
+  fi
   echo "$dir"
 }
 
@@ -31,6 +41,16 @@ std_panic() { if [ "$PROFILE" = release-arm-small ]; then echo panic_abort; else
 # -Zbuild-std-features).
 STD_FEATURES=()
 [ -n "${EDGE_STD_FEATURES:-}" ] && STD_FEATURES=("-Zbuild-std-features=$EDGE_STD_FEATURES")
+
+# build_std TRIPLE LIBUNWIND_DIR [cargo args]: the agent with std built here from rust-src,
+# linked against Debian's musl (not rustc's self-contained copy).
+build_std() {
+  local triple=$1 dir=$2
+  shift 2
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
+    cargo "${CFG[@]}" "$@" build -Z build-std=std,"$(std_panic)" "${STD_FEATURES[@]}" \
+    -p edge-agent --bin edge-agent --target "$triple" --profile "$PROFILE" "${EXTRA[@]}"
+}
 
 # Is rustup's prebuilt std for this target installed?
 have_prebuilt_std() {
@@ -55,15 +75,9 @@ build_aarch64() {
 # dl_iterate_phdr) goes into the same archive.
 build_aarch64_std_from_source() {
   local dir
-  dir=$(pwd)/target/aarch64-libunwind
-  rm -rf "$dir" && mkdir -p "$dir/obj"
-  (cd "$dir/obj" && aarch64-linux-gnu-ar x "$(aarch64-linux-gnu-gcc -print-file-name=libgcc_eh.a)")
-  aarch64-linux-musl-gcc -O2 -fPIC -c cross/dl_find_object.c -o "$dir/obj/dl_find_object.o"
-  aarch64-linux-gnu-ar rcs "$dir/libunwind.a" "$dir"/obj/*.o
-  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
-    cargo "${CFG[@]}" --config 'target.aarch64-unknown-linux-musl.linker="aarch64-linux-musl-gcc"' \
-    build -Z build-std=std,"$(std_panic)" "${STD_FEATURES[@]}" -p edge-agent --bin edge-agent \
-    --target aarch64-unknown-linux-musl --profile "$PROFILE" "${EXTRA[@]}"
+  dir=$(libunwind_dir aarch64 aarch64-linux-gnu-gcc cross/dl_find_object.c)
+  build_std aarch64-unknown-linux-musl "$dir" \
+    --config 'target.aarch64-unknown-linux-musl.linker="aarch64-linux-musl-gcc"'
 }
 
 # The same static build for x86_64 gateways, and to measure the ARM build's footprint natively
@@ -76,9 +90,7 @@ build_x86_64() {
 build_armv7() {
   local dir
   dir=$(libunwind_dir armv7 arm-linux-gnueabihf-gcc)
-  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
-    cargo "${CFG[@]}" build -Z build-std=std,"$(std_panic)" "${STD_FEATURES[@]}" -p edge-agent --bin edge-agent \
-    --target armv7-unknown-linux-musleabihf --profile "$PROFILE" "${EXTRA[@]}"
+  build_std armv7-unknown-linux-musleabihf "$dir"
 }
 
 case "$WHICH" in

@@ -83,32 +83,19 @@ pub fn release_executable_pages() -> usize {
                 advised += end - start;
             }
         }
-        drop_cached_pages(std::path::Path::new("/proc/self/exe"));
+        // The binary's clean page-cache pages that nothing maps any more.
+        #[cfg(any(target_env = "musl", target_pointer_width = "64"))]
+        if let Ok(f) = std::fs::File::open("/proc/self/exe") {
+            use std::os::fd::AsRawFd;
+            // SAFETY: advice on an open file descriptor we own; it cannot change the data.
+            unsafe {
+                sys::posix_fadvise(f.as_raw_fd(), 0, 0, POSIX_FADV_DONTNEED);
+            }
+        }
         advised
     }
     #[cfg(not(target_os = "linux"))]
     0
-}
-
-/// Drops the clean page-cache pages of `file` that no process maps (`POSIX_FADV_DONTNEED`).
-#[allow(unsafe_code)]
-fn drop_cached_pages(file: &std::path::Path) {
-    #[cfg(all(
-        target_os = "linux",
-        any(target_env = "musl", target_pointer_width = "64")
-    ))]
-    if let Ok(f) = std::fs::File::open(file) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: advice on an open file descriptor we own; it cannot change the file's data.
-        unsafe {
-            sys::posix_fadvise(f.as_raw_fd(), 0, 0, POSIX_FADV_DONTNEED);
-        }
-    }
-    #[cfg(not(all(
-        target_os = "linux",
-        any(target_env = "musl", target_pointer_width = "64")
-    )))]
-    let _ = file;
 }
 
 /// The non-writable mappings (`r--`, `r-x`) of `exe` in a `/proc/self/maps` text, as address

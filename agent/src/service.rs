@@ -45,7 +45,7 @@ pub async fn supervise(
     let released = tokio::task::spawn_blocking(crate::memory::release_executable_pages)
         .await
         .unwrap_or(0);
-    tracing::debug!(code_pages_advised = released, "ready");
+    tracing::debug!(executable_bytes_advised = released, "ready");
     let Some(period) = sd_notify::watchdog_enabled() else {
         shutdown.cancelled().await;
         notify(&[NotifyState::Stopping]);
