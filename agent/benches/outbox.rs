@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::outbox::records::encode_samples;
 use edge_agent::outbox::{OutboxConfig, SledOutbox, Stream};
+use edge_protocols::records::encode_samples;
 use edge_protocols::{Quality, Sample, Value};
 
 const COMMIT: Duration = Duration::from_millis(500);

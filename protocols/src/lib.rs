@@ -1,6 +1,7 @@
 //! Wire-side code shared by the edge agent and the fleet server: the [`Sample`] every sensor
-//! produces, the [`Source`] trait, and the sensor adapters (OPC-UA, Modbus TCP/RTU, MQTT) with
-//! their config keys.
+//! produces, the [`Source`] trait, the sensor adapters (OPC-UA, Modbus TCP/RTU, MQTT) with
+//! their config keys, and the formats both binaries speak (bundles, sync messages, outbox
+//! records, deltas, drift statistics).
 //!
 //! Architecture invariant: this crate never depends on `edge-agent` or `fleet-server`.
 //! Each adapter is behind a cargo feature (`opcua`, `modbus`, `mqtt`) so an integrator can
@@ -20,6 +21,8 @@ pub mod error_latch;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
+#[cfg(feature = "drift")]
+pub mod records;
 pub mod sample;
 pub mod secret;
 pub mod source;

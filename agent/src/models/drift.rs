@@ -506,8 +506,8 @@ mod tests {
         );
         assert!(t.raised().is_empty());
         // A record's summaries survive the outbox encoding with their sketch.
-        let bytes = crate::outbox::records::encode_drift(recs[1]);
-        let back = crate::outbox::records::decode_drift(&bytes).unwrap();
+        let bytes = edge_protocols::records::encode_drift(recs[1]);
+        let back = edge_protocols::records::decode_drift(&bytes).unwrap();
         assert_eq!(back, *recs[1]);
         let mut b = back.columns[1].summary.clone();
         assert!(b.quantile(0.5).unwrap().unwrap() > 7.0);

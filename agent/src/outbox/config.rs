@@ -6,43 +6,7 @@ use std::time::Duration;
 use edge_protocols::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
-/// The streams of the outbox. One place lists them all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stream {
-    Samples,
-    Features,
-    Predictions,
-    Alarms,
-    Drift,
-    Events,
-}
-
-impl Stream {
-    pub const ALL: [Stream; 6] = [
-        Stream::Samples,
-        Stream::Features,
-        Stream::Predictions,
-        Stream::Alarms,
-        Stream::Drift,
-        Stream::Events,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stream::Samples => "samples",
-            Stream::Features => "features",
-            Stream::Predictions => "predictions",
-            Stream::Alarms => "alarms",
-            Stream::Drift => "drift",
-            Stream::Events => "events",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use edge_protocols::records::Stream;
 
 /// What a full stream gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

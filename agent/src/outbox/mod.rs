@@ -13,7 +13,6 @@
 //!   stream's size/age limit (counted per stream and reported).
 
 pub mod config;
-pub mod records;
 pub mod sled_outbox;
 pub mod writer;
 

@@ -9,10 +9,10 @@ use edge_protocols::error_latch::ErrorLatch;
 use edge_protocols::{Quality, Sample, Tag};
 use tokio::sync::mpsc;
 
-use super::records;
 use super::{SledOutbox, Stream};
 use crate::outputs::{Output, OutputFuture, OutputStats};
 use crate::pipeline::record::{Record, RecordKind};
+use edge_protocols::records;
 
 #[derive(Debug)]
 pub struct OutboxWriter {

@@ -29,7 +29,8 @@ use serde_json::{json, Map};
 use super::forwarder::{Format, Msg};
 use super::topics;
 use crate::models::ModelStats;
-use crate::outbox::{records, SledOutbox, Stream};
+use crate::outbox::{SledOutbox, Stream};
+use edge_protocols::records;
 
 pub struct JsonFormat {
     pub prefix: String,

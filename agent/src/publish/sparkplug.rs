@@ -42,8 +42,9 @@ use rumqttc::{LastWill, QoS};
 use super::forwarder::{Format, Msg, Reaction};
 use super::topics;
 use crate::models::ModelStats;
-use crate::outbox::{records, SledOutbox, Stream};
+use crate::outbox::{SledOutbox, Stream};
 use crate::pipeline::record::BundleRef;
+use edge_protocols::records;
 
 pub const BDSEQ: &str = "bdSeq";
 pub const REBIRTH: &str = "Node Control/Rebirth";
@@ -866,8 +867,8 @@ impl Format for SparkplugFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::records::encode_samples;
     use crate::outbox::OutboxConfig;
+    use edge_protocols::records::encode_samples;
     use edge_protocols::Sample;
 
     fn format(dir: &std::path::Path, host: Option<&str>) -> SparkplugFormat {

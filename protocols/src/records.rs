@@ -1,0 +1,292 @@
+//! The outbox record schema: the streams a device stores and forwards, and what each
+//! stream's records hold on the wire, in one place. The agent writes and reads its outbox
+//! through here; the fleet server decodes uploaded records (predictions, alarms, drift)
+//! through here. CBOR throughout.
+//!
+//! Samples are stored as compact arrays `[tag, ts_ns, quality, value]` with the value's type
+//! kept explicit (`{"f": 1.5}`, `{"i": -3}`, `{"u": 7}`, ...): a plain untagged encoding would
+//! turn an unsigned register value into a signed one on the way back. Features, predictions,
+//! alarms and drift summaries are stored as the structs below (CBOR maps).
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::bundle::BundleRef;
+pub use crate::drift::{ColumnDrift, DriftRecord};
+use crate::{Quality, Sample, Value};
+
+/// The streams of the outbox (and of the fleet upload). One place lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Samples,
+    Features,
+    Predictions,
+    Alarms,
+    Drift,
+    Events,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 6] = [
+        Stream::Samples,
+        Stream::Features,
+        Stream::Predictions,
+        Stream::Alarms,
+        Stream::Drift,
+        Stream::Events,
+    ];
+
+    /// The stream's name on the wire and in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Samples => "samples",
+            Stream::Features => "features",
+            Stream::Predictions => "predictions",
+            Stream::Alarms => "alarms",
+            Stream::Drift => "drift",
+            Stream::Events => "events",
+        }
+    }
+
+    /// The stream of a wire name.
+    pub fn from_name(name: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureRecord {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub names: Arc<[String]>,
+    pub values: Vec<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// Raw model outputs by name (flattened).
+    pub outputs: Vec<(String, Vec<f64>)>,
+    /// The manifest's score, if it declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// Class name from the manifest's label rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Whether this window's score is past the manifest's threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over_threshold: Option<bool>,
+    /// The alarm state after hysteresis (`raise_after` / `clear_after` windows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<bool>,
+}
+
+/// An alarm state change of a model (hysteresis applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    #[serde(flatten)]
+    pub source: Arc<BundleRef>,
+    /// End of the window that changed the state.
+    pub ts_ns: i64,
+    /// `true`: raised; `false`: cleared.
+    pub active: bool,
+    pub score: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// Set for drift and performance alarms (`score` is then the metric's value and
+    /// `threshold` its limit); absent for the model's score alarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftAlarm>,
+}
+
+/// What a drift alarm is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftAlarmKind {
+    /// A feature column drifts from the bundle's reference.
+    Column,
+    /// A model output drifts from the outputs seen on the training data.
+    Output,
+    /// At least `dataset_share` of the feature columns drift.
+    Dataset,
+    /// Accuracy / recall / MAE on late labels past its limit (concept drift).
+    Performance,
+}
+
+impl DriftAlarmKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftAlarmKind::Column => "column",
+            DriftAlarmKind::Output => "output",
+            DriftAlarmKind::Dataset => "dataset",
+            DriftAlarmKind::Performance => "performance",
+        }
+    }
+}
+
+/// The drift part of an [`AlarmEvent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriftAlarm {
+    /// Column or output name, `dataset`, or the performance metric (`accuracy`, `recall`, `mae`).
+    pub subject: String,
+    pub kind: DriftAlarmKind,
+    /// The metric compared: `psi`, `js`, `ks`, `w1_std`, `drifting_share`, `accuracy`,
+    /// `recall`, `mae`; `bundle_replaced` when a new bundle cleared it.
+    pub metric: String,
+    /// Consecutive intervals that decided the change.
+    pub intervals: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum StoredValue {
+    #[serde(rename = "b")]
+    Bool(bool),
+    #[serde(rename = "i")]
+    Int(i64),
+    #[serde(rename = "u")]
+    UInt(u64),
+    #[serde(rename = "f")]
+    Float(f64),
+    #[serde(rename = "t")]
+    Text(String),
+    #[serde(rename = "n")]
+    Null,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredSample(String, i64, u8, StoredValue);
+
+fn quality_code(q: Quality) -> u8 {
+    match q {
+        Quality::Good => 0,
+        Quality::Uncertain => 1,
+        Quality::Bad => 2,
+    }
+}
+
+fn quality_of(code: u8) -> Quality {
+    match code {
+        0 => Quality::Good,
+        1 => Quality::Uncertain,
+        _ => Quality::Bad,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable outbox record: {0}")]
+pub struct DecodeError(String);
+
+fn to_cbor<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Serializing plain data into a Vec cannot fail.
+    let _ = ciborium::into_writer(v, &mut out);
+    out
+}
+
+fn from_cbor<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, DecodeError> {
+    ciborium::from_reader(b).map_err(|e| DecodeError(e.to_string()))
+}
+
+pub fn encode_samples<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Vec<u8> {
+    let v: Vec<StoredSample> = samples
+        .into_iter()
+        .map(|s| {
+            let value = match &s.value {
+                Value::Bool(b) => StoredValue::Bool(*b),
+                Value::Int(i) => StoredValue::Int(*i),
+                Value::UInt(u) => StoredValue::UInt(*u),
+                Value::Float(f) => StoredValue::Float(*f),
+                Value::Text(t) => StoredValue::Text(t.to_string()),
+                Value::Null => StoredValue::Null,
+            };
+            StoredSample(s.tag.to_string(), s.ts_ns, quality_code(s.quality), value)
+        })
+        .collect();
+    to_cbor(&v)
+}
+
+pub fn decode_samples(b: &[u8]) -> Result<Vec<Sample>, DecodeError> {
+    let v: Vec<StoredSample> = from_cbor(b)?;
+    Ok(v.into_iter()
+        .map(|StoredSample(tag, ts_ns, q, value)| {
+            let value = match value {
+                StoredValue::Bool(b) => Value::Bool(b),
+                StoredValue::Int(i) => Value::Int(i),
+                StoredValue::UInt(u) => Value::UInt(u),
+                StoredValue::Float(f) => Value::Float(f),
+                StoredValue::Text(t) => Value::Text(Arc::from(t)),
+                StoredValue::Null => Value::Null,
+            };
+            Sample::new(Arc::from(tag), ts_ns, value, quality_of(q))
+        })
+        .collect())
+}
+
+pub fn encode_features(f: &FeatureRecord) -> Vec<u8> {
+    to_cbor(f)
+}
+
+pub fn decode_features(b: &[u8]) -> Result<FeatureRecord, DecodeError> {
+    from_cbor(b)
+}
+
+pub fn encode_prediction(p: &Prediction) -> Vec<u8> {
+    to_cbor(p)
+}
+
+pub fn decode_prediction(b: &[u8]) -> Result<Prediction, DecodeError> {
+    from_cbor(b)
+}
+
+pub fn encode_alarm(a: &AlarmEvent) -> Vec<u8> {
+    to_cbor(a)
+}
+
+pub fn decode_alarm(b: &[u8]) -> Result<AlarmEvent, DecodeError> {
+    from_cbor(b)
+}
+
+/// Drift records: CBOR of [`DriftRecord`]; each summary carries its sealed sketch.
+pub fn encode_drift(d: &DriftRecord) -> Vec<u8> {
+    to_cbor(d)
+}
+
+pub fn decode_drift(b: &[u8]) -> Result<DriftRecord, DecodeError> {
+    from_cbor(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_keep_their_exact_type_and_quality() {
+        let t: crate::Tag = Arc::from("p1.count");
+        let s = vec![
+            Sample::new(t.clone(), 1, Value::UInt(7), Quality::Good),
+            Sample::new(t.clone(), 2, Value::Int(-7), Quality::Uncertain),
+            Sample::new(t.clone(), 3, Value::Float(1.0), Quality::Good),
+            Sample::new(t.clone(), 4, Value::Bool(true), Quality::Good),
+            Sample::new(t.clone(), 5, Value::Text(Arc::from("auto")), Quality::Good),
+            Sample::bad(t.clone(), 6),
+            Sample::new(t, 7, Value::UInt(u64::MAX), Quality::Good),
+        ];
+        let back = decode_samples(&encode_samples(&s)).unwrap();
+        assert_eq!(back, s);
+        assert!(
+            decode_samples(&[0x85, 0x01]).is_err(),
+            "truncated input is an error"
+        );
+    }
+}
