@@ -19,7 +19,8 @@ use serde::Serialize;
 use crate::ca::{sha256_hex, FleetCa};
 use crate::registry::Registry;
 use crate::rollout;
-use crate::store::{Device, FleetStore};
+use crate::store::{Device, FleetStore, UpdateRow};
+use crate::types::UpdateOutcome;
 
 /// What every request handler shares.
 #[derive(Debug, Clone)]
@@ -29,11 +30,29 @@ pub struct AppState {
     pub ca: Arc<FleetCa>,
     /// Seconds between device check-ins.
     pub checkin_s: u64,
+    /// One status history point per device per this long.
+    pub history_every_ms: i64,
     /// The rollout table, re-read at most once a second (every check-in needs it; operator
-    /// changes made through the CLI reach devices within a second).
+    /// changes made through the API are seen at once, those made by a CLI process on the
+    /// data directory within a second).
     pub rollouts: Arc<RolloutCache>,
 }
 
+impl AppState {
+    /// The device API's state on top of the operator service (one rollout cache for both).
+    pub fn new(service: &crate::service::FleetService, ca: Arc<FleetCa>) -> AppState {
+        AppState {
+            store: service.store().clone(),
+            registry: service.registry().clone(),
+            ca,
+            checkin_s: service.settings().checkin_s,
+            history_every_ms: crate::service::ms_of(service.settings().history_every),
+            rollouts: service.rollout_cache().clone(),
+        }
+    }
+}
+
+/// The rollout table, cached for a second.
 #[derive(Debug, Default)]
 pub struct RolloutCache(
     std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::store::Rollout>>)>>,
@@ -271,7 +290,7 @@ async fn checkin(
 ) -> Result<Response, ApiError> {
     let c: sync::CheckIn = decode(&headers, &body)?;
     st.store
-        .check_in(&d.id, &serde_json::to_string(&c)?)
+        .check_in(&d, &c, &serde_json::to_string(&c)?, st.history_every_ms)
         .await?;
     let desired = desired_for(&st, &d, &c.models).await?;
     Ok(reply(&sync::CheckInReply {
@@ -327,11 +346,7 @@ async fn report(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let r: sync::UpdateReport = decode(&headers, &body)?;
-    let outcome = match r.outcome {
-        sync::UpdateOutcome::Applied => "applied",
-        sync::UpdateOutcome::RolledBack => "rolled_back",
-        sync::UpdateOutcome::Failed => "failed",
-    };
+    let outcome = UpdateOutcome::from(r.outcome);
     st.store
         .audit(
             &d.id,
@@ -343,14 +358,36 @@ async fn report(
             ),
         )
         .await?;
+    let sat = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    // Only a rollout that targets this device may be affected by its reports.
+    let mut rollout_id = None;
     if let Some(rid) = &r.rollout {
-        // Only a rollout that targets this device may be affected by its reports.
         if let Some(ro) = st.store.rollout(rid).await? {
             if rollout::targets(&ro, &d) && ro.bundle == r.bundle {
-                rollout::report(&st.store, rid, &d.id, outcome, &r.detail).await?;
-                st.rollouts.invalidate();
+                rollout_id = Some(rid.clone());
             }
         }
+    }
+    st.store
+        .record_update(
+            &d.id,
+            &UpdateRow {
+                at: crate::store::now_ms(),
+                model: r.model.clone(),
+                bundle: r.bundle.clone(),
+                from_version_number: sat(r.from_version_number),
+                to_version_number: sat(r.to_version_number),
+                rollout_id: rollout_id.clone(),
+                outcome,
+                method: r.method.clone(),
+                bytes: sat(r.downloaded_bytes),
+                detail: r.detail.clone(),
+            },
+        )
+        .await?;
+    if let Some(rid) = rollout_id {
+        rollout::report(&st.store, &rid, &d.id, outcome, &r.detail).await?;
+        st.rollouts.invalidate();
     }
     Ok(reply(&sync::Empty {}))
 }

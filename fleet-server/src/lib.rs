@@ -1,24 +1,39 @@
 //! Fleet server library: device registry and enrollment ([`ca`], [`store`]), model registry,
 //! deltas and rollouts ([`registry`], [`rollout`]), ingest and the device API ([`api`]) over
-//! mutual TLS ([`tls`]), fleet drift views and retrain triggers ([`drift`]) and the operator
-//! read API ([`operator`]). The `fleet-server` binary (`main.rs`) is a thin CLI over this.
+//! mutual TLS ([`tls`]), fleet drift views and retrain triggers ([`drift`]); for operators,
+//! the typed service layer ([`service`]) under the operator API ([`operator`]), the web
+//! console ([`console`]) and the CLI (local, or remote through [`remote`]). The
+//! `fleet-server` binary (`main.rs`) is a thin CLI over this.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod ca;
+pub mod console;
 pub mod drift;
 pub mod operator;
 pub mod registry;
+pub mod remote;
 pub mod rollout;
+pub mod service;
 pub mod store;
 pub mod tls;
+pub mod types;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+/// Version and git commit (`--version`, the health endpoint).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("EDGE_GIT_HASH"),
+    ")"
+);
 
 /// `fleet-server serve` options.
 #[derive(Debug, Clone)]
@@ -27,11 +42,12 @@ pub struct ServeOptions {
     pub listen: String,
     /// DNS names / IP addresses in the server certificate.
     pub names: Vec<String>,
-    pub checkin_s: u64,
-    /// File holding the operator API token; default `<data_dir>/operator.token` (created).
-    pub operator_token_file: Option<PathBuf>,
+    /// Check-in interval, state thresholds, history and session lifetimes.
+    pub settings: service::Settings,
     /// How often drift retrain policies are evaluated.
-    pub drift_check: std::time::Duration,
+    pub drift_check: Duration,
+    /// Largest bundle upload accepted through the operator API (bytes).
+    pub max_bundle: usize,
 }
 
 /// Opens storage, the CA and the registry, binds, and serves until `stop`. `on_bound` gets
@@ -44,40 +60,95 @@ pub async fn serve(
     let store = store::FleetStore::open_dir(&opts.data_dir).await?;
     let ca = Arc::new(ca::FleetCa::open(&opts.data_dir)?);
     let registry = registry::Registry::new(store.clone(), &opts.data_dir)?;
+    opts.settings.publish(&store).await?;
+    let service = service::FleetService::new(store, registry, &opts.data_dir, opts.settings);
     let (cert, key) = ca.server_cert(&opts.names)?;
     let tls_cfg = tls::server_config(&ca.ca_pem, &cert, &key)?;
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
-    let (token_sha256, token_path, created) =
-        operator::load_token(&opts.data_dir, opts.operator_token_file.as_deref())?;
-    if created {
-        tracing::info!(file = %token_path.display(), "created the operator API token (mode 0600)");
-    } else {
-        tracing::info!(file = %token_path.display(), "operator API token");
+    if service.store().users().await?.is_empty() {
+        tracing::warn!(
+            "no operator accounts yet: add one with `fleet-server --data-dir {} user add NAME --role admin`",
+            opts.data_dir.display()
+        );
     }
     let addr = listener.local_addr()?;
     on_bound(addr);
     let evaluator = tokio::spawn(drift::evaluation_task(
-        store.clone(),
-        registry.clone(),
-        opts.data_dir.clone(),
+        service.clone(),
         opts.drift_check,
         stop.clone(),
     ));
-    let app = api::router(api::AppState {
-        store: store.clone(),
-        registry: registry.clone(),
-        ca,
-        checkin_s: opts.checkin_s,
-        rollouts: Default::default(),
-    })
-    .merge(operator::router(operator::OperatorState {
-        store,
-        registry,
-        token_sha256,
-    }));
+    let housekeeping = tokio::spawn(housekeeping(service.clone(), stop.clone()));
+    let app = router(&service, ca, opts.max_bundle);
     tls::serve(listener, tls_cfg, app, stop).await;
     let _ = evaluator.await;
+    let _ = housekeeping.await;
     Ok(())
+}
+
+/// Everything `serve` answers: the device API, the operator API, the console, `/healthz`.
+pub fn router(
+    service: &service::FleetService,
+    ca: Arc<ca::FleetCa>,
+    max_bundle: usize,
+) -> axum::Router {
+    api::router(api::AppState::new(service, ca))
+        .merge(operator::router(operator::OperatorState {
+            service: service.clone(),
+            max_bundle,
+        }))
+        .merge(console::router(service.clone()))
+        .route(
+            "/healthz",
+            axum::routing::get({
+                let svc = service.clone();
+                move || healthz(svc.clone())
+            }),
+        )
+}
+
+/// Unauthenticated liveness for load balancers: 200 when the database answers.
+async fn healthz(svc: service::FleetService) -> (axum::http::StatusCode, &'static str) {
+    match svc.store().ping().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n"),
+        Err(e) => {
+            tracing::error!("health check: database: {e}");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "database unavailable\n",
+            )
+        }
+    }
+}
+
+/// Every 10 minutes: status history past its retention and ended sessions are deleted.
+async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let now = store::now_ms();
+        let s = svc.settings();
+        match svc
+            .store()
+            .prune_history(now - service::ms_of(s.history_keep))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::info!(points = n, "pruned device status history"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("pruning status history: {e}"),
+        }
+        if let Err(e) = svc
+            .store()
+            .prune_sessions(now, now - service::ms_of(s.session_idle))
+            .await
+        {
+            tracing::error!("pruning sessions: {e}");
+        }
+    }
 }

@@ -1,27 +1,30 @@
-//! `fleet-server`: the thin CLI over the fleet-server library. `serve` runs the HTTPS API;
-//! every other command works on the same data directory directly (SQLite in WAL mode is safe
-//! to share with a running server) and records who did what in the audit log.
+//! `fleet-server`: the thin CLI over the fleet-server library. `serve` runs the HTTPS API
+//! and the console; every other command is one operator operation ([`FleetOps`]), run
+//! either on the data directory directly (SQLite in WAL mode is safe to share with a running
+//! server; the caller acts as an admin and is audited under `--by`), or remotely through the
+//! operator API with `--server URL --token-file F` (as the token's user and role).
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use fleet_server::{ca, drift, registry, rollout, store};
+use fleet_server::drift::{DriftQuery, HeatmapGroup, HeatmapQuery, Hook, PolicyRule};
+use fleet_server::rollout::StartRollout;
+use fleet_server::service::views::*;
+use fleet_server::service::{FleetOps, FleetService, Principal, Settings};
+use fleet_server::types::{
+    AlarmKind, DeviceRolloutState, DeviceSortKey, DeviceState, Role, RolloutAction,
+};
+use fleet_server::{drift, VERSION};
 use tokio_util::sync::CancellationToken;
 
-const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("EDGE_GIT_HASH"),
-    ")"
-);
-
 /// Fleet server for edge-agent gateways: enrollment, model registry and rollouts, deltas,
-/// ingest of buffered device data.
+/// ingest of buffered device data, drift, the operator console and API.
 #[derive(Parser, Debug)]
-#[command(name = "fleet-server", version = LONG_VERSION, about)]
+#[command(name = "fleet-server", version = VERSION, about)]
 struct Cli {
     /// Data directory: database, CA, artifacts.
     #[arg(
@@ -31,35 +34,29 @@ struct Cli {
         default_value = "/var/lib/fleet-server"
     )]
     data_dir: PathBuf,
-    /// Operator name recorded in the audit log (default: $USER).
+    /// Operator name recorded in the audit log for commands on the data directory
+    /// (default: $USER). Remote commands act as the API token's user.
     #[arg(long, global = true, env = "FLEET_OPERATOR")]
     by: Option<String>,
+    /// Run the command on a running server through its operator API
+    /// (https://HOST:PORT) instead of on the data directory.
+    #[arg(long, global = true, env = "FLEET_SERVER", requires = "token_file")]
+    server: Option<String>,
+    /// File holding the API token for `--server` (`fleet-server token create`).
+    #[arg(long, global = true, env = "FLEET_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate to trust for `--server` (default: the operating system's trust
+    /// store; for the fleet's own CA: `fleet-server ca export > fleet-ca.pem`).
+    #[arg(long, global = true, env = "FLEET_SERVER_CA")]
+    server_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the HTTPS API (mutual TLS for devices).
-    Serve {
-        #[arg(long, default_value = "127.0.0.1:8443")]
-        listen: String,
-        /// DNS name or IP address devices use to reach this server (repeatable); goes into
-        /// the server certificate.
-        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
-        names: Vec<String>,
-        /// Seconds between device check-ins.
-        #[arg(long, default_value_t = 10)]
-        checkin_s: u64,
-        /// File with the operator API token (`Authorization: Bearer …` on
-        /// /v1/operator/…). Default: `<data-dir>/operator.token`, created (mode 0600) at the
-        /// first start.
-        #[arg(long)]
-        operator_token_file: Option<PathBuf>,
-        /// How often drift retrain policies are evaluated, e.g. `60s`.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        drift_check_interval: Duration,
-    },
+    /// Run the HTTPS server: the device API (mutual TLS), the operator API and the console.
+    Serve(ServeArgs),
     /// The fleet CA certificate devices must trust (`[sync] server_ca` in the agent config).
     Ca {
         #[command(subcommand)]
@@ -75,16 +72,214 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
-    /// Fleet drift: merged views per bundle version, retrain policies and their events.
+    /// Fleet drift: merged views per bundle version, the heatmap, retrain policies and
+    /// their events.
     Drift {
         #[command(subcommand)]
         command: DriftCommand,
+    },
+    /// Model and drift alarms the devices uploaded.
+    Alarm {
+        #[command(subcommand)]
+        command: AlarmCommand,
     },
     /// The audit log, newest first.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Only this actor's entries (user name, device id, `fleet-server`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only actions starting with this (`rollout.`, `user.`).
+        #[arg(long)]
+        action: Option<String>,
     },
+    /// Operator accounts (console sign-in; roles viewer, operator, admin).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// API tokens for scripts and the remote CLI.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// The server's health: database, devices, rollouts, alarms, background work.
+    Health,
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: String,
+    /// DNS name or IP address devices and browsers use to reach this server (repeatable);
+    /// goes into the server certificate.
+    #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+    names: Vec<String>,
+    /// Seconds between device check-ins.
+    #[arg(long, default_value_t = 10)]
+    checkin_s: u64,
+    /// A device seen within this is online (default: three check-in intervals).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    online_within: Option<Duration>,
+    /// A device not seen for this long is offline; between the two it is stale
+    /// (default: 30 check-in intervals, at least 10 minutes).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offline_after: Option<Duration>,
+    /// One status history point (backlog, drops per stream) per device per this.
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    history_every: Duration,
+    /// How long status history points are kept.
+    #[arg(long, default_value = "3d", value_parser = humantime::parse_duration)]
+    history_keep: Duration,
+    /// A console session ends this long after sign-in…
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    session_ttl: Duration,
+    /// …or after this long without a request.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    session_idle: Duration,
+    /// How often drift retrain policies are evaluated, e.g. `60s`.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    drift_check_interval: Duration,
+    /// Largest bundle an operator may upload, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_bundle_mb: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Print the CA certificate (PEM).
+    Export,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Create a one-time enrollment token (printed once; only its hash is stored).
+    Enroll {
+        /// `key=value` label for the device (repeatable): groups for rollouts.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// How long the token stays valid, e.g. `24h`.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// List devices (all of them, or one page with --limit/--offset).
+    List {
+        /// JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only devices carrying this `key=value` label (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        state: Option<DeviceState>,
+        /// `any` or one problem: error, backlog_growing, drops, update_failed, drift_alarm.
+        #[arg(long)]
+        problem: Option<ProblemSelect>,
+        /// Running `NAME` or `NAME#VERSION_NUMBER`.
+        #[arg(long)]
+        bundle: Option<String>,
+        /// Part of the id or name.
+        #[arg(long)]
+        search: Option<String>,
+        #[arg(long, default_value = "name")]
+        sort: DeviceSortKey,
+        #[arg(long)]
+        desc: bool,
+        #[arg(long)]
+        limit: Option<i64>,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+    /// One device: status, streams, updates, alarms, rollouts (JSON).
+    Show { id: String },
+    /// The device's status history (backlog and drops per stream), JSON lines.
+    History {
+        id: String,
+        /// From this time: RFC 3339 or a duration ago (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// The device's drift records (one per model and interval): per feature PSI, JS, W1, KS
+    /// against the bundle's reference, as JSON lines, oldest first.
+    Drift {
+        id: String,
+        /// Only records after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// At most this many (the newest).
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Only this bundle's records.
+        #[arg(long)]
+        bundle: Option<String>,
+    },
+    /// The device's newest predictions, JSON lines, newest first.
+    Predictions {
+        id: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+    /// Revoke a device: its certificate is refused from the next request on.
+    Revoke { id: String },
+    /// Replace a device's labels.
+    Label { id: String, labels: Vec<String> },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Trust an ed25519 public key (PEM) for bundle signatures.
+    Trust { key: PathBuf },
+    /// The trusted signing keys.
+    Keys,
+    /// Verify and store a signed bundle.
+    Push { bundle: PathBuf },
+    /// List stored bundles.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compute the deltas between two stored versions and print each method's size.
+    Delta { bundle: String, from: i64, to: i64 },
+    /// The cached deltas to every version of a bundle, JSON lines.
+    Deltas { bundle: String },
+    /// Rollouts.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RolloutCommand {
+    /// Start rolling a bundle version out to the devices carrying all `--select` labels.
+    Start {
+        bundle: String,
+        version_number: i64,
+        #[arg(long = "select")]
+        selector: Vec<String>,
+        /// Canary phase: this percentage of the targeted devices first.
+        #[arg(long, conflicts_with = "canary_label")]
+        canary_percent: Option<i64>,
+        /// Canary phase: devices carrying this label first.
+        #[arg(long)]
+        canary_label: Option<String>,
+        /// Halt automatically once this many devices report a failed update.
+        #[arg(long, default_value_t = 1)]
+        max_failures: i64,
+    },
+    /// Rollouts with their progress, newest first.
+    List,
+    /// One rollout: every targeted device and where it is (JSON).
+    Show { id: String },
+    /// Canary phase → everyone targeted.
+    Promote { id: String },
+    /// Stop handing out this rollout; devices keep what they run.
+    Halt { id: String },
+    /// Undo a halt.
+    Resume { id: String },
+    /// Devices go back to the previous rollout's version.
+    Rollback { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,6 +308,21 @@ enum DriftCommand {
         /// One merge per bucket of this length by record end time, e.g. `1h`.
         #[arg(long)]
         every: Option<String>,
+    },
+    /// The newest drift of each device (or label group) per feature, banded (JSON).
+    Heatmap {
+        #[arg(long)]
+        bundle: String,
+        #[arg(long)]
+        version_number: Option<u64>,
+        /// `device` or `label:KEY`.
+        #[arg(long, default_value = "device")]
+        group_by: String,
+        #[arg(long = "select")]
+        select: Vec<String>,
+        /// Records ending at or after this (default 24h ago).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Evaluate every retrain policy once now (as `serve` does periodically) and run the
     /// hooks of new events; prints the events recorded.
@@ -152,8 +362,8 @@ enum PolicyCommand {
         #[arg(long = "select")]
         select: Vec<String>,
         /// Bucket length, e.g. `10m`.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        every: Duration,
+        #[arg(long)]
+        every: String,
         /// Consecutive drifting buckets that make an event.
         #[arg(long, default_value_t = 3)]
         intervals: u32,
@@ -187,97 +397,82 @@ enum PolicyCommand {
 }
 
 #[derive(Subcommand, Debug)]
-enum CaCommand {
-    /// Print the CA certificate (PEM).
-    Export,
-}
-
-#[derive(Subcommand, Debug)]
-enum DeviceCommand {
-    /// Create a one-time enrollment token (printed once; only its hash is stored).
-    Enroll {
-        /// `key=value` label for the device (repeatable): groups for rollouts.
-        #[arg(long = "label")]
-        labels: Vec<String>,
-        /// How long the token stays valid, e.g. `24h`.
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        ttl: Duration,
-    },
-    /// List devices.
+enum AlarmCommand {
+    /// Alarms, most recently changed first (JSON lines).
     List {
         #[arg(long)]
-        json: bool,
-    },
-    /// One device: status, streams.
-    Show { id: String },
-    /// The device's drift records (one per model and interval): per feature PSI, JS, W1, KS
-    /// against the bundle's reference, as JSON lines, oldest first.
-    Drift {
-        id: String,
-        /// Only records after this sequence number.
-        #[arg(long, default_value_t = 0)]
-        after: i64,
-        #[arg(long, default_value_t = 100)]
+        device: Option<String>,
+        /// Only raised ones.
+        #[arg(long)]
+        active: bool,
+        /// Only ones nobody acknowledged.
+        #[arg(long)]
+        unacked: bool,
+        #[arg(long)]
+        kind: Option<AlarmKind>,
+        #[arg(long, default_value_t = 50)]
         limit: i64,
     },
-    /// Revoke a device: its certificate is refused from the next request on.
+    /// Acknowledge an alarm.
+    Ack { id: String },
+}
+
+/// Where a new password comes from (default: generated and printed once).
+#[derive(clap::Args, Debug)]
+struct PasswordSource {
+    /// Read the password from this file (first line).
+    #[arg(long, conflicts_with = "password_stdin")]
+    password_file: Option<PathBuf>,
+    /// Read the password from standard input (first line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add an operator account (bootstrap: run on the data directory as the service user).
+    Add {
+        name: String,
+        #[arg(long, default_value = "operator")]
+        role: Role,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// List accounts.
+    List,
+    /// Remove an account: its sessions end and its API tokens are revoked.
+    Remove { name: String },
+    /// Set an account's password (its sessions end).
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        password: PasswordSource,
+    },
+    /// Change an account's role.
+    Role { name: String, role: Role },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create an API token (printed once; only its hash is stored).
+    Create {
+        /// What it is for (`ci-deploy`).
+        #[arg(long)]
+        name: String,
+        /// At most the owner's role (default: the owner's role).
+        #[arg(long)]
+        role: Option<Role>,
+        /// How long it stays valid, e.g. `90d`.
+        #[arg(long, default_value = "90d")]
+        ttl: String,
+        /// Owner (default: the caller; on the data directory `--by`).
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List API tokens (an admin sees all, others their own).
+    List,
+    /// Revoke an API token.
     Revoke { id: String },
-    /// Replace a device's labels.
-    Label { id: String, labels: Vec<String> },
-}
-
-#[derive(Subcommand, Debug)]
-enum ModelCommand {
-    /// Trust an ed25519 public key (PEM) for bundle signatures.
-    Trust { key: PathBuf },
-    /// Verify and store a signed bundle.
-    Push { bundle: PathBuf },
-    /// List stored bundles.
-    List,
-    /// Compute the deltas between two stored versions and print each method's size.
-    Delta { bundle: String, from: i64, to: i64 },
-    /// Rollouts.
-    Rollout {
-        #[command(subcommand)]
-        command: RolloutCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum RolloutCommand {
-    /// Start rolling a bundle version out to the devices carrying all `--select` labels.
-    Start {
-        bundle: String,
-        version_number: i64,
-        #[arg(long = "select")]
-        selector: Vec<String>,
-        /// Canary phase: this percentage of the targeted devices first.
-        #[arg(long)]
-        canary_percent: Option<i64>,
-        /// Canary phase: devices carrying this label first.
-        #[arg(long)]
-        canary_label: Option<String>,
-        /// Halt automatically once this many devices report a failed update.
-        #[arg(long, default_value_t = 1)]
-        max_failures: i64,
-    },
-    List,
-    /// Canary phase → everyone targeted.
-    Promote {
-        id: String,
-    },
-    /// Stop handing out this rollout; devices keep what they run.
-    Halt {
-        id: String,
-    },
-    /// Undo a halt.
-    Resume {
-        id: String,
-    },
-    /// Devices go back to the previous rollout's version.
-    Rollback {
-        id: String,
-    },
 }
 
 fn init_logging() {
@@ -304,265 +499,153 @@ fn fmt_ms(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn check_labels(labels: &[String]) -> anyhow::Result<()> {
-    for l in labels {
-        anyhow::ensure!(
-            !l.is_empty() && !l.contains(',') && l.len() <= 64,
-            "label `{l}` must be 1-64 characters without commas (e.g. site=plant1)"
-        );
-    }
+fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(v)?);
     Ok(())
+}
+
+fn json_pretty<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn read_password(src: &PasswordSource) -> anyhow::Result<(String, bool)> {
+    let first_line = |s: String| s.lines().next().unwrap_or("").to_string();
+    if let Some(f) = &src.password_file {
+        let s =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        return Ok((first_line(s), false));
+    }
+    if src.password_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        return Ok((first_line(s), false));
+    }
+    Ok((fleet_server::service::generate_password()?, true))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let who = actor(&cli.by);
-    let dir = cli.data_dir.clone();
-    match cli.command {
-        Command::Serve {
-            listen,
-            names,
-            checkin_s,
-            operator_token_file,
-            drift_check_interval,
-        } => {
-            let stop = CancellationToken::new();
-            let s2 = stop.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                s2.cancel();
-            });
-            let opts = fleet_server::ServeOptions {
-                data_dir: dir.clone(),
-                listen,
-                names,
-                checkin_s: checkin_s.max(1),
-                operator_token_file,
-                drift_check: drift_check_interval,
-            };
-            fleet_server::serve(opts, stop, |addr| {
-                tracing::info!(data_dir = %dir.display(), "fleet-server {LONG_VERSION} listening on https://{addr} (devices trust {})",
-                    dir.join("ca/ca.pem").display());
-                // Under systemd (Type=notify): ready now. Elsewhere: no NOTIFY_SOCKET, a no-op.
-                let status = format!("listening on https://{addr}");
-                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
-                    tracing::warn!("systemd notify failed: {e}");
-                }
-            })
-            .await?;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-            tracing::info!("stopped");
+    if let Command::Serve(args) = cli.command {
+        return serve(args, cli.data_dir).await;
+    }
+    match (&cli.server, &cli.token_file) {
+        (Some(url), Some(file)) => {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?;
+            let remote = fleet_server::remote::RemoteFleet::new(
+                url,
+                token.trim().to_string(),
+                cli.server_ca.as_deref(),
+            )?;
+            run_ops(&remote, cli.command, &who).await
         }
+        (Some(_), None) => anyhow::bail!("--server needs --token-file (an API token)"),
+        _ => {
+            let svc = FleetService::open_dir(&cli.data_dir).await?;
+            run_ops(&svc.acting(Principal::local(&who)), cli.command, &who).await
+        }
+    }
+}
+
+async fn serve(a: ServeArgs, dir: PathBuf) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let s2 = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        s2.cancel();
+    });
+    let mut settings = Settings::with_checkin(a.checkin_s.max(1));
+    if let Some(d) = a.online_within {
+        settings.online_within = d;
+    }
+    if let Some(d) = a.offline_after {
+        settings.offline_after = d;
+    }
+    anyhow::ensure!(
+        settings.offline_after > settings.online_within,
+        "--offline-after must be longer than --online-within"
+    );
+    settings.history_every = a.history_every;
+    settings.history_keep = a.history_keep;
+    settings.session_ttl = a.session_ttl;
+    settings.session_idle = a.session_idle;
+    let opts = fleet_server::ServeOptions {
+        data_dir: dir.clone(),
+        listen: a.listen,
+        names: a.names,
+        settings,
+        drift_check: a.drift_check_interval,
+        max_bundle: a.max_bundle_mb.saturating_mul(1 << 20),
+    };
+    fleet_server::serve(opts, stop, |addr| {
+        tracing::info!(data_dir = %dir.display(), "fleet-server {VERSION} listening on https://{addr} (console https://{addr}/console/; devices trust {})",
+            dir.join("ca/ca.pem").display());
+        // Under systemd (Type=notify): ready now. Elsewhere: no NOTIFY_SOCKET, a no-op.
+        let status = format!("listening on https://{addr}");
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+            tracing::warn!("systemd notify failed: {e}");
+        }
+    })
+    .await?;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => anyhow::bail!("serve is not an operation"),
         Command::Ca {
             command: CaCommand::Export,
-        } => {
-            let ca = ca::FleetCa::open(&dir)?;
-            print!("{}", ca.ca_pem);
-        }
-        Command::Device { command } => {
-            let st = store::FleetStore::open_dir(&dir).await?;
-            match command {
-                DeviceCommand::Enroll { labels, ttl } => {
-                    check_labels(&labels)?;
-                    let mut raw = [0u8; 24];
-                    getrandom::getrandom(&mut raw)
-                        .map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
-                    let token = format!("et-{}", edge_protocols::bundle::file::hex(&raw));
-                    let expires = store::now_ms() + ttl.as_millis() as i64;
-                    st.add_token(&ca::sha256_hex(token.as_bytes()), &labels, &who, expires)
-                        .await?;
-                    st.audit(
-                        &who,
-                        "device.token",
-                        &format!("labels [{}]", labels.join(",")),
-                        &format!("expires {}", fmt_ms(Some(expires))),
-                    )
+        } => print!("{}", f.ca_pem().await?),
+        Command::Device { command } => device(f, command).await?,
+        Command::Model { command } => model(f, command).await?,
+        Command::Drift { command } => drift_cmd(f, command).await?,
+        Command::Alarm { command } => match command {
+            AlarmCommand::List {
+                device,
+                active,
+                unacked,
+                kind,
+                limit,
+            } => {
+                let page = f
+                    .alarms(&AlarmListQuery {
+                        device,
+                        active_only: active,
+                        unacked_only: unacked,
+                        kind,
+                        limit,
+                        ..Default::default()
+                    })
                     .await?;
-                    println!("{token}");
-                    eprintln!("one-time enrollment token, valid until {} UTC; put it in the agent's [sync] enroll_token", fmt_ms(Some(expires)));
-                }
-                DeviceCommand::List { json } => {
-                    let ds = st.devices().await?;
-                    if json {
-                        println!("{}", serde_json::to_string_pretty(&ds)?);
-                    } else {
-                        println!(
-                            "{:<20} {:<20} {:<20} {:<10} labels",
-                            "id", "name", "last seen (UTC)", "state"
-                        );
-                        for d in ds {
-                            println!(
-                                "{:<20} {:<20} {:<20} {:<10} {}",
-                                d.id,
-                                d.name,
-                                fmt_ms(d.last_seen),
-                                if d.revoked_at.is_some() {
-                                    "revoked"
-                                } else {
-                                    "active"
-                                },
-                                d.labels.join(",")
-                            );
-                        }
-                    }
-                }
-                DeviceCommand::Drift { id, after, limit } => {
-                    st.device(&id)
-                        .await?
-                        .with_context(|| format!("no device `{id}`"))?;
-                    for (seq, _, body) in st.records(&id, drift::STREAM, after, limit).await? {
-                        match drift::decode(&body) {
-                            Ok(rec) => println!("{}", drift::record_json(seq, &rec)),
-                            Err(e) => {
-                                tracing::warn!(device = %id, seq, "drift record does not decode: {e}")
-                            }
-                        }
-                    }
-                }
-                DeviceCommand::Show { id } => {
-                    let d = st
-                        .device(&id)
-                        .await?
-                        .with_context(|| format!("no device `{id}`"))?;
-                    let marks = st.stream_marks(&id).await?;
-                    let status: serde_json::Value = d
-                        .status
-                        .as_deref()
-                        .and_then(|s| serde_json::from_str(s).ok())
-                        .unwrap_or_default();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({
-                            "device": d, "status": status, "streams": marks,
-                        }))?
-                    );
-                }
-                DeviceCommand::Revoke { id } => {
-                    anyhow::ensure!(st.revoke(&id).await?, "no active device `{id}`");
-                    st.audit(&who, "device.revoke", &id, "").await?;
-                    println!("revoked {id}");
-                }
-                DeviceCommand::Label { id, labels } => {
-                    check_labels(&labels)?;
-                    anyhow::ensure!(st.set_labels(&id, &labels).await?, "no device `{id}`");
-                    st.audit(&who, "device.label", &id, &labels.join(","))
-                        .await?;
+                for a in page.alarms {
+                    json_line(&a)?;
                 }
             }
-        }
-        Command::Model { command } => {
-            let st = store::FleetStore::open_dir(&dir).await?;
-            let reg = registry::Registry::new(st.clone(), &dir)?;
-            match command {
-                ModelCommand::Trust { key } => {
-                    let k = edge_protocols::bundle::file::read_public_key(&key)?;
-                    let pem = std::fs::read_to_string(&key)?;
-                    let id = edge_protocols::bundle::file::key_id(&k);
-                    st.trust_key(&id, &pem, &who).await?;
-                    st.audit(&who, "model.trust", &id, &key.display().to_string())
-                        .await?;
-                    println!("trusted key {id}");
-                }
-                ModelCommand::Push { bundle } => {
-                    let bytes = std::fs::read(&bundle)
-                        .with_context(|| format!("cannot read {}", bundle.display()))?;
-                    let row = reg.push(bytes, &who).await?;
-                    println!(
-                        "{} {} (#{}) sha256 {} {} bytes",
-                        row.name, row.version, row.version_number, row.sha256, row.size
-                    );
-                }
-                ModelCommand::List => {
-                    println!(
-                        "{:<24} {:>8} {:<12} {:>10} {:<16} sha256",
-                        "bundle", "number", "version", "bytes", "pushed by"
-                    );
-                    for b in st.bundles().await? {
-                        println!(
-                            "{:<24} {:>8} {:<12} {:>10} {:<16} {}",
-                            b.name, b.version_number, b.version, b.size, b.pushed_by, b.sha256
-                        );
-                    }
-                }
-                ModelCommand::Delta { bundle, from, to } => {
-                    let a = st
-                        .bundle(&bundle, from)
-                        .await?
-                        .with_context(|| format!("no {bundle}#{from}"))?;
-                    let b = st
-                        .bundle(&bundle, to)
-                        .await?
-                        .with_context(|| format!("no {bundle}#{to}"))?;
-                    let d = match st.delta(&a.sha256, &b.sha256).await? {
-                        Some(d) => d,
-                        None => reg.compute_delta(&a.sha256, &b.sha256).await?,
-                    };
-                    println!(
-                        "{}",
-                        serde_json::json!({"chosen": d.method, "bytes": d.size, "artifact": d.artifact_sha256,
-                        "all": serde_json::from_str::<serde_json::Value>(&d.sizes)?})
-                    );
-                }
-                ModelCommand::Rollout { command } => {
-                    match command {
-                        RolloutCommand::Start {
-                            bundle,
-                            version_number,
-                            selector,
-                            canary_percent,
-                            canary_label,
-                            max_failures,
-                        } => {
-                            let r = rollout::start(
-                                &st,
-                                rollout::StartRollout {
-                                    bundle,
-                                    version_number,
-                                    selector,
-                                    canary_percent,
-                                    canary_label,
-                                    max_failures,
-                                },
-                                &who,
-                            )
-                            .await?;
-                            println!("{}", r.id);
-                            eprintln!(
-                                "rollout {} of {}#{} started in phase {}",
-                                r.id, r.bundle, r.version_number, r.phase
-                            );
-                        }
-                        RolloutCommand::List => {
-                            for r in st.rollouts().await? {
-                                let outcomes = st.rollout_outcomes(&r.id).await?;
-                                let ok = outcomes.iter().filter(|o| o.1 == "applied").count();
-                                println!("{} {}#{} [{}] phase={} state={} applied={} failed={} by {} at {}", r.id, r.bundle, r.version_number,
-                                r.selector.join(","), r.phase, r.state, ok, outcomes.len() - ok, r.created_by, fmt_ms(Some(r.created_at)));
-                            }
-                        }
-                        RolloutCommand::Promote { id } => {
-                            rollout::act(&st, &id, "promote", &who).await?;
-                        }
-                        RolloutCommand::Halt { id } => {
-                            rollout::act(&st, &id, "halt", &who).await?;
-                        }
-                        RolloutCommand::Resume { id } => {
-                            rollout::act(&st, &id, "resume", &who).await?;
-                        }
-                        RolloutCommand::Rollback { id } => {
-                            rollout::act(&st, &id, "rollback", &who).await?;
-                        }
-                    }
-                }
+            AlarmCommand::Ack { id } => {
+                let a = f.ack_alarm(&id).await?;
+                eprintln!(
+                    "acknowledged {} ({} {} of {})",
+                    a.id, a.device_id, a.kind, a.subject
+                );
             }
-        }
-        Command::Drift { command } => {
-            let st = store::FleetStore::open_dir(&dir).await?;
-            let reg = registry::Registry::new(st.clone(), &dir)?;
-            run_drift(command, &st, &reg, &dir, &who).await?;
-        }
-        Command::Audit { limit } => {
-            let st = store::FleetStore::open_dir(&dir).await?;
-            for a in st.audit_log(limit).await? {
+        },
+        Command::Audit {
+            limit,
+            actor,
+            action,
+        } => {
+            for a in f
+                .audit_log(&AuditListQuery {
+                    actor,
+                    action,
+                    before: None,
+                    limit,
+                })
+                .await?
+            {
                 println!(
                     "{} {:<16} {:<22} {:<24} {}",
                     fmt_ms(Some(a.at)),
@@ -573,17 +656,397 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Command::User { command } => user(f, command, who).await?,
+        Command::Token { command } => match command {
+            TokenCommand::Create {
+                name,
+                role,
+                ttl,
+                user,
+            } => {
+                let user = user.or_else(|| Some(who.to_string()));
+                let t = f
+                    .create_token(&NewToken {
+                        name,
+                        role,
+                        ttl: Some(ttl),
+                        user,
+                    })
+                    .await?;
+                println!("{}", t.token);
+                eprintln!(
+                    "API token {} of {} (role {}), valid until {} UTC; shown once: keep it in a file readable only by you",
+                    t.info.id, t.info.user_name, t.info.role, fmt_ms(Some(t.info.expires_at))
+                );
+            }
+            TokenCommand::List => {
+                println!(
+                    "{:<14} {:<20} {:<14} {:<9} {:<20} {:<20} state",
+                    "id", "name", "user", "role", "expires (UTC)", "last used"
+                );
+                for t in f.tokens().await? {
+                    println!(
+                        "{:<14} {:<20} {:<14} {:<9} {:<20} {:<20} {}",
+                        t.id,
+                        t.name,
+                        t.user_name,
+                        t.role,
+                        fmt_ms(Some(t.expires_at)),
+                        fmt_ms(t.last_used_at),
+                        if t.revoked_at.is_some() {
+                            "revoked"
+                        } else if t.expires_at <= fleet_server::store::now_ms() {
+                            "expired"
+                        } else {
+                            "valid"
+                        }
+                    );
+                }
+            }
+            TokenCommand::Revoke { id } => {
+                f.revoke_token(&id).await?;
+                eprintln!("revoked {id}");
+            }
+        },
+        Command::Health => json_pretty(&f.health().await?)?,
     }
     Ok(())
 }
 
-async fn run_drift(
-    command: DriftCommand,
-    st: &store::FleetStore,
-    reg: &registry::Registry,
-    dir: &std::path::Path,
-    who: &str,
-) -> anyhow::Result<()> {
+async fn user<F: FleetOps>(f: &F, command: UserCommand, who: &str) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            password,
+        } => {
+            let (pw, generated) = read_password(&password)?;
+            let u = f
+                .add_user(&NewUser {
+                    name: name.clone(),
+                    role,
+                    password: pw.clone(),
+                })
+                .await?;
+            eprintln!("added {} ({})", u.name, u.role);
+            if generated {
+                println!("{pw}");
+                eprintln!("generated password printed above (shown once)");
+            }
+        }
+        UserCommand::List => {
+            println!(
+                "{:<24} {:<9} {:<20} {:<16} password changed",
+                "name", "role", "created (UTC)", "by"
+            );
+            for u in f.users().await? {
+                println!(
+                    "{:<24} {:<9} {:<20} {:<16} {}",
+                    u.name,
+                    u.role,
+                    fmt_ms(Some(u.created_at)),
+                    u.created_by,
+                    fmt_ms(Some(u.password_changed_at))
+                );
+            }
+        }
+        UserCommand::Remove { name } => {
+            f.remove_user(&name).await?;
+            eprintln!("removed {name}");
+        }
+        UserCommand::Passwd { name, password } => {
+            let (pw, generated) = read_password(&password)?;
+            f.update_user(
+                &name,
+                &UserUpdate {
+                    password: Some(pw.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            eprintln!("password of {name} set; their sessions ended (by {who})");
+            if generated {
+                println!("{pw}");
+                eprintln!("generated password printed above (shown once)");
+            }
+        }
+        UserCommand::Role { name, role } => {
+            f.update_user(
+                &name,
+                &UserUpdate {
+                    role: Some(role),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            eprintln!("{name} is now {role}");
+        }
+    }
+    Ok(())
+}
+
+async fn device<F: FleetOps>(f: &F, command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Enroll { labels, ttl } => {
+            let t = f
+                .create_enrollment_token(&EnrollmentTokenRequest {
+                    labels,
+                    ttl: Some(ttl),
+                })
+                .await?;
+            println!("{}", t.token);
+            eprintln!(
+                "one-time enrollment token, valid until {} UTC; put it in the agent's [sync] enroll_token",
+                fmt_ms(Some(t.expires_at))
+            );
+        }
+        DeviceCommand::List {
+            json,
+            labels,
+            state,
+            problem,
+            bundle,
+            search,
+            sort,
+            desc,
+            limit,
+            offset,
+        } => {
+            let mut q = DeviceQuery {
+                labels,
+                state,
+                problem,
+                bundle,
+                agent_version: None,
+                text: search,
+                sort,
+                descending: desc,
+                offset,
+                limit: limit.unwrap_or(MAX_PAGE),
+            };
+            let mut all = Vec::new();
+            loop {
+                let page = f.devices(&q).await?;
+                let n = page.devices.len() as i64;
+                all.extend(page.devices);
+                if limit.is_some() || n < q.limit || q.offset + n >= page.total {
+                    break;
+                }
+                q.offset += n;
+            }
+            if json {
+                json_pretty(&all)?;
+            } else {
+                println!(
+                    "{:<20} {:<20} {:<20} {:<8} {:<22} {:<24} labels",
+                    "id", "name", "last seen (UTC)", "state", "models", "problems"
+                );
+                for d in all {
+                    println!(
+                        "{:<20} {:<20} {:<20} {:<8} {:<22} {:<24} {}",
+                        d.id,
+                        d.name,
+                        fmt_ms(d.last_seen),
+                        d.state,
+                        d.models.join(","),
+                        d.problems
+                            .iter()
+                            .map(|p| p.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        d.labels.join(",")
+                    );
+                }
+            }
+        }
+        DeviceCommand::Show { id } => json_pretty(&f.device(&id).await?)?,
+        DeviceCommand::History { id, since } => {
+            let q = HistoryQuery::from_pairs(
+                &since
+                    .map(|s| vec![("since".to_string(), s)])
+                    .unwrap_or_default(),
+            )?;
+            for p in f.device_history(&id, &q).await? {
+                json_line(&p)?;
+            }
+        }
+        DeviceCommand::Drift {
+            id,
+            after,
+            limit,
+            bundle,
+        } => {
+            let recs = f
+                .device_drift(
+                    &id,
+                    &DeviceDriftQuery {
+                        bundle,
+                        since_ns: None,
+                        limit: limit.clamp(1, MAX_PAGE),
+                    },
+                )
+                .await?;
+            for r in recs.iter().filter(|r| r.seq > after) {
+                json_line(r)?;
+            }
+        }
+        DeviceCommand::Predictions { id, limit } => {
+            for p in f.device_predictions(&id, limit).await? {
+                json_line(&p)?;
+            }
+        }
+        DeviceCommand::Revoke { id } => {
+            f.revoke_device(&id).await?;
+            println!("revoked {id}");
+        }
+        DeviceCommand::Label { id, labels } => {
+            f.set_labels(&id, &labels).await?;
+        }
+    }
+    Ok(())
+}
+
+fn read_file(p: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+}
+
+async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Trust { key } => {
+            let pem = String::from_utf8(read_file(&key)?)
+                .with_context(|| format!("{} is not a PEM file", key.display()))?;
+            let k = f.trust_key(&pem).await?;
+            println!("trusted key {}", k.key_id);
+        }
+        ModelCommand::Keys => {
+            for k in f.keys().await? {
+                println!(
+                    "{} added by {} at {}",
+                    k.key_id,
+                    k.added_by,
+                    fmt_ms(Some(k.added_at))
+                );
+            }
+        }
+        ModelCommand::Push { bundle } => {
+            let b = f.push_bundle(read_file(&bundle)?).await?;
+            let r = b.row;
+            println!(
+                "{} {} (#{}) sha256 {} {} bytes",
+                r.name, r.version, r.version_number, r.sha256, r.size
+            );
+        }
+        ModelCommand::List { json } => {
+            let list = f.bundles().await?;
+            if json {
+                return json_pretty(&list);
+            }
+            println!(
+                "{:<24} {:>8} {:<12} {:>10} {:<16} {:>7} sha256",
+                "bundle", "number", "version", "bytes", "pushed by", "running"
+            );
+            for b in list {
+                let r = b.row;
+                println!(
+                    "{:<24} {:>8} {:<12} {:>10} {:<16} {:>7} {}",
+                    r.name, r.version_number, r.version, r.size, r.pushed_by, b.running, r.sha256
+                );
+            }
+        }
+        ModelCommand::Delta { bundle, from, to } => {
+            let d = f.compute_delta(&bundle, from, to).await?;
+            println!(
+                "{}",
+                serde_json::json!({"chosen": d.method, "bytes": d.size, "all": d.sizes})
+            );
+        }
+        ModelCommand::Deltas { bundle } => {
+            for d in f.bundle_deltas(&bundle).await? {
+                json_line(&d)?;
+            }
+        }
+        ModelCommand::Rollout { command } => rollout(f, command).await?,
+    }
+    Ok(())
+}
+
+async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<()> {
+    let act = |id: String, a: RolloutAction| async move {
+        let r = f.rollout_action(&id, a).await?;
+        eprintln!(
+            "rollout {} of {}#{} is {} (phase {})",
+            r.rollout.id,
+            r.rollout.bundle,
+            r.rollout.version_number,
+            r.rollout.state,
+            r.rollout.phase
+        );
+        anyhow::Ok(())
+    };
+    match command {
+        RolloutCommand::Start {
+            bundle,
+            version_number,
+            selector,
+            canary_percent,
+            canary_label,
+            max_failures,
+        } => {
+            let r = f
+                .start_rollout(&StartRollout {
+                    bundle,
+                    version_number,
+                    selector,
+                    canary_percent,
+                    canary_label,
+                    max_failures,
+                })
+                .await?;
+            println!("{}", r.rollout.id);
+            eprintln!(
+                "rollout {} of {}#{} started in phase {} ({} device(s) targeted)",
+                r.rollout.id,
+                r.rollout.bundle,
+                r.rollout.version_number,
+                r.rollout.phase,
+                r.targeted
+            );
+        }
+        RolloutCommand::List => {
+            for s in f.rollouts().await? {
+                let r = &s.rollout;
+                let n = |st: DeviceRolloutState| s.progress.get(&st).copied().unwrap_or(0);
+                println!(
+                    "{} {}#{} [{}] phase={} state={} targeted={} waiting={} pending={} downloading={} applied={} healthy={} failed={} rolled_back={} by {} at {}",
+                    r.id,
+                    r.bundle,
+                    r.version_number,
+                    r.selector.join(","),
+                    r.phase,
+                    r.state,
+                    s.targeted,
+                    n(DeviceRolloutState::Waiting),
+                    n(DeviceRolloutState::Pending),
+                    n(DeviceRolloutState::Downloading),
+                    n(DeviceRolloutState::Applied),
+                    n(DeviceRolloutState::Healthy),
+                    n(DeviceRolloutState::Failed),
+                    n(DeviceRolloutState::RolledBack),
+                    r.created_by,
+                    fmt_ms(Some(r.created_at))
+                );
+            }
+        }
+        RolloutCommand::Show { id } => json_pretty(&f.rollout(&id).await?)?,
+        RolloutCommand::Promote { id } => act(id, RolloutAction::Promote).await?,
+        RolloutCommand::Halt { id } => act(id, RolloutAction::Halt).await?,
+        RolloutCommand::Resume { id } => act(id, RolloutAction::Resume).await?,
+        RolloutCommand::Rollback { id } => act(id, RolloutAction::Rollback).await?,
+    }
+    Ok(())
+}
+
+async fn drift_cmd<F: FleetOps>(f: &F, command: DriftCommand) -> anyhow::Result<()> {
     match command {
         DriftCommand::Show {
             bundle,
@@ -595,7 +1058,7 @@ async fn run_drift(
             every,
         } => {
             let now = drift::now_ns();
-            let q = drift::DriftQuery {
+            let q = DriftQuery {
                 bundle,
                 version_number,
                 device,
@@ -604,17 +1067,39 @@ async fn run_drift(
                 until_ns: until.map(|t| drift::parse_time(&t, now)).transpose()?,
                 every_ns: every.map(|e| drift::parse_every(&e)).transpose()?,
             };
-            let views = drift::show(st, reg, &q).await?;
+            q.validate()?;
+            let views = f.drift_views(&q).await?;
             if views.is_empty() {
                 eprintln!("no drift records of {} match", q.bundle);
             }
             for v in views {
-                println!("{}", serde_json::to_string(&v)?);
+                json_line(&v)?;
             }
         }
+        DriftCommand::Heatmap {
+            bundle,
+            version_number,
+            group_by,
+            select,
+            since,
+        } => {
+            let now = drift::now_ns();
+            let q = HeatmapQuery {
+                bundle,
+                version_number,
+                group_by: HeatmapGroup::parse(&group_by)?,
+                select,
+                since_ns: match since {
+                    Some(s) => drift::parse_time(&s, now)?,
+                    None => now - 24 * 3600 * 1_000_000_000,
+                },
+                limit: 1000,
+            };
+            json_pretty(&f.drift_heatmap(&q).await?)?;
+        }
         DriftCommand::Evaluate => {
-            for e in drift::evaluate_all(st, reg, dir, drift::now_ns()).await? {
-                println!("{}", event_line(&e));
+            for e in f.evaluate_drift().await? {
+                json_line(&event_line(&e))?;
             }
         }
         DriftCommand::Policy { command } => match command {
@@ -632,55 +1117,48 @@ async fn run_drift(
                 hook_url,
             } => {
                 let hook = match (hook_command, hook_url) {
-                    (Some(c), None) => drift::Hook::Command(c),
-                    (None, Some(u)) => drift::Hook::Url(u),
+                    (Some(c), None) => Hook::Command(c),
+                    (None, Some(u)) => Hook::Url(u),
                     _ => anyhow::bail!("give exactly one of --hook-command and --hook-url"),
                 };
-                let row = drift::set_policy(
-                    st,
-                    drift::NewPolicy {
-                        name,
-                        bundle,
-                        select,
-                        every,
-                        intervals,
-                        rule: drift::PolicyRule {
-                            share,
-                            min_accuracy,
-                            min_recall,
-                            max_mae,
+                let p = f
+                    .set_drift_policy(
+                        &name,
+                        &PolicyRequest {
+                            bundle,
+                            select,
+                            every,
+                            intervals,
+                            rule: PolicyRule {
+                                share,
+                                min_accuracy,
+                                min_recall,
+                                max_mae,
+                            },
+                            hook,
                         },
-                        hook,
-                    },
-                    who,
-                )
-                .await?;
-                eprintln!("drift policy {} set", row.name);
+                    )
+                    .await?;
+                eprintln!("drift policy {} set", p.name);
             }
             PolicyCommand::List => {
-                for p in st.drift_policies().await? {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "name": p.name, "bundle": p.bundle, "select": p.selector,
-                            "every": humantime::format_duration(Duration::from_millis(p.every_ms.max(0) as u64)).to_string(),
-                            "intervals": p.intervals,
-                            "rule": serde_json::from_str::<serde_json::Value>(&p.rule).unwrap_or_default(),
-                            "hook": serde_json::from_str::<serde_json::Value>(&p.hook).unwrap_or_default(),
-                            "state": serde_json::from_str::<serde_json::Value>(&p.state).unwrap_or_default(),
-                            "by": p.created_by, "updated": fmt_ms(Some(p.updated_at)),
-                        })
-                    );
+                for p in f.drift_policies().await? {
+                    json_line(&serde_json::json!({
+                        "name": p.name, "bundle": p.bundle, "select": p.select,
+                        "every": p.every, "intervals": p.intervals, "rule": p.rule,
+                        "hook": p.hook, "state": p.state, "by": p.created_by,
+                        "updated": fmt_ms(Some(p.updated_at)),
+                    }))?;
                 }
             }
             PolicyCommand::Remove { name } => {
-                drift::remove_policy(st, &name, who).await?;
+                f.remove_drift_policy(&name).await?;
                 eprintln!("drift policy {name} removed");
             }
         },
         DriftCommand::Events { policy, limit } => {
-            for e in st.drift_events(policy.as_deref(), limit).await? {
-                println!("{}", event_line(&e));
+            for e in f.drift_events(policy.as_deref(), limit).await? {
+                json_line(&event_line(&e))?;
             }
         }
     }
@@ -688,8 +1166,11 @@ async fn run_drift(
 }
 
 /// An event as one JSON line: its body plus how the hook went.
-fn event_line(e: &store::DriftEventRow) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&e.body).unwrap_or_default();
+fn event_line(e: &EventOut) -> serde_json::Value {
+    let mut v = e.body.clone();
+    if !v.is_object() {
+        v = serde_json::json!({ "event": e.id });
+    }
     v["created"] = fmt_ms(Some(e.created_at)).into();
     v["hook_status"] = e.hook_status.clone().into();
     v["hook_detail"] = e.hook_detail.clone().into();

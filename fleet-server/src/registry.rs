@@ -6,11 +6,12 @@
 //! artifact file is written under a temporary name and renamed, so a reader never sees half
 //! a file; a delta is computed at most once per (base, target) pair.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use edge_protocols::bundle::file as bundle_file;
+use edge_protocols::bundle::Manifest;
 use edge_protocols::delta;
 use edge_protocols::sync::Artifact;
 
@@ -37,6 +38,8 @@ pub struct Registry {
     store: FleetStore,
     dir: PathBuf,
     inflight: Arc<Mutex<HashSet<(String, String)>>>,
+    /// Parsed manifests by bundle file SHA-256 (files are immutable once stored).
+    manifests: Arc<Mutex<HashMap<String, Arc<Manifest>>>>,
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
@@ -61,7 +64,13 @@ impl Registry {
             store,
             dir,
             inflight: Arc::default(),
+            manifests: Arc::default(),
         })
+    }
+
+    /// Deltas being computed now.
+    pub fn deltas_in_flight(&self) -> usize {
+        self.inflight.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     pub fn artifact_path(&self, sha256: &str) -> Option<PathBuf> {
@@ -80,10 +89,18 @@ impl Registry {
         &self,
         name: &str,
         version_number: i64,
-    ) -> Result<Option<edge_protocols::bundle::Manifest>, RegistryError> {
+    ) -> Result<Option<Arc<Manifest>>, RegistryError> {
         let Some(row) = self.store.bundle(name, version_number).await? else {
             return Ok(None);
         };
+        if let Some(m) = self
+            .manifests
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&row.sha256).cloned())
+        {
+            return Ok(Some(m));
+        }
         let path = self.dir.join(&row.sha256);
         let bytes = tokio::fs::read(&path).await.map_err(self.io(&path))?;
         let parsed =
@@ -94,7 +111,11 @@ impl Registry {
                 path.display()
             )));
         }
-        Ok(Some(parsed.manifest))
+        let m = Arc::new(parsed.manifest);
+        if let Ok(mut c) = self.manifests.lock() {
+            c.insert(row.sha256, m.clone());
+        }
+        Ok(Some(m))
     }
 
     /// Verifies and stores a bundle. Re-pushing the identical file is a no-op; any other

@@ -16,12 +16,18 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{now_ms, Device, FleetStore, Rollout, StoreError};
+use crate::store::{now_ms, Device, FleetStore, Rollout, RolloutReport, StoreError};
+use crate::types::{DeviceRolloutState, RolloutAction, RolloutPhase, RolloutState, UpdateOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The action does not apply to the rollout's current state.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +57,11 @@ pub fn is_canary(r: &Rollout, d: &Device) -> bool {
             .is_some_and(|p| in_percent(&r.id, &d.id, p))
 }
 
+/// Whether the rollout's current phase includes `d` (a targeted device).
+pub fn in_phase(r: &Rollout, d: &Device) -> bool {
+    r.phase == RolloutPhase::Full || is_canary(r, d)
+}
+
 /// What a device should run: (bundle name, version number, rollout id) per bundle name.
 /// `rollouts` newest first (as [`FleetStore::rollouts`] returns them).
 pub fn desired(rollouts: &[Rollout], d: &Device) -> Vec<(String, i64, String)> {
@@ -60,25 +71,63 @@ pub fn desired(rollouts: &[Rollout], d: &Device) -> Vec<(String, i64, String)> {
         if decided.contains(&r.bundle) || !targets(r, d) {
             continue;
         }
-        match r.state.as_str() {
-            "active" if r.phase == "full" || is_canary(r, d) => {
+        match r.state {
+            RolloutState::Active if in_phase(r, d) => {
                 decided.push(r.bundle.clone());
                 out.push((r.bundle.clone(), r.version_number, r.id.clone()));
             }
-            "halted" => decided.push(r.bundle.clone()),
-            _ => {}
+            RolloutState::Halted => decided.push(r.bundle.clone()),
+            RolloutState::Active | RolloutState::RolledBack => {}
         }
     }
     out
 }
 
+/// Where a targeted device is in a rollout: its report decides; otherwise whether it runs
+/// the version (`bundle#version_number` at its last check-in), whether it checked in since
+/// its phase began (so it was told), or neither.
+pub fn device_state(r: &Rollout, d: &Device, report: Option<&RolloutReport>) -> DeviceRolloutState {
+    if let Some(rep) = report {
+        return rep.outcome.rollout_state();
+    }
+    if !in_phase(r, d) {
+        return DeviceRolloutState::Waiting;
+    }
+    let target = format!("{}#{}", r.bundle, r.version_number);
+    if d.models.contains(&target) {
+        return DeviceRolloutState::Applied;
+    }
+    let phase_began = if is_canary(r, d) {
+        r.created_at
+    } else {
+        r.full_since()
+    };
+    if d.last_seen.is_some_and(|s| s > phase_began) {
+        DeviceRolloutState::Downloading
+    } else {
+        DeviceRolloutState::Pending
+    }
+}
+
+/// A new rollout: `bundle` at `version_number` to the devices carrying all `selector`
+/// labels, canaries first when a canary label or percentage is given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StartRollout {
     pub bundle: String,
     pub version_number: i64,
+    #[serde(default)]
     pub selector: Vec<String>,
+    #[serde(default)]
     pub canary_percent: Option<i64>,
+    #[serde(default)]
     pub canary_label: Option<String>,
+    /// Halt automatically once this many devices report a failed update (default 1).
+    #[serde(default = "one")]
     pub max_failures: i64,
+}
+
+fn one() -> i64 {
+    1
 }
 
 pub async fn start(
@@ -99,12 +148,22 @@ pub async fn start(
             ));
         }
     }
+    if s.canary_percent.is_some() && s.canary_label.is_some() {
+        return Err(RolloutError::Invalid(
+            "give a canary label or a canary percentage, not both".into(),
+        ));
+    }
     for l in s.selector.iter().chain(&s.canary_label) {
-        if l.is_empty() || l.contains(',') {
+        if l.is_empty() || l.contains(',') || l.len() > 64 {
             return Err(RolloutError::Invalid(format!(
-                "label `{l}` must be non-empty without commas"
+                "label `{l}` must be 1-64 characters without commas"
             )));
         }
+    }
+    if s.max_failures < 1 {
+        return Err(RolloutError::Invalid(
+            "max failures must be at least 1".into(),
+        ));
     }
     let now = now_ms();
     let canary = s.canary_percent.is_some() || s.canary_label.is_some();
@@ -115,27 +174,35 @@ pub async fn start(
         selector: s.selector,
         canary_percent: s.canary_percent,
         canary_label: s.canary_label,
-        phase: if canary { "canary" } else { "full" }.into(),
-        state: "active".into(),
-        max_failures: s.max_failures.max(1),
+        phase: if canary {
+            RolloutPhase::Canary
+        } else {
+            RolloutPhase::Full
+        },
+        state: RolloutState::Active,
+        max_failures: s.max_failures,
         created_by: actor.into(),
         created_at: now,
         updated_at: now,
+        promoted_at: None,
     };
     store.add_rollout(&r).await?;
+    let canary = match (&r.canary_label, r.canary_percent) {
+        (Some(l), _) => format!(" canary label {l}"),
+        (None, Some(p)) => format!(" canary {p}%"),
+        (None, None) => String::new(),
+    };
     store
         .audit(
             actor,
             "rollout.start",
             &r.id,
             &format!(
-                "{}#{} to [{}] phase {} canary {:?}/{:?}% max_failures {}",
+                "{}#{} to [{}] phase {}{canary} max_failures {}",
                 r.bundle,
                 r.version_number,
                 r.selector.join(","),
                 r.phase,
-                r.canary_label,
-                r.canary_percent,
                 r.max_failures
             ),
         )
@@ -143,38 +210,23 @@ pub async fn start(
     Ok(r)
 }
 
-/// `promote` | `halt` | `resume` | `rollback`.
+/// An operator's action on a rollout, audited under `actor`.
 pub async fn act(
     store: &FleetStore,
     id: &str,
-    action: &str,
+    action: RolloutAction,
     actor: &str,
 ) -> Result<Rollout, RolloutError> {
-    let ok = match action {
-        "promote" => {
-            store
-                .set_rollout(id, &["active"], "active", Some("full"))
-                .await?
+    let r = match store.act_on_rollout(id, action).await? {
+        None => return Err(RolloutError::NotFound(format!("no rollout `{id}`"))),
+        Some(Err(cur)) => {
+            return Err(RolloutError::Conflict(format!(
+                "cannot {action} rollout {id}: it is {} (phase {})",
+                cur.state, cur.phase
+            )))
         }
-        "halt" => store.set_rollout(id, &["active"], "halted", None).await?,
-        "resume" => store.set_rollout(id, &["halted"], "active", None).await?,
-        "rollback" => {
-            store
-                .set_rollout(id, &["active", "halted"], "rolled_back", None)
-                .await?
-        }
-        other => return Err(RolloutError::Invalid(format!("unknown action `{other}`"))),
+        Some(Ok(r)) => r,
     };
-    let r = store
-        .rollout(id)
-        .await?
-        .ok_or_else(|| RolloutError::Invalid(format!("no rollout `{id}`")))?;
-    if !ok {
-        return Err(RolloutError::Invalid(format!(
-            "cannot {action} rollout {id}: it is {} (phase {})",
-            r.state, r.phase
-        )));
-    }
     store
         .audit(
             actor,
@@ -187,42 +239,44 @@ pub async fn act(
 }
 
 /// Records a device's update outcome; halts the rollout when failures reach its limit.
+/// Returns whether this report halted it.
 pub async fn report(
     store: &FleetStore,
     rollout: &str,
     device: &str,
-    outcome: &str,
+    outcome: UpdateOutcome,
     detail: &str,
-) -> Result<(), RolloutError> {
+) -> Result<bool, RolloutError> {
     let failures = store
         .rollout_report(rollout, device, outcome, detail)
         .await?;
-    if let Some(r) = store.rollout(rollout).await? {
-        if outcome != "applied"
-            && failures >= r.max_failures
-            && r.state == "active"
-            && store
-                .set_rollout(rollout, &["active"], "halted", None)
-                .await?
-        {
-            {
-                tracing::warn!(
-                    rollout,
-                    failures,
-                    "rollout halted: devices report failed updates"
-                );
-                store
-                    .audit(
-                        "fleet-server",
-                        "rollout.auto_halt",
-                        rollout,
-                        &format!("{failures} device(s) failed; last: {device}: {detail}"),
-                    )
-                    .await?;
-            }
-        }
+    let Some(r) = store.rollout(rollout).await? else {
+        return Ok(false);
+    };
+    if outcome == UpdateOutcome::Applied
+        || failures < r.max_failures
+        || r.state != RolloutState::Active
+    {
+        return Ok(false);
     }
-    Ok(())
+    // Compare-and-set: of two reports landing at once, one halts it.
+    if let Some(Ok(_)) = store.act_on_rollout(rollout, RolloutAction::Halt).await? {
+        tracing::warn!(
+            rollout,
+            failures,
+            "rollout halted: devices report failed updates"
+        );
+        store
+            .audit(
+                "fleet-server",
+                "rollout.auto_halt",
+                rollout,
+                &format!("{failures} device(s) failed; last: {device}: {detail}"),
+            )
+            .await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -238,6 +292,16 @@ mod tests {
             revoked_at: None,
             last_seen: None,
             status: None,
+            agent_version: None,
+            models: vec![],
+            backlog: 0,
+            backlog_rises: 0,
+            dropped: 0,
+            drops_at: None,
+            last_error: None,
+            update_failed_at: None,
+            drift_alarms: 0,
+            history_at: None,
         }
     }
 
@@ -249,12 +313,13 @@ mod tests {
             selector: vec!["site=a".into()],
             canary_percent: None,
             canary_label: canary.map(str::to_string),
-            phase: phase.into(),
-            state: state.into(),
+            phase: phase.parse().unwrap(),
+            state: state.parse().unwrap(),
             max_failures: 1,
             created_by: "t".into(),
-            created_at: 0,
-            updated_at: 0,
+            created_at: 10,
+            updated_at: 10,
+            promoted_at: None,
         }
     }
 
@@ -276,6 +341,39 @@ mod tests {
         // Rolled back: everyone goes to the previous rollout's version.
         let back = vec![ro("r2", 2, "rolled_back", "full", None), v1];
         assert_eq!(desired(&back, &canary)[0].1, 1);
+    }
+
+    #[test]
+    fn device_states_follow_phase_check_ins_and_reports() {
+        use DeviceRolloutState::*;
+        let mut canary = dev("c", &["site=a", "canary"]);
+        let mut other = dev("o", &["site=a"]);
+        let mut r = ro("r2", 2, "active", "canary", Some("canary"));
+        assert_eq!(device_state(&r, &canary, None), Pending);
+        assert_eq!(device_state(&r, &other, None), Waiting);
+        canary.last_seen = Some(11);
+        assert_eq!(device_state(&r, &canary, None), Downloading);
+        canary.models = vec!["m#2".into()];
+        assert_eq!(device_state(&r, &canary, None), Applied);
+        let rep = RolloutReport {
+            device_id: "c".into(),
+            outcome: UpdateOutcome::Applied,
+            detail: String::new(),
+            at: 12,
+        };
+        assert_eq!(device_state(&r, &canary, Some(&rep)), Healthy);
+        // Promoted at 20: the other device was seen at 15, before it joined.
+        r.phase = RolloutPhase::Full;
+        r.promoted_at = Some(20);
+        other.last_seen = Some(15);
+        assert_eq!(device_state(&r, &other, None), Pending);
+        other.last_seen = Some(21);
+        assert_eq!(device_state(&r, &other, None), Downloading);
+        let failed = RolloutReport {
+            outcome: UpdateOutcome::RolledBack,
+            ..rep
+        };
+        assert_eq!(device_state(&r, &other, Some(&failed)), RolledBack);
     }
 
     #[test]

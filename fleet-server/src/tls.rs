@@ -1,7 +1,7 @@
 //! The HTTPS listener: rustls (ring) with optional client certificates checked against the
 //! fleet CA, and one HTTP/1.1 connection task per client. The SHA-256 of the client's
 //! certificate is attached to every request of the connection as [`PeerCert`], which is all
-//! the API needs to authenticate a device.
+//! the device API needs to authenticate a device, and the peer address as [`PeerAddr`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::PeerCert;
+
+/// The TCP peer of the connection a request came on (login throttling, the audit log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 use crate::ca::sha256_hex;
 
 /// Builds the server TLS config: our certificate, client certs optional but verified.
@@ -89,6 +93,7 @@ pub async fn serve(
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(peer_cert.clone());
+                    req.extensions_mut().insert(PeerAddr(peer));
                     let app = app.clone();
                     async move {
                         use tower::ServiceExt;

@@ -566,30 +566,42 @@ async fn operator_api_needs_the_token_and_checks_parameters() {
         .map(|k| interval(&mut rng, false, t0 + k * 10 * MIN))
         .collect();
     f.upload("d1", &recs).await;
-    // The token file is created once, owner-only, and read back the same.
-    let (sha, path, created) = fleet_server::operator::load_token(&f.dir, None).unwrap();
-    assert!(created);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-    let (sha2, _, created2) = fleet_server::operator::load_token(&f.dir, None).unwrap();
-    assert!(!created2);
-    assert_eq!(sha, sha2);
-    let token = std::fs::read_to_string(&path).unwrap().trim().to_string();
+    // An operator account and an API token of a viewer (the drift views need no more).
+    let svc = fleet_server::service::FleetService::new(
+        f.store.clone(),
+        f.registry.clone(),
+        &f.dir,
+        fleet_server::service::Settings::with_checkin(10),
+    );
+    let admin = svc.acting(fleet_server::service::Principal::local("test"));
+    admin
+        .add_user(&fleet_server::service::views::NewUser {
+            name: "vera".into(),
+            role: fleet_server::types::Role::Viewer,
+            password: "a long enough password".into(),
+        })
+        .await
+        .unwrap();
+    let token = admin
+        .create_token(&fleet_server::service::views::NewToken {
+            name: "drift-script".into(),
+            role: None,
+            ttl: None,
+            user: Some("vera".into()),
+        })
+        .await
+        .unwrap()
+        .token;
     let app = fleet_server::operator::router(fleet_server::operator::OperatorState {
-        store: f.store.clone(),
-        registry: f.registry.clone(),
-        token_sha256: sha,
+        service: svc,
+        max_bundle: 1 << 20,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let path_ok = "/v1/operator/drift?bundle=pump&select=site%3Da&every=10m";
     assert_eq!(get(addr, path_ok, None).await.0, 401);
-    assert_eq!(get(addr, path_ok, Some("op-wrong")).await.0, 401);
+    assert_eq!(get(addr, path_ok, Some("fleet_wrong")).await.0, 401);
     let (st, body) = get(addr, path_ok, Some(&token)).await;
     assert_eq!(st, 200, "{body}");
     let got: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -1,0 +1,4 @@
+//! placeholder
+pub fn router(_s: crate::service::FleetService) -> axum::Router {
+    axum::Router::new()
+}

@@ -1,0 +1,507 @@
+//! Retrain policies: a group's drift records bucketed by time, a bucket's verdict, the
+//! evaluator's cursor (compare-and-set, so an event is recorded once), and the evaluation
+//! task of `serve`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use edge_protocols::drift::{DriftPolicy, DriftRules};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::hooks::{parse_http_url, run_hook};
+use super::views::{collect, Acc, ColumnOut, References, Scope};
+use super::*;
+use crate::registry::Registry;
+use crate::store::{now_ms, DriftEventRow, DriftPolicyRow, FleetStore};
+
+/// When a bucket counts as drifting (either criterion given suffices).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRule {
+    /// Share of the reporting devices whose records in the bucket (at least half of them)
+    /// had dataset drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<f64>,
+    /// Merged performance (late labels) of the bucket below / above these limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_recall: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_mae: Option<f64>,
+}
+
+impl PolicyRule {
+    fn validate(&self) -> Result<(), DriftError> {
+        if self.share.is_none()
+            && self.min_accuracy.is_none()
+            && self.min_recall.is_none()
+            && self.max_mae.is_none()
+        {
+            return Err(invalid(
+                "give at least one of --share, --min-accuracy, --min-recall, --max-mae",
+            ));
+        }
+        if let Some(s) = self.share {
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(invalid(format!("--share must be in (0, 1], got {s}")));
+            }
+        }
+        for (k, v) in [
+            ("--min-accuracy", self.min_accuracy),
+            ("--min-recall", self.min_recall),
+        ] {
+            if let Some(v) = v {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(invalid(format!("{k} must be in [0, 1], got {v}")));
+                }
+            }
+        }
+        if let Some(v) = self.max_mae {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(invalid(format!(
+                    "--max-mae must be a positive number, got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn performance_rules(&self) -> DriftRules {
+        DriftPolicy {
+            min_accuracy: self.min_accuracy,
+            min_recall: self.min_recall,
+            max_mae: self.max_mae,
+            ..Default::default()
+        }
+        .resolve()
+    }
+}
+
+/// What runs on an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// `sh -c COMMAND`, the event JSON on stdin and in `$FLEET_DRIFT_EVENT_FILE`.
+    Command(String),
+    /// HTTP POST of the event JSON (plain `http://` only).
+    Url(String),
+}
+
+/// The evaluator's cursor of one policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct PolicyState {
+    /// The bundle version evaluated last (another one starts over).
+    version: Option<u64>,
+    /// End of the last bucket evaluated, Unix ns.
+    cursor_ns: Option<i64>,
+    /// Consecutive drifting buckets so far.
+    streak: u32,
+    /// An event was recorded and no calm bucket came since.
+    in_episode: bool,
+}
+
+/// `fleet-server drift policy set`.
+#[derive(Debug, Clone)]
+pub struct NewPolicy {
+    pub name: String,
+    pub bundle: String,
+    pub select: Vec<String>,
+    pub every: Duration,
+    pub intervals: u32,
+    pub rule: PolicyRule,
+    pub hook: Hook,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Creates or replaces a policy (evaluation starts over) and audits it.
+pub async fn set_policy(
+    store: &FleetStore,
+    p: NewPolicy,
+    actor: &str,
+) -> Result<DriftPolicyRow, DriftError> {
+    if !valid_name(&p.name) {
+        return Err(invalid(
+            "policy name must be 1-64 characters of A-Z a-z 0-9 - _ .",
+        ));
+    }
+    if p.bundle.is_empty() {
+        return Err(invalid("a bundle name is required"));
+    }
+    check_selector(&p.select)?;
+    if p.every < Duration::from_secs(1) {
+        return Err(invalid("--every must be at least 1s"));
+    }
+    if p.intervals < 1 {
+        return Err(invalid("--intervals must be at least 1"));
+    }
+    p.rule.validate()?;
+    match &p.hook {
+        Hook::Command(c) if c.trim().is_empty() => return Err(invalid("--hook-command is empty")),
+        Hook::Url(u) => {
+            parse_http_url(u)?;
+        }
+        Hook::Command(_) => {}
+    }
+    let every_ms =
+        i64::try_from(p.every.as_millis()).map_err(|_| invalid("--every is too long"))?;
+    let row = DriftPolicyRow {
+        name: p.name,
+        bundle: p.bundle,
+        selector: p.select,
+        every_ms,
+        intervals: i64::from(p.intervals),
+        rule: enc(&p.rule),
+        hook: enc(&p.hook),
+        state: enc(&PolicyState::default()),
+        created_by: actor.to_string(),
+        updated_at: now_ms(),
+    };
+    store.set_drift_policy(&row).await?;
+    store
+        .audit(
+            actor,
+            "drift.policy.set",
+            &row.name,
+            &format!(
+                "bundle {} select [{}] every {} intervals {} rule {} hook {}",
+                row.bundle,
+                row.selector.join(","),
+                fmt_duration(every_ms * 1_000_000),
+                row.intervals,
+                row.rule,
+                row.hook
+            ),
+        )
+        .await?;
+    Ok(row)
+}
+
+/// JSON of one of our own small values (maps with string keys, finite or null floats:
+/// serializing cannot fail).
+fn enc<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+pub async fn remove_policy(store: &FleetStore, name: &str, actor: &str) -> Result<(), DriftError> {
+    if !store.remove_drift_policy(name).await? {
+        return Err(invalid(format!("no drift policy `{name}`")));
+    }
+    store.audit(actor, "drift.policy.remove", name, "").await?;
+    Ok(())
+}
+
+/// A bucket's verdict.
+#[derive(Debug, Clone, Serialize)]
+struct BucketVerdict {
+    from: String,
+    to: String,
+    devices: usize,
+    drifting_devices: usize,
+    share: f64,
+    /// Performance limits breached: (metric, value, limit).
+    performance_breaches: Vec<(String, f64, f64)>,
+    drifting: bool,
+}
+
+fn verdict(acc: &Acc, rule: &PolicyRule, from: i64, to: i64) -> BucketVerdict {
+    let devices = acc.per_device.len();
+    // A device drifts in the bucket when at least half of its records there had dataset
+    // drift (one noisy interval among many does not count).
+    let drifting_devices = acc
+        .per_device
+        .values()
+        .filter(|(n, k)| *n > 0 && 2 * k >= *n)
+        .count();
+    let share = if devices == 0 {
+        0.0
+    } else {
+        drifting_devices as f64 / devices as f64
+    };
+    let breaches: Vec<(String, f64, f64)> = acc
+        .merged
+        .performance
+        .checks(&rule.performance_rules())
+        .into_iter()
+        .filter(|c| c.3)
+        .map(|(m, v, l, _)| (m.to_string(), v, l))
+        .collect();
+    let drifting = rule.share.is_some_and(|s| devices > 0 && share >= s) || !breaches.is_empty();
+    BucketVerdict {
+        from: rfc3339(from),
+        to: rfc3339(to),
+        devices,
+        drifting_devices,
+        share,
+        performance_breaches: breaches,
+        drifting,
+    }
+}
+
+/// An event recorded by an evaluation, with the hook to run for it.
+#[derive(Debug, Clone)]
+pub struct Fired {
+    pub event: DriftEventRow,
+    pub hook: Hook,
+}
+
+/// Evaluates one policy up to `now_ns`: walks the completed buckets since its cursor and
+/// records an event when `intervals` consecutive buckets drift and no episode is open.
+/// The new cursor and the events are written compare-and-set; `Ok(vec![])` when another
+/// evaluator moved the cursor meanwhile.
+pub async fn evaluate_policy(
+    store: &FleetStore,
+    registry: &Registry,
+    p: &DriftPolicyRow,
+    now_ns: i64,
+) -> Result<Vec<Fired>, DriftError> {
+    let hook: Hook = serde_json::from_str(&p.hook)
+        .map_err(|e| invalid(format!("policy {}: stored hook: {e}", p.name)))?;
+    let rule: PolicyRule = serde_json::from_str(&p.rule)
+        .map_err(|e| invalid(format!("policy {}: stored rule: {e}", p.name)))?;
+    let mut st: PolicyState = serde_json::from_str(&p.state).unwrap_or_default();
+    let every = p.every_ms.max(1000).saturating_mul(1_000_000);
+    let intervals = u32::try_from(p.intervals.max(1)).unwrap_or(u32::MAX);
+    let span = every.saturating_mul(i64::from(intervals));
+    // Buckets [k·every, (k+1)·every) are evaluated once their end is `grace` in the past,
+    // so records uploaded shortly after an interval closes still count.
+    let grace = every.min(SETTLE_NS);
+    let done_until = now_ns.saturating_sub(grace).div_euclid(every) * every;
+    // A new policy looks back `intervals` buckets (drift going on now), not at all history.
+    let start = st
+        .cursor_ns
+        .unwrap_or_else(|| done_until.saturating_sub(span));
+    if start >= done_until {
+        return Ok(vec![]);
+    }
+    let devices = select_devices(store, None, &p.selector).await?;
+    let names: BTreeMap<&str, &str> = devices
+        .iter()
+        .map(|d| (d.id.as_str(), d.name.as_str()))
+        .collect();
+    // Earlier buckets too: an event's merged view may reach back into a streak that began
+    // in an earlier evaluation.
+    let look_from = start.saturating_sub(span - every);
+    let scope = Scope {
+        bundle: &p.bundle,
+        version_number: None,
+        since_ns: look_from,
+        until_ns: done_until,
+    };
+    let groups = collect(store, &devices, Some(every), scope).await?;
+    // The latest version with records in the buckets to evaluate.
+    let version = groups
+        .keys()
+        .filter(|(_, b)| *b >= start)
+        .map(|(v, _)| *v)
+        .max();
+    if version.is_some() && version != st.version {
+        st = PolicyState {
+            version,
+            cursor_ns: st.cursor_ns,
+            ..Default::default()
+        };
+    }
+    let mut events = Vec::new();
+    let mut prev_end = start;
+    if let Some(v) = version {
+        let mut refs = References::new(registry, &p.bundle);
+        for ((_, from), acc) in groups.range((v, start)..(v, done_until)) {
+            let to = from + every;
+            if prev_end != *from {
+                // Buckets without records in between: not consecutive.
+                st.streak = 0;
+            }
+            prev_end = to;
+            if !verdict(acc, &rule, *from, to).drifting {
+                st.streak = 0;
+                st.in_episode = false;
+                continue;
+            }
+            st.streak = st.streak.saturating_add(1);
+            if st.in_episode || st.streak < intervals {
+                continue;
+            }
+            st.in_episode = true;
+            // The event covers the last `intervals` (drifting, consecutive) buckets.
+            let ev_from = to - span;
+            let mut merged = Acc::default();
+            let mut buckets = Vec::new();
+            for ((_, b), a) in groups.range((v, ev_from)..(v, to)) {
+                buckets.push(verdict(a, &rule, *b, b + every));
+                if let Err(e) = merged.absorb(a) {
+                    tracing::warn!(policy = %p.name, bucket = b, "bucket not merged: {e}");
+                }
+            }
+            events.push(
+                event_of(
+                    p,
+                    &mut refs,
+                    &merged,
+                    (ev_from, to, every),
+                    &buckets,
+                    &names,
+                )
+                .await,
+            );
+        }
+    }
+    if prev_end != done_until {
+        // Trailing buckets without records break a streak.
+        st.streak = 0;
+    }
+    st.cursor_ns = Some(done_until);
+    let new_state = serde_json::to_string(&st).unwrap_or_default();
+    if !store
+        .advance_drift_policy(&p.name, &p.state, &new_state, &events)
+        .await?
+    {
+        tracing::debug!(policy = %p.name, "another evaluator advanced this policy");
+        return Ok(vec![]);
+    }
+    Ok(events
+        .into_iter()
+        .map(|event| Fired {
+            event,
+            hook: hook.clone(),
+        })
+        .collect())
+}
+
+async fn event_of(
+    p: &DriftPolicyRow,
+    refs: &mut References<'_>,
+    acc: &Acc,
+    (from, to, every): (i64, i64, i64),
+    buckets: &[BucketVerdict],
+    names: &BTreeMap<&str, &str>,
+) -> DriftEventRow {
+    let m = &acc.merged;
+    let (cols, outs, note) = refs.score(m).await;
+    let drifting: Vec<serde_json::Value> = if note.is_none() {
+        cols.iter()
+            .chain(&outs)
+            .filter(|c| c.drifting)
+            .map(|c| serde_json::to_value(ColumnOut::of(c)).unwrap_or_default())
+            .collect()
+    } else {
+        // Unscored here: the columns the devices flagged, with the merged moments.
+        cols.iter()
+            .chain(&outs)
+            .filter(|c| acc.flagged.contains_key(&c.name))
+            .map(|c| {
+                let mut v = serde_json::to_value(ColumnOut::of(c)).unwrap_or_default();
+                v["flagged_records"] = acc.flagged.get(&c.name).copied().unwrap_or(0).into();
+                v
+            })
+            .collect()
+    };
+    let column_names: Vec<&str> = drifting.iter().filter_map(|c| c["name"].as_str()).collect();
+    let devices: Vec<serde_json::Value> = m
+        .devices
+        .iter()
+        .map(|d| json!({"id": d, "name": names.get(d.as_str()).copied().unwrap_or("")}))
+        .collect();
+    let id = format!("de{:x}{:04x}", now_ms(), fastrand::u16(..));
+    let query = DriftQuery {
+        bundle: p.bundle.clone(),
+        version_number: Some(m.version_number),
+        device: None,
+        select: p.selector.clone(),
+        since_ns: Some(from),
+        until_ns: Some(to),
+        every_ns: Some(every),
+    };
+    let body = json!({
+        "event": id,
+        "policy": p.name,
+        "bundle": {"name": p.bundle, "version_number": m.version_number},
+        "select": p.selector,
+        "from": rfc3339(from),
+        "to": rfc3339(to),
+        "buckets": buckets,
+        "devices": devices,
+        "drifting_columns": drifting,
+        "scored": note.is_none(),
+        "note": note,
+        "performance": PerformanceOut::of(&m.performance),
+        "more": {"api": query.api_path(), "cli": query.cli()},
+    });
+    DriftEventRow {
+        id,
+        policy: p.name.clone(),
+        bundle: p.bundle.clone(),
+        version_number: i64::try_from(m.version_number).unwrap_or(i64::MAX),
+        from_ns: from,
+        to_ns: to,
+        devices: serde_json::to_string(&m.devices).unwrap_or_default(),
+        columns: serde_json::to_string(&column_names).unwrap_or_default(),
+        body: body.to_string(),
+        created_at: now_ms(),
+        hook_status: "pending".into(),
+        hook_detail: String::new(),
+    }
+}
+
+/// Evaluates every policy, runs the hooks of new events and records how they went.
+/// Returns the events recorded. A failing policy is logged and does not stop the others.
+pub async fn evaluate_all(
+    store: &FleetStore,
+    registry: &Registry,
+    data_dir: &Path,
+    now_ns: i64,
+) -> Result<Vec<DriftEventRow>, DriftError> {
+    let mut out = Vec::new();
+    for p in store.drift_policies().await? {
+        let fired = match evaluate_policy(store, registry, &p, now_ns).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(policy = %p.name, "drift policy evaluation failed: {e}");
+                continue;
+            }
+        };
+        for mut f in fired {
+            tracing::warn!(policy = %p.name, event = %f.event.id, bundle = %f.event.bundle,
+                version_number = f.event.version_number, columns = %f.event.columns,
+                "drift retrain event");
+            let (status, detail) = run_hook(&f.hook, &f.event, data_dir).await;
+            if status != "ok" {
+                tracing::error!(policy = %p.name, event = %f.event.id, %status, "drift hook: {detail}");
+            }
+            store
+                .set_drift_event_hook(&f.event.id, &status, &detail)
+                .await?;
+            f.event.hook_status = status;
+            f.event.hook_detail = detail;
+            out.push(f.event);
+        }
+    }
+    Ok(out)
+}
+
+/// The evaluation task of `serve`: every `every` until `stop`.
+pub async fn evaluation_task(
+    svc: crate::service::FleetService,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match evaluate_all(svc.store(), svc.registry(), svc.data_dir(), now_ns()).await {
+            Ok(_) => svc.mark_drift_evaluated(now_ms()),
+            Err(e) => tracing::error!("drift policy evaluation failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Drift operations: merged views, the heatmap, retrain policies and their events.
+
+use std::time::Duration;
+
+use super::views::{EventOut, Params, PolicyOut, PolicyRequest};
+use super::{Acting, Result, ServiceError};
+use crate::drift::{self, DriftQuery, DriftView, Heatmap, HeatmapGroup, HeatmapQuery, NewPolicy};
+use crate::store::{DriftEventRow, DriftPolicyRow};
+use crate::types::Role;
+
+/// Rows a heatmap shows by default.
+pub const HEATMAP_ROWS: usize = 100;
+
+impl HeatmapQuery {
+    /// `bundle`, `version_number`, `group_by` (`device` | `label:KEY`), `select` (repeat),
+    /// `since` (RFC 3339 or a duration ago; default 24h), `limit`.
+    pub fn from_pairs(pairs: &[(String, String)], now_ns: i64) -> Result<HeatmapQuery> {
+        let mut p = Params::new(pairs);
+        let bundle = p.one("bundle").unwrap_or_default();
+        let version_number = p.parse::<u64>("version_number")?;
+        let group_by = match p.one("group_by") {
+            Some(g) => HeatmapGroup::parse(&g)?,
+            None => HeatmapGroup::Device,
+        };
+        let select = p.all("select");
+        let since_ns = match p.one("since") {
+            Some(s) => drift::parse_time(&s, now_ns)
+                .map_err(|e| ServiceError::Invalid(format!("since: {e}")))?,
+            None => now_ns - 24 * 3600 * 1_000_000_000,
+        };
+        let limit = p.int("limit")?.unwrap_or(HEATMAP_ROWS as i64);
+        p.finish()?;
+        if !(1..=1000).contains(&limit) {
+            return Err(ServiceError::Invalid(
+                "limit must be between 1 and 1000".into(),
+            ));
+        }
+        Ok(HeatmapQuery {
+            bundle,
+            version_number,
+            group_by,
+            select,
+            since_ns,
+            limit: limit as usize,
+        })
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = vec![("bundle".to_string(), self.bundle.clone())];
+        if let Some(v) = self.version_number {
+            out.push(("version_number".into(), v.to_string()));
+        }
+        out.push(("group_by".into(), self.group_by.as_param()));
+        for s in &self.select {
+            out.push(("select".into(), s.clone()));
+        }
+        out.push(("since".into(), drift::rfc3339(self.since_ns)));
+        out.push(("limit".into(), self.limit.to_string()));
+        out
+    }
+}
+
+fn policy_out(p: &DriftPolicyRow) -> PolicyOut {
+    PolicyOut {
+        name: p.name.clone(),
+        bundle: p.bundle.clone(),
+        select: p.selector.clone(),
+        every: humantime::format_duration(Duration::from_millis(p.every_ms.max(0) as u64))
+            .to_string(),
+        intervals: p.intervals,
+        rule: serde_json::from_str(&p.rule).unwrap_or_default(),
+        hook: serde_json::from_str(&p.hook).unwrap_or_else(|_| drift::Hook::Command(String::new())),
+        state: serde_json::from_str(&p.state).unwrap_or_default(),
+        created_by: p.created_by.clone(),
+        updated_at: p.updated_at,
+    }
+}
+
+pub fn event_out(e: &DriftEventRow) -> EventOut {
+    EventOut {
+        id: e.id.clone(),
+        policy: e.policy.clone(),
+        bundle: e.bundle.clone(),
+        version_number: e.version_number,
+        from: drift::rfc3339(e.from_ns),
+        to: drift::rfc3339(e.to_ns),
+        created_at: e.created_at,
+        hook_status: e.hook_status.clone(),
+        hook_detail: e.hook_detail.clone(),
+        body: serde_json::from_str(&e.body).unwrap_or_default(),
+    }
+}
+
+impl Acting {
+    pub async fn drift_views(&self, q: &DriftQuery) -> Result<Vec<DriftView>> {
+        self.require(Role::Viewer, "drift views")?;
+        Ok(drift::show(self.store(), self.svc.registry(), q).await?)
+    }
+
+    pub async fn drift_heatmap(&self, q: &HeatmapQuery) -> Result<Heatmap> {
+        self.require(Role::Viewer, "the drift heatmap")?;
+        Ok(drift::build_heatmap(self.store(), self.svc.registry(), q).await?)
+    }
+
+    pub async fn drift_policies(&self) -> Result<Vec<PolicyOut>> {
+        self.require(Role::Viewer, "drift policies")?;
+        Ok(self
+            .store()
+            .drift_policies()
+            .await?
+            .iter()
+            .map(policy_out)
+            .collect())
+    }
+
+    pub async fn set_drift_policy(&self, name: &str, p: &PolicyRequest) -> Result<PolicyOut> {
+        self.require(Role::Operator, "setting drift policies")?;
+        let every = humantime::parse_duration(&p.every).map_err(|e| {
+            ServiceError::Invalid(format!("every `{}`: {e} (e.g. 10m, 1h)", p.every))
+        })?;
+        let row = drift::set_policy(
+            self.store(),
+            NewPolicy {
+                name: name.to_string(),
+                bundle: p.bundle.clone(),
+                select: p.select.clone(),
+                every,
+                intervals: p.intervals,
+                rule: p.rule.clone(),
+                hook: p.hook.clone(),
+            },
+            &self.who.name,
+        )
+        .await?;
+        Ok(policy_out(&row))
+    }
+
+    pub async fn remove_drift_policy(&self, name: &str) -> Result<()> {
+        self.require(Role::Operator, "removing drift policies")?;
+        drift::remove_policy(self.store(), name, &self.who.name)
+            .await
+            .map_err(|e| match e {
+                drift::DriftError::Invalid(m) if m.starts_with("no drift policy") => {
+                    ServiceError::NotFound(m)
+                }
+                other => other.into(),
+            })
+    }
+
+    pub async fn drift_events(&self, policy: Option<&str>, limit: i64) -> Result<Vec<EventOut>> {
+        self.require(Role::Viewer, "drift events")?;
+        let limit = limit.clamp(1, super::views::MAX_PAGE);
+        Ok(self
+            .store()
+            .drift_events(policy, limit)
+            .await?
+            .iter()
+            .map(event_out)
+            .collect())
+    }
+
+    /// Evaluates every policy now and runs the hooks of new events.
+    pub async fn evaluate_drift(&self) -> Result<Vec<EventOut>> {
+        self.require(Role::Operator, "evaluating drift policies")?;
+        let events = drift::evaluate_all(
+            self.store(),
+            self.svc.registry(),
+            self.svc.data_dir(),
+            drift::now_ns(),
+        )
+        .await?;
+        self.svc.mark_drift_evaluated(crate::store::now_ms());
+        self.audit("drift.evaluate", "", &format!("{} event(s)", events.len()))
+            .await?;
+        Ok(events.iter().map(event_out).collect())
+    }
+}

@@ -1,0 +1,853 @@
+//! What the operator operations take and return: the JSON shapes of the operator API (and
+//! of the CLI's `--json`), shared by the service, the HTTP handlers, the remote client and
+//! the console. List queries travel as URL query pairs (`to_pairs` / `from_pairs`; repeated
+//! keys for lists, unknown keys refused).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::drift::{Hook, PolicyRule};
+use crate::store::{
+    ApiTokenRow, BundleRow, Device, HistoryPoint, LabelGroup, Rollout, StateCounts,
+    StateThresholds, StreamMark, UpdateRow,
+};
+use crate::types::{
+    AlarmKind, DeviceRolloutState, DeviceSortKey, DeviceState, Problem, Role, UnknownValue,
+};
+
+use super::ServiceError;
+
+/// Query pairs being read: each key read at most once per name, the rest refused.
+#[derive(Debug)]
+pub struct Params<'a> {
+    pairs: &'a [(String, String)],
+    used: Vec<bool>,
+}
+
+impl<'a> Params<'a> {
+    pub fn new(pairs: &'a [(String, String)]) -> Params<'a> {
+        Params {
+            pairs,
+            used: vec![false; pairs.len()],
+        }
+    }
+
+    /// Every value of `key`.
+    pub fn all(&mut self, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, (k, v)) in self.pairs.iter().enumerate() {
+            if k == key {
+                self.used[i] = true;
+                out.push(v.clone());
+            }
+        }
+        out
+    }
+
+    /// The value of `key` (the last one if repeated), empty values as absent.
+    pub fn one(&mut self, key: &str) -> Option<String> {
+        self.all(key).pop().filter(|v| !v.is_empty())
+    }
+
+    pub fn parse<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, ServiceError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.one(key)
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| ServiceError::Invalid(format!("{key}: {e}")))
+            })
+            .transpose()
+    }
+
+    pub fn int(&mut self, key: &str) -> Result<Option<i64>, ServiceError> {
+        self.one(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ServiceError::Invalid(format!("{key}: `{v}` is not a whole number"))
+                })
+            })
+            .transpose()
+    }
+
+    pub fn flag(&mut self, key: &str) -> Result<bool, ServiceError> {
+        match self.one(key).as_deref() {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") => Ok(true),
+            Some(v) => Err(ServiceError::Invalid(format!(
+                "{key}: `{v}` is not true or false"
+            ))),
+        }
+    }
+
+    /// Refuses the keys nobody read.
+    pub fn finish(self) -> Result<(), ServiceError> {
+        match self.pairs.iter().zip(&self.used).find(|(_, used)| !**used) {
+            Some(((k, _), _)) => Err(ServiceError::Invalid(format!("unknown parameter `{k}`"))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn push(out: &mut Vec<(String, String)>, k: &str, v: impl ToString) {
+    out.push((k.to_string(), v.to_string()));
+}
+
+/// The largest page any list returns.
+pub const MAX_PAGE: i64 = 500;
+
+fn page_limit(p: &mut Params, default: i64) -> Result<i64, ServiceError> {
+    let l = p.int("limit")?.unwrap_or(default);
+    if !(1..=MAX_PAGE).contains(&l) {
+        return Err(ServiceError::Invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    Ok(l)
+}
+
+fn offset(p: &mut Params) -> Result<i64, ServiceError> {
+    let o = p.int("offset")?.unwrap_or(0);
+    if o < 0 {
+        return Err(ServiceError::Invalid("offset must not be negative".into()));
+    }
+    Ok(o)
+}
+
+// ---- identity and health ----
+
+/// Who the caller is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub user: String,
+    pub role: Role,
+    /// `session` (console), `token` (API token) or `local` (CLI on the data directory).
+    pub via: String,
+}
+
+/// The server's health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub version: String,
+    pub uptime_s: u64,
+    pub database: DatabaseHealth,
+    pub devices: StateCounts,
+    pub bundles: usize,
+    pub active_rollouts: usize,
+    pub active_alarms: i64,
+    /// Deltas being computed now.
+    pub deltas_in_flight: usize,
+    /// When the drift policies were last evaluated (ms), if since this server started.
+    pub drift_evaluated_at: Option<i64>,
+    /// Seconds between device check-ins.
+    pub checkin_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseHealth {
+    pub backend: String,
+    pub ok: bool,
+    /// One round trip.
+    pub latency_ms: f64,
+    pub schema_version: i64,
+    pub error: Option<String>,
+}
+
+// ---- devices ----
+
+/// Which problems a device list asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemSelect {
+    Any,
+    Only(Problem),
+}
+
+impl std::str::FromStr for ProblemSelect {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        if s == "any" {
+            return Ok(ProblemSelect::Any);
+        }
+        s.parse::<Problem>()
+            .map(ProblemSelect::Only)
+            .map_err(|e| UnknownValue {
+                expected: &[
+                    "any",
+                    "error",
+                    "backlog_growing",
+                    "drops",
+                    "update_failed",
+                    "drift_alarm",
+                ],
+                ..e
+            })
+    }
+}
+
+impl std::fmt::Display for ProblemSelect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProblemSelect::Any => f.write_str("any"),
+            ProblemSelect::Only(p) => f.write_str(p.as_str()),
+        }
+    }
+}
+
+/// `GET /v1/operator/devices` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceQuery {
+    /// `key=value` labels the devices must all carry (`label`, repeatable).
+    pub labels: Vec<String>,
+    pub state: Option<DeviceState>,
+    pub problem: Option<ProblemSelect>,
+    /// `NAME` or `NAME#VERSION_NUMBER` the device runs.
+    pub bundle: Option<String>,
+    pub agent_version: Option<String>,
+    /// Substring of id or name (`q`).
+    pub text: Option<String>,
+    pub sort: DeviceSortKey,
+    pub descending: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl Default for DeviceQuery {
+    fn default() -> Self {
+        DeviceQuery {
+            labels: Vec::new(),
+            state: None,
+            problem: None,
+            bundle: None,
+            agent_version: None,
+            text: None,
+            sort: DeviceSortKey::Problems,
+            descending: false,
+            offset: 0,
+            limit: 50,
+        }
+    }
+}
+
+impl DeviceQuery {
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<DeviceQuery, ServiceError> {
+        let mut p = Params::new(pairs);
+        let q = DeviceQuery {
+            labels: p
+                .all("label")
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .collect(),
+            state: p.parse("state")?,
+            problem: p.parse("problem")?,
+            bundle: p.one("bundle"),
+            agent_version: p.one("agent_version"),
+            text: p.one("q"),
+            sort: p.parse("sort")?.unwrap_or(DeviceSortKey::Problems),
+            descending: p.one("order").as_deref() == Some("desc"),
+            offset: offset(&mut p)?,
+            limit: page_limit(&mut p, 50)?,
+        };
+        p.finish()?;
+        super::check_labels(&q.labels)?;
+        Ok(q)
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for l in &self.labels {
+            push(&mut out, "label", l);
+        }
+        if let Some(s) = self.state {
+            push(&mut out, "state", s);
+        }
+        if let Some(p) = self.problem {
+            push(&mut out, "problem", p);
+        }
+        if let Some(b) = &self.bundle {
+            push(&mut out, "bundle", b);
+        }
+        if let Some(v) = &self.agent_version {
+            push(&mut out, "agent_version", v);
+        }
+        if let Some(t) = &self.text {
+            push(&mut out, "q", t);
+        }
+        push(&mut out, "sort", self.sort);
+        if self.descending {
+            push(&mut out, "order", "desc");
+        }
+        push(&mut out, "offset", self.offset);
+        push(&mut out, "limit", self.limit);
+        out
+    }
+}
+
+/// A device in lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub state: DeviceState,
+    pub problems: Vec<Problem>,
+    pub last_seen: Option<i64>,
+    pub enrolled_at: i64,
+    pub revoked_at: Option<i64>,
+    pub agent_version: Option<String>,
+    /// `bundle#version_number` per running model.
+    pub models: Vec<String>,
+    pub backlog: i64,
+    pub dropped: i64,
+    pub last_error: Option<String>,
+}
+
+impl DeviceSummary {
+    pub fn of(d: &Device, t: &StateThresholds) -> DeviceSummary {
+        DeviceSummary {
+            id: d.id.clone(),
+            name: d.name.clone(),
+            labels: d.labels.clone(),
+            state: d.state(t),
+            problems: d.problems(t),
+            last_seen: d.last_seen,
+            enrolled_at: d.enrolled_at,
+            revoked_at: d.revoked_at,
+            agent_version: d.agent_version.clone(),
+            models: d.models.clone(),
+            backlog: d.backlog,
+            dropped: d.dropped,
+            last_error: d.last_error.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePage {
+    /// Devices matching the filters (all pages).
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// The fleet at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overview {
+    pub counts: StateCounts,
+    /// Devices with problems, the worst first (at most 20).
+    pub problem_devices: Vec<DeviceSummary>,
+    /// Counts per label.
+    pub groups: Vec<LabelGroup>,
+    /// Seconds between check-ins, and what online / offline mean.
+    pub checkin_s: u64,
+    pub online_within_s: i64,
+    pub offline_after_s: i64,
+}
+
+/// A device's place in one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRollout {
+    pub rollout: String,
+    pub bundle: String,
+    pub version_number: i64,
+    pub state: DeviceRolloutState,
+}
+
+/// One device in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDetail {
+    pub device: DeviceSummary,
+    /// Its last check-in as it sent it.
+    pub status: Option<edge_protocols::sync::CheckIn>,
+    /// Records stored per stream.
+    pub streams: Vec<StreamMark>,
+    /// Update reports, newest first (at most 20).
+    pub updates: Vec<UpdateRow>,
+    /// Alarms, newest change first (at most 20).
+    pub alarms: Vec<crate::store::AlarmRow>,
+    /// Rollouts that target it, newest first (at most 10).
+    pub rollouts: Vec<DeviceRollout>,
+}
+
+/// `GET /v1/operator/devices/{id}/history` parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryQuery {
+    /// From this time (ms; default: 24 hours ago).
+    pub since_ms: Option<i64>,
+}
+
+impl HistoryQuery {
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<HistoryQuery, ServiceError> {
+        let mut p = Params::new(pairs);
+        let since = p.one("since");
+        p.finish()?;
+        let since_ms = since
+            .map(|s| {
+                crate::drift::parse_time(&s, crate::drift::now_ns())
+                    .map(|ns| ns / 1_000_000)
+                    .map_err(|e| ServiceError::Invalid(format!("since: {e}")))
+            })
+            .transpose()?;
+        Ok(HistoryQuery { since_ms })
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        self.since_ms
+            .map(|ms| {
+                vec![(
+                    "since".to_string(),
+                    crate::drift::rfc3339(ms.saturating_mul(1_000_000)),
+                )]
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub type History = Vec<HistoryPoint>;
+
+/// `GET /v1/operator/devices/{id}/drift` parameters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceDriftQuery {
+    pub bundle: Option<String>,
+    /// Records ending at or after this (Unix ns; default: all).
+    pub since_ns: Option<i64>,
+    /// At most this many (the newest), default 100.
+    pub limit: i64,
+}
+
+impl DeviceDriftQuery {
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<DeviceDriftQuery, ServiceError> {
+        let mut p = Params::new(pairs);
+        let bundle = p.one("bundle");
+        let since = p.one("since");
+        let limit = page_limit(&mut p, 100)?;
+        p.finish()?;
+        Ok(DeviceDriftQuery {
+            bundle,
+            since_ns: since
+                .map(|s| {
+                    crate::drift::parse_time(&s, crate::drift::now_ns())
+                        .map_err(|e| ServiceError::Invalid(format!("since: {e}")))
+                })
+                .transpose()?,
+            limit,
+        })
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.bundle {
+            push(&mut out, "bundle", b);
+        }
+        if let Some(s) = self.since_ns {
+            push(&mut out, "since", crate::drift::rfc3339(s));
+        }
+        push(&mut out, "limit", self.limit);
+        out
+    }
+}
+
+/// One prediction a device uploaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionOut {
+    pub seq: i64,
+    pub model: String,
+    pub bundle: String,
+    pub version_number: u64,
+    /// Window end, RFC 3339.
+    pub end: String,
+    pub end_ns: i64,
+    pub score: Option<f64>,
+    pub label: Option<String>,
+    pub over_threshold: Option<bool>,
+    pub alarm: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelsRequest {
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentTokenRequest {
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// How long it stays valid (`24h`, `7d`; default 24h).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentToken {
+    /// Shown once: only its hash is stored.
+    pub token: String,
+    pub labels: Vec<String>,
+    pub expires_at: i64,
+}
+
+// ---- models ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustKeyRequest {
+    /// The ed25519 public key, PEM.
+    pub public_pem: String,
+}
+
+/// A stored bundle version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleOut {
+    #[serde(flatten)]
+    pub row: BundleRow,
+    pub description: Option<String>,
+    pub created: Option<String>,
+    /// Feature column names (the model input).
+    pub columns: Vec<String>,
+    /// Non-revoked devices running it at their last check-in.
+    pub running: i64,
+}
+
+/// A cached delta to a bundle version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaOut {
+    pub bundle: String,
+    /// The base version (absent: a device running a bundle this server never stored).
+    pub from_version_number: Option<i64>,
+    pub to_version_number: i64,
+    /// The method devices get: the smallest, or `full`.
+    pub method: String,
+    pub size: i64,
+    /// Bytes per method (`full` is the bundle itself).
+    pub sizes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRequest {
+    pub from: i64,
+    pub to: i64,
+}
+
+// ---- rollouts ----
+
+/// A rollout with its progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutSummary {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    /// Non-revoked devices its selector targets.
+    pub targeted: i64,
+    /// Targeted devices per state (every state present, zero or not).
+    pub progress: BTreeMap<DeviceRolloutState, i64>,
+}
+
+/// One targeted device of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutDevice {
+    pub id: String,
+    pub name: String,
+    pub canary: bool,
+    pub state: DeviceRolloutState,
+    /// The device's report (when it sent one).
+    pub detail: Option<String>,
+    pub reported_at: Option<i64>,
+    pub last_seen: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutDetail {
+    #[serde(flatten)]
+    pub summary: RolloutSummary,
+    pub devices: Vec<RolloutDevice>,
+}
+
+// ---- drift ----
+
+/// A retrain policy as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyOut {
+    pub name: String,
+    pub bundle: String,
+    pub select: Vec<String>,
+    /// Bucket length (`10m`).
+    pub every: String,
+    pub intervals: i64,
+    pub rule: PolicyRule,
+    pub hook: Hook,
+    /// The evaluator's cursor.
+    pub state: serde_json::Value,
+    pub created_by: String,
+    pub updated_at: i64,
+}
+
+/// `PUT /v1/operator/drift/policies/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRequest {
+    pub bundle: String,
+    #[serde(default)]
+    pub select: Vec<String>,
+    /// Bucket length (`10m`).
+    pub every: String,
+    /// Consecutive drifting buckets that make an event (default 3).
+    #[serde(default = "three")]
+    pub intervals: u32,
+    pub rule: PolicyRule,
+    pub hook: Hook,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// A recorded retrain event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventOut {
+    pub id: String,
+    pub policy: String,
+    pub bundle: String,
+    pub version_number: i64,
+    pub from: String,
+    pub to: String,
+    pub created_at: i64,
+    /// `pending`, `ok`, `failed`, `timeout`, `error`.
+    pub hook_status: String,
+    pub hook_detail: String,
+    /// The event JSON the hook got.
+    pub body: serde_json::Value,
+}
+
+// ---- alarms ----
+
+/// `GET /v1/operator/alarms` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlarmListQuery {
+    pub device: Option<String>,
+    pub active_only: bool,
+    pub unacked_only: bool,
+    pub kind: Option<AlarmKind>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+impl Default for AlarmListQuery {
+    fn default() -> Self {
+        AlarmListQuery {
+            device: None,
+            active_only: false,
+            unacked_only: false,
+            kind: None,
+            offset: 0,
+            limit: 50,
+        }
+    }
+}
+
+impl AlarmListQuery {
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<AlarmListQuery, ServiceError> {
+        let mut p = Params::new(pairs);
+        let q = AlarmListQuery {
+            device: p.one("device"),
+            active_only: p.flag("active")?,
+            unacked_only: p.flag("unacked")?,
+            kind: p.parse("kind")?,
+            offset: offset(&mut p)?,
+            limit: page_limit(&mut p, 50)?,
+        };
+        p.finish()?;
+        Ok(q)
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(d) = &self.device {
+            push(&mut out, "device", d);
+        }
+        if self.active_only {
+            push(&mut out, "active", "true");
+        }
+        if self.unacked_only {
+            push(&mut out, "unacked", "true");
+        }
+        if let Some(k) = self.kind {
+            push(&mut out, "kind", k);
+        }
+        push(&mut out, "offset", self.offset);
+        push(&mut out, "limit", self.limit);
+        out
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlarmPage {
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+    pub alarms: Vec<crate::store::AlarmRow>,
+}
+
+// ---- audit ----
+
+/// `GET /v1/operator/audit` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditListQuery {
+    pub actor: Option<String>,
+    /// Actions starting with this (`rollout.`).
+    pub action: Option<String>,
+    /// Entries before this time (ms).
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+impl Default for AuditListQuery {
+    fn default() -> Self {
+        AuditListQuery {
+            actor: None,
+            action: None,
+            before: None,
+            limit: 50,
+        }
+    }
+}
+
+impl AuditListQuery {
+    pub fn from_pairs(pairs: &[(String, String)]) -> Result<AuditListQuery, ServiceError> {
+        let mut p = Params::new(pairs);
+        let q = AuditListQuery {
+            actor: p.one("actor"),
+            action: p.one("action"),
+            before: p.int("before")?,
+            limit: page_limit(&mut p, 50)?,
+        };
+        p.finish()?;
+        Ok(q)
+    }
+
+    pub fn to_pairs(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Some(a) = &self.actor {
+            push(&mut out, "actor", a);
+        }
+        if let Some(a) = &self.action {
+            push(&mut out, "action", a);
+        }
+        if let Some(b) = self.before {
+            push(&mut out, "before", b);
+        }
+        push(&mut out, "limit", self.limit);
+        out
+    }
+}
+
+// ---- accounts ----
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}
+
+/// A new console session (its id goes in the `fleet_session` cookie only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginReply {
+    pub user: String,
+    pub role: Role,
+    /// Send it back as `X-CSRF-Token` on every state change made with the cookie.
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewUser {
+    pub name: String,
+    pub role: Role,
+    pub password: String,
+}
+
+/// `PUT /v1/operator/users/{name}`: a new role (admin), a new password (admin, or the user
+/// with `current_password`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserUpdate {
+    #[serde(default)]
+    pub role: Option<Role>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+pub type UserOut = crate::store::UserRow;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub name: String,
+    /// At most the owner's role (default: the owner's role).
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// How long it stays valid (`90d`; default 90 days).
+    #[serde(default)]
+    pub ttl: Option<String>,
+    /// Owner (admins only; default: the caller).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// Shown once: only its SHA-256 is stored. `Authorization: Bearer <token>`.
+    pub token: String,
+    #[serde(flatten)]
+    pub info: ApiTokenRow,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(s: &[(&str, &str)]) -> Vec<(String, String)> {
+        s.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn device_queries_round_trip_and_refuse_unknown_keys() {
+        let q = DeviceQuery {
+            labels: vec!["site=a".into(), "line=2".into()],
+            state: Some(DeviceState::Stale),
+            problem: Some(ProblemSelect::Only(Problem::Drops)),
+            bundle: Some("pump#3".into()),
+            text: Some("gw".into()),
+            sort: DeviceSortKey::LastSeen,
+            descending: true,
+            offset: 50,
+            limit: 25,
+            ..Default::default()
+        };
+        assert_eq!(DeviceQuery::from_pairs(&q.to_pairs()).unwrap(), q);
+        let e = DeviceQuery::from_pairs(&pairs(&[("colour", "red")])).unwrap_err();
+        assert_eq!(e.to_string(), "unknown parameter `colour`");
+        let e = DeviceQuery::from_pairs(&pairs(&[("state", "asleep")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("state: `asleep` is not a valid device state"),
+            "{e}"
+        );
+        let e = DeviceQuery::from_pairs(&pairs(&[("limit", "5000")])).unwrap_err();
+        assert!(e.to_string().contains("limit"), "{e}");
+        let e = DeviceQuery::from_pairs(&pairs(&[("problem", "bad")])).unwrap_err();
+        assert!(e.to_string().contains("any, error"), "{e}");
+        let a = AlarmListQuery {
+            device: Some("d-1".into()),
+            active_only: true,
+            kind: Some(AlarmKind::Dataset),
+            ..Default::default()
+        };
+        assert_eq!(AlarmListQuery::from_pairs(&a.to_pairs()).unwrap(), a);
+        let a = AuditListQuery {
+            action: Some("rollout.".into()),
+            before: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(AuditListQuery::from_pairs(&a.to_pairs()).unwrap(), a);
+    }
+}

@@ -1,0 +1,355 @@
+//! Operator accounts, console sessions, API tokens and login throttling. Secrets are never
+//! stored: passwords as argon2id PHC strings, session ids and API tokens as SHA-256.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{parse_enum, FleetStore, Result};
+use crate::types::Role;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserRow {
+    pub name: String,
+    pub role: Role,
+    /// argon2id PHC string.
+    #[serde(skip)]
+    pub password_hash: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub password_changed_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id_sha256: String,
+    pub user_name: String,
+    /// The session's CSRF token (sent back in `X-CSRF-Token` on every state change).
+    pub csrf: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_seen: i64,
+    /// The client address and user agent at login (for the audit log).
+    pub client: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiTokenRow {
+    pub id: String,
+    pub name: String,
+    pub user_name: String,
+    /// At most the user's role; the effective role is the lower of the two at each use.
+    pub role: Role,
+    #[serde(skip)]
+    pub token_sha256: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Failed logins of one key (`user:NAME` or `ip:ADDR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginFailure {
+    pub failures: i64,
+    pub first_at: i64,
+    pub locked_until: i64,
+}
+
+fn user_of(r: &AnyRow) -> Result<UserRow> {
+    Ok(UserRow {
+        name: r.try_get("name")?,
+        role: parse_enum(&r.try_get::<String, _>("role")?)?,
+        password_hash: r.try_get("password_hash")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        password_changed_at: r.try_get("password_changed_at")?,
+    })
+}
+
+fn token_of(r: &AnyRow) -> Result<ApiTokenRow> {
+    Ok(ApiTokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        user_name: r.try_get("user_name")?,
+        role: parse_enum(&r.try_get::<String, _>("role")?)?,
+        token_sha256: r.try_get("token_sha256")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+impl FleetStore {
+    // ---- users ----
+
+    /// False when a user of that name exists.
+    pub async fn add_user(&self, u: &UserRow) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query("INSERT INTO users (name, role, password_hash, created_by, created_at, password_changed_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING")
+            .bind(&u.name)
+            .bind(u.role.as_str())
+            .bind(&u.password_hash)
+            .bind(&u.created_by)
+            .bind(u.created_at)
+            .bind(u.password_changed_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn user(&self, name: &str) -> Result<Option<UserRow>> {
+        let r = sqlx::query("SELECT * FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(user_of).transpose()
+    }
+
+    pub async fn users(&self) -> Result<Vec<UserRow>> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(user_of).collect()
+    }
+
+    pub async fn count_admins(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin'")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+
+    pub async fn set_user_role(&self, name: &str, role: Role) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
+            .bind(role.as_str())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Replaces a password and ends every session of the user.
+    pub async fn set_password(&self, name: &str, hash: &str, at: i64) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let r = sqlx::query(
+            "UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE name = $3",
+        )
+        .bind(hash)
+        .bind(at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Removes a user, ends their sessions and revokes their API tokens.
+    pub async fn remove_user(&self, name: &str, at: i64) -> Result<bool> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let r = sqlx::query("DELETE FROM users WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE user_name = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- sessions ----
+
+    pub async fn add_session(&self, s: &SessionRow) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("INSERT INTO sessions (id_sha256, user_name, csrf, created_at, expires_at, last_seen, client) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&s.id_sha256)
+            .bind(&s.user_name)
+            .bind(&s.csrf)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .bind(s.last_seen)
+            .bind(&s.client)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn session(&self, id_sha256: &str) -> Result<Option<SessionRow>> {
+        let r = sqlx::query("SELECT * FROM sessions WHERE id_sha256 = $1")
+            .bind(id_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| {
+            Ok(SessionRow {
+                id_sha256: r.try_get("id_sha256")?,
+                user_name: r.try_get("user_name")?,
+                csrf: r.try_get("csrf")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+                last_seen: r.try_get("last_seen")?,
+                client: r.try_get("client")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn touch_session(&self, id_sha256: &str, at: i64) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id_sha256 = $2")
+            .bind(at)
+            .bind(id_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, id_sha256: &str) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("DELETE FROM sessions WHERE id_sha256 = $1")
+            .bind(id_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes sessions that expired or sat idle since `idle_before`; returns how many.
+    pub async fn prune_sessions(&self, now: i64, idle_before: i64) -> Result<u64> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1 OR last_seen < $2")
+            .bind(now)
+            .bind(idle_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    // ---- API tokens ----
+
+    pub async fn add_api_token(&self, t: &ApiTokenRow) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("INSERT INTO api_tokens (id, name, user_name, role, token_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(&t.id)
+            .bind(&t.name)
+            .bind(&t.user_name)
+            .bind(t.role.as_str())
+            .bind(&t.token_sha256)
+            .bind(t.created_at)
+            .bind(t.expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn api_token_by_sha(&self, sha256: &str) -> Result<Option<ApiTokenRow>> {
+        let r = sqlx::query("SELECT * FROM api_tokens WHERE token_sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(token_of).transpose()
+    }
+
+    pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
+        let r = sqlx::query("SELECT * FROM api_tokens WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(token_of).transpose()
+    }
+
+    /// API tokens (of one user, or all), newest first.
+    pub async fn api_tokens(&self, user: Option<&str>) -> Result<Vec<ApiTokenRow>> {
+        let rows =
+            match user {
+                Some(u) => sqlx::query(
+                    "SELECT * FROM api_tokens WHERE user_name = $1 ORDER BY created_at DESC, id",
+                )
+                .bind(u)
+                .fetch_all(&self.pool)
+                .await?,
+                None => {
+                    sqlx::query("SELECT * FROM api_tokens ORDER BY created_at DESC, id")
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
+        rows.iter().map(token_of).collect()
+    }
+
+    pub async fn revoke_api_token(&self, id: &str, at: i64) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn touch_api_token(&self, id: &str, at: i64) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- login throttling ----
+
+    pub async fn login_failure(&self, key: &str) -> Result<Option<LoginFailure>> {
+        let r = sqlx::query(
+            "SELECT failures, first_at, locked_until FROM login_failures WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| {
+            Ok(LoginFailure {
+                failures: r.try_get("failures")?,
+                first_at: r.try_get("first_at")?,
+                locked_until: r.try_get("locked_until")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn set_login_failure(&self, key: &str, f: &LoginFailure) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, first_at = excluded.first_at, locked_until = excluded.locked_until")
+            .bind(key)
+            .bind(f.failures)
+            .bind(f.first_at)
+            .bind(f.locked_until)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! The audit log: who did what, when. Written by every state change an operator (or a
+//! device, or the server itself) makes.
+
+use sqlx::Row;
+
+use super::{like_pattern, now_ms, Arg, FleetStore, Result, Sql};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// Operator name, device id (`d-…`), `token:…` (enrollment) or `fleet-server`.
+    pub actor: String,
+    /// `device.revoke`, `rollout.halt`, `user.add`, …
+    pub action: String,
+    pub subject: String,
+    pub detail: String,
+}
+
+/// Which audit entries to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub actor: Option<String>,
+    /// Actions starting with this (`rollout.` for every rollout action).
+    pub action: Option<String>,
+    /// Entries before this time (ms), for paging back.
+    pub before: Option<i64>,
+    pub limit: i64,
+}
+
+impl FleetStore {
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        detail: &str,
+    ) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(now_ms())
+        .bind(actor)
+        .bind(action)
+        .bind(subject)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` entries.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>> {
+        self.audit_query(&AuditQuery {
+            limit,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
+        let mut s = Sql::new("SELECT at, actor, action, subject, detail FROM audit WHERE 1 = 1");
+        if let Some(a) = &q.actor {
+            s.push(" AND actor = ").arg(Arg::S(a.clone()));
+        }
+        if let Some(a) = &q.action {
+            // A prefix: the pattern's trailing `%` only.
+            let mut p = like_pattern(a);
+            p.remove(0);
+            s.push(" AND action LIKE ")
+                .arg(Arg::S(p))
+                .push(" ESCAPE '\\'");
+        }
+        if let Some(b) = q.before {
+            s.push(" AND at < ").arg(Arg::I(b));
+        }
+        s.push(" ORDER BY at DESC LIMIT ")
+            .arg(Arg::I(q.limit.max(0)));
+        let rows = s.query().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditEntry {
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    subject: r.try_get("subject")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}

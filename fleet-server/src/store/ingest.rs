@@ -1,0 +1,886 @@
+//! Uploaded device records and what is derived from them at ingest: stream marks (the
+//! contiguous ack), the alarms table (from the `alarms` stream), the drift index (from the
+//! `drift` stream), and the update history (from update reports).
+//!
+//! Derived rows are written in the ingest transaction, only for records stored for the
+//! first time (`RETURNING seq`), so a replayed batch changes nothing twice.
+
+use std::collections::HashMap;
+
+use edge_protocols::records::{self, Stream};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, parse_enum, Arg, FleetStore, Result, Sql};
+use crate::types::{AlarmKind, UpdateOutcome};
+
+/// Records per INSERT statement (5 parameters each; SQLite allows 32766).
+const INSERT_CHUNK: usize = 500;
+
+/// Result of storing one upload batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestResult {
+    pub acked_through: i64,
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamMark {
+    pub stream: String,
+    pub acked_through: i64,
+    pub lost_on_device: i64,
+    pub records: i64,
+    pub duplicates: i64,
+}
+
+/// A model or drift alarm: one row per raise, cleared in place.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AlarmRow {
+    pub id: String,
+    pub device_id: String,
+    pub device_name: String,
+    pub model: String,
+    pub bundle: String,
+    pub version_number: i64,
+    pub kind: AlarmKind,
+    /// Column or output name, `dataset`, the performance metric, or `score`.
+    pub subject: String,
+    /// What was compared (`psi`, `accuracy`, `score`, …).
+    pub metric: String,
+    pub score: Option<f64>,
+    pub threshold: Option<f64>,
+    /// Device time of the window that raised it (absent if the raise never arrived).
+    pub raised_ns: Option<i64>,
+    pub cleared_ns: Option<i64>,
+    pub active: bool,
+    /// Server time the raise (or the first record of it) arrived.
+    pub received_at: i64,
+    pub updated_at: i64,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<i64>,
+}
+
+/// Which alarms to list (newest change first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlarmQuery {
+    pub device: Option<String>,
+    pub active_only: bool,
+    pub unacked_only: bool,
+    pub kind: Option<AlarmKind>,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// A device's model update report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpdateRow {
+    pub at: i64,
+    pub model: String,
+    pub bundle: String,
+    pub from_version_number: i64,
+    pub to_version_number: i64,
+    pub rollout_id: Option<String>,
+    pub outcome: UpdateOutcome,
+    pub method: String,
+    pub bytes: i64,
+    pub detail: String,
+}
+
+/// Where a drift record is and what it covers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriftIndexRow {
+    pub device_id: String,
+    pub seq: i64,
+    pub model: String,
+    pub bundle: String,
+    pub version_number: i64,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub dataset_drift: bool,
+    /// Drifting column names.
+    pub drifting: Vec<String>,
+}
+
+fn alarm_of(r: &AnyRow) -> Result<AlarmRow> {
+    Ok(AlarmRow {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        device_name: r
+            .try_get::<Option<String>, _>("device_name")?
+            .unwrap_or_default(),
+        model: r.try_get("model")?,
+        bundle: r.try_get("bundle")?,
+        version_number: r.try_get("version_number")?,
+        kind: parse_enum(&r.try_get::<String, _>("kind")?)?,
+        subject: r.try_get("subject")?,
+        metric: r.try_get("metric")?,
+        score: r.try_get("score")?,
+        threshold: r.try_get("threshold")?,
+        raised_ns: r.try_get("raised_ns")?,
+        cleared_ns: r.try_get("cleared_ns")?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        received_at: r.try_get("received_at")?,
+        updated_at: r.try_get("updated_at")?,
+        acked_by: r.try_get("acked_by")?,
+        acked_at: r.try_get("acked_at")?,
+    })
+}
+
+fn drift_index_of(r: &AnyRow) -> Result<DriftIndexRow> {
+    let drifting: String = r.try_get("drifting")?;
+    Ok(DriftIndexRow {
+        device_id: r.try_get("device_id")?,
+        seq: r.try_get("seq")?,
+        model: r.try_get("model")?,
+        bundle: r.try_get("bundle")?,
+        version_number: r.try_get("version_number")?,
+        start_ns: r.try_get("start_ns")?,
+        end_ns: r.try_get("end_ns")?,
+        dataset_drift: r.try_get::<i64, _>("dataset_drift")? != 0,
+        drifting: serde_json::from_str(&drifting).unwrap_or_default(),
+    })
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// Indexes one stored `drift` record (skipped, with a warning, if it does not decode).
+async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result<()> {
+    let rec = match records::decode_drift(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(device, seq, "drift record not indexed: {e}");
+            return Ok(());
+        }
+    };
+    let drifting = serde_json::to_string(&rec.drifting).unwrap_or_else(|_| "[]".into());
+    sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, seq) DO NOTHING")
+        .bind(device)
+        .bind(seq)
+        .bind(&*rec.source.model)
+        .bind(&*rec.source.bundle)
+        .bind(i64::try_from(rec.source.version_number).unwrap_or(i64::MAX))
+        .bind(rec.start_ns)
+        .bind(rec.end_ns)
+        .bind(i64::from(rec.dataset_drift))
+        .bind(drifting)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies one stored `alarms` record: a raise opens (or refreshes) the alarm of its
+/// (device, model, kind, subject); a clear closes it. Returns whether it decoded.
+async fn apply_alarm(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result<bool> {
+    let a = match records::decode_alarm(body) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(device, seq, "alarm record not applied: {e}");
+            return Ok(false);
+        }
+    };
+    let (kind, subject, metric) = match &a.drift {
+        None => (AlarmKind::Model, "score".to_string(), "score".to_string()),
+        Some(d) => (
+            match d.kind {
+                records::DriftAlarmKind::Column => AlarmKind::Column,
+                records::DriftAlarmKind::Output => AlarmKind::Output,
+                records::DriftAlarmKind::Dataset => AlarmKind::Dataset,
+                records::DriftAlarmKind::Performance => AlarmKind::Performance,
+            },
+            d.subject.clone(),
+            d.metric.clone(),
+        ),
+    };
+    let now = now_ms();
+    let vn = i64::try_from(a.source.version_number).unwrap_or(i64::MAX);
+    let open = sqlx::query("SELECT id FROM alarms WHERE device_id = $1 AND model = $2 AND kind = $3 AND subject = $4 AND active = 1")
+        .bind(device)
+        .bind(&*a.source.model)
+        .bind(kind.as_str())
+        .bind(&subject)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get::<String, _>("id"))
+        .transpose()?;
+    match (a.active, open) {
+        (true, Some(id)) => {
+            sqlx::query("UPDATE alarms SET score = $1, threshold = $2, metric = $3, bundle = $4, version_number = $5, updated_at = $6 WHERE id = $7")
+                .bind(finite(a.score))
+                .bind(a.threshold.and_then(finite))
+                .bind(&metric)
+                .bind(&*a.source.bundle)
+                .bind(vn)
+                .bind(now)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        (false, Some(id)) => {
+            sqlx::query(
+                "UPDATE alarms SET active = 0, cleared_ns = $1, updated_at = $2 WHERE id = $3",
+            )
+            .bind(a.ts_ns)
+            .bind(now)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        (active, None) => {
+            // A raise, or a clear whose raise never arrived (dropped on the device).
+            sqlx::query("INSERT INTO alarms (id, device_id, model, bundle, version_number, kind, subject, metric, score, threshold, raised_ns, cleared_ns, active, received_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING")
+                .bind(format!("al-{device}-{seq}"))
+                .bind(device)
+                .bind(&*a.source.model)
+                .bind(&*a.source.bundle)
+                .bind(vn)
+                .bind(kind.as_str())
+                .bind(&subject)
+                .bind(&metric)
+                .bind(finite(a.score))
+                .bind(a.threshold.and_then(finite))
+                .bind(active.then_some(a.ts_ns))
+                .bind((!active).then_some(a.ts_ns))
+                .bind(i64::from(active))
+                .bind(now)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(true)
+}
+
+async fn count_drift_alarms(tx: &mut Tx, device: &str) -> Result<()> {
+    sqlx::query("UPDATE devices SET drift_alarms = (SELECT COUNT(*) FROM alarms WHERE alarms.device_id = $1 AND alarms.active = 1 AND alarms.kind <> 'model') WHERE id = $1")
+        .bind(device)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Rebuilds the alarms and the drift index from every stored record (schema migration).
+pub(super) async fn reindex_all(tx: &mut Tx) -> Result<()> {
+    for stream in [Stream::Alarms, Stream::Drift] {
+        let mut after: (String, i64) = (String::new(), 0);
+        loop {
+            let rows = sqlx::query("SELECT device_id, seq, body FROM records WHERE stream = $1 AND (device_id > $2 OR (device_id = $2 AND seq > $3)) ORDER BY device_id, seq LIMIT 500")
+                .bind(stream.name())
+                .bind(&after.0)
+                .bind(after.1)
+                .fetch_all(&mut **tx)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = (last.try_get("device_id")?, last.try_get("seq")?);
+            let mut devices = Vec::new();
+            for r in &rows {
+                let device: String = r.try_get("device_id")?;
+                let seq: i64 = r.try_get("seq")?;
+                let body: Vec<u8> = r.try_get("body")?;
+                match stream {
+                    Stream::Alarms => {
+                        apply_alarm(tx, &device, seq, &body).await?;
+                        if devices.last() != Some(&device) {
+                            devices.push(device);
+                        }
+                    }
+                    _ => index_drift(tx, &device, seq, &body).await?,
+                }
+            }
+            for d in devices {
+                count_drift_alarms(tx, &d).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl FleetStore {
+    /// Stores a batch idempotently and returns the highest contiguous sequence stored.
+    /// `first_available`: the device no longer has records below it, so the mark may skip
+    /// them (counted as lost on the device). Alarms and drift records stored for the first
+    /// time update the alarms table and the drift index in the same transaction.
+    pub async fn ingest(
+        &self,
+        device: &str,
+        stream: &str,
+        first_available: i64,
+        records: &[(i64, i64, &[u8])],
+    ) -> Result<IngestResult> {
+        let derived =
+            Stream::from_name(stream).filter(|s| matches!(s, Stream::Alarms | Stream::Drift));
+        let (_writer, mut tx) = self.begin_write().await?;
+        sqlx::query("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ($1, $2, 0, 0, 0, 0) ON CONFLICT (device_id, stream) DO NOTHING")
+            .bind(device)
+            .bind(stream)
+            .execute(&mut *tx)
+            .await?;
+        let mark = sqlx::query("SELECT acked_through, lost_on_device FROM stream_marks WHERE device_id = $1 AND stream = $2")
+            .bind(device)
+            .bind(stream)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut through: i64 = mark.try_get("acked_through")?;
+        let mut lost: i64 = mark.try_get("lost_on_device")?;
+        // One multi-row statement per chunk (not one round trip per record); RETURNING
+        // names the records stored for the first time.
+        let mut new_seqs: Vec<i64> = Vec::new();
+        for chunk in records.chunks(INSERT_CHUNK) {
+            let mut q =
+                Sql::new("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ");
+            for (i, (seq, ts, body)) in chunk.iter().enumerate() {
+                q.push(if i > 0 { ", (" } else { "(" })
+                    .arg(Arg::S(device.to_string()))
+                    .push(", ")
+                    .arg(Arg::S(stream.to_string()))
+                    .push(", ")
+                    .arg(Arg::I(*seq))
+                    .push(", ")
+                    .arg(Arg::I(*ts))
+                    .push(", ")
+                    .arg(Arg::B(body.to_vec()))
+                    .push(")");
+            }
+            q.push(" ON CONFLICT (device_id, stream, seq) DO NOTHING RETURNING seq");
+            for r in q.query().fetch_all(&mut *tx).await? {
+                new_seqs.push(r.try_get("seq")?);
+            }
+        }
+        let inserted = new_seqs.len() as u64;
+        let duplicates = records.len() as u64 - inserted;
+        if let Some(s) = derived {
+            new_seqs.sort_unstable();
+            let bodies: HashMap<i64, &[u8]> = records.iter().map(|(q, _, b)| (*q, *b)).collect();
+            for seq in &new_seqs {
+                let Some(body) = bodies.get(seq) else {
+                    continue;
+                };
+                match s {
+                    Stream::Alarms => {
+                        apply_alarm(&mut tx, device, *seq, body).await?;
+                    }
+                    _ => index_drift(&mut tx, device, *seq, body).await?,
+                }
+            }
+            if s == Stream::Alarms && !new_seqs.is_empty() {
+                count_drift_alarms(&mut tx, device).await?;
+            }
+        }
+        if first_available - 1 > through {
+            // Records the device dropped under its limits will never come.
+            let held = sqlx::query("SELECT COUNT(*) AS n FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 AND seq < $4")
+                .bind(device)
+                .bind(stream)
+                .bind(through)
+                .bind(first_available)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get::<i64, _>("n")?;
+            lost += first_available - 1 - through - held;
+            through = first_available - 1;
+        }
+        let next = sqlx::query("SELECT seq FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT 100000")
+            .bind(device)
+            .bind(stream)
+            .bind(through)
+            .fetch_all(&mut *tx)
+            .await?;
+        for r in next {
+            let s: i64 = r.try_get("seq")?;
+            if s != through + 1 {
+                break;
+            }
+            through = s;
+        }
+        sqlx::query("UPDATE stream_marks SET acked_through = $1, lost_on_device = $2, records = records + $3, duplicates = duplicates + $4 WHERE device_id = $5 AND stream = $6")
+            .bind(through)
+            .bind(lost)
+            .bind(inserted as i64)
+            .bind(duplicates as i64)
+            .bind(device)
+            .bind(stream)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(IngestResult {
+            acked_through: through,
+            inserted,
+            duplicates,
+        })
+    }
+
+    pub async fn stream_marks(&self, device: &str) -> Result<Vec<StreamMark>> {
+        let rows = sqlx::query("SELECT stream, acked_through, lost_on_device, records, duplicates FROM stream_marks WHERE device_id = $1 ORDER BY stream")
+            .bind(device)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StreamMark {
+                    stream: r.try_get("stream")?,
+                    acked_through: r.try_get("acked_through")?,
+                    lost_on_device: r.try_get("lost_on_device")?,
+                    records: r.try_get("records")?,
+                    duplicates: r.try_get("duplicates")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stored records of a device's stream in sequence order: (seq, ts_ms, body).
+    pub async fn records(
+        &self,
+        device: &str,
+        stream: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT seq, ts_ms, body FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT $4")
+            .bind(device)
+            .bind(stream)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("ts_ms")?, r.try_get("body")?)))
+            .collect()
+    }
+
+    /// The newest `limit` records of a device's stream, newest first.
+    pub async fn latest_records(
+        &self,
+        device: &str,
+        stream: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64, Vec<u8>)>> {
+        let rows = sqlx::query("SELECT seq, ts_ms, body FROM records WHERE device_id = $1 AND stream = $2 ORDER BY seq DESC LIMIT $3")
+            .bind(device)
+            .bind(stream)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("ts_ms")?, r.try_get("body")?)))
+            .collect()
+    }
+
+    /// One stored record's body.
+    pub async fn record(&self, device: &str, stream: &str, seq: i64) -> Result<Option<Vec<u8>>> {
+        let r = sqlx::query(
+            "SELECT body FROM records WHERE device_id = $1 AND stream = $2 AND seq = $3",
+        )
+        .bind(device)
+        .bind(stream)
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| Ok(r.try_get("body")?)).transpose()
+    }
+
+    // ---- alarms ----
+
+    /// Alarms, most recently changed first, and how many match.
+    pub async fn alarms(&self, q: &AlarmQuery) -> Result<(Vec<AlarmRow>, i64)> {
+        let mut cond = Sql::new(" WHERE 1 = 1");
+        if let Some(d) = &q.device {
+            cond.push(" AND a.device_id = ").arg(Arg::S(d.clone()));
+        }
+        if q.active_only {
+            cond.push(" AND a.active = 1");
+        }
+        if q.unacked_only {
+            cond.push(" AND a.acked_at IS NULL");
+        }
+        if let Some(k) = q.kind {
+            cond.push(" AND a.kind = ").arg(Arg::S(k.as_str().into()));
+        }
+        let mut count = Sql::new("SELECT COUNT(*) AS n FROM alarms a");
+        count.push(&cond.text);
+        count.args = cond.args.clone();
+        let total: i64 = count.query().fetch_one(&self.pool).await?.try_get("n")?;
+        let mut sel = Sql::new("SELECT a.*, d.name AS device_name FROM alarms a LEFT JOIN devices d ON d.id = a.device_id");
+        sel.push(&cond.text);
+        sel.args = cond.args;
+        sel.push(" ORDER BY a.updated_at DESC, a.id DESC LIMIT ")
+            .arg(Arg::I(q.limit.max(0)))
+            .push(" OFFSET ")
+            .arg(Arg::I(q.offset.max(0)));
+        let rows = sel.query().fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(alarm_of).collect::<Result<_>>()?, total))
+    }
+
+    pub async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>> {
+        let r = sqlx::query("SELECT a.*, d.name AS device_name FROM alarms a LEFT JOIN devices d ON d.id = a.device_id WHERE a.id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(alarm_of).transpose()
+    }
+
+    /// Acknowledges an alarm (first acknowledgement wins); false if there is no such alarm
+    /// or it was acknowledged already.
+    pub async fn ack_alarm(&self, id: &str, by: &str) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query(
+            "UPDATE alarms SET acked_by = $1, acked_at = $2 WHERE id = $3 AND acked_at IS NULL",
+        )
+        .bind(by)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ---- drift index ----
+
+    /// The newest indexed drift record of each (device, model) for a bundle version,
+    /// among records ending at or after `since_ns`.
+    pub async fn latest_drift(
+        &self,
+        bundle: &str,
+        version_number: i64,
+        since_ns: i64,
+    ) -> Result<Vec<DriftIndexRow>> {
+        let rows = sqlx::query("SELECT * FROM drift_index di WHERE di.bundle = $1 AND di.version_number = $2 AND di.end_ns >= $3 AND di.seq = (SELECT MAX(d2.seq) FROM drift_index d2 WHERE d2.device_id = di.device_id AND d2.model = di.model AND d2.bundle = di.bundle AND d2.version_number = di.version_number) ORDER BY di.device_id, di.model")
+            .bind(bundle)
+            .bind(version_number)
+            .bind(since_ns)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(drift_index_of).collect()
+    }
+
+    /// A device's indexed drift records (optionally of one bundle) ending at or after
+    /// `since_ns`, oldest first, at most `limit` (the newest ones when there are more).
+    pub async fn device_drift_index(
+        &self,
+        device: &str,
+        bundle: Option<&str>,
+        since_ns: i64,
+        limit: i64,
+    ) -> Result<Vec<DriftIndexRow>> {
+        let mut q = Sql::new("SELECT * FROM drift_index WHERE device_id = ");
+        q.arg(Arg::S(device.into()))
+            .push(" AND end_ns >= ")
+            .arg(Arg::I(since_ns));
+        if let Some(b) = bundle {
+            q.push(" AND bundle = ").arg(Arg::S(b.into()));
+        }
+        q.push(" ORDER BY end_ns DESC, seq DESC LIMIT ")
+            .arg(Arg::I(limit.max(0)));
+        let rows = q.query().fetch_all(&self.pool).await?;
+        let mut out = rows
+            .iter()
+            .map(drift_index_of)
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A device's drift records of one bundle (optionally one version) ending in
+    /// `[since_ns, until_ns)`, after sequence `after`, in sequence order: (seq, body).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn drift_records(
+        &self,
+        device: &str,
+        bundle: &str,
+        version_number: Option<i64>,
+        since_ns: i64,
+        until_ns: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        let mut q = Sql::new("SELECT r.seq AS seq, r.body AS body FROM drift_index di JOIN records r ON r.device_id = di.device_id AND r.stream = 'drift' AND r.seq = di.seq WHERE di.device_id = ");
+        q.arg(Arg::S(device.into()))
+            .push(" AND di.bundle = ")
+            .arg(Arg::S(bundle.into()))
+            .push(" AND di.end_ns >= ")
+            .arg(Arg::I(since_ns))
+            .push(" AND di.end_ns < ")
+            .arg(Arg::I(until_ns))
+            .push(" AND di.seq > ")
+            .arg(Arg::I(after));
+        if let Some(v) = version_number {
+            q.push(" AND di.version_number = ").arg(Arg::I(v));
+        }
+        q.push(" ORDER BY di.seq LIMIT ").arg(Arg::I(limit));
+        let rows = q.query().fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("body")?)))
+            .collect()
+    }
+
+    /// Bundle versions with drift records: (bundle, version number, records, devices).
+    pub async fn drift_versions(&self) -> Result<Vec<(String, i64, i64, i64)>> {
+        let rows = sqlx::query("SELECT bundle, version_number, COUNT(*) AS n, COUNT(DISTINCT device_id) AS devices FROM drift_index GROUP BY bundle, version_number ORDER BY bundle, version_number")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("bundle")?,
+                    r.try_get("version_number")?,
+                    r.try_get("n")?,
+                    r.try_get("devices")?,
+                ))
+            })
+            .collect()
+    }
+
+    // ---- update reports ----
+
+    /// Records a device's update report and its effect on the `update_failed` problem.
+    pub async fn record_update(&self, device: &str, u: &UpdateRow) -> Result<()> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        sqlx::query("INSERT INTO update_history (device_id, at, model, bundle, from_version_number, to_version_number, rollout_id, outcome, method, bytes, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+            .bind(device)
+            .bind(u.at)
+            .bind(&u.model)
+            .bind(&u.bundle)
+            .bind(u.from_version_number)
+            .bind(u.to_version_number)
+            .bind(&u.rollout_id)
+            .bind(u.outcome.as_str())
+            .bind(&u.method)
+            .bind(u.bytes)
+            .bind(&u.detail)
+            .execute(&mut *tx)
+            .await?;
+        let failed_at = (u.outcome != UpdateOutcome::Applied).then_some(u.at);
+        sqlx::query("UPDATE devices SET update_failed_at = $1 WHERE id = $2")
+            .bind(failed_at)
+            .bind(device)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's update reports, newest first.
+    pub async fn updates(&self, device: &str, limit: i64) -> Result<Vec<UpdateRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM update_history WHERE device_id = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(device)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UpdateRow {
+                    at: r.try_get("at")?,
+                    model: r.try_get("model")?,
+                    bundle: r.try_get("bundle")?,
+                    from_version_number: r.try_get("from_version_number")?,
+                    to_version_number: r.try_get("to_version_number")?,
+                    rollout_id: r.try_get("rollout_id")?,
+                    outcome: parse_enum(&r.try_get::<String, _>("outcome")?)?,
+                    method: r.try_get("method")?,
+                    bytes: r.try_get("bytes")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::store;
+    use edge_protocols::records::{AlarmEvent, BundleRef, DriftAlarm, DriftAlarmKind};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn ingest_is_idempotent_and_acks_contiguous() {
+        let (s, dir) = store().await;
+        let b = b"x".as_slice();
+        let r = s
+            .ingest("d1", "samples", 1, &[(1, 0, b), (2, 0, b), (4, 0, b)])
+            .await
+            .unwrap();
+        assert_eq!((r.acked_through, r.inserted, r.duplicates), (2, 3, 0));
+        // Replay plus the missing record: nothing stored twice, the mark jumps over 4.
+        let r = s
+            .ingest("d1", "samples", 1, &[(2, 0, b), (3, 0, b), (4, 0, b)])
+            .await
+            .unwrap();
+        assert_eq!((r.acked_through, r.inserted, r.duplicates), (4, 1, 2));
+        // Another device's stream is separate.
+        let r = s.ingest("d2", "samples", 1, &[(1, 0, b)]).await.unwrap();
+        assert_eq!(r.acked_through, 1);
+        // The device dropped 5..=9 under its limits: the mark skips them, counted.
+        let r = s.ingest("d1", "samples", 10, &[(10, 0, b)]).await.unwrap();
+        assert_eq!(r.acked_through, 10);
+        let m = s.stream_marks("d1").await.unwrap();
+        assert_eq!(m[0].lost_on_device, 5);
+        assert_eq!(m[0].records, 5);
+        assert_eq!(m[0].duplicates, 2);
+        assert_eq!(s.records("d1", "samples", 0, 100).await.unwrap().len(), 5);
+        let latest = s.latest_records("d1", "samples", 2).await.unwrap();
+        assert_eq!(latest.iter().map(|r| r.0).collect::<Vec<_>>(), [10, 4]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn alarm(active: bool, drift: Option<(DriftAlarmKind, &str)>, ts: i64) -> Vec<u8> {
+        records::encode_alarm(&AlarmEvent {
+            source: Arc::new(BundleRef {
+                model: "pump".into(),
+                bundle: "pump-anomaly".into(),
+                version: "1.0.0".into(),
+                version_number: 1,
+                sha256: "ab".into(),
+            }),
+            ts_ns: ts,
+            active,
+            score: 0.7,
+            threshold: Some(0.5),
+            drift: drift.map(|(kind, subject)| DriftAlarm {
+                subject: subject.into(),
+                kind,
+                metric: "psi".into(),
+                intervals: 2,
+            }),
+        })
+    }
+
+    #[tokio::test]
+    async fn alarms_open_and_close_once_however_often_they_are_uploaded() {
+        let (s, dir) = store().await;
+        s.add_token("t", &[], "op", now_ms() + 60_000)
+            .await
+            .unwrap();
+        s.enroll("t", "d1", "gw1", "c1").await.unwrap();
+        let col = Some((DriftAlarmKind::Column, "temp_mean"));
+        let batch = [
+            alarm(true, None, 1),
+            alarm(true, col, 2),
+            alarm(false, None, 3),
+            alarm(true, None, 4),
+        ];
+        let recs: Vec<(i64, i64, &[u8])> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as i64 + 1, 0, b.as_slice()))
+            .collect();
+        s.ingest("d1", "alarms", 1, &recs).await.unwrap();
+        s.ingest("d1", "alarms", 1, &recs).await.unwrap(); // a replay
+        let q = AlarmQuery {
+            limit: 100,
+            ..Default::default()
+        };
+        let (all, n) = s.alarms(&q).await.unwrap();
+        assert_eq!(n, 3, "{all:?}");
+        let active: Vec<_> = all.iter().filter(|a| a.active).collect();
+        assert_eq!(active.len(), 2);
+        assert!(all
+            .iter()
+            .any(|a| !a.active && a.raised_ns == Some(1) && a.cleared_ns == Some(3)));
+        assert_eq!(all[0].device_name, "gw1");
+        let d = s.device("d1").await.unwrap().unwrap();
+        assert_eq!(
+            d.drift_alarms, 1,
+            "the column alarm; the model alarm is no drift"
+        );
+        // The drift alarm clears; acknowledging works once.
+        let clear = alarm(false, col, 5);
+        s.ingest("d1", "alarms", 1, &[(5, 0, clear.as_slice())])
+            .await
+            .unwrap();
+        assert_eq!(s.device("d1").await.unwrap().unwrap().drift_alarms, 0);
+        let id = all[0].id.clone();
+        assert!(s.ack_alarm(&id, "alice").await.unwrap());
+        assert!(!s.ack_alarm(&id, "bob").await.unwrap());
+        assert_eq!(
+            s.alarm(&id).await.unwrap().unwrap().acked_by.as_deref(),
+            Some("alice")
+        );
+        let (unacked, _) = s
+            .alarms(&AlarmQuery {
+                unacked_only: true,
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(unacked.len(), 2);
+        // An undecodable record is stored (and acked) but changes no alarm.
+        let r = s
+            .ingest("d1", "alarms", 1, &[(6, 0, b"\xff".as_slice())])
+            .await
+            .unwrap();
+        assert_eq!(r.acked_through, 6);
+        assert_eq!(s.alarms(&q).await.unwrap().1, 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Many writers at once (the server's pool and a CLI process): no "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writers_wait_instead_of_failing() {
+        let (s, dir) = store().await;
+        let other = FleetStore::open_dir(&dir).await.unwrap(); // a second process's pool
+        for i in 0..64 {
+            s.add_token(&format!("t{i}"), &[], "op", now_ms() + 60_000)
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+            tasks.push(tokio::spawn(async move {
+                let d = st
+                    .enroll(&format!("t{i}"), &format!("d{i}"), "gw", &format!("c{i}"))
+                    .await?;
+                let b = b"x".as_slice();
+                st.ingest(&format!("d{i}"), "samples", 1, &[(1, 0, b), (2, 0, b)])
+                    .await?;
+                let report = edge_protocols::sync::CheckIn {
+                    agent_version: "t".into(),
+                    models: vec![],
+                    streams: vec![],
+                    last_error: None,
+                    uptime_s: 0,
+                };
+                st.check_in(&d, &report, "{}", 60_000).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(s.devices().await.unwrap().len(), 64);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn tokens_are_one_time_and_expire() {
+        let (s, dir) = store().await;
+        s.add_token("t1", &["site=a".into()], "op", now_ms() + 60_000)
+            .await
+            .unwrap();
+        s.add_token("t2", &[], "op", now_ms() - 1).await.unwrap();
+        let d = s.enroll("t1", "dev-1", "gw1", "cert1").await.unwrap();
+        assert_eq!(d.labels, vec!["site=a".to_string()]);
+        let e = s.enroll("t1", "dev-2", "gw2", "cert2").await.unwrap_err();
+        assert!(e.to_string().contains("already used"), "{e}");
+        let e = s.enroll("t2", "dev-3", "gw3", "cert3").await.unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+        let e = s.enroll("nope", "dev-4", "gw4", "cert4").await.unwrap_err();
+        assert!(e.to_string().contains("unknown"), "{e}");
+        assert_eq!(s.devices().await.unwrap().len(), 1);
+        assert!(s.revoke("dev-1").await.unwrap());
+        assert!(s
+            .device_by_cert("cert1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

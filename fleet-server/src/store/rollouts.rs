@@ -1,0 +1,199 @@
+//! Rollouts and the devices' reports on them.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{list_of, now_ms, parse_enum, FleetStore, Result};
+use crate::types::{RolloutAction, RolloutPhase, RolloutState, UpdateOutcome};
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub bundle: String,
+    pub version_number: i64,
+    /// `key=value` labels a device must all carry (empty: every device).
+    pub selector: Vec<String>,
+    pub canary_percent: Option<i64>,
+    pub canary_label: Option<String>,
+    pub phase: RolloutPhase,
+    pub state: RolloutState,
+    /// Halt automatically once this many devices report a failed or rolled-back update.
+    pub max_failures: i64,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// When it left its canary phase (`None`: started in phase full, or still canary).
+    pub promoted_at: Option<i64>,
+}
+
+impl Rollout {
+    /// When the devices that are not canaries joined: at promotion, or at the start.
+    pub fn full_since(&self) -> i64 {
+        self.promoted_at.unwrap_or(self.created_at)
+    }
+}
+
+/// A device's latest report on a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RolloutReport {
+    pub device_id: String,
+    pub outcome: UpdateOutcome,
+    pub detail: String,
+    pub at: i64,
+}
+
+fn rollout_of(r: &AnyRow) -> Result<Rollout> {
+    Ok(Rollout {
+        id: r.try_get("id")?,
+        bundle: r.try_get("bundle")?,
+        version_number: r.try_get("version_number")?,
+        selector: list_of(&r.try_get::<String, _>("selector")?),
+        canary_percent: r.try_get("canary_percent")?,
+        canary_label: r.try_get("canary_label")?,
+        phase: parse_enum(&r.try_get::<String, _>("phase")?)?,
+        state: parse_enum(&r.try_get::<String, _>("state")?)?,
+        max_failures: r.try_get("max_failures")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        promoted_at: r.try_get("promoted_at")?,
+    })
+}
+
+impl FleetStore {
+    pub async fn add_rollout(&self, r: &Rollout) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        sqlx::query("INSERT INTO rollouts (id, bundle, version_number, selector, canary_percent, canary_label, phase, state, max_failures, created_by, created_at, updated_at, promoted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+            .bind(&r.id)
+            .bind(&r.bundle)
+            .bind(r.version_number)
+            .bind(r.selector.join(","))
+            .bind(r.canary_percent)
+            .bind(&r.canary_label)
+            .bind(r.phase.as_str())
+            .bind(r.state.as_str())
+            .bind(r.max_failures)
+            .bind(&r.created_by)
+            .bind(r.created_at)
+            .bind(r.updated_at)
+            .bind(r.promoted_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every rollout, newest first.
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>> {
+        let rows = sqlx::query("SELECT * FROM rollouts ORDER BY created_at DESC, id DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rollout_of).collect()
+    }
+
+    pub async fn rollout(&self, id: &str) -> Result<Option<Rollout>> {
+        let r = sqlx::query("SELECT * FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(rollout_of).transpose()
+    }
+
+    /// Applies `action` if the rollout is in one of the states it applies to (compare and
+    /// set: two operators acting at once cannot both succeed from the same state). Returns
+    /// the rollout after the change, or `Err(current)` when the action does not apply.
+    pub async fn act_on_rollout(
+        &self,
+        id: &str,
+        action: RolloutAction,
+    ) -> Result<Option<std::result::Result<Rollout, Rollout>>> {
+        let (from, to, phase) = action.transition();
+        let (_writer, mut tx) = self.begin_write().await?;
+        let Some(cur) = sqlx::query("SELECT * FROM rollouts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(rollout_of)
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let promote_applies = action != RolloutAction::Promote || cur.phase == RolloutPhase::Canary;
+        if !from.contains(&cur.state) || !promote_applies {
+            return Ok(Some(Err(cur)));
+        }
+        let now = now_ms();
+        let promoted_at = if phase == Some(RolloutPhase::Full) && cur.phase == RolloutPhase::Canary
+        {
+            Some(now)
+        } else {
+            cur.promoted_at
+        };
+        let r = sqlx::query("UPDATE rollouts SET state = $1, phase = $2, updated_at = $3, promoted_at = $4 WHERE id = $5 AND state = $6 AND phase = $7")
+            .bind(to.as_str())
+            .bind(phase.unwrap_or(cur.phase).as_str())
+            .bind(now)
+            .bind(promoted_at)
+            .bind(id)
+            .bind(cur.state.as_str())
+            .bind(cur.phase.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() != 1 {
+            return Ok(Some(Err(cur)));
+        }
+        tx.commit().await?;
+        Ok(Some(Ok(Rollout {
+            state: to,
+            phase: phase.unwrap_or(cur.phase),
+            updated_at: now,
+            promoted_at,
+            ..cur
+        })))
+    }
+
+    /// Records a device's update outcome for a rollout; returns how many devices reported a
+    /// failure (failed or rolled back) for it.
+    pub async fn rollout_report(
+        &self,
+        rollout: &str,
+        device: &str,
+        outcome: UpdateOutcome,
+        detail: &str,
+    ) -> Result<i64> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        sqlx::query("INSERT INTO rollout_reports (rollout_id, device_id, outcome, detail, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rollout_id, device_id) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail, at = excluded.at")
+            .bind(rollout)
+            .bind(device)
+            .bind(outcome.as_str())
+            .bind(detail)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM rollout_reports WHERE rollout_id = $1 AND outcome <> 'applied'")
+            .bind(rollout)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// The latest report of each device on a rollout, by device id.
+    pub async fn rollout_reports(&self, rollout: &str) -> Result<Vec<RolloutReport>> {
+        let rows = sqlx::query("SELECT device_id, outcome, detail, at FROM rollout_reports WHERE rollout_id = $1 ORDER BY device_id")
+            .bind(rollout)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RolloutReport {
+                    device_id: r.try_get("device_id")?,
+                    outcome: parse_enum(&r.try_get::<String, _>("outcome")?)?,
+                    detail: r.try_get("detail")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
