@@ -118,9 +118,14 @@ impl Registry {
         Ok(Some(m))
     }
 
-    /// Verifies and stores a bundle. Re-pushing the identical file is a no-op; any other
-    /// file whose version number is not above the stored ones is refused.
-    pub async fn push(&self, bytes: Vec<u8>, actor: &str) -> Result<BundleRow, RegistryError> {
+    /// Verifies and stores a bundle: the row, and whether it is new. Re-pushing the
+    /// identical file is a no-op; any other file whose version number is not above the
+    /// stored ones is refused. The caller audits it.
+    pub async fn push(
+        &self,
+        bytes: Vec<u8>,
+        actor: &str,
+    ) -> Result<(BundleRow, bool), RegistryError> {
         let keys: Vec<_> = self
             .store
             .trusted_keys()
@@ -140,7 +145,7 @@ impl Registry {
             .map_err(|_| RegistryError::Refused("version number above 2^63".into()))?;
         if let Some(same) = self.store.bundle(&name, vn).await? {
             if same.sha256 == b.file_sha256 {
-                return Ok(same);
+                return Ok((same, false));
             }
         }
         if let Some(latest) = self.store.latest_bundle(&name).await? {
@@ -171,18 +176,7 @@ impl Registry {
             pushed_at: now_ms(),
         };
         self.store.add_bundle(&row).await?;
-        self.store
-            .audit(
-                actor,
-                "model.push",
-                &format!("{name}#{vn}"),
-                &format!(
-                    "version {} sha256 {} signer {}",
-                    row.version, row.sha256, row.signer
-                ),
-            )
-            .await?;
-        Ok(row)
+        Ok((row, true))
     }
 
     /// The artifact that takes a device from `base` (the bundle file it runs, by SHA-256)

@@ -109,7 +109,7 @@ pub fn device_state(r: &Rollout, d: &Device, report: Option<&RolloutReport>) -> 
     }
 }
 
-/// A new rollout: `bundle` at `version_number` to the devices carrying all `selector`
+/// A new rollout (the caller audits it): `bundle` at `version_number` to the devices carrying all `selector`
 /// labels, canaries first when a canary label or percentage is given.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StartRollout {
@@ -187,35 +187,31 @@ pub async fn start(
         promoted_at: None,
     };
     store.add_rollout(&r).await?;
+    Ok(r)
+}
+
+/// A new rollout in one line, for the audit log.
+pub fn describe(r: &Rollout) -> String {
     let canary = match (&r.canary_label, r.canary_percent) {
         (Some(l), _) => format!(" canary label {l}"),
         (None, Some(p)) => format!(" canary {p}%"),
         (None, None) => String::new(),
     };
-    store
-        .audit(
-            actor,
-            "rollout.start",
-            &r.id,
-            &format!(
-                "{}#{} to [{}] phase {}{canary} max_failures {}",
-                r.bundle,
-                r.version_number,
-                r.selector.join(","),
-                r.phase,
-                r.max_failures
-            ),
-        )
-        .await?;
-    Ok(r)
+    format!(
+        "{}#{} to [{}] phase {}{canary} max_failures {}",
+        r.bundle,
+        r.version_number,
+        r.selector.join(","),
+        r.phase,
+        r.max_failures
+    )
 }
 
-/// An operator's action on a rollout, audited under `actor`.
+/// An operator's action on a rollout (the caller audits it).
 pub async fn act(
     store: &FleetStore,
     id: &str,
     action: RolloutAction,
-    actor: &str,
 ) -> Result<Rollout, RolloutError> {
     let r = match store.act_on_rollout(id, action).await? {
         None => return Err(RolloutError::NotFound(format!("no rollout `{id}`"))),
@@ -227,14 +223,6 @@ pub async fn act(
         }
         Some(Ok(r)) => r,
     };
-    store
-        .audit(
-            actor,
-            &format!("rollout.{action}"),
-            id,
-            &format!("{}#{}", r.bundle, r.version_number),
-        )
-        .await?;
     Ok(r)
 }
 

@@ -114,8 +114,8 @@ mod views;
 pub use heatmap::{build_heatmap, Band, HeatCell, HeatRow, Heatmap, HeatmapGroup, HeatmapQuery};
 pub use hooks::run_hook;
 pub use policies::{
-    evaluate_all, evaluate_policy, evaluation_task, remove_policy, set_policy, Fired, Hook,
-    NewPolicy, PolicyRule,
+    describe_policy, evaluate_all, evaluate_policy, evaluation_task, remove_policy, set_policy,
+    Fired, Hook, NewPolicy, PolicyRule,
 };
 pub use views::{
     merged, percent_encode, record_json, select_devices, show, ColumnOut, DriftQuery,

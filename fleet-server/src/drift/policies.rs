@@ -121,7 +121,8 @@ fn valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// Creates or replaces a policy (evaluation starts over) and audits it.
+/// Creates or replaces a policy (evaluation starts over). The caller audits it
+/// ([`describe_policy`] says what to write).
 pub async fn set_policy(
     store: &FleetStore,
     p: NewPolicy,
@@ -165,22 +166,6 @@ pub async fn set_policy(
         updated_at: now_ms(),
     };
     store.set_drift_policy(&row).await?;
-    store
-        .audit(
-            actor,
-            "drift.policy.set",
-            &row.name,
-            &format!(
-                "bundle {} select [{}] every {} intervals {} rule {} hook {}",
-                row.bundle,
-                row.selector.join(","),
-                fmt_duration(every_ms * 1_000_000),
-                row.intervals,
-                row.rule,
-                row.hook
-            ),
-        )
-        .await?;
     Ok(row)
 }
 
@@ -190,12 +175,24 @@ fn enc<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-pub async fn remove_policy(store: &FleetStore, name: &str, actor: &str) -> Result<(), DriftError> {
+pub async fn remove_policy(store: &FleetStore, name: &str) -> Result<(), DriftError> {
     if !store.remove_drift_policy(name).await? {
         return Err(invalid(format!("no drift policy `{name}`")));
     }
-    store.audit(actor, "drift.policy.remove", name, "").await?;
     Ok(())
+}
+
+/// A policy in one line, for the audit log.
+pub fn describe_policy(row: &DriftPolicyRow) -> String {
+    format!(
+        "bundle {} select [{}] every {} intervals {} rule {} hook {}",
+        row.bundle,
+        row.selector.join(","),
+        fmt_duration(row.every_ms.saturating_mul(1_000_000)),
+        row.intervals,
+        row.rule,
+        row.hook
+    )
 }
 
 /// A bucket's verdict.

@@ -132,19 +132,22 @@ impl Acting {
             &self.who.name,
         )
         .await?;
+        self.audit("drift.policy.set", &row.name, &drift::describe_policy(&row))
+            .await?;
         Ok(policy_out(&row))
     }
 
     pub async fn remove_drift_policy(&self, name: &str) -> Result<()> {
         self.require(Role::Operator, "removing drift policies")?;
-        drift::remove_policy(self.store(), name, &self.who.name)
+        drift::remove_policy(self.store(), name)
             .await
             .map_err(|e| match e {
                 drift::DriftError::Invalid(m) if m.starts_with("no drift policy") => {
                     ServiceError::NotFound(m)
                 }
-                other => other.into(),
-            })
+                other => ServiceError::from(other),
+            })?;
+        self.audit("drift.policy.remove", name, "").await
     }
 
     pub async fn drift_events(&self, policy: Option<&str>, limit: i64) -> Result<Vec<EventOut>> {

@@ -272,12 +272,13 @@ pub fn ms_of(d: Duration) -> i64 {
     ms(d)
 }
 
-/// `key=value` labels: 1-64 characters, no commas.
+/// Labels (`key=value` groups like `site=plant1`, or plain tags like `canary`): 1-64
+/// characters without commas or control characters.
 pub fn check_labels(labels: &[String]) -> Result<()> {
     for l in labels {
-        if l.is_empty() || l.contains(',') || l.len() > 64 || !l.contains('=') {
+        if l.is_empty() || l.len() > 64 || l.contains(',') || l.chars().any(char::is_control) {
             return Err(ServiceError::Invalid(format!(
-                "label `{l}` must be key=value, 1-64 characters without commas (e.g. site=plant1)"
+                "label `{l}` must be 1-64 characters without commas (e.g. site=plant1 or canary)"
             )));
         }
     }

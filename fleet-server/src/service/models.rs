@@ -85,7 +85,20 @@ impl Acting {
             return Err(ServiceError::Refused("empty upload: not a bundle".into()));
         }
         let row = match self.svc.registry().push(bytes, &self.who.name).await {
-            Ok(r) => r,
+            Ok((row, new)) => {
+                if new {
+                    self.audit(
+                        "model.push",
+                        &format!("{}#{}", row.name, row.version_number),
+                        &format!(
+                            "version {} sha256 {} signer {}",
+                            row.version, row.sha256, row.signer
+                        ),
+                    )
+                    .await?;
+                }
+                row
+            }
             Err(e) => {
                 let e = ServiceError::from(e);
                 if let ServiceError::Refused(m) = &e {

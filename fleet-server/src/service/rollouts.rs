@@ -82,13 +82,21 @@ impl Acting {
         self.require(Role::Operator, "starting rollouts")?;
         let r = rollout::start(self.store(), s.clone(), &self.who.name).await?;
         self.svc.rollout_cache().invalidate();
+        self.audit("rollout.start", &r.id, &rollout::describe(&r))
+            .await?;
         Ok(self.rollout(&r.id).await?.summary)
     }
 
     pub async fn rollout_action(&self, id: &str, action: RolloutAction) -> Result<RolloutSummary> {
         self.require(Role::Operator, "steering rollouts")?;
-        let r = rollout::act(self.store(), id, action, &self.who.name).await?;
+        let r = rollout::act(self.store(), id, action).await?;
         self.svc.rollout_cache().invalidate();
+        self.audit(
+            &format!("rollout.{action}"),
+            id,
+            &format!("{}#{}", r.bundle, r.version_number),
+        )
+        .await?;
         Ok(self.rollout(&r.id).await?.summary)
     }
 }
