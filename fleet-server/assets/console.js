@@ -1,8 +1,8 @@
 // The fleet console's only script: actions and forms call the JSON operator API with the
 // session's CSRF token (behind a confirmation where the page asks for one), bundle uploads
-// report progress, and charts are drawn with uPlot from JSON blocks the server rendered.
-// The pages refresh themselves through htmx (see layout.rs); this file holds no state the
-// server does not.
+// report progress, and charts are drawn with uPlot from the JSON the server put in each
+// chart element's data-json attribute. The pages refresh themselves through htmx (see
+// layout.rs); this file holds no state the server does not.
 (function () {
   "use strict";
 
@@ -191,10 +191,25 @@
     };
   }
 
+  // The columns for uPlot, with a break (a null point) wherever the time between two
+  // points is more than five times the usual step: an outage is a gap, not a line across it.
   function chartData(data) {
-    var out = [data.x];
-    data.series.forEach(function (s) { out.push(s.values); });
-    return out;
+    var x = data.x;
+    var steps = [];
+    for (var i = 1; i < x.length; i++) steps.push(x[i] - x[i - 1]);
+    steps.sort(function (a, b) { return a - b; });
+    var usual = steps.length ? steps[Math.floor(steps.length / 2)] : 0;
+    var xs = [];
+    var cols = data.series.map(function () { return []; });
+    for (var j = 0; j < x.length; j++) {
+      if (j > 0 && usual > 0 && x[j] - x[j - 1] > 5 * usual) {
+        xs.push((x[j] + x[j - 1]) / 2);
+        cols.forEach(function (c) { c.push(null); });
+      }
+      xs.push(x[j]);
+      data.series.forEach(function (s, k) { cols[k].push(s.values[j]); });
+    }
+    return [xs].concat(cols);
   }
 
   function drawCharts() {
@@ -203,10 +218,8 @@
     document.querySelectorAll("div.chart[data-chart]").forEach(function (el) {
       var id = el.getAttribute("data-chart");
       seen[id] = true;
-      var block = document.getElementById(id);
-      if (!block) return;
       var data;
-      try { data = JSON.parse(block.textContent); } catch (e) { return; }
+      try { data = JSON.parse(el.getAttribute("data-json")); } catch (e) { return; }
       if (!data.x || data.x.length === 0) {
         el.textContent = "No data yet.";
         return;

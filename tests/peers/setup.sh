@@ -9,6 +9,8 @@
 #         tests/peers/spb_decode.py), and the ML reference stack: numpy, onnx, onnxruntime,
 #         scikit-learn, skl2onnx
 #   data: pvanalytics 0.2.2 wheel data (NREL PV series with labelled faults) for the drift test
+#   console: Debian's chromium (apt) and, from npm, playwright-core + axe-core (tests/console,
+#         pinned by its package-lock.json) for the browser test of the fleet console
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
@@ -18,7 +20,7 @@ T0=$(date +%s)
 step() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
 
 need_apt=()
-for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg; do
+for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg chromium:chromium node:nodejs npm:npm; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -62,6 +64,14 @@ for n in z.namelist():
             f.write(z.read(n))
 PY
   rm -rf "$DIR/data/whl"
+fi
+
+step "console browser test (npm ci in tests/console)"
+CONSOLE=$HERE/../console
+if [ ! -f "$CONSOLE/node_modules/.package-lock.json" ] ||
+   ! cmp -s "$CONSOLE/package-lock.json" "$CONSOLE/node_modules/.installed-lock.json"; then
+  (cd "$CONSOLE" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$CONSOLE/package-lock.json" "$CONSOLE/node_modules/.installed-lock.json"
 fi
 
 step "test certificates"

@@ -20,20 +20,29 @@ pub struct FleetServer {
 
 impl FleetServer {
     pub fn start(dir: &Path) -> FleetServer {
+        Self::start_with(dir, &[])
+    }
+
+    /// A server with more `serve` options.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> FleetServer {
         let data_dir = dir.join("fleet");
         let port = free_port();
+        let data = data_dir.display().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "serve",
+            "--data-dir",
+            &data,
+            "--listen",
+            &listen,
+            "--checkin-s",
+            "1",
+        ];
+        args.extend_from_slice(extra);
         let peer = Peer::start(
             "fleet-server",
             workspace_bin("fleet-server"),
-            &[
-                "serve",
-                "--data-dir",
-                &data_dir.display().to_string(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--checkin-s",
-                "1",
-            ],
+            &args,
             dir,
             Some(port),
         );
@@ -57,14 +66,25 @@ impl FleetServer {
 
     /// Runs a CLI command: (success, stdout, stderr).
     pub fn cli_status(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(workspace_bin("fleet-server"))
+        self.cli_input(args, "")
+    }
+
+    /// Runs a CLI command with `input` on its standard input: (success, stdout, stderr).
+    pub fn cli_input(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        let mut child = Command::new(workspace_bin("fleet-server"))
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--by", "test-operator"])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("run fleet-server CLI");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("CLI stdin");
+        }
+        let out = child.wait_with_output().expect("fleet-server CLI output");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -82,6 +102,26 @@ impl FleetServer {
 
     pub fn audit(&self) -> String {
         self.cli(&["audit", "--limit", "500"])
+    }
+
+    /// Runs a CLI command against this server through its operator API
+    /// (`--server … --token-file …`): (success, stdout, stderr).
+    pub fn remote(&self, token_file: &Path, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(workspace_bin("fleet-server"))
+            .args(["--server", &format!("https://127.0.0.1:{}", self.port)])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--server-ca")
+            .arg(self.ca())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fleet-server CLI");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Polls `f` until it returns `Some`, panicking with the server log after `timeout`.

@@ -3,7 +3,7 @@
 
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
 use super::assets::url;
 use super::REFRESH_S;
@@ -167,17 +167,16 @@ pub fn error_page(s: &Session, nav: Nav, title: &str, e: &ServiceError) -> Respo
     r
 }
 
-/// A JSON document embedded for the page's script (never executed: `application/json`).
-pub fn data_block(id: &str, json: &str) -> Markup {
-    // `</` cannot appear inside the element: escape it.
-    let safe = json.replace("</", "<\\/");
-    html! { script type="application/json" id=(id) { (PreEscaped(safe)) } }
+/// A chart (drawn by console.js with uPlot): its data as JSON in an attribute, which
+/// survives the live region's refreshes (htmx drops `<script>` elements it swaps in).
+pub fn chart(name: &str, title: &str, json: &str) -> Markup {
+    html! { div.chart data-chart=(name) data-title=(title) data-json=(json) {} }
 }
 
 /// A table in a wrapper that scrolls sideways on narrow screens (and can take focus, so a
 /// keyboard can scroll it).
 pub fn table_wrap(label: &str, t: Markup) -> Markup {
-    html! { div.table-wrap tabindex="0" role="region" aria-label=(label) { (t) } }
+    html! { div.table-wrap tabindex="0" role="region" aria-label={(label) " (table)"} { (t) } }
 }
 
 /// An action button calling the operator API (console.js), behind a confirmation when

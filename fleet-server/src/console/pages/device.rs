@@ -9,7 +9,7 @@ use maud::{html, Markup};
 use serde_json::json;
 
 use super::{href, or_error, query_pairs, session};
-use crate::console::layout::{self, action, data_block, live, table_wrap, Nav};
+use crate::console::layout::{self, action, chart, live, table_wrap, Nav};
 use crate::console::{fmt, Console};
 use crate::drift::{DriftRecordOut, RecordColumnOut};
 use crate::service::views::{DeviceDriftQuery, HistoryQuery};
@@ -214,8 +214,7 @@ pub async fn page(
                     }
                 } }))
                 figure {
-                    div.chart data-chart="streams" data-title="Backlog and drops per stream, last 24 h" {}
-                    (data_block("streams", &streams_chart.to_string()))
+                    (chart("streams", "Backlog and drops per stream, last 24 h", &streams_chart.to_string()))
                     figcaption { "Backlog per stream and records dropped, at each status point (one per minute at most)." }
                 }
             }
@@ -232,8 +231,7 @@ pub async fn page(
                     p.muted { "No drift records from this device yet." }
                 } @else {
                     figure {
-                        div.chart data-chart="drift" data-title="Drift per feature over time" {}
-                        (data_block("drift", &drift_chart.to_string()))
+                        (chart("drift", "Drift per feature over time", &drift_chart.to_string()))
                         figcaption { "Each feature's " (latest.map_or("psi", |r| r.metric.name())) " against the bundle's reference, per drift interval." }
                     }
                     @if let (Some(r), Some(f)) = (latest, feature.as_deref()) {

@@ -8,7 +8,7 @@ use maud::{html, Markup};
 use serde_json::json;
 
 use super::{href, or_error, query_pairs, session};
-use crate::console::layout::{self, action, data_block, live, table_wrap, Nav};
+use crate::console::layout::{self, action, chart, live, table_wrap, Nav};
 use crate::console::{fmt, Console};
 use crate::drift::{self, Band, DriftQuery, Heatmap, HeatmapGroup, HeatmapQuery};
 use crate::service::ServiceError;
@@ -314,7 +314,7 @@ pub async fn timeline(State(c): State<Console>, headers: HeaderMap, uri: Uri) ->
         {"label": "KS", "values": views.iter().map(|v| col(v).and_then(|c| c.ks)).collect::<Vec<_>>()},
         {"label": "JS", "values": views.iter().map(|v| col(v).and_then(|c| c.js)).collect::<Vec<_>>()},
     ]);
-    let chart = json!({"x": x, "series": series, "y": "score"});
+    let series_data = json!({"x": x, "series": series, "y": "score"});
     let body = html! {
         p { (dq.bundle) @if let Some(v) = dq.version_number { " #" (v) } " · " (who) " · buckets of " (every) " since " (since) }
         @if let Some(first) = views.last() {
@@ -328,8 +328,7 @@ pub async fn timeline(State(c): State<Console>, headers: HeaderMap, uri: Uri) ->
         (live(&uri, html! {
             @if views.is_empty() { p.muted { "No drift records in this range." } } @else {
                 figure {
-                    div.chart data-chart="timeline" data-title={"Drift of " (f)} {}
-                    (data_block("timeline", &chart.to_string()))
+                    (chart("timeline", &format!("Drift of {f}"), &series_data.to_string()))
                     figcaption { "PSI, KS and JS of " (f) " against the bundle's reference, records merged per bucket." }
                 }
                 (table_wrap("Buckets", html! { table {
