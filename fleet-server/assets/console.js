@@ -166,6 +166,11 @@
 
   // ---- charts ----
 
+  function chartWidth(el) {
+    var w = el.getBoundingClientRect().width || (el.parentNode && el.parentNode.getBoundingClientRect().width) || 0;
+    return Math.max(300, Math.floor(w) || 600);
+  }
+
   var palette = ["#1f5fa8", "#b3261e", "#2e7d32", "#6a3d9a", "#b35900", "#00838f", "#5d4037", "#ad1457"];
   var charts = {};
 
@@ -183,11 +188,18 @@
     });
     return {
       title: el.getAttribute("data-title") || "",
-      width: Math.max(300, el.clientWidth || 600),
+      width: chartWidth(el),
       height: 260,
       series: series,
+      legend: { live: false },
       axes: [{}, { label: data.y || "" }],
-      scales: { x: { time: true } },
+      scales: {
+        x: {
+          time: true,
+          // One point: ten minutes around it, not uPlot's years.
+          range: function (u, min, max) { return min === max ? [min - 300, max + 300] : [min, max]; },
+        },
+      },
     };
   }
 
@@ -227,26 +239,34 @@
       var old = charts[id];
       if (old && old.series.length === data.series.length + 1) {
         // Same chart after a refresh: keep it (no flicker), new data.
-        if (old.root.parentNode !== el) el.appendChild(old.root);
+        if (old.root.parentNode !== el) {
+          el.appendChild(old.root);
+          if (resizer) resizer.observe(el);
+        }
         old.setData(chartData(data));
         return;
       }
       if (old) old.destroy();
       el.textContent = "";
       charts[id] = new window.uPlot(chartOptions(el, data), chartData(data), el);
+      if (resizer) resizer.observe(el);
     });
     Object.keys(charts).forEach(function (id) {
       if (!seen[id]) { charts[id].destroy(); delete charts[id]; }
     });
   }
 
-  window.addEventListener("resize", function () {
-    Object.keys(charts).forEach(function (id) {
+  // Charts follow their container's width (window resizes, late layout).
+  var resizer = window.ResizeObserver ? new window.ResizeObserver(function (entries) {
+    entries.forEach(function (e) {
+      var id = e.target.getAttribute("data-chart");
       var u = charts[id];
-      var el = u.root.parentNode;
-      if (el) u.setSize({ width: Math.max(300, el.clientWidth), height: 260 });
+      if (u && u.root.parentNode === e.target) {
+        var w = chartWidth(e.target);
+        if (Math.abs(u.width - w) > 4) u.setSize({ width: w, height: 260 });
+      }
     });
-  });
+  }) : null;
   document.addEventListener("DOMContentLoaded", drawCharts);
   document.addEventListener("htmx:afterSettle", drawCharts);
 })();

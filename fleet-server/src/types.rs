@@ -157,7 +157,8 @@ string_enum! {
         Pending = "pending",
         /// Told at a check-in; it does not run the version yet.
         Downloading = "downloading",
-        /// Runs the version; its health check has not reported yet.
+        /// Runs the version without a report from this rollout: its health check is still
+        /// running, or it ran the version already when it was targeted (nothing to install).
         Applied = "applied",
         /// Reported the version installed and healthy.
         Healthy = "healthy",

@@ -13,6 +13,14 @@ use crate::service::views::AlarmListQuery;
 use crate::store::now_ms;
 use crate::types::{DeviceRolloutState, RolloutState};
 
+/// Targeted devices that run the rollout's version (healthy, or applied without a report).
+fn running(r: &crate::service::views::RolloutSummary) -> i64 {
+    [DeviceRolloutState::Healthy, DeviceRolloutState::Applied]
+        .iter()
+        .map(|s| r.progress.get(s).copied().unwrap_or(0))
+        .sum()
+}
+
 pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Response {
     let s = session!(c, headers, uri);
     let a = c.service.acting(s.principal.clone());
@@ -105,8 +113,10 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
                                     (r.rollout.bundle) " #" (r.rollout.version_number)
                                 }
                                 " · " (r.rollout.phase.as_str()) " · "
-                                (r.progress.get(&DeviceRolloutState::Healthy).copied().unwrap_or(0))
-                                " of " (r.targeted) " healthy"
+                                (running(r)) " of " (r.targeted) " run it"
+                                @let failed = r.progress.get(&DeviceRolloutState::Failed).copied().unwrap_or(0)
+                                    + r.progress.get(&DeviceRolloutState::RolledBack).copied().unwrap_or(0);
+                                @if failed > 0 { ", " strong { (failed) " failed" } }
                             }
                         }
                     }
