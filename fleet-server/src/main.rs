@@ -957,7 +957,7 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
             let d = f.compute_delta(&bundle, from, to).await?;
             println!(
                 "{}",
-                serde_json::json!({"chosen": d.method, "bytes": d.size, "all": d.sizes})
+                serde_json::json!({"chosen": d.method, "bytes": d.size, "artifact": d.artifact_sha256, "all": d.sizes})
             );
         }
         ModelCommand::Deltas { bundle } => {

@@ -205,12 +205,30 @@ pub async fn build_heatmap(
         }
     };
     out.metric = rules.metric;
-    let devices = store.devices_with_labels(&q.select).await?;
+    // Device rows: only the most drifting `limit` records are read (ranked by the index).
+    // Label groups: every device's newest record is merged into its group.
+    let (devices, latest, total_device_rows) = match &q.group_by {
+        HeatmapGroup::Device => {
+            let (latest, total) = store
+                .latest_drift_ranked(&q.bundle, vn, q.since_ns, &q.select, q.limit as i64)
+                .await?;
+            let mut devices = Vec::new();
+            for id in latest.iter().map(|r| r.device_id.as_str()) {
+                if let Some(d) = store.device(id).await? {
+                    devices.push(d);
+                }
+            }
+            (devices, latest, Some(total))
+        }
+        HeatmapGroup::Label(_) => {
+            let devices = store.devices_with_labels(&q.select).await?;
+            let latest = store.latest_drift(&q.bundle, vn, q.since_ns).await?;
+            (devices, latest, None)
+        }
+    };
     let by_id: BTreeMap<&str, &crate::store::Device> =
         devices.iter().map(|d| (d.id.as_str(), d)).collect();
-    let latest: Vec<_> = store
-        .latest_drift(&q.bundle, vn, q.since_ns)
-        .await?
+    let latest: Vec<_> = latest
         .into_iter()
         .filter(|r| by_id.contains_key(r.device_id.as_str()))
         .collect();
@@ -333,7 +351,7 @@ pub async fn build_heatmap(
             .then(drifting(b).cmp(&drifting(a)))
             .then(a.name.cmp(&b.name))
     });
-    out.total_rows = rows.len();
+    out.total_rows = total_device_rows.map_or(rows.len(), |n| n as usize);
     rows.truncate(q.limit.max(1));
     out.thresholds = columns.iter().map(|c| rules.threshold_for(c)).collect();
     out.columns = columns;

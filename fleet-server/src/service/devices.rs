@@ -101,6 +101,13 @@ impl Acting {
         });
         let streams = self.store().stream_marks(&d.id).await?;
         let updates = self.store().updates(&d.id, 20).await?;
+        let errors = self
+            .store()
+            .device_errors(&d.id, 10)
+            .await?
+            .into_iter()
+            .map(|(at, error)| super::views::ReportedError { at, error })
+            .collect();
         let (alarms, _) = self
             .store()
             .alarms(&AlarmQuery {
@@ -134,6 +141,7 @@ impl Acting {
             device: DeviceSummary::of(&d, &t),
             status,
             streams,
+            errors,
             updates,
             alarms,
             rollouts,

@@ -140,6 +140,7 @@ impl Acting {
                     sizes: sizes_of(&d),
                     method: d.method,
                     size: d.size,
+                    artifact_sha256: d.artifact_sha256,
                 });
             }
         }
@@ -180,6 +181,7 @@ impl Acting {
             sizes: sizes_of(&d),
             method: d.method,
             size: d.size,
+            artifact_sha256: d.artifact_sha256,
         })
     }
 }

@@ -363,12 +363,22 @@ pub struct DeviceDetail {
     pub status: Option<edge_protocols::sync::CheckIn>,
     /// Records stored per stream.
     pub streams: Vec<StreamMark>,
+    /// Errors it reported (each when it first appeared), newest first (at most 10).
+    pub errors: Vec<ReportedError>,
     /// Update reports, newest first (at most 20).
     pub updates: Vec<UpdateRow>,
     /// Alarms, newest change first (at most 20).
     pub alarms: Vec<crate::store::AlarmRow>,
     /// Rollouts that target it, newest first (at most 10).
     pub rollouts: Vec<DeviceRollout>,
+}
+
+/// An error a device reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedError {
+    /// When the server first saw it (ms).
+    pub at: i64,
+    pub error: String,
 }
 
 /// `GET /v1/operator/devices/{id}/history` parameters.
@@ -518,6 +528,8 @@ pub struct DeltaOut {
     /// The method devices get: the smallest, or `full`.
     pub method: String,
     pub size: i64,
+    /// SHA-256 of the artifact devices download (the delta, or the bundle itself).
+    pub artifact_sha256: String,
     /// Bytes per method (`full` is the bundle itself).
     pub sizes: BTreeMap<String, u64>,
 }

@@ -489,6 +489,18 @@ impl FleetStore {
             .bind(&prev.id)
             .execute(&mut *tx)
             .await?;
+        if let Some(e) = u
+            .last_error
+            .as_ref()
+            .filter(|e| prev.last_error.as_ref() != Some(*e))
+        {
+            sqlx::query("INSERT INTO device_errors (device_id, at, error) VALUES ($1, $2, $3)")
+                .bind(&prev.id)
+                .bind(now)
+                .bind(e.chars().take(2000).collect::<String>())
+                .execute(&mut *tx)
+                .await?;
+        }
         if history {
             let streams = serde_json::to_string(&report.streams)
                 .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -526,14 +538,32 @@ impl FleetStore {
             .collect()
     }
 
-    /// Deletes history points older than `before_ms`; returns how many.
+    /// A device's reported errors (each when it first appeared), newest first.
+    pub async fn device_errors(&self, id: &str, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT at, error FROM device_errors WHERE device_id = $1 ORDER BY at DESC LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at")?, r.try_get("error")?)))
+            .collect()
+    }
+
+    /// Deletes history points and errors older than `before_ms`; returns how many.
     pub async fn prune_history(&self, before_ms: i64) -> Result<u64> {
         let _writer = self.writer.lock().await;
         let r = sqlx::query("DELETE FROM device_history WHERE at < $1")
             .bind(before_ms)
             .execute(&self.pool)
             .await?;
-        Ok(r.rows_affected())
+        let e = sqlx::query("DELETE FROM device_errors WHERE at < $1")
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() + e.rows_affected())
     }
 
     // ---- the device list and the overview ----
@@ -760,7 +790,8 @@ mod tests {
         check(&s, "d1", &report(950, 0, None)).await;
         let d = s.device("d1").await.unwrap().unwrap();
         assert!(d.problems(&t()).is_empty(), "{d:?}");
-        // Drops and an error.
+        // Drops and an error (logged once, however often it is reported).
+        check(&s, "d1", &report(950, 5, Some("upload refused"))).await;
         check(&s, "d1", &report(950, 5, Some("upload refused"))).await;
         let d = s.device("d1").await.unwrap().unwrap();
         assert_eq!(d.problems(&t()), vec![Problem::Error, Problem::Drops]);
@@ -803,7 +834,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 0);
-        // Seven check-ins within the hour: one history point, from the first.
+        let errors = s.device_errors("d1", 10).await.unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].1, "upload refused");
+        // Eight check-ins within the hour: one history point, from the first.
         let h = s.history("d1", 0, 100).await.unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!((h[0].backlog, h[0].streams.len()), (100, 1));

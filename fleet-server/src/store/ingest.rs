@@ -158,7 +158,15 @@ async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result
         }
     };
     let drifting = serde_json::to_string(&rec.drifting).unwrap_or_else(|_| "[]".into());
-    sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, seq) DO NOTHING")
+    let drifting_count = rec.columns.iter().filter(|c| c.drifting).count() as i64;
+    let max_score = rec
+        .columns
+        .iter()
+        .filter_map(|c| c.scores.as_ref())
+        .map(|s| edge_protocols::drift::record::metric_value(rec.metric, s))
+        .filter(|v| v.is_finite())
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting, drifting_count, max_score) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (device_id, seq) DO NOTHING")
         .bind(device)
         .bind(seq)
         .bind(&*rec.source.model)
@@ -168,6 +176,8 @@ async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result
         .bind(rec.end_ns)
         .bind(i64::from(rec.dataset_drift))
         .bind(drifting)
+        .bind(drifting_count)
+        .bind(max_score)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -554,6 +564,46 @@ impl FleetStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(drift_index_of).collect()
+    }
+
+    /// The newest indexed drift record of each (device, model) for a bundle version among
+    /// records ending at or after `since_ns`, of the devices carrying all `labels`: the
+    /// `limit` most drifting (dataset drift, then drifting columns, then the largest score),
+    /// and how many there are in all.
+    pub async fn latest_drift_ranked(
+        &self,
+        bundle: &str,
+        version_number: i64,
+        since_ns: i64,
+        labels: &[String],
+        limit: i64,
+    ) -> Result<(Vec<DriftIndexRow>, i64)> {
+        let mut cond = Sql::new(" FROM drift_index di WHERE di.bundle = ");
+        cond.arg(Arg::S(bundle.into()))
+            .push(" AND di.version_number = ")
+            .arg(Arg::I(version_number))
+            .push(" AND di.end_ns >= ")
+            .arg(Arg::I(since_ns))
+            .push(" AND di.seq = (SELECT MAX(d2.seq) FROM drift_index d2 WHERE d2.device_id = di.device_id AND d2.bundle = di.bundle AND d2.version_number = di.version_number AND d2.model = di.model)");
+        for l in labels {
+            cond.push(" AND EXISTS (SELECT 1 FROM device_labels dl WHERE dl.device_id = di.device_id AND dl.label = ")
+                .arg(Arg::S(l.clone()))
+                .push(")");
+        }
+        let mut count = Sql::new("SELECT COUNT(*) AS n");
+        count.push(&cond.text);
+        count.args = cond.args.clone();
+        let total: i64 = count.query().fetch_one(&self.pool).await?.try_get("n")?;
+        let mut q = Sql::new("SELECT di.*");
+        q.push(&cond.text);
+        q.args = cond.args;
+        q.push(" ORDER BY di.dataset_drift DESC, di.drifting_count DESC, COALESCE(di.max_score, -1) DESC, di.device_id, di.model LIMIT ")
+            .arg(Arg::I(limit.max(0)));
+        let rows = q.query().fetch_all(&self.pool).await?;
+        Ok((
+            rows.iter().map(drift_index_of).collect::<Result<_>>()?,
+            total,
+        ))
     }
 
     /// A device's indexed drift records (optionally of one bundle) ending at or after

@@ -122,6 +122,10 @@ const MIGRATIONS: &[Migration] = &[
                 device_id TEXT NOT NULL, at BIGINT NOT NULL, backlog BIGINT NOT NULL,
                 dropped BIGINT NOT NULL, streams TEXT NOT NULL, PRIMARY KEY (device_id, at))"),
             Sql("CREATE INDEX device_history_at ON device_history (at)"),
+            // Each new error a device reports (when its last error changes).
+            Sql("CREATE TABLE device_errors (
+                device_id TEXT NOT NULL, at BIGINT NOT NULL, error TEXT NOT NULL)"),
+            Sql("CREATE INDEX device_errors_device ON device_errors (device_id, at)"),
             // Every update report (rollout_reports keeps only the latest per rollout).
             Sql("CREATE TABLE update_history (
                 device_id TEXT NOT NULL, at BIGINT NOT NULL, model TEXT NOT NULL,
@@ -142,12 +146,16 @@ const MIGRATIONS: &[Migration] = &[
             Sql("CREATE INDEX alarms_device ON alarms (device_id, active)"),
             // Which drift record covers what, from the `drift` stream at ingest: time
             // filters and "latest per device" without decoding every record.
+            // `max_score`: the largest value of the record's metric over its feature columns;
+            // `drifting_count`: its drifting feature columns (the heatmap's order).
             Sql("CREATE TABLE drift_index (
                 device_id TEXT NOT NULL, seq BIGINT NOT NULL, model TEXT NOT NULL,
                 bundle TEXT NOT NULL, version_number BIGINT NOT NULL, start_ns BIGINT NOT NULL,
                 end_ns BIGINT NOT NULL, dataset_drift BIGINT NOT NULL, drifting TEXT NOT NULL,
+                drifting_count BIGINT NOT NULL, max_score DOUBLE PRECISION,
                 PRIMARY KEY (device_id, seq))"),
             Sql("CREATE INDEX drift_index_bundle ON drift_index (bundle, version_number, end_ns)"),
+            Sql("CREATE INDEX drift_index_latest ON drift_index (device_id, bundle, version_number, model, seq)"),
             Sql("ALTER TABLE rollouts ADD COLUMN promoted_at BIGINT"),
             Sql("CREATE INDEX audit_at ON audit (at)"),
             Sql("CREATE TABLE users (

@@ -173,6 +173,10 @@ pub async fn page(
                     }
                     dt { "Last error" } dd.wrap { (dev.last_error.as_deref().unwrap_or("–")) }
                 }
+                @if !d.errors.is_empty() {
+                    h3 { "Reported errors" }
+                    ul.plain { @for e in &d.errors { li { (fmt::when(Some(e.at), now)) " · " span.wrap { (e.error) } } } }
+                }
             }
             section aria-labelledby="h-models" {
                 h2 #h-models { "Models" }
