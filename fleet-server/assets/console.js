@@ -193,13 +193,7 @@
       series: series,
       legend: { live: false },
       axes: [{}, { label: data.y || "" }],
-      scales: {
-        x: {
-          time: true,
-          // One point: ten minutes around it, not uPlot's years.
-          range: function (u, min, max) { return min === max ? [min - 300, max + 300] : [min, max]; },
-        },
-      },
+      scales: { x: { time: true } },
     };
   }
 
@@ -220,6 +214,11 @@
       }
       xs.push(x[j]);
       data.series.forEach(function (s, k) { cols[k].push(s.values[j]); });
+    }
+    if (xs.length === 1) {
+      // One point: show five minutes either side of it (uPlot would span years).
+      xs = [xs[0] - 300, xs[0], xs[0] + 300];
+      cols = cols.map(function (c) { return [null, c[0], null]; });
     }
     return [xs].concat(cols);
   }

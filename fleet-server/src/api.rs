@@ -46,7 +46,7 @@ impl AppState {
             registry: service.registry().clone(),
             ca,
             checkin_s: service.settings().checkin_s,
-            history_every_ms: crate::service::ms_of(service.settings().history_every),
+            history_every_ms: crate::service::ms(service.settings().history_every),
             rollouts: service.rollout_cache().clone(),
         }
     }

@@ -136,7 +136,7 @@ async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
         let s = svc.settings();
         match svc
             .store()
-            .prune_history(now - service::ms_of(s.history_keep))
+            .prune_history(now - service::ms(s.history_keep))
             .await
         {
             Ok(n) if n > 0 => tracing::info!(points = n, "pruned device status history"),
@@ -145,7 +145,7 @@ async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
         }
         if let Err(e) = svc
             .store()
-            .prune_sessions(now, now - service::ms_of(s.session_idle))
+            .prune_sessions(now, now - service::ms(s.session_idle))
             .await
         {
             tracing::error!("pruning sessions: {e}");

@@ -263,13 +263,9 @@ impl Settings {
     }
 }
 
-pub(crate) fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// Milliseconds of a duration (saturating).
-pub fn ms_of(d: Duration) -> i64 {
-    ms(d)
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Labels (`key=value` groups like `site=plant1`, or plain tags like `canary`): 1-64
@@ -317,6 +313,8 @@ struct Inner {
     hasher: PasswordHasher,
     /// When `serve`'s drift evaluator last finished (ms; 0 = not yet).
     drift_evaluated_at: AtomicI64,
+    /// Label-group heatmaps (a merge of every device's newest record), kept briefly.
+    heatmaps: drift::HeatmapCache,
 }
 
 /// The fleet's operations over one store and registry. Cheap to clone.
@@ -350,6 +348,7 @@ impl FleetService {
                 rollouts: Arc::default(),
                 hasher: PasswordHasher::new(),
                 drift_evaluated_at: AtomicI64::new(0),
+                heatmaps: Default::default(),
             }),
         }
     }

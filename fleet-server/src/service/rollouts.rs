@@ -65,6 +65,21 @@ impl Acting {
         Ok(out)
     }
 
+    /// The active rollouts with their progress (each reads only the devices it targets).
+    pub async fn rollouts_in_flight(&self) -> Result<Vec<RolloutSummary>> {
+        self.require(Role::Viewer, "the rollouts")?;
+        let mut out = Vec::new();
+        for r in self.store().rollouts().await? {
+            if r.state != crate::types::RolloutState::Active {
+                continue;
+            }
+            let devices = self.store().devices_with_labels(&r.selector).await?;
+            let reports = self.store().rollout_reports(&r.id).await?;
+            out.push(progress(&r, &devices, &reports).0);
+        }
+        Ok(out)
+    }
+
     pub async fn rollout(&self, id: &str) -> Result<RolloutDetail> {
         self.require(Role::Viewer, "a rollout")?;
         let r = self

@@ -11,7 +11,7 @@ use crate::console::layout::{self, live, table_wrap, Nav};
 use crate::console::{fmt, Console};
 use crate::service::views::AlarmListQuery;
 use crate::store::now_ms;
-use crate::types::{DeviceRolloutState, RolloutState};
+use crate::types::DeviceRolloutState;
 
 /// Targeted devices that run the rollout's version (healthy, or applied without a report).
 fn running(r: &crate::service::views::RolloutSummary) -> i64 {
@@ -26,7 +26,7 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
     let a = c.service.acting(s.principal.clone());
     let title = "Fleet overview";
     let ov = or_error!(a.overview().await, s, Nav::Overview, title);
-    let rollouts = or_error!(a.rollouts().await, s, Nav::Overview, title);
+    let rollouts = or_error!(a.rollouts_in_flight().await, s, Nav::Overview, title);
     let alarms = or_error!(
         a.alarms(&AlarmListQuery {
             active_only: true,
@@ -48,10 +48,7 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
             }
         }
     };
-    let active: Vec<_> = rollouts
-        .iter()
-        .filter(|r| r.rollout.state == RolloutState::Active)
-        .collect();
+    let active: Vec<_> = rollouts.iter().collect();
     let body = live(
         &uri,
         html! {
