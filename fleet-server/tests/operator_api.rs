@@ -597,6 +597,15 @@ async fn every_answer_matches_its_documented_schema() {
     let detail = r.json();
     assert_eq!(detail["targeted"], 2);
     assert_eq!(detail["progress"]["waiting"], 1, "{detail}");
+    // d1 carries the canary label: the canary results count it alone.
+    let canaries: i64 = detail["canaries"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_i64().unwrap())
+        .sum();
+    assert_eq!(canaries, 1, "{detail}");
+    assert_eq!(detail["canaries"]["waiting"], 0);
     let states: Vec<&str> = detail["devices"]
         .as_array()
         .unwrap()

@@ -19,6 +19,7 @@ fn progress(
         reports.iter().map(|x| (x.device_id.as_str(), x)).collect();
     let mut counts: BTreeMap<DeviceRolloutState, i64> =
         DeviceRolloutState::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut canaries = counts.clone();
     let mut list = Vec::new();
     for d in devices
         .iter()
@@ -26,11 +27,15 @@ fn progress(
     {
         let rep = by_device.get(d.id.as_str()).copied();
         let state = rollout::device_state(r, d, rep);
+        let canary = rollout::is_canary(r, d);
         *counts.entry(state).or_default() += 1;
+        if canary {
+            *canaries.entry(state).or_default() += 1;
+        }
         list.push(RolloutDevice {
             id: d.id.clone(),
             name: d.name.clone(),
-            canary: rollout::is_canary(r, d),
+            canary,
             state,
             detail: rep.map(|x| x.detail.clone()),
             reported_at: rep.map(|x| x.at),
@@ -42,6 +47,7 @@ fn progress(
             rollout: r.clone(),
             targeted: list.len() as i64,
             progress: counts,
+            canaries,
         },
         list,
     )

@@ -551,6 +551,9 @@ pub struct RolloutSummary {
     pub targeted: i64,
     /// Targeted devices per state (every state present, zero or not).
     pub progress: BTreeMap<DeviceRolloutState, i64>,
+    /// The canaries among them per state (all zero without a canary label or percentage):
+    /// the canary results to decide a promotion on.
+    pub canaries: BTreeMap<DeviceRolloutState, i64>,
 }
 
 /// One targeted device of a rollout.

@@ -50,6 +50,23 @@ fn progress_bar(r: &RolloutSummary) -> Markup {
     }
 }
 
+/// How the canaries did (what a promotion is decided on).
+fn canary_results(r: &RolloutSummary) -> Markup {
+    let n: i64 = r.canaries.values().sum();
+    if n == 0 {
+        return html! {};
+    }
+    let c = |s: DeviceRolloutState| r.canaries.get(&s).copied().unwrap_or(0);
+    let failed = c(DeviceRolloutState::Failed) + c(DeviceRolloutState::RolledBack);
+    html! {
+        p.canaries {
+            "Canaries: " strong { (c(DeviceRolloutState::Healthy)) " healthy" }
+            @if failed > 0 { ", " strong.error { (failed) " failed" } }
+            ", " (n - c(DeviceRolloutState::Healthy) - failed) " still updating, of " (n)
+        }
+    }
+}
+
 fn actions(r: &RolloutSummary) -> Markup {
     let id = &r.rollout.id;
     let what = format!("{} #{}", r.rollout.bundle, r.rollout.version_number);
@@ -131,6 +148,7 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
                         " · halts after " (r.rollout.max_failures) " failure(s)"
                     }
                     (progress_bar(r))
+                    (canary_results(r))
                     @if operator { (actions(r)) }
                 }
             }
@@ -162,6 +180,7 @@ pub async fn detail(
                 @if sum.rollout.selector.is_empty() { "every device" } @else { (sum.rollout.selector.join(", ")) }
             }
             (progress_bar(sum))
+            (canary_results(sum))
             @if operator { (actions(sum)) }
             (table_wrap("Devices of this rollout", html! { table {
                 thead { tr {
