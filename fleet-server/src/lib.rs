@@ -150,5 +150,13 @@ async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
         {
             tracing::error!("pruning sessions: {e}");
         }
+        // Sign-in failure counts whose window closed and whose lock is over.
+        if let Err(e) = svc
+            .store()
+            .prune_login_failures(now - 15 * 60 * 1000, now)
+            .await
+        {
+            tracing::error!("pruning sign-in failure counts: {e}");
+        }
     }
 }

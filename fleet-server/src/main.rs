@@ -13,6 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_server::drift::{DriftQuery, HeatmapGroup, HeatmapQuery, Hook, PolicyRule};
 use fleet_server::rollout::StartRollout;
+use fleet_server::service::printable;
 use fleet_server::service::views::*;
 use fleet_server::service::{FleetOps, FleetService, Principal, Settings};
 use fleet_server::types::{
@@ -568,6 +569,14 @@ async fn serve(a: ServeArgs, dir: PathBuf) -> anyhow::Result<()> {
     );
     settings.history_every = a.history_every;
     settings.history_keep = a.history_keep;
+    anyhow::ensure!(
+        a.session_idle >= Duration::from_secs(120),
+        "--session-idle must be at least 2m (sessions are touched once a minute)"
+    );
+    anyhow::ensure!(
+        a.session_ttl >= a.session_idle,
+        "--session-ttl must be at least --session-idle"
+    );
     settings.session_ttl = a.session_ttl;
     settings.session_idle = a.session_idle;
     let opts = fleet_server::ServeOptions {
@@ -649,10 +658,10 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
                 println!(
                     "{} {:<16} {:<22} {:<24} {}",
                     fmt_ms(Some(a.at)),
-                    a.actor,
-                    a.action,
-                    a.subject,
-                    a.detail
+                    printable(&a.actor, 200),
+                    printable(&a.action, 200),
+                    printable(&a.subject, 200),
+                    printable(&a.detail, 4096)
                 );
             }
         }

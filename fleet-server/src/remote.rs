@@ -45,6 +45,9 @@ fn internal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
+/// The largest answer the remote CLI reads (a page of devices or audit entries is far less).
+const MAX_ANSWER: usize = 64 << 20;
+
 /// `https://host[:port]` → (host, port).
 fn parse_url(url: &str) -> Result<(String, u16)> {
     let bad = || {
@@ -110,7 +113,11 @@ impl RemoteFleet {
         path: &str,
         body: Body,
     ) -> Result<(StatusCode, hyper::HeaderMap, Bytes)> {
-        let target = format!("{}:{}", self.host, self.port);
+        let target = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
         let conn = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port))
                 .await
@@ -152,11 +159,15 @@ impl RemoteFleet {
             let resp = send.send_request(req).await.map_err(internal)?;
             let status = resp.status();
             let headers = resp.headers().clone();
-            let body = resp
-                .into_body()
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(internal)?
+                .map_err(|e| {
+                    ServiceError::Internal(format!(
+                        "{target}{path}: answer unreadable or over {} MiB: {e}",
+                        MAX_ANSWER >> 20
+                    ))
+                })?
                 .to_bytes();
             Ok((status, headers, body))
         };

@@ -242,37 +242,7 @@ impl Api {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Reply {
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "fleet.test");
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let resp = send
-            .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        call_at(self.addr, method, path, headers, body).await
     }
 
     /// A call with a user's API token (JSON body when given).
@@ -296,6 +266,46 @@ impl Api {
                 .into_bytes(),
         )
         .await
+    }
+}
+
+/// One HTTP/1.1 request to the server at `addr`.
+async fn call_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "fleet.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
     }
 }
 
@@ -422,7 +432,7 @@ async fn seed(a: &mut Api) {
     assert_documented("POST", "/v1/operator/rollouts", 201, &r.body);
     let r = a
         .as_(
-            "olga",
+            "ada",
             "PUT",
             "/v1/operator/drift/policies/retrain-a",
             Some(
@@ -1106,13 +1116,25 @@ async fn every_state_change_is_audited_under_the_operator() {
     for want in [
         "model.push",
         "rollout.start",
-        "drift.policy.set",
         "rollout.promote",
         "device.revoke",
         "drift.policy.remove",
     ] {
         assert!(actions.contains(&want), "{want} missing from {actions:?}");
     }
+    // Policies (their hooks run on the server) are set by admins.
+    let by_ada = a
+        .svc
+        .store()
+        .audit_query(&AuditQuery {
+            actor: Some("ada".into()),
+            action: Some("drift.policy.set".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_ada.len(), 1, "{by_ada:?}");
     // Through the API too, filtered by action prefix.
     let r = a
         .as_(
@@ -1131,4 +1153,241 @@ async fn every_state_change_is_audited_under_the_operator() {
             .contains("via token tok-"),
         "{list}"
     );
+}
+
+/// Regressions from the security review of the accounts code.
+#[tokio::test]
+async fn a_token_cannot_mint_a_stronger_or_longer_lived_token() {
+    let a = api().await;
+    // olga (operator) makes a viewer token that expires in an hour.
+    let r = a
+        .as_(
+            "olga",
+            "POST",
+            "/v1/operator/tokens",
+            Some(json!({"name": "read-only", "role": "viewer", "ttl": "1h"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let weak = r.json()["token"].as_str().unwrap().to_string();
+    let parent_expiry = r.json()["expires_at"].as_i64().unwrap();
+    let auth = format!("Bearer {weak}");
+    let post = |body: Value| {
+        let auth = auth.clone();
+        let a = &a;
+        async move {
+            a.call(
+                "POST",
+                "/v1/operator/tokens",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().into_bytes(),
+            )
+            .await
+        }
+    };
+    // Through the viewer token: an operator token is refused...
+    let r = post(json!({"name": "escalate", "role": "operator", "ttl": "90d"})).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("at most the role viewer"), "{}", r.text());
+    // ...and a token without a role is a viewer token that dies with its parent.
+    let r = post(json!({"name": "child", "ttl": "90d"})).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["role"], "viewer");
+    assert!(r.json()["expires_at"].as_i64().unwrap() <= parent_expiry);
+    // A token cannot change its user's password without the current one.
+    let r = a
+        .as_(
+            "ada",
+            "PUT",
+            "/v1/operator/users/ada",
+            Some(json!({"password": "a brand new password"})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("current password"), "{}", r.text());
+    let r = a.login("ada", PASSWORD).await;
+    assert_eq!(
+        r.status,
+        200,
+        "the password must be unchanged: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn parallel_guesses_cannot_pass_the_throttle() {
+    let a = api().await;
+    // Twelve wrong passwords for olga at once: at most five are checked, the rest refused.
+    let body = json!({"user": "olga", "password": "wrong password!"}).to_string();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let (addr, body) = (a.addr, body.clone());
+            tokio::spawn(async move {
+                call_at(
+                    addr,
+                    "POST",
+                    "/v1/operator/session",
+                    &[("content-type", "application/json")],
+                    body.into_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for t in tasks {
+        replies.push(t.await.unwrap());
+    }
+    let checked = replies.iter().filter(|r| r.status == 401).count();
+    let refused = replies.iter().filter(|r| r.status == 429).count();
+    assert_eq!(checked + refused, 12);
+    assert!(checked <= 5, "{checked} guesses were checked");
+    assert!(refused >= 7);
+    // Names that are not user names share one count: five of them lock the sixth.
+    for i in 0..5 {
+        let r = a.login(&format!("no such {i}"), PASSWORD).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = a.login("no such 5", PASSWORD).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    // Control characters in a failed name do not reach the audit log.
+    let r = a.login("ada\nuser.login ada", "wrong password!").await;
+    assert_eq!(r.status, 429, "invalid names share the locked count");
+    let audit = a
+        .svc
+        .store()
+        .audit_query(&AuditQuery {
+            action: Some("user.login_failed".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!audit.is_empty());
+    assert!(audit
+        .iter()
+        .all(|e| !e.actor.chars().any(char::is_control) && !e.subject.contains('\n')));
+}
+
+#[tokio::test]
+async fn a_success_clears_the_name_but_not_the_address() {
+    let a = api().await;
+    for _ in 0..3 {
+        assert_eq!(a.login("vic", "wrong password!").await.status, 401);
+    }
+    let ip = a.svc.store().login_failure("ip:unknown").await.unwrap();
+    let ip = match ip {
+        Some(f) => f,
+        None => a
+            .svc
+            .store()
+            .login_failure("ip:127.0.0.1")
+            .await
+            .unwrap()
+            .expect("the address's failures are counted"),
+    };
+    assert_eq!(ip.failures, 3);
+    assert_eq!(a.login("vic", PASSWORD).await.status, 200);
+    let user = a.svc.store().login_failure("user:vic").await.unwrap();
+    assert!(user.is_none(), "{user:?}");
+    let ip_after = match a.svc.store().login_failure("ip:unknown").await.unwrap() {
+        Some(f) => f,
+        None => a
+            .svc
+            .store()
+            .login_failure("ip:127.0.0.1")
+            .await
+            .unwrap()
+            .unwrap(),
+    };
+    assert_eq!(
+        ip_after.failures, 3,
+        "the success takes back only its own attempt"
+    );
+    // The current-password check is throttled like a sign-in.
+    for i in 0..5 {
+        let r = a
+            .as_(
+                "vic",
+                "PUT",
+                "/v1/operator/users/vic",
+                Some(json!({"password": "a brand new password", "current_password": "nope nope nope"})),
+            )
+            .await;
+        assert_eq!(r.status, 403, "attempt {i}: {}", r.text());
+    }
+    let r = a
+        .as_(
+            "vic",
+            "PUT",
+            "/v1/operator/users/vic",
+            Some(json!({"password": "a brand new password", "current_password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+}
+
+#[tokio::test]
+async fn user_changes_apply_whole_or_not_at_all_and_keep_an_admin() {
+    let a = api().await;
+    // A role change with a password that breaks the rules: refused, the role unchanged.
+    let r = a
+        .as_(
+            "ada",
+            "PUT",
+            "/v1/operator/users/vic",
+            Some(json!({"role": "operator", "password": "short"})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let vic = a.svc.store().user("vic").await.unwrap().unwrap();
+    assert_eq!(vic.role, Role::Viewer);
+    // Two admins demoting each other at the same moment: exactly one demotion happens.
+    let r = a
+        .as_(
+            "ada",
+            "PUT",
+            "/v1/operator/users/olga",
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (x, y) = tokio::join!(
+        a.as_(
+            "ada",
+            "PUT",
+            "/v1/operator/users/olga",
+            Some(json!({"role": "viewer"}))
+        ),
+        a.as_(
+            "olga",
+            "PUT",
+            "/v1/operator/users/ada",
+            Some(json!({"role": "viewer"}))
+        ),
+    );
+    let mut statuses = [x.status, y.status];
+    statuses.sort_unstable();
+    // The loser is refused either as the last admin (409) or, demoted already, as no
+    // longer an admin (403).
+    assert_eq!(statuses[0], 200, "{} / {}", x.text(), y.text());
+    assert!(
+        statuses[1] == 409 || statuses[1] == 403,
+        "{} / {}",
+        x.text(),
+        y.text()
+    );
+    let admins = a
+        .svc
+        .store()
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.role == Role::Admin)
+        .count();
+    assert_eq!(admins, 1);
 }

@@ -201,7 +201,7 @@ pub fn routes(max_bundle: usize) -> Vec<(RouteSpec, MethodRouter<OperatorState>)
         r(
             "PUT",
             "/v1/operator/drift/policies/{name}",
-            Some(Operator),
+            Some(Admin),
             put(h::set_drift_policy),
         ),
         r(

@@ -4,8 +4,12 @@
 //! Login throttling: failures are counted per user name and per client address over 15
 //! minutes. From the 5th failure for a name (the 20th for an address) every attempt is
 //! refused for 30 s, doubling with each further failure up to 15 minutes (429 with
-//! `Retry-After`), whatever the password. A success clears the name's and the address's
-//! counts. Counts live in the database, so every server replica sees them.
+//! `Retry-After`), whatever the password. An attempt is counted as a failure *before* its
+//! password is checked (and the lock it would cause set), so parallel guesses cannot slip
+//! past the limit; a success clears the name's count and takes its own attempt back from the
+//! address's. Names that are not valid user names share one count. Checking one's current
+//! password (to change it) is throttled the same way. Counts live in the database, so every
+//! server replica sees them.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -17,7 +21,7 @@ use tokio::sync::Semaphore;
 
 use super::views::{CreatedToken, LoginReply, NewToken, NewUser, UserOut, UserUpdate};
 use super::{parse_ttl, random_hex, Acting, FleetService, Principal, Result, ServiceError, Via};
-use crate::store::{now_ms, ApiTokenRow, LoginFailure, SessionRow, UserRow};
+use crate::store::{now_ms, ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
 use crate::types::Role;
 
 /// The console's session cookie.
@@ -31,6 +35,8 @@ const MAX_LOCK_MS: i64 = 15 * 60 * 1000;
 /// Touch a session's or token's last use at most this often (one write per minute).
 const TOUCH_EVERY_MS: i64 = 60_000;
 pub const MIN_PASSWORD: usize = 10;
+/// How long a password check waits for one of the two hashing slots before answering 429.
+const GATE_WAIT: Duration = Duration::from_secs(10);
 const MAX_PASSWORD: usize = 1024;
 
 fn sha256_hex(s: &str) -> String {
@@ -78,11 +84,13 @@ impl PasswordHasher {
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        let _permit = self
-            .gate
-            .acquire()
+        let permit = tokio::time::timeout(GATE_WAIT, self.gate.acquire())
             .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            .map_err(|_| ServiceError::Throttled {
+                message: "the server is busy checking passwords: try again shortly".into(),
+                retry_after_s: 2,
+            })?;
+        let _permit = permit.map_err(|e| ServiceError::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| ServiceError::Internal(format!("password hashing task: {e}")))
@@ -139,11 +147,21 @@ pub struct Session {
     pub expires_at: i64,
 }
 
+/// A user name: 1-64 characters of `A-Z a-z 0-9 - _ . @`, starting with a letter or digit.
 pub fn valid_user_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+}
+
+/// `s` cut to `max` characters with control characters (newlines, escapes) replaced, for
+/// logs, the audit log and terminals.
+pub fn printable(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn check_user_name(s: &str) -> Result<()> {
@@ -151,7 +169,7 @@ fn check_user_name(s: &str) -> Result<()> {
         Ok(())
     } else {
         Err(ServiceError::Invalid(
-            "user name must be 1-64 characters of A-Z a-z 0-9 - _ . @".into(),
+            "user name must be 1-64 characters of A-Z a-z 0-9 - _ . @, starting with a letter or digit".into(),
         ))
     }
 }
@@ -193,43 +211,83 @@ fn lock_ms(failures: i64, free: i64) -> i64 {
         .min(MAX_LOCK_MS)
 }
 
+/// The throttling keys of a sign-in: the user name (invalid names share one key) and the
+/// client address.
+fn throttle_keys(user: &str, client_addr: &str) -> [(String, i64); 2] {
+    let user_key = if valid_user_name(user) {
+        format!("user:{user}")
+    } else {
+        "user:<invalid>".to_string()
+    };
+    [
+        (user_key, FREE_FAILURES_USER),
+        (format!("ip:{client_addr}"), FREE_FAILURES_ADDR),
+    ]
+}
+
+fn throttled_error(locked_until: i64, now: i64) -> ServiceError {
+    let wait = (locked_until - now + 999) / 1000;
+    ServiceError::Throttled {
+        message: format!("too many failed sign-ins: try again in {wait} s"),
+        retry_after_s: u64::try_from(wait).unwrap_or(1).max(1),
+    }
+}
+
 impl FleetService {
-    async fn throttled(&self, keys: &[String], now: i64) -> Result<()> {
-        for k in keys {
-            if let Some(f) = self.store().login_failure(k).await? {
+    /// Counts an attempt against `key` as a failure before its password is checked, and sets
+    /// the lock that failure would cause. Refused (nothing counted) while the key is locked.
+    async fn charge_attempt(&self, key: &str, free: i64, now: i64) -> Result<()> {
+        let locked = self
+            .store()
+            .update_login_failure(key, |prev| {
+                let mut f = match prev {
+                    Some(f) if now - f.first_at < WINDOW_MS => f,
+                    _ => LoginFailure {
+                        failures: 0,
+                        first_at: now,
+                        locked_until: 0,
+                    },
+                };
                 if f.locked_until > now {
-                    let wait = (f.locked_until - now + 999) / 1000;
-                    return Err(ServiceError::Throttled {
-                        message: format!("too many failed sign-ins: try again in {wait} s"),
-                        retry_after_s: u64::try_from(wait).unwrap_or(1),
-                    });
+                    return (None, Some(f.locked_until));
                 }
-            }
+                f.failures += 1;
+                let lock = lock_ms(f.failures, free);
+                if lock > 0 {
+                    f.locked_until = now + lock;
+                }
+                (Some(f), None)
+            })
+            .await?;
+        match locked {
+            Some(until) => Err(throttled_error(until, now)),
+            None => Ok(()),
         }
+    }
+
+    /// Takes back an attempt charged by [`Self::charge_attempt`] that succeeded (and the lock
+    /// it set, if the count is below the free failures again).
+    async fn uncharge_attempt(&self, key: &str, free: i64, now: i64) -> Result<()> {
+        self.store()
+            .update_login_failure(key, |prev| match prev {
+                Some(mut f) if f.failures > 0 => {
+                    f.failures -= 1;
+                    if lock_ms(f.failures, free) == 0 {
+                        f.locked_until = 0;
+                    } else if f.locked_until > now {
+                        f.locked_until = f.locked_until.min(now + lock_ms(f.failures, free));
+                    }
+                    (Some(f), ())
+                }
+                _ => (None, ()),
+            })
+            .await?;
         Ok(())
     }
 
-    async fn count_failure(&self, key: &str, free: i64, now: i64) -> Result<()> {
-        let prev = self.store().login_failure(key).await?;
-        let mut f = match prev {
-            Some(f) if now - f.first_at < WINDOW_MS => f,
-            _ => LoginFailure {
-                failures: 0,
-                first_at: now,
-                locked_until: 0,
-            },
-        };
-        f.failures += 1;
-        let lock = lock_ms(f.failures, free);
-        if lock > 0 {
-            f.locked_until = now + lock;
-        }
-        self.store().set_login_failure(key, &f).await?;
-        Ok(())
-    }
-
-    /// Signs a user in: a new session for the console. `client` is the address (throttling
-    /// key) and user agent. Returns the reply and the session id (for the cookie only).
+    /// Signs a user in: a new session for the console. `client_addr` is the throttling key
+    /// and `user_agent` goes to the session's description. Returns the reply and the session
+    /// id (for the cookie only).
     pub async fn login(
         &self,
         user: &str,
@@ -238,42 +296,41 @@ impl FleetService {
         user_agent: &str,
     ) -> Result<(LoginReply, String)> {
         let now = now_ms();
-        let keys = [format!("user:{user}"), format!("ip:{client_addr}")];
-        self.throttled(&keys, now).await?;
-        let row = if valid_user_name(user) {
+        let keys = throttle_keys(user, client_addr);
+        for (k, free) in &keys {
+            self.charge_attempt(k, *free, now).await?;
+        }
+        let row = if valid_user_name(user) && password.len() <= MAX_PASSWORD {
             self.store().user(user).await?
         } else {
             None
         };
-        let ok = self
-            .hasher()
-            .verify(password, row.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
+        let ok = if password.len() <= MAX_PASSWORD {
+            self.hasher()
+                .verify(password, row.as_ref().map(|u| u.password_hash.as_str()))
+                .await?
+        } else {
+            false
+        };
         let Some(row) = row.filter(|_| ok) else {
-            self.count_failure(&keys[0], FREE_FAILURES_USER, now)
-                .await?;
-            self.count_failure(&keys[1], FREE_FAILURES_ADDR, now)
-                .await?;
-            let shown: String = user.chars().take(64).collect();
+            let shown = printable(user, 64);
             self.store()
                 .audit(
                     &shown,
                     "user.login_failed",
                     &shown,
-                    &format!("from {client_addr}"),
+                    &format!("from {}", printable(client_addr, 64)),
                 )
                 .await?;
             return Err(ServiceError::Unauthorized(
                 "wrong user name or password".into(),
             ));
         };
-        for k in &keys {
-            self.store().clear_login_failures(k).await?;
-        }
+        self.store().clear_login_failures(&keys[0].0).await?;
+        self.uncharge_attempt(&keys[1].0, keys[1].1, now).await?;
         let id = random_hex(32)?;
         let csrf = random_hex(32)?;
         let expires_at = now + super::ms(self.settings().session_ttl);
-        let ua: String = user_agent.chars().take(200).collect();
         self.store()
             .add_session(&SessionRow {
                 id_sha256: sha256_hex(&id),
@@ -282,7 +339,7 @@ impl FleetService {
                 created_at: now,
                 expires_at,
                 last_seen: now,
-                client: format!("{client_addr} {ua}"),
+                client: format!("{client_addr} {}", printable(user_agent, 200)),
             })
             .await?;
         self.store()
@@ -418,16 +475,9 @@ impl Acting {
             .ok_or_else(|| ServiceError::NotFound(format!("no user `{name}`")))
     }
 
-    async fn keep_an_admin(&self, name: &str, what: &str) -> Result<()> {
-        let u = self.user_row(name).await?;
-        if u.role == Role::Admin && self.store().count_admins().await? <= 1 {
-            return Err(ServiceError::Conflict(format!(
-                "cannot {what} `{name}`: the last admin (add another admin first)"
-            )));
-        }
-        Ok(())
-    }
-
+    /// Changes a user's role and/or password. Everything is checked first (rights, the
+    /// current password, the new password's rules) and then applied in one transaction, so a
+    /// refused change changes nothing.
     pub async fn update_user(&self, name: &str, upd: &UserUpdate) -> Result<UserOut> {
         let own = name == self.who.name && self.who.via != Via::Local;
         if upd.role.is_none() && upd.password.is_none() {
@@ -435,50 +485,84 @@ impl Acting {
                 "give a new role or a new password".into(),
             ));
         }
-        if let Some(role) = upd.role {
+        if upd.role.is_some() {
             self.require(Role::Admin, "changing roles")?;
-            if role != Role::Admin {
-                self.keep_an_admin(name, "demote").await?;
-            }
-            if !self.store().set_user_role(name, role).await? {
-                return Err(ServiceError::NotFound(format!("no user `{name}`")));
-            }
-            self.audit("user.role", name, &format!("role {role}"))
-                .await?;
         }
+        let mut hash = None;
         if let Some(pw) = &upd.password {
             if !own {
                 self.require(Role::Admin, "setting another user's password")?;
-            } else if self.who.role < Role::Admin || upd.current_password.is_some() {
-                // Your own password: prove you know the current one (admins may skip).
-                let row = self.user_row(name).await?;
-                let cur = upd.current_password.as_deref().unwrap_or("");
-                if !self
-                    .svc
-                    .hasher()
-                    .verify(cur, Some(&row.password_hash))
-                    .await?
-                {
-                    return Err(ServiceError::Forbidden(
-                        "the current password is wrong".into(),
-                    ));
-                }
             }
             check_password(pw)?;
-            let hash = self.svc.hasher().hash(pw).await?;
-            if !self.store().set_password(name, &hash, now_ms()).await? {
-                return Err(ServiceError::NotFound(format!("no user `{name}`")));
+            // Your own password: prove you know the current one (an admin at a console
+            // session may skip it; through an API token, nobody may).
+            let via_token = matches!(self.who.via, Via::Token { .. });
+            if own && (self.who.role < Role::Admin || via_token || upd.current_password.is_some()) {
+                self.check_current_password(name, upd.current_password.as_deref().unwrap_or(""))
+                    .await?;
             }
+            hash = Some(self.svc.hasher().hash(pw).await?);
+        }
+        match self
+            .store()
+            .update_user(name, upd.role, hash.as_deref(), now_ms())
+            .await?
+        {
+            UserChange::Done => {}
+            UserChange::NoSuchUser => {
+                return Err(ServiceError::NotFound(format!("no user `{name}`")))
+            }
+            UserChange::LastAdmin => {
+                return Err(ServiceError::Conflict(format!(
+                    "cannot demote `{name}`: the last admin (add another admin first)"
+                )))
+            }
+        }
+        if let Some(role) = upd.role {
+            self.audit("user.role", name, &format!("role {role}"))
+                .await?;
+        }
+        if hash.is_some() {
             self.audit("user.passwd", name, "sessions ended").await?;
         }
         self.user_row(name).await
     }
 
+    /// Checks `name`'s current password, throttled like a sign-in (by the user name).
+    async fn check_current_password(&self, name: &str, current: &str) -> Result<()> {
+        let now = now_ms();
+        let key = format!("user:{name}");
+        self.svc
+            .charge_attempt(&key, FREE_FAILURES_USER, now)
+            .await?;
+        let row = self.user_row(name).await?;
+        let ok = current.len() <= MAX_PASSWORD
+            && self
+                .svc
+                .hasher()
+                .verify(current, Some(&row.password_hash))
+                .await?;
+        if !ok {
+            return Err(ServiceError::Forbidden(
+                "the current password is wrong".into(),
+            ));
+        }
+        self.store().clear_login_failures(&key).await?;
+        Ok(())
+    }
+
     pub async fn remove_user(&self, name: &str) -> Result<()> {
         self.require(Role::Admin, "removing users")?;
-        self.keep_an_admin(name, "remove").await?;
-        if !self.store().remove_user(name, now_ms()).await? {
-            return Err(ServiceError::NotFound(format!("no user `{name}`")));
+        match self.store().remove_user(name, now_ms()).await? {
+            UserChange::Done => {}
+            UserChange::NoSuchUser => {
+                return Err(ServiceError::NotFound(format!("no user `{name}`")))
+            }
+            UserChange::LastAdmin => {
+                return Err(ServiceError::Conflict(format!(
+                    "cannot remove `{name}`: the last admin (add another admin first)"
+                )))
+            }
         }
         self.audit("user.remove", name, "sessions ended, tokens revoked")
             .await
@@ -498,11 +582,13 @@ impl Acting {
             self.require(Role::Admin, "creating tokens for other users")?;
         }
         let user = self.user_row(&owner).await?;
-        let role = t.role.unwrap_or(user.role);
-        if role > user.role {
+        // At most the owner's role and the creator's own (a token made through a viewer
+        // token is a viewer token, whoever the user is).
+        let cap = user.role.min(self.who.role);
+        let role = t.role.unwrap_or(cap);
+        if role > cap {
             return Err(ServiceError::Invalid(format!(
-                "a token of {owner} can have at most the role {}",
-                user.role
+                "this token can have at most the role {cap} (the lower of {owner}'s role and yours)"
             )));
         }
         if t.name.trim().is_empty() || t.name.len() > 64 {
@@ -517,6 +603,13 @@ impl Acting {
             Duration::from_secs(2 * 366 * 24 * 3600),
         )?;
         let now = now_ms();
+        let mut expires_at = now + super::ms(ttl);
+        // A token made through a token expires no later than its parent.
+        if let Via::Token { id } = &self.who.via {
+            if let Some(parent) = self.store().api_token(id).await? {
+                expires_at = expires_at.min(parent.expires_at);
+            }
+        }
         let token = format!("fleet_{}", random_hex(24)?);
         let info = ApiTokenRow {
             id: format!("tok-{}", random_hex(6)?),
@@ -525,7 +618,7 @@ impl Acting {
             role,
             token_sha256: sha256_hex(&token),
             created_at: now,
-            expires_at: now + super::ms(ttl),
+            expires_at,
             last_used_at: None,
             revoked_at: None,
         };
@@ -536,7 +629,9 @@ impl Acting {
             &format!(
                 "`{}` for {owner}, role {role}, expires in {}",
                 info.name,
-                humantime::format_duration(ttl)
+                humantime::format_duration(Duration::from_secs(
+                    u64::try_from((expires_at - now) / 1000).unwrap_or(0)
+                ))
             ),
         )
         .await?;

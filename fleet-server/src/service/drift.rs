@@ -167,7 +167,11 @@ impl Acting {
     }
 
     pub async fn set_drift_policy(&self, name: &str, p: &PolicyRequest) -> Result<PolicyOut> {
-        self.require(Role::Operator, "setting drift policies")?;
+        // A policy's hook runs a command or calls a URL as the server: admins only.
+        self.require(
+            Role::Admin,
+            "setting drift policies (their hooks run on the server)",
+        )?;
         let every = humantime::parse_duration(&p.every).map_err(|e| {
             ServiceError::Invalid(format!("every `{}`: {e} (e.g. 10m, 1h)", p.every))
         })?;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use accounts::{
-    check_password, generate_password, AuthError, PasswordHasher, Session, MIN_PASSWORD,
+    check_password, generate_password, printable, AuthError, PasswordHasher, Session, MIN_PASSWORD,
     SESSION_COOKIE,
 };
 pub use ops::FleetOps;
@@ -270,7 +270,16 @@ pub fn ms(d: Duration) -> i64 {
 
 /// Labels (`key=value` groups like `site=plant1`, or plain tags like `canary`): 1-64
 /// characters without commas or control characters.
+/// At most this many labels on a device or an enrollment token.
+pub const MAX_LABELS: usize = 32;
+
 pub fn check_labels(labels: &[String]) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(ServiceError::Invalid(format!(
+            "at most {MAX_LABELS} labels (got {})",
+            labels.len()
+        )));
+    }
     for l in labels {
         if l.is_empty() || l.len() > 64 || l.contains(',') || l.chars().any(char::is_control) {
             return Err(ServiceError::Invalid(format!(

@@ -55,6 +55,23 @@ pub struct LoginFailure {
     pub locked_until: i64,
 }
 
+/// What came of a change to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    Done,
+    NoSuchUser,
+    /// Refused: the user is the last admin.
+    LastAdmin,
+}
+
+fn failure_of(r: &AnyRow) -> Result<LoginFailure> {
+    Ok(LoginFailure {
+        failures: r.try_get("failures")?,
+        first_at: r.try_get("first_at")?,
+        locked_until: r.try_get("locked_until")?,
+    })
+}
+
 fn user_of(r: &AnyRow) -> Result<UserRow> {
     Ok(UserRow {
         name: r.try_get("name")?,
@@ -122,39 +139,85 @@ impl FleetStore {
         )
     }
 
-    pub async fn set_user_role(&self, name: &str, role: Role) -> Result<bool> {
-        let _writer = self.writer.lock().await;
-        let r = sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
-            .bind(role.as_str())
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Replaces a password and ends every session of the user.
-    pub async fn set_password(&self, name: &str, hash: &str, at: i64) -> Result<bool> {
+    /// Changes a user's role and/or password hash in one transaction; a new password ends
+    /// every session of the user. Refuses to demote the last admin (checked inside the
+    /// transaction, so two admins demoting each other at once cannot leave none).
+    pub async fn update_user(
+        &self,
+        name: &str,
+        role: Option<Role>,
+        password_hash: Option<&str>,
+        at: i64,
+    ) -> Result<UserChange> {
         let (_writer, mut tx) = self.begin_write().await?;
-        let r = sqlx::query(
-            "UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE name = $3",
-        )
-        .bind(hash)
-        .bind(at)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+        let admins = self.lock_admins(&mut tx).await?;
+        let Some(current) = sqlx::query("SELECT role FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(UserChange::NoSuchUser);
+        };
+        let current: Role = parse_enum(&current.try_get::<String, _>("role")?)?;
+        if let Some(role) = role {
+            if current == Role::Admin && role != Role::Admin && admins <= 1 {
+                return Ok(UserChange::LastAdmin);
+            }
+            sqlx::query("UPDATE users SET role = $1 WHERE name = $2")
+                .bind(role.as_str())
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(hash) = password_hash {
+            sqlx::query(
+                "UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE name = $3",
+            )
+            .bind(hash)
+            .bind(at)
             .bind(name)
             .execute(&mut *tx)
             .await?;
+            sqlx::query("DELETE FROM sessions WHERE user_name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(UserChange::Done)
     }
 
-    /// Removes a user, ends their sessions and revokes their API tokens.
-    pub async fn remove_user(&self, name: &str, at: i64) -> Result<bool> {
+    /// The number of admins, with their rows locked until the transaction ends (PostgreSQL;
+    /// SQLite's write transaction holds the whole database already).
+    async fn lock_admins(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<i64> {
+        let lock = match self.backend {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT name FROM users WHERE role = 'admin'{lock}"
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+    }
+
+    /// Removes a user, ends their sessions and revokes their API tokens; never the last admin.
+    pub async fn remove_user(&self, name: &str, at: i64) -> Result<UserChange> {
         let (_writer, mut tx) = self.begin_write().await?;
-        let r = sqlx::query("DELETE FROM users WHERE name = $1")
+        let admins = self.lock_admins(&mut tx).await?;
+        let Some(current) = sqlx::query("SELECT role FROM users WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(UserChange::NoSuchUser);
+        };
+        let current: Role = parse_enum(&current.try_get::<String, _>("role")?)?;
+        if current == Role::Admin && admins <= 1 {
+            return Ok(UserChange::LastAdmin);
+        }
+        sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -170,7 +233,7 @@ impl FleetStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(r.rows_affected() == 1)
+        Ok(UserChange::Done)
     }
 
     // ---- sessions ----
@@ -322,26 +385,51 @@ impl FleetStore {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        r.map(|r| {
-            Ok(LoginFailure {
-                failures: r.try_get("failures")?,
-                first_at: r.try_get("first_at")?,
-                locked_until: r.try_get("locked_until")?,
-            })
-        })
-        .transpose()
+        r.as_ref().map(failure_of).transpose()
     }
 
-    pub async fn set_login_failure(&self, key: &str, f: &LoginFailure) -> Result<()> {
-        let _writer = self.writer.lock().await;
-        sqlx::query("INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, first_at = excluded.first_at, locked_until = excluded.locked_until")
-            .bind(key)
-            .bind(f.failures)
-            .bind(f.first_at)
-            .bind(f.locked_until)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Reads and replaces the count of `key` in one transaction (the row locked on
+    /// PostgreSQL, the database on SQLite), so concurrent sign-ins on any replica are counted
+    /// one after the other. `f` gets the stored count (if any) and returns the new one (None:
+    /// leave it) and a value handed back to the caller.
+    pub async fn update_login_failure<R>(
+        &self,
+        key: &str,
+        f: impl FnOnce(Option<LoginFailure>) -> (Option<LoginFailure>, R),
+    ) -> Result<R> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let lock = match self.backend {
+            super::Backend::Postgres => {
+                // Make sure a row exists to lock.
+                sqlx::query("INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, 0, 0, 0) ON CONFLICT (key) DO NOTHING")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+                " FOR UPDATE"
+            }
+            super::Backend::Sqlite => "",
+        };
+        let prev = sqlx::query(&format!(
+            "SELECT failures, first_at, locked_until FROM login_failures WHERE key = $1{lock}"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?
+        .as_ref()
+        .map(failure_of)
+        .transpose()?;
+        let (next, out) = f(prev);
+        if let Some(n) = next {
+            sqlx::query("INSERT INTO login_failures (key, failures, first_at, locked_until) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO UPDATE SET failures = excluded.failures, first_at = excluded.first_at, locked_until = excluded.locked_until")
+                .bind(key)
+                .bind(n.failures)
+                .bind(n.first_at)
+                .bind(n.locked_until)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
@@ -351,5 +439,18 @@ impl FleetStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Deletes counts whose window closed before `window_start` and whose lock is over;
+    /// returns how many.
+    pub async fn prune_login_failures(&self, window_start: i64, now: i64) -> Result<u64> {
+        let _writer = self.writer.lock().await;
+        let r =
+            sqlx::query("DELETE FROM login_failures WHERE first_at < $1 AND locked_until <= $2")
+                .bind(window_start)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
     }
 }

@@ -27,7 +27,16 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// Control characters (newlines, terminal escapes) in an audit field are replaced, so an
+/// entry reads as one line wherever it is shown (console, CLI, logs).
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 impl FleetStore {
+    /// Appends an entry; control characters in any field are replaced (see [`one_line`]).
     pub async fn audit(
         &self,
         actor: &str,
@@ -40,10 +49,10 @@ impl FleetStore {
             "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(now_ms())
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(detail)
+        .bind(one_line(actor))
+        .bind(one_line(action))
+        .bind(one_line(subject))
+        .bind(one_line(detail))
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -28,7 +28,7 @@ use std::path::Path;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
-pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserRow};
+pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
 pub use audit::{AuditEntry, AuditQuery};
 pub use devices::{
     CheckInUpdate, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup, ProblemFilter,

@@ -113,6 +113,8 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
     };
     let now = now_ms();
     let operator = s.principal.role >= Role::Operator;
+    // Setting a policy is for admins: its hook runs a command or calls a URL as the server.
+    let admin = s.principal.role >= Role::Admin;
     let selectors = html! {
         form.filters method="get" action="/console/drift" aria-label="Choose the heatmap" {
             label { "Bundle "
@@ -240,7 +242,7 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
                 }
             }
         }))
-        @if operator {
+        @if admin {
             section.actions aria-labelledby="h-newpolicy" {
                 h2 #h-newpolicy { "Set a retrain policy" }
                 form.api data-url-template="/v1/operator/drift/policies/{name}" data-method="PUT"
