@@ -39,6 +39,8 @@ pub const VERSION: &str = concat!(
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub data_dir: PathBuf,
+    /// `postgres://…`; `None`: SQLite in the data directory.
+    pub database_url: Option<String>,
     pub listen: String,
     /// DNS names / IP addresses in the server certificate.
     pub names: Vec<String>,
@@ -57,7 +59,8 @@ pub async fn serve(
     stop: CancellationToken,
     on_bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let store = store::FleetStore::open_dir(&opts.data_dir).await?;
+    let store = store::FleetStore::open(&opts.data_dir, opts.database_url.as_deref()).await?;
+    tracing::info!(database = store.describe(), "fleet database open");
     let ca = Arc::new(ca::FleetCa::open(&opts.data_dir)?);
     let registry = registry::Registry::new(store.clone(), &opts.data_dir)?;
     opts.settings.publish(&store).await?;

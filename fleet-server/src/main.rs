@@ -35,6 +35,17 @@ struct Cli {
         default_value = "/var/lib/fleet-server"
     )]
     data_dir: PathBuf,
+    /// The fleet database: `postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=require]` for
+    /// PostgreSQL (many `serve` replicas may share it); default: SQLite in the data
+    /// directory. Keep the password off the command line (others can read it): use the
+    /// environment variable, or a URL without it and `PGPASSWORD` or `~/.pgpass`.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEET_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
     /// Operator name recorded in the audit log for commands on the data directory
     /// (default: $USER). Remote commands act as the API token's user.
     #[arg(long, global = true, env = "FLEET_OPERATOR")]
@@ -528,7 +539,7 @@ fn read_password(src: &PasswordSource) -> anyhow::Result<(String, bool)> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let who = actor(&cli.by);
     if let Command::Serve(args) = cli.command {
-        return serve(args, cli.data_dir).await;
+        return serve(args, cli.data_dir, cli.database_url).await;
     }
     match (&cli.server, &cli.token_file) {
         (Some(url), Some(file)) => {
@@ -543,13 +554,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         (Some(_), None) => anyhow::bail!("--server needs --token-file (an API token)"),
         _ => {
-            let svc = FleetService::open_dir(&cli.data_dir).await?;
+            let svc = FleetService::open(&cli.data_dir, cli.database_url.as_deref()).await?;
             run_ops(&svc.acting(Principal::local(&who)), cli.command, &who).await
         }
     }
 }
 
-async fn serve(a: ServeArgs, dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let s2 = stop.clone();
     tokio::spawn(async move {
@@ -581,6 +592,7 @@ async fn serve(a: ServeArgs, dir: PathBuf) -> anyhow::Result<()> {
     settings.session_idle = a.session_idle;
     let opts = fleet_server::ServeOptions {
         data_dir: dir.clone(),
+        database_url,
         listen: a.listen,
         names: a.names,
         settings,

@@ -11,6 +11,8 @@
 #   data: pvanalytics 0.2.2 wheel data (NREL PV series with labelled faults) for the drift test
 #   console: Debian's chromium (apt) and, from npm, playwright-core + axe-core (tests/console,
 #         pinned by its package-lock.json) for the browser test of the fleet console
+#   scale-out: postgresql (a throwaway server per test run, tests/peers/postgres.sh) and
+#         haproxy (TCP load balancer in front of fleet-server replicas)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=${EDGE_PEERS_DIR:-$HERE/../.peers}
@@ -23,6 +25,10 @@ need_apt=()
 for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg chromium:chromium node:nodejs npm:npm; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
+# PostgreSQL (the fleet server's scale-out backend; tests run their own throwaway server,
+# tests/peers/postgres.sh) and HAProxy (the load balancer in front of fleet-server replicas).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v haproxy >/dev/null 2>&1 || need_apt+=(haproxy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt install ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -16,6 +16,55 @@ pub struct FleetServer {
     pub peer: Peer,
     pub port: u16,
     pub data_dir: PathBuf,
+    /// The PostgreSQL database of this server (`FLEET_TEST_BACKEND=postgres`); `None`:
+    /// SQLite in the data directory.
+    pub database_url: Option<String>,
+}
+
+/// A new, empty database on the test run's PostgreSQL server when the run asks for that
+/// backend (`FLEET_TEST_BACKEND=postgres`, server at `FLEET_TEST_POSTGRES`, both set by
+/// tests/run.sh); `None` for the embedded SQLite default.
+pub fn test_database_url() -> Option<String> {
+    match std::env::var("FLEET_TEST_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => None,
+        Ok("postgres") => {
+            let base = std::env::var("FLEET_TEST_POSTGRES").expect(
+                "FLEET_TEST_BACKEND=postgres needs FLEET_TEST_POSTGRES (tests/peers/postgres.sh start DIR prints it)",
+            );
+            let base = base.trim_end_matches('/');
+            let name = format!("fleet_e2e_{}_{}", std::process::id(), crate::free_port());
+            let out = Command::new(psql())
+                .arg(format!("{base}/postgres"))
+                .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+                .arg(format!("CREATE DATABASE {name}"))
+                .output()
+                .expect("run psql");
+            assert!(
+                out.status.success(),
+                "CREATE DATABASE {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some(format!("{base}/{name}"))
+        }
+        Ok(other) => panic!("FLEET_TEST_BACKEND `{other}`: sqlite or postgres"),
+    }
+}
+
+/// PostgreSQL's client (Debian: `/usr/bin/psql`, or the server's own bin directory).
+pub fn psql() -> PathBuf {
+    if let Ok(p) = std::env::var("PSQL") {
+        return PathBuf::from(p);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join("bin/psql"))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().unwrap_or_else(|| PathBuf::from("psql"))
 }
 
 impl FleetServer {
@@ -29,6 +78,7 @@ impl FleetServer {
         let port = free_port();
         let data = data_dir.display().to_string();
         let listen = format!("127.0.0.1:{port}");
+        let database_url = test_database_url();
         let mut args = vec![
             "serve",
             "--data-dir",
@@ -38,6 +88,9 @@ impl FleetServer {
             "--checkin-s",
             "1",
         ];
+        if let Some(u) = &database_url {
+            args.extend_from_slice(&["--database-url", u]);
+        }
         args.extend_from_slice(extra);
         let peer = Peer::start(
             "fleet-server",
@@ -50,6 +103,7 @@ impl FleetServer {
             peer,
             port,
             data_dir,
+            database_url,
         }
     }
 
@@ -71,7 +125,11 @@ impl FleetServer {
 
     /// Runs a CLI command with `input` on its standard input: (success, stdout, stderr).
     pub fn cli_input(&self, args: &[&str], input: &str) -> (bool, String, String) {
-        let mut child = Command::new(workspace_bin("fleet-server"))
+        let mut cmd = Command::new(workspace_bin("fleet-server"));
+        if let Some(u) = &self.database_url {
+            cmd.env("FLEET_DATABASE_URL", u);
+        }
+        let mut child = cmd
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--by", "test-operator"])

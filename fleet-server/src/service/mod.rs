@@ -365,7 +365,13 @@ impl FleetService {
     /// Opens the data directory's store and registry with the settings `serve` published
     /// (the local CLI).
     pub async fn open_dir(data_dir: &Path) -> Result<FleetService> {
-        let store = FleetStore::open_dir(data_dir).await?;
+        Self::open(data_dir, None).await
+    }
+
+    /// The service on the data directory and the database at `database_url` (SQLite in the
+    /// data directory when `None`).
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<FleetService> {
+        let store = FleetStore::open(data_dir, database_url).await?;
         let registry = Registry::new(store.clone(), data_dir)?;
         let settings = Settings::published(&store).await?;
         Ok(FleetService::new(store, registry, data_dir, settings))

@@ -874,7 +874,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_writers_wait_instead_of_failing() {
         let (s, dir) = store().await;
-        let other = FleetStore::open_dir(&dir).await.unwrap(); // a second process's pool
+        let other = s.another_pool().await.unwrap(); // a second process's pool
         for i in 0..64 {
             s.add_token(&format!("t{i}"), &[], "op", now_ms() + 60_000)
                 .await

@@ -132,6 +132,24 @@ fn like_pattern(text: &str) -> String {
     p
 }
 
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    match auth {
+        Some(a) => match a.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => format!("{scheme}://{a}@{host}"),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -152,6 +170,10 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub struct FleetStore {
     pool: AnyPool,
+    /// The URL without its password.
+    described: String,
+    /// The URL (for [`FleetStore::another_pool`]).
+    url: std::sync::Arc<str>,
     backend: Backend,
     /// SQLite has one writer at a time; writers of this process queue here (async, FIFO)
     /// instead of in SQLite's busy handler, which sleeps in growing steps.
@@ -159,6 +181,32 @@ pub struct FleetStore {
 }
 
 impl FleetStore {
+    /// Opens the database at `url` (`postgres://…`), or the embedded SQLite database in
+    /// `data_dir` when there is none.
+    pub async fn open(data_dir: &Path, url: Option<&str>) -> Result<FleetStore> {
+        match url {
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                Self::open_url(u).await
+            }
+            Some(u) if u.starts_with("sqlite:") => Self::open_url(u).await,
+            Some(u) => Err(StoreError::Invalid(format!(
+                "--database-url `{}` must start with postgres:// (or sqlite:)",
+                redact_url(u)
+            ))),
+            None => Self::open_dir(data_dir).await,
+        }
+    }
+
+    /// A second, independent pool on the same database (what another process would have).
+    pub async fn another_pool(&self) -> Result<FleetStore> {
+        Self::open_url(&self.url).await
+    }
+
+    /// Which database this is, for logs (no password).
+    pub fn describe(&self) -> String {
+        self.described.clone()
+    }
+
     /// Opens (creating) the embedded SQLite database in `data_dir`.
     pub async fn open_dir(data_dir: &Path) -> Result<FleetStore> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -199,6 +247,8 @@ impl FleetStore {
             .await?;
         let store = FleetStore {
             pool,
+            described: redact_url(url),
+            url: url.into(),
             backend: if sqlite {
                 Backend::Sqlite
             } else {
@@ -238,20 +288,77 @@ impl FleetStore {
     }
 }
 
+/// Test support (also for the integration tests and benches): a fresh, empty database on
+/// the backend the test run asks for. `FLEET_TEST_BACKEND=postgres` creates a new database
+/// on the server at `FLEET_TEST_POSTGRES` (`postgres://USER@HOST:PORT`, as printed by
+/// `tests/peers/postgres.sh start`); unset or `sqlite`: SQLite in the given directory.
+#[doc(hidden)]
+pub mod testing {
+    use super::*;
+
+    /// The database URL for a new test store: `None` for SQLite in the data directory.
+    pub async fn database_url() -> Result<Option<String>> {
+        match std::env::var("FLEET_TEST_BACKEND").as_deref() {
+            Err(_) | Ok("") | Ok("sqlite") => Ok(None),
+            Ok("postgres") => {
+                let base = std::env::var("FLEET_TEST_POSTGRES").map_err(|_| {
+                    StoreError::Invalid(
+                        "FLEET_TEST_BACKEND=postgres needs FLEET_TEST_POSTGRES=postgres://USER@HOST:PORT (tests/peers/postgres.sh start DIR prints it; tests/run.sh sets both)".into(),
+                    )
+                })?;
+                let base = base.trim_end_matches('/');
+                let name = format!("fleet_test_{:016x}", fastrand::u64(..));
+                sqlx::any::install_default_drivers();
+                let mut admin =
+                    <sqlx::AnyConnection as sqlx::Connection>::connect(&format!("{base}/postgres"))
+                        .await?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await?;
+                sqlx::Connection::close(admin).await?;
+                Ok(Some(format!("{base}/{name}")))
+            }
+            Ok(other) => Err(StoreError::Invalid(format!(
+                "FLEET_TEST_BACKEND `{other}`: sqlite or postgres"
+            ))),
+        }
+    }
+
+    /// A store on the test backend (SQLite in `dir`, or a new PostgreSQL database).
+    pub async fn open(dir: &Path) -> Result<FleetStore> {
+        let url = database_url().await?;
+        FleetStore::open(dir, url.as_deref()).await
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
 
-    /// A store in a fresh temporary directory (removed by the caller when it cares).
+    /// A store on the test backend ([`testing`]) with a fresh temporary directory (removed
+    /// by the caller when it cares).
     pub async fn store() -> (FleetStore, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!("fleet-store-{}", fastrand::u64(..)));
-        (FleetStore::open_dir(&dir).await.unwrap(), dir)
+        (testing::open(&dir).await.unwrap(), dir)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_passwords() {
+        assert_eq!(
+            redact_url("postgres://fleet:s3cr@t@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(redact_url("postgres://db/fleet"), "postgres://db/fleet");
+        assert_eq!(
+            redact_url("sqlite:///x/fleet.db?mode=rwc"),
+            "sqlite:///x/fleet.db?mode=rwc"
+        );
+    }
 
     #[test]
     fn like_patterns_escape_wildcards() {

@@ -68,7 +68,8 @@ pub fn manifest(version_number: u64) -> Manifest {
 
 pub async fn fleet() -> Fleet {
     let dir = std::env::temp_dir().join(format!("fleet-drift-{}", fastrand::u64(..)));
-    let store = FleetStore::open_dir(&dir).await.unwrap();
+    // SQLite in `dir`, or a new PostgreSQL database (FLEET_TEST_BACKEND=postgres).
+    let store = fleet_server::store::testing::open(&dir).await.unwrap();
     let registry = Registry::new(store.clone(), &dir).unwrap();
     // Trust a key and push version 1 only (version 2 stays unknown to the registry).
     use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePublicKey};
