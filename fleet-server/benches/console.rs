@@ -303,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
         t0.elapsed().as_secs_f64()
     );
 
-    let ca = Arc::new(fleet_server::ca::FleetCa::open(&dir)?);
+    let ca = Arc::new(fleet_server::ca::FleetCa::open(&dir, svc.store()).await?);
     let app = fleet_server::router(&svc, ca, 1 << 20);
     let get = |path: String, console: bool| {
         let app = app.clone();

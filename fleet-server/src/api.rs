@@ -421,6 +421,40 @@ fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ApiError> 
     Ok(Some((start, end)))
 }
 
+/// Bytes `a..=b` of a stored artifact, streamed one stored chunk at a time: a download
+/// holds at most one chunk in memory, and a range starts at the chunk that holds its first
+/// byte. A chunk missing from the database ends the body with an error (the client sees a
+/// short transfer and resumes).
+fn artifact_body(store: FleetStore, sha: String, a: u64, b: u64) -> Body {
+    let chunk = crate::store::CHUNK as u64;
+    let chunks = futures_util::StreamExt::then(
+        futures_util::stream::iter(a / chunk..=b / chunk),
+        move |idx| {
+            let store = store.clone();
+            let sha = sha.clone();
+            async move {
+                let data = store
+                    .artifact_chunk(&sha, idx)
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("artifact {sha}: chunk {idx} missing"))
+                    })?;
+                let first = idx * chunk;
+                let from = usize::try_from(a.saturating_sub(first)).unwrap_or(usize::MAX);
+                let to =
+                    usize::try_from((b + 1 - first).min(data.len() as u64)).unwrap_or(usize::MAX);
+                data.get(from..to)
+                    .map(Bytes::copy_from_slice)
+                    .ok_or_else(|| {
+                        std::io::Error::other(format!("artifact {sha}: chunk {idx} too short"))
+                    })
+            }
+        },
+    );
+    Body::from_stream(chunks)
+}
+
 async fn artifact(
     State(st): State<AppState>,
     AuthDevice(d): AuthDevice,
@@ -433,7 +467,9 @@ async fn artifact(
             format!("no artifact {sha} for this device"),
         )
     };
-    let file = st.registry.artifact_path(&sha).ok_or_else(not_found)?;
+    if !crate::registry::is_sha256_hex(&sha) {
+        return Err(not_found());
+    }
     // Authorized only if it is (a delta to) a bundle this device should run now.
     let desired = desired_for(&st, &d, &running_of(&d)).await?;
     if !desired
@@ -442,36 +478,74 @@ async fn artifact(
     {
         return Err(not_found());
     }
-    let len = tokio::fs::metadata(&file)
-        .await
-        .map_err(|_| not_found())?
-        .len();
+    let store = st.registry.store().clone();
+    let len = store.artifact_size(&sha).await?.ok_or_else(not_found)?;
     let range = parse_range(&headers, len)?;
-    let (a, b) = range.unwrap_or((0, len.saturating_sub(1)));
-    // Only the requested bytes are read.
-    let part = {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let mut f = tokio::fs::File::open(&file)
-            .await
-            .map_err(|_| not_found())?;
-        f.seek(std::io::SeekFrom::Start(a)).await?;
-        let mut buf = Vec::with_capacity((b + 1 - a) as usize);
-        f.take(b + 1 - a).read_to_end(&mut buf).await?;
-        buf
-    };
-    let mut resp = (
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::ACCEPT_RANGES, "bytes".to_string()),
-        ],
-        Body::from(part),
-    )
-        .into_response();
-    if range.is_some() {
-        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = format!("bytes {a}-{b}/{len}").parse() {
-            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    let mut resp = if len == 0 {
+        Body::empty().into_response()
+    } else {
+        let (a, b) = range.unwrap_or((0, len - 1));
+        let mut r = artifact_body(store, sha, a, b).into_response();
+        if let Ok(v) = (b + 1 - a).to_string().parse() {
+            r.headers_mut().insert(header::CONTENT_LENGTH, v);
         }
-    }
+        if range.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = format!("bytes {a}-{b}/{len}").parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        r
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        header::ACCEPT_RANGES,
+        header::HeaderValue::from_static("bytes"),
+    );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{test_support::store, CHUNK};
+
+    async fn body_bytes(body: Body) -> Result<Vec<u8>, axum::Error> {
+        Ok(axum::body::to_bytes(body, usize::MAX).await?.to_vec())
+    }
+
+    #[tokio::test]
+    async fn artifact_ranges_stream_across_chunk_boundaries() {
+        let (s, dir) = store().await;
+        let big: Vec<u8> = (0..(2 * CHUNK + 77)).map(|i| (i * 7 % 253) as u8).collect();
+        s.put_artifact("big", &big).await.unwrap();
+        let last = big.len() as u64 - 1;
+        let c = CHUNK as u64;
+        for (a, b) in [
+            (0, last),
+            (0, 0),
+            (c - 3, c + 2),
+            (c, c),
+            (5, 2 * c + 10),
+            (last, last),
+        ] {
+            let got = body_bytes(artifact_body(s.clone(), "big".into(), a, b))
+                .await
+                .unwrap();
+            assert_eq!(got, big[a as usize..=b as usize], "range {a}-{b}");
+        }
+        // A chunk gone from the database: the body ends with an error, not short data.
+        sqlx::query("DELETE FROM artifact_chunks WHERE sha256 = 'big' AND idx = 1")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        assert!(body_bytes(artifact_body(s.clone(), "big".into(), 0, last))
+            .await
+            .is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
 }

@@ -1,6 +1,10 @@
 //! [`FleetCa`]: the fleet's own certificate authority. It signs the server's TLS certificate
 //! and every device certificate (from the CSR the device made; the device key never leaves
-//! the device). Created on first start in `<data-dir>/ca/`; the key file is mode 0600.
+//! the device). Created on first start and kept in the fleet database (`fleet_ca`), so every
+//! replica on one PostgreSQL signs with the same CA; data directories of earlier releases kept
+//! it in `<data-dir>/ca/` and it is imported from there once. The public certificate is also
+//! written to `<data-dir>/ca/ca.pem` for tools. The server's own TLS certificate is per
+//! replica (its names differ), issued by this CA into `<data-dir>/ca/server.*` (key mode 0600).
 //!
 //! Device certificates carry the device id as common name and are only ever checked
 //! against this CA; the server maps them to devices by the certificate's SHA-256, so a
@@ -25,6 +29,8 @@ pub enum CaError {
     Cert(#[from] rcgen::Error),
     #[error("invalid certificate signing request: {0}")]
     Csr(String),
+    #[error("fleet CA in the database: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub struct FleetCa {
@@ -72,32 +78,73 @@ pub fn sha256_hex(b: &[u8]) -> String {
 }
 
 impl FleetCa {
-    /// Loads the CA from `<data_dir>/ca`, creating it on first start.
-    pub fn open(data_dir: &Path) -> Result<FleetCa, CaError> {
+    /// Loads the fleet CA from the database; on first start imports it from the files of an
+    /// earlier release (`<data_dir>/ca/ca.key` + `ca.pem`, the key file is removed once the
+    /// database holds it) or creates one. Replicas starting at once agree on one CA (the
+    /// first stored wins).
+    pub async fn open(
+        data_dir: &Path,
+        store: &crate::store::FleetStore,
+    ) -> Result<FleetCa, CaError> {
         let dir = data_dir.join("ca");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let (key_path, cert_path) = (dir.join("ca.key"), dir.join("ca.pem"));
-        if !key_path.exists() || !cert_path.exists() {
-            let key = KeyPair::generate()?;
-            let mut p = CertificateParams::default();
-            p.distinguished_name = rcgen::DistinguishedName::new();
-            p.distinguished_name
-                .push(DnType::CommonName, "edge fleet CA");
-            p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            validity(&mut p, 20);
-            let cert = p.self_signed(&key)?;
-            write_private(&key_path, &key.serialize_pem())?;
-            std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
-            tracing::info!(dir = %dir.display(), "created the fleet CA");
+        let row = match store.fleet_ca().await? {
+            Some(row) => row,
+            None if key_path.exists() && cert_path.exists() => {
+                let row = crate::store::CaRow {
+                    key_pem: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
+                    cert_pem: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+                };
+                // Parse before storing: a broken file must not become the fleet's CA.
+                Issuer::from_ca_cert_pem(&row.cert_pem, KeyPair::from_pem(&row.key_pem)?)?;
+                let stored = store.init_fleet_ca(&row).await?;
+                if stored == row {
+                    tracing::info!(dir = %dir.display(), "fleet CA moved into the database");
+                }
+                stored
+            }
+            None => {
+                let key = KeyPair::generate()?;
+                let mut p = CertificateParams::default();
+                p.distinguished_name = rcgen::DistinguishedName::new();
+                p.distinguished_name
+                    .push(DnType::CommonName, "edge fleet CA");
+                p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+                validity(&mut p, 20);
+                let cert = p.self_signed(&key)?;
+                let row = crate::store::CaRow {
+                    cert_pem: cert.pem(),
+                    key_pem: key.serialize_pem(),
+                };
+                let stored = store.init_fleet_ca(&row).await?;
+                if stored == row {
+                    tracing::info!(database = store.describe(), "created the fleet CA");
+                }
+                stored
+            }
+        };
+        // The key lives in the database only; the public certificate is copied for tools.
+        if key_path.exists() {
+            std::fs::remove_file(&key_path).map_err(io(&key_path))?;
         }
-        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        let ca_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key = KeyPair::from_pem(&key_pem)?;
-        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)?;
+        if std::fs::read_to_string(&cert_path).ok().as_deref() != Some(row.cert_pem.as_str()) {
+            crate::registry::write_atomic(&cert_path, row.cert_pem.as_bytes())
+                .map_err(io(&cert_path))?;
+        }
+        let key = KeyPair::from_pem(&row.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&row.cert_pem, key)?;
+        // A server certificate issued by another CA (a different database) is reissued.
+        let issued_by = dir.join("server.ca-sha256");
+        let ca_sha = sha256_hex(row.cert_pem.as_bytes());
+        if std::fs::read_to_string(&issued_by).ok().as_deref() != Some(ca_sha.as_str()) {
+            let _ = std::fs::remove_file(dir.join("server.names"));
+            std::fs::write(&issued_by, &ca_sha).map_err(io(&issued_by))?;
+        }
         Ok(FleetCa {
             issuer,
-            ca_pem,
+            ca_pem: row.cert_pem,
             dir,
         })
     }
@@ -161,5 +208,55 @@ impl FleetCa {
         }
         .signed_by(&self.issuer)?;
         Ok((signed.pem(), sha256_hex(signed.der())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::store;
+
+    fn legacy_ca(dir: &Path) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = p.self_signed(&key).unwrap();
+        std::fs::create_dir_all(dir.join("ca")).unwrap();
+        std::fs::write(dir.join("ca/ca.key"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.join("ca/ca.pem"), cert.pem()).unwrap();
+        cert.pem()
+    }
+
+    #[tokio::test]
+    async fn the_ca_of_an_earlier_release_moves_into_the_database_and_every_replica_shares_it() {
+        let (s, dir) = store().await;
+        let old = legacy_ca(&dir);
+        let ca = FleetCa::open(&dir, &s).await.unwrap();
+        assert_eq!(ca.ca_pem, old, "the existing CA is kept (devices trust it)");
+        assert!(
+            !dir.join("ca/ca.key").exists(),
+            "the key lives in the database only"
+        );
+        assert_eq!(s.fleet_ca().await.unwrap().unwrap().cert_pem, old);
+        // Another replica with its own (empty) data directory signs with the same CA.
+        let other = dir.join("replica-2");
+        let ca2 = FleetCa::open(&other, &s).await.unwrap();
+        assert_eq!(ca2.ca_pem, old);
+        assert_eq!(
+            std::fs::read_to_string(other.join("ca/ca.pem")).unwrap(),
+            old
+        );
+        let (cert, _) = ca2.server_cert(&["localhost".into()]).unwrap();
+        assert!(cert.contains("BEGIN CERTIFICATE"));
+        // A broken key file on a fresh database is refused, not adopted.
+        let (s2, dir2) = store().await;
+        legacy_ca(&dir2);
+        std::fs::write(dir2.join("ca/ca.key"), "not a key").unwrap();
+        let err = FleetCa::open(&dir2, &s2).await.unwrap_err().to_string();
+        assert!(err.contains("certificate"), "{err}");
+        assert!(s2.fleet_ca().await.unwrap().is_none());
+        std::fs::remove_dir_all(dir).ok();
+        std::fs::remove_dir_all(dir2).ok();
     }
 }

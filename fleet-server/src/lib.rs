@@ -61,8 +61,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let store = store::FleetStore::open(&opts.data_dir, opts.database_url.as_deref()).await?;
     tracing::info!(database = store.describe(), "fleet database open");
-    let ca = Arc::new(ca::FleetCa::open(&opts.data_dir)?);
+    let ca = Arc::new(ca::FleetCa::open(&opts.data_dir, &store).await?);
     let registry = registry::Registry::new(store.clone(), &opts.data_dir)?;
+    registry.import_files().await?;
     opts.settings.publish(&store).await?;
     let service = service::FleetService::new(store, registry, &opts.data_dir, opts.settings);
     let (cert, key) = ca.server_cert(&opts.names)?;

@@ -1,10 +1,13 @@
 //! [`Registry`]: signed bundles and the artifacts devices download (bundles and cached
-//! deltas), stored as files named by their SHA-256 in `<data-dir>/artifacts/`.
+//! deltas), stored in the database by SHA-256 in chunks (`store::artifacts`), so every
+//! replica serves every artifact. Data directories of earlier releases kept them as files in
+//! `<data-dir>/artifacts/`: [`Registry::import_files`] moves them into the database.
 //!
 //! Architecture invariants: a bundle is stored only after its signature verified against a
 //! trusted key and its version number is above every stored version of the same name; an
-//! artifact file is written under a temporary name and renamed, so a reader never sees half
-//! a file; a delta is computed at most once per (base, target) pair.
+//! artifact is stored with all its chunks in one transaction, so a reader never sees half of
+//! one; a delta is computed once per (base, target) pair across every replica (a claim in
+//! the database; a claim whose replica died expires after [`DELTA_CLAIM_STALE_MS`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,12 +36,18 @@ pub enum RegistryError {
 /// The cache key of "no base": the compressed full bundle.
 const NO_BASE: &str = "";
 
+/// A delta claim older than this is taken over by the next replica that needs the delta.
+pub const DELTA_CLAIM_STALE_MS: i64 = 10 * 60 * 1000;
+
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: FleetStore,
-    dir: PathBuf,
+    /// Where earlier releases kept artifact files (imported by [`Registry::import_files`]).
+    legacy_dir: PathBuf,
+    /// This process, in delta claims.
+    replica: Arc<str>,
     inflight: Arc<Mutex<HashSet<(String, String)>>>,
-    /// Parsed manifests by bundle file SHA-256 (files are immutable once stored).
+    /// Parsed manifests by bundle file SHA-256 (artifacts are immutable once stored).
     manifests: Arc<Mutex<HashMap<String, Arc<Manifest>>>>,
 }
 
@@ -53,34 +62,87 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether `s` is a SHA-256 in hex (an artifact name).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl Registry {
     pub fn new(store: FleetStore, data_dir: &Path) -> Result<Registry, RegistryError> {
-        let dir = data_dir.join("artifacts");
-        std::fs::create_dir_all(&dir).map_err(|source| RegistryError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
         Ok(Registry {
             store,
-            dir,
+            legacy_dir: data_dir.join("artifacts"),
+            replica: format!("{host}:{}:{:08x}", std::process::id(), fastrand::u32(..)).into(),
             inflight: Arc::default(),
             manifests: Arc::default(),
         })
     }
 
-    /// Deltas being computed now.
-    pub fn deltas_in_flight(&self) -> usize {
-        self.inflight.lock().map(|s| s.len()).unwrap_or(0)
+    pub fn store(&self) -> &FleetStore {
+        &self.store
     }
 
-    pub fn artifact_path(&self, sha256: &str) -> Option<PathBuf> {
-        (sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.dir.join(sha256))
+    /// Deltas being computed now (by this process).
+    pub fn deltas_in_flight(&self) -> usize {
+        self.inflight.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
         let path = path.to_path_buf();
         move |source| RegistryError::Io { path, source }
+    }
+
+    /// Moves artifact files of an earlier release (`<data-dir>/artifacts/<sha256>`) into the
+    /// database: each file is checked against its name, stored, then deleted. A file whose
+    /// content does not match its name is left where it is and reported. Returns how many
+    /// were imported.
+    pub async fn import_files(&self) -> Result<usize, RegistryError> {
+        let dir = &self.legacy_dir;
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(self.io(dir)(e)),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry.map_err(self.io(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !is_sha256_hex(&name) {
+                continue; // temporary files of an interrupted write
+            }
+            let path = entry.path();
+            let bytes = tokio::fs::read(&path).await.map_err(self.io(&path))?;
+            if crate::ca::sha256_hex(&bytes) != name {
+                tracing::error!(file = %path.display(), "artifact file does not match its SHA-256 name: left in place, not imported");
+                continue;
+            }
+            self.store.put_artifact(&name, &bytes).await?;
+            tokio::fs::remove_file(&path)
+                .await
+                .map_err(self.io(&path))?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(files = n, dir = %dir.display(), "artifact files moved into the database");
+        }
+        let _ = std::fs::remove_dir(dir); // only when empty
+        Ok(n)
+    }
+
+    /// The bytes of a stored artifact, checked against its SHA-256.
+    async fn artifact_bytes(&self, sha256: &str) -> Result<Vec<u8>, RegistryError> {
+        let bytes = self.store.read_artifact(sha256).await?.ok_or_else(|| {
+            RegistryError::Refused(format!("artifact {sha256} is not in the database"))
+        })?;
+        if crate::ca::sha256_hex(&bytes) != sha256 {
+            return Err(RegistryError::Refused(format!(
+                "artifact {sha256} does not match its SHA-256 (altered in the database?)"
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The manifest of a stored bundle version (`None` if the registry does not have it).
@@ -101,16 +163,9 @@ impl Registry {
         {
             return Ok(Some(m));
         }
-        let path = self.dir.join(&row.sha256);
-        let bytes = tokio::fs::read(&path).await.map_err(self.io(&path))?;
+        let bytes = self.artifact_bytes(&row.sha256).await?;
         let parsed =
             bundle_file::parse(&bytes).map_err(|e| RegistryError::Refused(e.to_string()))?;
-        if parsed.file_sha256 != row.sha256 {
-            return Err(RegistryError::Refused(format!(
-                "artifact {} does not match its SHA-256 (altered on disk?)",
-                path.display()
-            )));
-        }
         let m = Arc::new(parsed.manifest);
         if let Ok(mut c) = self.manifests.lock() {
             c.insert(row.sha256, m.clone());
@@ -156,21 +211,13 @@ impl Registry {
                 )));
             }
         }
-        let path = self.dir.join(&b.file_sha256);
-        let to_write = bytes;
-        let p2 = path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&p2, &to_write))
-            .await
-            .map_err(|e| RegistryError::Refused(e.to_string()))?
-            .map_err(self.io(&path))?;
+        self.store.put_artifact(&b.file_sha256, &bytes).await?;
         let row = BundleRow {
             name: name.clone(),
             version_number: vn,
             version: b.manifest.version.clone(),
             sha256: b.file_sha256.clone(),
-            size: std::fs::metadata(&path)
-                .map(|m| m.len() as i64)
-                .unwrap_or(0),
+            size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
             signer: bundle_file::key_id(&b.signer),
             pushed_by: actor.into(),
             pushed_at: now_ms(),
@@ -213,6 +260,8 @@ impl Registry {
         Ok(None)
     }
 
+    /// Starts computing a delta in the background unless this process is computing it
+    /// already or another replica claimed it (see [`FleetStore::claim_delta`]).
     fn spawn_delta(&self, base: String, target: String) {
         let key = (base.clone(), target.clone());
         {
@@ -225,8 +274,20 @@ impl Registry {
         }
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.compute_delta(&base, &target).await {
-                tracing::error!(base = %base, target = %target, "delta failed: {e}");
+            match me
+                .store
+                .claim_delta(&base, &target, &me.replica, DELTA_CLAIM_STALE_MS)
+                .await
+            {
+                Ok(true) => {
+                    if let Err(e) = me.compute_delta(&base, &target).await {
+                        tracing::error!(base = %base, target = %target, "delta failed: {e}");
+                    }
+                }
+                Ok(false) => {
+                    tracing::debug!(base = %base, target = %target, "delta being computed by another replica")
+                }
+                Err(e) => tracing::error!(base = %base, target = %target, "delta claim: {e}"),
             }
             if let Ok(mut set) = me.inflight.lock() {
                 set.remove(&key);
@@ -236,14 +297,12 @@ impl Registry {
 
     /// Computes every method, keeps the smallest (or `full`), and caches the choice.
     pub async fn compute_delta(&self, base: &str, target: &str) -> Result<DeltaRow, RegistryError> {
-        let tp = self.dir.join(target);
         let old = if base == NO_BASE {
             Vec::new()
         } else {
-            let bp = self.dir.join(base);
-            tokio::fs::read(&bp).await.map_err(self.io(&bp))?
+            self.artifact_bytes(base).await?
         };
-        let new = tokio::fs::read(&tp).await.map_err(self.io(&tp))?;
+        let new = self.artifact_bytes(target).await?;
         let started = std::time::Instant::now();
         let no_base = base == NO_BASE;
         let (all, new_len) = tokio::task::spawn_blocking(move || {
@@ -275,17 +334,10 @@ impl Registry {
         let row = match best {
             Some((m, d)) => {
                 let sha = crate::ca::sha256_hex(&d);
-                let path = self.dir.join(&sha);
-                let p2 = path.clone();
-                tokio::task::spawn_blocking(move || write_atomic(&p2, &d))
-                    .await
-                    .map_err(|e| RegistryError::Refused(e.to_string()))?
-                    .map_err(self.io(&path))?;
+                self.store.put_artifact(&sha, &d).await?;
                 DeltaRow {
                     method: m.name().into(),
-                    size: std::fs::metadata(&path)
-                        .map(|m| m.len() as i64)
-                        .unwrap_or(0),
+                    size: i64::try_from(d.len()).unwrap_or(i64::MAX),
                     artifact_sha256: sha,
                     sizes,
                 }
@@ -301,5 +353,35 @@ impl Registry {
             all = %row.sizes, took_ms = started.elapsed().as_millis() as u64, "delta ready");
         self.store.add_delta(base, target, &row).await?;
         Ok(row)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::store;
+
+    #[tokio::test]
+    async fn artifact_files_of_an_earlier_release_move_into_the_database() {
+        let (s, dir) = store().await;
+        let arts = dir.join("artifacts");
+        std::fs::create_dir_all(&arts).unwrap();
+        let good = b"a bundle of an earlier release".to_vec();
+        let good_sha = crate::ca::sha256_hex(&good);
+        std::fs::write(arts.join(&good_sha), &good).unwrap();
+        let bad_sha = crate::ca::sha256_hex(b"something else");
+        std::fs::write(arts.join(&bad_sha), b"altered").unwrap();
+        std::fs::write(arts.join("x.tmp123"), b"partial").unwrap();
+        let r = Registry::new(s.clone(), &dir).unwrap();
+        assert_eq!(r.import_files().await.unwrap(), 1);
+        assert_eq!(r.artifact_bytes(&good_sha).await.unwrap(), good);
+        assert!(!arts.join(&good_sha).exists(), "imported files are removed");
+        assert!(
+            arts.join(&bad_sha).exists(),
+            "a file that fails its hash stays"
+        );
+        assert!(s.artifact_size(&bad_sha).await.unwrap().is_none());
+        assert_eq!(r.import_files().await.unwrap(), 0, "idempotent");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

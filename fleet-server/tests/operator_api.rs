@@ -181,7 +181,11 @@ async fn api() -> Api {
         &f.dir,
         Settings::with_checkin(10),
     );
-    let ca = Arc::new(fleet_server::ca::FleetCa::open(&f.dir).unwrap());
+    let ca = Arc::new(
+        fleet_server::ca::FleetCa::open(&f.dir, svc.store())
+            .await
+            .unwrap(),
+    );
     let app = fleet_server::router(&svc, ca, 8 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -11,6 +11,7 @@
 #   data: pvanalytics 0.2.2 wheel data (NREL PV series with labelled faults) for the drift test
 #   console: Debian's chromium (apt) and, from npm, playwright-core + axe-core (tests/console,
 #         pinned by its package-lock.json) for the browser test of the fleet console
+#   sqlite3 (the SQLite client: tests read and alter what the fleet server stored)
 #   scale-out: postgresql (a throwaway server per test run, tests/peers/postgres.sh) and
 #         haproxy (TCP load balancer in front of fleet-server replicas)
 set -euo pipefail
@@ -22,7 +23,7 @@ T0=$(date +%s)
 step() { echo "[peers +$(( $(date +%s) - T0 ))s] $*"; }
 
 need_apt=()
-for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg chromium:chromium node:nodejs npm:npm; do
+for bin in mosquitto:mosquitto mosquitto_pub:mosquitto-clients socat:socat openssl:openssl systemd-analyze:systemd adduser:adduser strip:binutils dpkg-deb:dpkg chromium:chromium node:nodejs npm:npm sqlite3:sqlite3; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need_apt+=("${bin##*:}")
 done
 # PostgreSQL (the fleet server's scale-out backend; tests run their own throwaway server,

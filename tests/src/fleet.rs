@@ -182,6 +182,82 @@ impl FleetServer {
         )
     }
 
+    /// Runs SQL on this server's database (the `sqlite3` or `psql` client, statements on
+    /// standard input) and returns what it printed: one row per line, columns split by `|`.
+    /// For tests that inspect or alter what the server stored.
+    pub fn sql(&self, statements: &str) -> String {
+        let mut cmd = match &self.database_url {
+            Some(u) => {
+                let mut c = Command::new(psql());
+                c.arg(u).args(["-v", "ON_ERROR_STOP=1", "-qAt", "-f", "-"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("sqlite3");
+                c.arg(self.data_dir.join("fleet.db"))
+                    .args(["-bail", "-cmd", ".timeout 10000"]);
+                c
+            }
+        };
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the database client (sqlite3 / psql)");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(statements.as_bytes())
+                .expect("SQL on stdin");
+        }
+        let out = child.wait_with_output().expect("database client output");
+        assert!(
+            out.status.success(),
+            "SQL failed: {statements}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The size of a stored artifact (bundle or delta) on this server.
+    pub fn artifact_size(&self, sha256: &str) -> Option<u64> {
+        assert!(sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{sha256}");
+        let out = self.sql(&format!(
+            "SELECT size FROM artifacts WHERE sha256 = '{sha256}';"
+        ));
+        (!out.is_empty()).then(|| out.parse().expect("artifact size"))
+    }
+
+    /// The first stored chunk of an artifact, as bytes.
+    pub fn artifact_first_chunk(&self, sha256: &str) -> Vec<u8> {
+        assert!(sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{sha256}");
+        let hex_of = if self.database_url.is_some() {
+            "encode(data, 'hex')"
+        } else {
+            "hex(data)"
+        };
+        let hex = self.sql(&format!(
+            "SELECT {hex_of} FROM artifact_chunks WHERE sha256 = '{sha256}' AND idx = 0;"
+        ));
+        (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// Overwrites the first stored chunk of an artifact (to tamper with it, or repair it).
+    pub fn set_artifact_first_chunk(&self, sha256: &str, bytes: &[u8]) {
+        assert!(sha256.bytes().all(|b| b.is_ascii_hexdigit()), "{sha256}");
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let lit = if self.database_url.is_some() {
+            format!("decode('{hex}', 'hex')")
+        } else {
+            format!("X'{hex}'")
+        };
+        self.sql(&format!(
+            "UPDATE artifact_chunks SET data = {lit} WHERE sha256 = '{sha256}' AND idx = 0;"
+        ));
+    }
+
     /// Polls `f` until it returns `Some`, panicking with the server log after `timeout`.
     pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + timeout;

@@ -270,9 +270,9 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
         .and_then(|s| s.to_str())
         .expect("artifact name")
         .to_string();
-    let artifact_len = std::fs::metadata(server.data_dir.join("artifacts").join(&artifact_sha))
-        .expect("artifact on the server")
-        .len();
+    let artifact_len = server
+        .artifact_size(&artifact_sha)
+        .expect("artifact on the server");
     assert!(artifact_len < v2.len() as u64 / 2, "{artifact_len}");
     server.wait("download in progress", Duration::from_secs(60), || {
         (std::fs::metadata(&part).ok()?.len() > 5_000).then_some(())
@@ -631,15 +631,17 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     let delta: Value =
         serde_json::from_str(&server.cli(&["model", "delta", "pump-anomaly", "2", "5"]))
             .expect("json");
-    let art = server
-        .data_dir
-        .join("artifacts")
-        .join(delta["artifact"].as_str().expect("artifact"));
-    let good = std::fs::read(&art).expect("artifact");
+    let art = delta["artifact"].as_str().expect("artifact").to_string();
+    let good = server.artifact_first_chunk(&art);
+    assert_eq!(
+        Some(good.len() as u64),
+        server.artifact_size(&art),
+        "one chunk"
+    );
     let mut bad = good.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0xff;
-    std::fs::write(&art, &bad).expect("tamper");
+    server.set_artifact_first_chunk(&art, &bad);
     server.cli(&[
         "model",
         "rollout",
@@ -659,7 +661,7 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
         sha_of(&v2),
         "a tampered delta must never be installed"
     );
-    std::fs::write(&art, &good).expect("repair");
+    server.set_artifact_first_chunk(&art, &good);
     let audit = applied(5);
     assert_eq!(sha_of(&bundle), sha_of(&v5), "{audit}");
     // v6 does not load here (its features read tags this gateway does not have): the stage

@@ -373,6 +373,7 @@ impl FleetService {
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<FleetService> {
         let store = FleetStore::open(data_dir, database_url).await?;
         let registry = Registry::new(store.clone(), data_dir)?;
+        registry.import_files().await?;
         let settings = Settings::published(&store).await?;
         Ok(FleetService::new(store, registry, data_dir, settings))
     }
@@ -526,8 +527,15 @@ impl Acting {
 
     pub async fn ca_pem(&self) -> Result<String> {
         self.require(Role::Viewer, "the fleet CA certificate")?;
-        let p = self.svc.data_dir().join("ca/ca.pem");
-        std::fs::read_to_string(&p)
-            .map_err(|e| ServiceError::Internal(format!("{}: {e}", p.display())))
+        self.svc
+            .store()
+            .fleet_ca()
+            .await?
+            .map(|ca| ca.cert_pem)
+            .ok_or_else(|| {
+                ServiceError::Internal(
+                    "no fleet CA yet: it is created when `fleet-server serve` first starts".into(),
+                )
+            })
     }
 }

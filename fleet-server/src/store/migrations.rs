@@ -180,6 +180,29 @@ const MIGRATIONS: &[Migration] = &[
             Data(DataStep::ConsoleColumns),
         ],
     },
+    Migration {
+        version: 3,
+        name: "scale-out: artifacts and the fleet CA in the database, delta claims",
+        steps: &[
+            // Bundle files and deltas by SHA-256, in chunks (`store::CHUNK`); a row exists
+            // only with all its chunks (one transaction). Files of older data directories
+            // are imported at open (`Registry::import_files`).
+            Sql("CREATE TABLE artifacts (
+                sha256 TEXT PRIMARY KEY, size BIGINT NOT NULL, chunk_size BIGINT NOT NULL,
+                created_at BIGINT NOT NULL)"),
+            Sql("CREATE TABLE artifact_chunks (
+                sha256 TEXT NOT NULL, idx BIGINT NOT NULL, data {blob} NOT NULL,
+                PRIMARY KEY (sha256, idx))"),
+            // Who computes which delta (exactly once across replicas; stale claims expire).
+            Sql("CREATE TABLE delta_jobs (
+                base_sha256 TEXT NOT NULL, target_sha256 TEXT NOT NULL, claimed_by TEXT NOT NULL,
+                claimed_at BIGINT NOT NULL, PRIMARY KEY (base_sha256, target_sha256))"),
+            // The fleet CA (one row): every replica signs device certificates with it.
+            Sql("CREATE TABLE fleet_ca (
+                id BIGINT PRIMARY KEY, cert_pem TEXT NOT NULL, key_pem TEXT NOT NULL,
+                created_at BIGINT NOT NULL)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

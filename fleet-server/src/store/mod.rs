@@ -3,7 +3,8 @@
 //! status history, the device list query), [`models`] (trusted keys, bundles, deltas),
 //! [`rollouts`], [`ingest`] (uploaded records, stream marks, alarms and the drift index
 //! derived from them), [`drift`] (retrain policies and events), [`accounts`] (operators,
-//! sessions, API tokens, login throttling), [`audit`] and [`settings`].
+//! sessions, API tokens, login throttling), [`artifacts`] (bundle and delta files in chunks,
+//! the fleet CA, delta claims), [`audit`] and [`settings`].
 //!
 //! One set of SQL runs on both backends through sqlx's `Any` driver: SQLite in the data
 //! directory by default (one file, WAL mode, safe for the CLI and the server at once), and
@@ -14,6 +15,7 @@
 //! Architecture invariant: no other module writes SQL.
 
 mod accounts;
+mod artifacts;
 mod audit;
 mod devices;
 mod drift;
@@ -29,6 +31,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
 pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
+pub use artifacts::{CaRow, CHUNK};
 pub use audit::{AuditEntry, AuditQuery};
 pub use devices::{
     CheckInUpdate, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup, ProblemFilter,
@@ -195,6 +198,12 @@ impl FleetStore {
             ))),
             None => Self::open_dir(data_dir).await,
         }
+    }
+
+    /// The connection pool, for tests that alter stored rows behind the store's back.
+    #[cfg(test)]
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// A second, independent pool on the same database (what another process would have).
