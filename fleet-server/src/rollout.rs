@@ -226,8 +226,9 @@ pub async fn act(
     Ok(r)
 }
 
-/// Records a device's update outcome; halts the rollout when failures reach its limit.
-/// Returns whether this report halted it.
+/// Records a device's update outcome; halts the rollout when failures reach its limit
+/// (in the same transaction as the report, so exactly one report halts it, whichever
+/// replica each report lands on). Returns whether this report halted it.
 pub async fn report(
     store: &FleetStore,
     rollout: &str,
@@ -235,36 +236,17 @@ pub async fn report(
     outcome: UpdateOutcome,
     detail: &str,
 ) -> Result<bool, RolloutError> {
-    let failures = store
+    let (failures, halted) = store
         .rollout_report(rollout, device, outcome, detail)
         .await?;
-    let Some(r) = store.rollout(rollout).await? else {
-        return Ok(false);
-    };
-    if outcome == UpdateOutcome::Applied
-        || failures < r.max_failures
-        || r.state != RolloutState::Active
-    {
-        return Ok(false);
-    }
-    // Compare-and-set: of two reports landing at once, one halts it.
-    if let Some(Ok(_)) = store.act_on_rollout(rollout, RolloutAction::Halt).await? {
+    if halted.is_some() {
         tracing::warn!(
             rollout,
             failures,
             "rollout halted: devices report failed updates"
         );
-        store
-            .audit(
-                "fleet-server",
-                "rollout.auto_halt",
-                rollout,
-                &format!("{failures} device(s) failed; last: {device}: {detail}"),
-            )
-            .await?;
-        return Ok(true);
     }
-    Ok(false)
+    Ok(halted.is_some())
 }
 
 #[cfg(test)]

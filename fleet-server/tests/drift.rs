@@ -244,7 +244,7 @@ fn lines(p: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrain_hook_fires_once_per_episode() {
     let mut f = fleet().await;
     let mut rng = fastrand::Rng::with_seed(14);
@@ -302,10 +302,16 @@ async fn retrain_hook_fires_once_per_episode() {
     // Evaluate as time passes: right after each bucket's end (plus the settle delay).
     let at = |k: i64| t0 + (k + 1) * every + drift::SETTLE_NS;
     let mut fired_after = Vec::new();
+    // A second replica on the same database (its own pool and registry) evaluates at the
+    // same moments: each event is recorded, and its hook run, by exactly one of them.
+    let other = f.store.another_pool().await.unwrap();
+    let other_registry = fleet_server::registry::Registry::new(other.clone(), &f.dir).unwrap();
     for k in [1, 2, 3, 4, 5, 6, 8, 9] {
-        let ev = drift::evaluate_all(&f.store, &f.registry, &f.dir, at(k))
-            .await
-            .unwrap();
+        let (mine, theirs) = tokio::join!(
+            drift::evaluate_all(&f.store, &f.registry, &f.dir, at(k)),
+            drift::evaluate_all(&other, &other_registry, &f.dir, at(k)),
+        );
+        let ev: Vec<_> = mine.unwrap().into_iter().chain(theirs.unwrap()).collect();
         // Evaluating again at the same time records nothing new.
         let again = drift::evaluate_all(&f.store, &f.registry, &f.dir, at(k))
             .await

@@ -29,7 +29,7 @@ pub struct AuditQuery {
 
 /// Control characters (newlines, terminal escapes) in an audit field are replaced, so an
 /// entry reads as one line wherever it is shown (console, CLI, logs).
-fn one_line(s: &str) -> String {
+pub(super) fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect()

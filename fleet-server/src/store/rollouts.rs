@@ -152,16 +152,31 @@ impl FleetStore {
         })))
     }
 
-    /// Records a device's update outcome for a rollout; returns how many devices reported a
-    /// failure (failed or rolled back) for it.
+    /// Records a device's latest report on a rollout and, in the same transaction, halts
+    /// the rollout when its failed reports reach `max_failures` while it is active. The
+    /// rollout's row is locked first (PostgreSQL `FOR UPDATE`; SQLite's write transaction
+    /// holds the whole database), so reports landing on different replicas at once are
+    /// counted one after the other and exactly one of them halts it. Returns the number of
+    /// failed reports and the rollout as halted by this report, if it was.
     pub async fn rollout_report(
         &self,
         rollout: &str,
         device: &str,
         outcome: UpdateOutcome,
         detail: &str,
-    ) -> Result<i64> {
+    ) -> Result<(i64, Option<Rollout>)> {
         let (_writer, mut tx) = self.begin_write().await?;
+        let lock = match self.backend {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let cur = sqlx::query(&format!("SELECT * FROM rollouts WHERE id = $1{lock}"))
+            .bind(rollout)
+            .fetch_optional(&mut *tx)
+            .await?
+            .as_ref()
+            .map(rollout_of)
+            .transpose()?;
         sqlx::query("INSERT INTO rollout_reports (rollout_id, device_id, outcome, detail, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (rollout_id, device_id) DO UPDATE SET outcome = excluded.outcome, detail = excluded.detail, at = excluded.at")
             .bind(rollout)
             .bind(device)
@@ -175,8 +190,38 @@ impl FleetStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get("n")?;
+        let mut halted = None;
+        if let Some(cur) = cur {
+            if outcome != UpdateOutcome::Applied
+                && n >= cur.max_failures
+                && cur.state == RolloutState::Active
+            {
+                let now = now_ms();
+                sqlx::query("UPDATE rollouts SET state = $1, updated_at = $2 WHERE id = $3")
+                    .bind(RolloutState::Halted.as_str())
+                    .bind(now)
+                    .bind(rollout)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(now)
+                    .bind("fleet-server")
+                    .bind("rollout.auto_halt")
+                    .bind(rollout)
+                    .bind(super::audit::one_line(&format!(
+                        "{n} device(s) failed; last: {device}: {detail}"
+                    )))
+                    .execute(&mut *tx)
+                    .await?;
+                halted = Some(Rollout {
+                    state: RolloutState::Halted,
+                    updated_at: now,
+                    ..cur
+                });
+            }
+        }
         tx.commit().await?;
-        Ok(n)
+        Ok((n, halted))
     }
 
     /// The latest report of each device on a rollout, by device id.
@@ -195,5 +240,62 @@ impl FleetStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::store;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reports_on_two_replicas_at_once_halt_the_rollout_exactly_once() {
+        let (s, dir) = store().await;
+        let other = s.another_pool().await.unwrap(); // a second replica's pool
+        let r = Rollout {
+            id: "r1".into(),
+            bundle: "pump".into(),
+            version_number: 2,
+            selector: vec![],
+            canary_percent: None,
+            canary_label: None,
+            phase: RolloutPhase::Full,
+            state: RolloutState::Active,
+            max_failures: 2,
+            created_by: "test".into(),
+            created_at: 0,
+            updated_at: 0,
+            promoted_at: None,
+        };
+        s.add_rollout(&r).await.unwrap();
+        // Eight devices fail at the same moment, half through each replica.
+        let reports = (0..8).map(|i| {
+            let st = if i % 2 == 0 { s.clone() } else { other.clone() };
+            tokio::spawn(async move {
+                st.rollout_report("r1", &format!("d{i}"), UpdateOutcome::Failed, "boom")
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut halts = 0;
+        let mut counts = Vec::new();
+        for h in reports.collect::<Vec<_>>() {
+            let (n, halted) = h.await.unwrap();
+            counts.push(n);
+            if let Some(h) = halted {
+                assert_eq!(h.state, RolloutState::Halted);
+                halts += 1;
+            }
+        }
+        // Each report saw every report before it: the counts are 1..=8 in some order.
+        counts.sort();
+        assert_eq!(counts, (1..=8).collect::<Vec<i64>>());
+        assert_eq!(halts, 1, "exactly one report halts it");
+        assert_eq!(s.rollout("r1").await.unwrap().unwrap().state, RolloutState::Halted);
+        let audit = s.audit_log(100).await.unwrap();
+        let auto: Vec<_> = audit.iter().filter(|a| a.action == "rollout.auto_halt").collect();
+        assert_eq!(auto.len(), 1, "{audit:?}");
+        assert!(auto[0].detail.starts_with("2 device(s) failed"), "{}", auto[0].detail);
+        std::fs::remove_dir_all(dir).ok();
     }
 }
