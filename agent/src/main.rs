@@ -8,6 +8,25 @@ use clap::{Parser, Subcommand};
 use edge_agent::config::AgentConfig;
 use tokio_util::sync::CancellationToken;
 
+/// `println!` for command output: when the reader goes away
+/// (`edge-agent … | head`), the command ends quietly (exit 0) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
@@ -115,7 +134,7 @@ enum BundleCommand {
 /// first real panic in a source task or the inference thread.
 fn check_unwind() -> ExitCode {
     if cfg!(panic = "abort") {
-        println!("panics abort in this build (panic = \"abort\"): nothing to unwind");
+        outln!("panics abort in this build (panic = \"abort\"): nothing to unwind");
         return ExitCode::SUCCESS;
     }
     std::panic::set_hook(Box::new(|_| {}));
@@ -132,7 +151,7 @@ fn check_unwind() -> ExitCode {
     .is_err();
     let _ = std::panic::take_hook();
     if caught {
-        println!("unwinding works: a panic three frames deep was caught");
+        outln!("unwinding works: a panic three frames deep was caught");
         ExitCode::SUCCESS
     } else {
         eprintln!("error: the panic was not caught");
@@ -165,7 +184,7 @@ fn main() -> ExitCode {
                     }
                     return ExitCode::from(2);
                 }
-                println!(
+                outln!(
                     "{}: ok ({} sources, {} tags, {} outputs)",
                     config.display(),
                     c.source_count(),
@@ -209,7 +228,7 @@ fn main() -> ExitCode {
         }
         Command::Bundle(cmd) => match bundle(cmd) {
             Ok(msg) => {
-                println!("{}", msg.trim_end());
+                outln!("{}", msg.trim_end());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

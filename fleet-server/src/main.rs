@@ -22,6 +22,33 @@ use fleet_server::types::{
 use fleet_server::{drift, VERSION};
 use tokio_util::sync::CancellationToken;
 
+/// `println!` / `print!` for command output: when the reader goes away
+/// (`fleet-server … | head`), the command ends quietly (exit 0) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($t)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = write!(std::io::stdout().lock(), $($t)*) {
+            stdout_failed(e);
+        }
+    }};
+}
+
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 /// Fleet server for edge-agent gateways: enrollment, model registry and rollouts, deltas,
 /// ingest of buffered device data, drift, the operator console and API.
 #[derive(Parser, Debug)]
@@ -512,12 +539,12 @@ fn fmt_ms(ms: Option<i64>) -> String {
 }
 
 fn json_line<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(v)?);
+    outln!("{}", serde_json::to_string(v)?);
     Ok(())
 }
 
 fn json_pretty<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -619,7 +646,7 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
         Command::Serve(_) => anyhow::bail!("serve is not an operation"),
         Command::Ca {
             command: CaCommand::Export,
-        } => print!("{}", f.ca_pem().await?),
+        } => out!("{}", f.ca_pem().await?),
         Command::Device { command } => device(f, command).await?,
         Command::Model { command } => model(f, command).await?,
         Command::Drift { command } => drift_cmd(f, command).await?,
@@ -667,7 +694,7 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
                 })
                 .await?
             {
-                println!(
+                outln!(
                     "{} {:<16} {:<22} {:<24} {}",
                     fmt_ms(Some(a.at)),
                     printable(&a.actor, 200),
@@ -694,19 +721,24 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
                         user,
                     })
                     .await?;
-                println!("{}", t.token);
+                outln!("{}", t.token);
                 eprintln!(
                     "API token {} of {} (role {}), valid until {} UTC; shown once: keep it in a file readable only by you",
                     t.info.id, t.info.user_name, t.info.role, fmt_ms(Some(t.info.expires_at))
                 );
             }
             TokenCommand::List => {
-                println!(
+                outln!(
                     "{:<14} {:<20} {:<14} {:<9} {:<20} {:<20} state",
-                    "id", "name", "user", "role", "expires (UTC)", "last used"
+                    "id",
+                    "name",
+                    "user",
+                    "role",
+                    "expires (UTC)",
+                    "last used"
                 );
                 for t in f.tokens().await? {
-                    println!(
+                    outln!(
                         "{:<14} {:<20} {:<14} {:<9} {:<20} {:<20} {}",
                         t.id,
                         t.name,
@@ -751,17 +783,20 @@ async fn user<F: FleetOps>(f: &F, command: UserCommand, who: &str) -> anyhow::Re
                 .await?;
             eprintln!("added {} ({})", u.name, u.role);
             if generated {
-                println!("{pw}");
+                outln!("{pw}");
                 eprintln!("generated password printed above (shown once)");
             }
         }
         UserCommand::List => {
-            println!(
+            outln!(
                 "{:<24} {:<9} {:<20} {:<16} password changed",
-                "name", "role", "created (UTC)", "by"
+                "name",
+                "role",
+                "created (UTC)",
+                "by"
             );
             for u in f.users().await? {
-                println!(
+                outln!(
                     "{:<24} {:<9} {:<20} {:<16} {}",
                     u.name,
                     u.role,
@@ -787,7 +822,7 @@ async fn user<F: FleetOps>(f: &F, command: UserCommand, who: &str) -> anyhow::Re
             .await?;
             eprintln!("password of {name} set; their sessions ended (by {who})");
             if generated {
-                println!("{pw}");
+                outln!("{pw}");
                 eprintln!("generated password printed above (shown once)");
             }
         }
@@ -815,7 +850,7 @@ async fn device<F: FleetOps>(f: &F, command: DeviceCommand) -> anyhow::Result<()
                     ttl: Some(ttl),
                 })
                 .await?;
-            println!("{}", t.token);
+            outln!("{}", t.token);
             eprintln!(
                 "one-time enrollment token, valid until {} UTC; put it in the agent's [sync] enroll_token",
                 fmt_ms(Some(t.expires_at))
@@ -858,12 +893,17 @@ async fn device<F: FleetOps>(f: &F, command: DeviceCommand) -> anyhow::Result<()
             if json {
                 json_pretty(&all)?;
             } else {
-                println!(
+                outln!(
                     "{:<20} {:<20} {:<20} {:<8} {:<22} {:<24} labels",
-                    "id", "name", "last seen (UTC)", "state", "models", "problems"
+                    "id",
+                    "name",
+                    "last seen (UTC)",
+                    "state",
+                    "models",
+                    "problems"
                 );
                 for d in all {
-                    println!(
+                    outln!(
                         "{:<20} {:<20} {:<20} {:<8} {:<22} {:<24} {}",
                         d.id,
                         d.name,
@@ -918,7 +958,7 @@ async fn device<F: FleetOps>(f: &F, command: DeviceCommand) -> anyhow::Result<()
         }
         DeviceCommand::Revoke { id } => {
             f.revoke_device(&id).await?;
-            println!("revoked {id}");
+            outln!("revoked {id}");
         }
         DeviceCommand::Label { id, labels } => {
             f.set_labels(&id, &labels).await?;
@@ -937,11 +977,11 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
             let pem = String::from_utf8(read_file(&key)?)
                 .with_context(|| format!("{} is not a PEM file", key.display()))?;
             let k = f.trust_key(&pem).await?;
-            println!("trusted key {}", k.key_id);
+            outln!("trusted key {}", k.key_id);
         }
         ModelCommand::Keys => {
             for k in f.keys().await? {
-                println!(
+                outln!(
                     "{} added by {} at {}",
                     k.key_id,
                     k.added_by,
@@ -952,9 +992,13 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
         ModelCommand::Push { bundle } => {
             let b = f.push_bundle(read_file(&bundle)?).await?;
             let r = b.row;
-            println!(
+            outln!(
                 "{} {} (#{}) sha256 {} {} bytes",
-                r.name, r.version, r.version_number, r.sha256, r.size
+                r.name,
+                r.version,
+                r.version_number,
+                r.sha256,
+                r.size
             );
         }
         ModelCommand::List { json } => {
@@ -962,21 +1006,32 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
             if json {
                 return json_pretty(&list);
             }
-            println!(
+            outln!(
                 "{:<24} {:>8} {:<12} {:>10} {:<16} {:>7} sha256",
-                "bundle", "number", "version", "bytes", "pushed by", "running"
+                "bundle",
+                "number",
+                "version",
+                "bytes",
+                "pushed by",
+                "running"
             );
             for b in list {
                 let r = b.row;
-                println!(
+                outln!(
                     "{:<24} {:>8} {:<12} {:>10} {:<16} {:>7} {}",
-                    r.name, r.version_number, r.version, r.size, r.pushed_by, b.running, r.sha256
+                    r.name,
+                    r.version_number,
+                    r.version,
+                    r.size,
+                    r.pushed_by,
+                    b.running,
+                    r.sha256
                 );
             }
         }
         ModelCommand::Delta { bundle, from, to } => {
             let d = f.compute_delta(&bundle, from, to).await?;
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"chosen": d.method, "bytes": d.size, "artifact": d.artifact_sha256, "all": d.sizes})
             );
@@ -1023,7 +1078,7 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
                     max_failures,
                 })
                 .await?;
-            println!("{}", r.rollout.id);
+            outln!("{}", r.rollout.id);
             eprintln!(
                 "rollout {} of {}#{} started in phase {} ({} device(s) targeted)",
                 r.rollout.id,
@@ -1037,7 +1092,7 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
             for s in f.rollouts().await? {
                 let r = &s.rollout;
                 let n = |st: DeviceRolloutState| s.progress.get(&st).copied().unwrap_or(0);
-                println!(
+                outln!(
                     "{} {}#{} [{}] phase={} state={} targeted={} waiting={} pending={} downloading={} applied={} healthy={} failed={} rolled_back={} by {} at {}",
                     r.id,
                     r.bundle,

@@ -27,27 +27,35 @@ pub struct FleetServer {
 pub fn test_database_url() -> Option<String> {
     match std::env::var("FLEET_TEST_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("sqlite") => None,
-        Ok("postgres") => {
-            let base = std::env::var("FLEET_TEST_POSTGRES").expect(
-                "FLEET_TEST_BACKEND=postgres needs FLEET_TEST_POSTGRES (tests/peers/postgres.sh start DIR prints it)",
-            );
-            let base = base.trim_end_matches('/');
-            let name = format!("fleet_e2e_{}_{}", std::process::id(), crate::free_port());
-            let out = Command::new(psql())
-                .arg(format!("{base}/postgres"))
-                .args(["-v", "ON_ERROR_STOP=1", "-qc"])
-                .arg(format!("CREATE DATABASE {name}"))
-                .output()
-                .expect("run psql");
-            assert!(
-                out.status.success(),
-                "CREATE DATABASE {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Some(format!("{base}/{name}"))
-        }
+        Ok("postgres") => Some(postgres_database()),
         Ok(other) => panic!("FLEET_TEST_BACKEND `{other}`: sqlite or postgres"),
     }
+}
+
+/// A new, empty database on the test run's PostgreSQL server (`FLEET_TEST_POSTGRES`, set by
+/// tests/run.sh), whatever backend the run tests otherwise: for tests that need PostgreSQL
+/// itself (replicas, migration).
+pub fn postgres_database() -> String {
+    let base = std::env::var("FLEET_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "this test needs PostgreSQL: run it through tests/run.sh, or start one with \
+             `tests/peers/postgres.sh start DIR` and set FLEET_TEST_POSTGRES to the URL it prints"
+        )
+    });
+    let base = base.trim_end_matches('/');
+    let name = format!("fleet_e2e_{}_{}", std::process::id(), crate::free_port());
+    let out = Command::new(psql())
+        .arg(format!("{base}/postgres"))
+        .args(["-v", "ON_ERROR_STOP=1", "-qc"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "CREATE DATABASE {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{base}/{name}")
 }
 
 /// PostgreSQL's client (Debian: `/usr/bin/psql`, or the server's own bin directory).
@@ -74,11 +82,21 @@ impl FleetServer {
 
     /// A server with more `serve` options.
     pub fn start_with(dir: &Path, extra: &[&str]) -> FleetServer {
-        let data_dir = dir.join("fleet");
+        Self::start_on(dir, "fleet", test_database_url(), extra)
+    }
+
+    /// A server with its data directory `dir/<name>` on `database_url` (SQLite in the data
+    /// directory when `None`); several servers on one PostgreSQL database are replicas.
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        database_url: Option<String>,
+        extra: &[&str],
+    ) -> FleetServer {
+        let data_dir = dir.join(name);
         let port = free_port();
         let data = data_dir.display().to_string();
         let listen = format!("127.0.0.1:{port}");
-        let database_url = test_database_url();
         let mut args = vec![
             "serve",
             "--data-dir",
@@ -93,7 +111,11 @@ impl FleetServer {
         }
         args.extend_from_slice(extra);
         let peer = Peer::start(
-            "fleet-server",
+            &if name == "fleet" {
+                "fleet-server".to_string()
+            } else {
+                format!("fleet-server-{name}")
+            },
             workspace_bin("fleet-server"),
             &args,
             dir,
@@ -438,4 +460,173 @@ pub fn enroll_device(
     std::fs::write(&c, reply.cert_pem).expect("write cert");
     std::fs::write(&k, key.serialize_pem()).expect("write key");
     Ok((c, k, reply.device_id))
+}
+
+/// An agent of the end-to-end fleet tests: a simulated pump, one model, sync to a server.
+pub struct AgentSetup<'a> {
+    pub id: &'a str,
+    pub server_port: u16,
+    pub ca: &'a Path,
+    pub token: &'a str,
+    pub bundle: &'a Path,
+    pub trusted: &'a Path,
+    pub extra_sync: &'a str,
+}
+
+/// Writes the agent's configuration into `d`.
+pub fn agent_config(d: &Path, a: AgentSetup) -> PathBuf {
+    let AgentSetup {
+        id,
+        server_port,
+        ca,
+        token,
+        bundle,
+        trusted,
+        extra_sync,
+    } = a;
+    let cfg = d.join(format!("{id}.toml"));
+    let data = d.join(id);
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agent]
+id = "{id}"
+data_dir = "{data}"
+
+[[sources.simulated]]
+name = "plant"
+sample_interval = "100ms"
+seed = 7
+[[sources.simulated.assets]]
+name = "pump1"
+kind = "pump"
+load = 0.7
+
+[outbox]
+commit_interval = "100ms"
+
+[bundles]
+trusted_keys = ["{trusted}"]
+
+[[models]]
+name = "pump"
+bundle = "{bundle}"
+reload_check = "200ms"
+drift_interval = "5s"
+
+[sync]
+server = "https://127.0.0.1:{server_port}"
+server_ca = "{ca}"
+enroll_token = "{token}"
+interval = "1s"
+batch_records = 50
+request_timeout = "5s"
+{extra_sync}
+[sync.health]
+windows = 3
+timeout = "60s"
+"#,
+            data = data.display(),
+            trusted = trusted.display(),
+            bundle = bundle.display(),
+            ca = ca.display(),
+        ),
+    )
+    .expect("write config");
+    cfg
+}
+
+pub fn start_agent(d: &Path, name: &str, cfg: &Path) -> Peer {
+    Peer::start(
+        name,
+        workspace_bin("edge-agent"),
+        &["run", "--config", &cfg.display().to_string()],
+        d,
+        None,
+    )
+}
+
+/// A one-time enrollment token with these labels.
+pub fn token(server: &FleetServer, labels: &[&str]) -> String {
+    let mut args = vec!["device", "enroll"];
+    for l in labels {
+        args.push("--label");
+        args.push(l);
+    }
+    server.cli(&args).trim().to_string()
+}
+
+/// A stream of `device show`.
+pub fn stream<'a>(show: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+    show["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stream"] == name)
+}
+
+pub fn sha_of(path: &Path) -> String {
+    edge_protocols::bundle::file::sha256_hex(&std::fs::read(path).expect("bundle file"))
+}
+
+/// HAProxy in TCP mode (TLS passes through: device mTLS ends at the fleet servers) in
+/// front of fleet-server replicas, round robin, with health checks so a dead replica is
+/// taken out and connections go to the others. Logs each connection's replica as soon as
+/// it is chosen (`option logasap`) to `haproxy.log`.
+pub struct Haproxy {
+    pub peer: Peer,
+    pub port: u16,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, replicas: &[u16]) -> Haproxy {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "HAProxy is not installed: run tests/peers/setup.sh (apt-get install haproxy)"
+                )
+            });
+        let port = free_port();
+        let servers: String = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                format!(
+                    "  server r{} 127.0.0.1:{p} check inter 300ms fall 2 rise 1\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  log stdout format raw local0\n\
+                 defaults\n  mode tcp\n  log global\n  option tcplog\n  option logasap\n  \
+                 timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n  retries 3\n  \
+                 option redispatch\n\
+                 frontend fleet\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+                 backend replicas\n  balance roundrobin\n{servers}"
+            ),
+        )
+        .expect("haproxy.cfg");
+        let peer = Peer::start(
+            "haproxy",
+            bin,
+            &["-db", "-f", &cfg.display().to_string()],
+            dir,
+            Some(port),
+        );
+        Haproxy { peer, port }
+    }
+
+    /// Connections HAProxy sent to replica `n` (1-based, in the order given to `start`).
+    pub fn connections_to(&self, n: usize) -> usize {
+        let log = std::fs::read_to_string(self.peer.log_path()).unwrap_or_default();
+        let needle = format!(" replicas/r{n} ");
+        log.lines().filter(|l| l.contains(&needle)).count()
+    }
 }

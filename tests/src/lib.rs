@@ -596,6 +596,8 @@ pub struct TcpProxy {
 #[derive(Default)]
 struct ProxyState {
     down: std::sync::atomic::AtomicBool,
+    /// Bytes forwarded, both directions.
+    bytes: std::sync::atomic::AtomicU64,
     conns: std::sync::Mutex<Vec<std::net::TcpStream>>,
 }
 
@@ -628,7 +630,9 @@ impl TcpProxy {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 };
+                let st2 = st.clone();
                 let pipe = move |mut from: TcpStream, mut to: TcpStream| {
+                    let st = st2.clone();
                     std::thread::spawn(move || {
                         match rate {
                             None => {
@@ -644,6 +648,7 @@ impl TcpProxy {
                                         break;
                                     }
                                     sent += n as u64;
+                                    st.bytes.fetch_add(n as u64, Ordering::Relaxed);
                                     let due = Duration::from_secs_f64(sent as f64 / r as f64);
                                     if let Some(w) = due.checked_sub(started.elapsed()) {
                                         std::thread::sleep(w);
@@ -668,6 +673,11 @@ impl TcpProxy {
             }
         });
         TcpProxy { port, state }
+    }
+
+    /// Bytes forwarded so far in both directions (counted on throttled proxies only).
+    pub fn bytes(&self) -> u64 {
+        self.state.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cuts every connection and refuses new ones until [`TcpProxy::restore`].

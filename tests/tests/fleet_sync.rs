@@ -3,117 +3,12 @@
 //! updates with hot reload, rollback on a failed health check, rollout auto-halt and an
 //! operator rollback.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edge_protocols::sync::{self, path};
 use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;
-
-struct AgentSetup<'a> {
-    id: &'a str,
-    server_port: u16,
-    ca: &'a Path,
-    token: &'a str,
-    bundle: &'a Path,
-    trusted: &'a Path,
-    extra_sync: &'a str,
-}
-
-fn agent_config(d: &Path, a: AgentSetup) -> PathBuf {
-    let AgentSetup {
-        id,
-        server_port,
-        ca,
-        token,
-        bundle,
-        trusted,
-        extra_sync,
-    } = a;
-    let cfg = d.join(format!("{id}.toml"));
-    let data = d.join(id);
-    std::fs::create_dir_all(&data).expect("data dir");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[agent]
-id = "{id}"
-data_dir = "{data}"
-
-[[sources.simulated]]
-name = "plant"
-sample_interval = "100ms"
-seed = 7
-[[sources.simulated.assets]]
-name = "pump1"
-kind = "pump"
-load = 0.7
-
-[outbox]
-commit_interval = "100ms"
-
-[bundles]
-trusted_keys = ["{trusted}"]
-
-[[models]]
-name = "pump"
-bundle = "{bundle}"
-reload_check = "200ms"
-drift_interval = "5s"
-
-[sync]
-server = "https://127.0.0.1:{server_port}"
-server_ca = "{ca}"
-enroll_token = "{token}"
-interval = "1s"
-batch_records = 50
-request_timeout = "5s"
-{extra_sync}
-[sync.health]
-windows = 3
-timeout = "60s"
-"#,
-            data = data.display(),
-            trusted = trusted.display(),
-            bundle = bundle.display(),
-            ca = ca.display(),
-        ),
-    )
-    .expect("write config");
-    cfg
-}
-
-fn start_agent(d: &Path, name: &str, cfg: &Path) -> Peer {
-    Peer::start(
-        name,
-        workspace_bin("edge-agent"),
-        &["run", "--config", &cfg.display().to_string()],
-        d,
-        None,
-    )
-}
-
-fn token(server: &FleetServer, labels: &[&str]) -> String {
-    let mut args = vec!["device", "enroll"];
-    for l in labels {
-        args.push("--label");
-        args.push(l);
-    }
-    server.cli(&args).trim().to_string()
-}
-
-fn stream<'a>(show: &'a Value, name: &str) -> Option<&'a Value> {
-    show["streams"]
-        .as_array()?
-        .iter()
-        .find(|s| s["stream"] == name)
-}
-
-fn sha_of(path: &Path) -> String {
-    edge_protocols::bundle::file::sha256_hex(&std::fs::read(path).expect("bundle file"))
-}
 
 #[test]
 fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
@@ -480,6 +375,23 @@ fn bad_requests_get_clear_errors_and_store_nothing() {
     assert!(!ok && err.contains("not trusted"), "{err}");
     let list = server.cli(&["model", "list"]);
     assert_eq!(list.lines().count(), 2, "{list}");
+    // A reader that goes away (`fleet-server … | head`): the command ends quietly.
+    let mut cmd = std::process::Command::new(workspace_bin("fleet-server"));
+    if let Some(u) = &server.database_url {
+        cmd.env("FLEET_DATABASE_URL", u);
+    }
+    let mut child = cmd
+        .arg("--data-dir")
+        .arg(&server.data_dir)
+        .args(["model", "list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("fleet-server");
+    drop(child.stdout.take()); // the read end closes before anything is written
+    let out = child.wait_with_output().expect("exit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
 }
 
 #[test]

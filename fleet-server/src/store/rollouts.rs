@@ -291,11 +291,21 @@ mod tests {
         counts.sort();
         assert_eq!(counts, (1..=8).collect::<Vec<i64>>());
         assert_eq!(halts, 1, "exactly one report halts it");
-        assert_eq!(s.rollout("r1").await.unwrap().unwrap().state, RolloutState::Halted);
+        assert_eq!(
+            s.rollout("r1").await.unwrap().unwrap().state,
+            RolloutState::Halted
+        );
         let audit = s.audit_log(100).await.unwrap();
-        let auto: Vec<_> = audit.iter().filter(|a| a.action == "rollout.auto_halt").collect();
+        let auto: Vec<_> = audit
+            .iter()
+            .filter(|a| a.action == "rollout.auto_halt")
+            .collect();
         assert_eq!(auto.len(), 1, "{audit:?}");
-        assert!(auto[0].detail.starts_with("2 device(s) failed"), "{}", auto[0].detail);
+        assert!(
+            auto[0].detail.starts_with("2 device(s) failed"),
+            "{}",
+            auto[0].detail
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }
