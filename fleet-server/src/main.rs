@@ -145,6 +145,20 @@ enum Command {
     },
     /// The server's health: database, devices, rollouts, alarms, background work.
     Health,
+    /// Copy the whole fleet database (the embedded SQLite of --data-dir, or --database-url)
+    /// into another, empty one: devices keep their certificates and upload cursors, bundles,
+    /// deltas, rollouts, accounts, history and the fleet CA move with it. Stop `serve` first:
+    /// what it stores after the copy starts is not copied. Then run `serve` with the new
+    /// --database-url (and this data directory, or any other: replicas need none of it).
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MigrateArgs {
+    /// The destination: `postgres://USER@HOST:PORT/DB` (an empty database; the schema is
+    /// created). The password from the environment variable, `PGPASSWORD` or `~/.pgpass`.
+    #[arg(long, env = "FLEET_MIGRATE_TO", hide_env_values = true)]
+    to: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -568,6 +582,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(args) = cli.command {
         return serve(args, cli.data_dir, cli.database_url).await;
     }
+    if let Command::Migrate(args) = cli.command {
+        anyhow::ensure!(
+            cli.server.is_none(),
+            "migrate runs on the server's machine (--data-dir / --database-url), not through --server"
+        );
+        return migrate(args, cli.data_dir, cli.database_url, &who).await;
+    }
     match (&cli.server, &cli.token_file) {
         (Some(url), Some(file)) => {
             let token = std::fs::read_to_string(file)
@@ -585,6 +606,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             run_ops(&svc.acting(Principal::local(&who)), cli.command, &who).await
         }
     }
+}
+
+async fn migrate(
+    a: MigrateArgs,
+    dir: PathBuf,
+    database_url: Option<String>,
+    who: &str,
+) -> anyhow::Result<()> {
+    use fleet_server::store::FleetStore;
+    let from = FleetStore::open(&dir, database_url.as_deref()).await?;
+    // What earlier releases kept as files (artifacts, the CA key) goes into the source
+    // database first, so it travels with the rest.
+    fleet_server::ca::FleetCa::open(&dir, &from).await?;
+    fleet_server::registry::Registry::new(from.clone(), &dir)?
+        .import_files()
+        .await?;
+    let to = FleetStore::open(&dir, Some(&a.to)).await.with_context(|| {
+        format!(
+            "cannot open the destination {}",
+            fleet_server::store::redact_url(&a.to)
+        )
+    })?;
+    eprintln!("copying {} into {}", from.describe(), to.describe());
+    let report = from
+        .copy_into(&to, |table, rows| eprintln!("  {table}: {rows} rows"))
+        .await?;
+    let total: u64 = report.iter().map(|(_, n)| n).sum();
+    to.audit(
+        who,
+        "store.migrate",
+        &to.describe(),
+        &format!("{total} rows from {}", from.describe()),
+    )
+    .await?;
+    outln!(
+        "copied {total} rows in {} tables into {}; run the server on it with\n  fleet-server --data-dir {} --database-url '{}' serve …",
+        report.len(),
+        to.describe(),
+        dir.display(),
+        to.describe()
+    );
+    Ok(())
 }
 
 async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyhow::Result<()> {
@@ -643,7 +706,9 @@ async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyh
 
 async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Result<()> {
     match command {
-        Command::Serve(_) => anyhow::bail!("serve is not an operation"),
+        Command::Serve(_) | Command::Migrate(_) => {
+            anyhow::bail!("serve and migrate are not operations")
+        }
         Command::Ca {
             command: CaCommand::Export,
         } => out!("{}", f.ca_pem().await?),

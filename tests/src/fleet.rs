@@ -93,8 +93,18 @@ impl FleetServer {
         database_url: Option<String>,
         extra: &[&str],
     ) -> FleetServer {
+        Self::start_at(dir, name, database_url, free_port(), extra)
+    }
+
+    /// [`FleetServer::start_on`] on a given port (a server that replaces another).
+    pub fn start_at(
+        dir: &Path,
+        name: &str,
+        database_url: Option<String>,
+        port: u16,
+        extra: &[&str],
+    ) -> FleetServer {
         let data_dir = dir.join(name);
-        let port = free_port();
         let data = data_dir.display().to_string();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![

@@ -17,6 +17,7 @@
 mod accounts;
 mod artifacts;
 mod audit;
+mod copy;
 mod devices;
 mod drift;
 mod ingest;
@@ -33,6 +34,7 @@ use sqlx::AnyPool;
 pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
 pub use artifacts::{CaRow, CHUNK};
 pub use audit::{AuditEntry, AuditQuery};
+pub use copy::CopyReport;
 pub use devices::{
     CheckInUpdate, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup, ProblemFilter,
     StateCounts, StateThresholds,
