@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod budget;
 pub mod ca;
 pub mod console;
 pub mod drift;
@@ -50,6 +51,8 @@ pub struct ServeOptions {
     pub drift_check: Duration,
     /// Largest bundle upload accepted through the operator API (bytes).
     pub max_bundle: usize,
+    /// Memory for request bodies in flight, all requests together (bytes; [`budget`]).
+    pub body_memory: u64,
 }
 
 /// Opens storage, the CA and the registry, binds, and serves until `stop`. `on_bound` gets
@@ -85,7 +88,10 @@ pub async fn serve(
         stop.clone(),
     ));
     let housekeeping = tokio::spawn(housekeeping(service.clone(), stop.clone()));
-    let app = router(&service, ca, opts.max_bundle);
+    let app = with_body_budget(
+        router(&service, ca, opts.max_bundle),
+        budget::BodyBudget::new(opts.body_memory, Duration::from_secs(5)),
+    );
     tls::serve(listener, tls_cfg, app, stop).await;
     let _ = evaluator.await;
     let _ = housekeeping.await;
@@ -111,6 +117,11 @@ pub fn router(
                 move || healthz(svc.clone())
             }),
         )
+}
+
+/// `app` with every request body charged to `budget` ([`budget::charge`]).
+pub fn with_body_budget(app: axum::Router, budget: budget::BodyBudget) -> axum::Router {
+    app.layer(axum::middleware::from_fn_with_state(budget, budget::charge))
 }
 
 /// Unauthenticated liveness for load balancers: 200 when the database answers.

@@ -197,6 +197,11 @@ struct ServeArgs {
     /// Largest bundle an operator may upload, in MiB.
     #[arg(long, default_value_t = 256)]
     max_bundle_mb: usize,
+    /// Memory for request bodies in flight, all requests together, in MiB: a request is
+    /// charged its body, its decoded copy and (zstd) its inflated size before its body is
+    /// read; past the budget it waits up to 5 s, then gets 503 with Retry-After.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
+    body_memory_mb: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -688,6 +693,7 @@ async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyh
         settings,
         drift_check: a.drift_check_interval,
         max_bundle: a.max_bundle_mb.saturating_mul(1 << 20),
+        body_memory: a.body_memory_mb.saturating_mul(1 << 20),
     };
     fleet_server::serve(opts, stop, |addr| {
         tracing::info!(data_dir = %dir.display(), "fleet-server {VERSION} listening on https://{addr} (console https://{addr}/console/; devices trust {})",

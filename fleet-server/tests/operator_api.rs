@@ -1395,3 +1395,101 @@ async fn user_changes_apply_whole_or_not_at_all_and_keep_an_admin() {
         .count();
     assert_eq!(admins, 1);
 }
+
+// ---- memory budget for request bodies ----
+
+/// Sends a request head announcing `len` body bytes and `sent` of them; the connection stays
+/// open (the rest never comes) until the stream is dropped.
+async fn partial_post(addr: SocketAddr, len: usize, sent: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/cbor\r\nContent-Length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![0u8; sent]).await.unwrap();
+    s
+}
+
+/// A whole POST; the status code and headers of the answer.
+async fn whole_post(addr: SocketAddr, len: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = partial_post(addr, len, len).await;
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    s.shutdown().await.ok();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn request_bodies_past_the_memory_budget_wait_then_get_503_with_retry_after() {
+    use fleet_server::budget::BodyBudget;
+    let f = fleet().await;
+    let svc = FleetService::new(
+        f.store.clone(),
+        f.registry.clone(),
+        &f.dir,
+        Settings::with_checkin(10),
+    );
+    let ca = Arc::new(
+        fleet_server::ca::FleetCa::open(&f.dir, svc.store())
+            .await
+            .unwrap(),
+    );
+    // 1 MiB for bodies in flight; a request waits 300 ms for room.
+    let budget = BodyBudget::new(1 << 20, std::time::Duration::from_millis(300));
+    let app =
+        fleet_server::with_body_budget(fleet_server::router(&svc, ca, 8 << 20), budget.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // A slow client announces 300 KiB (charged 900 KiB: body, decoded copy, ×3) and stalls.
+    let slow = partial_post(addr, 300 << 10, 1024).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.in_use() < 900 << 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request was never charged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Another body does not fit: it waits, then is refused with Retry-After.
+    let answer = whole_post(addr, 300 << 10).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 2"),
+        "{answer}"
+    );
+    // Requests without a body are not charged.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // The slow client goes away: its charge is returned and the next body is served.
+    drop(slow);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while budget.in_use() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the charge was never returned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let answer = whole_post(addr, 300 << 10).await;
+    assert!(!answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "a refusal of the body itself: {answer}"
+    );
+    // A body larger than the whole budget is charged the whole budget: it runs alone.
+    let answer = whole_post(addr, 2 << 20).await;
+    assert!(!answer.starts_with("HTTP/1.1 503"), "{answer}");
+}

@@ -546,7 +546,10 @@ mod tests {
         let days = run(c, 5 * 600);
         let day_mean = |d: usize| mean(&days[0][d * 600..(d + 1) * 600]);
         let (first, fifth) = (day_mean(0), day_mean(4));
-        assert!((first - fifth).abs() < 0.5, "day 1 {first:.2} °C, day 5 {fifth:.2} °C");
+        assert!(
+            (first - fifth).abs() < 0.5,
+            "day 1 {first:.2} °C, day 5 {fifth:.2} °C"
+        );
     }
 
     #[test]
