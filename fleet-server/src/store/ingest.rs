@@ -329,7 +329,14 @@ impl FleetStore {
             .bind(stream)
             .execute(&mut *tx)
             .await?;
-        let mark = sqlx::query("SELECT acked_through, lost_on_device FROM stream_marks WHERE device_id = $1 AND stream = $2")
+        // The stream's row is locked (PostgreSQL; SQLite's write transaction holds the whole
+        // database): two batches of one stream landing on two replicas at once are stored
+        // one after the other, so the ack never moves back.
+        let lock = match self.backend {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let mark = sqlx::query(&format!("SELECT acked_through, lost_on_device FROM stream_marks WHERE device_id = $1 AND stream = $2{lock}"))
             .bind(device)
             .bind(stream)
             .fetch_one(&mut *tx)
@@ -339,7 +346,14 @@ impl FleetStore {
         // One multi-row statement per chunk (not one round trip per record); RETURNING
         // names the records stored for the first time.
         let mut new_seqs: Vec<i64> = Vec::new();
-        for chunk in records.chunks(INSERT_CHUNK) {
+        // Records at or below the ack were stored (or given up by the device) before: never
+        // stored again, even when retention has deleted them since.
+        let fresh: Vec<(i64, i64, &[u8])> = records
+            .iter()
+            .filter(|(seq, _, _)| *seq > through)
+            .copied()
+            .collect();
+        for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut q =
                 Sql::new("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ");
             for (i, (seq, ts, body)) in chunk.iter().enumerate() {
@@ -867,6 +881,62 @@ mod tests {
             .unwrap();
         assert_eq!(r.acked_through, 6);
         assert_eq!(s.alarms(&q).await.unwrap().1, 3);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_streams_batches_on_two_replicas_at_once_never_move_the_ack_back() {
+        let (s, dir) = store().await;
+        let other = s.another_pool().await.unwrap(); // a second replica's pool
+        let b = b"x".as_slice();
+        let first: Vec<(i64, i64, &[u8])> = (1..=40).map(|q| (q, 0, b)).collect();
+        let second: Vec<(i64, i64, &[u8])> = (41..=80).map(|q| (q, 0, b)).collect();
+        for i in 0..32 {
+            let dev = format!("d{i}");
+            // Both streams' rows exist, so neither call waits on the other's INSERT.
+            s.ingest(&dev, "samples", 1, &[]).await.unwrap();
+            let (a, c) = {
+                let (s1, s2, d1, d2) = (s.clone(), other.clone(), dev.clone(), dev.clone());
+                let (f1, f2) = (first.clone(), second.clone());
+                let f1: Vec<(i64, i64, Vec<u8>)> =
+                    f1.iter().map(|(q, t, b)| (*q, *t, b.to_vec())).collect();
+                let f2: Vec<(i64, i64, Vec<u8>)> =
+                    f2.iter().map(|(q, t, b)| (*q, *t, b.to_vec())).collect();
+                let t1 = tokio::spawn(async move {
+                    let r: Vec<(i64, i64, &[u8])> =
+                        f1.iter().map(|(q, t, b)| (*q, *t, b.as_slice())).collect();
+                    s1.ingest(&d1, "samples", 1, &r).await
+                });
+                let t2 = tokio::spawn(async move {
+                    let r: Vec<(i64, i64, &[u8])> =
+                        f2.iter().map(|(q, t, b)| (*q, *t, b.as_slice())).collect();
+                    s2.ingest(&d2, "samples", 1, &r).await
+                });
+                (t1.await.unwrap().unwrap(), t2.await.unwrap().unwrap())
+            };
+            // Whichever committed last saw the other: it acks all 80.
+            assert_eq!(
+                a.acked_through.max(c.acked_through),
+                80,
+                "{dev}: {a:?} {c:?}"
+            );
+            let marks = s.stream_marks(&dev).await.unwrap();
+            assert_eq!(marks[0].acked_through, 80, "{dev}: the ack moved back");
+        }
+        // Records at or below the ack are never stored again (even if deleted meanwhile).
+        sqlx::query("DELETE FROM records WHERE device_id = 'd0' AND seq <= 10")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let r = s.ingest("d0", "samples", 1, &first).await.unwrap();
+        assert_eq!((r.acked_through, r.duplicates), (80, 40));
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records WHERE device_id = 'd0'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap()
+            .try_get("n")
+            .unwrap();
+        assert_eq!(n, 70);
         std::fs::remove_dir_all(dir).ok();
     }
 
