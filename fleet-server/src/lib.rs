@@ -15,6 +15,7 @@ pub mod drift;
 pub mod operator;
 pub mod registry;
 pub mod remote;
+pub mod retention;
 pub mod rollout;
 pub mod service;
 pub mod store;
@@ -53,6 +54,8 @@ pub struct ServeOptions {
     pub max_bundle: usize,
     /// Memory for request bodies in flight, all requests together (bytes; [`budget`]).
     pub body_memory: u64,
+    /// How long uploaded records are kept, per stream.
+    pub retention: retention::Retention,
 }
 
 /// Opens storage, the CA and the registry, binds, and serves until `stop`. `on_bound` gets
@@ -87,7 +90,14 @@ pub async fn serve(
         opts.drift_check,
         stop.clone(),
     ));
-    let housekeeping = tokio::spawn(housekeeping(service.clone(), stop.clone()));
+    if !opts.retention.keep.is_empty() {
+        tracing::info!(retain = %opts.retention, "record retention");
+    }
+    let housekeeping = tokio::spawn(housekeeping(
+        service.clone(),
+        opts.retention.clone(),
+        stop.clone(),
+    ));
     let app = with_body_budget(
         router(&service, ca, opts.max_bundle),
         budget::BodyBudget::new(opts.body_memory, Duration::from_secs(5)),
@@ -139,7 +149,11 @@ async fn healthz(svc: service::FleetService) -> (axum::http::StatusCode, &'stati
 }
 
 /// Every 10 minutes: status history past its retention and ended sessions are deleted.
-async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
+async fn housekeeping(
+    svc: service::FleetService,
+    retention: retention::Retention,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -148,6 +162,18 @@ async fn housekeeping(svc: service::FleetService, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
         let now = store::now_ms();
+        match retention.apply(svc.store(), now).await {
+            Ok(done) => {
+                for (stream, n) in done.into_iter().filter(|(_, n)| *n > 0) {
+                    tracing::info!(
+                        stream = stream.name(),
+                        records = n,
+                        "retention: deleted old records"
+                    );
+                }
+            }
+            Err(e) => tracing::error!("retention: {e}"),
+        }
         let s = svc.settings();
         match svc
             .store()

@@ -202,6 +202,11 @@ struct ServeArgs {
     /// read; past the budget it waits up to 5 s, then gets 503 with Retry-After.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
     body_memory_mb: u64,
+    /// How long uploaded records are kept per stream, by measurement time, e.g.
+    /// `samples=7d,features=30d` (repeatable; streams samples, features, predictions,
+    /// alarms, drift, events). Streams not named are kept for ever.
+    #[arg(long = "retain", value_parser = fleet_server::retention::Retention::parse)]
+    retain: Vec<fleet_server::retention::Retention>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -694,6 +699,10 @@ async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyh
         drift_check: a.drift_check_interval,
         max_bundle: a.max_bundle_mb.saturating_mul(1 << 20),
         body_memory: a.body_memory_mb.saturating_mul(1 << 20),
+        retention: a.retain.into_iter().fold(
+            Default::default(),
+            fleet_server::retention::Retention::merge,
+        ),
     };
     fleet_server::serve(opts, stop, |addr| {
         tracing::info!(data_dir = %dir.display(), "fleet-server {VERSION} listening on https://{addr} (console https://{addr}/console/; devices trust {})",

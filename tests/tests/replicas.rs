@@ -5,7 +5,8 @@
 //! started through one replica's operator API is halted through the other's; the same
 //! upload batch posted to both replicas at once is stored once; one replica killed while
 //! devices upload and another is mid-way through a large upload to it, and they carry on
-//! through the other with no record lost or stored twice.
+//! through the other with no record lost or stored twice; a replica with `--retain` deletes
+//! old records only.
 //!
 //! Needs PostgreSQL (`FLEET_TEST_POSTGRES`, started by tests/run.sh) and HAProxy.
 
@@ -326,6 +327,31 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
             );
             assert!(acked(&r2, id, &stream_name) <= hi);
         }
+    }
+    // Retention: a replica started with `--retain samples=30d` deletes the manual device's
+    // samples (measured in 2023) and keeps the agents' (measured now).
+    let agent_samples: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            stored(&r2, id)
+                .iter()
+                .find(|r| r.0 == "samples")
+                .map_or(0, |r| r.1)
+        })
+        .collect();
+    let r3 = FleetServer::start_on(d, "r3", Some(db.clone()), &["--retain", "samples=30d"]);
+    r3.wait("old samples deleted", Duration::from_secs(30), || {
+        stored(&r3, &manual).is_empty().then_some(())
+    });
+    for (id, n) in ids.iter().zip(&agent_samples) {
+        let now = stored(&r3, id)
+            .iter()
+            .find(|r| r.0 == "samples")
+            .map_or(0, |r| r.1);
+        assert!(
+            now >= *n,
+            "{id}: {now} samples, had {n}: young records are kept"
+        );
     }
     let log = std::fs::read_to_string(r2.peer.log_path()).unwrap_or_default();
     assert!(!log.contains("panicked"), "{log}");

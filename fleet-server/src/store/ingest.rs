@@ -437,6 +437,45 @@ impl FleetStore {
         })
     }
 
+    /// Retention: deletes the records of `stream` older than `before_ms` (their measurement
+    /// time), in batches of `batch` (each its own short transaction, so ingest is never held
+    /// up for long), with the drift index rows of deleted drift records. Upload cursors are
+    /// unchanged, and a deleted record is never stored again (ingest skips what is at or
+    /// below the ack). Returns how many records were deleted.
+    pub async fn prune_records(&self, stream: &str, before_ms: i64, batch: i64) -> Result<u64> {
+        let pick = match self.backend {
+            super::Backend::Postgres => "ctid IN (SELECT ctid",
+            super::Backend::Sqlite => "rowid IN (SELECT rowid",
+        };
+        let sql = format!(
+            "DELETE FROM records WHERE {pick} FROM records WHERE stream = $1 AND ts_ms < $2 LIMIT $3)"
+        );
+        let mut total = 0u64;
+        loop {
+            let (_writer, mut tx) = self.begin_write().await?;
+            let n = sqlx::query(&sql)
+                .bind(stream)
+                .bind(before_ms)
+                .bind(batch.max(1))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            total += n;
+            if n < u64::try_from(batch.max(1)).unwrap_or(1) {
+                break;
+            }
+        }
+        if stream == Stream::Drift.name() {
+            let _writer = self.writer.lock().await;
+            sqlx::query("DELETE FROM drift_index WHERE end_ns < $1")
+                .bind(before_ms.saturating_mul(1_000_000))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(total)
+    }
+
     pub async fn stream_marks(&self, device: &str) -> Result<Vec<StreamMark>> {
         let rows = sqlx::query("SELECT stream, acked_through, lost_on_device, records, duplicates FROM stream_marks WHERE device_id = $1 ORDER BY stream")
             .bind(device)
@@ -937,6 +976,40 @@ mod tests {
             .try_get("n")
             .unwrap();
         assert_eq!(n, 70);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_old_records_of_one_stream_and_they_never_come_back() {
+        let (s, dir) = store().await;
+        let b = b"x".as_slice();
+        let recs: Vec<(i64, i64, &[u8])> = (1..=100).map(|q| (q, q * 1000, b)).collect();
+        s.ingest("d1", "samples", 1, &recs).await.unwrap();
+        s.ingest("d1", "features", 1, &recs).await.unwrap();
+        // Older than ts 51 s, in batches of 7.
+        assert_eq!(s.prune_records("samples", 51_000, 7).await.unwrap(), 50);
+        assert_eq!(s.prune_records("samples", 51_000, 7).await.unwrap(), 0);
+        let count = |stream: &'static str| {
+            let s = s.clone();
+            async move {
+                let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM records WHERE stream = $1")
+                    .bind(stream)
+                    .fetch_one(s.pool())
+                    .await
+                    .unwrap()
+                    .try_get("n")
+                    .unwrap();
+                n
+            }
+        };
+        assert_eq!(count("samples").await, 50);
+        assert_eq!(count("features").await, 100, "other streams keep theirs");
+        let marks = s.stream_marks("d1").await.unwrap();
+        assert!(marks.iter().all(|m| m.acked_through == 100), "{marks:?}");
+        // The device re-sends old records (a replay): acked, not stored again.
+        let r = s.ingest("d1", "samples", 1, &recs).await.unwrap();
+        assert_eq!((r.acked_through, r.inserted, r.duplicates), (100, 0, 100));
+        assert_eq!(count("samples").await, 50);
         std::fs::remove_dir_all(dir).ok();
     }
 

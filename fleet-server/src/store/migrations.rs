@@ -203,6 +203,11 @@ const MIGRATIONS: &[Migration] = &[
                 created_at BIGINT NOT NULL)"),
         ],
     },
+    Migration {
+        version: 4,
+        name: "retention: records by stream and time",
+        steps: &[Sql("CREATE INDEX records_stream_ts ON records (stream, ts_ms)")],
+    },
 ];
 
 /// The schema version this binary writes.

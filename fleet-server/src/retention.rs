@@ -1,0 +1,132 @@
+//! [`Retention`]: how long the fleet keeps uploaded records, per stream
+//! (`serve --retain samples=7d,features=30d`); streams not named are kept for ever. Applied
+//! by `serve`'s housekeeping every 10 minutes (and at start) on every replica: deleting is
+//! idempotent, so replicas doing it at once only repeat each other's work.
+//!
+//! What a record's age is: its measurement time (`ts_ms`, from the device), so a backlog
+//! uploaded late is kept as long as the data is young, and history a device backfills from
+//! long ago goes at the next pass. Upload cursors never move back and deleted records are
+//! never stored again (`FleetStore::ingest` skips what is at or below the ack).
+
+use std::time::Duration;
+
+use edge_protocols::records::Stream;
+
+use crate::store::{FleetStore, Result};
+
+/// Records deleted per transaction.
+const BATCH: i64 = 10_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// (stream name, how long its records are kept).
+    pub keep: Vec<(Stream, Duration)>,
+}
+
+impl Retention {
+    /// Parses `stream=duration[,stream=duration…]` (`samples=7d,features=30d`), the error
+    /// naming what is wrong. A stream named twice keeps the last.
+    pub fn parse(spec: &str) -> std::result::Result<Retention, String> {
+        let mut keep: Vec<(Stream, Duration)> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, dur) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected stream=duration, e.g. samples=7d"))?;
+            let stream = Stream::from_name(name.trim()).ok_or_else(|| {
+                let names: Vec<&str> = Stream::ALL.iter().map(|s| s.name()).collect();
+                format!(
+                    "unknown stream `{}`: one of {}",
+                    name.trim(),
+                    names.join(", ")
+                )
+            })?;
+            let d = humantime::parse_duration(dur.trim())
+                .map_err(|e| format!("`{part}`: duration `{}`: {e}", dur.trim()))?;
+            if d < Duration::from_secs(3600) {
+                return Err(format!("`{part}`: keep records at least 1h"));
+            }
+            keep.retain(|(s, _)| *s != stream);
+            keep.push((stream, d));
+        }
+        Ok(Retention { keep })
+    }
+
+    /// Adds what another `--retain` gave (a later one wins per stream).
+    pub fn merge(mut self, other: Retention) -> Retention {
+        for (s, d) in other.keep {
+            self.keep.retain(|(x, _)| *x != s);
+            self.keep.push((s, d));
+        }
+        self
+    }
+
+    /// Deletes what is past its time as of `now_ms`; (stream, records deleted) per stream.
+    pub async fn apply(&self, store: &FleetStore, now_ms: i64) -> Result<Vec<(Stream, u64)>> {
+        let mut out = Vec::new();
+        for (stream, keep) in &self.keep {
+            let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+            let n = store
+                .prune_records(stream.name(), now_ms.saturating_sub(keep_ms), BATCH)
+                .await?;
+            out.push((*stream, n));
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .keep
+            .iter()
+            .map(|(s, d)| {
+                let secs = d.as_secs();
+                let text = if secs % 86_400 == 0 {
+                    format!("{}d", secs / 86_400)
+                } else if secs % 3600 == 0 {
+                    format!("{}h", secs / 3600)
+                } else {
+                    format!("{secs}s")
+                };
+                format!("{}={text}", s.name())
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_errors_name_the_problem() {
+        let r = Retention::parse("samples=7d, features=30d,samples=2d").unwrap();
+        assert_eq!(
+            r.keep,
+            vec![
+                (Stream::Features, Duration::from_secs(30 * 86400)),
+                (Stream::Samples, Duration::from_secs(2 * 86400)),
+            ]
+        );
+        assert_eq!(r.to_string(), "features=30d,samples=2d");
+        let e = Retention::parse("sample=7d").unwrap_err();
+        assert!(
+            e.contains("unknown stream `sample`") && e.contains("samples"),
+            "{e}"
+        );
+        assert!(Retention::parse("samples")
+            .unwrap_err()
+            .contains("stream=duration"));
+        assert!(Retention::parse("samples=soon")
+            .unwrap_err()
+            .contains("duration `soon`"));
+        assert!(Retention::parse("samples=10m")
+            .unwrap_err()
+            .contains("at least 1h"));
+        let merged = Retention::parse("samples=7d")
+            .unwrap()
+            .merge(Retention::parse("samples=1d,drift=90d").unwrap());
+        assert_eq!(merged.to_string(), "samples=1d,drift=90d");
+    }
+}
