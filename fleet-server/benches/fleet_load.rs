@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench -p fleet-server --bench fleet_load`
 //! (`FLEET_LOAD_DEVICES=1000,10000`, `FLEET_LOAD_SECONDS=60` to change the defaults).
+//! `FLEET_LOAD_MODE=abuse`: memory under 16 parallel 15 MB uploads (see [`abuse`]), with
+//! the shipped body budget and without one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,9 +99,28 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
-    let period = Duration::from_secs(10);
-    let dir = std::env::temp_dir().join(format!("fleet-load-{}-{n}", std::process::id()));
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A release `fleet-server serve` on a fresh data dir with `n` enrollment tokens: the
+/// process, its port, the CA, and one client TLS config per enrolled device.
+async fn fleet(
+    name: &str,
+    n: usize,
+    extra: &[&str],
+) -> anyhow::Result<(
+    KillOnDrop,
+    u16,
+    std::path::PathBuf,
+    Vec<Arc<rustls::ClientConfig>>,
+    f64,
+)> {
+    let dir = std::env::temp_dir().join(format!("fleet-load-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = fleet_server::store::FleetStore::open_dir(&dir).await?;
     let tokens: Vec<String> = (0..n)
@@ -119,13 +140,6 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let server = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"))
         .args(["serve", "--data-dir"])
         .arg(&dir)
@@ -135,10 +149,10 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
             "--checkin-s",
             "10",
         ])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .spawn()?;
     let server = KillOnDrop(server);
-    let pid = server.0.id();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "server did not start");
@@ -178,7 +192,13 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
     for e in enrolls {
         tls.push(e.await??);
     }
-    let enroll_s = t0.elapsed().as_secs_f64();
+    Ok((server, port, dir, tls, t0.elapsed().as_secs_f64()))
+}
+
+async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
+    let period = Duration::from_secs(10);
+    let (server, port, dir, tls, enroll_s) = fleet(&n.to_string(), n, &[]).await?;
+    let pid = server.0.id();
 
     // Devices: a random phase, then check-in + upload every period.
     let start = Instant::now() + period; // measurement starts after every device synced once
@@ -277,6 +297,129 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Memory under abuse: one device posts 15 MB uploads on 16 connections at once, over and
+/// over, while another checks in every second. Reports the server's peak RSS, the quiet
+/// device's check-in latency, and how many big uploads were served or refused (503).
+async fn abuse(label: &str, extra: &[&str], window: Duration) -> anyhow::Result<()> {
+    let (server, port, dir, tls, _) = fleet(label, 2, extra).await?;
+    let pid = server.0.id();
+    // 15 MB of incompressible records: the body stays ~15 MB after zstd and inflates to
+    // just under the 16 MiB limit.
+    let batch = sync::UploadBatch {
+        stream: "samples".into(),
+        first_available: 1,
+        records: (1..=1500u64)
+            .map(|seq| sync::UploadRecord {
+                seq,
+                ts_ms: 0,
+                body: (0..10_000).map(|_| fastrand::u8(..)).collect(),
+            })
+            .collect(),
+    };
+    let body = Bytes::from(sync::encode(&batch));
+    let stop = Instant::now() + window;
+    let mut big = Vec::new();
+    for _ in 0..16 {
+        let (cfg, body) = (tls[0].clone(), body.clone());
+        big.push(tokio::spawn(async move {
+            let (mut ok, mut busy, mut failed) = (0u64, 0u64, 0u64);
+            let mut conn: Option<Conn> = None;
+            while Instant::now() < stop {
+                let one = async {
+                    if conn.is_none() {
+                        conn = Some(connect(port, cfg.clone()).await?);
+                    }
+                    let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no conn"))?;
+                    c.ready().await?;
+                    let req = hyper::Request::post(path::UPLOAD)
+                        .header("host", "127.0.0.1")
+                        .header("content-type", sync::CONTENT_TYPE)
+                        .header("content-encoding", "zstd")
+                        .body(Full::new(body.clone()))?;
+                    let r = c.send_request(req).await?;
+                    let status = r.status();
+                    r.into_body().collect().await?;
+                    anyhow::Ok(status)
+                };
+                match one.await {
+                    Ok(s) if s.is_success() => ok += 1,
+                    Ok(s) if s == hyper::StatusCode::SERVICE_UNAVAILABLE => {
+                        busy += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    _ => {
+                        failed += 1;
+                        conn = None;
+                    }
+                }
+            }
+            (ok, busy, failed)
+        }));
+    }
+    let quiet = {
+        let cfg = tls[1].clone();
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut conn: Option<Conn> = None;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while Instant::now() < stop {
+                tick.tick().await;
+                let t = Instant::now();
+                let one = async {
+                    if conn.is_none() {
+                        conn = Some(connect(port, cfg.clone()).await?);
+                    }
+                    let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no conn"))?;
+                    let _: sync::CheckInReply = post(
+                        c,
+                        path::CHECKIN,
+                        &sync::CheckIn {
+                            agent_version: "load".into(),
+                            models: vec![],
+                            streams: vec![],
+                            last_error: None,
+                            uptime_s: 0,
+                        },
+                    )
+                    .await?;
+                    anyhow::Ok(())
+                };
+                match one.await {
+                    Ok(()) => lat.push(t.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => {
+                        errors += 1;
+                        conn = None;
+                    }
+                }
+            }
+            (lat, errors)
+        })
+    };
+    let mut peak = 0f64;
+    while Instant::now() < stop {
+        peak = peak.max(rss_mb(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut ok, mut busy, mut failed) = (0, 0, 0);
+    for b in big {
+        let (o, y, f) = b.await?;
+        ok += o;
+        busy += y;
+        failed += f;
+    }
+    let (mut lat, errors) = quiet.await?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "{label:>24}: peak RSS {peak:.0} MB; 15 MB uploads served {ok}, refused busy {busy}, failed {failed}; other device's check-in p50 {:.1} ms p99 {:.1} ms max {:.1} ms, errors {errors}",
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99),
+        pct(&mut lat, 1.0),
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let list = std::env::var("FLEET_LOAD_DEVICES").unwrap_or_else(|_| "1000,10000".into());
     let secs: u64 = std::env::var("FLEET_LOAD_SECONDS")
@@ -286,6 +429,17 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if std::env::var("FLEET_LOAD_MODE").as_deref() == Ok("abuse") {
+        // The budget as shipped, against no effective budget, in the same run.
+        let window = Duration::from_secs(secs);
+        rt.block_on(abuse("default budget (256 MiB)", &[], window))?;
+        rt.block_on(abuse(
+            "no budget (1 TiB)",
+            &["--body-memory-mb", "1048576"],
+            window,
+        ))?;
+        return Ok(());
+    }
     for n in list
         .split(',')
         .filter_map(|s| s.trim().parse::<usize>().ok())

@@ -8,6 +8,11 @@
 //! `Retry-After` (devices retry at their next interval; nothing of it was stored). A request
 //! costing more than the whole budget is charged the whole budget (it runs alone).
 //!
+//! Two lanes: small requests (check-ins, reports, operator calls: charged at most
+//! [`SMALL`]) draw from their own eighth of the budget, so they never queue behind large
+//! uploads waiting for room (measured: a device's check-ins went from 48 to 255 ms p50 behind
+//! 16 parallel 15 MB uploads with one lane).
+//!
 //! Architecture invariant: the charge is held until the handler has answered; responses
 //! that stream (artifact downloads) hold at most one stored chunk and are not charged.
 
@@ -25,21 +30,33 @@ const UNIT: u64 = 1024;
 /// The charge for a body without `Content-Length` (chunked): the largest device body.
 const UNKNOWN_LENGTH: u64 = edge_protocols::sync::MAX_BODY as u64;
 
+/// The most a request may be charged and still use the small lane (bytes).
+pub const SMALL: u64 = 1 << 20;
+
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
+    /// Large requests.
     sem: Arc<Semaphore>,
     units: u32,
+    /// Small requests: their own share, so they never wait behind large ones.
+    small: Arc<Semaphore>,
+    small_units: u32,
     wait: Duration,
 }
 
 impl BodyBudget {
     /// A budget of `bytes` for bodies in flight; a request waits up to `wait` for room.
     pub fn new(bytes: u64, wait: Duration) -> BodyBudget {
-        let units = u32::try_from((bytes / UNIT).max(1)).unwrap_or(u32::MAX >> 3);
-        let units = units.min(Semaphore::MAX_PERMITS as u32);
+        let total = u32::try_from((bytes / UNIT).max(16))
+            .unwrap_or(u32::MAX >> 3)
+            .min(Semaphore::MAX_PERMITS as u32);
+        let small_units = (total / 8).max(1);
+        let units = total - small_units;
         BodyBudget {
             sem: Arc::new(Semaphore::new(units as usize)),
             units,
+            small: Arc::new(Semaphore::new(small_units as usize)),
+            small_units,
             wait,
         }
     }
@@ -49,9 +66,12 @@ impl BodyBudget {
         self.wait
     }
 
-    /// Bytes of the budget in use now.
+    /// Bytes of the budget in use now (both lanes).
     pub fn in_use(&self) -> u64 {
-        u64::from(self.units).saturating_sub(self.sem.available_permits() as u64) * UNIT
+        let big = u64::from(self.units).saturating_sub(self.sem.available_permits() as u64);
+        let small =
+            u64::from(self.small_units).saturating_sub(self.small.available_permits() as u64);
+        (big + small) * UNIT
     }
 
     /// What a request is charged (bytes), from its method and headers.
@@ -82,10 +102,15 @@ pub async fn charge(State(budget): State<BodyBudget>, req: Request, next: Next) 
     if cost == 0 {
         return next.run(req).await;
     }
+    let (lane, cap) = if cost <= SMALL {
+        (&budget.small, budget.small_units)
+    } else {
+        (&budget.sem, budget.units)
+    };
     let units = u32::try_from(cost.div_ceil(UNIT))
         .unwrap_or(u32::MAX)
-        .clamp(1, budget.units);
-    let permit = tokio::time::timeout(budget.wait, budget.sem.clone().acquire_many_owned(units));
+        .clamp(1, cap);
+    let permit = tokio::time::timeout(budget.wait, lane.clone().acquire_many_owned(units));
     match permit.await {
         Ok(Ok(_held)) => next.run(req).await,
         _ => {

@@ -1436,30 +1436,42 @@ async fn request_bodies_past_the_memory_budget_wait_then_get_503_with_retry_afte
             .await
             .unwrap(),
     );
-    // 1 MiB for bodies in flight; a request waits 300 ms for room.
-    let budget = BodyBudget::new(1 << 20, std::time::Duration::from_millis(300));
+    // 16 MiB for bodies in flight (14 for large requests, 2 for small ones); a request
+    // waits 300 ms for room.
+    let budget = BodyBudget::new(16 << 20, std::time::Duration::from_millis(300));
     let app =
         fleet_server::with_body_budget(fleet_server::router(&svc, ca, 8 << 20), budget.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let wait_for = |what: &'static str, f: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
 
-    // A slow client announces 300 KiB (charged 900 KiB: body, decoded copy, ×3) and stalls.
-    let slow = partial_post(addr, 300 << 10, 1024).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while budget.in_use() < 900 << 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow request was never charged"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    // Another body does not fit: it waits, then is refused with Retry-After.
-    let answer = whole_post(addr, 300 << 10).await;
+    // A slow client announces 4 MiB (charged 12 MiB: body, decoded copy, ×3) and stalls.
+    let slow = partial_post(addr, 4 << 20, 1024).await;
+    let b = budget.clone();
+    wait_for(
+        "the slow request was never charged",
+        Box::new(move || b.in_use() >= 12 << 20),
+    )
+    .await;
+    // Another large body does not fit: it waits, then is refused with Retry-After.
+    let answer = whole_post(addr, 1 << 20).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("retry-after: 2"),
         "{answer}"
+    );
+    // Small requests have their own lane: served while the large lane is full.
+    let answer = whole_post(addr, 2048).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "a refusal of the body itself: {answer}"
     );
     // Requests without a body are not charged.
     {
@@ -1475,21 +1487,18 @@ async fn request_bodies_past_the_memory_budget_wait_then_get_503_with_retry_afte
     }
     // The slow client goes away: its charge is returned and the next body is served.
     drop(slow);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while budget.in_use() > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the charge was never returned"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    let answer = whole_post(addr, 300 << 10).await;
-    assert!(!answer.starts_with("HTTP/1.1 503"), "{answer}");
+    let b = budget.clone();
+    wait_for(
+        "the charge was never returned",
+        Box::new(move || b.in_use() == 0),
+    )
+    .await;
+    let answer = whole_post(addr, 1 << 20).await;
     assert!(
         answer.starts_with("HTTP/1.1 4"),
         "a refusal of the body itself: {answer}"
     );
-    // A body larger than the whole budget is charged the whole budget: it runs alone.
-    let answer = whole_post(addr, 2 << 20).await;
+    // A body costing more than the whole large lane is charged all of it: it runs alone.
+    let answer = whole_post(addr, 6 << 20).await;
     assert!(!answer.starts_with("HTTP/1.1 503"), "{answer}");
 }
