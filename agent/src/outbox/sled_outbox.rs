@@ -185,6 +185,9 @@ fn probe_in_subprocess(exe: &Path, path: &Path) -> Result<(), OpenFailure> {
     }
 }
 
+/// How long an open waits for the database's file lock (held briefly after a close).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 impl From<sled::Error> for OpenFailure {
     fn from(e: sled::Error) -> Self {
         OpenFailure {
@@ -283,7 +286,7 @@ impl SledOutbox {
                 probe_in_subprocess(exe, path)?;
             }
         }
-        let open = || Self::sled_config(path, cfg.cache_mb).open();
+        let open = || Self::open_db(path, cfg.cache_mb);
         let panicked = |what: &str| OpenFailure {
             corrupt: true,
             reason: format!("the database is corrupt (sled panicked while {what} it)"),
@@ -315,6 +318,24 @@ impl SledOutbox {
         Ok(Store { db, streams })
     }
 
+    /// Opens the database. sled's file lock outlives a dropped handle for a moment (its
+    /// background threads hold the last references), so an open right after a close retries
+    /// the lock briefly; a lock another process holds still fails after [`LOCK_WAIT`].
+    fn open_db(path: &Path, cache_mb: u64) -> sled::Result<sled::Db> {
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::sled_config(path, cache_mb).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                r => return r,
+            }
+        }
+    }
+
     fn sled_config(path: &Path, cache_mb: u64) -> sled::Config {
         sled::Config::new()
             .path(path)
@@ -328,7 +349,7 @@ impl SledOutbox {
     /// sled panics on crashes this process, not the agent. `Err` = sled returned an error.
     pub fn probe(path: &Path) -> Result<(), OutboxError> {
         let storage = |e: sled::Error| OutboxError::Storage(e.to_string());
-        let db = Self::sled_config(path, 4).open().map_err(storage)?;
+        let db = Self::open_db(path, 4).map_err(storage)?;
         for s in Stream::ALL {
             let tree = db.open_tree(s.name()).map_err(storage)?;
             let head = u64_of(tree.get(META_HEAD).map_err(storage)?);
