@@ -544,9 +544,12 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("FLEET_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: redirected logs (journald, files) stay plain text.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(tty)
         .init();
 }
 

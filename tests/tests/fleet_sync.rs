@@ -227,10 +227,15 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     assert_eq!(st, 403);
     assert!(msg.contains("revoked"), "{msg}");
 
-    // Drift summaries (every 5 s here) reached the server ahead of raw samples.
-    let s = server.device_show(&id);
-    let drift = stream(&s, "drift").expect("drift stream at the server");
-    assert!(drift["acked_through"].as_i64().unwrap_or(0) >= 1, "{drift}");
+    // Drift summaries (every 5 s here) reach the server (ahead of raw samples).
+    server.wait(
+        "drift summaries at the server",
+        Duration::from_secs(60),
+        || {
+            let s = server.device_show(&id);
+            (stream(&s, "drift")?["acked_through"].as_i64()? >= 1).then_some(())
+        },
+    );
     // The operator's view: per interval and feature, scores against the bundle's reference.
     let lines = server.cli(&["device", "drift", &id]);
     let first: Value =
@@ -392,6 +397,12 @@ fn bad_requests_get_clear_errors_and_store_nothing() {
     let out = child.wait_with_output().expect("exit");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !err.contains("panicked"), "{err}");
+    // Logs redirected to a file (journald, the test's log) are plain text, no colour codes.
+    let log = std::fs::read_to_string(server.peer.log_path()).expect("server log");
+    assert!(
+        log.contains("listening") && !log.contains('\u{1b}'),
+        "{log}"
+    );
 }
 
 #[test]

@@ -163,6 +163,16 @@ impl SimulatedSourceConfig {
             at.key("day_length"),
             || "day_length must be at least 1s".into(),
         );
+        issues.check(
+            self.time_scale.is_finite() && (0.001..=1000.0).contains(&self.time_scale),
+            at.key("time_scale"),
+            || {
+                format!(
+                    "time_scale {} must be a number from 0.001 to 1000 (simulated seconds per real second)",
+                    self.time_scale
+                )
+            },
+        );
         issues.check(!self.assets.is_empty(), at.key("assets"), || {
             "at least one asset is needed".into()
         });
@@ -650,5 +660,29 @@ mod tests {
             "{:?}",
             issues.0
         );
+    }
+
+    #[test]
+    fn time_scales_that_cannot_run_are_refused_by_check() {
+        // These passed `check` and then panicked the source at run.
+        for bad in [-5.0, 0.0, f64::NAN, f64::INFINITY, 1e12] {
+            let mut c = cfg(vec![]);
+            c.time_scale = bad;
+            let mut issues = Issues::default();
+            c.validate(&KeyPath::root(), &mut issues);
+            assert!(
+                issues.0.iter().any(|i| i.path.to_string() == "time_scale"
+                    && i.message.contains("from 0.001 to 1000")),
+                "{bad}: {:?}",
+                issues.0
+            );
+        }
+        for good in [0.001, 1.0, 60.0, 1000.0] {
+            let mut c = cfg(vec![]);
+            c.time_scale = good;
+            let mut issues = Issues::default();
+            c.validate(&KeyPath::root(), &mut issues);
+            assert!(issues.0.is_empty(), "{good}: {:?}", issues.0);
+        }
     }
 }
