@@ -54,7 +54,8 @@ fn stdout_failed(e: std::io::Error) -> ! {
 #[derive(Parser, Debug)]
 #[command(name = "fleet-server", version = VERSION, about)]
 struct Cli {
-    /// Data directory: database, CA, artifacts.
+    /// Data directory: the embedded database (with the CA and artifacts) unless --database-url
+    /// is given; always this server's TLS certificate and a copy of the CA certificate.
     #[arg(
         long,
         global = true,
@@ -149,7 +150,8 @@ enum Command {
     /// into another, empty one: devices keep their certificates and upload cursors, bundles,
     /// deltas, rollouts, accounts, history and the fleet CA move with it. Stop `serve` first:
     /// what it stores after the copy starts is not copied. Then run `serve` with the new
-    /// --database-url (and this data directory, or any other: replicas need none of it).
+    /// --database-url (this data directory keeps its server certificate; another replica
+    /// starts with an empty one).
     Migrate(MigrateArgs),
 }
 
