@@ -53,6 +53,17 @@ async fn post<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
     Ok(sync::decode(&body)?)
 }
 
+/// What a load device reports at check-in.
+fn checkin() -> sync::CheckIn {
+    sync::CheckIn {
+        agent_version: "load".into(),
+        models: vec![],
+        streams: vec![],
+        last_error: None,
+        uptime_s: 0,
+    }
+}
+
 fn client_tls(ca: &str, auth: Option<(&str, &str)>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -221,18 +232,7 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
                     }
                     let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no conn"))?;
                     let t = Instant::now();
-                    let _: sync::CheckInReply = post(
-                        c,
-                        path::CHECKIN,
-                        &sync::CheckIn {
-                            agent_version: "load".into(),
-                            models: vec![],
-                            streams: vec![],
-                            last_error: None,
-                            uptime_s: 0,
-                        },
-                    )
-                    .await?;
+                    let _: sync::CheckInReply = post(c, path::CHECKIN, &checkin()).await?;
                     let checkin = t.elapsed().as_secs_f64() * 1e3;
                     let t = Instant::now();
                     let records = (0..10)
@@ -371,18 +371,7 @@ async fn abuse(label: &str, extra: &[&str], window: Duration) -> anyhow::Result<
                         conn = Some(connect(port, cfg.clone()).await?);
                     }
                     let c = conn.as_mut().ok_or_else(|| anyhow::anyhow!("no conn"))?;
-                    let _: sync::CheckInReply = post(
-                        c,
-                        path::CHECKIN,
-                        &sync::CheckIn {
-                            agent_version: "load".into(),
-                            models: vec![],
-                            streams: vec![],
-                            last_error: None,
-                            uptime_s: 0,
-                        },
-                    )
-                    .await?;
+                    let _: sync::CheckInReply = post(c, path::CHECKIN, &checkin()).await?;
                     anyhow::Ok(())
                 };
                 match one.await {

@@ -135,13 +135,6 @@ impl FleetCa {
         }
         let key = KeyPair::from_pem(&row.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&row.cert_pem, key)?;
-        // A server certificate issued by another CA (a different database) is reissued.
-        let issued_by = dir.join("server.ca-sha256");
-        let ca_sha = sha256_hex(row.cert_pem.as_bytes());
-        if std::fs::read_to_string(&issued_by).ok().as_deref() != Some(ca_sha.as_str()) {
-            let _ = std::fs::remove_file(dir.join("server.names"));
-            std::fs::write(&issued_by, &ca_sha).map_err(io(&issued_by))?;
-        }
         Ok(FleetCa {
             issuer,
             ca_pem: row.cert_pem,
@@ -150,14 +143,18 @@ impl FleetCa {
     }
 
     /// The server's TLS certificate and key (PEM), for these DNS names / IP addresses;
-    /// reissued when the names change.
+    /// reissued when the names or the issuing CA (another database) change.
     pub fn server_cert(&self, names: &[String]) -> Result<(String, String), CaError> {
         let (key_path, cert_path, names_path) = (
             self.dir.join("server.key"),
             self.dir.join("server.pem"),
             self.dir.join("server.names"),
         );
-        let wanted = names.join(",");
+        let wanted = format!(
+            "{}\nissuer {}",
+            names.join(","),
+            sha256_hex(self.ca_pem.as_bytes())
+        );
         if std::fs::read_to_string(&names_path).ok().as_deref() != Some(wanted.as_str())
             || !key_path.exists()
             || !cert_path.exists()
@@ -249,6 +246,14 @@ mod tests {
         );
         let (cert, _) = ca2.server_cert(&["localhost".into()]).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE"));
+        assert_eq!(ca2.server_cert(&["localhost".into()]).unwrap().0, cert, "kept");
+        // The same data directory on another database (another CA): the server certificate
+        // is reissued by that CA.
+        let (s3, dir3) = store().await;
+        let ca3 = FleetCa::open(&other, &s3).await.unwrap();
+        assert_ne!(ca3.ca_pem, old);
+        assert_ne!(ca3.server_cert(&["localhost".into()]).unwrap().0, cert);
+        std::fs::remove_dir_all(dir3).ok();
         // A broken key file on a fresh database is refused, not adopted.
         let (s2, dir2) = store().await;
         legacy_ca(&dir2);

@@ -173,8 +173,8 @@ struct Api {
 
 const PASSWORD: &str = "a long enough password";
 
-async fn api() -> Api {
-    let f = fleet().await;
+/// The service over the fixture's store (check-ins every 10 s) and its fleet CA.
+async fn service_and_ca(f: &Fleet) -> (FleetService, Arc<fleet_server::ca::FleetCa>) {
     let svc = FleetService::new(
         f.store.clone(),
         f.registry.clone(),
@@ -186,6 +186,12 @@ async fn api() -> Api {
             .await
             .unwrap(),
     );
+    (svc, ca)
+}
+
+async fn api() -> Api {
+    let f = fleet().await;
+    let (svc, ca) = service_and_ca(&f).await;
     let app = fleet_server::router(&svc, ca, 8 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1425,17 +1431,7 @@ async fn whole_post(addr: SocketAddr, len: usize) -> String {
 async fn request_bodies_past_the_memory_budget_wait_then_get_503_with_retry_after() {
     use fleet_server::budget::BodyBudget;
     let f = fleet().await;
-    let svc = FleetService::new(
-        f.store.clone(),
-        f.registry.clone(),
-        &f.dir,
-        Settings::with_checkin(10),
-    );
-    let ca = Arc::new(
-        fleet_server::ca::FleetCa::open(&f.dir, svc.store())
-            .await
-            .unwrap(),
-    );
+    let (svc, ca) = service_and_ca(&f).await;
     // 16 MiB for bodies in flight (14 for large requests, 2 for small ones); a request
     // waits 300 ms for room.
     let budget = BodyBudget::new(16 << 20, std::time::Duration::from_millis(300));

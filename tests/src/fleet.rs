@@ -58,6 +58,24 @@ pub fn postgres_database() -> String {
     format!("{base}/{name}")
 }
 
+/// Runs `cmd` with `input` on its standard input; its output (stdout and stderr captured).
+fn run_with_input(cmd: &mut Command, input: &str, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("{what} stdin: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("{what} output: {e}"))
+}
+
 /// PostgreSQL's client (Debian: `/usr/bin/psql`, or the server's own bin directory).
 pub fn psql() -> PathBuf {
     if let Ok(p) = std::env::var("PSQL") {
@@ -157,29 +175,25 @@ impl FleetServer {
 
     /// Runs a CLI command with `input` on its standard input: (success, stdout, stderr).
     pub fn cli_input(&self, args: &[&str], input: &str) -> (bool, String, String) {
-        let mut cmd = Command::new(workspace_bin("fleet-server"));
-        if let Some(u) = &self.database_url {
-            cmd.env("FLEET_DATABASE_URL", u);
-        }
-        let mut child = cmd
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--by", "test-operator"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run fleet-server CLI");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).expect("CLI stdin");
-        }
-        let out = child.wait_with_output().expect("fleet-server CLI output");
+        let mut cmd = self.cli_command();
+        cmd.args(["--by", "test-operator"]).args(args);
+        let out = run_with_input(&mut cmd, input, "fleet-server CLI");
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// The `fleet-server` command on this server's data directory and database (add the
+    /// subcommand and its arguments).
+    pub fn cli_command(&self) -> Command {
+        let mut cmd = Command::new(workspace_bin("fleet-server"));
+        if let Some(u) = &self.database_url {
+            cmd.env("FLEET_DATABASE_URL", u);
+        }
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd
     }
 
     pub fn devices(&self) -> Vec<serde_json::Value> {
@@ -214,6 +228,14 @@ impl FleetServer {
         )
     }
 
+    /// The highest contiguous sequence of `device`'s `stream` the server acknowledged (0
+    /// before the first upload).
+    pub fn acked_through(&self, device: &str, stream_name: &str) -> i64 {
+        stream(&self.device_show(device), stream_name)
+            .and_then(|s| s["acked_through"].as_i64())
+            .unwrap_or(0)
+    }
+
     /// Runs SQL on this server's database (the `sqlite3` or `psql` client, statements on
     /// standard input) and returns what it printed: one row per line, columns split by `|`.
     /// For tests that inspect or alter what the server stored.
@@ -231,18 +253,7 @@ impl FleetServer {
                 c
             }
         };
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the database client (sqlite3 / psql)");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(statements.as_bytes())
-                .expect("SQL on stdin");
-        }
-        let out = child.wait_with_output().expect("database client output");
+        let out = run_with_input(&mut cmd, statements, "the database client (sqlite3 / psql)");
         assert!(
             out.status.success(),
             "SQL failed: {statements}\n{}",

@@ -381,13 +381,8 @@ fn bad_requests_get_clear_errors_and_store_nothing() {
     let list = server.cli(&["model", "list"]);
     assert_eq!(list.lines().count(), 2, "{list}");
     // A reader that goes away (`fleet-server … | head`): the command ends quietly.
-    let mut cmd = std::process::Command::new(workspace_bin("fleet-server"));
-    if let Some(u) = &server.database_url {
-        cmd.env("FLEET_DATABASE_URL", u);
-    }
-    let mut child = cmd
-        .arg("--data-dir")
-        .arg(&server.data_dir)
+    let mut child = server
+        .cli_command()
         .args(["model", "list"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -11,13 +11,6 @@ use std::time::Duration;
 use interop_tests::fleet::*;
 use interop_tests::*;
 
-fn acked(server: &FleetServer, id: &str) -> i64 {
-    let show = server.device_show(id);
-    stream(&show, "samples")
-        .and_then(|s| s["acked_through"].as_i64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_sqlite_fleet_moves_to_postgresql_and_its_devices_carry_on() {
     let dir = tempdir();
@@ -65,7 +58,7 @@ fn a_sqlite_fleet_moves_to_postgresql_and_its_devices_carry_on() {
         Some(ds.first()?["id"].as_str()?.to_string())
     });
     server.wait("samples stored", Duration::from_secs(60), || {
-        (acked(&server, &id) >= 50).then_some(())
+        (server.acked_through(&id, "samples") >= 50).then_some(())
     });
 
     // Stop the server, move the data, start a server on PostgreSQL on the same address.
@@ -73,7 +66,7 @@ fn a_sqlite_fleet_moves_to_postgresql_and_its_devices_carry_on() {
         server.peer.terminate(Duration::from_secs(30)),
         "server stops"
     );
-    let before = acked(&server, &id);
+    let before = server.acked_through(&id, "samples");
     let before_duplicates = stream(&server.device_show(&id), "samples")
         .and_then(|s| s["duplicates"].as_i64())
         .unwrap_or(0);
@@ -92,7 +85,7 @@ fn a_sqlite_fleet_moves_to_postgresql_and_its_devices_carry_on() {
     let server = FleetServer::start_at(d, "fleet", Some(db.clone()), port, &[]);
     assert_eq!(server.database_url.as_deref(), Some(db.as_str()));
     server.wait("uploads continue", Duration::from_secs(90), || {
-        (acked(&server, &id) >= before + 100).then_some(())
+        (server.acked_through(&id, "samples") >= before + 100).then_some(())
     });
     let devices = server.devices();
     assert_eq!(devices.len(), 1, "the same device, not a new enrollment");

@@ -32,11 +32,20 @@ fn stored(server: &FleetServer, device: &str) -> Vec<(String, i64, i64, i64)> {
         .collect()
 }
 
-fn acked(server: &FleetServer, id: &str, stream_name: &str) -> i64 {
-    let show = server.device_show(id);
-    stream(&show, stream_name)
-        .and_then(|s| s["acked_through"].as_i64())
-        .unwrap_or(0)
+/// Posts `batch` as the manually enrolled device to the server at `port`.
+fn upload(
+    port: u16,
+    ca: &std::path::Path,
+    device: &(std::path::PathBuf, std::path::PathBuf),
+    batch: &sync::UploadBatch,
+) -> Result<sync::UploadAck, (u16, String)> {
+    call(
+        port,
+        ca,
+        Some((device.0.as_path(), device.1.as_path())),
+        path::UPLOAD,
+        batch,
+    )
 }
 
 #[test]
@@ -102,7 +111,7 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
     });
     for id in &ids {
         r1.wait("samples stored", Duration::from_secs(60), || {
-            (acked(&r1, id, "samples") >= 30).then_some(())
+            (r1.acked_through(id, "samples") >= 30).then_some(())
         });
     }
     // Devices spread over both replicas: HAProxy sent connections to each.
@@ -194,6 +203,7 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
     let tok = token(&r1, &["site=b"]);
     let (cert, key_file, manual) =
         enroll_device(lb.port, &r1.ca(), d, "manual", &tok).expect("enroll through HAProxy");
+    let creds = (cert, key_file);
     let batch = sync::UploadBatch {
         stream: "samples".into(),
         first_available: 1,
@@ -209,17 +219,8 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
         let posts: Vec<_> = [r1.port, r2.port]
             .into_iter()
             .map(|port| {
-                let (batch, ca, cert, key_file) = (&batch, r1.ca(), &cert, &key_file);
-                s.spawn(move || {
-                    call::<_, sync::UploadAck>(
-                        port,
-                        &ca,
-                        Some((cert.as_path(), key_file.as_path())),
-                        path::UPLOAD,
-                        batch,
-                    )
-                    .expect("upload")
-                })
+                let (batch, ca, creds) = (&batch, r1.ca(), &creds);
+                s.spawn(move || upload(port, &ca, creds, batch).expect("upload"))
             })
             .collect();
         posts
@@ -262,18 +263,13 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
             .collect(),
     };
     let slow = TcpProxy::start_throttled(r1.port, 20_000);
-    let before: Vec<i64> = ids.iter().map(|id| acked(&r2, id, "samples")).collect();
+    let before: Vec<i64> = ids
+        .iter()
+        .map(|id| r2.acked_through(id, "samples"))
+        .collect();
     let r1_ca = r1.ca();
     std::thread::scope(|s| {
-        let cut = s.spawn(|| {
-            call::<_, sync::UploadAck>(
-                slow.port,
-                &r1_ca,
-                Some((cert.as_path(), key_file.as_path())),
-                path::UPLOAD,
-                &big,
-            )
-        });
+        let cut = s.spawn(|| upload(slow.port, &r1_ca, &creds, &big));
         r2.wait(
             "the large upload in flight",
             Duration::from_secs(30),
@@ -290,14 +286,7 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
         stored(&r2, &manual),
         vec![("samples".to_string(), 40, 1, 40)]
     );
-    let ack: sync::UploadAck = call(
-        lb.port,
-        &r2.ca(),
-        Some((cert.as_path(), key_file.as_path())),
-        path::UPLOAD,
-        &big,
-    )
-    .expect("re-sent through the load balancer");
+    let ack = upload(lb.port, &r2.ca(), &creds, &big).expect("re-sent through the load balancer");
     assert_eq!((ack.acked_through, ack.duplicates), (2040, 0));
     assert_eq!(
         stored(&r2, &manual),
@@ -307,7 +296,7 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
         r2.wait(
             "uploads carry on through the surviving replica",
             Duration::from_secs(90),
-            || (acked(&r2, id, "samples") >= was + 200).then_some(()),
+            || (r2.acked_through(id, "samples") >= was + 200).then_some(()),
         );
     }
     // Stop the agents cleanly, then check every stream: contiguous from 1, nothing lost
@@ -325,7 +314,7 @@ fn two_replicas_behind_haproxy_share_devices_rollouts_uploads_and_survive_a_kill
                 hi - lo + 1,
                 "{id}/{stream_name}: {n} records for 1..={hi}"
             );
-            assert!(acked(&r2, id, &stream_name) <= hi);
+            assert!(r2.acked_through(id, &stream_name) <= hi);
         }
     }
     // Retention: a replica started with `--retain samples=30d` deletes the manual device's

@@ -190,10 +190,7 @@ impl FleetStore {
     /// The number of admins, with their rows locked until the transaction ends (PostgreSQL;
     /// SQLite's write transaction holds the whole database already).
     async fn lock_admins(&self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<i64> {
-        let lock = match self.backend {
-            super::Backend::Postgres => " FOR UPDATE",
-            super::Backend::Sqlite => "",
-        };
+        let lock = self.row_lock();
         let rows = sqlx::query(&format!(
             "SELECT name FROM users WHERE role = 'admin'{lock}"
         ))

@@ -29,10 +29,31 @@ pub struct AuditQuery {
 
 /// Control characters (newlines, terminal escapes) in an audit field are replaced, so an
 /// entry reads as one line wherever it is shown (console, CLI, logs).
-pub(super) fn one_line(s: &str) -> String {
+fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect()
+}
+
+/// Appends an entry inside `tx` (for a state change and its entry in one transaction).
+pub(super) async fn audit_in(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now_ms())
+    .bind(one_line(actor))
+    .bind(one_line(action))
+    .bind(one_line(subject))
+    .bind(one_line(detail))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl FleetStore {
@@ -44,17 +65,9 @@ impl FleetStore {
         subject: &str,
         detail: &str,
     ) -> Result<()> {
-        let _writer = self.writer.lock().await;
-        sqlx::query(
-            "INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(now_ms())
-        .bind(one_line(actor))
-        .bind(one_line(action))
-        .bind(one_line(subject))
-        .bind(one_line(detail))
-        .execute(&self.pool)
-        .await?;
+        let (_writer, mut tx) = self.begin_write().await?;
+        audit_in(&mut tx, actor, action, subject, detail).await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -332,10 +332,7 @@ impl FleetStore {
         // The stream's row is locked (PostgreSQL; SQLite's write transaction holds the whole
         // database): two batches of one stream landing on two replicas at once are stored
         // one after the other, so the ack never moves back.
-        let lock = match self.backend {
-            super::Backend::Postgres => " FOR UPDATE",
-            super::Backend::Sqlite => "",
-        };
+        let lock = self.row_lock();
         let mark = sqlx::query(&format!("SELECT acked_through, lost_on_device FROM stream_marks WHERE device_id = $1 AND stream = $2{lock}"))
             .bind(device)
             .bind(stream)
@@ -348,11 +345,17 @@ impl FleetStore {
         let mut new_seqs: Vec<i64> = Vec::new();
         // Records at or below the ack were stored (or given up by the device) before: never
         // stored again, even when retention has deleted them since.
-        let fresh: Vec<(i64, i64, &[u8])> = records
-            .iter()
-            .filter(|(seq, _, _)| *seq > through)
-            .copied()
-            .collect();
+        let fresh: std::borrow::Cow<[(i64, i64, &[u8])]> =
+            if records.iter().all(|(seq, _, _)| *seq > through) {
+                records.into() // the usual case: nothing to copy
+            } else {
+                records
+                    .iter()
+                    .filter(|(seq, _, _)| *seq > through)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .into()
+            };
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut q =
                 Sql::new("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ");

@@ -275,6 +275,16 @@ impl FleetStore {
         self.backend
     }
 
+    /// The suffix that locks the rows a `SELECT` reads until its transaction ends:
+    /// `FOR UPDATE` on PostgreSQL; nothing on SQLite, whose write transaction holds the whole
+    /// database already. Decisions several replicas could make at once read their row so.
+    fn row_lock(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// A transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`), so it waits for another writer (busy timeout) instead of failing
     /// with "database is locked" when its read snapshot is upgraded.

@@ -166,10 +166,7 @@ impl FleetStore {
         detail: &str,
     ) -> Result<(i64, Option<Rollout>)> {
         let (_writer, mut tx) = self.begin_write().await?;
-        let lock = match self.backend {
-            super::Backend::Postgres => " FOR UPDATE",
-            super::Backend::Sqlite => "",
-        };
+        let lock = self.row_lock();
         let cur = sqlx::query(&format!("SELECT * FROM rollouts WHERE id = $1{lock}"))
             .bind(rollout)
             .fetch_optional(&mut *tx)
@@ -203,16 +200,14 @@ impl FleetStore {
                     .bind(rollout)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("INSERT INTO audit (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)")
-                    .bind(now)
-                    .bind("fleet-server")
-                    .bind("rollout.auto_halt")
-                    .bind(rollout)
-                    .bind(super::audit::one_line(&format!(
-                        "{n} device(s) failed; last: {device}: {detail}"
-                    )))
-                    .execute(&mut *tx)
-                    .await?;
+                super::audit::audit_in(
+                    &mut tx,
+                    "fleet-server",
+                    "rollout.auto_halt",
+                    rollout,
+                    &format!("{n} device(s) failed; last: {device}: {detail}"),
+                )
+                .await?;
                 halted = Some(Rollout {
                     state: RolloutState::Halted,
                     updated_at: now,
