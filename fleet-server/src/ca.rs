@@ -246,7 +246,11 @@ mod tests {
         );
         let (cert, _) = ca2.server_cert(&["localhost".into()]).unwrap();
         assert!(cert.contains("BEGIN CERTIFICATE"));
-        assert_eq!(ca2.server_cert(&["localhost".into()]).unwrap().0, cert, "kept");
+        assert_eq!(
+            ca2.server_cert(&["localhost".into()]).unwrap().0,
+            cert,
+            "kept"
+        );
         // The same data directory on another database (another CA): the server certificate
         // is reissued by that CA.
         let (s3, dir3) = store().await;
