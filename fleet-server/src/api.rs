@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::ca::{sha256_hex, FleetCa};
 use crate::registry::Registry;
 use crate::rollout;
+use crate::store::DeviceRef;
 use crate::store::{Device, FleetStore, UpdateRow};
 use crate::types::UpdateOutcome;
 
@@ -36,12 +37,19 @@ pub struct AppState {
     /// changes made through the API are seen at once, those made by a CLI process on the
     /// data directory within a second).
     pub rollouts: Arc<RolloutCache>,
+    /// Check-ins and uploads are stored through here, many devices per transaction.
+    pub commits: crate::group_commit::GroupCommit,
 }
 
 impl AppState {
     /// The device API's state on top of the operator service (one rollout cache for both).
-    pub fn new(service: &crate::service::FleetService, ca: Arc<FleetCa>) -> AppState {
+    pub fn new(
+        service: &crate::service::FleetService,
+        ca: Arc<FleetCa>,
+        group: crate::group_commit::GroupLimits,
+    ) -> AppState {
         AppState {
+            commits: crate::group_commit::GroupCommit::new(service.store().clone(), group),
             store: service.store().clone(),
             registry: service.registry().clone(),
             ca,
@@ -142,6 +150,50 @@ impl FromRequestParts<AppState> for AuthDevice {
                 StatusCode::FORBIDDEN,
                 "certificate does not belong to an enrolled device".into(),
             )),
+        }
+    }
+}
+
+/// The device certificate a request came with (checked against the registry where the
+/// request's write is stored: [`crate::group_commit`]).
+pub struct DeviceCert(pub String);
+
+impl FromRequestParts<AppState> for DeviceCert {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<PeerCert>() {
+            Some(PeerCert(Some(cert))) => Ok(DeviceCert(cert.clone())),
+            _ => Err(ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a device client certificate is required (enroll first)".into(),
+            )),
+        }
+    }
+}
+
+impl DeviceCert {
+    /// Why a write with this certificate was refused: the error [`AuthDevice`] gives.
+    async fn refusal(&self, store: &FleetStore) -> ApiError {
+        match store.device_by_cert(&self.0).await {
+            Ok(Some(d)) if d.revoked_at.is_some() => {
+                ApiError(StatusCode::FORBIDDEN, format!("device {} is revoked", d.id))
+            }
+            Ok(Some(d)) => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "device {} changed while its request was stored: retry",
+                    d.id
+                ),
+            ),
+            Ok(None) => ApiError(
+                StatusCode::FORBIDDEN,
+                "certificate does not belong to an enrolled device".into(),
+            ),
+            Err(e) => e.into(),
         }
     }
 }
@@ -284,14 +336,20 @@ fn running_of(d: &Device) -> Vec<sync::ModelStatus> {
 
 async fn checkin(
     State(st): State<AppState>,
-    AuthDevice(d): AuthDevice,
+    cert: DeviceCert,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let c: sync::CheckIn = decode(&headers, &body)?;
-    st.store
-        .check_in(&d, &c, &serde_json::to_string(&c)?, st.history_every_ms)
-        .await?;
+    let w = crate::store::CheckInWrite::new(
+        DeviceRef::Cert(cert.0.clone()),
+        &c,
+        serde_json::to_string(&c)?,
+        st.history_every_ms,
+    )?;
+    let Some(d) = st.commits.check_in(w).await? else {
+        return Err(cert.refusal(&st.store).await);
+    };
     let desired = desired_for(&st, &d, &c.models).await?;
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
@@ -306,34 +364,37 @@ fn valid_stream(s: &str) -> bool {
 
 async fn upload(
     State(st): State<AppState>,
-    AuthDevice(d): AuthDevice,
+    cert: DeviceCert,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b: sync::UploadBatch = decode(&headers, &body)?;
+    drop(body);
     if !valid_stream(&b.stream) {
         return Err(ApiError::bad(format!("invalid stream name `{}`", b.stream)));
     }
     let first = i64::try_from(b.first_available)
         .map_err(|_| ApiError::bad("first_available out of range"))?;
-    let mut recs = Vec::with_capacity(b.records.len());
-    for r in &b.records {
+    let mut records = Vec::with_capacity(b.records.len());
+    for r in b.records {
         let seq = i64::try_from(r.seq).map_err(|_| ApiError::bad("sequence out of range"))?;
         if seq < 1 {
             return Err(ApiError::bad("sequence numbers start at 1"));
         }
-        recs.push((
-            seq,
-            i64::try_from(r.ts_ms).unwrap_or(i64::MAX),
-            r.body.as_slice(),
-        ));
+        records.push((seq, i64::try_from(r.ts_ms).unwrap_or(i64::MAX), r.body));
     }
-    let res = st
-        .store
-        .ingest(&d.id, &b.stream, first.max(1), &recs)
-        .await?;
-    Ok(reply(&sync::UploadAck {
+    let w = crate::store::UploadWrite {
+        device: DeviceRef::Cert(cert.0.clone()),
         stream: b.stream,
+        first_available: first.max(1),
+        records,
+    };
+    let stream = w.stream.clone();
+    let Some((_, res)) = st.commits.upload(w).await? else {
+        return Err(cert.refusal(&st.store).await);
+    };
+    Ok(reply(&sync::UploadAck {
+        stream,
         acked_through: res.acked_through as u64,
         duplicates: res.duplicates,
     }))

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod ca;
 pub mod console;
 pub mod drift;
+pub mod group_commit;
 pub mod operator;
 pub mod registry;
 pub mod remote;
@@ -56,6 +57,8 @@ pub struct ServeOptions {
     pub body_memory: u64,
     /// How long uploaded records are kept, per stream.
     pub retention: retention::Retention,
+    /// Device writes (check-ins, uploads) stored per transaction at most ([`group_commit`]).
+    pub group_commit: usize,
 }
 
 /// Opens storage, the CA and the registry, binds, and serves until `stop`. `on_bound` gets
@@ -99,7 +102,12 @@ pub async fn serve(
         stop.clone(),
     ));
     let app = with_body_budget(
-        router(&service, ca, opts.max_bundle),
+        router_with(
+            &service,
+            ca,
+            opts.max_bundle,
+            group_commit::GroupLimits::with_requests(opts.group_commit),
+        ),
         budget::BodyBudget::new(opts.body_memory, Duration::from_secs(5)),
     );
     tls::serve(listener, tls_cfg, app, stop).await;
@@ -114,7 +122,25 @@ pub fn router(
     ca: Arc<ca::FleetCa>,
     max_bundle: usize,
 ) -> axum::Router {
-    api::router(api::AppState::new(service, ca))
+    router_with(
+        service,
+        ca,
+        max_bundle,
+        group_commit::GroupLimits::with_requests(DEFAULT_GROUP_COMMIT),
+    )
+}
+
+/// Device writes per transaction by default (`serve --group-commit`).
+pub const DEFAULT_GROUP_COMMIT: usize = 256;
+
+/// [`router`] with the device API's group-commit limits.
+pub fn router_with(
+    service: &service::FleetService,
+    ca: Arc<ca::FleetCa>,
+    max_bundle: usize,
+    group: group_commit::GroupLimits,
+) -> axum::Router {
+    api::router(api::AppState::new(service, ca, group))
         .merge(operator::router(operator::OperatorState {
             service: service.clone(),
             max_bundle,

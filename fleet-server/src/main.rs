@@ -204,6 +204,11 @@ struct ServeArgs {
     /// read; past the budget it waits up to 5 s, then gets 503 with Retry-After.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
     body_memory_mb: u64,
+    /// Device check-ins and uploads stored per database transaction at most: whatever
+    /// queued while the previous transaction committed goes in the next (a lone request is
+    /// stored at once; nothing waits for a timer). 1 = one transaction per request.
+    #[arg(long, default_value_t = fleet_server::DEFAULT_GROUP_COMMIT as u64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    group_commit: u64,
     /// How long uploaded records are kept per stream, by measurement time, e.g.
     /// `samples=7d,features=30d` (repeatable; streams samples, features, predictions,
     /// alarms, drift, events). Streams not named are kept for ever.
@@ -704,6 +709,7 @@ async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyh
         drift_check: a.drift_check_interval,
         max_bundle: a.max_bundle_mb.saturating_mul(1 << 20),
         body_memory: a.body_memory_mb.saturating_mul(1 << 20),
+        group_commit: a.group_commit as usize,
         retention: a.retain.into_iter().fold(
             Default::default(),
             fleet_server::retention::Retention::merge,

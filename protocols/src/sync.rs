@@ -69,13 +69,60 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     ) {
         tracing::error!("CBOR encoding failed: {e}");
     }
-    zstd::bulk::compress(&cbor, 3).unwrap_or_default()
+    compress(&cbor)
 }
 
-/// Decodes a message; checks size, compression, version and shape.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
-    if body.len() > MAX_BODY {
-        return Err(WireError::TooLarge);
+thread_local! {
+    /// One zstd compression and one decompression context per thread, reused: a fresh
+    /// context per message cost more than the message (its tables are allocated, zeroed and,
+    /// past glibc's mmap threshold, unmapped again on every call).
+    static ZSTD: std::cell::RefCell<Option<(zstd::bulk::Compressor<'static>, zstd::bulk::Decompressor<'static>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn with_zstd<R>(
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>, &mut zstd::bulk::Decompressor<'static>) -> R,
+) -> std::io::Result<R> {
+    ZSTD.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(std::io::Error::other)?;
+        if slot.is_none() {
+            *slot = Some((
+                zstd::bulk::Compressor::new(COMPRESSION_LEVEL)?,
+                zstd::bulk::Decompressor::new()?,
+            ));
+        }
+        match slot.as_mut() {
+            Some((c, d)) => Ok(f(c, d)),
+            None => Err(std::io::Error::other("zstd context missing")),
+        }
+    })
+}
+
+/// zstd level of sync bodies.
+const COMPRESSION_LEVEL: i32 = 3;
+
+fn compress(cbor: &[u8]) -> Vec<u8> {
+    match with_zstd(|c, _| c.compress(cbor)) {
+        Ok(Ok(z)) => z,
+        // A context that cannot be had (out of memory) or a re-entrant call: a fresh one.
+        _ => zstd::bulk::compress(cbor, COMPRESSION_LEVEL).unwrap_or_default(),
+    }
+}
+
+/// Inflates a body into at most [`MAX_BODY`] bytes (one more means "too large"). Frames
+/// that state their size (every body [`encode`] writes) go through the thread's reused
+/// context in one call; anything else (several frames, no size, a streaming writer)
+/// through a streaming decoder, which also gives the precise error for a broken body.
+fn decompress(body: &[u8]) -> Result<Vec<u8>, WireError> {
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(body) {
+        if size > MAX_BODY as u64 {
+            return Err(WireError::TooLarge);
+        }
+        if let Ok(Ok(v)) = with_zstd(|_, d| d.decompress(body, size as usize)) {
+            if v.len() as u64 == size {
+                return Ok(v);
+            }
+        }
     }
     let mut cbor = Vec::new();
     zstd::stream::read::Decoder::new(body)
@@ -84,6 +131,15 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
             d.take(MAX_BODY as u64 + 1).read_to_end(&mut cbor)
         })
         .map_err(|e| WireError::Compression(e.to_string()))?;
+    Ok(cbor)
+}
+
+/// Decodes a message; checks size, compression, version and shape.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    if body.len() > MAX_BODY {
+        return Err(WireError::TooLarge);
+    }
+    let cbor = decompress(body)?;
     if cbor.len() > MAX_BODY {
         return Err(WireError::TooLarge);
     }

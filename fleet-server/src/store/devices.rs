@@ -217,6 +217,37 @@ pub struct CheckInUpdate {
     pub last_error: Option<String>,
 }
 
+/// One check-in for [`FleetStore::commit_group`]: who, and what it sets.
+#[derive(Debug, Clone)]
+pub struct CheckInWrite {
+    pub device: super::DeviceRef,
+    pub update: CheckInUpdate,
+    /// The report as JSON (the `status` column).
+    pub status_json: String,
+    /// The per-stream part, for a status history point.
+    pub streams_json: String,
+    /// A history point when the last one is at least this old.
+    pub history_every_ms: i64,
+}
+
+impl CheckInWrite {
+    pub fn new(
+        device: super::DeviceRef,
+        report: &CheckIn,
+        status_json: String,
+        history_every_ms: i64,
+    ) -> Result<CheckInWrite> {
+        Ok(CheckInWrite {
+            device,
+            update: CheckInUpdate::first(report),
+            status_json,
+            streams_json: serde_json::to_string(&report.streams)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            history_every_ms,
+        })
+    }
+}
+
 fn sat(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -478,9 +509,8 @@ impl FleetStore {
 
     // ---- check-ins ----
 
-    /// Stores a check-in: the status JSON, the list columns (comparing with `prev`, the
-    /// device's row before this check-in: backlog rises, drops), and a history point when
-    /// the last one is at least `history_every_ms` old.
+    /// Records a check-in of device `prev.id` (the device API records many per
+    /// transaction: [`FleetStore::commit_group`]).
     pub async fn check_in(
         &self,
         prev: &Device,
@@ -488,57 +518,139 @@ impl FleetStore {
         status_json: &str,
         history_every_ms: i64,
     ) -> Result<()> {
-        let now = now_ms();
-        let u = CheckInUpdate::first(report);
-        let big_rise = u.backlog > prev.backlog + (prev.backlog / 10).max(100);
-        let rises = if big_rise { prev.backlog_rises + 1 } else { 0 };
-        let drops_at = if u.dropped > prev.dropped {
-            Some(now)
-        } else {
-            prev.drops_at
-        };
-        let history = prev.history_at.is_none_or(|t| now - t >= history_every_ms);
+        let w = CheckInWrite::new(
+            super::DeviceRef::Id(prev.id.clone()),
+            report,
+            status_json.to_string(),
+            history_every_ms,
+        )?;
         let (_writer, mut tx) = self.begin_write().await?;
-        sqlx::query("UPDATE devices SET last_seen = $1, status = $2, agent_version = $3, models = $4, backlog = $5, backlog_rises = $6, dropped = $7, drops_at = $8, last_error = $9, history_at = $10 WHERE id = $11")
-            .bind(now)
-            .bind(status_json)
-            .bind(&u.agent_version)
-            .bind(&u.models)
-            .bind(u.backlog)
-            .bind(rises)
-            .bind(u.dropped)
-            .bind(drops_at)
-            .bind(&u.last_error)
-            .bind(if history { Some(now) } else { prev.history_at })
-            .bind(&prev.id)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(e) = u
-            .last_error
-            .as_ref()
-            .filter(|e| prev.last_error.as_ref() != Some(*e))
-        {
-            sqlx::query("INSERT INTO device_errors (device_id, at, error) VALUES ($1, $2, $3)")
-                .bind(&prev.id)
-                .bind(now)
-                .bind(e.chars().take(2000).collect::<String>())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if history {
-            let streams = serde_json::to_string(&report.streams)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            sqlx::query("INSERT INTO device_history (device_id, at, backlog, dropped, streams) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device_id, at) DO NOTHING")
-                .bind(&prev.id)
-                .bind(now)
-                .bind(u.backlog)
-                .bind(u.dropped)
-                .bind(streams)
-                .execute(&mut *tx)
-                .await?;
-        }
+        self.check_in_in(&mut tx, &[&w]).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records `writes` (distinct devices) in `tx`, three statements for all of them: the
+    /// errors that changed, the status history points that are due, and the device rows
+    /// (backlog rises, drops and history times computed from each row's previous values by
+    /// the statement itself, so nothing is read first). Returns, per write, the device as
+    /// it is now (list columns, no status JSON), or `None` for a reference that names no
+    /// device or a revoked one.
+    pub(super) async fn check_in_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        writes: &[&CheckInWrite],
+    ) -> Result<Vec<Option<Device>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut out: Vec<Option<Device>> = vec![None; writes.len()];
+        let key = |w: &CheckInWrite| match &w.device {
+            super::DeviceRef::Cert(c) => ("cert_sha256", c.clone()),
+            super::DeviceRef::Id(i) => ("id", i.clone()),
+        };
+        // One statement per key column (certificates from the device API, ids elsewhere).
+        for column in ["cert_sha256", "id"] {
+            let ws: Vec<&CheckInWrite> = writes
+                .iter()
+                .copied()
+                .filter(|w| key(w).0 == column)
+                .collect();
+            if ws.is_empty() {
+                continue;
+            }
+            // Errors that differ from the previous check-in's.
+            let errs: Vec<&CheckInWrite> = ws
+                .iter()
+                .copied()
+                .filter(|w| w.update.last_error.is_some())
+                .collect();
+            if !errs.is_empty() {
+                let mut q = Sql::new("WITH v (k_key, k_err) AS (VALUES ");
+                for (n, w) in errs.iter().enumerate() {
+                    q.push(if n > 0 { ", (" } else { "(" })
+                        .arg(Arg::S(key(w).1))
+                        .push(", ")
+                        .arg(Arg::N(
+                            w.update
+                                .last_error
+                                .as_ref()
+                                .map(|e| e.chars().take(2000).collect()),
+                        ))
+                        .push(")");
+                }
+                q.push(&format!(") INSERT INTO device_errors (device_id, at, error) SELECT d.id, {now}, v.k_err FROM v JOIN devices d ON d.{column} = v.k_key WHERE d.revoked_at IS NULL AND (d.last_error IS NULL OR d.last_error <> v.k_err)"));
+                q.query().execute(&mut **tx).await?;
+            }
+            // Status history points that are due.
+            let mut q =
+                Sql::new("WITH v (k_key, k_backlog, k_dropped, k_streams, k_every) AS (VALUES ");
+            for (n, w) in ws.iter().enumerate() {
+                q.push(if n > 0 { ", (" } else { "(" })
+                    .arg(Arg::S(key(w).1))
+                    .push(", ")
+                    .arg(Arg::I(w.update.backlog))
+                    .push(", ")
+                    .arg(Arg::I(w.update.dropped))
+                    .push(", ")
+                    .arg(Arg::S(w.streams_json.clone()))
+                    .push(", ")
+                    .arg(Arg::I(w.history_every_ms))
+                    .push(")");
+            }
+            q.push(&format!(") INSERT INTO device_history (device_id, at, backlog, dropped, streams) SELECT d.id, {now}, v.k_backlog, v.k_dropped, v.k_streams FROM v JOIN devices d ON d.{column} = v.k_key WHERE d.revoked_at IS NULL AND (d.history_at IS NULL OR {now} - d.history_at >= v.k_every) ON CONFLICT (device_id, at) DO NOTHING"));
+            q.query().execute(&mut **tx).await?;
+            // The rows.
+            let greatest = match self.backend {
+                super::Backend::Postgres => "GREATEST",
+                super::Backend::Sqlite => "MAX",
+            };
+            let mut q = Sql::new("WITH v (k_key, k_status, k_agent, k_models, k_backlog, k_dropped, k_err, k_every) AS (VALUES ");
+            for (n, w) in ws.iter().enumerate() {
+                q.push(if n > 0 { ", (" } else { "(" })
+                    .arg(Arg::S(key(w).1))
+                    .push(", ")
+                    .arg(Arg::S(w.status_json.clone()))
+                    .push(", ")
+                    .arg(Arg::S(w.update.agent_version.clone()))
+                    .push(", ")
+                    .arg(Arg::S(w.update.models.clone()))
+                    .push(", ")
+                    .arg(Arg::I(w.update.backlog))
+                    .push(", ")
+                    .arg(Arg::I(w.update.dropped))
+                    .push(", ")
+                    .arg(Arg::N(w.update.last_error.clone()))
+                    .push(", ")
+                    .arg(Arg::I(w.history_every_ms))
+                    .push(")");
+            }
+            q.push(&format!(") UPDATE devices SET last_seen = {now}, status = v.k_status, agent_version = v.k_agent, models = v.k_models, backlog = v.k_backlog, \
+                backlog_rises = CASE WHEN v.k_backlog > devices.backlog + {greatest}(devices.backlog / 10, 100) THEN devices.backlog_rises + 1 ELSE 0 END, \
+                dropped = v.k_dropped, drops_at = CASE WHEN v.k_dropped > devices.dropped THEN {now} ELSE devices.drops_at END, \
+                last_error = v.k_err, \
+                history_at = CASE WHEN devices.history_at IS NULL OR {now} - devices.history_at >= v.k_every THEN {now} ELSE devices.history_at END \
+                FROM v WHERE devices.{column} = v.k_key AND devices.revoked_at IS NULL \
+                RETURNING cert_sha256 AS k_cert, {DEVICE_COLUMNS_LIGHT}"));
+            let mut by_key: std::collections::HashMap<String, Device> = Default::default();
+            for r in q.query().fetch_all(&mut **tx).await? {
+                let d = device_of(&r)?;
+                let k = if column == "id" {
+                    d.id.clone()
+                } else {
+                    r.try_get("k_cert")?
+                };
+                by_key.insert(k, d);
+            }
+            for (i, w) in writes.iter().enumerate() {
+                let (c, k) = key(w);
+                if c == column {
+                    out[i] = by_key.get(&k).cloned();
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A device's status history at or after `since_ms`, oldest first (at most `limit`).

@@ -11,11 +11,21 @@ use edge_protocols::records::{self, Stream};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, parse_enum, Arg, FleetStore, Result, Sql};
+use super::{now_ms, parse_enum, Arg, FleetStore, Result, Sql, StoreError};
 use crate::types::{AlarmKind, UpdateOutcome};
 
 /// Records per INSERT statement (5 parameters each; SQLite allows 32766).
 const INSERT_CHUNK: usize = 500;
+
+/// One device's upload batch, as [`FleetStore::ingest_in`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct IngestBatch<'a> {
+    pub device: &'a str,
+    pub stream: &'a str,
+    pub first_available: i64,
+    /// (seq, ts_ms, body)
+    pub records: &'a [(i64, i64, &'a [u8])],
+}
 
 /// Result of storing one upload batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,7 +323,8 @@ impl FleetStore {
     /// Stores a batch idempotently and returns the highest contiguous sequence stored.
     /// `first_available`: the device no longer has records below it, so the mark may skip
     /// them (counted as lost on the device). Alarms and drift records stored for the first
-    /// time update the alarms table and the drift index in the same transaction.
+    /// time update the alarms table and the drift index in the same transaction. (The
+    /// device API stores many devices' batches per transaction: [`FleetStore::commit_group`].)
     pub async fn ingest(
         &self,
         device: &str,
@@ -321,123 +332,262 @@ impl FleetStore {
         first_available: i64,
         records: &[(i64, i64, &[u8])],
     ) -> Result<IngestResult> {
-        let derived =
-            Stream::from_name(stream).filter(|s| matches!(s, Stream::Alarms | Stream::Drift));
         let (_writer, mut tx) = self.begin_write().await?;
-        sqlx::query("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ($1, $2, 0, 0, 0, 0) ON CONFLICT (device_id, stream) DO NOTHING")
-            .bind(device)
-            .bind(stream)
-            .execute(&mut *tx)
+        let r = self
+            .ingest_in(
+                &mut tx,
+                &[IngestBatch {
+                    device,
+                    stream,
+                    first_available,
+                    records,
+                }],
+            )
             .await?;
-        // The stream's row is locked (PostgreSQL; SQLite's write transaction holds the whole
-        // database): two batches of one stream landing on two replicas at once are stored
-        // one after the other, so the ack never moves back.
-        let lock = self.row_lock();
-        let mark = sqlx::query(&format!("SELECT acked_through, lost_on_device FROM stream_marks WHERE device_id = $1 AND stream = $2{lock}"))
-            .bind(device)
-            .bind(stream)
-            .fetch_one(&mut *tx)
-            .await?;
-        let mut through: i64 = mark.try_get("acked_through")?;
-        let mut lost: i64 = mark.try_get("lost_on_device")?;
-        // One multi-row statement per chunk (not one round trip per record); RETURNING
-        // names the records stored for the first time.
-        let mut new_seqs: Vec<i64> = Vec::new();
+        tx.commit().await?;
+        r.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Invalid("ingest returned no result".into()))
+    }
+
+    /// Stores `batches` (distinct (device, stream) pairs) in `tx`: one result per batch, in
+    /// order. The statements are shared by all batches, so storing a hundred devices'
+    /// uploads costs about what storing one did: stream marks created and read (locked, on
+    /// PostgreSQL, in key order: two replicas never deadlock on them) in one statement
+    /// each, the records of every batch in multi-row inserts, the marks moved in one update.
+    pub(super) async fn ingest_in(
+        &self,
+        tx: &mut Tx,
+        batches: &[IngestBatch<'_>],
+    ) -> Result<Vec<IngestResult>> {
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = |b: &IngestBatch<'_>| (b.device.to_string(), b.stream.to_string());
+        // Every stream has a mark.
+        let mut q = Sql::new("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ");
+        for (i, b) in batches.iter().enumerate() {
+            q.push(if i > 0 { ", (" } else { "(" })
+                .arg(Arg::S(b.device.to_string()))
+                .push(", ")
+                .arg(Arg::S(b.stream.to_string()))
+                .push(", 0, 0, 0, 0)");
+        }
+        q.push(" ON CONFLICT (device_id, stream) DO NOTHING");
+        q.query().execute(&mut **tx).await?;
+        // The marks, locked (PostgreSQL; SQLite's write transaction holds the whole database
+        // already): two batches of one stream landing on two replicas at once are stored one
+        // after the other, so the ack never moves back.
+        let mut q = Sql::new("SELECT device_id, stream, acked_through, lost_on_device FROM stream_marks WHERE (device_id, stream) IN (VALUES ");
+        for (i, b) in batches.iter().enumerate() {
+            q.push(if i > 0 { ", (" } else { "(" })
+                .arg(Arg::S(b.device.to_string()))
+                .push(", ")
+                .arg(Arg::S(b.stream.to_string()))
+                .push(")");
+        }
+        q.push(") ORDER BY device_id, stream").push(self.row_lock());
+        let mut marks: HashMap<(String, String), (i64, i64)> = HashMap::new();
+        for r in q.query().fetch_all(&mut **tx).await? {
+            marks.insert(
+                (r.try_get("device_id")?, r.try_get("stream")?),
+                (r.try_get("acked_through")?, r.try_get("lost_on_device")?),
+            );
+        }
+        let mut state = Vec::with_capacity(batches.len());
+        for b in batches {
+            let (through, lost) = marks.get(&key(b)).copied().ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "no stream mark for {}/{} after creating it",
+                    b.device, b.stream
+                ))
+            })?;
+            state.push((through, lost));
+        }
         // Records at or below the ack were stored (or given up by the device) before: never
-        // stored again, even when retention has deleted them since.
-        let fresh: std::borrow::Cow<[(i64, i64, &[u8])]> =
-            if records.iter().all(|(seq, _, _)| *seq > through) {
-                records.into() // the usual case: nothing to copy
-            } else {
-                records
+        // stored again, even when retention has deleted them since. The rest go in
+        // multi-row statements (not one round trip per record); RETURNING names the records
+        // stored for the first time.
+        let fresh: Vec<(usize, i64, i64, &[u8])> = batches
+            .iter()
+            .zip(&state)
+            .enumerate()
+            .flat_map(|(i, (b, (through, _)))| {
+                b.records
                     .iter()
-                    .filter(|(seq, _, _)| *seq > through)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .into()
-            };
+                    .filter(move |(seq, _, _)| seq > through)
+                    .map(move |(seq, ts, body)| (i, *seq, *ts, *body))
+            })
+            .collect();
+        let index: HashMap<(&str, &str), usize> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ((b.device, b.stream), i))
+            .collect();
+        let mut new_seqs: Vec<Vec<i64>> = vec![Vec::new(); batches.len()];
         for chunk in fresh.chunks(INSERT_CHUNK) {
             let mut q =
                 Sql::new("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ");
-            for (i, (seq, ts, body)) in chunk.iter().enumerate() {
-                q.push(if i > 0 { ", (" } else { "(" })
-                    .arg(Arg::S(device.to_string()))
+            for (n, (i, seq, ts, body)) in chunk.iter().enumerate() {
+                let b = &batches[*i];
+                q.push(if n > 0 { ", (" } else { "(" })
+                    .arg(Arg::S(b.device.to_string()))
                     .push(", ")
-                    .arg(Arg::S(stream.to_string()))
+                    .arg(Arg::S(b.stream.to_string()))
                     .push(", ")
                     .arg(Arg::I(*seq))
                     .push(", ")
                     .arg(Arg::I(*ts))
                     .push(", ")
-                    .arg(Arg::B(body.to_vec()))
+                    .arg(Arg::B(body))
                     .push(")");
             }
-            q.push(" ON CONFLICT (device_id, stream, seq) DO NOTHING RETURNING seq");
-            for r in q.query().fetch_all(&mut *tx).await? {
-                new_seqs.push(r.try_get("seq")?);
+            q.push(" ON CONFLICT DO NOTHING RETURNING device_id, stream, seq");
+            for r in q.query().fetch_all(&mut **tx).await? {
+                let d: String = r.try_get("device_id")?;
+                let s: String = r.try_get("stream")?;
+                if let Some(i) = index.get(&(d.as_str(), s.as_str())) {
+                    new_seqs[*i].push(r.try_get("seq")?);
+                }
             }
         }
-        let inserted = new_seqs.len() as u64;
-        let duplicates = records.len() as u64 - inserted;
-        if let Some(s) = derived {
-            new_seqs.sort_unstable();
-            let bodies: HashMap<i64, &[u8]> = records.iter().map(|(q, _, b)| (*q, *b)).collect();
-            for seq in &new_seqs {
+        // Alarms and drift records stored for the first time feed their tables.
+        for (i, b) in batches.iter().enumerate() {
+            let derived =
+                Stream::from_name(b.stream).filter(|s| matches!(s, Stream::Alarms | Stream::Drift));
+            let Some(s) = derived else { continue };
+            let seqs = &mut new_seqs[i];
+            seqs.sort_unstable();
+            let bodies: HashMap<i64, &[u8]> =
+                b.records.iter().map(|(q, _, body)| (*q, *body)).collect();
+            for seq in seqs.iter() {
                 let Some(body) = bodies.get(seq) else {
                     continue;
                 };
                 match s {
                     Stream::Alarms => {
-                        apply_alarm(&mut tx, device, *seq, body).await?;
+                        apply_alarm(tx, b.device, *seq, body).await?;
                     }
-                    _ => index_drift(&mut tx, device, *seq, body).await?,
+                    _ => index_drift(tx, b.device, *seq, body).await?,
                 }
             }
-            if s == Stream::Alarms && !new_seqs.is_empty() {
-                count_drift_alarms(&mut tx, device).await?;
+            if s == Stream::Alarms && !seqs.is_empty() {
+                count_drift_alarms(tx, b.device).await?;
             }
         }
-        if first_available - 1 > through {
-            // Records the device dropped under its limits will never come.
-            let held = sqlx::query("SELECT COUNT(*) AS n FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 AND seq < $4")
-                .bind(device)
-                .bind(stream)
+        // The new acks: past what the device gave up, then over the records now stored.
+        let mut results = Vec::with_capacity(batches.len());
+        let mut probe = Vec::new();
+        for (i, (b, (through0, lost0))) in batches.iter().zip(&state).enumerate() {
+            let (mut through, mut lost) = (*through0, *lost0);
+            if b.first_available - 1 > through {
+                // Records the device dropped under its limits will never come.
+                let held = sqlx::query("SELECT COUNT(*) AS n FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 AND seq < $4")
+                    .bind(b.device)
+                    .bind(b.stream)
+                    .bind(through)
+                    .bind(b.first_available)
+                    .fetch_one(&mut **tx)
+                    .await?
+                    .try_get::<i64, _>("n")?;
+                lost += b.first_available - 1 - through - held;
+                through = b.first_available - 1;
+            }
+            // Every record of the batch above the ack is stored now (new or a duplicate).
+            let mut present: Vec<i64> = b
+                .records
+                .iter()
+                .map(|(seq, _, _)| *seq)
+                .filter(|seq| *seq > through)
+                .collect();
+            present.sort_unstable();
+            for seq in present {
+                if seq == through + 1 {
+                    through = seq;
+                } else if seq > through + 1 {
+                    break;
+                }
+            }
+            let inserted = new_seqs[i].len() as u64;
+            results.push((
+                through,
+                lost,
+                IngestResult {
+                    acked_through: through,
+                    inserted,
+                    duplicates: b.records.len() as u64 - inserted,
+                },
+            ));
+            probe.push(i);
+        }
+        // Records stored earlier, out of order, may continue a run: one probe for all
+        // streams asks whether the record after each new ack exists; only those streams
+        // (rare) are walked.
+        let mut q = Sql::new(
+            "SELECT device_id, stream FROM records WHERE (device_id, stream, seq) IN (VALUES ",
+        );
+        for (n, i) in probe.iter().enumerate() {
+            let b = &batches[*i];
+            q.push(if n > 0 { ", (" } else { "(" })
+                .arg(Arg::S(b.device.to_string()))
+                .push(", ")
+                .arg(Arg::S(b.stream.to_string()))
+                .push(", ")
+                .arg(Arg::I(results[*i].0 + 1))
+                .push(")");
+        }
+        q.push(")");
+        let continued: Vec<usize> = q
+            .query()
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .filter_map(|r| {
+                let d: String = r.try_get("device_id").ok()?;
+                let s: String = r.try_get("stream").ok()?;
+                index.get(&(d.as_str(), s.as_str())).copied()
+            })
+            .collect();
+        for i in continued {
+            let b = &batches[i];
+            let mut through = results[i].0;
+            let next = sqlx::query("SELECT seq FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT 100000")
+                .bind(b.device)
+                .bind(b.stream)
                 .bind(through)
-                .bind(first_available)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get::<i64, _>("n")?;
-            lost += first_available - 1 - through - held;
-            through = first_available - 1;
-        }
-        let next = sqlx::query("SELECT seq FROM records WHERE device_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT 100000")
-            .bind(device)
-            .bind(stream)
-            .bind(through)
-            .fetch_all(&mut *tx)
-            .await?;
-        for r in next {
-            let s: i64 = r.try_get("seq")?;
-            if s != through + 1 {
-                break;
+                .fetch_all(&mut **tx)
+                .await?;
+            for r in next {
+                let s: i64 = r.try_get("seq")?;
+                if s != through + 1 {
+                    break;
+                }
+                through = s;
             }
-            through = s;
+            results[i].0 = through;
+            results[i].2.acked_through = through;
         }
-        sqlx::query("UPDATE stream_marks SET acked_through = $1, lost_on_device = $2, records = records + $3, duplicates = duplicates + $4 WHERE device_id = $5 AND stream = $6")
-            .bind(through)
-            .bind(lost)
-            .bind(inserted as i64)
-            .bind(duplicates as i64)
-            .bind(device)
-            .bind(stream)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(IngestResult {
-            acked_through: through,
-            inserted,
-            duplicates,
-        })
+        // Every mark moved in one statement.
+        let mut q =
+            Sql::new("WITH v (k_dev, k_stream, k_through, k_lost, k_ins, k_dup) AS (VALUES ");
+        for (n, (b, (through, lost, r))) in batches.iter().zip(&results).enumerate() {
+            q.push(if n > 0 { ", (" } else { "(" })
+                .arg(Arg::S(b.device.to_string()))
+                .push(", ")
+                .arg(Arg::S(b.stream.to_string()))
+                .push(", ")
+                .arg(Arg::I(*through))
+                .push(", ")
+                .arg(Arg::I(*lost))
+                .push(", ")
+                .arg(Arg::I(r.inserted as i64))
+                .push(", ")
+                .arg(Arg::I(r.duplicates as i64))
+                .push(")");
+        }
+        q.push(") UPDATE stream_marks SET acked_through = v.k_through, lost_on_device = v.k_lost, records = stream_marks.records + v.k_ins, duplicates = stream_marks.duplicates + v.k_dup FROM v WHERE stream_marks.device_id = v.k_dev AND stream_marks.stream = v.k_stream");
+        q.query().execute(&mut **tx).await?;
+        Ok(results.into_iter().map(|(_, _, r)| r).collect())
     }
 
     /// Retention: deletes the records of `stream` older than `before_ms` (their measurement

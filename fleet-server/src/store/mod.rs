@@ -4,7 +4,8 @@
 //! [`rollouts`], [`ingest`] (uploaded records, stream marks, alarms and the drift index
 //! derived from them), [`drift`] (retrain policies and events), [`accounts`] (operators,
 //! sessions, API tokens, login throttling), [`artifacts`] (bundle and delta files in chunks,
-//! the fleet CA, delta claims), [`audit`] and [`settings`].
+//! the fleet CA, delta claims), [`audit`] and [`settings`]; [`group`] stores many devices'
+//! check-ins and uploads in one transaction.
 //!
 //! One set of SQL runs on both backends through sqlx's `Any` driver: SQLite in the data
 //! directory by default (one file, WAL mode, safe for the CLI and the server at once), and
@@ -20,6 +21,7 @@ mod audit;
 mod copy;
 mod devices;
 mod drift;
+mod group;
 mod ingest;
 pub mod migrations;
 mod models;
@@ -36,10 +38,11 @@ pub use artifacts::{CaRow, CHUNK};
 pub use audit::{AuditEntry, AuditQuery};
 pub use copy::CopyReport;
 pub use devices::{
-    CheckInUpdate, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup, ProblemFilter,
-    StateCounts, StateThresholds,
+    CheckInUpdate, CheckInWrite, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup,
+    ProblemFilter, StateCounts, StateThresholds,
 };
 pub use drift::{DriftEventRow, DriftPolicyRow};
+pub use group::{DeviceRef, GroupResult, UploadWrite};
 pub use ingest::{AlarmQuery, AlarmRow, DriftIndexRow, IngestResult, StreamMark, UpdateRow};
 pub use models::{BundleRow, DeltaRow, TrustedKey};
 pub use rollouts::{Rollout, RolloutReport};
@@ -78,21 +81,24 @@ fn list_of(s: &str) -> Vec<String> {
 
 /// A value bound to a dynamically built statement.
 #[derive(Debug, Clone)]
-enum Arg {
+enum Arg<'a> {
     I(i64),
     S(String),
-    B(Vec<u8>),
+    /// A text that may be NULL.
+    N(Option<String>),
+    /// Bytes borrowed from the caller (record bodies are never copied to be bound).
+    B(&'a [u8]),
 }
 
 /// A statement built from parts, with `$n` placeholders numbered as they are pushed.
 #[derive(Debug, Default, Clone)]
-struct Sql {
+struct Sql<'a> {
     text: String,
-    args: Vec<Arg>,
+    args: Vec<Arg<'a>>,
 }
 
-impl Sql {
-    fn new(text: &str) -> Sql {
+impl<'a> Sql<'a> {
+    fn new(text: &str) -> Sql<'a> {
         Sql {
             text: text.to_string(),
             args: Vec::new(),
@@ -105,7 +111,7 @@ impl Sql {
     }
 
     /// Appends a placeholder bound to `a`.
-    fn arg(&mut self, a: Arg) -> &mut Self {
+    fn arg(&mut self, a: Arg<'a>) -> &mut Self {
         self.args.push(a);
         self.text.push_str(&format!("${}", self.args.len()));
         self
@@ -116,8 +122,9 @@ impl Sql {
         for a in &self.args {
             q = match a {
                 Arg::I(i) => q.bind(*i),
-                Arg::S(s) => q.bind(s.clone()),
-                Arg::B(b) => q.bind(b.clone()),
+                Arg::S(s) => q.bind(s.as_str()),
+                Arg::N(s) => q.bind(s.as_deref()),
+                Arg::B(b) => q.bind(*b),
             };
         }
         q
