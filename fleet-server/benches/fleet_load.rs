@@ -6,7 +6,10 @@
 //! Run: `cargo bench -p fleet-server --bench fleet_load`
 //! (`FLEET_LOAD_DEVICES=1000,10000`, `FLEET_LOAD_SECONDS=60` to change the defaults).
 //! `FLEET_LOAD_MODE=abuse`: memory under 16 parallel 15 MB uploads (see [`abuse`]), with
-//! the shipped body budget and without one.
+//! the shipped body budget and without one. `FLEET_LOAD_MODE=replicas` with
+//! `FLEET_LOAD_POSTGRES=postgres://USER@HOST:PORT`: two replicas on that PostgreSQL, behind
+//! HAProxy and without it. `FLEET_LOAD_GROUP=256,1`: the `--group-commit` values to compare.
+//! `FLEET_LOAD_RECORDS=10`: records per upload.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,22 +121,77 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A release `fleet-server serve` on a fresh data dir with `n` enrollment tokens: the
-/// process, its port, the CA, and one client TLS config per enrolled device.
-async fn fleet(
-    name: &str,
-    n: usize,
-    extra: &[&str],
-) -> anyhow::Result<(
-    KillOnDrop,
-    u16,
-    std::path::PathBuf,
-    Vec<Arc<rustls::ClientConfig>>,
-    f64,
-)> {
-    let dir = std::env::temp_dir().join(format!("fleet-load-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = fleet_server::store::FleetStore::open_dir(&dir).await?;
+/// The processes under test: fleet-server replicas (one on SQLite, or several on one
+/// PostgreSQL), optionally behind HAProxy. `ports`: where devices connect (device `i` uses
+/// `ports[i % len]`).
+struct Fleet {
+    servers: Vec<KillOnDrop>,
+    haproxy: Option<KillOnDrop>,
+    ports: Vec<u16>,
+    dirs: Vec<std::path::PathBuf>,
+    tls: Vec<Arc<rustls::ClientConfig>>,
+    enroll_s: f64,
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.haproxy.take();
+        self.servers.clear();
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// How the fleet under test is laid out.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// One server on its embedded SQLite database.
+    Single,
+    /// `replicas` servers on one PostgreSQL (`FLEET_LOAD_POSTGRES`), devices spread over
+    /// them by HAProxy (TCP passthrough) or, without it, by the load generator itself.
+    Replicas { replicas: usize, haproxy: bool },
+}
+
+/// Release `fleet-server serve` processes on a fresh database with `n` enrollment tokens,
+/// and `n` devices enrolled through them.
+async fn fleet(name: &str, n: usize, layout: Layout, extra: &[&str]) -> anyhow::Result<Fleet> {
+    let base = std::env::temp_dir().join(format!("fleet-load-{}-{name}", std::process::id()));
+    let replicas = match layout {
+        Layout::Single => 1,
+        Layout::Replicas { replicas, .. } => replicas,
+    };
+    let dirs: Vec<_> = (0..replicas).map(|i| base.join(format!("r{i}"))).collect();
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d)?;
+    }
+    let url = match layout {
+        Layout::Single => None,
+        Layout::Replicas { .. } => {
+            let pg = std::env::var("FLEET_LOAD_POSTGRES").map_err(|_| {
+                anyhow::anyhow!("FLEET_LOAD_MODE=replicas needs FLEET_LOAD_POSTGRES=postgres://USER@HOST:PORT (tests/peers/postgres.sh start DIR prints one)")
+            })?;
+            std::env::set_var("FLEET_TEST_BACKEND", "postgres");
+            std::env::set_var("FLEET_TEST_POSTGRES", pg);
+            fleet_server::store::testing::database_url().await?
+        }
+    };
+    let store = fleet_server::store::FleetStore::open(&dirs[0], url.as_deref()).await?;
     let tokens: Vec<String> = (0..n)
         .map(|i| format!("load-token-{i}-{}", fastrand::u64(..)))
         .collect();
@@ -147,29 +205,54 @@ async fn fleet(
             )
             .await?;
     }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let server = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"))
-        .args(["serve", "--data-dir"])
-        .arg(&dir)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--checkin-s",
-            "10",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .spawn()?;
-    let server = KillOnDrop(server);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(store);
+    let mut servers = Vec::new();
+    let mut server_ports = Vec::new();
+    for d in &dirs {
+        let port = free_port()?;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-server"));
+        cmd.args(["serve", "--data-dir"])
+            .arg(d)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--checkin-s",
+                "10",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        if let Some(u) = &url {
+            cmd.args(["--database-url", u]);
+        }
+        servers.push(KillOnDrop(cmd.spawn()?));
+        wait_port(port).await?;
+        server_ports.push(port);
     }
-    let ca = std::fs::read_to_string(dir.join("ca/ca.pem"))?;
+    let (haproxy, ports) = match layout {
+        Layout::Replicas { haproxy: true, .. } => {
+            let port = free_port()?;
+            let mut cfg = format!(
+                "global\n  maxconn {}\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\nfrontend fleet\n  bind 127.0.0.1:{port}\n  default_backend replicas\nbackend replicas\n  balance roundrobin\n",
+                n + 100
+            );
+            for (i, p) in server_ports.iter().enumerate() {
+                cfg.push_str(&format!("  server r{i} 127.0.0.1:{p}\n"));
+            }
+            let path = base.join("haproxy.cfg");
+            std::fs::write(&path, cfg)?;
+            let h = KillOnDrop(
+                std::process::Command::new("haproxy")
+                    .arg("-f")
+                    .arg(&path)
+                    .arg("-db")
+                    .spawn()?,
+            );
+            wait_port(port).await?;
+            (Some(h), vec![port])
+        }
+        _ => (None, server_ports),
+    };
+    let ca = std::fs::read_to_string(dirs[0].join("ca/ca.pem"))?;
     let anon = client_tls(&ca, None)?;
 
     // Enroll everyone (64 at a time).
@@ -178,6 +261,7 @@ async fn fleet(
     let mut enrolls = Vec::new();
     for (i, tok) in tokens.into_iter().enumerate() {
         let (sem, anon, ca) = (sem.clone(), anon.clone(), ca.clone());
+        let port = ports[i % ports.len()];
         enrolls.push(tokio::spawn(async move {
             let _p = sem.acquire().await?;
             let key = rcgen::KeyPair::generate()?;
@@ -203,19 +287,59 @@ async fn fleet(
     for e in enrolls {
         tls.push(e.await??);
     }
-    Ok((server, port, dir, tls, t0.elapsed().as_secs_f64()))
+    let mut all = dirs;
+    all.push(base);
+    Ok(Fleet {
+        servers,
+        haproxy,
+        ports,
+        dirs: all,
+        tls,
+        enroll_s: t0.elapsed().as_secs_f64(),
+    })
 }
 
-async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
+/// CPU seconds of every `postgres` process (the cluster's backends together).
+fn postgres_cpu() -> f64 {
+    let mut total = 0.0;
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "postgres" {
+                total += cpu_seconds(pid);
+            }
+        }
+    }
+    total
+}
+
+async fn run(
+    n: usize,
+    window: Duration,
+    layout: Layout,
+    label: &str,
+    extra: &[&str],
+) -> anyhow::Result<()> {
     let period = Duration::from_secs(10);
-    let (server, port, dir, tls, enroll_s) = fleet(&n.to_string(), n, &[]).await?;
-    let pid = server.0.id();
+    // Records per upload (48 bytes each).
+    let per_upload: u64 = std::env::var("FLEET_LOAD_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut f = fleet(&format!("{n}-{}", fastrand::u32(..)), n, layout, extra).await?;
+    let pids: Vec<u32> = f.servers.iter().map(|s| s.0.id()).collect();
+    let hpid = f.haproxy.as_ref().map(|h| h.0.id());
+    let me = std::process::id();
 
     // Devices: a random phase, then check-in + upload every period.
     let start = Instant::now() + period; // measurement starts after every device synced once
     let stop = start + window;
     let mut tasks = Vec::new();
-    for cfg in tls {
+    for (i, cfg) in std::mem::take(&mut f.tls).into_iter().enumerate() {
+        let port = f.ports[i % f.ports.len()];
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<(f64, f64)> = Vec::new();
             let mut errors = 0u64;
@@ -235,7 +359,7 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
                     let _: sync::CheckInReply = post(c, path::CHECKIN, &checkin()).await?;
                     let checkin = t.elapsed().as_secs_f64() * 1e3;
                     let t = Instant::now();
-                    let records = (0..10)
+                    let records = (0..per_upload)
                         .map(|_| {
                             seq += 1;
                             sync::UploadRecord {
@@ -270,10 +394,21 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep_until(start.into()).await;
-    let cpu0 = cpu_seconds(pid);
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let (s0, h0, p0, m0) = (
+        cpu(&pids),
+        cpu(hpid.as_slice()),
+        postgres_cpu(),
+        cpu_seconds(me),
+    );
     tokio::time::sleep_until(stop.into()).await;
-    let cpu1 = cpu_seconds(pid);
-    let rss = rss_mb(pid);
+    let (s1, h1, p1, m1) = (
+        cpu(&pids),
+        cpu(hpid.as_slice()),
+        postgres_cpu(),
+        cpu_seconds(me),
+    );
+    let rss: f64 = pids.iter().map(|p| rss_mb(*p)).sum();
     let (mut c, mut u, mut errors) = (Vec::new(), Vec::new(), 0);
     for t in tasks {
         let (lat, e) = t.await?;
@@ -283,16 +418,29 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
             u.push(b);
         }
     }
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
-    let rps = (c.len() + u.len()) as f64 / window.as_secs_f64();
+    let enroll_s = f.enroll_s;
+    drop(f);
+    let w = window.as_secs_f64();
+    let rps = (c.len() + u.len()) as f64 / w;
+    let pc = |a: f64, b: f64| (b - a) / w * 100.0;
+    let mut cpu_line = format!("server CPU {:.0} %", pc(s0, s1));
+    if matches!(layout, Layout::Replicas { .. }) {
+        cpu_line.push_str(&format!(
+            " ({} replicas), PostgreSQL {:.0} %",
+            pids.len(),
+            pc(p0, p1)
+        ));
+    }
+    if hpid.is_some() {
+        cpu_line.push_str(&format!(", HAProxy {:.0} %", pc(h0, h1)));
+    }
     println!(
-        "{n:>6} devices: enroll {enroll_s:.1} s; {rps:.0} req/s; check-in p50 {:.1} ms p99 {:.1} ms; upload p50 {:.1} ms p99 {:.1} ms; server CPU {:.0} % of one core; RSS {rss:.0} MB; errors {errors}",
+        "{label}, {per_upload} records per upload: {n:>6} devices: enroll {enroll_s:.1} s; {rps:.0} req/s; check-in p50 {:.1} ms p99 {:.1} ms; upload p50 {:.1} ms p99 {:.1} ms; {cpu_line}; load generator {:.0} % (of one core); server RSS {rss:.0} MB; errors {errors}",
         pct(&mut c, 0.5),
         pct(&mut c, 0.99),
         pct(&mut u, 0.5),
         pct(&mut u, 0.99),
-        (cpu1 - cpu0) / window.as_secs_f64() * 100.0,
+        pc(m0, m1),
     );
     Ok(())
 }
@@ -301,8 +449,14 @@ async fn run(n: usize, window: Duration) -> anyhow::Result<()> {
 /// over, while another checks in every second. Reports the server's peak RSS, the quiet
 /// device's check-in latency, and how many big uploads were served or refused (503).
 async fn abuse(label: &str, extra: &[&str], window: Duration) -> anyhow::Result<()> {
-    let (server, port, dir, tls, _) = fleet(label, 2, extra).await?;
-    let pid = server.0.id();
+    let f = fleet(
+        &format!("abuse-{}", fastrand::u32(..)),
+        2,
+        Layout::Single,
+        extra,
+    )
+    .await?;
+    let (pid, port, tls) = (f.servers[0].0.id(), f.ports[0], f.tls.clone());
     // 15 MB of incompressible records: the body stays ~15 MB after zstd and inflates to
     // just under the 16 MiB limit.
     let batch = sync::UploadBatch {
@@ -398,8 +552,7 @@ async fn abuse(label: &str, extra: &[&str], window: Duration) -> anyhow::Result<
         failed += f;
     }
     let (mut lat, errors) = quiet.await?;
-    drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(f);
     println!(
         "{label:>24}: peak RSS {peak:.0} MB; 15 MB uploads served {ok}, refused busy {busy}, failed {failed}; other device's check-in p50 {:.1} ms p99 {:.1} ms max {:.1} ms, errors {errors}",
         pct(&mut lat, 0.5),
@@ -429,11 +582,40 @@ fn main() -> anyhow::Result<()> {
         ))?;
         return Ok(());
     }
-    for n in list
+    let window = Duration::from_secs(secs);
+    let counts: Vec<usize> = list
         .split(',')
         .filter_map(|s| s.trim().parse::<usize>().ok())
-    {
-        rt.block_on(run(n, Duration::from_secs(secs)))?;
+        .collect();
+    // Group commit as shipped against one transaction per request, in the same run.
+    let groups = std::env::var("FLEET_LOAD_GROUP").unwrap_or_else(|_| "256,1".into());
+    let groups: Vec<&str> = groups.split(',').map(str::trim).collect();
+    let layouts: Vec<(&str, Layout)> = match std::env::var("FLEET_LOAD_MODE").as_deref() {
+        Ok("replicas") => vec![
+            (
+                "2 replicas + PostgreSQL + HAProxy",
+                Layout::Replicas {
+                    replicas: 2,
+                    haproxy: true,
+                },
+            ),
+            (
+                "2 replicas + PostgreSQL, devices split by the client",
+                Layout::Replicas {
+                    replicas: 2,
+                    haproxy: false,
+                },
+            ),
+        ],
+        _ => vec![("one server, SQLite", Layout::Single)],
+    };
+    for n in counts {
+        for (name, layout) in &layouts {
+            for g in &groups {
+                let label = format!("{name}, --group-commit {g}");
+                rt.block_on(run(n, window, *layout, &label, &["--group-commit", g]))?;
+            }
+        }
     }
     Ok(())
 }

@@ -86,6 +86,12 @@ pub async fn serve(
             opts.data_dir.display()
         );
     }
+    // PostgreSQL: this week's and the next weeks' record partitions exist before any
+    // device uploads (housekeeping keeps them ahead).
+    service
+        .store()
+        .ensure_record_partitions(store::now_ms())
+        .await?;
     let addr = listener.local_addr()?;
     on_bound(addr);
     let evaluator = tokio::spawn(drift::evaluation_task(
@@ -174,7 +180,8 @@ async fn healthz(svc: service::FleetService) -> (axum::http::StatusCode, &'stati
     }
 }
 
-/// Every 10 minutes: status history past its retention and ended sessions are deleted.
+/// Every 10 minutes: record partitions created ahead (PostgreSQL), records, status history
+/// past their retention and ended sessions deleted.
 async fn housekeeping(
     svc: service::FleetService,
     retention: retention::Retention,
@@ -188,6 +195,14 @@ async fn housekeeping(
             _ = stop.cancelled() => return,
         }
         let now = store::now_ms();
+        match svc.store().ensure_record_partitions(now).await {
+            Ok(created) => {
+                for p in created {
+                    tracing::info!(partition = p, "created a week of record storage");
+                }
+            }
+            Err(e) => tracing::error!("record partitions: {e}"),
+        }
         match retention.apply(svc.store(), now).await {
             Ok(done) => {
                 for (stream, n) in done.into_iter().filter(|(_, n)| *n > 0) {

@@ -7,6 +7,9 @@
 //! uploaded late is kept as long as the data is young, and history a device backfills from
 //! long ago goes at the next pass. Upload cursors never move back and deleted records are
 //! never stored again (`FleetStore::ingest` skips what is at or below the ack).
+//!
+//! On PostgreSQL records live in weekly partitions (`store::partitions`): when every stream
+//! has a retention, weeks past the longest are dropped whole before rows are deleted.
 
 use std::time::Duration;
 
@@ -51,6 +54,18 @@ impl Retention {
         Ok(Retention { keep })
     }
 
+    /// The longest retention when every stream has one: a week of records (all streams
+    /// together) may go when it has passed (without one for every stream, old weeks hold
+    /// records kept for ever).
+    pub fn longest_if_all(&self) -> Option<Duration> {
+        Stream::ALL
+            .iter()
+            .map(|s| self.keep.iter().find(|(x, _)| x == s).map(|(_, d)| *d))
+            .collect::<Option<Vec<Duration>>>()?
+            .into_iter()
+            .max()
+    }
+
     /// Adds what another `--retain` gave (a later one wins per stream).
     pub fn merge(mut self, other: Retention) -> Retention {
         for (s, d) in other.keep {
@@ -63,6 +78,17 @@ impl Retention {
     /// Deletes what is past its time as of `now_ms`; (stream, records deleted) per stream.
     pub async fn apply(&self, store: &FleetStore, now_ms: i64) -> Result<Vec<(Stream, u64)>> {
         let mut out = Vec::new();
+        // PostgreSQL: whole weeks past every stream's retention go at once (a partition
+        // dropped, not rows deleted); possible only when every stream has one.
+        if let Some(longest) = self.longest_if_all() {
+            let keep_ms = i64::try_from(longest.as_millis()).unwrap_or(i64::MAX);
+            for table in store
+                .drop_record_weeks(now_ms.saturating_sub(keep_ms))
+                .await?
+            {
+                tracing::info!(partition = table, "retention: dropped a week of records");
+            }
+        }
         for (stream, keep) in &self.keep {
             let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
             let n = store

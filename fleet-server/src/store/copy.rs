@@ -77,7 +77,9 @@ impl FleetStore {
     /// Tables of this database (without the migration bookkeeping), in name order.
     async fn table_names(&self) -> Result<Vec<String>> {
         let sql = match self.backend {
-            Backend::Postgres => "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name",
+            // Tables and partitioned tables, not their partitions (rows are copied through
+            // the parent and land in the destination's partitions).
+            Backend::Postgres => "SELECT CAST(c.relname AS TEXT) AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname",
             Backend::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
         };
         let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
@@ -114,7 +116,7 @@ impl FleetStore {
             .collect()
     }
 
-    async fn count(&self, table: &str) -> Result<u64> {
+    pub(super) async fn count(&self, table: &str) -> Result<u64> {
         let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
             .fetch_one(&self.pool)
             .await?
@@ -178,12 +180,12 @@ impl FleetStore {
                     bytes += vals.iter().map(Value::size).sum::<usize>();
                     batch.push(vals);
                     if batch.len() >= per_batch || bytes >= MAX_BATCH_BYTES {
-                        copied += flush(&mut dst, &insert, &mut batch).await?;
+                        copied += flush(&mut dst, to.backend, &insert, &mut batch).await?;
                         bytes = 0;
                     }
                 }
             }
-            copied += flush(&mut dst, &insert, &mut batch).await?;
+            copied += flush(&mut dst, to.backend, &insert, &mut batch).await?;
             // Checked before anything is committed: every source row arrived.
             let n: i64 = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {t}"))
                 .fetch_one(&mut *dst)
@@ -205,6 +207,7 @@ impl FleetStore {
 
 async fn flush(
     dst: &mut sqlx::Transaction<'static, Any>,
+    backend: Backend,
     insert: &str,
     batch: &mut Vec<Vec<Value>>,
 ) -> Result<u64> {
@@ -212,7 +215,8 @@ async fn flush(
         return Ok(0);
     }
     let n = batch.len() as u64;
-    // `$n` placeholders: the one spelling both backends take through the Any driver.
+    // `$n` placeholders on PostgreSQL; `?` on SQLite, which looks numbered ones up by name
+    // (quadratic in their number: see `Sql::many`).
     let mut text = String::from(insert);
     text.push_str("VALUES ");
     let mut k = 0usize;
@@ -220,11 +224,13 @@ async fn flush(
         text.push_str(if r == 0 { "(" } else { ", (" });
         for c in 0..row.len() {
             k += 1;
-            text.push_str(&if c == 0 {
-                format!("${k}")
-            } else {
-                format!(", ${k}")
-            });
+            if c > 0 {
+                text.push_str(", ");
+            }
+            match backend {
+                Backend::Sqlite => text.push('?'),
+                Backend::Postgres => text.push_str(&format!("${k}")),
+            }
         }
         text.push(')');
     }

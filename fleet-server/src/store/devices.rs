@@ -567,7 +567,7 @@ impl FleetStore {
                 .filter(|w| w.update.last_error.is_some())
                 .collect();
             if !errs.is_empty() {
-                let mut q = Sql::new("WITH v (k_key, k_err) AS (VALUES ");
+                let mut q = Sql::many(self.backend, "WITH v (k_key, k_err) AS (VALUES ");
                 for (n, w) in errs.iter().enumerate() {
                     q.push(if n > 0 { ", (" } else { "(" })
                         .arg(Arg::S(key(w).1))
@@ -584,8 +584,10 @@ impl FleetStore {
                 q.query().execute(&mut **tx).await?;
             }
             // Status history points that are due.
-            let mut q =
-                Sql::new("WITH v (k_key, k_backlog, k_dropped, k_streams, k_every) AS (VALUES ");
+            let mut q = Sql::many(
+                self.backend,
+                "WITH v (k_key, k_backlog, k_dropped, k_streams, k_every) AS (VALUES ",
+            );
             for (n, w) in ws.iter().enumerate() {
                 q.push(if n > 0 { ", (" } else { "(" })
                     .arg(Arg::S(key(w).1))
@@ -606,7 +608,7 @@ impl FleetStore {
                 super::Backend::Postgres => "GREATEST",
                 super::Backend::Sqlite => "MAX",
             };
-            let mut q = Sql::new("WITH v (k_key, k_status, k_agent, k_models, k_backlog, k_dropped, k_err, k_every) AS (VALUES ");
+            let mut q = Sql::many(self.backend, "WITH v (k_key, k_status, k_agent, k_models, k_backlog, k_dropped, k_err, k_every) AS (VALUES ");
             for (n, w) in ws.iter().enumerate() {
                 q.push(if n > 0 { ", (" } else { "(" })
                     .arg(Arg::S(key(w).1))

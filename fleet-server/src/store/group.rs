@@ -122,7 +122,8 @@ impl FleetStore {
         if refs.is_empty() {
             return Ok(out);
         }
-        let mut q = Sql::new(
+        let mut q = Sql::many(
+            self.backend,
             "SELECT id, cert_sha256 FROM devices WHERE revoked_at IS NULL AND (cert_sha256 IN (''",
         );
         for r in &refs {

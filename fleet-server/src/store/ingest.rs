@@ -365,7 +365,7 @@ impl FleetStore {
         }
         let key = |b: &IngestBatch<'_>| (b.device.to_string(), b.stream.to_string());
         // Every stream has a mark.
-        let mut q = Sql::new("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ");
+        let mut q = Sql::many(self.backend, "INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ");
         for (i, b) in batches.iter().enumerate() {
             q.push(if i > 0 { ", (" } else { "(" })
                 .arg(Arg::S(b.device.to_string()))
@@ -378,7 +378,7 @@ impl FleetStore {
         // The marks, locked (PostgreSQL; SQLite's write transaction holds the whole database
         // already): two batches of one stream landing on two replicas at once are stored one
         // after the other, so the ack never moves back.
-        let mut q = Sql::new("SELECT device_id, stream, acked_through, lost_on_device FROM stream_marks WHERE (device_id, stream) IN (VALUES ");
+        let mut q = Sql::many(self.backend, "SELECT device_id, stream, acked_through, lost_on_device FROM stream_marks WHERE (device_id, stream) IN (VALUES ");
         for (i, b) in batches.iter().enumerate() {
             q.push(if i > 0 { ", (" } else { "(" })
                 .arg(Arg::S(b.device.to_string()))
@@ -426,8 +426,10 @@ impl FleetStore {
             .collect();
         let mut new_seqs: Vec<Vec<i64>> = vec![Vec::new(); batches.len()];
         for chunk in fresh.chunks(INSERT_CHUNK) {
-            let mut q =
-                Sql::new("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ");
+            let mut q = Sql::many(
+                self.backend,
+                "INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ",
+            );
             for (n, (i, seq, ts, body)) in chunk.iter().enumerate() {
                 let b = &batches[*i];
                 q.push(if n > 0 { ", (" } else { "(" })
@@ -523,7 +525,8 @@ impl FleetStore {
         // Records stored earlier, out of order, may continue a run: one probe for all
         // streams asks whether the record after each new ack exists; only those streams
         // (rare) are walked.
-        let mut q = Sql::new(
+        let mut q = Sql::many(
+            self.backend,
             "SELECT device_id, stream FROM records WHERE (device_id, stream, seq) IN (VALUES ",
         );
         for (n, i) in probe.iter().enumerate() {
@@ -568,8 +571,10 @@ impl FleetStore {
             results[i].2.acked_through = through;
         }
         // Every mark moved in one statement.
-        let mut q =
-            Sql::new("WITH v (k_dev, k_stream, k_through, k_lost, k_ins, k_dup) AS (VALUES ");
+        let mut q = Sql::many(
+            self.backend,
+            "WITH v (k_dev, k_stream, k_through, k_lost, k_ins, k_dup) AS (VALUES ",
+        );
         for (n, (b, (through, lost, r))) in batches.iter().zip(&results).enumerate() {
             q.push(if n > 0 { ", (" } else { "(" })
                 .arg(Arg::S(b.device.to_string()))
@@ -596,8 +601,9 @@ impl FleetStore {
     /// unchanged, and a deleted record is never stored again (ingest skips what is at or
     /// below the ack). Returns how many records were deleted.
     pub async fn prune_records(&self, stream: &str, before_ms: i64, batch: i64) -> Result<u64> {
+        // A row's address: on PostgreSQL `ctid` within its partition, so with the partition.
         let pick = match self.backend {
-            super::Backend::Postgres => "ctid IN (SELECT ctid",
+            super::Backend::Postgres => "(tableoid, ctid) IN (SELECT tableoid, ctid",
             super::Backend::Sqlite => "rowid IN (SELECT rowid",
         };
         let sql = format!(

@@ -1,7 +1,8 @@
 //! The schema, as an ordered list of migrations: one set for both backends (`{blob}` is
 //! `BLOB` on SQLite and `BYTEA` on PostgreSQL), each applied once in its own transaction
 //! and recorded in `schema_migrations`. A migration may end with a data step written in
-//! Rust (filling new columns from old ones), run in the same transaction.
+//! Rust (filling new columns from old ones), run in the same transaction. A step may be
+//! PostgreSQL's alone (record partitions).
 //!
 //! Rules: never edit a migration that has shipped; add a new one. A database whose schema is
 //! newer than this binary is refused at open (an older server must not write to it).
@@ -14,6 +15,8 @@ use super::{now_ms, Backend, FleetStore, Result, StoreError};
 #[derive(Debug, Clone, Copy)]
 enum Step {
     Sql(&'static str),
+    /// On PostgreSQL only.
+    Pg(&'static str),
     /// Rust code over the rows (see [`backfill`]).
     Data(DataStep),
 }
@@ -32,7 +35,7 @@ struct Migration {
     steps: &'static [Step],
 }
 
-use Step::{Data, Sql};
+use Step::{Data, Pg, Sql};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -208,6 +211,28 @@ const MIGRATIONS: &[Migration] = &[
         name: "retention: records by stream and time",
         steps: &[Sql("CREATE INDEX records_stream_ts ON records (stream, ts_ms)")],
     },
+    Migration {
+        version: 5,
+        name: "records partitioned by week (PostgreSQL)",
+        // The primary key gains ts_ms (a partitioned table's unique keys hold its partition
+        // key); a record is still stored once: ingest skips what is at or below the ack, and
+        // a device resends a record with its own timestamp. Existing rows go to the default
+        // partition; `FleetStore::ensure_record_partitions` adds the weekly ones.
+        steps: &[
+            Pg("ALTER TABLE records RENAME TO records_before_partitioning"),
+            Pg("ALTER INDEX records_pkey RENAME TO records_before_partitioning_pkey"),
+            Pg("DROP INDEX records_stream_ts"),
+            Pg("CREATE TABLE records (
+                device_id TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL,
+                ts_ms BIGINT NOT NULL, body BYTEA NOT NULL,
+                PRIMARY KEY (device_id, stream, seq, ts_ms)) PARTITION BY RANGE (ts_ms)"),
+            Pg("CREATE INDEX records_stream_ts ON records (stream, ts_ms)"),
+            Pg("CREATE TABLE records_default PARTITION OF records DEFAULT"),
+            Pg("INSERT INTO records (device_id, stream, seq, ts_ms, body)
+                SELECT device_id, stream, seq, ts_ms, body FROM records_before_partitioning"),
+            Pg("DROP TABLE records_before_partitioning"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.
@@ -255,7 +280,8 @@ pub(super) async fn run(store: &FleetStore) -> Result<()> {
         }
         for step in m.steps {
             match step {
-                Sql(sql) => {
+                Pg(_) if store.backend != Backend::Postgres => {}
+                Sql(sql) | Pg(sql) => {
                     sqlx::query(&ddl(store.backend, sql))
                         .execute(&mut *tx)
                         .await
@@ -397,5 +423,65 @@ mod tests {
         let e = FleetStore::open_url(&url).await.unwrap_err();
         assert!(e.to_string().contains("version 999"), "{e}");
         std::fs::remove_dir_all(dir).ok();
+    }
+    /// PostgreSQL: a database of the release before record partitions keeps its records
+    /// through migration 5 (into the default partition) and ingest carries on over them.
+    #[tokio::test]
+    async fn records_move_into_the_partitioned_table_on_postgres() {
+        let Some(url) = super::super::testing::database_url().await.unwrap() else {
+            return; // SQLite: nothing is partitioned
+        };
+        {
+            sqlx::any::install_default_drivers();
+            let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+            sqlx::query("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            for m in MIGRATIONS.iter().filter(|m| m.version <= 4) {
+                for step in m.steps {
+                    if let Sql(s) | Pg(s) = step {
+                        sqlx::query(&ddl(Backend::Postgres, s))
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, 0)",
+                )
+                .bind(m.version)
+                .bind(m.name)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            sqlx::query("INSERT INTO records (device_id, stream, seq, ts_ms, body) VALUES ('d1', 'samples', 1, 10, 'a'), ('d1', 'samples', 2, 20, 'b')")
+                .execute(&pool)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ('d1', 'samples', 2, 0, 2, 0)")
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        let store = FleetStore::open_url(&url).await.unwrap();
+        let homes: Vec<String> =
+            sqlx::query("SELECT CAST(tableoid::regclass AS TEXT) AS t FROM records ORDER BY seq")
+                .fetch_all(&store.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get("t").unwrap())
+                .collect();
+        assert_eq!(homes, ["records_default", "records_default"]);
+        let b = b"c".as_slice();
+        let r = store
+            .ingest("d1", "samples", 1, &[(2, 20, b"b"), (3, 30, b)])
+            .await
+            .unwrap();
+        assert_eq!((r.acked_through, r.inserted), (3, 1));
+        assert_eq!(store.count("records").await.unwrap(), 3);
     }
 }

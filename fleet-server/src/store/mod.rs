@@ -5,7 +5,8 @@
 //! derived from them), [`drift`] (retrain policies and events), [`accounts`] (operators,
 //! sessions, API tokens, login throttling), [`artifacts`] (bundle and delta files in chunks,
 //! the fleet CA, delta claims), [`audit`] and [`settings`]; [`group`] stores many devices'
-//! check-ins and uploads in one transaction.
+//! check-ins and uploads in one transaction; [`partitions`] keeps PostgreSQL's weekly record
+//! partitions.
 //!
 //! One set of SQL runs on both backends through sqlx's `Any` driver: SQLite in the data
 //! directory by default (one file, WAL mode, safe for the CLI and the server at once), and
@@ -25,6 +26,7 @@ mod group;
 mod ingest;
 pub mod migrations;
 mod models;
+pub mod partitions;
 mod rollouts;
 mod settings;
 
@@ -95,6 +97,10 @@ enum Arg<'a> {
 struct Sql<'a> {
     text: String,
     args: Vec<Arg<'a>>,
+    /// Anonymous `?` placeholders instead of `$n` (SQLite, big statements: SQLite looks a
+    /// numbered parameter up by name in a list, at parse and again at bind, so a statement
+    /// with thousands of `$n` costs time quadratic in their number; `?` costs nothing).
+    anonymous: bool,
 }
 
 impl<'a> Sql<'a> {
@@ -102,6 +108,16 @@ impl<'a> Sql<'a> {
         Sql {
             text: text.to_string(),
             args: Vec::new(),
+            anonymous: false,
+        }
+    }
+
+    /// A statement with many parameters: `?` placeholders on SQLite, `$n` on PostgreSQL.
+    /// `text` holds no placeholder (they all come from [`Sql::arg`], in order).
+    fn many(backend: Backend, text: &str) -> Sql<'a> {
+        Sql {
+            anonymous: backend == Backend::Sqlite,
+            ..Sql::new(text)
         }
     }
 
@@ -113,7 +129,12 @@ impl<'a> Sql<'a> {
     /// Appends a placeholder bound to `a`.
     fn arg(&mut self, a: Arg<'a>) -> &mut Self {
         self.args.push(a);
-        self.text.push_str(&format!("${}", self.args.len()));
+        if self.anonymous {
+            self.text.push('?');
+        } else {
+            use std::fmt::Write;
+            let _ = write!(self.text, "${}", self.args.len());
+        }
         self
     }
 
