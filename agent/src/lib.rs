@@ -372,7 +372,8 @@ fn publish_setup(
                     ob.clone(),
                     o.streams.clone(),
                     model_stats.to_vec(),
-                );
+                )
+                .ddata_datatype(sp.ddata_datatype);
                 (Box::new(format), will, subs)
             }
         };

@@ -9,7 +9,8 @@
 //! the shipped body budget and without one. `FLEET_LOAD_MODE=replicas` with
 //! `FLEET_LOAD_POSTGRES=postgres://USER@HOST:PORT`: two replicas on that PostgreSQL, behind
 //! HAProxy and without it. `FLEET_LOAD_GROUP=256,1`: the `--group-commit` values to compare.
-//! `FLEET_LOAD_RECORDS=10`: records per upload.
+//! `FLEET_LOAD_RECORDS=10`: records per upload. `FLEET_LOAD_LAYOUTS=haproxy|split`: one of
+//! the replica layouts only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -609,6 +610,16 @@ fn main() -> anyhow::Result<()> {
         ],
         _ => vec![("one server, SQLite", Layout::Single)],
     };
+    // `FLEET_LOAD_LAYOUTS=haproxy` or `=split`: one of the two replica layouts.
+    let only = std::env::var("FLEET_LOAD_LAYOUTS").unwrap_or_default();
+    let layouts: Vec<(&str, Layout)> = layouts
+        .into_iter()
+        .filter(|(_, l)| match (only.as_str(), l) {
+            ("haproxy", Layout::Replicas { haproxy, .. }) => *haproxy,
+            ("split", Layout::Replicas { haproxy, .. }) => !*haproxy,
+            _ => true,
+        })
+        .collect();
     for n in counts {
         for (name, layout) in &layouts {
             for g in &groups {

@@ -6,7 +6,7 @@
 #                           server's base URL (postgres://edge@127.0.0.1:PORT)
 #   postgres.sh stop DIR    stop it (DIR stays; remove it yourself)
 # Test settings: trust authentication on loopback, fsync off (a test database need not
-# survive a power cut; the benchmarks in BENCHMARKS.md use their own cluster with fsync on).
+# survive a power cut; the benchmarks in BENCHMARKS.md start theirs with PG_FSYNC=on).
 set -euo pipefail
 cmd=${1:?usage: postgres.sh start|stop DIR}
 dir=${2:?usage: postgres.sh start|stop DIR}
@@ -22,7 +22,7 @@ case $cmd in
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     "${as[@]}" "$bin/initdb" -D "$dir/data" -A trust -U edge -E UTF8 --locale=C.UTF-8 >/dev/null
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=${PG_FSYNC:-off} -c max_connections=300" start >/dev/null
     echo "postgres://edge@127.0.0.1:$port"
     ;;
   stop)

@@ -11,6 +11,8 @@
 #   data: pvanalytics 0.2.2 wheel data (NREL PV series with labelled faults) for the drift test
 #   console: Debian's chromium (apt) and, from npm, playwright-core + axe-core (tests/console,
 #         pinned by its package-lock.json) for the browser test of the fleet console
+#   sparkplug-js: Eclipse Tahu's JavaScript decoder from npm (sparkplug-payload, tests/sparkplug-js),
+#         the decoder behind Node-RED's Sparkplug nodes
 #   sqlite3 (the SQLite client: tests read and alter what the fleet server stored)
 #   scale-out: postgresql (a throwaway server per test run, tests/peers/postgres.sh) and
 #         haproxy (TCP load balancer in front of fleet-server replicas)
@@ -79,6 +81,14 @@ if [ ! -f "$CONSOLE/node_modules/.package-lock.json" ] ||
    ! cmp -s "$CONSOLE/package-lock.json" "$CONSOLE/node_modules/.installed-lock.json"; then
   (cd "$CONSOLE" && npm ci --no-audit --no-fund --loglevel=error)
   cp "$CONSOLE/package-lock.json" "$CONSOLE/node_modules/.installed-lock.json"
+fi
+
+step "Eclipse Tahu's JavaScript Sparkplug decoder (npm ci in tests/sparkplug-js)"
+SPBJS=$HERE/../sparkplug-js
+if [ ! -f "$SPBJS/node_modules/.package-lock.json" ] ||
+   ! cmp -s "$SPBJS/package-lock.json" "$SPBJS/node_modules/.installed-lock.json"; then
+  (cd "$SPBJS" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$SPBJS/package-lock.json" "$SPBJS/node_modules/.installed-lock.json"
 fi
 
 step "test certificates"

@@ -4,9 +4,11 @@ payloads are decoded and encoded with protobuf and the Eclipse Tahu schema as ge
 pysparkplug (loaded by spb_decode.py), and MQTT is paho-mqtt.
 
   spb_peer.py listen HOST:PORT   -> one JSON line per message on spBv1.0/# (and edge/#):
-                                    {"topic", "payload": decoded} or {"topic", "text"}
+                                    {"topic", "payload": decoded, "raw": base64} or
+                                    {"topic", "text"}
   spb_peer.py rebirth FILE       -> write an NCMD payload with Node Control/Rebirth = true
 """
+import base64
 import json
 import sys
 
@@ -21,7 +23,8 @@ def listen(addr):
     def on_msg(c, u, msg):
         try:
             if msg.topic.startswith("spBv1.0/") and not msg.topic.startswith("spBv1.0/STATE/"):
-                line = {"topic": msg.topic, "payload": spb_decode.decode(msg.payload)}
+                line = {"topic": msg.topic, "payload": spb_decode.decode(msg.payload),
+                        "raw": base64.b64encode(msg.payload).decode()}
             else:
                 line = {"topic": msg.topic, "text": msg.payload.decode(errors="replace")}
         except Exception as e:  # an undecodable payload is a finding, not a crash

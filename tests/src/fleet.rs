@@ -59,7 +59,7 @@ pub fn postgres_database() -> String {
 }
 
 /// Runs `cmd` with `input` on its standard input; its output (stdout and stderr captured).
-fn run_with_input(cmd: &mut Command, input: &str, what: &str) -> std::process::Output {
+pub fn run_with_input(cmd: &mut Command, input: &str, what: &str) -> std::process::Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -251,6 +251,44 @@ fn spb(msgs: &[Value]) -> Vec<(String, Value)> {
         .collect()
 }
 
+/// `msgs` (listener lines with `raw` payloads) decoded by Eclipse Tahu's JavaScript decoder
+/// (`tests/sparkplug-js`, the library behind Node-RED's Sparkplug nodes): one JSON object
+/// per message, `{"topic", "seq", "metrics": [{"name", "alias", "datatype", "value"}]}`.
+fn tahu_js(msgs: &[&Value]) -> Vec<Value> {
+    let dir = workspace().join("tests/sparkplug-js");
+    assert!(
+        dir.join("node_modules/sparkplug-payload").exists(),
+        "Eclipse Tahu's JS decoder is missing: run tests/peers/setup.sh (npm ci in tests/sparkplug-js)"
+    );
+    let input: String = msgs
+        .iter()
+        .map(|m| {
+            format!(
+                "{}\t{}\n",
+                m["topic"].as_str().unwrap(),
+                m["raw"].as_str().expect("raw payload")
+            )
+        })
+        .collect();
+    let out = interop_tests::fleet::run_with_input(
+        std::process::Command::new("node")
+            .arg(dir.join("decode.js"))
+            .current_dir(&dir),
+        &input,
+        "Tahu JS decoder",
+    );
+    assert!(
+        out.status.success(),
+        "Tahu JS decoder: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn metric<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
     p["metrics"].as_array()?.iter().find(|m| m["name"] == name)
 }
@@ -368,6 +406,33 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
         by_name("pump1.temperature").unwrap()["properties"]["keys"][0],
         "Quality"
     );
+    // Node-RED's decoder (Eclipse Tahu JS) reads every data value: it needs the datatype in
+    // DDATA too (the spec says SHOULD NOT send it there; compatibility wins).
+    let raw = listener.messages();
+    let ddata: Vec<&Value> = raw
+        .iter()
+        .filter(|m| m["topic"].as_str().is_some_and(|t| t.contains("/DDATA/")))
+        .take(200)
+        .collect();
+    let decoded = tahu_js(&ddata);
+    assert_eq!(decoded.len(), ddata.len());
+    let mut values = 0;
+    for (ours, tahu) in ddata.iter().zip(&decoded) {
+        let metrics = ours["payload"]["metrics"].as_array().unwrap();
+        for (m, t) in metrics.iter().zip(tahu["metrics"].as_array().unwrap()) {
+            assert!(
+                m["datatype"].is_string() || m["datatype"].is_number(),
+                "{m}"
+            );
+            if m["is_null"] == true {
+                continue;
+            }
+            assert!(!t["value"].is_null(), "Tahu JS read no value: {t} ({m})");
+            values += 1;
+        }
+    }
+    assert!(values > 100, "{values} values read by Tahu JS");
+
     // seq: +1 per message from NBIRTH on, wrapping 255 -> 0.
     let seqs: Vec<u64> = msgs.iter().filter_map(|(_, p)| seq(p)).collect();
     for w in seqs.windows(2) {

@@ -54,6 +54,16 @@ pub struct SparkplugConfig {
     /// stays in the outbox; when it returns, a fresh birth is published and the backlog is
     /// sent with `is_historical = true`. Without it, data flows whenever the broker is up.
     pub primary_host_id: Option<String>,
+    /// DDATA metrics carry their datatype (default true). The specification says data
+    /// messages SHOULD NOT repeat it, but Eclipse Tahu's JavaScript decoder (Node-RED's
+    /// Sparkplug nodes) decodes every value as null without it: set false only for hosts
+    /// that want the bytes more than that compatibility.
+    #[serde(default = "yes")]
+    pub ddata_datatype: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn all_streams() -> Vec<Stream> {

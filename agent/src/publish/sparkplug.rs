@@ -253,6 +253,8 @@ pub struct SparkplugFormat {
     pub outbox: Arc<SledOutbox>,
     pub streams: Vec<Stream>,
     pub models: Vec<(String, Arc<ModelStats>)>,
+    /// DDATA metrics carry their datatype (see [`SparkplugFormat::ddata_datatype`]).
+    ddata_datatype: bool,
     host_online: bool,
     /// NBIRTH went out in this session.
     node_born: bool,
@@ -291,6 +293,7 @@ impl SparkplugFormat {
             outbox,
             streams,
             models,
+            ddata_datatype: true,
             node_born: false,
             seq: 0,
             next_alias: 1,
@@ -504,6 +507,14 @@ impl SparkplugFormat {
         !dev.born
     }
 
+    /// Whether DDATA metrics carry their datatype (default: yes). Sparkplug 3.0 says data
+    /// messages SHOULD NOT (the birth declared it), but Eclipse Tahu's JavaScript decoder
+    /// (behind Node-RED's Sparkplug nodes) reads no value without it.
+    pub fn ddata_datatype(mut self, on: bool) -> Self {
+        self.ddata_datatype = on;
+        self
+    }
+
     /// DBIRTH (if needed) and DDATA for one device's points.
     fn device_data(
         &mut self,
@@ -529,6 +540,7 @@ impl SparkplugFormat {
         if rebirth {
             out.extend(self.dbirth(&device));
         }
+        let with_type = self.ddata_datatype;
         let Some(dev) = self.devices.get(&device) else {
             return;
         };
@@ -545,6 +557,7 @@ impl SparkplugFormat {
                 Some(Metric {
                     alias: Some(m.alias),
                     timestamp: Some(p.ts_ms),
+                    datatype: with_type.then_some(m.datatype as u32),
                     is_historical: historical.then_some(true),
                     is_null: value.is_none().then_some(true),
                     properties: (quality != Quality::Good).then(|| quality_props(quality)),
@@ -973,6 +986,9 @@ mod tests {
             .map(|m| (m.alias.unwrap(), m.clone()))
             .collect();
         let get = |n: &str| by_alias[&by_name[n].alias.unwrap()].clone();
+        // The datatype travels with the data too (Tahu JS / Node-RED need it).
+        assert_eq!(get("p1.temp").datatype, Some(DataType::Double as u32));
+        assert_eq!(get("p1.count").datatype, Some(DataType::UInt64 as u32));
         assert_eq!(get("p1.temp").value, Some(MetricValue::DoubleValue(61.5)));
         assert_eq!(get("p1.temp").properties, None);
         assert_eq!(
@@ -1015,6 +1031,29 @@ mod tests {
             .find(|m| m.name.as_deref() == Some("p1.level"))
             .unwrap();
         assert_eq!(lvl.datatype, Some(DataType::Double as u32));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn ddata_without_datatypes_when_asked() {
+        let d = tmp("no-ddata-types");
+        let mut f = format(&d, None).ddata_datatype(false);
+        f.bdseq.next();
+        f.on_connect();
+        let msgs = f.encode(
+            Stream::Samples,
+            1,
+            &samples(vec![("p1.temp", Value::Float(61.5), Quality::Good)]),
+            false,
+        );
+        let (db, dd) = (decode(&msgs[0]), decode(&msgs[1]));
+        assert_eq!(
+            db.metrics[0].datatype,
+            Some(DataType::Double as u32),
+            "birth"
+        );
+        assert_eq!(dd.metrics[0].datatype, None, "data");
+        assert_eq!(dd.metrics[0].value, Some(MetricValue::DoubleValue(61.5)));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
