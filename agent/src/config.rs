@@ -159,8 +159,14 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// TOML syntax or shape (unknown key, wrong type): toml's own message with line and column.
-    Parse { path: PathBuf, message: String },
+    /// TOML syntax or shape (unknown key, wrong type): toml's own message with line and column
+    /// for the first, then the shape problems of every other section and table (toml's
+    /// deserializer stops at the first one).
+    Parse {
+        path: PathBuf,
+        message: String,
+        more: Vec<Located>,
+    },
     /// Semantic problems, each with its key path and line.
     Invalid {
         path: PathBuf,
@@ -181,8 +187,34 @@ impl fmt::Display for ConfigError {
             ConfigError::Read { path, source } => {
                 write!(f, "cannot read config {}: {source}", path.display())
             }
-            ConfigError::Parse { path, message } => {
-                write!(f, "config {}: {}", path.display(), message.trim_end())
+            ConfigError::Parse {
+                path,
+                message,
+                more,
+            } => {
+                write!(f, "config {}: {}", path.display(), message.trim_end())?;
+                if !more.is_empty() {
+                    write!(f, "\nand {} more problem(s):", more.len())?;
+                    for p in more {
+                        match p.line {
+                            Some(l) => write!(
+                                f,
+                                "\n  {}:{l}: {}: {}",
+                                path.display(),
+                                p.issue.path,
+                                p.issue.message
+                            )?,
+                            None => write!(
+                                f,
+                                "\n  {}: {}: {}",
+                                path.display(),
+                                p.issue.path,
+                                p.issue.message
+                            )?,
+                        }
+                    }
+                }
+                Ok(())
             }
             ConfigError::Invalid { path, problems } => {
                 writeln!(
@@ -229,9 +261,19 @@ impl AgentConfig {
 
     /// Parses and validates config text; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
+        let cfg: AgentConfig = toml::from_str(text).map_err(|e| {
+            // toml stops at the first problem; the other sections and tables are checked
+            // one by one so that every shape problem is reported at once (the first one,
+            // which toml located to the column, is not repeated).
+            let mut more = shape_problems(text);
+            if !more.is_empty() {
+                more.remove(0);
+            }
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+                more,
+            }
         })?;
         let mut issues = Issues::default();
         cfg.validate(&mut issues);
@@ -345,6 +387,28 @@ impl AgentConfig {
     }
 
     /// Tags known at load time (wildcard MQTT tags are created at runtime).
+    /// `check`'s one-line summary: sources, tags (named in the file, and the wildcard
+    /// patterns that name tags at run time), outputs of every kind.
+    pub fn summary(&self) -> String {
+        let patterns: usize = self
+            .sources
+            .mqtt
+            .iter()
+            .map(|c| c.tags.iter().filter(|t| t.name.contains('{')).count())
+            .sum();
+        let mut tags = format!("{} tags", self.static_tag_count());
+        if patterns > 0 {
+            tags.push_str(&format!(" + {patterns} wildcard tag pattern(s)"));
+        }
+        let (files, mqtt) = (self.outputs.file.len(), self.outputs.mqtt.len());
+        format!(
+            "{} sources, {tags}, {} outputs ({files} file, {mqtt} MQTT), {} models",
+            self.source_count(),
+            files + mqtt,
+            self.models.len()
+        )
+    }
+
     pub fn static_tag_count(&self) -> usize {
         let s = &self.sources;
         let at = KeyPath::root();
@@ -627,6 +691,92 @@ fn check_sources<T: SourceEntry>(
 }
 
 /// 1-based line of the deepest existing key along `path`.
+/// Shape problems (unknown keys, wrong types, missing keys) of each section and of each table
+/// of an array, deserialized one by one, in file order; empty when the text is not TOML at
+/// all (toml's own message says where) or has no shape problem.
+fn shape_problems(text: &str) -> Vec<Located> {
+    use serde::de::DeserializeOwned;
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    fn one<T: DeserializeOwned>(v: &toml::Value, at: KeyPath, issues: &mut Issues) {
+        if let Err(e) = v.clone().try_into::<T>() {
+            issues.push(at, e.message().trim_end().to_string());
+        }
+    }
+    fn each<T: DeserializeOwned>(v: &toml::Value, at: KeyPath, issues: &mut Issues) {
+        match v.as_array() {
+            Some(list) => {
+                for (i, x) in list.iter().enumerate() {
+                    one::<T>(x, at.index(i), issues);
+                }
+            }
+            None => issues.push(at, "must be an array of tables (`[[...]]`)"),
+        }
+    }
+    let mut issues = Issues::default();
+    let root = KeyPath::root();
+    if !table.contains_key("agent") {
+        issues.push(root.key("agent"), "missing: an [agent] table with `id`");
+    }
+    for (k, v) in &table {
+        let at = root.key(k);
+        match k.as_str() {
+            "agent" => one::<AgentSection>(v, at, &mut issues),
+            "log" => one::<LogConfig>(v, at, &mut issues),
+            "metrics" => one::<MetricsConfig>(v, at, &mut issues),
+            "pipeline" => one::<PipelineConfig>(v, at, &mut issues),
+            "outbox" => one::<crate::outbox::OutboxConfig>(v, at, &mut issues),
+            "bundles" => one::<BundlesConfig>(v, at, &mut issues),
+            "sync" => one::<crate::sync::SyncConfig>(v, at, &mut issues),
+            "models" => each::<ModelConfig>(v, at, &mut issues),
+            "sources" | "outputs" => {
+                let Some(kinds) = v.as_table() else {
+                    issues.push(at, "must be a table of arrays (`[[sources.KIND]]`)");
+                    continue;
+                };
+                for (kind, list) in kinds {
+                    let at = at.key(kind);
+                    match (k.as_str(), kind.as_str()) {
+                        ("sources", "simulated") => {
+                            each::<SimulatedSourceConfig>(list, at, &mut issues)
+                        }
+                        ("sources", "modbus") => each::<ModbusSourceConfig>(list, at, &mut issues),
+                        ("sources", "opcua") => each::<OpcUaSourceConfig>(list, at, &mut issues),
+                        ("sources", "mqtt") => each::<MqttSourceConfig>(list, at, &mut issues),
+                        ("outputs", "file") => each::<FileOutputConfig>(list, at, &mut issues),
+                        ("outputs", "mqtt") => {
+                            each::<crate::publish::MqttOutputConfig>(list, at, &mut issues)
+                        }
+                        ("sources", other) => issues.push(
+                            at,
+                            format!("unknown source kind `{other}`: simulated, modbus, opcua or mqtt"),
+                        ),
+                        (_, other) => issues.push(
+                            at,
+                            format!("unknown output kind `{other}`: file or mqtt"),
+                        ),
+                    }
+                }
+            }
+            other => issues.push(
+                at,
+                format!("unknown section `{other}`: agent, log, metrics, pipeline, sources, outputs, outbox, bundles, models or sync"),
+            ),
+        }
+    }
+    let mut out: Vec<Located> = issues
+        .0
+        .into_iter()
+        .map(|issue| Located {
+            line: line_of(text, &issue.path),
+            issue,
+        })
+        .collect();
+    out.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    out
+}
+
 pub fn line_of(text: &str, path: &KeyPath) -> Option<usize> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut span = None;
@@ -681,6 +831,91 @@ name = "plant"
         let e = load(&text).unwrap_err().to_string();
         assert!(e.contains("unknown field `colour`"), "{e}");
         assert!(e.contains("line 7"), "{e}");
+    }
+
+    /// The summary counts MQTT outputs and wildcard tags (it said "0 tags, 1 outputs" for a
+    /// config with an MQTT source of wildcard tags and two MQTT outputs).
+    #[test]
+    fn the_summary_counts_every_output_and_wildcard_tags() {
+        let text = r#"
+[agent]
+id = "gw-1"
+
+[[sources.mqtt]]
+name = "plant"
+broker = { url = "mqtt://localhost:1883" }
+[[sources.mqtt.tags]]
+name = "{1}.vibration"
+topic = "plant/+/vibration"
+[[sources.mqtt.tags]]
+name = "line1.flow"
+topic = "plant/line1/flow"
+
+[[outputs.file]]
+name = "debug"
+path = "-"
+
+[[outputs.mqtt]]
+name = "historian"
+format = "json"
+broker = { url = "mqtt://localhost:1883" }
+
+[[outputs.mqtt]]
+name = "ignition"
+format = "sparkplug"
+sparkplug = { group_id = "plant" }
+broker = { url = "mqtt://localhost:1883" }
+"#;
+        let c = load(text).unwrap();
+        assert_eq!(
+            c.summary(),
+            "1 sources, 1 tags + 1 wildcard tag pattern(s), 3 outputs (1 file, 2 MQTT), 0 models"
+        );
+    }
+
+    /// toml stops at the first shape problem; check reports every section's (it reported
+    /// only the first).
+    #[test]
+    fn every_shape_problem_is_reported_at_once() {
+        let text = r#"
+[agent]
+id = "gw-1"
+colour = "blue"
+
+[pipeline]
+channel_capacity = "lots"
+
+[[sources.simulated]]
+name = "plant"
+
+[[models]]
+name = "m"
+bundel = "x.bundle"
+
+[[outputs.mqtt]]
+name = "scada"
+format = "json"
+qos = "one"
+
+[outputs.mqtt.broker]
+url = "mqtt://localhost:1883"
+"#;
+        let e = load(text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `colour`"), "{e}");
+        assert!(
+            e.contains("line 4"),
+            "toml's own location for the first: {e}"
+        );
+        assert!(e.contains("and 3 more problem(s)"), "{e}");
+        assert!(e.contains("test.toml:6: pipeline: invalid type"), "{e}");
+        assert!(
+            e.contains("test.toml:12: models[0]: unknown field `bundel`"),
+            "{e}"
+        );
+        assert!(e.contains("outputs.mqtt[0]: invalid type"), "{e}");
+        // A syntax error stops everything: toml's message alone, with its line.
+        let e = load("[agent\nid = 1").unwrap_err().to_string();
+        assert!(e.contains("line 1") && !e.contains("more problem"), "{e}");
     }
 
     #[test]

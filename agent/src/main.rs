@@ -184,13 +184,7 @@ fn main() -> ExitCode {
                     }
                     return ExitCode::from(2);
                 }
-                outln!(
-                    "{}: ok ({} sources, {} tags, {} outputs)",
-                    config.display(),
-                    c.source_count(),
-                    c.static_tag_count(),
-                    c.outputs.file.len()
-                );
+                outln!("{}: ok ({})", config.display(), c.summary());
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -141,6 +141,14 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
     let f = &on(&msgs, "edge/gw1/features/pump1-anomaly")[0];
     assert!(f["features"]["pump1.vibration:rms"].is_f64());
     let st = on(&msgs, "edge/gw1/status");
+    // Once per connect, then every 30 s (it went out twice on every connect).
+    for w in st.windows(2) {
+        let gap = w[1]["ts"].as_i64().unwrap() - w[0]["ts"].as_i64().unwrap();
+        assert!(
+            gap >= 20_000,
+            "status published twice {gap} ms apart: {st:?}"
+        );
+    }
     assert_eq!(st[0]["agent_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(st[0]["models"]["pump1-anomaly"], 1);
     assert!(st[0]["outbox"]["samples"]["dropped"].is_u64());

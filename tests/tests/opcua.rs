@@ -100,19 +100,41 @@ async fn poll_mode_and_unknown_nodes() {
     let src = OpcUaSource::new(cfg, dir.path().join("pki")).unwrap();
     let mut h = Harness::start("line1", Box::new(src));
     wait_counter_moving(&mut h).await;
-    let g = h
-        .wait_for(Duration::from_secs(5), "ghost", |s| &*s.tag == "ghost")
-        .await;
+    // Reported once, maybe already while the counter was awaited.
+    let g = match h.seen.iter().find(|s| &*s.tag == "ghost").cloned() {
+        Some(g) => g,
+        None => {
+            h.wait_for(Duration::from_secs(5), "ghost", |s| &*s.tag == "ghost")
+                .await
+        }
+    };
     assert_eq!(
         g.quality,
         Quality::Bad,
         "a node the server does not know is bad quality"
     );
+    ghost_reported_once(&mut h).await;
     h.stop().await.unwrap();
 }
 
+/// An unknown node is a configuration error: counted, one bad sample, and not read again
+/// (it was polled every interval forever, a bad sample each time, with no error counted).
+async fn ghost_reported_once(h: &mut Harness) {
+    assert!(
+        h.stats.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "the unknown node is counted in edge_source_errors_total"
+    );
+    // Ten more polls of the good tags (200 ms apart) go by...
+    for _ in 0..10 {
+        wait_counter_moving(h).await;
+    }
+    // ...and the ghost was never read again.
+    let ghosts = h.seen.iter().filter(|s| &*s.tag == "ghost").count();
+    assert_eq!(ghosts, 1, "the unknown node was read again");
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn unknown_node_in_a_subscription_falls_back_to_polling_and_stays_bad() {
+async fn unknown_node_in_a_subscription_is_a_configuration_error_reported_once() {
     let dir = tempdir();
     let port = free_port();
     let _server = opcua_server(dir.path(), port, false);
@@ -123,10 +145,15 @@ async fn unknown_node_in_a_subscription_falls_back_to_polling_and_stays_bad() {
     let src = OpcUaSource::new(cfg, dir.path().join("pki")).unwrap();
     let mut h = Harness::start("line1", Box::new(src));
     wait_counter_moving(&mut h).await;
-    h.wait_for(Duration::from_secs(5), "ghost is bad", |s| {
-        &*s.tag == "ghost" && s.quality == Quality::Bad
-    })
-    .await;
+    let g = match h.seen.iter().find(|s| &*s.tag == "ghost").cloned() {
+        Some(g) => g,
+        None => {
+            h.wait_for(Duration::from_secs(5), "ghost", |s| &*s.tag == "ghost")
+                .await
+        }
+    };
+    assert_eq!(g.quality, Quality::Bad, "{g:?}");
+    ghost_reported_once(&mut h).await;
     h.stop().await.unwrap();
 }
 

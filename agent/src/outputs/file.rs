@@ -85,6 +85,20 @@ impl FileOutput {
         Ok(w)
     }
 
+    /// What the output says it writes where, at start.
+    fn announcement(&self, dest: &str) -> String {
+        let kinds: Vec<&str> = RecordKind::ALL
+            .into_iter()
+            .filter(|k| self.accepts(*k))
+            .map(RecordKind::name)
+            .collect();
+        let format = match self.cfg.format {
+            FileFormat::Jsonl => "jsonl",
+            FileFormat::Csv => "csv",
+        };
+        format!("writing {} to {dest} ({format})", kinds.join(", "))
+    }
+
     fn render(&self, r: &Record, buf: &mut String) {
         buf.clear();
         match r {
@@ -140,7 +154,7 @@ impl FileOutput {
         } else {
             self.cfg.path.display().to_string()
         };
-        tracing::info!(output = %name, format = ?self.cfg.format, "writing samples to {dest}");
+        tracing::info!(output = %name, "{}", self.announcement(&dest));
         // File I/O is blocking: it runs on the blocking pool, one record at a time.
         let (wtx, mut wrx) = mpsc::channel::<(String, usize)>(4);
         let this = Arc::new(self);
@@ -235,5 +249,42 @@ impl Output for FileOutput {
         stats: Arc<OutputStats>,
     ) -> OutputFuture {
         Box::pin(self.run_loop(input, stats))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(format: FileFormat, records: Option<Vec<RecordKind>>) -> FileOutput {
+        FileOutput::new(FileOutputConfig {
+            name: "f".into(),
+            path: "out.jsonl".into(),
+            format,
+            records,
+        })
+    }
+
+    /// The start-up line names what the file gets (it said "writing samples" for every file).
+    #[test]
+    fn the_start_line_names_the_records_written() {
+        let o = output(
+            FileFormat::Jsonl,
+            Some(vec![RecordKind::Predictions, RecordKind::Drift]),
+        );
+        assert_eq!(
+            o.announcement("out.jsonl"),
+            "writing predictions, drift to out.jsonl (jsonl)"
+        );
+        let all = output(FileFormat::Jsonl, None);
+        assert_eq!(
+            all.announcement("-"),
+            "writing samples, features, predictions, alarms, drift to - (jsonl)"
+        );
+        let csv = output(FileFormat::Csv, None);
+        assert_eq!(
+            csv.announcement("rec.csv"),
+            "writing samples to rec.csv (csv)"
+        );
     }
 }

@@ -30,6 +30,27 @@ pub enum RecordKind {
     Drift,
 }
 
+impl RecordKind {
+    pub const ALL: [RecordKind; 5] = [
+        RecordKind::Samples,
+        RecordKind::Features,
+        RecordKind::Predictions,
+        RecordKind::Alarms,
+        RecordKind::Drift,
+    ];
+
+    /// The config's word for it (`records = [...]`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Samples => "samples",
+            RecordKind::Features => "features",
+            RecordKind::Predictions => "predictions",
+            RecordKind::Alarms => "alarms",
+            RecordKind::Drift => "drift",
+        }
+    }
+}
+
 impl Record {
     pub fn kind(&self) -> RecordKind {
         match self {

@@ -262,6 +262,10 @@ impl Forwarder {
                         boundary = self.boundary();
                         let msgs = self.format.on_connect();
                         connected = matches!(self.send(msgs, &stop, &mut stash).await, Step::Done);
+                        // The connect messages just went out: the next refresh is a full
+                        // period away (an interval's first tick is immediate, which sent the
+                        // status twice on every connect).
+                        periodic.reset();
                     }
                     Some(LinkEvent::Down(_)) => connected = false,
                     Some(LinkEvent::Incoming(p)) => stash.push(p),

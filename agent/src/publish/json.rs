@@ -1,9 +1,10 @@
 //! Plain JSON over MQTT: one message per sample, feature row, prediction and alarm, on the
 //! topics of `topics.rs`, plus a retained status with a last will. Payload fields:
 //!
-//! - every message: `ts` (measurement time, Unix ms), `seq` (outbox sequence number of its
-//!   stream: consumers can de-duplicate replays), `historical: true` for backlog sent after an
-//!   outage (live values are the ones without it);
+//! - every message: `ts` (measurement time, Unix ms), `seq` (sequence number of the outbox
+//!   record it came from, per stream: the samples of one read cycle share one record, so a
+//!   sample is identified by (`seq`, tag); consumers can de-duplicate replays),
+//!   `historical: true` for backlog sent after an outage (live values are the ones without it);
 //! - samples: `value` (number, boolean, string, or null when bad), `quality`;
 //! - features: `window_start`, `model`, `bundle`, `model_version`, `version_number`,
 //!   `features` (name -> value);
@@ -17,7 +18,8 @@
 //!   `ks`, `w1_std`, `band`, `count`, `missing`, `mean`, `std`, `drifting`), `performance`
 //!   (`labelled`, `unlabelled`, `accuracy`, `precision`, `recall`, `mae` when known);
 //! - status (retained): `state` (`online`/`offline`), `agent`, `agent_version`, `ts`, `models`
-//!   (name -> version number), `outbox` (stream -> backlog and dropped counts).
+//!   (name -> version number), `outbox` (stream -> backlog and dropped counts); once per
+//!   connect, then every 30 s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -133,8 +133,7 @@ impl SyncTask {
                 return;
             }
         };
-        let mut backoff =
-            edge_protocols::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        let mut backoff = self.cfg.retry.backoff();
         let mut last_error: Option<String> = None;
         let mut pending_reports = Vec::new();
         let mut client: Option<FleetClient> = None;
@@ -171,7 +170,7 @@ impl SyncTask {
                         c.disconnect();
                     }
                     if refusal {
-                        Duration::from_secs(300)
+                        backoff.fatal_delay()
                     } else {
                         backoff.next_delay()
                     }

@@ -349,6 +349,9 @@ impl OpcUaSource {
         for (i, r) in created.iter().enumerate() {
             let status = r.result.status_code;
             if status.is_bad() {
+                if self.refuse_node(i, status, ctx, tx).await {
+                    continue;
+                }
                 tracing::warn!(source = %ctx.name, tag = %self.tags[i], node = %self.nodes[i],
                     "server cannot monitor this node ({status}); polling it every {:?} instead",
                     self.cfg.poll_interval);
@@ -361,6 +364,30 @@ impl OpcUaSource {
         polled
     }
 
+    /// A node the configuration names wrongly (unknown, not a variable, not readable): an
+    /// error naming the tag, the node and the fix, counted in `edge_source_errors_total`, one
+    /// bad sample, and the node is not read again in this session (a new session, after a
+    /// reconnect, tries it once more). Returns false for statuses a retry may fix.
+    async fn refuse_node(
+        &self,
+        i: usize,
+        status: StatusCode,
+        ctx: &SourceContext,
+        tx: &mpsc::Sender<Sample>,
+    ) -> bool {
+        let Some(why) = node_config_error(status) else {
+            return false;
+        };
+        ctx.stats.error();
+        tracing::error!(source = %ctx.name, tag = %self.tags[i], node = %self.nodes[i],
+            "opc-ua node `{}` of tag `{}`: {why} ({status}); fix node_id in the config —              the tag stays bad and is not read again until the session reconnects",
+            self.nodes[i], self.tags[i]);
+        let _ = tx.send(Sample::bad(self.tags[i].clone(), now_ns())).await;
+        true
+    }
+
+    /// Reads `items` once; returns those the server refused as configuration errors (see
+    /// [`OpcUaSource::refuse_node`]): the caller stops polling them.
     async fn poll_once(
         &self,
         session: &Arc<Session>,
@@ -368,23 +395,30 @@ impl OpcUaSource {
         latch: &mut ErrorLatch,
         ctx: &SourceContext,
         tx: &mpsc::Sender<Sample>,
-    ) {
+    ) -> Vec<usize> {
+        let mut refused = Vec::new();
         let reads: Vec<ReadValueId> = items
             .iter()
             .map(|&i| ReadValueId::new(self.nodes[i].clone(), AttributeId::Value))
             .collect();
         let read = tokio::select! {
             r = session.read(&reads, TimestampsToReturn::Both, 0.0) => r,
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return refused,
         };
         match read {
             Ok(dvs) => {
                 latch.ok();
                 let now = now_ns();
                 for (&i, dv) in items.iter().zip(&dvs) {
+                    if let Some(status) = dv.status.filter(|s| s.is_bad()) {
+                        if self.refuse_node(i, status, ctx, tx).await {
+                            refused.push(i);
+                            continue;
+                        }
+                    }
                     let s = data_value_to_sample(&self.tags[i], dv, self.cfg.timestamp, now);
                     if tx.send(s).await.is_err() {
-                        return;
+                        return refused;
                     }
                 }
             }
@@ -396,6 +430,7 @@ impl OpcUaSource {
                 }
             }
         }
+        refused
     }
 
     /// One client session from discovery to its end.
@@ -501,13 +536,19 @@ impl OpcUaSource {
                     Some(LoopEvent::AttemptFailed(code)) => {
                         ctx.stats.error();
                         if let Some(why) = fatal_reason(code) {
-                            return SessionEnd::Fatal(format!("{code}: {why}"));
+                            // Close what the attempt left on the server (no orphan sessions
+                            // piling up while the operator fixes the trust list).
+                            let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
+                            tracing::debug!(source = %ctx.name, "opc-ua refused: {code}");
+                            return SessionEnd::Fatal(self.explain(why));
                         }
                         tracing::debug!(source = %ctx.name, "opc-ua connect attempt failed: {code}");
                     }
                     Some(LoopEvent::Ended(Some(code))) => {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), session.disconnect()).await;
                         if let Some(why) = fatal_reason(code) {
-                            return SessionEnd::Fatal(format!("{code}: {why}"));
+                            tracing::debug!(source = %ctx.name, "opc-ua refused: {code}");
+                            return SessionEnd::Fatal(self.explain(why));
                         }
                         return SessionEnd::Transient(format!("session gave up reconnecting: {code}"));
                     }
@@ -516,10 +557,18 @@ impl OpcUaSource {
                     }
                 },
                 _ = poll_tick.tick(), if connected && !polled.is_empty() => {
-                    self.poll_once(&session, &polled, &mut poll_latch, ctx, tx).await;
+                    let refused = self.poll_once(&session, &polled, &mut poll_latch, ctx, tx).await;
+                    polled.retain(|i| !refused.contains(i));
                 }
             }
         }
+    }
+
+    /// A fatal reason with this source's PKI directory in place of `<pki_dir>`. The message
+    /// is the same whichever status code the server used for it (an untrusted certificate
+    /// shows as BadCertificateUntrusted, then BadSecurityChecksFailed), so it is logged once.
+    fn explain(&self, why: &str) -> String {
+        explain(why, &self.pki_dir)
     }
 
     async fn mark_bad(&self, tx: &mpsc::Sender<Sample>) {
@@ -639,6 +688,24 @@ fn code_fatal_reason_static(name: &str) -> Option<&'static str> {
     })
 }
 
+/// `why` with `pki_dir` in place of `<pki_dir>`.
+fn explain(why: &str, pki_dir: &Path) -> String {
+    why.replace("<pki_dir>", &pki_dir.display().to_string())
+}
+
+/// Per-node statuses that mean the configuration names the node wrongly (retrying the same
+/// read cannot fix them), with the operator's reading of it.
+fn node_config_error(code: StatusCode) -> Option<&'static str> {
+    Some(match code.sub_code().name() {
+        "BadNodeIdUnknown" => "the server has no node with this id",
+        "BadNodeIdInvalid" => "this is not a valid node id on this server",
+        "BadAttributeIdInvalid" => "the node has no value (not a variable)",
+        "BadNotReadable" => "the node is not readable",
+        "BadUserAccessDenied" => "this user may not read the node",
+        _ => return None,
+    })
+}
+
 fn sanitize(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -671,6 +738,30 @@ impl Source for OpcUaSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The untrusted-certificate advice names the real directory (it printed `<pki_dir>`),
+    /// and both codes a server uses for it give the same message (logged once, not twice).
+    #[test]
+    fn the_untrusted_certificate_advice_names_the_pki_directory_once() {
+        let a = fatal_reason(StatusCode::BadCertificateUntrusted).unwrap();
+        let b = fatal_reason(StatusCode::BadSecurityChecksFailed).unwrap();
+        let dir = Path::new("/var/lib/edge-agent/opcua/line1");
+        let m = explain(a, dir);
+        assert_eq!(m, explain(b, dir));
+        assert!(!m.contains("<pki_dir>"), "{m}");
+        assert!(
+            m.contains("/var/lib/edge-agent/opcua/line1/rejected/"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn node_configuration_errors_are_classified() {
+        assert!(node_config_error(StatusCode::BadNodeIdUnknown).is_some());
+        assert!(node_config_error(StatusCode::BadNotReadable).is_some());
+        assert!(node_config_error(StatusCode::BadCommunicationError).is_none());
+        assert!(node_config_error(StatusCode::BadWaitingForInitialData).is_none());
+    }
 
     #[test]
     fn fatal_codes_are_classified() {
