@@ -519,6 +519,21 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
         after[0].0, "spBv1.0/plant/NBIRTH/gw1",
         "a birth comes first"
     );
+    // The source's DBIRTH carries the last value measured while the host was away (it
+    // carried the value from before the outage).
+    let dbirth = after
+        .iter()
+        .find(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/plant")
+        .expect("the source's DBIRTH");
+    let temp_ts: u64 = metric(&dbirth.1, "pump1.temperature").unwrap()["timestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        temp_ts + 500 >= offline_to,
+        "the birth's value is from {temp_ts}, well before the host's absence ended at {offline_to}"
+    );
     let historical_ts: Vec<u64> = after
         .iter()
         .filter(|(t, _)| t.contains("/DDATA/gw1/plant"))

@@ -604,6 +604,38 @@ impl SledOutbox {
         Ok(out)
     }
 
+    /// The newest `max` durable records of `stream`, newest first: (seq, append time ms,
+    /// payload). Whatever the cursors say (Sparkplug births read the last known values here).
+    pub fn latest(
+        &self,
+        stream: Stream,
+        max: usize,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
+        self.with(|store| {
+            let slot = store.slot(stream);
+            let first = Self::lock(slot).first.max(1);
+            let durable = slot.durable.load(Ordering::Acquire);
+            let mut out = Vec::new();
+            if durable < first {
+                return Ok(out);
+            }
+            for kv in slot
+                .tree
+                .range(rec_key(first)..rec_key(durable + 1))
+                .rev()
+                .take(max)
+            {
+                let (k, v) = kv?;
+                let (Some(seq), true) = (seq_of(&k), v.len() >= 8) else {
+                    continue;
+                };
+                let ts = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
+                out.push((seq, ts, v[8..].to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
     /// Records that `dest` has everything up to `seq` of `stream`.
     pub fn confirm(&self, stream: Stream, dest: &str, seq: u64) -> Result<(), OutboxError> {
         self.with(|store| {

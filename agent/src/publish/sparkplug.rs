@@ -233,6 +233,7 @@ struct DeviceDef {
 }
 
 /// One value to publish.
+#[derive(Clone)]
 struct Point {
     metric: String,
     val: Val,
@@ -262,6 +263,19 @@ pub struct SparkplugFormat {
     next_alias: u64,
     node_metrics: BTreeMap<String, u64>,
     devices: BTreeMap<String, DeviceDef>,
+}
+
+/// Records at the end of each stream read for the last known values at a birth.
+const LAST_RECORDS: usize = 64;
+
+/// `p` becomes its metric's last value: always when live, and when `only_if_newer` (history,
+/// the outbox's tail) only if it is at least as new as what the metric has.
+fn remember(dev: &mut DeviceDef, p: Point, only_if_newer: bool) {
+    if let Some(m) = dev.metrics.get_mut(&p.metric) {
+        if !only_if_newer || m.last.as_ref().is_none_or(|(_, ts, _)| *ts <= p.ts_ms) {
+            m.last = Some((p.val, p.ts_ms, p.quality));
+        }
+    }
 }
 
 /// Keeps topic levels valid.
@@ -381,6 +395,7 @@ impl SparkplugFormat {
 
     /// NBIRTH and a DBIRTH for every known device; restarts seq.
     fn births(&mut self) -> Vec<Msg> {
+        self.refresh_last();
         let now = now_ms();
         self.seq = 0;
         let rebirth = self.node_metric(REBIRTH);
@@ -425,6 +440,209 @@ impl SparkplugFormat {
         let names: Vec<String> = self.devices.keys().cloned().collect();
         out.extend(names.iter().filter_map(|d| self.dbirth(d)));
         out
+    }
+
+    /// A record's metric points, per Sparkplug device (empty for a record that does not
+    /// decode: logged).
+    fn points_of(&self, stream: Stream, seq: u64, payload: &[u8]) -> Vec<(String, Vec<Point>)> {
+        let mut out = Vec::new();
+        let bad = |e: records::DecodeError| {
+            tracing::error!(stream = stream.name(), seq, "{e}; skipped");
+            Vec::new()
+        };
+        match stream {
+            Stream::Samples => {
+                let samples = match records::decode_samples(payload) {
+                    Ok(s) => s,
+                    Err(e) => return bad(e),
+                };
+                let mut by_device: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+                for s in samples {
+                    let device = (self.device_of_tag)(&s.tag).unwrap_or_else(|| "sensors".into());
+                    let val = if s.quality == Quality::Bad {
+                        Val::Null
+                    } else {
+                        Val::of(&s.value)
+                    };
+                    by_device.entry(device).or_default().push(Point {
+                        metric: s.tag.to_string(),
+                        val,
+                        ts_ms: ms(s.ts_ns),
+                        quality: s.quality,
+                    });
+                }
+                for (d, pts) in by_device {
+                    out.push((d.to_string(), pts));
+                }
+            }
+            Stream::Features => {
+                let f = match records::decode_features(payload) {
+                    Ok(f) => f,
+                    Err(e) => return bad(e),
+                };
+                let ts = ms(f.end_ns);
+                let mut pts: Vec<Point> = f
+                    .names
+                    .iter()
+                    .zip(&f.values)
+                    .map(|(n, v)| Point {
+                        metric: format!("Features/{n}"),
+                        val: Val::f64(*v),
+                        ts_ms: ts,
+                        quality: Quality::Good,
+                    })
+                    .collect();
+                pts.push(Point {
+                    metric: "Window Start".into(),
+                    val: Val::Time(ms(f.start_ns)),
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                });
+                Self::model_identity(&f.source, ts, &mut pts);
+                out.push((f.source.model.to_string(), pts));
+            }
+            Stream::Predictions => {
+                let p = match records::decode_prediction(payload) {
+                    Ok(p) => p,
+                    Err(e) => return bad(e),
+                };
+                let ts = ms(p.end_ns);
+                let g = |metric: &str, val: Val| Point {
+                    metric: metric.into(),
+                    val,
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                };
+                let mut pts = vec![g("Window Start", Val::Time(ms(p.start_ns)))];
+                if let Some(s) = p.score {
+                    pts.push(g("Score", Val::f64(s)));
+                }
+                if let Some(l) = &p.label {
+                    pts.push(g("Label", Val::S(l.clone())));
+                }
+                if let Some(o) = p.over_threshold {
+                    pts.push(g("Over Threshold", Val::B(o)));
+                }
+                for (name, vals) in &p.outputs {
+                    if vals.len() == 1 {
+                        pts.push(g(&format!("Outputs/{name}"), Val::f64(vals[0])));
+                    } else {
+                        for (i, v) in vals.iter().enumerate() {
+                            pts.push(g(&format!("Outputs/{name}/{i}"), Val::f64(*v)));
+                        }
+                    }
+                }
+                Self::model_identity(&p.source, ts, &mut pts);
+                out.push((p.source.model.to_string(), pts));
+            }
+            Stream::Alarms => {
+                let a = match records::decode_alarm(payload) {
+                    Ok(a) => a,
+                    Err(e) => return bad(e),
+                };
+                let ts = ms(a.ts_ns);
+                let g = |metric: String, val: Val| Point {
+                    metric,
+                    val,
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                };
+                let base = match &a.drift {
+                    None => "Alarm".to_string(),
+                    Some(d) if d.kind == crate::pipeline::record::DriftAlarmKind::Dataset => {
+                        "Drift Alarm/dataset".to_string()
+                    }
+                    Some(d) => format!("Drift Alarm/{}/{}", d.kind.as_str(), d.subject),
+                };
+                let (active, value) = if a.drift.is_some() {
+                    (base.clone(), format!("{base}/Value"))
+                } else {
+                    (format!("{base}/Active"), format!("{base}/Score"))
+                };
+                let mut pts = vec![g(active, Val::B(a.active)), g(value, Val::f64(a.score))];
+                if let Some(t) = a.threshold {
+                    pts.push(g(format!("{base}/Threshold"), Val::f64(t)));
+                }
+                out.push((a.source.model.to_string(), pts));
+            }
+            Stream::Drift => {
+                let d = match records::decode_drift(payload) {
+                    Ok(d) => d,
+                    Err(e) => return bad(e),
+                };
+                let ts = ms(d.end_ns);
+                let g = |metric: String, val: Val| Point {
+                    metric,
+                    val,
+                    ts_ms: ts,
+                    quality: Quality::Good,
+                };
+                let mut pts = vec![
+                    g("Drift/Dataset Drift".into(), Val::B(d.dataset_drift)),
+                    g("Drift/Metric".into(), Val::S(d.metric.name().into())),
+                    g("Drift/Interval Start".into(), Val::Time(ms(d.start_ns))),
+                ];
+                for c in d.columns.iter().chain(&d.outputs) {
+                    let v = c
+                        .scores
+                        .map(|s| edge_protocols::drift::record::metric_value(d.metric, &s));
+                    pts.push(g(
+                        format!("Drift/{}/Score", c.summary.name),
+                        v.map(Val::f64).unwrap_or(Val::Null),
+                    ));
+                    pts.push(g(
+                        format!("Drift/{}/Drifting", c.summary.name),
+                        Val::B(c.drifting),
+                    ));
+                }
+                if let Some(p) = &d.performance {
+                    pts.push(g("Performance/Labelled".into(), Val::U(p.labelled)));
+                    for (name, v) in [
+                        ("Accuracy", p.accuracy()),
+                        ("Precision", p.precision()),
+                        ("Recall", p.recall()),
+                        ("MAE", p.mae()),
+                    ] {
+                        if let Some(v) = v {
+                            pts.push(g(format!("Performance/{name}"), Val::f64(v)));
+                        }
+                    }
+                }
+                out.push((d.source.model.to_string(), pts));
+            }
+            Stream::Events => {}
+        }
+        out
+    }
+
+    /// The newest values in the outbox become the metrics' last values, so births carry
+    /// them: after a restart, and while the primary host was away, nothing was published,
+    /// and the outbox is where the last known values are (the newest [`LAST_RECORDS`]
+    /// records of each published stream, cursor or not).
+    fn refresh_last(&mut self) {
+        for stream in self.streams.clone() {
+            let recent = match self.outbox.latest(stream, LAST_RECORDS) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(
+                        stream = stream.name(),
+                        "births without the outbox's last values: {e}"
+                    );
+                    continue;
+                }
+            };
+            for (seq, _, payload) in recent.into_iter().rev() {
+                for (device, pts) in self.points_of(stream, seq, &payload) {
+                    let device = level(&device);
+                    self.register(&device, &pts);
+                    if let Some(dev) = self.devices.get_mut(&device) {
+                        for p in pts {
+                            remember(dev, p, true);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The DBIRTH of a known device (`None` for an unknown one: nothing to announce).
@@ -528,13 +746,9 @@ impl SparkplugFormat {
         }
         let device = level(device);
         let rebirth = self.register(&device, &points);
-        if !historical {
-            if let Some(dev) = self.devices.get_mut(&device) {
-                for p in &points {
-                    if let Some(m) = dev.metrics.get_mut(&p.metric) {
-                        m.last = Some((p.val.clone(), p.ts_ms, p.quality));
-                    }
-                }
+        if let Some(dev) = self.devices.get_mut(&device) {
+            for p in &points {
+                remember(dev, p.clone(), historical);
             }
         }
         if rebirth {
@@ -680,171 +894,8 @@ impl Format for SparkplugFormat {
 
     fn encode(&mut self, stream: Stream, seq: u64, payload: &[u8], historical: bool) -> Vec<Msg> {
         let mut out = Vec::new();
-        let bad = |e: records::DecodeError| {
-            tracing::error!(stream = stream.name(), seq, "{e}; skipped");
-            Vec::new()
-        };
-        match stream {
-            Stream::Samples => {
-                let samples = match records::decode_samples(payload) {
-                    Ok(s) => s,
-                    Err(e) => return bad(e),
-                };
-                let mut by_device: BTreeMap<String, Vec<Point>> = BTreeMap::new();
-                for s in samples {
-                    let device = (self.device_of_tag)(&s.tag).unwrap_or_else(|| "sensors".into());
-                    let val = if s.quality == Quality::Bad {
-                        Val::Null
-                    } else {
-                        Val::of(&s.value)
-                    };
-                    by_device.entry(device).or_default().push(Point {
-                        metric: s.tag.to_string(),
-                        val,
-                        ts_ms: ms(s.ts_ns),
-                        quality: s.quality,
-                    });
-                }
-                for (d, pts) in by_device {
-                    self.device_data(&d, pts, historical, &mut out);
-                }
-            }
-            Stream::Features => {
-                let f = match records::decode_features(payload) {
-                    Ok(f) => f,
-                    Err(e) => return bad(e),
-                };
-                let ts = ms(f.end_ns);
-                let mut pts: Vec<Point> = f
-                    .names
-                    .iter()
-                    .zip(&f.values)
-                    .map(|(n, v)| Point {
-                        metric: format!("Features/{n}"),
-                        val: Val::f64(*v),
-                        ts_ms: ts,
-                        quality: Quality::Good,
-                    })
-                    .collect();
-                pts.push(Point {
-                    metric: "Window Start".into(),
-                    val: Val::Time(ms(f.start_ns)),
-                    ts_ms: ts,
-                    quality: Quality::Good,
-                });
-                Self::model_identity(&f.source, ts, &mut pts);
-                self.device_data(&f.source.model, pts, historical, &mut out);
-            }
-            Stream::Predictions => {
-                let p = match records::decode_prediction(payload) {
-                    Ok(p) => p,
-                    Err(e) => return bad(e),
-                };
-                let ts = ms(p.end_ns);
-                let g = |metric: &str, val: Val| Point {
-                    metric: metric.into(),
-                    val,
-                    ts_ms: ts,
-                    quality: Quality::Good,
-                };
-                let mut pts = vec![g("Window Start", Val::Time(ms(p.start_ns)))];
-                if let Some(s) = p.score {
-                    pts.push(g("Score", Val::f64(s)));
-                }
-                if let Some(l) = &p.label {
-                    pts.push(g("Label", Val::S(l.clone())));
-                }
-                if let Some(o) = p.over_threshold {
-                    pts.push(g("Over Threshold", Val::B(o)));
-                }
-                for (name, vals) in &p.outputs {
-                    if vals.len() == 1 {
-                        pts.push(g(&format!("Outputs/{name}"), Val::f64(vals[0])));
-                    } else {
-                        for (i, v) in vals.iter().enumerate() {
-                            pts.push(g(&format!("Outputs/{name}/{i}"), Val::f64(*v)));
-                        }
-                    }
-                }
-                Self::model_identity(&p.source, ts, &mut pts);
-                self.device_data(&p.source.model, pts, historical, &mut out);
-            }
-            Stream::Alarms => {
-                let a = match records::decode_alarm(payload) {
-                    Ok(a) => a,
-                    Err(e) => return bad(e),
-                };
-                let ts = ms(a.ts_ns);
-                let g = |metric: String, val: Val| Point {
-                    metric,
-                    val,
-                    ts_ms: ts,
-                    quality: Quality::Good,
-                };
-                let base = match &a.drift {
-                    None => "Alarm".to_string(),
-                    Some(d) if d.kind == crate::pipeline::record::DriftAlarmKind::Dataset => {
-                        "Drift Alarm/dataset".to_string()
-                    }
-                    Some(d) => format!("Drift Alarm/{}/{}", d.kind.as_str(), d.subject),
-                };
-                let (active, value) = if a.drift.is_some() {
-                    (base.clone(), format!("{base}/Value"))
-                } else {
-                    (format!("{base}/Active"), format!("{base}/Score"))
-                };
-                let mut pts = vec![g(active, Val::B(a.active)), g(value, Val::f64(a.score))];
-                if let Some(t) = a.threshold {
-                    pts.push(g(format!("{base}/Threshold"), Val::f64(t)));
-                }
-                self.device_data(&a.source.model, pts, historical, &mut out);
-            }
-            Stream::Drift => {
-                let d = match records::decode_drift(payload) {
-                    Ok(d) => d,
-                    Err(e) => return bad(e),
-                };
-                let ts = ms(d.end_ns);
-                let g = |metric: String, val: Val| Point {
-                    metric,
-                    val,
-                    ts_ms: ts,
-                    quality: Quality::Good,
-                };
-                let mut pts = vec![
-                    g("Drift/Dataset Drift".into(), Val::B(d.dataset_drift)),
-                    g("Drift/Metric".into(), Val::S(d.metric.name().into())),
-                    g("Drift/Interval Start".into(), Val::Time(ms(d.start_ns))),
-                ];
-                for c in d.columns.iter().chain(&d.outputs) {
-                    let v = c
-                        .scores
-                        .map(|s| edge_protocols::drift::record::metric_value(d.metric, &s));
-                    pts.push(g(
-                        format!("Drift/{}/Score", c.summary.name),
-                        v.map(Val::f64).unwrap_or(Val::Null),
-                    ));
-                    pts.push(g(
-                        format!("Drift/{}/Drifting", c.summary.name),
-                        Val::B(c.drifting),
-                    ));
-                }
-                if let Some(p) = &d.performance {
-                    pts.push(g("Performance/Labelled".into(), Val::U(p.labelled)));
-                    for (name, v) in [
-                        ("Accuracy", p.accuracy()),
-                        ("Precision", p.precision()),
-                        ("Recall", p.recall()),
-                        ("MAE", p.mae()),
-                    ] {
-                        if let Some(v) = v {
-                            pts.push(g(format!("Performance/{name}"), Val::f64(v)));
-                        }
-                    }
-                }
-                self.device_data(&d.source.model, pts, historical, &mut out);
-            }
-            Stream::Events => {}
+        for (device, pts) in self.points_of(stream, seq, payload) {
+            self.device_data(&device, pts, historical, &mut out);
         }
         out
     }
@@ -1079,6 +1130,106 @@ mod tests {
             assert_eq!(w[1], (w[0] + 1) % 256);
         }
         assert!(seqs.contains(&255) && seqs.iter().filter(|s| **s == 0).count() >= 1);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn samples_at(ts_ms: u64, v: Vec<(&str, Value, Quality)>) -> Vec<u8> {
+        let s: Vec<Sample> = v
+            .into_iter()
+            .map(|(t, v, q)| Sample::new(Arc::from(t), ts_ms as i64 * 1_000_000, v, q))
+            .collect();
+        encode_samples(&s)
+    }
+
+    /// Births carry the last known value and its time, also after a restart and when the
+    /// primary host comes back (they carried null / Quality 0, or a value as old as the
+    /// host's absence).
+    #[test]
+    fn births_carry_the_last_known_values_from_the_outbox() {
+        let d = tmp("last-values");
+        // A previous run measured and stored; nothing was published (host offline).
+        let mut f = format(&d, Some("scada"));
+        f.outbox
+            .append(
+                Stream::Samples,
+                &[
+                    samples_at(1_000, vec![("p1.temp", Value::Float(61.5), Quality::Good)]),
+                    samples_at(
+                        2_000,
+                        vec![
+                            ("p1.temp", Value::Float(62.5), Quality::Good),
+                            ("p1.level", Value::Int(7), Quality::Uncertain),
+                        ],
+                    ),
+                ],
+            )
+            .unwrap();
+        f.outbox.commit().unwrap();
+        assert!(f.on_connect().is_empty(), "host offline: no birth");
+        // The host comes online: the births carry the newest stored values, with their
+        // measurement times and qualities.
+        let r = f.on_incoming(&publish(
+            "spBv1.0/STATE/scada",
+            br#"{"online": true, "timestamp": 1}"#.to_vec(),
+        ));
+        let db = r
+            .publish
+            .iter()
+            .find(|m| m.topic == "spBv1.0/plant/DBIRTH/gw1/p1")
+            .map(decode)
+            .expect("a DBIRTH of p1 from the outbox");
+        let by_name: BTreeMap<_, _> = db
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone().unwrap(), m.clone()))
+            .collect();
+        assert_eq!(
+            by_name["p1.temp"].value,
+            Some(MetricValue::DoubleValue(62.5))
+        );
+        assert_eq!(by_name["p1.temp"].timestamp, Some(2_000));
+        assert_eq!(
+            by_name["p1.temp"].properties,
+            Some(quality_props(Quality::Good))
+        );
+        assert_eq!(
+            by_name["p1.level"].properties,
+            Some(quality_props(Quality::Uncertain))
+        );
+        // Later, newer data stored while the host was away again: the next birth has it.
+        f.on_incoming(&publish(
+            "spBv1.0/STATE/scada",
+            br#"{"online": false, "timestamp": 2}"#.to_vec(),
+        ));
+        f.outbox
+            .append(
+                Stream::Samples,
+                &[samples_at(
+                    9_000,
+                    vec![("p1.temp", Value::Float(70.0), Quality::Good)],
+                )],
+            )
+            .unwrap();
+        f.outbox.commit().unwrap();
+        let r = f.on_incoming(&publish(
+            "spBv1.0/STATE/scada",
+            br#"{"online": true, "timestamp": 3}"#.to_vec(),
+        ));
+        let db = r
+            .publish
+            .iter()
+            .find(|m| m.topic == "spBv1.0/plant/DBIRTH/gw1/p1")
+            .map(decode)
+            .unwrap();
+        let temp = db
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some("p1.temp"))
+            .unwrap();
+        assert_eq!(
+            (temp.value.clone(), temp.timestamp),
+            (Some(MetricValue::DoubleValue(70.0)), Some(9_000))
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
