@@ -38,12 +38,27 @@ pub enum PayloadError {
     },
     #[error("timestamp at `{pointer}`: {reason}")]
     BadTimestamp { pointer: String, reason: String },
+    /// NaN, ±infinity, or a number past f64's range (`1e999`): never a measurement.
+    #[error("value `{0}` is not a finite number")]
+    NotFinite(String),
 }
 
 /// Parses a whole payload as one plain value: an integer, a float or `true`/`false`.
 pub fn parse_plain(payload: &[u8]) -> Result<Value, PayloadError> {
     let s = std::str::from_utf8(payload).map_err(|_| PayloadError::NotUtf8)?;
-    parse_scalar_text(s.trim()).ok_or_else(|| PayloadError::NotANumber(truncate(s.trim())))
+    finite(
+        parse_scalar_text(s.trim()).ok_or_else(|| PayloadError::NotANumber(truncate(s.trim())))?,
+        s.trim(),
+    )
+}
+
+/// `v`, unless it is a float that is not finite (an error naming the text it came from, so
+/// the source logs and counts it like any other bad payload).
+fn finite(v: Value, text: &str) -> Result<Value, PayloadError> {
+    match v {
+        Value::Float(f) if !f.is_finite() => Err(PayloadError::NotFinite(truncate(text))),
+        v => Ok(v),
+    }
 }
 
 fn parse_scalar_text(s: &str) -> Option<Value> {
@@ -107,8 +122,8 @@ pub fn value_at(doc: &serde_json::Value, pointer: &str) -> Result<Value, Payload
             }
         }
         serde_json::Value::Bool(b) => Ok(Value::Bool(*b)),
-        // Some devices quote their numbers; "NaN"/"inf" parse here and become Bad downstream.
-        serde_json::Value::String(s) => parse_scalar_text(s.trim()).ok_or_else(wrong),
+        // Some devices quote their numbers; "NaN"/"inf" are errors like any bad payload.
+        serde_json::Value::String(s) => finite(parse_scalar_text(s.trim()).ok_or_else(wrong)?, s),
         _ => Err(wrong()),
     }
 }
@@ -197,7 +212,24 @@ mod tests {
         );
         assert_eq!(parse_plain(b"-1.5e3"), Ok(Value::Float(-1500.0)));
         assert_eq!(parse_plain(b"true"), Ok(Value::Bool(true)));
-        assert!(matches!(parse_plain(b"NaN"), Ok(Value::Float(f)) if f.is_nan()));
+        // Non-finite numbers are errors (they became bad samples with no log and no count).
+        for text in ["NaN", "nan", "inf", "-inf", "infinity", "1e999", "-1e999"] {
+            assert_eq!(
+                parse_plain(text.as_bytes()),
+                Err(PayloadError::NotFinite(text.into())),
+                "{text}"
+            );
+        }
+        let doc = parse_json(br#"{"v": "NaN", "w": "1e999", "x": 1e300}"#).unwrap();
+        assert_eq!(
+            value_at(&doc, "/v"),
+            Err(PayloadError::NotFinite("NaN".into()))
+        );
+        assert_eq!(
+            value_at(&doc, "/w"),
+            Err(PayloadError::NotFinite("1e999".into()))
+        );
+        assert_eq!(value_at(&doc, "/x"), Ok(Value::Float(1e300)));
         assert_eq!(
             parse_plain(b"hot"),
             Err(PayloadError::NotANumber("hot".into()))
