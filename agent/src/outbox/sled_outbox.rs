@@ -46,6 +46,14 @@ fn rec_key(seq: u64) -> [u8; 9] {
     k
 }
 
+/// A stored record (key, value) as (seq, append time ms, payload); `None` for a key that is
+/// not a record's or a value too short to hold its append time.
+fn stored_record(k: &[u8], v: &[u8]) -> Option<(u64, u64, Vec<u8>)> {
+    let seq = seq_of(k)?;
+    let ts = u64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+    Some((seq, ts, v[8..].to_vec()))
+}
+
 fn seq_of(key: &[u8]) -> Option<u64> {
     (key.len() == 9 && key[0] == REC)
         .then(|| u64::from_be_bytes(key[1..].try_into().unwrap_or([0; 8])))
@@ -595,11 +603,7 @@ impl SledOutbox {
             .take(max)
         {
             let (k, v) = kv?;
-            let (Some(seq), true) = (seq_of(&k), v.len() >= 8) else {
-                continue;
-            };
-            let ts = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
-            out.push((seq, ts, v[8..].to_vec()));
+            out.extend(stored_record(&k, &v));
         }
         Ok(out)
     }
@@ -626,11 +630,7 @@ impl SledOutbox {
                 .take(max)
             {
                 let (k, v) = kv?;
-                let (Some(seq), true) = (seq_of(&k), v.len() >= 8) else {
-                    continue;
-                };
-                let ts = u64::from_le_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                out.push((seq, ts, v[8..].to_vec()));
+                out.extend(stored_record(&k, &v));
             }
             Ok(out)
         })

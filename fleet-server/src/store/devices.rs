@@ -569,16 +569,18 @@ impl FleetStore {
             if !errs.is_empty() {
                 let mut q = Sql::many(self.backend, "WITH v (k_key, k_err) AS (VALUES ");
                 for (n, w) in errs.iter().enumerate() {
-                    q.push(if n > 0 { ", (" } else { "(" })
-                        .arg(Arg::S(key(w).1))
-                        .push(", ")
-                        .arg(Arg::N(
-                            w.update
-                                .last_error
-                                .as_ref()
-                                .map(|e| e.chars().take(2000).collect()),
-                        ))
-                        .push(")");
+                    q.row(
+                        n,
+                        [
+                            Arg::S(key(w).1),
+                            Arg::N(
+                                w.update
+                                    .last_error
+                                    .as_ref()
+                                    .map(|e| e.chars().take(2000).collect()),
+                            ),
+                        ],
+                    );
                 }
                 q.push(&format!(") INSERT INTO device_errors (device_id, at, error) SELECT d.id, {now}, v.k_err FROM v JOIN devices d ON d.{column} = v.k_key WHERE d.revoked_at IS NULL AND (d.last_error IS NULL OR d.last_error <> v.k_err)"));
                 q.query().execute(&mut **tx).await?;
@@ -589,17 +591,16 @@ impl FleetStore {
                 "WITH v (k_key, k_backlog, k_dropped, k_streams, k_every) AS (VALUES ",
             );
             for (n, w) in ws.iter().enumerate() {
-                q.push(if n > 0 { ", (" } else { "(" })
-                    .arg(Arg::S(key(w).1))
-                    .push(", ")
-                    .arg(Arg::I(w.update.backlog))
-                    .push(", ")
-                    .arg(Arg::I(w.update.dropped))
-                    .push(", ")
-                    .arg(Arg::S(w.streams_json.clone()))
-                    .push(", ")
-                    .arg(Arg::I(w.history_every_ms))
-                    .push(")");
+                q.row(
+                    n,
+                    [
+                        Arg::S(key(w).1),
+                        Arg::I(w.update.backlog),
+                        Arg::I(w.update.dropped),
+                        Arg::S(w.streams_json.clone()),
+                        Arg::I(w.history_every_ms),
+                    ],
+                );
             }
             q.push(&format!(") INSERT INTO device_history (device_id, at, backlog, dropped, streams) SELECT d.id, {now}, v.k_backlog, v.k_dropped, v.k_streams FROM v JOIN devices d ON d.{column} = v.k_key WHERE d.revoked_at IS NULL AND (d.history_at IS NULL OR {now} - d.history_at >= v.k_every) ON CONFLICT (device_id, at) DO NOTHING"));
             q.query().execute(&mut **tx).await?;
@@ -610,23 +611,19 @@ impl FleetStore {
             };
             let mut q = Sql::many(self.backend, "WITH v (k_key, k_status, k_agent, k_models, k_backlog, k_dropped, k_err, k_every) AS (VALUES ");
             for (n, w) in ws.iter().enumerate() {
-                q.push(if n > 0 { ", (" } else { "(" })
-                    .arg(Arg::S(key(w).1))
-                    .push(", ")
-                    .arg(Arg::S(w.status_json.clone()))
-                    .push(", ")
-                    .arg(Arg::S(w.update.agent_version.clone()))
-                    .push(", ")
-                    .arg(Arg::S(w.update.models.clone()))
-                    .push(", ")
-                    .arg(Arg::I(w.update.backlog))
-                    .push(", ")
-                    .arg(Arg::I(w.update.dropped))
-                    .push(", ")
-                    .arg(Arg::N(w.update.last_error.clone()))
-                    .push(", ")
-                    .arg(Arg::I(w.history_every_ms))
-                    .push(")");
+                q.row(
+                    n,
+                    [
+                        Arg::S(key(w).1),
+                        Arg::S(w.status_json.clone()),
+                        Arg::S(w.update.agent_version.clone()),
+                        Arg::S(w.update.models.clone()),
+                        Arg::I(w.update.backlog),
+                        Arg::I(w.update.dropped),
+                        Arg::N(w.update.last_error.clone()),
+                        Arg::I(w.history_every_ms),
+                    ],
+                );
             }
             q.push(&format!(") UPDATE devices SET last_seen = {now}, status = v.k_status, agent_version = v.k_agent, models = v.k_models, backlog = v.k_backlog, \
                 backlog_rises = CASE WHEN v.k_backlog > devices.backlog + {greatest}(devices.backlog / 10, 100) THEN devices.backlog_rises + 1 ELSE 0 END, \

@@ -367,11 +367,11 @@ impl FleetStore {
         // Every stream has a mark.
         let mut q = Sql::many(self.backend, "INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ");
         for (i, b) in batches.iter().enumerate() {
-            q.push(if i > 0 { ", (" } else { "(" })
-                .arg(Arg::S(b.device.to_string()))
-                .push(", ")
-                .arg(Arg::S(b.stream.to_string()))
-                .push(", 0, 0, 0, 0)");
+            q.row_then(
+                i,
+                [Arg::S(b.device.to_string()), Arg::S(b.stream.to_string())],
+                ", 0, 0, 0, 0)",
+            );
         }
         q.push(" ON CONFLICT (device_id, stream) DO NOTHING");
         q.query().execute(&mut **tx).await?;
@@ -380,11 +380,10 @@ impl FleetStore {
         // after the other, so the ack never moves back.
         let mut q = Sql::many(self.backend, "SELECT device_id, stream, acked_through, lost_on_device FROM stream_marks WHERE (device_id, stream) IN (VALUES ");
         for (i, b) in batches.iter().enumerate() {
-            q.push(if i > 0 { ", (" } else { "(" })
-                .arg(Arg::S(b.device.to_string()))
-                .push(", ")
-                .arg(Arg::S(b.stream.to_string()))
-                .push(")");
+            q.row(
+                i,
+                [Arg::S(b.device.to_string()), Arg::S(b.stream.to_string())],
+            );
         }
         q.push(") ORDER BY device_id, stream").push(self.row_lock());
         let mut marks: HashMap<(String, String), (i64, i64)> = HashMap::new();
@@ -432,17 +431,16 @@ impl FleetStore {
             );
             for (n, (i, seq, ts, body)) in chunk.iter().enumerate() {
                 let b = &batches[*i];
-                q.push(if n > 0 { ", (" } else { "(" })
-                    .arg(Arg::S(b.device.to_string()))
-                    .push(", ")
-                    .arg(Arg::S(b.stream.to_string()))
-                    .push(", ")
-                    .arg(Arg::I(*seq))
-                    .push(", ")
-                    .arg(Arg::I(*ts))
-                    .push(", ")
-                    .arg(Arg::B(body))
-                    .push(")");
+                q.row(
+                    n,
+                    [
+                        Arg::S(b.device.to_string()),
+                        Arg::S(b.stream.to_string()),
+                        Arg::I(*seq),
+                        Arg::I(*ts),
+                        Arg::B(body),
+                    ],
+                );
             }
             q.push(" ON CONFLICT DO NOTHING RETURNING device_id, stream, seq");
             for r in q.query().fetch_all(&mut **tx).await? {
@@ -531,13 +529,14 @@ impl FleetStore {
         );
         for (n, i) in probe.iter().enumerate() {
             let b = &batches[*i];
-            q.push(if n > 0 { ", (" } else { "(" })
-                .arg(Arg::S(b.device.to_string()))
-                .push(", ")
-                .arg(Arg::S(b.stream.to_string()))
-                .push(", ")
-                .arg(Arg::I(results[*i].0 + 1))
-                .push(")");
+            q.row(
+                n,
+                [
+                    Arg::S(b.device.to_string()),
+                    Arg::S(b.stream.to_string()),
+                    Arg::I(results[*i].0 + 1),
+                ],
+            );
         }
         q.push(")");
         let continued: Vec<usize> = q
@@ -576,19 +575,17 @@ impl FleetStore {
             "WITH v (k_dev, k_stream, k_through, k_lost, k_ins, k_dup) AS (VALUES ",
         );
         for (n, (b, (through, lost, r))) in batches.iter().zip(&results).enumerate() {
-            q.push(if n > 0 { ", (" } else { "(" })
-                .arg(Arg::S(b.device.to_string()))
-                .push(", ")
-                .arg(Arg::S(b.stream.to_string()))
-                .push(", ")
-                .arg(Arg::I(*through))
-                .push(", ")
-                .arg(Arg::I(*lost))
-                .push(", ")
-                .arg(Arg::I(r.inserted as i64))
-                .push(", ")
-                .arg(Arg::I(r.duplicates as i64))
-                .push(")");
+            q.row(
+                n,
+                [
+                    Arg::S(b.device.to_string()),
+                    Arg::S(b.stream.to_string()),
+                    Arg::I(*through),
+                    Arg::I(*lost),
+                    Arg::I(r.inserted as i64),
+                    Arg::I(r.duplicates as i64),
+                ],
+            );
         }
         q.push(") UPDATE stream_marks SET acked_through = v.k_through, lost_on_device = v.k_lost, records = stream_marks.records + v.k_ins, duplicates = stream_marks.duplicates + v.k_dup FROM v WHERE stream_marks.device_id = v.k_dev AND stream_marks.stream = v.k_stream");
         q.query().execute(&mut **tx).await?;

@@ -138,6 +138,29 @@ impl<'a> Sql<'a> {
         self
     }
 
+    /// Row `n` (0-based) of a multi-row `VALUES` list: `(a, b, …)`, preceded by `, ` after
+    /// the first.
+    fn row(&mut self, n: usize, args: impl IntoIterator<Item = Arg<'a>>) -> &mut Self {
+        self.row_then(n, args, ")")
+    }
+
+    /// [`Sql::row`] ending with `close` (literal columns, then `)`).
+    fn row_then(
+        &mut self,
+        n: usize,
+        args: impl IntoIterator<Item = Arg<'a>>,
+        close: &str,
+    ) -> &mut Self {
+        self.push(if n > 0 { ", (" } else { "(" });
+        for (i, a) in args.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.arg(a);
+        }
+        self.push(close)
+    }
+
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut q = sqlx::query(&self.text);
         for a in &self.args {
