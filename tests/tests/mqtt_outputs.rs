@@ -658,3 +658,72 @@ password = "edge-pass"
         agent.log_tail()
     );
 }
+
+/// SIGTERM delivers what was read to the JSON output too (the last batches stayed in the
+/// outbox for the next start): the subscriber gets every sample the agent's own CSV
+/// recording has.
+#[test]
+fn a_clean_stop_delivers_every_recorded_sample_to_the_json_output() {
+    let dir = tempdir();
+    let d = dir.path();
+    let broker = mosquitto(d);
+    let listener = MqttListener::start(d, broker.anon);
+    let csv = d.join("recording.csv");
+    let cfg = agent_config(
+        d,
+        broker.anon,
+        1.0,
+        "20ms",
+        &format!(
+            "format = \"json\"\ntopic_prefix = \"edge\"\n\n[[outputs.file]]\nname = \"recording\"\npath = \"{}\"\nformat = \"csv\"",
+            csv.display()
+        ),
+    );
+    let mut agent = start_agent(d, &cfg);
+    let ok = listener.wait_for(SECS, |m| {
+        m.iter()
+            .filter(|x| {
+                x["topic"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("edge/gw1/samples/"))
+            })
+            .count()
+            > 200
+    });
+    assert!(ok, "no samples; agent log:\n{}", agent.log_tail());
+    assert!(agent.terminate(SECS), "the agent did not stop on SIGTERM");
+    // Every sample the recording holds (tag, measurement ms) reaches the subscriber.
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let recorded: BTreeSet<(String, i64)> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let tag = f.next()?.to_string();
+            let ns: i64 = f.next()?.parse().ok()?;
+            Some((tag, ns.div_euclid(1_000_000)))
+        })
+        .collect();
+    assert!(recorded.len() > 200, "{} recorded", recorded.len());
+    let published = |m: &[Value]| -> BTreeSet<(String, i64)> {
+        m.iter()
+            .filter_map(|x| {
+                let tag = x["topic"].as_str()?.strip_prefix("edge/gw1/samples/")?;
+                Some((tag.to_string(), json_body(x)?["ts"].as_i64()?))
+            })
+            .collect()
+    };
+    let all_there = listener.wait_for(Duration::from_secs(10), |m| {
+        recorded.is_subset(&published(m))
+    });
+    let missing: Vec<_> = recorded
+        .difference(&published(&listener.messages()))
+        .take(10)
+        .cloned()
+        .collect();
+    assert!(
+        all_there,
+        "recorded but never published (first 10): {missing:?}; agent log:\n{}",
+        agent.log_tail()
+    );
+}

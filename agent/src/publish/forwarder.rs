@@ -216,6 +216,8 @@ impl Forwarder {
     }
 
     pub async fn run(mut self, stop: CancellationToken) {
+        /// The longest the last delivery at a stop may take (the agent waits 3 s per output).
+        const FINAL_DRAIN: Duration = Duration::from_secs(2);
         let mut committed = self.outbox.committed();
         let mut connected = false;
         let mut boundary = [0u64; 6];
@@ -276,6 +278,15 @@ impl Forwarder {
         }
         let mut goodbye = "not connected";
         if connected {
+            // The pipeline's last batches were committed just before the stop: deliver what
+            // is committed (bounded), or the stop could win the race against the commit's
+            // wake-up and leave them for the next start (seen for the JSON output).
+            let quick = CancellationToken::new();
+            let flushed =
+                tokio::time::timeout(FINAL_DRAIN, self.drain(&boundary, &quick, &mut stash)).await;
+            if !matches!(flushed, Ok(Step::Done)) {
+                tracing::warn!(output = %self.name, "stopping before everything committed was delivered (it stays in the outbox for the next start)");
+            }
             let msgs = self.format.on_shutdown();
             let quick = CancellationToken::new();
             goodbye = match tokio::time::timeout(
