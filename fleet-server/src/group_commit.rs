@@ -77,15 +77,6 @@ pub struct GroupStats {
     pub split: AtomicU64,
 }
 
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Job::CheckIn(w, _) => write!(f, "check-in {:?}", w.device),
-            Job::Upload(u, _) => write!(f, "upload {:?} {}", u.device, u.stream),
-        }
-    }
-}
-
 impl std::fmt::Debug for GroupCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("GroupCommit")

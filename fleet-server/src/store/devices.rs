@@ -546,10 +546,13 @@ impl FleetStore {
         }
         let now = now_ms();
         let mut out: Vec<Option<Device>> = vec![None; writes.len()];
-        let key = |w: &CheckInWrite| match &w.device {
-            super::DeviceRef::Cert(c) => ("cert_sha256", c.clone()),
-            super::DeviceRef::Id(i) => ("id", i.clone()),
-        };
+        /// The column a write names its device by, and the value.
+        fn key(w: &CheckInWrite) -> (&'static str, &str) {
+            match &w.device {
+                super::DeviceRef::Cert(c) => ("cert_sha256", c.as_str()),
+                super::DeviceRef::Id(i) => ("id", i.as_str()),
+            }
+        }
         // One statement per key column (certificates from the device API, ids elsewhere).
         for column in ["cert_sha256", "id"] {
             let ws: Vec<&CheckInWrite> = writes
@@ -572,7 +575,7 @@ impl FleetStore {
                     q.row(
                         n,
                         [
-                            Arg::S(key(w).1),
+                            Arg::T(key(w).1),
                             Arg::N(
                                 w.update
                                     .last_error
@@ -594,10 +597,10 @@ impl FleetStore {
                 q.row(
                     n,
                     [
-                        Arg::S(key(w).1),
+                        Arg::T(key(w).1),
                         Arg::I(w.update.backlog),
                         Arg::I(w.update.dropped),
-                        Arg::S(w.streams_json.clone()),
+                        Arg::T(&w.streams_json),
                         Arg::I(w.history_every_ms),
                     ],
                 );
@@ -614,10 +617,10 @@ impl FleetStore {
                 q.row(
                     n,
                     [
-                        Arg::S(key(w).1),
-                        Arg::S(w.status_json.clone()),
-                        Arg::S(w.update.agent_version.clone()),
-                        Arg::S(w.update.models.clone()),
+                        Arg::T(key(w).1),
+                        Arg::T(&w.status_json),
+                        Arg::T(&w.update.agent_version),
+                        Arg::T(&w.update.models),
                         Arg::I(w.update.backlog),
                         Arg::I(w.update.dropped),
                         Arg::N(w.update.last_error.clone()),
@@ -645,7 +648,7 @@ impl FleetStore {
             for (i, w) in writes.iter().enumerate() {
                 let (c, k) = key(w);
                 if c == column {
-                    out[i] = by_key.get(&k).cloned();
+                    out[i] = by_key.get(k).cloned();
                 }
             }
         }

@@ -128,13 +128,13 @@ impl FleetStore {
         );
         for r in &refs {
             if let DeviceRef::Cert(c) = r {
-                q.push(", ").arg(Arg::S(c.clone()));
+                q.push(", ").arg(Arg::T(c));
             }
         }
         q.push(") OR id IN (''");
         for r in &refs {
             if let DeviceRef::Id(i) = r {
-                q.push(", ").arg(Arg::S(i.clone()));
+                q.push(", ").arg(Arg::T(i));
             }
         }
         q.push("))");
@@ -316,9 +316,12 @@ mod tests {
                         .await
                         .unwrap()
                 } else {
+                    // Its result is the device the later check-in names.
+                    let DeviceRef::Cert(cert) = &w.device else {
+                        panic!("the rounds name devices by certificate")
+                    };
                     let mut r = GroupResult::default();
-                    r.check_ins
-                        .push(single.device(&format!("d{i}")).await.unwrap());
+                    r.check_ins.push(single.device_by_cert(cert).await.unwrap());
                     r
                 };
                 one.0

@@ -367,11 +367,7 @@ impl FleetStore {
         // Every stream has a mark.
         let mut q = Sql::many(self.backend, "INSERT INTO stream_marks (device_id, stream, acked_through, lost_on_device, records, duplicates) VALUES ");
         for (i, b) in batches.iter().enumerate() {
-            q.row_then(
-                i,
-                [Arg::S(b.device.to_string()), Arg::S(b.stream.to_string())],
-                ", 0, 0, 0, 0)",
-            );
+            q.row_then(i, [Arg::T(b.device), Arg::T(b.stream)], ", 0, 0, 0, 0)");
         }
         q.push(" ON CONFLICT (device_id, stream) DO NOTHING");
         q.query().execute(&mut **tx).await?;
@@ -380,10 +376,7 @@ impl FleetStore {
         // after the other, so the ack never moves back.
         let mut q = Sql::many(self.backend, "SELECT device_id, stream, acked_through, lost_on_device FROM stream_marks WHERE (device_id, stream) IN (VALUES ");
         for (i, b) in batches.iter().enumerate() {
-            q.row(
-                i,
-                [Arg::S(b.device.to_string()), Arg::S(b.stream.to_string())],
-            );
+            q.row(i, [Arg::T(b.device), Arg::T(b.stream)]);
         }
         q.push(") ORDER BY device_id, stream").push(self.row_lock());
         let mut marks: HashMap<(String, String), (i64, i64)> = HashMap::new();
@@ -434,8 +427,8 @@ impl FleetStore {
                 q.row(
                     n,
                     [
-                        Arg::S(b.device.to_string()),
-                        Arg::S(b.stream.to_string()),
+                        Arg::T(b.device),
+                        Arg::T(b.stream),
                         Arg::I(*seq),
                         Arg::I(*ts),
                         Arg::B(body),
@@ -532,8 +525,8 @@ impl FleetStore {
             q.row(
                 n,
                 [
-                    Arg::S(b.device.to_string()),
-                    Arg::S(b.stream.to_string()),
+                    Arg::T(b.device),
+                    Arg::T(b.stream),
                     Arg::I(results[*i].0 + 1),
                 ],
             );
@@ -578,8 +571,8 @@ impl FleetStore {
             q.row(
                 n,
                 [
-                    Arg::S(b.device.to_string()),
-                    Arg::S(b.stream.to_string()),
+                    Arg::T(b.device),
+                    Arg::T(b.stream),
                     Arg::I(*through),
                     Arg::I(*lost),
                     Arg::I(r.inserted as i64),

@@ -86,6 +86,9 @@ fn list_of(s: &str) -> Vec<String> {
 enum Arg<'a> {
     I(i64),
     S(String),
+    /// Text borrowed from the caller (device ids, streams and statuses of a group are bound
+    /// without a copy each).
+    T(&'a str),
     /// A text that may be NULL.
     N(Option<String>),
     /// Bytes borrowed from the caller (record bodies are never copied to be bound).
@@ -167,6 +170,7 @@ impl<'a> Sql<'a> {
             q = match a {
                 Arg::I(i) => q.bind(*i),
                 Arg::S(s) => q.bind(s.as_str()),
+                Arg::T(s) => q.bind(*s),
                 Arg::N(s) => q.bind(s.as_deref()),
                 Arg::B(b) => q.bind(*b),
             };

@@ -171,6 +171,16 @@ mod tests {
         .collect()
     }
 
+    /// The weeks that have a partition, oldest first.
+    async fn weeks_of(s: &FleetStore) -> Vec<i64> {
+        s.record_weeks()
+            .await
+            .unwrap()
+            .iter()
+            .map(|w| w.1)
+            .collect()
+    }
+
     #[tokio::test]
     async fn weeks_are_created_ahead_filled_from_the_default_and_dropped_by_retention() {
         let (s, dir) = store().await;
@@ -254,34 +264,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             [4, 6]
         );
-        let weeks: Vec<i64> = s
-            .record_weeks()
-            .await
-            .unwrap()
-            .iter()
-            .map(|w| w.1)
-            .collect();
+        let weeks = weeks_of(&s).await;
         assert_eq!(weeks, [2902, 2905, 2906, 2907]);
         // Retention drops weeks only when every stream has a retention.
         let some = crate::retention::Retention::parse("samples=7d").unwrap();
         some.apply(&s, 2_907 * WEEK_MS).await.unwrap();
-        assert_eq!(
-            s.record_weeks().await.unwrap().len(),
-            4,
-            "features are kept for ever"
-        );
+        assert_eq!(weeks_of(&s).await.len(), 4, "features are kept for ever");
         // Every stream: a week goes when the longest retention (14 days) has passed it.
         let all = crate::retention::Retention::parse(
             "samples=7d,features=7d,predictions=7d,alarms=14d,drift=7d,events=7d",
         );
         all.unwrap().apply(&s, 2_907 * WEEK_MS).await.unwrap();
-        let weeks: Vec<i64> = s
-            .record_weeks()
-            .await
-            .unwrap()
-            .iter()
-            .map(|w| w.1)
-            .collect();
+        let weeks = weeks_of(&s).await;
         assert_eq!(
             weeks,
             [2905, 2906, 2907],
