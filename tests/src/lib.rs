@@ -641,18 +641,20 @@ impl TcpProxy {
                             Some(r) => {
                                 use std::io::{Read, Write};
                                 let mut buf = vec![0u8; 4096];
-                                let started = Instant::now();
-                                let mut sent = 0u64;
+                                // The link is free again at `free`; an idle connection
+                                // earns no credit (a kept-alive connection reused for a
+                                // download must not burst through at loopback speed).
+                                let mut free = Instant::now();
                                 while let Ok(n) = from.read(&mut buf) {
                                     if n == 0 || to.write_all(&buf[..n]).is_err() {
                                         break;
                                     }
-                                    sent += n as u64;
                                     st.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                                    let due = Duration::from_secs_f64(sent as f64 / r as f64);
-                                    if let Some(w) = due.checked_sub(started.elapsed()) {
-                                        std::thread::sleep(w);
-                                    }
+                                    free = free.max(Instant::now())
+                                        + Duration::from_secs_f64(n as f64 / r as f64);
+                                    std::thread::sleep(
+                                        free.saturating_duration_since(Instant::now()),
+                                    );
                                 }
                             }
                         }
