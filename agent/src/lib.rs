@@ -386,6 +386,7 @@ fn publish_setup(
             streams: o.streams.clone(),
             qos,
             batch: o.batch,
+            backlog_share: o.backlog_share,
             format,
             link,
             link_stop,

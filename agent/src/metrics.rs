@@ -342,6 +342,15 @@ impl Collector for Snapshot {
             for s in &stats {
                 ConstCounter::new(s.dropped).encode(me.encode_family(&[("stream", s.stream)])?)?;
             }
+            let mut me = enc.encode_descriptor(
+                "edge_outbox_skipped_sequence",
+                "Sequence numbers skipped at this start after an unclean stop (reserved for live delivery, never committed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for s in &stats {
+                ConstCounter::new(s.skipped).encode(me.encode_family(&[("stream", s.stream)])?)?;
+            }
             let g = ConstGauge::new(ob.size_on_disk() as i64);
             g.encode(enc.encode_descriptor(
                 "edge_outbox_disk_bytes",

@@ -4,11 +4,14 @@
 //!
 //! Delivery contract (what a consumer can rely on):
 //! - every record gets the next sequence number of its stream: no gaps except counted drops;
-//! - a record is handed to destinations only once it is durable (after a group commit), so a
-//!   sequence number once seen by a consumer always means the same record, crash or not;
-//! - a destination's cursor moves only when the destination confirmed delivery; after a crash a
-//!   destination may see records again that were confirmed in the last commit interval
-//!   (at-least-once), never a gap;
+//! - live destinations (MQTT outputs) get a record as soon as it is appended; the fleet upload
+//!   only once it is durable (after a group commit). A sequence number once seen by a
+//!   consumer always means the same record, crash or not: numbers handed out live are
+//!   reserved durably ahead of time (a lease), and after an unclean stop the numbers of the
+//!   lease that were never committed are skipped, not reused (logged, counted in `skipped`);
+//! - a destination's cursor moves only over records that the destination confirmed and that
+//!   are durable; after a crash a destination may see records again that were confirmed in the
+//!   last commit interval (at-least-once); a gap only where numbers were skipped (above);
 //! - a record is deleted when every configured destination has confirmed it, or dropped by the
 //!   stream's size/age limit (counted per stream and reported).
 
@@ -34,6 +37,9 @@ pub struct StreamStats {
     pub bytes: u64,
     /// Records dropped by the size/age limit or a failed write.
     pub dropped: u64,
+    /// Sequence numbers skipped at this start after an unclean stop (reserved for live
+    /// delivery, never committed).
+    pub skipped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -37,9 +37,14 @@ pub struct MqttOutputConfig {
     /// JSON: first topic level (default `edge`).
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
-    /// Messages in flight before waiting for acks.
+    /// Outbox records per publish batch (a batch is acknowledged before the next one).
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// While live records and a backlog (stored before the broker came back) compete, the
+    /// backlog's share of the records published, in (0, 1] (default 0.5). Live records always
+    /// go first; when none wait, the backlog drains at full speed.
+    #[serde(default = "default_backlog_share")]
+    pub backlog_share: f64,
     /// Sparkplug settings (required with `format = "sparkplug"`).
     pub sparkplug: Option<SparkplugConfig>,
 }
@@ -84,6 +89,9 @@ fn default_prefix() -> String {
 fn default_batch() -> usize {
     100
 }
+fn default_backlog_share() -> f64 {
+    0.5
+}
 
 impl MqttOutputConfig {
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
@@ -97,6 +105,11 @@ impl MqttOutputConfig {
         issues.check((1..=10_000).contains(&self.batch), at.key("batch"), || {
             "batch must be within 1..=10000".into()
         });
+        issues.check(
+            self.backlog_share > 0.0 && self.backlog_share <= 1.0,
+            at.key("backlog_share"),
+            || format!("backlog_share {} must be within (0, 1]", self.backlog_share),
+        );
         for (i, s) in self.streams.iter().enumerate() {
             issues.check(
                 matches!(
