@@ -3,7 +3,8 @@
 //!
 //! Metric names (all prefixed `edge_`):
 //! - `source_samples_total`, `source_bad_samples_total`, `source_dropped_samples_total`,
-//!   `source_errors_total`, `source_reconnects_total`, `source_connected` — label `source`, `kind`
+//!   `source_errors_total`, `source_reconnects_total`, `source_connected` — label `source`, `kind`;
+//!   `source_bad_messages_total` — labels `source`, `kind`, `reason` (see `BadMessage`)
 //! - `pipeline_batches_total`, `pipeline_samples_total`, `pipeline_dropped_at_shutdown_total`,
 //!   `pipeline_queue_batches` (fan-in queue depth)
 //! - `output_written_total`, `output_failed_total`, `output_queue_records` — label `output`, `kind`
@@ -172,6 +173,25 @@ impl Collector for Snapshot {
             for (src, kind, s) in &m.sources {
                 let labels = [("source", src.as_str()), ("kind", *kind)];
                 ConstCounter::new(get(s)).encode(me.encode_family(&labels)?)?;
+            }
+        }
+        let mut me = enc.encode_descriptor(
+            "edge_source_bad_messages",
+            "Received messages that could not be used, per reason (acknowledged, not retried)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (src, kind, s) in &m.sources {
+            for why in edge_protocols::source::BadMessage::ALL {
+                let n = s.bad_messages(why);
+                if n > 0 || *kind == "mqtt" {
+                    let labels = [
+                        ("source", src.as_str()),
+                        ("kind", *kind),
+                        ("reason", why.name()),
+                    ];
+                    ConstCounter::new(n).encode(me.encode_family(&labels)?)?;
+                }
             }
         }
         let mut me = enc.encode_descriptor(

@@ -36,6 +36,58 @@ pub enum BackpressurePolicy {
     DropNewest,
 }
 
+/// Why a message a source received could not be used (the `reason` label of
+/// `edge_source_bad_messages_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BadMessage {
+    /// Larger than the source's `max_packet_size`: acknowledged and dropped unread.
+    Oversize,
+    /// Not UTF-8 text.
+    NotUtf8,
+    /// A plain payload that is not a number or true/false.
+    NotANumber,
+    /// Not valid JSON (a tag with `json_pointer`).
+    BadJson,
+    /// The tag's `json_pointer` is not in the payload.
+    Missing,
+    /// The value at the pointer is not a number, boolean or numeric string.
+    WrongType,
+    /// The timestamp at `timestamp_pointer` cannot be read (the value is kept, uncertain).
+    BadTimestamp,
+    /// NaN, infinity or a number past f64's range.
+    NotFinite,
+}
+
+impl BadMessage {
+    pub const ALL: [BadMessage; 8] = [
+        BadMessage::Oversize,
+        BadMessage::NotUtf8,
+        BadMessage::NotANumber,
+        BadMessage::BadJson,
+        BadMessage::Missing,
+        BadMessage::WrongType,
+        BadMessage::BadTimestamp,
+        BadMessage::NotFinite,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BadMessage::Oversize => "oversize",
+            BadMessage::NotUtf8 => "not_utf8",
+            BadMessage::NotANumber => "not_a_number",
+            BadMessage::BadJson => "bad_json",
+            BadMessage::Missing => "missing",
+            BadMessage::WrongType => "wrong_type",
+            BadMessage::BadTimestamp => "bad_timestamp",
+            BadMessage::NotFinite => "not_finite",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Counters of one source, read by the agent's metrics registry at scrape time.
 #[derive(Debug, Default)]
 pub struct SourceStats {
@@ -51,11 +103,21 @@ pub struct SourceStats {
     pub reconnects: AtomicU64,
     /// Whether the source currently has a working session/connection to its device.
     pub connected: AtomicBool,
+    /// Messages that could not be used, per [`BadMessage`] reason (message-based sources).
+    bad_messages: [AtomicU64; BadMessage::ALL.len()],
 }
 
 impl SourceStats {
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Counts one unusable message (also as an error).
+    pub fn bad_message(&self, why: BadMessage) {
+        self.bad_messages[why.index()].fetch_add(1, Ordering::Relaxed);
+        self.error();
+    }
+    pub fn bad_messages(&self, why: BadMessage) -> u64 {
+        self.bad_messages[why.index()].load(Ordering::Relaxed)
     }
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);

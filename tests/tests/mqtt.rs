@@ -1,11 +1,12 @@
 //! MQTT against Mosquitto (an independent broker), with mosquitto_pub as the publisher:
 //! plain and JSON payloads, timestamps, wildcard tag names, malformed payloads, user/password,
-//! mutual TLS (and a rogue certificate), broker restarts, and QoS 1 messages queued by the
-//! broker while the agent was away.
+//! mutual TLS (and a rogue certificate), broker restarts, QoS 1 messages queued by the
+//! broker while the agent was away, an oversize (poison) message, and a fast replay.
 
 use std::time::Duration;
 
 use edge_protocols::mqtt::{MqttSourceConfig, MqttSubscriber};
+use edge_protocols::source::BadMessage;
 use edge_protocols::{Quality, Value};
 use interop_tests::*;
 
@@ -168,8 +169,19 @@ async fn malformed_payloads_are_bad_quality_and_the_source_carries_on() {
         |s| &*s.tag == "flow" && s.value == Value::Int(7),
     )
     .await;
-    // Every bad payload is counted, the non-finite numbers too (they were not).
+    // Every bad payload is counted under its reason, the non-finite numbers too.
     assert!(h.stat(|s| &s.errors) >= 8, "{}", h.stat(|s| &s.errors));
+    for (why, n) in [
+        (BadMessage::NotANumber, 1),
+        (BadMessage::NotFinite, 3),
+        (BadMessage::BadJson, 1),
+        (BadMessage::WrongType, 1),
+        (BadMessage::Missing, 1),
+        (BadMessage::BadTimestamp, 1),
+        (BadMessage::Oversize, 0),
+    ] {
+        assert_eq!(h.stats.bad_messages(why), n, "{}", why.name());
+    }
     h.stop().await.unwrap();
 }
 
@@ -335,5 +347,104 @@ async fn qos1_messages_sent_while_the_agent_was_away_are_delivered() {
         (1000..1020).collect::<Vec<_>>(),
         "all queued messages, in order"
     );
+    h.stop().await.unwrap();
+}
+
+fn persistent(port: u16, id: &str) -> MqttSourceConfig {
+    config(
+        &format!(
+            "{}\nclient_id = \"{id}\"\nclean_session = false",
+            anon(port)
+        ),
+        "qos = 1",
+    )
+}
+
+/// A 1 MB QoS 1 message over `max_packet_size` (256 KiB by default) on a persistent session:
+/// acknowledged, counted as oversize, and the messages after it flow; no reconnect loop, and
+/// a new run of the same session does not get it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversize_message_is_acknowledged_counted_and_later_messages_flow() {
+    let dir = tempdir();
+    let b = mosquitto(dir.path());
+    let cfg = persistent(b.anon, "poison-1");
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(cfg.clone(), "x".into())),
+    );
+    subscribed(&mut h, b.anon, &[]).await;
+    let big = dir.path().join("big.txt");
+    std::fs::write(&big, "1".repeat(1 << 20)).unwrap();
+    mqtt_publish_file(b.anon, "plant/line1/flow", &big);
+    mqtt_publish(b.anon, "plant/line1/flow", "42", &[]);
+    h.wait_for(
+        Duration::from_secs(10),
+        "the message after the oversize one",
+        |s| &*s.tag == "flow" && s.value == Value::Int(42),
+    )
+    .await;
+    assert_eq!(h.stats.bad_messages(BadMessage::Oversize), 1);
+    assert_eq!(
+        h.stat(|s| &s.reconnects),
+        0,
+        "the oversize message broke the connection"
+    );
+    h.stop().await.unwrap();
+    let mut h = Harness::start("broker", Box::new(MqttSubscriber::new(cfg, "x".into())));
+    mqtt_publish(b.anon, "plant/line1/flow", "43", &[]);
+    h.wait_for(Duration::from_secs(10), "the next run's message", |s| {
+        &*s.tag == "flow" && s.value == Value::Int(43)
+    })
+    .await;
+    assert_eq!(
+        h.stats.bad_messages(BadMessage::Oversize),
+        0,
+        "the acknowledged oversize message was delivered again"
+    );
+    h.stop().await.unwrap();
+}
+
+/// mosquitto_pub replays 50 000 QoS 1 messages as fast as it can: every one arrives, once
+/// acknowledged only after the pipeline took it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fast_replay_of_50000_qos1_messages_all_arrive() {
+    const N: i64 = 50_000;
+    let dir = tempdir();
+    let b = mosquitto(dir.path());
+    let mut h = Harness::start(
+        "broker",
+        Box::new(MqttSubscriber::new(
+            persistent(b.anon, "replay-1"),
+            "x".into(),
+        )),
+    );
+    subscribed(&mut h, b.anon, &[]).await;
+    let lines: String = (0..N).map(|i| format!("{i}\n")).collect();
+    let port = b.anon;
+    let publisher =
+        std::thread::spawn(move || mqtt_publish_lines(port, "plant/line1/flow", &lines));
+    let mut got = std::collections::BTreeSet::new();
+    let mut idle = 0;
+    // Until everything arrived, or nothing more came for 20 s.
+    while (got.len() as i64) < N && idle < 100 {
+        let batch = h.collect_for(Duration::from_millis(200)).await;
+        idle = if batch.is_empty() { idle + 1 } else { 0 };
+        for s in batch {
+            if let (true, Value::Int(v)) = (&*s.tag == "flow", &s.value) {
+                if *v >= 0 {
+                    got.insert(*v);
+                }
+            }
+        }
+    }
+    publisher.join().unwrap();
+    let missing: Vec<i64> = (0..N).filter(|v| !got.contains(v)).take(10).collect();
+    assert_eq!(
+        got.len() as i64,
+        N,
+        "{} of {N} messages missing (first: {missing:?})",
+        N - got.len() as i64
+    );
+    assert_eq!(h.stats.bad_messages(BadMessage::Oversize), 0);
     h.stop().await.unwrap();
 }

@@ -571,7 +571,8 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
         .count();
     assert!(
         inside > 50,
-        "{inside} historical values measured during the outage ({offline_from}..{offline_to})"
+        "{inside} historical values measured during the outage ({offline_from}..{offline_to}): {:?} {:?}",
+        historical_ts, after.iter().map(|(t, p)| (t.clone(), p["metrics"].as_array().map(|a| a.iter().map(|m| (m["timestamp"].clone(), m.get("is_historical").is_some())).collect::<Vec<_>>()))).collect::<Vec<_>>()
     );
     assert!(
         historical_ts.windows(2).all(|w| w[0] <= w[1]),

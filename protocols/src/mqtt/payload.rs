@@ -43,6 +43,22 @@ pub enum PayloadError {
     NotFinite(String),
 }
 
+impl PayloadError {
+    /// The counter this error is booked under.
+    pub fn reason(&self) -> crate::source::BadMessage {
+        use crate::source::BadMessage as B;
+        match self {
+            PayloadError::NotUtf8 => B::NotUtf8,
+            PayloadError::NotANumber(_) => B::NotANumber,
+            PayloadError::BadJson(_) => B::BadJson,
+            PayloadError::Missing(_) => B::Missing,
+            PayloadError::WrongType { .. } => B::WrongType,
+            PayloadError::BadTimestamp { .. } => B::BadTimestamp,
+            PayloadError::NotFinite(_) => B::NotFinite,
+        }
+    }
+}
+
 /// Parses a whole payload as one plain value: an integer, a float or `true`/`false`.
 pub fn parse_plain(payload: &[u8]) -> Result<Value, PayloadError> {
     let s = std::str::from_utf8(payload).map_err(|_| PayloadError::NotUtf8)?;

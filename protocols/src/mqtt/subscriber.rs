@@ -4,12 +4,21 @@
 //! pipeline, and the broker session persists across reconnects (`clean_session = false`), so
 //! a crash or a network cut never loses a message the broker accepted. Reconnects back off with
 //! jitter; subscriptions are renewed whenever the broker did not keep the session.
+//!
+//! Throughput: the messages that are already read when one arrives (up to [`MAX_BURST`]) are
+//! decoded together and go to the pipeline as one batch, then acknowledged together.
+//!
+//! Bad input never stalls the source: a message larger than `max_packet_size` (up to
+//! [`READ_LIMIT`], which the client still reads) and a payload that cannot be decoded are
+//! acknowledged like any other, counted per reason (`edge_source_bad_messages_total`), and
+//! logged once per reason per [`BAD_LOG_EVERY`] with the topic and the setting to change.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rumqttc::{AsyncClient, Event, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode};
 
 use super::client::{fatal_reason, mqtt_options};
@@ -18,11 +27,23 @@ use super::payload::{parse_json, parse_plain, timestamp_at, value_at, PayloadErr
 use super::topic::{expand_name, has_wildcards, match_filter};
 use crate::error_latch::ErrorLatch;
 use crate::sample::{now_ns, Quality, Sample, Tag};
-use crate::source::{Source, SourceContext, SourceError, SourceFuture};
+use crate::source::{BadMessage, Source, SourceContext, SourceError, SourceFuture};
 
 /// Upper bound of distinct tag names created from wildcard topics (memory guard against a
 /// broker that publishes on unbounded topic names).
 const MAX_DYNAMIC_TAGS: usize = 10_000;
+
+/// Messages decoded into one pipeline batch at most (those already read from the socket).
+pub const MAX_BURST: usize = 512;
+
+/// The largest packet the client reads at all. Between `max_packet_size` and this, a message
+/// is read, acknowledged and dropped (counted); a larger one breaks the connection (MQTT 3.1.1
+/// has no way to refuse a message), so the broker redelivers it: limit the broker's
+/// `message_size_limit` below this.
+pub const READ_LIMIT: usize = 64 * 1024 * 1024;
+
+/// A bad-message reason is logged at most once per this interval (with the count since).
+pub const BAD_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// An MQTT subscribing source.
 #[derive(Debug)]
@@ -39,8 +60,60 @@ pub struct MqttSubscriber {
 #[derive(Default)]
 struct Decoder {
     dynamic: HashMap<String, Tag>,
-    latches: HashMap<usize, ErrorLatch>,
+    bad_log: BadMessageLog,
     dynamic_full_logged: bool,
+}
+
+/// Logs each bad-message reason at most once per [`BAD_LOG_EVERY`], with how many more
+/// were seen since the last line.
+#[derive(Default)]
+struct BadMessageLog {
+    last: HashMap<BadMessage, (std::time::Instant, u64)>,
+}
+
+impl BadMessageLog {
+    /// `Some(suppressed since the last line)` when this occurrence should be logged.
+    fn due(&mut self, why: BadMessage) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last.get_mut(&why) {
+            Some((at, n)) if now.duration_since(*at) < BAD_LOG_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let since = *n;
+                *at = now;
+                *n = 0;
+                Some(since)
+            }
+            None => {
+                self.last.insert(why, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// What an operator changes for a bad message of this kind.
+fn remedy(why: BadMessage, tag: Option<&MqttTagConfig>, max_packet_size: usize) -> String {
+    let ptr = tag.and_then(|t| t.json_pointer.clone()).unwrap_or_default();
+    match why {
+        BadMessage::Oversize => format!(
+            "raise `max_packet_size` of this source's broker table (now {max_packet_size} bytes) or publish smaller messages"
+        ),
+        BadMessage::NotUtf8 | BadMessage::NotANumber => {
+            "the tag has no `json_pointer`, so the payload must be a plain number or true/false: set `json_pointer` for JSON payloads".into()
+        }
+        BadMessage::BadJson | BadMessage::Missing | BadMessage::WrongType => format!(
+            "check the tag's `json_pointer` (`{ptr}`) against what the publisher sends"
+        ),
+        BadMessage::BadTimestamp => {
+            "check the tag's `timestamp_pointer` and `timestamp_format` (the value is kept with the arrival time, quality uncertain)".into()
+        }
+        BadMessage::NotFinite => {
+            "the publisher sent a non-finite number; the sample is stored with bad quality".into()
+        }
+    }
 }
 
 impl MqttSubscriber {
@@ -88,10 +161,35 @@ impl MqttSubscriber {
             .collect()
     }
 
-    /// Every sample one message yields.
-    fn decode(&self, p: &Publish, dec: &mut Decoder, ctx: &SourceContext) -> Vec<Sample> {
+    /// Books a bad message: counted, and logged if its reason is due.
+    fn bad(
+        &self,
+        why: BadMessage,
+        detail: &str,
+        p: &Publish,
+        tag: Option<&MqttTagConfig>,
+        dec: &mut Decoder,
+        ctx: &SourceContext,
+    ) {
+        ctx.stats.bad_message(why);
+        if let Some(more) = dec.bad_log.due(why) {
+            let fix = remedy(why, tag, self.cfg.broker.max_packet_size);
+            tracing::warn!(source = %ctx.name, topic = %p.topic, reason = why.name(),
+                more_since_last_log = more, "unusable message: {detail}; {fix}");
+        }
+    }
+
+    /// Every sample one message yields (none for an oversize one).
+    fn decode(&self, p: &Publish, dec: &mut Decoder, ctx: &SourceContext, out: &mut Vec<Sample>) {
         let arrived = now_ns();
-        let mut out = Vec::new();
+        // Roughly the packet's remaining length (topic, its length, the packet id).
+        let size = p.payload.len() + p.topic.len() + 4;
+        if size > self.cfg.broker.max_packet_size {
+            let detail = format!("{size} bytes, over max_packet_size");
+            self.bad(BadMessage::Oversize, &detail, p, None, dec, ctx);
+            return;
+        }
+        let mut booked = false;
         let mut json: Option<Result<serde_json::Value, PayloadError>> = None;
         let candidates = self
             .exact
@@ -134,32 +232,30 @@ impl MqttSubscriber {
                 Some(Ok(ns)) => *ns,
                 _ => arrived,
             };
-            let latch = dec.latches.entry(i).or_default();
             match (result, ts) {
                 (Ok(v), None) | (Ok(v), Some(Ok(_))) => {
-                    latch.ok();
                     out.push(Sample::new(tag, good_ts, v, Quality::Good));
                 }
                 (Ok(v), Some(Err(e))) => {
                     // The value is fine, its time is not: keep it, flagged.
-                    ctx.stats.error();
-                    if latch.fail(&e.to_string()) {
-                        tracing::warn!(source = %ctx.name, topic = %p.topic, tag = %tag,
-                            "{e}; using arrival time, quality uncertain");
+                    if !booked {
+                        booked = true;
+                        let detail = format!("tag {tag}: {e}");
+                        self.bad(e.reason(), &detail, p, Some(t), dec, ctx);
                     }
                     out.push(Sample::new(tag, arrived, v, Quality::Uncertain));
                 }
                 (Err(e), _) => {
-                    ctx.stats.error();
-                    if latch.fail(&e.to_string()) {
-                        tracing::warn!(source = %ctx.name, topic = %p.topic, tag = %tag,
-                            "cannot read value: {e}; sample is bad quality");
+                    // One message is booked once, under its first problem.
+                    if !booked {
+                        booked = true;
+                        let detail = format!("tag {tag}: {e}; sample is bad quality");
+                        self.bad(e.reason(), &detail, p, Some(t), dec, ctx);
                     }
                     out.push(Sample::bad(tag, good_ts));
                 }
             }
         }
-        out
     }
 
     fn dynamic_tag(&self, template: &str, captures: &[&str], dec: &mut Decoder) -> Option<Tag> {
@@ -195,6 +291,13 @@ impl MqttSubscriber {
             .map_err(|e| SourceError::Config(format!("{}: {e}", self.cfg.name)))?;
         let mut opts = opts;
         opts.set_manual_acks(true);
+        // Read what is over `max_packet_size` (up to READ_LIMIT) so it can be acknowledged
+        // and dropped: refusing to read it would break the connection, and the broker would
+        // redeliver it forever.
+        opts.set_max_packet_size(
+            READ_LIMIT.max(self.cfg.broker.max_packet_size),
+            self.cfg.broker.max_packet_size,
+        );
         // Acks travel through the client's request queue, which rumqttc drains only between
         // bursts of incoming packets; size it well above any broker's in-flight window, and
         // keep acks that still do not fit for the next turn (a lost ack would stall the session).
@@ -206,6 +309,8 @@ impl MqttSubscriber {
         let mut conn_latch = ErrorLatch::default();
         let mut connected_once = false;
         let mut marked_bad = false;
+        // An event read while collecting a burst, handled next.
+        let mut pending = None;
         tracing::info!(source = %ctx.name, url = %self.cfg.broker.url, client_id = %self.client_id,
             filters = self.filters().len(), "mqtt source starting");
         loop {
@@ -215,9 +320,12 @@ impl MqttSubscriber {
                 }
                 unacked.pop_front();
             }
-            let ev = tokio::select! {
-                _ = ctx.shutdown.cancelled() => break,
-                ev = events.poll() => ev,
+            let ev = match pending.take() {
+                Some(ev) => ev,
+                None => tokio::select! {
+                    _ = ctx.shutdown.cancelled() => break,
+                    ev = events.poll() => ev,
+                },
             };
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -254,15 +362,38 @@ impl MqttSubscriber {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let samples = self.decode(&p, &mut dec, &ctx);
-                    if ctx.out.send(samples).await.is_err() {
+                    // This message and those already read behind it: one batch.
+                    let mut samples = Vec::new();
+                    let mut burst = vec![p];
+                    self.decode(&burst[0], &mut dec, &ctx, &mut samples);
+                    let mut next = None;
+                    while burst.len() < MAX_BURST {
+                        match events.poll().now_or_never() {
+                            Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                                self.decode(&p, &mut dec, &ctx, &mut samples);
+                                burst.push(p);
+                            }
+                            Some(Ok(Event::Outgoing(_))) => {}
+                            Some(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if !samples.is_empty() && ctx.out.send(samples).await.is_err() {
                         break;
                     }
                     // Acknowledge only once the samples are in the pipeline.
-                    if p.qos != QoS::AtMostOnce
-                        && (!unacked.is_empty() || client.try_ack(&p).is_err())
-                    {
-                        unacked.push_back(p);
+                    for p in burst {
+                        if p.qos != QoS::AtMostOnce
+                            && (!unacked.is_empty() || client.try_ack(&p).is_err())
+                        {
+                            unacked.push_back(p);
+                        }
+                    }
+                    if let Some(ev) = next {
+                        pending = Some(ev);
                     }
                 }
                 Ok(_) => {}
@@ -272,6 +403,19 @@ impl MqttSubscriber {
                     ctx.stats.error();
                     ctx.stats.set_connected(false);
                     let msg = e.to_string();
+                    if let rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::Deserialization(
+                            rumqttc::Error::PayloadSizeLimitExceeded(n),
+                        ),
+                    ) = &e
+                    {
+                        ctx.stats.bad_message(BadMessage::Oversize);
+                        tracing::error!(source = %ctx.name, url = %self.cfg.broker.url, bytes = n,
+                            "the broker sent a {n}-byte message, over the {READ_LIMIT}-byte limit this client reads at all: \
+                             the connection breaks and the broker redelivers it after every reconnect; \
+                             remove it from the broker (the client's session or the retained message) and \
+                             set the broker's message_size_limit below {READ_LIMIT}");
+                    }
                     let (delay, fatal) = match fatal_reason(&e) {
                         Some(why) => (backoff.fatal_delay(), Some(why)),
                         None => (backoff.next_delay(), None),
