@@ -392,8 +392,7 @@ fn publish_setup(
             link_stop,
             periodic_every: std::time::Duration::from_secs(30),
             ack_timeout: std::time::Duration::from_secs(30),
-            pending_acks: 0,
-            pending_sent: 0,
+            window: Default::default(),
         };
         forwarders.push(tokio::spawn(f.run(forward_stop.clone())));
     }

@@ -1,7 +1,7 @@
 //! MQTT source ingest rate: how fast a subscriber drains a queue of JSON messages from
 //! Mosquitto, the agent's `MqttSubscriber` against a bare rumqttc subscriber in the same run.
 //!
-//! Both subscribe with QoS 1 on a persistent session; `mosquitto_pub -l` then queues
+//! Both subscribe with QoS 1 on a persistent session; a rumqttc publisher then queues
 //! `N` JSON messages (`{"ts": <ms>, "data": {"temp": <f>}}`) for each, and the clock runs from
 //! the subscriber's start until it has every message: the bare client counts publishes (rumqttc
 //! acknowledges them itself); the agent's source decodes the value and its timestamp through
@@ -49,6 +49,11 @@ async fn bare(port: u16, id: &str, n: usize) -> Duration {
     }
     let t = start.elapsed();
     let _ = c.disconnect().await;
+    while let Ok(e) = ev.poll().await {
+        if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            break;
+        }
+    }
     t
 }
 
@@ -123,20 +128,47 @@ fn preload(port: u16, ids: &[&str]) {
                 }
             }
             c.disconnect().await.unwrap();
-            while ev.poll().await.is_ok() {}
+            while let Ok(e) = ev.poll().await {
+                if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
         });
     }
+    // rumqttc publishes (QoS 1, 100 in flight): mosquitto_pub -l at full speed made this
+    // Mosquitto (2.0.11) drop the publisher "due to out of memory" after ~24 000 messages.
     let ts = 1_796_000_000_000u64;
-    let lines: String = (0..N)
-        .map(|i| {
-            format!(
-                "{{\"ts\": {}, \"data\": {{\"temp\": {:.3}}}}}\n",
-                ts + i as u64,
-                20.0 + (i % 1000) as f64 / 100.0
-            )
-        })
-        .collect();
-    mqtt_publish_lines(port, "bench/ingest", &lines);
+    rt.block_on(async {
+        let mut o = MqttOptions::new("ingest-pub", "127.0.0.1", port);
+        o.set_inflight(100);
+        let (c, mut ev) = AsyncClient::new(o, 1000);
+        let pubs = tokio::spawn(async move {
+            for i in 0..N {
+                let body = format!(
+                    "{{\"ts\": {}, \"data\": {{\"temp\": {:.3}}}}}",
+                    ts + i as u64,
+                    20.0 + (i % 1000) as f64 / 100.0
+                );
+                c.publish("bench/ingest", QoS::AtLeastOnce, false, body)
+                    .await
+                    .unwrap();
+            }
+            c
+        });
+        let mut acked = 0;
+        while acked < N {
+            if let Event::Incoming(Packet::PubAck(_)) = ev.poll().await.unwrap() {
+                acked += 1;
+            }
+        }
+        let c = pubs.await.unwrap();
+        c.disconnect().await.unwrap();
+        while let Ok(e) = ev.poll().await {
+            if matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    });
 }
 
 fn main() {

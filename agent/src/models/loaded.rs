@@ -61,6 +61,16 @@ impl LoadedBundle {
                 spec.input_shape()
             )
         })?;
+        // One run before serving: tract's first run is slower (lazy allocations), and a model
+        // that cannot run on an input of the spec's shape is refused here, with the shape,
+        // rather than on the first window.
+        let shape = spec.input_shape();
+        let zeros = vec![0f32; shape.iter().product()];
+        model.run(&zeros).map_err(|e| {
+            format!(
+                "{shown}: the model fails on an input of the feature spec's shape {shape:?}: {e}"
+            )
+        })?;
         let outputs = model.output_names();
         let pp = &b.manifest.postprocess;
         let check_output = |name: &str, what: &str| {

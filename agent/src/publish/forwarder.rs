@@ -1,8 +1,10 @@
 //! [`Forwarder`]: moves records from the outbox to an MQTT broker for one output, live-first.
 //! A record is published as soon as it is appended (read from the outbox's memory, not after
-//! the commit): publish a batch, wait until the broker acknowledged all of it, then confirm it
-//! to the outbox, which moves the output's cursor once the record is also durable. A
-//! connection that drops mid-batch makes the batch be sent again (at-least-once).
+//! the commit), without waiting for the acknowledgements of what went before: published
+//! batches form a window of [`Flight`]s, settled in order as the broker acknowledges them
+//! (QoS 1; QoS 0: once written to the socket). A settled batch is confirmed to the outbox,
+//! which moves the output's cursor once the record is also durable. A connection that drops
+//! with batches in flight makes them be sent again (at-least-once).
 //!
 //! Each stream is a [`Lane`]: records stored before the current (re)connection — or before the
 //! primary host came back — are its backlog, published as historical; records appended since
@@ -93,15 +95,54 @@ struct Lane {
     /// The last record stored before this connection (or gate opening): `done..=boundary`
     /// is the backlog.
     boundary: u64,
-    /// Live records (after `boundary`) up to here reached the broker.
+    /// Backlog records up to here are published (some may be in flight).
+    backlog_sent: u64,
+    /// Live records (after `boundary`) up to here are published (some may be in flight).
     live: u64,
+    /// Live records up to here reached the broker.
+    live_acked: u64,
 }
 
 impl Lane {
     fn backlog_done(&self) -> bool {
         self.done >= self.boundary
     }
+    fn backlog_published(&self) -> bool {
+        self.backlog_sent >= self.boundary
+    }
 }
+
+/// What a published batch settles once the broker has all of it.
+#[derive(Debug, Clone, Copy)]
+enum Settle {
+    Live(Stream, u64),
+    Backlog(Stream, u64),
+}
+
+/// One published batch: its messages not yet acknowledged / not yet written to the socket.
+#[derive(Debug, Default)]
+pub struct Flight {
+    acks: usize,
+    sent: usize,
+    settles: Vec<Settle>,
+}
+
+/// The batches in flight on this connection, oldest first (acks arrive in publish order:
+/// MQTT 3.1.1 §4.6).
+#[derive(Debug, Default)]
+pub struct Window {
+    flights: std::collections::VecDeque<Flight>,
+    /// Acknowledgements and socket writes outstanding in all batches.
+    messages: usize,
+    /// When the broker last acknowledged something (or the window became non-empty).
+    progress: Option<tokio::time::Instant>,
+    /// Backlog batches in flight: at most one, so a live record never queues behind more
+    /// than one backlog batch (in the client's queue or a slow link's buffers).
+    backlog_flights: usize,
+}
+
+/// Messages in flight before publishing waits for acknowledgements.
+const MAX_IN_FLIGHT: usize = 1000;
 
 pub struct Forwarder {
     pub name: String,
@@ -119,10 +160,8 @@ pub struct Forwarder {
     /// Publishes that the broker must acknowledge within this time, or the connection is
     /// treated as broken.
     pub ack_timeout: Duration,
-    /// QoS 1 publishes of this connection not yet acknowledged.
-    pub pending_acks: usize,
-    /// Publishes of this connection not yet written to the socket.
-    pub pending_sent: usize,
+    /// Published batches not yet through.
+    pub window: Window,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -140,21 +179,27 @@ enum Step {
 }
 
 impl Forwarder {
-    /// Publishes `msgs` and waits until everything in flight on this connection is through:
-    /// acknowledged (QoS 1) or written to the socket (QoS 0). Counting what is in flight, not
-    /// just this batch, keeps late events of an interrupted batch from being mistaken for
-    /// this batch's.
-    async fn send(
-        &mut self,
-        msgs: Vec<Msg>,
-        stop: &CancellationToken,
-        stash: &mut Vec<LinkEvent>,
-    ) -> Step {
-        for m in msgs {
+    /// Publishes `msgs` without waiting; `settles` apply once the broker has all of them.
+    async fn publish(&mut self, msgs: Vec<Msg>, settles: Vec<Settle>) -> Step {
+        let mut f = Flight {
+            settles,
+            ..Flight::default()
+        };
+        for m in &msgs {
             if m.qos != QoS::AtMostOnce {
-                self.pending_acks += 1;
+                f.acks += 1;
             }
-            self.pending_sent += 1;
+            f.sent += 1;
+        }
+        if self.window.flights.is_empty() {
+            self.window.progress = Some(tokio::time::Instant::now());
+        }
+        self.window.messages += f.acks + f.sent;
+        if f.settles.iter().any(|s| matches!(s, Settle::Backlog(..))) {
+            self.window.backlog_flights += 1;
+        }
+        self.window.flights.push_back(f);
+        for m in msgs {
             if self
                 .link
                 .client
@@ -165,45 +210,165 @@ impl Forwarder {
                 return Step::Down;
             }
         }
-        let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        while self.pending_acks > 0 || self.pending_sent > 0 {
+        Step::Done
+    }
+
+    /// Publishes `msgs` and waits until everything in flight is through (connect and
+    /// shutdown messages, whose delivery decides what comes next).
+    async fn send(
+        &mut self,
+        msgs: Vec<Msg>,
+        lanes: &mut Lanes,
+        stop: &CancellationToken,
+        stash: &mut Vec<LinkEvent>,
+    ) -> Step {
+        match self.publish(msgs, Vec::new()).await {
+            Step::Done => self.wait_window(0, lanes, stop, stash).await,
+            other => other,
+        }
+    }
+
+    /// Handles link events until at most `limit` messages are in flight.
+    async fn wait_window(
+        &mut self,
+        limit: usize,
+        lanes: &mut Lanes,
+        stop: &CancellationToken,
+        stash: &mut Vec<LinkEvent>,
+    ) -> Step {
+        while self.window.messages > limit {
+            let deadline = self
+                .window
+                .progress
+                .unwrap_or_else(tokio::time::Instant::now)
+                + self.ack_timeout;
             let ev = tokio::select! {
                 _ = stop.cancelled() => return Step::Stop,
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!(output = %self.name, "no acknowledgement within {:?}; resending after reconnect", self.ack_timeout);
-                    let _ = self.link.client.try_disconnect();
+                    self.ack_timed_out();
                     return Step::Down;
                 }
                 ev = self.link.events.recv() => ev,
             };
-            match ev {
-                Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(&e),
-                Some(ev @ LinkEvent::Incoming(_)) => stash.push(ev),
-                Some(LinkEvent::Down(_)) | None => return Step::Down,
-                Some(LinkEvent::Up) => {
-                    // Reconnected under us (clean session): nothing is in flight any more;
-                    // the run loop handles the new connection.
-                    self.pending_acks = 0;
-                    self.pending_sent = 0;
-                    stash.push(LinkEvent::Up);
-                    return Step::Down;
-                }
+            if let Some(step) = self.on_event(ev, lanes, stash) {
+                return step;
             }
         }
         Step::Done
     }
 
-    /// Books an acknowledgement or a socket write against what is in flight.
-    fn account(&mut self, ev: &LinkEvent) {
+    /// Books one link event. `Some` when the connection is gone (or reconnected under us).
+    fn on_event(
+        &mut self,
+        ev: Option<LinkEvent>,
+        lanes: &mut Lanes,
+        stash: &mut Vec<LinkEvent>,
+    ) -> Option<Step> {
         match ev {
-            LinkEvent::Acked => self.pending_acks = self.pending_acks.saturating_sub(1),
-            LinkEvent::Sent => self.pending_sent = self.pending_sent.saturating_sub(1),
-            _ => {}
+            Some(LinkEvent::Acked) => self.account(true, lanes),
+            Some(LinkEvent::Sent) => self.account(false, lanes),
+            Some(ev @ LinkEvent::Incoming(_)) => stash.push(ev),
+            Some(LinkEvent::Down(_)) | None => {
+                self.lost_window();
+                return Some(Step::Down);
+            }
+            Some(LinkEvent::Up) => {
+                // Reconnected under us (clean session): nothing is in flight any more; the
+                // run loop handles the new connection.
+                self.lost_window();
+                stash.push(LinkEvent::Up);
+                return Some(Step::Down);
+            }
+        }
+        None
+    }
+
+    /// No acknowledgement for `ack_timeout`: the connection is treated as broken.
+    fn ack_timed_out(&mut self) {
+        tracing::warn!(output = %self.name, "no acknowledgement within {:?}; resending after reconnect", self.ack_timeout);
+        let _ = self.link.client.try_disconnect();
+        self.lost_window();
+    }
+
+    /// Whether batches are in flight and none was acknowledged for `ack_timeout`.
+    fn stalled(&self) -> bool {
+        self.window
+            .progress
+            .is_some_and(|p| !self.window.flights.is_empty() && p.elapsed() >= self.ack_timeout)
+    }
+
+    /// The connection is gone: what was in flight will be sent again from the lanes' settled
+    /// positions.
+    fn lost_window(&mut self) {
+        self.window = Window::default();
+    }
+
+    /// Books an acknowledgement (or a socket write) against the oldest batch waiting for
+    /// one; settles the batches at the front that are through.
+    fn account(&mut self, ack: bool, lanes: &mut Lanes) {
+        let w = &mut self.window;
+        let slot = w
+            .flights
+            .iter_mut()
+            .find(|f| if ack { f.acks > 0 } else { f.sent > 0 });
+        if let Some(f) = slot {
+            if ack {
+                f.acks -= 1;
+            } else {
+                f.sent -= 1;
+            }
+            w.progress = Some(tokio::time::Instant::now());
+            w.messages = w.messages.saturating_sub(1);
+        }
+        self.settle(lanes);
+    }
+
+    /// Settles the batches at the front of the window that are through: their lanes move
+    /// and the outbox is told.
+    fn settle(&mut self, lanes: &mut Lanes) {
+        let w = &mut self.window;
+        while w
+            .flights
+            .front()
+            .is_some_and(|f| f.acks == 0 && f.sent == 0)
+        {
+            let Some(f) = w.flights.pop_front() else {
+                break;
+            };
+            if f.settles.iter().any(|s| matches!(s, Settle::Backlog(..))) {
+                w.backlog_flights = w.backlog_flights.saturating_sub(1);
+            }
+            for st in f.settles {
+                let s = match st {
+                    Settle::Live(s, last) => {
+                        let lane = lanes.get_mut(s);
+                        lane.live_acked = lane.live_acked.max(last);
+                        if lane.backlog_done() {
+                            lane.done = lane.done.max(last);
+                        }
+                        s
+                    }
+                    Settle::Backlog(s, last) => {
+                        let lane = lanes.get_mut(s);
+                        lane.done = lane.done.max(last);
+                        if lane.backlog_done() {
+                            // The live records past the backlog went out already.
+                            lane.done = lane.done.max(lane.live_acked);
+                        }
+                        s
+                    }
+                };
+                let done = lanes.get(s).done;
+                if let Err(e) = self.outbox.confirm(s, &self.name, done) {
+                    tracing::error!(output = %self.name, "cannot move the outbox cursor: {e}");
+                }
+            }
         }
     }
 
-    /// Sends what the outbox holds, live first, until everything is through, the gate
-    /// closes, or the link drops.
+    /// Publishes what the outbox holds, live first, until everything is published (not
+    /// waiting for acknowledgements beyond [`MAX_IN_FLIGHT`]), the gate closes, or the link
+    /// drops.
     async fn drain(
         &mut self,
         lanes: &mut Lanes,
@@ -214,7 +379,21 @@ impl Forwarder {
             if !self.format.gate_open() {
                 return Step::Done;
             }
-            let (live, saturated) = match self.send_live(lanes, stop, stash).await {
+            // Book what was acknowledged meanwhile; keep the window bounded.
+            while let Ok(ev) = self.link.events.try_recv() {
+                if let Some(step) = self.on_event(Some(ev), lanes, stash) {
+                    return step;
+                }
+            }
+            if self.stalled() {
+                self.ack_timed_out();
+                return Step::Down;
+            }
+            match self.wait_window(MAX_IN_FLIGHT, lanes, stop, stash).await {
+                Step::Done => {}
+                other => return other,
+            }
+            let (live, saturated) = match self.send_live(lanes).await {
                 Ok(n) => n,
                 Err(step) => return step,
             };
@@ -231,7 +410,7 @@ impl Forwarder {
                 };
                 (n.ceil() as usize).clamp(1, self.batch)
             };
-            let backlog = match self.send_backlog(lanes, budget, stop, stash).await {
+            let backlog = match self.send_backlog(lanes, budget).await {
                 Ok(n) => n,
                 Err(step) => return step,
             };
@@ -242,15 +421,12 @@ impl Forwarder {
     }
 
     /// Publishes every stream's live records (one batch each) in one go: the number of
-    /// records sent, and whether a stream filled its batch (more live records wait).
-    async fn send_live(
-        &mut self,
-        lanes: &mut Lanes,
-        stop: &CancellationToken,
-        stash: &mut Vec<LinkEvent>,
-    ) -> Result<(usize, bool), Step> {
+    /// records published, and whether a stream filled its batch (more live records wait).
+    async fn send_live(&mut self, lanes: &mut Lanes) -> Result<(usize, bool), Step> {
         let mut msgs = Vec::new();
-        let mut moved = Vec::new();
+        let mut settles = Vec::new();
+        let mut n = 0;
+        let mut saturated = false;
         for s in PRIORITY {
             if !self.streams.contains(&s) {
                 continue;
@@ -269,45 +445,38 @@ impl Forwarder {
             for (seq, _ts, payload) in &recs {
                 msgs.extend(self.format.encode(s, *seq, payload, false));
             }
-            moved.push((s, last, recs.len()));
+            lanes.get_mut(s).live = last;
+            settles.push(Settle::Live(s, last));
+            n += recs.len();
+            saturated |= recs.len() >= self.batch;
         }
-        if moved.is_empty() {
+        if settles.is_empty() {
             return Ok((0, false));
         }
-        let saturated = moved.iter().any(|m| m.2 >= self.batch);
-        match self.send(msgs, stop, stash).await {
-            Step::Done => {}
-            other => return Err(other),
-        }
-        let mut n = 0;
-        for (s, last, count) in moved {
-            let lane = lanes.get_mut(s);
-            lane.live = last;
-            if lane.backlog_done() {
-                lane.done = last;
+        match self.publish(msgs, settles).await {
+            Step::Done => {
+                self.settle(lanes);
+                Ok((n, saturated))
             }
-            let done = lane.done;
-            self.confirm(s, done);
-            n += count;
+            other => Err(other),
         }
-        Ok((n, saturated))
     }
 
     /// Publishes up to `budget` backlog records of the first stream (in priority order) that
-    /// has a backlog, marked historical; the number of records sent.
-    async fn send_backlog(
-        &mut self,
-        lanes: &mut Lanes,
-        budget: usize,
-        stop: &CancellationToken,
-        stash: &mut Vec<LinkEvent>,
-    ) -> Result<usize, Step> {
+    /// has a backlog left, marked historical; the number of records published.
+    async fn send_backlog(&mut self, lanes: &mut Lanes, budget: usize) -> Result<usize, Step> {
+        if self.window.backlog_flights > 0 {
+            // The next backlog batch goes when this one is through (the run loop drains
+            // again on every acknowledgement).
+            return Ok(0);
+        }
         for s in PRIORITY {
             let lane = lanes.get(s);
-            if !self.streams.contains(&s) || lane.backlog_done() {
+            if !self.streams.contains(&s) || lane.backlog_published() {
                 continue;
             }
-            let recs = match self.outbox.read_live(s, lane.done, lane.boundary, budget) {
+            let from = lane.backlog_sent.max(lane.done);
+            let recs = match self.outbox.read_live(s, from, lane.boundary, budget) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(output = %self.name, "cannot read the outbox: {e}");
@@ -317,34 +486,33 @@ impl Forwarder {
             let Some(last) = recs.last().map(|r| r.0) else {
                 // Nothing stored there any more (dropped by the stream's limits).
                 let lane = lanes.get_mut(s);
-                lane.done = lane.live.max(lane.boundary);
-                continue;
+                lane.backlog_sent = lane.boundary;
+                let end = lane.boundary;
+                match self
+                    .publish(Vec::new(), vec![Settle::Backlog(s, end)])
+                    .await
+                {
+                    Step::Done => {
+                        self.settle(lanes);
+                        continue;
+                    }
+                    other => return Err(other),
+                }
             };
             let mut msgs = Vec::new();
             for (seq, _ts, payload) in &recs {
                 msgs.extend(self.format.encode(s, *seq, payload, true));
             }
-            match self.send(msgs, stop, stash).await {
-                Step::Done => {}
-                other => return Err(other),
-            }
-            let lane = lanes.get_mut(s);
-            lane.done = last;
-            if lane.backlog_done() {
-                // The live records past the backlog went out already.
-                lane.done = lane.live.max(lane.boundary);
-            }
-            let done = lane.done;
-            self.confirm(s, done);
-            return Ok(recs.len());
+            lanes.get_mut(s).backlog_sent = last;
+            return match self.publish(msgs, vec![Settle::Backlog(s, last)]).await {
+                Step::Done => {
+                    self.settle(lanes);
+                    Ok(recs.len())
+                }
+                other => Err(other),
+            };
         }
         Ok(0)
-    }
-
-    fn confirm(&self, s: Stream, seq: u64) {
-        if let Err(e) = self.outbox.confirm(s, &self.name, seq) {
-            tracing::error!(output = %self.name, "cannot move the outbox cursor: {e}");
-        }
     }
 
     /// A new connection: nothing of the last one is in flight (clean session); what is stored
@@ -355,22 +523,24 @@ impl Forwarder {
         stop: &CancellationToken,
         stash: &mut Vec<LinkEvent>,
     ) -> bool {
-        self.pending_acks = 0;
-        self.pending_sent = 0;
+        self.lost_window();
         self.reset_lanes(lanes);
         let msgs = self.format.on_connect();
-        matches!(self.send(msgs, stop, stash).await, Step::Done)
+        matches!(self.send(msgs, lanes, stop, stash).await, Step::Done)
     }
 
     /// A fresh start of every lane: what is stored now is the backlog, everything the
-    /// broker got (confirmed or acknowledged in this run) is done.
+    /// broker got (confirmed, or acknowledged in this run) is done; what was published and
+    /// not acknowledged goes out again.
     fn reset_lanes(&self, lanes: &mut Lanes) {
         for s in Stream::ALL {
             let lane = lanes.get_mut(s);
             let cursor = self.outbox.cursor(s, &self.name).unwrap_or(0);
             lane.done = lane.done.max(cursor);
-            lane.boundary = self.outbox.live_head(s);
-            lane.live = lane.boundary.max(lane.done);
+            lane.boundary = self.outbox.live_head(s).max(lane.done);
+            lane.backlog_sent = lane.done;
+            lane.live = lane.boundary;
+            lane.live_acked = lane.boundary;
         }
     }
 
@@ -394,7 +564,7 @@ impl Forwarder {
                             self.reset_lanes(&mut lanes);
                         }
                         if connected
-                            && matches!(self.send(r.publish, &stop, &mut stash).await, Step::Down)
+                            && matches!(self.publish(r.publish, Vec::new()).await, Step::Down)
                         {
                             connected = false;
                         }
@@ -416,13 +586,24 @@ impl Forwarder {
             if !stash.is_empty() {
                 continue;
             }
+            let stall_at = self
+                .window
+                .progress
+                .unwrap_or_else(tokio::time::Instant::now)
+                + self.ack_timeout;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = committed.changed() => {}
                 _ = appended.changed() => {}
                 _ = periodic.tick(), if connected => {
                     let msgs = self.format.periodic();
-                    if matches!(self.send(msgs, &stop, &mut stash).await, Step::Down) {
+                    if matches!(self.publish(msgs, Vec::new()).await, Step::Down) {
+                        connected = false;
+                    }
+                }
+                _ = tokio::time::sleep_until(stall_at), if connected && !self.window.flights.is_empty() => {
+                    if self.stalled() {
+                        self.ack_timed_out();
                         connected = false;
                     }
                 }
@@ -434,9 +615,13 @@ impl Forwarder {
                         // status twice on every connect).
                         periodic.reset();
                     }
-                    Some(LinkEvent::Down(_)) => connected = false,
+                    Some(LinkEvent::Down(_)) => {
+                        self.lost_window();
+                        connected = false;
+                    }
                     Some(ev @ LinkEvent::Incoming(_)) => stash.push(ev),
-                    Some(e @ (LinkEvent::Acked | LinkEvent::Sent)) => self.account(&e),
+                    Some(LinkEvent::Acked) => self.account(true, &mut lanes),
+                    Some(LinkEvent::Sent) => self.account(false, &mut lanes),
                     None => break,
                 }
             }
@@ -447,8 +632,13 @@ impl Forwarder {
             // is committed (bounded), or the stop could win the race against the commit's
             // wake-up and leave them for the next start (seen for the JSON output).
             let quick = CancellationToken::new();
-            let flushed =
-                tokio::time::timeout(FINAL_DRAIN, self.drain(&mut lanes, &quick, &mut stash)).await;
+            let flushed = tokio::time::timeout(FINAL_DRAIN, async {
+                match self.drain(&mut lanes, &quick, &mut stash).await {
+                    Step::Done => self.wait_window(0, &mut lanes, &quick, &mut stash).await,
+                    other => other,
+                }
+            })
+            .await;
             if !matches!(flushed, Ok(Step::Done)) {
                 tracing::warn!(output = %self.name, "stopping before everything committed was delivered (it stays in the outbox for the next start)");
             }
@@ -456,7 +646,7 @@ impl Forwarder {
             let quick = CancellationToken::new();
             goodbye = match tokio::time::timeout(
                 Duration::from_secs(1),
-                self.send(msgs, &quick, &mut stash),
+                self.send(msgs, &mut lanes, &quick, &mut stash),
             )
             .await
             {

@@ -58,6 +58,11 @@ impl Link {
             opts.set_last_will(w);
         }
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        // Live records go out one small packet at a time: no Nagle delay behind the last
+        // unacknowledged segment.
+        let mut net = eventloop.network_options();
+        net.set_tcp_nodelay(true);
+        eventloop.set_network_options(net);
         let (tx, events) = mpsc::unbounded_channel();
         let name = name.to_string();
         let url = broker.url.clone();
