@@ -1,5 +1,5 @@
 //! The outbox under `kill -9`: the real agent, sampling fast and publishing to Mosquitto live
-//! (before the commit), is killed at random moments 50 times and restarted each time.
+//! (before the commit), is killed at random moments 100 times and restarted each time.
 //! Afterwards every durable sample record must have reached the subscriber: every sequence
 //! number in 1..=N was seen, except those the agent announced as skipped after an unclean stop
 //! (reserved for live delivery, never committed); a number seen twice carries the same
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use interop_tests::*;
 
-const KILLS: usize = 50;
+const KILLS: usize = 100;
 
 /// A small deterministic generator for the kill moments (xorshift64*).
 struct Rng(u64);
@@ -77,7 +77,7 @@ fn sample_seqs(l: &MqttListener) -> Vec<u64> {
 }
 
 #[test]
-fn fifty_kill_nines_under_load_lose_no_durable_record() {
+fn a_hundred_kill_nines_under_load_lose_no_durable_record() {
     let dir = tempdir();
     let d = dir.path();
     let broker = mosquitto(d);
