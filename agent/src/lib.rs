@@ -44,6 +44,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     for (name, src) in sources::build(&cfg)? {
         pipeline.add_source(&name, src);
     }
+    for w in check_warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
     let stages = build_models(&cfg)?;
     let model_stats: Vec<(String, Arc<models::ModelStats>)> =
         stages.iter().map(|(n, s)| (n.clone(), s.stats())).collect();
@@ -182,6 +185,37 @@ fn build_models(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, models::ModelS
         }
     }
     Ok(out)
+}
+
+/// What `edge-agent check` (and `run`, in the log) points out without refusing the config:
+/// a `drift_interval` shorter than the model's window, whose intervals hold one or two windows
+/// each (drift scores on so few windows are noise, and policies never see enough).
+pub fn check_warnings(cfg: &AgentConfig) -> Vec<String> {
+    cfg.models
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let bytes = std::fs::read(&m.bundle).ok()?;
+            let spec = edge_protocols::bundle::file::parse(&bytes)
+                .ok()?
+                .manifest
+                .features;
+            let secs = |points: usize| points as f64 / spec.rate_hz;
+            let (window, hop) = (secs(spec.window_len()), secs(spec.hop_len().max(1)));
+            let interval = m.drift_interval.as_secs_f64();
+            (interval < window).then(|| {
+                let most = (interval / hop).floor() as u64 + 1;
+                format!(
+                    "models[{i}].drift_interval: {} is shorter than the model's {}s window (hop {}s): \
+                     an interval holds at most {most} window(s), too few to score drift; use at least {}s",
+                    humantime::format_duration(m.drift_interval),
+                    window,
+                    hop,
+                    (window * 10.0).ceil()
+                )
+            })
+        })
+        .collect()
 }
 
 /// What `edge-agent check` verifies beyond the config file: trusted keys and bundles load.

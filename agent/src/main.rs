@@ -184,6 +184,9 @@ fn main() -> ExitCode {
                     }
                     return ExitCode::from(2);
                 }
+                for w in edge_agent::check_warnings(&c) {
+                    eprintln!("warning: {w}");
+                }
                 outln!("{}: ok ({})", config.display(), c.summary());
                 ExitCode::SUCCESS
             }

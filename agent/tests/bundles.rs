@@ -66,6 +66,35 @@ fn verify(b: &Path, key: &Path, floor: u64) -> std::process::Output {
     ])
 }
 
+/// A score index past the end of its output is refused at pack, naming the valid range.
+#[test]
+fn pack_refuses_a_score_index_past_the_output() {
+    let dir = tmp("pack-index");
+    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let k = keygen(&dir, "ml");
+    let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
+    let spec = dir.join("bad-index.toml");
+    std::fs::write(
+        &spec,
+        text.replace(
+            r#"score = { output = "score", index = 0,"#,
+            r#"score = { output = "score", index = 1,"#,
+        ),
+    )
+    .unwrap();
+    let b = dir.join("bad.bundle");
+    let o = pack(&spec, &model("dense_autoencoder"), &train, &k.key, &b);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains(
+            "postprocess.score.index 1 is past the end of output `score` (1 element: indices 0..=0)"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!b.exists(), "a bundle was written");
+}
+
 #[test]
 fn pack_inspect_verify_featurize() {
     let dir = tmp("pack");
@@ -94,6 +123,11 @@ fn pack_inspect_verify_featurize() {
         "{text}"
     );
     assert!(text.contains("signature not checked"), "{text}");
+    // In the spec's own words, not Rust's debug forms.
+    assert!(
+        text.contains("layout vector,") && text.contains("score[0] threshold 5 alarm above"),
+        "{text}"
+    );
     let o = run(&["bundle", "inspect", "--json", b.to_str().unwrap()]);
     let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let windows = m["reference"]["windows"].as_u64().unwrap();

@@ -78,6 +78,32 @@ fn drift_case(extra: &str) -> String {
     )
 }
 
+/// A drift interval shorter than the model's window is accepted with a warning that says how
+/// few windows an interval can hold; the default interval gets none.
+#[test]
+fn a_drift_interval_shorter_than_the_window_is_a_warning() {
+    let dir = tmp();
+    let check = |name: &str, extra: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, drift_case(extra)).unwrap();
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&p)
+            .output()
+            .unwrap()
+    };
+    let out = check("short.toml", "drift_interval = \"3s\"\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: models[0].drift_interval: 3s is shorter than the model's 5s window (hop 1s): an interval holds at most 4 window(s)"),
+        "{err}"
+    );
+    let out = check("default.toml", "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("warning"), "{err}");
+}
+
 #[test]
 fn broken_configs_fail_with_key_line_and_fix() {
     let dir = tmp();

@@ -219,30 +219,28 @@ pub fn pack(
             outputs: out_stats,
         },
     };
-    for (what, o) in [
-        (
-            "score",
-            manifest.postprocess.score.as_ref().map(|s| &s.output),
-        ),
-        (
-            "labels",
-            manifest.postprocess.labels.as_ref().map(|s| &s.output),
-        ),
-    ] {
-        if let Some(o) = o {
-            if !model.output_names().contains(o) {
-                bail!(
-                    "postprocess.{what} names output `{o}`; the model has {:?}",
-                    model.output_names()
-                );
-            }
-        }
+    let sizes: Vec<(&str, usize)> = probe
+        .iter()
+        .map(|o| (o.name.as_str(), o.values.len()))
+        .collect();
+    if let Err(e) = manifest.postprocess.check_outputs(&sizes) {
+        bail!("{e}");
     }
     let bytes = file::pack(&manifest, &onnx, &key)?;
     let tmp = out.with_extension("bundle.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(file::parse(&bytes)?.manifest)
+}
+
+/// A layout as the feature spec writes it.
+fn layout_name(l: edge_protocols::bundle::spec::InputLayout) -> &'static str {
+    use edge_protocols::bundle::spec::InputLayout as L;
+    match l {
+        L::Vector => "vector",
+        L::RawTc => "raw_tc",
+        L::RawCt => "raw_ct",
+    }
 }
 
 /// A human summary of a bundle (signature not checked).
@@ -285,12 +283,12 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
     let f = &m.features;
     let _ = writeln!(
         s,
-        "window      {} tags at {} Hz, {} points, hop {}, layout {:?}, input {:?}",
+        "window      {} tags at {} Hz, {} points, hop {}, layout {}, input {:?}",
         f.tags.len(),
         f.rate_hz,
         f.window_len(),
         f.hop_len(),
-        f.layout,
+        layout_name(f.layout),
         f.input_shape()
     );
     let _ = writeln!(s, "tags        {}", f.tags.join(", "));
@@ -305,10 +303,11 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
     if let Some(sc) = &m.postprocess.score {
         let _ = writeln!(
             s,
-            "score       {}[{}] threshold {:?} alarm {}",
+            "score       {}[{}] threshold {} alarm {}",
             sc.output,
             sc.index,
-            sc.threshold,
+            sc.threshold
+                .map_or_else(|| "none".to_string(), |t| t.to_string()),
             if sc.alarm_above { "above" } else { "below" }
         );
     }

@@ -66,31 +66,19 @@ impl LoadedBundle {
         // rather than on the first window.
         let shape = spec.input_shape();
         let zeros = vec![0f32; shape.iter().product()];
-        model.run(&zeros).map_err(|e| {
+        let probe = model.run(&zeros).map_err(|e| {
             format!(
                 "{shown}: the model fails on an input of the feature spec's shape {shape:?}: {e}"
             )
         })?;
-        let outputs = model.output_names();
-        let pp = &b.manifest.postprocess;
-        let check_output = |name: &str, what: &str| {
-            if outputs.iter().any(|o| o == name) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{shown}: {what} names output `{name}`, the model has {outputs:?}"
-                ))
-            }
-        };
-        if let Some(s) = &pp.score {
-            check_output(&s.output, "postprocess.score")?;
-        }
-        if let Some(l) = &pp.labels {
-            check_output(&l.output, "postprocess.labels")?;
-        }
-        for r in &pp.ranges {
-            check_output(&r.output, "postprocess.ranges")?;
-        }
+        let sizes: Vec<(&str, usize)> = probe
+            .iter()
+            .map(|o| (o.name.as_str(), o.values.len()))
+            .collect();
+        b.manifest
+            .postprocess
+            .check_outputs(&sizes)
+            .map_err(|e| format!("{shown}: {e}"))?;
         let source = Arc::new(BundleRef {
             model: Arc::from(instance),
             bundle: Arc::from(b.manifest.name.as_str()),

@@ -111,6 +111,44 @@ pub struct LabelRule {
     pub values: Option<Vec<i64>>,
 }
 
+impl PostProcess {
+    /// Every output a rule names exists, and the score's index lies inside its output.
+    /// `outputs`: each model output's name and element count.
+    pub fn check_outputs(&self, outputs: &[(&str, usize)]) -> Result<(), String> {
+        let find = |n: &str| outputs.iter().find(|o| o.0 == n).map(|o| o.1);
+        let missing = |what: &str, name: &str| {
+            let names: Vec<&str> = outputs.iter().map(|o| o.0).collect();
+            format!("postprocess.{what} names output `{name}`; the model has {names:?}")
+        };
+        if let Some(s) = &self.score {
+            match find(&s.output) {
+                None => return Err(missing("score", &s.output)),
+                Some(n) if s.index >= n => {
+                    return Err(format!(
+                        "postprocess.score.index {} is past the end of output `{}` ({n} element{}: indices 0..={})",
+                        s.index,
+                        s.output,
+                        if n == 1 { "" } else { "s" },
+                        n.saturating_sub(1)
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(l) = &self.labels {
+            if find(&l.output).is_none() {
+                return Err(missing("labels", &l.output));
+            }
+        }
+        for r in &self.ranges {
+            if find(&r.output).is_none() {
+                return Err(missing("ranges", &r.output));
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRange {
@@ -155,5 +193,43 @@ impl Manifest {
     /// Every column name the model input consists of.
     pub fn column_names(&self) -> Vec<String> {
         self.features.column_names()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postprocess_rules_must_fit_the_model_outputs() {
+        let pp = |index: usize, label_output: &str| PostProcess {
+            score: Some(ScoreRule {
+                output: "recon".into(),
+                index,
+                threshold: None,
+                alarm_above: true,
+                raise_after: 3,
+                clear_after: 3,
+            }),
+            labels: Some(LabelRule {
+                output: label_output.into(),
+                names: vec!["a".into()],
+                values: None,
+            }),
+            ranges: Vec::new(),
+        };
+        let outputs = [("recon", 12), ("label", 1)];
+        assert_eq!(pp(11, "label").check_outputs(&outputs), Ok(()));
+        assert_eq!(
+            pp(12, "label").check_outputs(&outputs),
+            Err("postprocess.score.index 12 is past the end of output `recon` (12 elements: indices 0..=11)".into())
+        );
+        assert_eq!(
+            pp(0, "class").check_outputs(&outputs),
+            Err(
+                r#"postprocess.labels names output `class`; the model has ["recon", "label"]"#
+                    .into()
+            )
+        );
     }
 }
