@@ -11,15 +11,11 @@
 //!
 //! Run: `cargo bench -p interop-tests --bench mqtt_ingest` (needs tests/peers/setup.sh).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_protocols::mqtt::{MqttSourceConfig, MqttSubscriber};
-use edge_protocols::{BackpressurePolicy, SampleSender, Source, SourceContext, SourceStats};
 use interop_tests::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Messages per run (below the test broker's max_queued_messages of 100 000).
 const N: usize = 90_000;
@@ -77,39 +73,25 @@ timestamp_pointer = "/ts"
 
 /// The agent's source: returns once the pipeline channel got `n` samples.
 async fn agent(port: u16, id: &str, n: usize) -> Duration {
-    let (tx, mut rx) = mpsc::channel(1024);
-    let stats = Arc::new(SourceStats::default());
-    let stop = CancellationToken::new();
-    let ctx = SourceContext {
-        name: Arc::from("ingest"),
-        out: SampleSender::new(
-            tx,
-            BackpressurePolicy::Block,
-            stats.clone(),
-            CancellationToken::new(),
-        ),
-        shutdown: stop.clone(),
-        stats: stats.clone(),
-    };
-    let src: Box<dyn Source> =
-        Box::new(MqttSubscriber::new(source_config(port, id), id.to_string()));
     let start = Instant::now();
-    let task = tokio::spawn(src.run(ctx));
+    let mut h = Harness::start(
+        "ingest",
+        Box::new(MqttSubscriber::new(source_config(port, id), id.to_string())),
+    );
     let mut got = 0;
     while got < n {
-        match rx.recv().await {
+        match h.next_batch().await {
             Some(batch) => got += batch.len(),
             None => panic!("the source stopped"),
         }
     }
     let t = start.elapsed();
-    stop.cancel();
-    let _ = task.await;
     assert_eq!(
-        SourceStats::get(&stats.bad_samples),
+        h.stat(|s| &s.bad_samples),
         0,
         "bad samples in the benchmark"
     );
+    let _ = h.stop().await;
     t
 }
 

@@ -477,6 +477,11 @@ impl Harness {
     }
 
     /// Stops the source; returns its result. Panics if it does not stop within 5 s.
+    /// The next batch the source sent, as it came (`None` once the source stopped).
+    pub async fn next_batch(&mut self) -> Option<SampleBatch> {
+        self.rx.recv().await
+    }
+
     pub async fn stop(self) -> Result<(), edge_protocols::SourceError> {
         self.stop.cancel();
         let mut rx = self.rx;

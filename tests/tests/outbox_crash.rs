@@ -61,6 +61,18 @@ fn skipped_ranges(log: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The highest number seen, and the numbers in 1..=it that never arrived and that no
+/// announced skip covers.
+fn unannounced_gaps(seqs: &[u64], skipped: &[(u64, u64)]) -> (u64, Vec<u64>) {
+    let set: BTreeSet<u64> = seqs.iter().copied().collect();
+    let max = set.last().copied().unwrap_or(0);
+    let missing = (1..=max)
+        .filter(|s| !set.contains(s))
+        .filter(|s| !skipped.iter().any(|(a, b)| (a..=b).contains(&s)))
+        .collect();
+    (max, missing)
+}
+
 fn sample_seqs(l: &MqttListener) -> Vec<u64> {
     l.messages()
         .iter()
@@ -138,14 +150,9 @@ streams = ["samples"]
     std::thread::sleep(Duration::from_millis(500));
 
     let seqs = sample_seqs(&listener);
-    let set: BTreeSet<u64> = seqs.iter().copied().collect();
-    let max = *set.last().unwrap();
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     let skipped = skipped_ranges(&log);
-    let missing: Vec<u64> = (1..=max)
-        .filter(|s| !set.contains(s))
-        .filter(|s| !skipped.iter().any(|(a, b)| (a..=b).contains(&s)))
-        .collect();
+    let (max, missing) = unannounced_gaps(&seqs, &skipped);
     assert!(
         missing.is_empty(),
         "{} of {max} sample records never arrived and were not announced as skipped (first: {:?}; skipped: {skipped:?})",
@@ -318,14 +325,9 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     assert!(log.contains("outbox reopened"), "{}", agent.log_tail());
     assert!(agent.terminate(Duration::from_secs(6)));
     std::thread::sleep(Duration::from_millis(500));
-    let set: BTreeSet<u64> = sample_seqs(&listener).into_iter().collect();
-    let max = *set.last().unwrap();
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     let skipped = skipped_ranges(&log);
-    let missing: Vec<u64> = (1..=max)
-        .filter(|s| !set.contains(s))
-        .filter(|s| !skipped.iter().any(|(a, b)| (a..=b).contains(&s)))
-        .collect();
+    let (_, missing) = unannounced_gaps(&sample_seqs(&listener), &skipped);
     assert!(
         missing.is_empty(),
         "gaps after the disk-full episode that were not announced: {missing:?} (announced: {skipped:?})"

@@ -84,6 +84,16 @@ fn cursor_key(dest: &str) -> Vec<u8> {
     [META_CURSOR, dest.as_bytes()].concat()
 }
 
+/// Moves `dest`'s cursor forward to `to` (never back); the write is durable with the next
+/// commit.
+fn advance_cursor(tree: &sled::Tree, dest: &str, cursor: &mut u64, to: u64) -> sled::Result<()> {
+    if to > *cursor {
+        *cursor = to;
+        tree.insert(cursor_key(dest), &to.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -106,12 +116,21 @@ struct StreamState {
     /// What each destination confirmed past the durable head: applied to its cursor by the
     /// commit that makes it durable.
     confirmed_ahead: HashMap<String, u64>,
-    /// (head, bytes, dropped, lease) as last written to the metadata keys.
-    persisted: (u64, u64, u64, u64),
+    /// The metadata keys as last written.
+    persisted: Meta,
     /// The head at the last commit (the lease span follows the append rate).
     head_at_commit: u64,
     /// Numbers skipped at open after an unclean stop (reserved by the lease, never durable).
     skipped: u64,
+}
+
+/// A stream's metadata keys (`META_*`), written by the commit before its flush.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Meta {
+    head: u64,
+    bytes: u64,
+    dropped: u64,
+    lease: u64,
 }
 
 impl StreamState {
@@ -292,6 +311,23 @@ impl SledOutbox {
                 }
             }
         };
+        // (A reopen after an I/O error logs its own skips.)
+        for (s, slot) in store
+            .iter()
+            .flat_map(|st| Stream::ALL.iter().zip(&st.streams))
+        {
+            let st = Self::lock(slot);
+            if st.skipped > 0 {
+                tracing::warn!(
+                    stream = s.name(),
+                    seq_skipped_from = st.head + 1 - st.skipped,
+                    seq_skipped_to = st.head,
+                    "the last stop was unclean: sequence numbers reserved for live delivery and \
+                     never committed are skipped (records among them that were not committed \
+                     are lost; some may have been delivered live)"
+                );
+            }
+        }
         let (durable_tx, _) = tokio::sync::watch::channel(0);
         let (appended_tx, _) = tokio::sync::watch::channel(0);
         let broken = store.is_none();
@@ -343,16 +379,6 @@ impl SledOutbox {
             }))
             .map_err(|_| panicked("reading"))?;
             let state = scan?;
-            if state.skipped > 0 {
-                tracing::warn!(
-                    stream = s.name(),
-                    seq_skipped_from = state.head + 1 - state.skipped,
-                    seq_skipped_to = state.head,
-                    "the last stop was unclean: sequence numbers reserved for live delivery and \
-                     never committed are skipped (records among them that were not committed \
-                     are lost; some may have been delivered live)"
-                );
-            }
             streams.push(StreamSlot {
                 durable: AtomicU64::new(state.head),
                 lease: AtomicU64::new(state.head),
@@ -456,7 +482,12 @@ impl SledOutbox {
             st.head = lease;
         }
         st.head_at_commit = st.head;
-        st.persisted = (st.head, st.bytes, st.dropped, lease);
+        st.persisted = Meta {
+            head: st.head,
+            bytes: st.bytes,
+            dropped: st.dropped,
+            lease,
+        };
         // Cursors of destinations no longer configured are forgotten (they would pin records).
         for kv in tree.scan_prefix(META_CURSOR) {
             let (k, _) = kv?;
@@ -688,12 +719,14 @@ impl SledOutbox {
     /// The highest sequence number that [`SledOutbox::read_live`] hands out now: the head,
     /// within the durable lease.
     pub fn live_head(&self, stream: Stream) -> u64 {
-        self.with(|store| {
-            let slot = store.slot(stream);
-            let head = Self::lock(slot).head;
-            Ok(head.min(slot.lease.load(Ordering::Acquire)))
-        })
-        .unwrap_or(0)
+        self.with(|store| Ok(Self::live_bounds(store.slot(stream)).1))
+            .unwrap_or(0)
+    }
+
+    /// (first stored, last readable live) of a stream: the head, within the durable lease.
+    fn live_bounds(slot: &StreamSlot) -> (u64, u64) {
+        let st = Self::lock(slot);
+        (st.first, st.head.min(slot.lease.load(Ordering::Acquire)))
     }
 
     /// Up to `max` records with `after < seq <= through` (bounded by [`SledOutbox::live_head`]),
@@ -709,11 +742,8 @@ impl SledOutbox {
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
         self.with(|store| {
             let slot = store.slot(stream);
-            let (first, head) = {
-                let st = Self::lock(slot);
-                (st.first, st.head)
-            };
-            let to = through.min(head).min(slot.lease.load(Ordering::Acquire));
+            let (first, live) = Self::live_bounds(slot);
+            let to = through.min(live);
             let from = after.max(first.saturating_sub(1)) + 1;
             let mut out = Vec::new();
             if from > to {
@@ -748,11 +778,8 @@ impl SledOutbox {
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, OutboxError> {
         self.with(|store| {
             let slot = store.slot(stream);
-            let (first, head) = {
-                let st = Self::lock(slot);
-                (st.first.max(1), st.head)
-            };
-            let last = head.min(slot.lease.load(Ordering::Acquire));
+            let (first, last) = Self::live_bounds(slot);
+            let first = first.max(1);
             let mut out = Vec::new();
             if last < first {
                 return Ok(out);
@@ -783,11 +810,7 @@ impl SledOutbox {
                 .cursors
                 .get_mut(dest)
                 .ok_or_else(|| OutboxError::UnknownDestination(dest.into()))?;
-            let now = seq.min(durable);
-            if now > *c {
-                *c = now;
-                slot.tree.insert(cursor_key(dest), &now.to_le_bytes())?;
-            }
+            advance_cursor(&slot.tree, dest, c, seq.min(durable))?;
             if seq > durable {
                 st.confirmed_ahead.insert(dest.to_string(), seq);
             }
@@ -824,22 +847,27 @@ impl SledOutbox {
                     // Under the stream's lock: no append can slip in above the new lease.
                     slot.lease.store(st.head, Ordering::Release);
                     st.head
-                } else if st.head == st.head_at_commit && st.persisted.3 >= st.head {
+                } else if st.head == st.head_at_commit && st.persisted.lease >= st.head {
                     // An idle stream keeps its lease (its first record wakes a commit).
-                    st.persisted.3
+                    st.persisted.lease
                 } else {
                     let span = (2 * (st.head - st.head_at_commit)).max(MIN_LEASE_SPAN);
-                    (st.head + span).max(st.persisted.3)
+                    (st.head + span).max(st.persisted.lease)
                 };
                 st.head_at_commit = st.head;
                 marks.push((st.head, lease));
-                let now = (st.head, st.bytes, st.dropped, lease);
+                let now = Meta {
+                    head: st.head,
+                    bytes: st.bytes,
+                    dropped: st.dropped,
+                    lease,
+                };
                 if now != st.persisted {
                     let mut b = sled::Batch::default();
-                    b.insert(META_HEAD, &now.0.to_le_bytes());
-                    b.insert(META_BYTES, &now.1.to_le_bytes());
-                    b.insert(META_DROPS, &now.2.to_le_bytes());
-                    b.insert(META_LEASE, &now.3.to_le_bytes());
+                    b.insert(META_HEAD, &now.head.to_le_bytes());
+                    b.insert(META_BYTES, &now.bytes.to_le_bytes());
+                    b.insert(META_DROPS, &now.dropped.to_le_bytes());
+                    b.insert(META_LEASE, &now.lease.to_le_bytes());
                     slot.tree.apply_batch(b)?;
                     st.persisted = now;
                 }
@@ -856,11 +884,7 @@ impl SledOutbox {
                 let durable = slot.durable.load(Ordering::Acquire);
                 for (dest, ahead) in st.confirmed_ahead.iter() {
                     if let Some(c) = st.cursors.get_mut(dest) {
-                        let now = (*ahead).min(durable);
-                        if now > *c {
-                            *c = now;
-                            slot.tree.insert(cursor_key(dest), &now.to_le_bytes())?;
-                        }
+                        advance_cursor(&slot.tree, dest, c, (*ahead).min(durable))?;
                     }
                 }
                 st.confirmed_ahead.retain(|_, ahead| *ahead > durable);

@@ -136,9 +136,27 @@ pub struct Window {
     messages: usize,
     /// When the broker last acknowledged something (or the window became non-empty).
     progress: Option<tokio::time::Instant>,
-    /// Backlog batches in flight: at most one, so a live record never queues behind more
-    /// than one backlog batch (in the client's queue or a slow link's buffers).
-    backlog_flights: usize,
+}
+
+impl Flight {
+    fn carries_backlog(&self) -> bool {
+        self.settles
+            .iter()
+            .any(|s| matches!(s, Settle::Backlog(..)))
+    }
+}
+
+impl Window {
+    /// Whether a backlog batch is in flight. At most one is: a live record never queues
+    /// behind more than one backlog batch (in the client's queue or a slow link's buffers).
+    fn backlog_in_flight(&self) -> bool {
+        self.flights.iter().any(Flight::carries_backlog)
+    }
+
+    /// When the window counts as stalled if nothing is acknowledged before.
+    fn stall_at(&self, ack_timeout: Duration) -> tokio::time::Instant {
+        self.progress.unwrap_or_else(tokio::time::Instant::now) + ack_timeout
+    }
 }
 
 /// Messages in flight before publishing waits for acknowledgements.
@@ -195,9 +213,6 @@ impl Forwarder {
             self.window.progress = Some(tokio::time::Instant::now());
         }
         self.window.messages += f.acks + f.sent;
-        if f.settles.iter().any(|s| matches!(s, Settle::Backlog(..))) {
-            self.window.backlog_flights += 1;
-        }
         self.window.flights.push_back(f);
         for m in msgs {
             if self
@@ -237,11 +252,7 @@ impl Forwarder {
         stash: &mut Vec<LinkEvent>,
     ) -> Step {
         while self.window.messages > limit {
-            let deadline = self
-                .window
-                .progress
-                .unwrap_or_else(tokio::time::Instant::now)
-                + self.ack_timeout;
+            let deadline = self.window.stall_at(self.ack_timeout);
             let ev = tokio::select! {
                 _ = stop.cancelled() => return Step::Stop,
                 _ = tokio::time::sleep_until(deadline) => {
@@ -292,9 +303,8 @@ impl Forwarder {
 
     /// Whether batches are in flight and none was acknowledged for `ack_timeout`.
     fn stalled(&self) -> bool {
-        self.window
-            .progress
-            .is_some_and(|p| !self.window.flights.is_empty() && p.elapsed() >= self.ack_timeout)
+        !self.window.flights.is_empty()
+            && tokio::time::Instant::now() >= self.window.stall_at(self.ack_timeout)
     }
 
     /// The connection is gone: what was in flight will be sent again from the lanes' settled
@@ -335,9 +345,6 @@ impl Forwarder {
             let Some(f) = w.flights.pop_front() else {
                 break;
             };
-            if f.settles.iter().any(|s| matches!(s, Settle::Backlog(..))) {
-                w.backlog_flights = w.backlog_flights.saturating_sub(1);
-            }
             for st in f.settles {
                 let s = match st {
                     Settle::Live(s, last) => {
@@ -465,7 +472,7 @@ impl Forwarder {
     /// Publishes up to `budget` backlog records of the first stream (in priority order) that
     /// has a backlog left, marked historical; the number of records published.
     async fn send_backlog(&mut self, lanes: &mut Lanes, budget: usize) -> Result<usize, Step> {
-        if self.window.backlog_flights > 0 {
+        if self.window.backlog_in_flight() {
             // The next backlog batch goes when this one is through (the run loop drains
             // again on every acknowledgement).
             return Ok(0);
@@ -586,11 +593,7 @@ impl Forwarder {
             if !stash.is_empty() {
                 continue;
             }
-            let stall_at = self
-                .window
-                .progress
-                .unwrap_or_else(tokio::time::Instant::now)
-                + self.ack_timeout;
+            let stall_at = self.window.stall_at(self.ack_timeout);
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = committed.changed() => {}

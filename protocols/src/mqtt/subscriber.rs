@@ -161,11 +161,12 @@ impl MqttSubscriber {
             .collect()
     }
 
-    /// Books a bad message: counted, and logged if its reason is due.
+    /// Books a bad message: counted, and logged if its reason is due (`detail` is only
+    /// formatted then: a flood of bad messages costs a counter each).
     fn bad(
         &self,
         why: BadMessage,
-        detail: &str,
+        detail: impl FnOnce() -> String,
         p: &Publish,
         tag: Option<&MqttTagConfig>,
         dec: &mut Decoder,
@@ -175,7 +176,7 @@ impl MqttSubscriber {
         if let Some(more) = dec.bad_log.due(why) {
             let fix = remedy(why, tag, self.cfg.broker.max_packet_size);
             tracing::warn!(source = %ctx.name, topic = %p.topic, reason = why.name(),
-                more_since_last_log = more, "unusable message: {detail}; {fix}");
+                more_since_last_log = more, "unusable message: {}; {fix}", detail());
         }
     }
 
@@ -185,8 +186,8 @@ impl MqttSubscriber {
         // Roughly the packet's remaining length (topic, its length, the packet id).
         let size = p.payload.len() + p.topic.len() + 4;
         if size > self.cfg.broker.max_packet_size {
-            let detail = format!("{size} bytes, over max_packet_size");
-            self.bad(BadMessage::Oversize, &detail, p, None, dec, ctx);
+            let detail = || format!("{size} bytes, over max_packet_size");
+            self.bad(BadMessage::Oversize, detail, p, None, dec, ctx);
             return;
         }
         let mut booked = false;
@@ -240,8 +241,8 @@ impl MqttSubscriber {
                     // The value is fine, its time is not: keep it, flagged.
                     if !booked {
                         booked = true;
-                        let detail = format!("tag {tag}: {e}");
-                        self.bad(e.reason(), &detail, p, Some(t), dec, ctx);
+                        let detail = || format!("tag {tag}: {e}");
+                        self.bad(e.reason(), detail, p, Some(t), dec, ctx);
                     }
                     out.push(Sample::new(tag, arrived, v, Quality::Uncertain));
                 }
@@ -249,8 +250,8 @@ impl MqttSubscriber {
                     // One message is booked once, under its first problem.
                     if !booked {
                         booked = true;
-                        let detail = format!("tag {tag}: {e}; sample is bad quality");
-                        self.bad(e.reason(), &detail, p, Some(t), dec, ctx);
+                        let detail = || format!("tag {tag}: {e}; sample is bad quality");
+                        self.bad(e.reason(), detail, p, Some(t), dec, ctx);
                     }
                     out.push(Sample::bad(tag, good_ts));
                 }
