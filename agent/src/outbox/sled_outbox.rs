@@ -784,14 +784,24 @@ impl SledOutbox {
             if last < first {
                 return Ok(out);
             }
-            for kv in slot
-                .tree
-                .range(rec_key(first)..rec_key(last + 1))
-                .rev()
-                .take(max)
-            {
-                let (k, v) = kv?;
-                out.extend(stored_record(&k, &v));
+            // Forward reads of chunks walking back from the head, not a reverse scan: sled's
+            // reverse iterator carries a 1 MiB constant key into the binary (+1 MB on ARM).
+            let mut hi = last;
+            while out.len() < max {
+                let want = (max - out.len()) as u64;
+                let lo = hi
+                    .saturating_sub(want.saturating_mul(2).max(16) - 1)
+                    .max(first);
+                let mut chunk = Vec::new();
+                for kv in slot.tree.range(rec_key(lo)..rec_key(hi + 1)) {
+                    let (k, v) = kv?;
+                    chunk.extend(stored_record(&k, &v));
+                }
+                out.extend(chunk.into_iter().rev().take(max - out.len()));
+                if lo == first {
+                    break;
+                }
+                hi = lo - 1;
             }
             Ok(out)
         })
@@ -1115,6 +1125,28 @@ mod tests {
 
     fn payloads(n: usize, tag: u8) -> Vec<Vec<u8>> {
         (0..n).map(|i| vec![tag, i as u8, 0xAB, 0xCD]).collect()
+    }
+
+    /// `latest` reads newest first across its chunks and stops at the oldest live record.
+    #[test]
+    fn latest_returns_the_newest_records_newest_first() {
+        let p = tmp("latest");
+        let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
+        assert!(o.latest(Stream::Samples, 5).unwrap().is_empty());
+        o.append(Stream::Samples, &payloads(100, 1)).unwrap();
+        o.commit().unwrap(); // a burst past the sequence lease is readable once committed
+        let seqs = |max| -> Vec<u64> {
+            o.latest(Stream::Samples, max)
+                .unwrap()
+                .iter()
+                .map(|r| r.0)
+                .collect()
+        };
+        assert_eq!(seqs(3), [100, 99, 98]);
+        assert_eq!(seqs(40), (61..=100).rev().collect::<Vec<_>>());
+        assert_eq!(seqs(1000), (1..=100).rev().collect::<Vec<_>>());
+        let newest = o.latest(Stream::Samples, 1).unwrap();
+        assert_eq!(newest[0].2, payloads(100, 1)[99]);
     }
 
     #[test]
