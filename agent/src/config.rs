@@ -2,7 +2,7 @@
 //! the file line, and the fix. Unknown keys are errors.
 //!
 //! Where each key is defined: top-level tables here; `[[sources.simulated]]` in
-//! `sources/simulated.rs`; `[[sources.modbus]]`, `[[sources.opcua]]`, `[[sources.mqtt]]` in
+//! `sources/simulated.rs`; `[[sources.replay]]` in `sources/replay.rs`; `[[sources.modbus]]`, `[[sources.opcua]]`, `[[sources.mqtt]]` in
 //! `edge-protocols` (`modbus/config.rs`, `opcua/config.rs`, `mqtt/config.rs`);
 //! `[[outputs.file]]` in `outputs/file.rs`.
 
@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::models::{BundlesConfig, ModelConfig, TagCatalog};
 use crate::outputs::file::FileOutputConfig;
+use crate::sources::replay::ReplaySourceConfig;
 use crate::sources::simulated::SimulatedSourceConfig;
 
 /// The whole config file.
@@ -140,6 +141,8 @@ pub struct SourcesConfig {
     pub opcua: Vec<OpcUaSourceConfig>,
     #[serde(default)]
     pub mqtt: Vec<MqttSourceConfig>,
+    #[serde(default)]
+    pub replay: Vec<ReplaySourceConfig>,
 }
 
 /// `[outputs]`: one array of tables per kind.
@@ -327,13 +330,14 @@ impl AgentConfig {
         let mut tags = UniqueNames::new("tag");
         let s = root.key("sources");
         issues.check(self.source_count() > 0, s.clone(), || {
-            "no sources: add a [[sources.simulated]], [[sources.modbus]], [[sources.opcua]] or [[sources.mqtt]] table".into()
+            "no sources: add a [[sources.simulated]], [[sources.modbus]], [[sources.opcua]], [[sources.mqtt]] or [[sources.replay]] table".into()
         });
         let sc = &self.sources;
         check_sources(&sc.simulated, &s, &mut names, &mut tags, issues);
         check_sources(&sc.modbus, &s, &mut names, &mut tags, issues);
         check_sources(&sc.opcua, &s, &mut names, &mut tags, issues);
         check_sources(&sc.mqtt, &s, &mut names, &mut tags, issues);
+        check_sources(&sc.replay, &s, &mut names, &mut tags, issues);
         let mut models = UniqueNames::new("model");
         for (i, m) in self.models.iter().enumerate() {
             let at = root.key("models").index(i);
@@ -383,7 +387,7 @@ impl AgentConfig {
 
     pub fn source_count(&self) -> usize {
         let s = &self.sources;
-        s.simulated.len() + s.modbus.len() + s.opcua.len() + s.mqtt.len()
+        s.simulated.len() + s.modbus.len() + s.opcua.len() + s.mqtt.len() + s.replay.len()
     }
 
     /// Tags known at load time (wildcard MQTT tags are created at runtime).
@@ -420,6 +424,7 @@ impl AgentConfig {
             + s.modbus.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
             + s.opcua.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
             + s.mqtt.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
+            + s.replay.iter().map(|c| n(c.tag_keys(&at))).sum::<usize>()
     }
 
     /// Where bundle state (the version floor) lives.
@@ -440,6 +445,7 @@ impl AgentConfig {
             s.modbus.iter().flat_map(|c| c.tag_keys(&at)).collect(),
             s.opcua.iter().flat_map(|c| c.tag_keys(&at)).collect(),
             s.mqtt.iter().flat_map(|c| c.tag_keys(&at)).collect(),
+            s.replay.iter().flat_map(|c| c.tag_keys(&at)).collect(),
         ] {
             known.extend(v.into_iter().map(|(n, _)| n));
         }
@@ -473,6 +479,9 @@ impl AgentConfig {
             add(&c.name, c.tag_keys(&at));
         }
         for c in &s.mqtt {
+            add(&c.name, c.tag_keys(&at));
+        }
+        for c in &s.replay {
             add(&c.name, c.tag_keys(&at));
         }
         let templates = s
@@ -636,6 +645,32 @@ impl SourceEntry for MqttSourceConfig {
     }
 }
 
+impl SourceEntry for ReplaySourceConfig {
+    const KIND: &'static str = "replay";
+    const ENABLED: bool = true;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        ReplaySourceConfig::validate(self, at, issues)
+    }
+    fn tag_keys(&self, at: &KeyPath) -> Vec<(String, KeyPath)> {
+        if self.tags.is_empty() {
+            // From the recording: they are all defined by its path.
+            return self
+                .tag_names()
+                .into_iter()
+                .map(|t| (t, at.key("path")))
+                .collect();
+        }
+        self.tags
+            .iter()
+            .enumerate()
+            .map(|(j, t)| (t.clone(), at.key("tags").index(j)))
+            .collect()
+    }
+}
+
 /// Names that must be unique, with where each was first defined.
 struct UniqueNames {
     what: &'static str,
@@ -744,13 +779,14 @@ fn shape_problems(text: &str) -> Vec<Located> {
                         ("sources", "modbus") => each::<ModbusSourceConfig>(list, at, &mut issues),
                         ("sources", "opcua") => each::<OpcUaSourceConfig>(list, at, &mut issues),
                         ("sources", "mqtt") => each::<MqttSourceConfig>(list, at, &mut issues),
+                        ("sources", "replay") => each::<ReplaySourceConfig>(list, at, &mut issues),
                         ("outputs", "file") => each::<FileOutputConfig>(list, at, &mut issues),
                         ("outputs", "mqtt") => {
                             each::<crate::publish::MqttOutputConfig>(list, at, &mut issues)
                         }
                         ("sources", other) => issues.push(
                             at,
-                            format!("unknown source kind `{other}`: simulated, modbus, opcua or mqtt"),
+                            format!("unknown source kind `{other}`: simulated, modbus, opcua, mqtt or replay"),
                         ),
                         (_, other) => issues.push(
                             at,

@@ -166,7 +166,7 @@ pub fn trusted_keys(cfg: &AgentConfig) -> anyhow::Result<Vec<ed25519_dalek::Veri
 
 /// Loads every configured model. A model whose bundle fails a check is left out with a loud
 /// error — the sources and outputs still run — and `edge-agent check` reports the same error.
-fn build_models(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, models::ModelStage)>> {
+pub(crate) fn build_models(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, models::ModelStage)>> {
     if cfg.models.is_empty() {
         return Ok(Vec::new());
     }

@@ -1,5 +1,5 @@
 //! `edge-agent`: the command-line edge of the agent library. Commands: `run`, `check`,
-//! `featurize`, `bundle keygen|pack|inspect|verify`.
+//! `featurize`, `replay`, `bundle keygen|pack|inspect|verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,7 +72,8 @@ enum Command {
         /// Or a pack/spec TOML file (`[spec]` table), before any model exists.
         #[arg(long)]
         spec: Option<PathBuf>,
-        /// Recording: `tag,ts_ns,value,quality` (what `[[outputs.file]] format = "csv"` writes).
+        /// Recording: `tag,ts_ns,value,quality` (what `[[outputs.file]] format = "csv"`
+        /// writes), or a long or wide CSV (see the README).
         #[arg(long)]
         input: PathBuf,
         /// Output CSV (default: standard output).
@@ -81,6 +82,27 @@ enum Command {
         /// Write the model input (layout + scaler applied) instead of raw features.
         #[arg(long)]
         scaled: bool,
+    },
+    /// Run the config's models over a recording exactly as the live pipeline would
+    /// (windows, features, inference, alarms, drift) and write what a live agent publishes.
+    Replay {
+        /// Agent config (its [[models]], drift and label settings; sources and outputs are
+        /// not used).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Recording: the agent's CSV (`tag,ts_ns,value,quality`), or a long or wide CSV.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for predictions.jsonl, alarms.jsonl, drift.jsonl (default: standard
+        /// output, one {"stream","name","payload"} object per line).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// `max` (default): as fast as it goes; a number: recorded time divided by it.
+        #[arg(long, default_value = "max")]
+        speed: edge_agent::sources::replay::ReplaySpeed,
+        /// Also write the feature records (features.jsonl).
+        #[arg(long)]
+        features: bool,
     },
     /// Model bundles: keys, packing, inspection, verification.
     #[command(subcommand)]
@@ -109,6 +131,15 @@ enum BundleCommand {
         key: PathBuf,
         #[arg(long)]
         out: PathBuf,
+        /// Lineage: revision of the training code (e.g. `git rev-parse HEAD`).
+        #[arg(long)]
+        code_revision: Option<String>,
+        /// Lineage: a training parameter, KEY=VALUE (repeatable).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Lineage: a training or validation metric, KEY=NUMBER (repeatable).
+        #[arg(long = "metric", value_name = "KEY=NUMBER")]
+        metrics: Vec<String>,
     },
     /// Show what a bundle contains (does not check the signature).
     Inspect {
@@ -211,12 +242,84 @@ fn main() -> ExitCode {
                             output.as_deref(),
                             scaled,
                         )
+                        .map(|st| (st, s.rate_hz))
                     });
             match res {
-                Ok(st) => {
+                Ok((st, rate_hz)) => {
+                    if let Some(w) = st.grid_warning(rate_hz) {
+                        eprintln!("warning: {w}");
+                    }
                     eprintln!(
                         "featurize: {} windows, {} skipped (missing data), {} late samples dropped",
                         st.windows, st.skipped_missing, st.late_samples
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Command::Replay {
+            config,
+            input,
+            output,
+            speed,
+            features,
+        } => {
+            let cfg = match AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            // Warnings and errors go to standard error (EDGE_LOG=info for more); the records
+            // to standard output or --output.
+            let mut log = cfg.log.clone();
+            log.level = "warn".into();
+            edge_agent::logging::init(&log);
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let res = rt.block_on(edge_agent::commands::replay::replay(
+                cfg,
+                &input,
+                output.as_deref(),
+                speed,
+                features,
+            ));
+            match res {
+                Ok(r) => {
+                    for m in &r.models {
+                        if let Some(w) = &m.grid_warning {
+                            eprintln!("warning: model {}: {w}", m.name);
+                        }
+                        eprintln!(
+                            "replay: model {}: {} windows, {} predictions, {} skipped (missing data), {} skipped (non-finite), {} inference errors",
+                            m.name, m.windows, m.predictions, m.skipped_missing, m.skipped_nonfinite, m.inference_errors
+                        );
+                    }
+                    let written: Vec<String> = r
+                        .written
+                        .iter()
+                        .map(|(s, n)| format!("{n} {}", s.name()))
+                        .collect();
+                    let secs = r.elapsed.as_secs_f64();
+                    eprintln!(
+                        "replay: {} samples in {secs:.2} s ({:.0} samples/s); wrote {}",
+                        r.samples,
+                        r.samples as f64 / secs.max(1e-9),
+                        if written.is_empty() {
+                            "nothing".into()
+                        } else {
+                            written.join(", ")
+                        }
                     );
                     ExitCode::SUCCESS
                 }
@@ -282,8 +385,17 @@ fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
             train,
             key,
             out,
+            code_revision,
+            params,
+            metrics,
         } => {
-            let m = b::pack(&spec, &model, &train, &key, &out)?;
+            let packed = b::pack(&spec, &model, &train, &key, &out, |l| {
+                l.with_flags(code_revision, &params, &metrics)
+            })?;
+            for w in &packed.warnings {
+                eprintln!("warning: {w}");
+            }
+            let m = packed.manifest;
             Ok(format!(
                 "wrote {}: {} {} (version number {}), {} features, reference from {} training windows",
                 out.display(),

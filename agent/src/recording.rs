@@ -1,13 +1,20 @@
 //! The sample recording format: CSV with header `tag,ts_ns,value,quality`, one sample per
-//! row. Written by `[[outputs.file]] format = "csv"`, read back by offline tools (featurize),
-//! so the ML engineer trains on exactly what the device saw.
+//! row. Written by `[[outputs.file]] format = "csv"`, read back by offline tools (featurize,
+//! bundle pack, replay, the `replay` source), so the ML engineer trains on exactly what the
+//! device saw.
 //!
 //! Floats are written in Rust's shortest round-trip form, so reading a row back yields the
 //! bit-identical `f64`. Text is quoted per RFC 4180 when it needs to be.
+//!
+//! [`RecordingReader`] also imports CSV from elsewhere (a historian export, a dataset), told
+//! apart by the header ([`CsvLayout`]): *long* (one sample per row with named `tag`, `value`,
+//! optional `quality` and a time column) and *wide* (a time column, then one column per tag).
 
+use std::collections::VecDeque;
+use std::io::BufRead;
 use std::sync::Arc;
 
-use edge_protocols::{Quality, Sample, Value};
+use edge_protocols::{Quality, Sample, Tag, Value};
 
 pub const CSV_HEADER: &str = "tag,ts_ns,value,quality";
 
@@ -109,9 +116,159 @@ pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
         "bad" => Quality::Bad,
         q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
     };
-    let v = value.trim();
-    let value = if value_quoted {
-        Value::Text(Arc::from(value.as_str()))
+    let value = parse_value(&value, value_quoted)?;
+    Ok(Sample::new(Arc::from(tag.as_str()), ts_ns, value, quality))
+}
+
+/// How a time column is written, from its header name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// Integer nanoseconds (`ts_ns`, `time_ns`).
+    Nanos,
+    /// Integer microseconds (`ts_us`).
+    Micros,
+    /// Integer milliseconds (`ts_ms`, `time_ms`).
+    Millis,
+    /// Seconds, possibly fractional (`ts_s`, `epoch`, `unix`).
+    Seconds,
+    /// RFC 3339 (`2024-01-31T12:00:00.5Z`, `+01:00` offsets) or `2024-01-31 12:00:00[.fff]`
+    /// taken as UTC; a plain number is seconds (`timestamp`, `time`, `ts`, `datetime`, `date`).
+    Text,
+}
+
+impl TimeFormat {
+    fn of_column(name: &str) -> Option<TimeFormat> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "ts_ns" | "time_ns" | "timestamp_ns" => TimeFormat::Nanos,
+            "ts_us" | "time_us" | "timestamp_us" => TimeFormat::Micros,
+            "ts_ms" | "time_ms" | "timestamp_ms" => TimeFormat::Millis,
+            "ts_s" | "time_s" | "epoch" | "unix" => TimeFormat::Seconds,
+            "timestamp" | "time" | "ts" | "datetime" | "date_time" | "date" => TimeFormat::Text,
+            _ => return None,
+        })
+    }
+
+    /// UTC nanoseconds since the Unix epoch.
+    pub fn parse(self, s: &str) -> Result<i64, String> {
+        let s = s.trim();
+        let int = |scale: i64| {
+            s.parse::<i64>()
+                .ok()
+                .and_then(|v| v.checked_mul(scale))
+                .ok_or_else(|| format!("time `{s}` is not an integer in range"))
+        };
+        let secs = |s: &str| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && v.abs() < 9.2e9)
+                .map(|v| (v * 1e9).round() as i64)
+        };
+        match self {
+            TimeFormat::Nanos => int(1),
+            TimeFormat::Micros => int(1_000),
+            TimeFormat::Millis => int(1_000_000),
+            TimeFormat::Seconds => {
+                secs(s).ok_or_else(|| format!("time `{s}` is not a number of seconds"))
+            }
+            TimeFormat::Text => {
+                if let Some(ns) = secs(s) {
+                    return Ok(ns);
+                }
+                let dt = chrono::DateTime::parse_from_rfc3339(s)
+                    .map(|d| d.with_timezone(&chrono::Utc))
+                    .or_else(|_| {
+                        let t = s.trim_end_matches('Z').replace('T', " ");
+                        chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
+                            .map(|n| n.and_utc())
+                    })
+                    .map_err(|_| {
+                        format!("time `{s}` is not RFC 3339 (2024-01-31T12:00:00Z), `2024-01-31 12:00:00` or seconds")
+                    })?;
+                dt.timestamp_nanos_opt()
+                    .ok_or_else(|| format!("time `{s}` is out of range"))
+            }
+        }
+    }
+}
+
+/// The layouts a recording can have, told apart by its header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CsvLayout {
+    /// `tag,ts_ns,value,quality`: what the agent records.
+    Native,
+    /// One sample per row: a time column, `tag`, `value` and optionally `quality`, in any
+    /// order (other columns are ignored).
+    Long {
+        time: (usize, TimeFormat),
+        tag: usize,
+        value: usize,
+        quality: Option<usize>,
+    },
+    /// One row per time: the time column, then one column per tag (an empty cell is no
+    /// sample; `nan` or text that is not a number is a bad-quality sample).
+    Wide {
+        time: (usize, TimeFormat),
+        tags: Vec<(usize, Tag)>,
+    },
+}
+
+impl CsvLayout {
+    /// Recognizes a header line.
+    pub fn of_header(header: &str) -> Result<CsvLayout, String> {
+        let h = header.trim_end_matches(['\r', '\n']);
+        if h == CSV_HEADER {
+            return Ok(CsvLayout::Native);
+        }
+        let names: Vec<String> = split_fields(h)?
+            .into_iter()
+            .map(|(f, _)| f.trim().to_string())
+            .collect();
+        let find = |n: &str| names.iter().position(|c| c.eq_ignore_ascii_case(n));
+        let time = names
+            .iter()
+            .enumerate()
+            .find_map(|(i, n)| TimeFormat::of_column(n).map(|f| (i, f)))
+            .ok_or_else(|| {
+                format!(
+                    "header `{h}`: no time column (ts_ns, ts_us, ts_ms, ts_s, epoch, timestamp, time, ts, datetime); \
+                     the agent's own recordings start with `{CSV_HEADER}`"
+                )
+            })?;
+        if let (Some(tag), Some(value)) = (find("tag"), find("value")) {
+            return Ok(CsvLayout::Long {
+                time,
+                tag,
+                value,
+                quality: find("quality"),
+            });
+        }
+        let tags: Vec<(usize, Tag)> = names
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i != time.0 && !n.is_empty())
+            .map(|(i, n)| (i, Arc::from(n.as_str())))
+            .collect();
+        if tags.is_empty() {
+            return Err(format!("header `{h}`: a time column but no tag columns"));
+        }
+        Ok(CsvLayout::Wide { time, tags })
+    }
+
+    /// For messages: `native`, `long` or `wide (N tags)`.
+    pub fn describe(&self) -> String {
+        match self {
+            CsvLayout::Native => "native (tag,ts_ns,value,quality)".into(),
+            CsvLayout::Long { .. } => "long (one sample per row)".into(),
+            CsvLayout::Wide { tags, .. } => format!("wide ({} tag columns)", tags.len()),
+        }
+    }
+}
+
+/// A value cell: a number, `true`/`false`, quoted text, or empty (`Null`).
+fn parse_value(v: &str, quoted: bool) -> Result<Value, String> {
+    let v = if quoted { v } else { v.trim() };
+    Ok(if quoted {
+        Value::Text(Arc::from(v))
     } else if v.is_empty() {
         Value::Null
     } else if v == "true" || v == "false" {
@@ -126,8 +283,120 @@ pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
         return Err(format!(
             "value `{v}` is not a number, boolean, quoted text or empty"
         ));
-    };
-    Ok(Sample::new(Arc::from(tag.as_str()), ts_ns, value, quality))
+    })
+}
+
+/// Samples of a recording in file order, from any [`CsvLayout`]. Errors name the line.
+pub struct RecordingReader<R> {
+    lines: std::io::Lines<R>,
+    line: usize,
+    layout: CsvLayout,
+    what: String,
+    pending: VecDeque<Sample>,
+}
+
+impl<R: BufRead> RecordingReader<R> {
+    /// Reads the header; `what` names the input in errors (a path).
+    pub fn new(input: R, what: &str) -> Result<Self, String> {
+        let mut lines = input.lines();
+        let layout = match lines.next() {
+            Some(Ok(h)) => CsvLayout::of_header(&h).map_err(|e| format!("{what}:1: {e}"))?,
+            Some(Err(e)) => return Err(format!("{what}: {e}")),
+            None => return Err(format!("{what}: empty file")),
+        };
+        Ok(RecordingReader {
+            lines,
+            line: 1,
+            layout,
+            what: what.to_string(),
+            pending: VecDeque::new(),
+        })
+    }
+
+    pub fn layout(&self) -> &CsvLayout {
+        &self.layout
+    }
+
+    fn row(&mut self, line: &str) -> Result<(), String> {
+        match &self.layout {
+            CsvLayout::Native => self.pending.push_back(parse_csv_row(line)?),
+            CsvLayout::Long {
+                time,
+                tag,
+                value,
+                quality,
+            } => {
+                let f = split_fields(line)?;
+                let cell = |i: usize, what: &str| {
+                    f.get(i)
+                        .ok_or_else(|| format!("no `{what}` field (column {})", i + 1))
+                };
+                let ts_ns = time.1.parse(&cell(time.0, "time")?.0)?;
+                let (v, quoted) = cell(*value, "value")?;
+                let quality = match quality {
+                    None => Quality::Good,
+                    Some(q) => match cell(*q, "quality")?.0.trim() {
+                        "good" | "" => Quality::Good,
+                        "uncertain" => Quality::Uncertain,
+                        "bad" => Quality::Bad,
+                        q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
+                    },
+                };
+                let tag = Arc::from(cell(*tag, "tag")?.0.as_str());
+                self.pending
+                    .push_back(Sample::new(tag, ts_ns, parse_value(v, *quoted)?, quality));
+            }
+            CsvLayout::Wide { time, tags } => {
+                let f = split_fields(line)?;
+                let t = f
+                    .get(time.0)
+                    .ok_or_else(|| format!("no time field (column {})", time.0 + 1))?;
+                let ts_ns = time.1.parse(&t.0)?;
+                for (i, tag) in tags {
+                    let Some((v, quoted)) = f.get(*i) else {
+                        continue;
+                    };
+                    if v.trim().is_empty() && !quoted {
+                        continue;
+                    }
+                    // A cell that is not a value (`n/a`, `#VALUE!`) is a bad sample here, not
+                    // an error: exports mark outages that way.
+                    let value = parse_value(v, *quoted).unwrap_or(Value::Null);
+                    let q = if matches!(value, Value::Null) {
+                        Quality::Bad
+                    } else {
+                        Quality::Good
+                    };
+                    self.pending
+                        .push_back(Sample::new(tag.clone(), ts_ns, value, q));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: BufRead> Iterator for RecordingReader<R> {
+    type Item = Result<Sample, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(s) = self.pending.pop_front() {
+                return Some(Ok(s));
+            }
+            let line = match self.lines.next()? {
+                Ok(l) => l,
+                Err(e) => return Some(Err(format!("{}:{}: {e}", self.what, self.line + 1))),
+            };
+            self.line += 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = self.row(line.trim_end_matches('\r')) {
+                return Some(Err(format!("{}:{}: {e}", self.what, self.line)));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,5 +454,61 @@ mod tests {
             .contains("unterminated"));
         // NaN in a recording stays bad quality on the way back in.
         assert_eq!(parse_csv_row("a,1,NaN,good").unwrap().quality, Quality::Bad);
+    }
+
+    fn read_all(text: &str) -> Result<Vec<Sample>, String> {
+        RecordingReader::new(std::io::Cursor::new(text), "rec.csv")?.collect()
+    }
+
+    #[test]
+    fn wide_csv_imports_one_sample_per_cell() {
+        let got = read_all(
+            "timestamp,pump.temp,pump.flow\n\
+             2024-01-31T12:00:00Z,41.5,7\n\
+             2024-01-31 12:00:00.5,,n/a\n",
+        )
+        .unwrap();
+        let t0 = 1_706_702_400_000_000_000;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            (got[0].tag.as_ref(), got[0].ts_ns, &got[0].value),
+            ("pump.temp", t0, &Value::Float(41.5))
+        );
+        assert_eq!(
+            (got[1].tag.as_ref(), &got[1].value),
+            ("pump.flow", &Value::Int(7))
+        );
+        // An empty cell is no sample; `n/a` is a bad one half a second later.
+        assert_eq!(
+            (got[2].tag.as_ref(), got[2].ts_ns, got[2].quality),
+            ("pump.flow", t0 + 500_000_000, Quality::Bad)
+        );
+    }
+
+    #[test]
+    fn long_csv_with_named_columns_and_units() {
+        let got = read_all("value,tag,ts_ms\n1.25,a,1000\n2,b,1001\n").unwrap();
+        assert_eq!(
+            got[0],
+            Sample::new(
+                Arc::from("a"),
+                1_000_000_000,
+                Value::Float(1.25),
+                Quality::Good
+            )
+        );
+        assert_eq!(got[1].ts_ns, 1_001_000_000);
+        let e = read_all("ts_ms,tag,value\n5,a,1\n6,b\n").unwrap_err();
+        assert_eq!(e, "rec.csv:3: no `value` field (column 3)");
+        let e = read_all("when,tag,value\n").unwrap_err();
+        assert!(
+            e.starts_with("rec.csv:1: header `when,tag,value`: no time column"),
+            "{e}"
+        );
+        let e = read_all("time,a\nyesterday,1\n").unwrap_err();
+        assert!(
+            e.starts_with("rec.csv:2: time `yesterday` is not RFC 3339"),
+            "{e}"
+        );
     }
 }

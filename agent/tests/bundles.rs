@@ -456,3 +456,107 @@ fn a_raw_window_feeds_the_conv_net() {
     let p = m["reference"]["outputs"][0]["mean"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&p), "sigmoid output {p}");
 }
+
+/// Lineage: the training data's fingerprint, the feature spec's hash, and the code revision,
+/// parameters and metrics given at pack travel signed in the manifest; inspect shows them.
+#[test]
+fn pack_records_lineage_and_inspect_shows_it() {
+    let dir = tmp("lineage");
+    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let k = keygen(&dir, "ml");
+    let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
+    let spec = dir.join("lineage.toml");
+    std::fs::write(
+        &spec,
+        format!("{text}\n[lineage]\ncode_revision = \"from-spec\"\nparams = {{ epochs = 40, optimizer = \"adam\" }}\nmetrics = {{ val_mse = 0.5 }}\n"),
+    )
+    .unwrap();
+    let b = dir.join("pump.bundle");
+    let o = run(&[
+        "bundle",
+        "pack",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--model",
+        model("dense_autoencoder").to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--key",
+        k.key.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+        "--code-revision",
+        "3f2c9e1",
+        "--param",
+        "seed=7",
+        "--metric",
+        "val_mse=0.25",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        verify(&b, &k.public, 0).status.success(),
+        "lineage is signed with the rest"
+    );
+    let o = run(&["bundle", "inspect", "--json", b.to_str().unwrap()]);
+    let m: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let l = &m["lineage"];
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&train)
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&sum.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(l["training_data_sha256"], expected.as_str());
+    assert_eq!(l["training_data_name"], "recording.csv");
+    assert_eq!(l["code_revision"], "3f2c9e1", "the flag wins over the spec");
+    assert_eq!(
+        l["params"],
+        serde_json::json!({"epochs": "40", "optimizer": "adam", "seed": "7"})
+    );
+    assert_eq!(l["metrics"], serde_json::json!({"val_mse": 0.25}));
+    assert!(l["packed_by"].as_str().unwrap().starts_with("edge-agent "));
+    let spec_hash = l["feature_spec_sha256"].as_str().unwrap().to_string();
+    assert_eq!(spec_hash.len(), 64);
+    let o = run(&["bundle", "inspect", b.to_str().unwrap()]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(&format!(
+            "trained on  recording.csv (sha256 {})",
+            &expected[..16]
+        )),
+        "{text}"
+    );
+    assert!(text.contains("code        3f2c9e1"), "{text}");
+    assert!(
+        text.contains("params      epochs=40, optimizer=adam, seed=7"),
+        "{text}"
+    );
+    assert!(text.contains("metrics     val_mse=0.25"), "{text}");
+
+    // The same spec packed again hashes the same; a bad flag is refused.
+    let o = run(&[
+        "bundle",
+        "pack",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--model",
+        model("dense_autoencoder").to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--key",
+        k.key.to_str().unwrap(),
+        "--out",
+        dir.join("bad.bundle").to_str().unwrap(),
+        "--metric",
+        "auc=high",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--metric `auc=high`: `high` is not a finite number"),
+        "{}",
+        stderr(&o)
+    );
+}

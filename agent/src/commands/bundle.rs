@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use edge_protocols::bundle::file::{self, key_id, read_public_key, read_signing_key};
 use edge_protocols::bundle::manifest::{
-    ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT,
+    Lineage, ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT,
 };
-use edge_protocols::bundle::{Bundle, FeatureSpec, InputLayout, Manifest};
+use edge_protocols::bundle::{Bundle, FeatureSpec, Manifest};
 use edge_protocols::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
@@ -31,6 +31,63 @@ pub struct PackSpec {
     /// Drift policy shipped with the bundle (`[drift]`, docs/bundles.md).
     #[serde(default)]
     pub drift: edge_protocols::drift::DriftPolicy,
+    /// Provenance recorded in the manifest (`[lineage]`); `pack --code-revision/--param/
+    /// --metric` add to it and win over it.
+    #[serde(default)]
+    pub lineage: PackLineage,
+}
+
+/// `[lineage]` of a pack spec, and the matching `bundle pack` flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackLineage {
+    pub code_revision: Option<String>,
+    /// Training parameters; numbers and booleans are kept as their TOML text.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+impl PackLineage {
+    /// `KEY=VALUE` flags (`--param`, `--metric`) over the spec's table.
+    pub fn with_flags(
+        mut self,
+        code_revision: Option<String>,
+        params: &[String],
+        metrics: &[String],
+    ) -> anyhow::Result<PackLineage> {
+        let split = |flag: &str, kv: &str| -> anyhow::Result<(String, String)> {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.trim().is_empty())
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--{flag} `{kv}`: expected KEY=VALUE"))
+        };
+        if code_revision.is_some() {
+            self.code_revision = code_revision;
+        }
+        for p in params {
+            let (k, v) = split("param", p)?;
+            self.params.insert(k, toml::Value::String(v));
+        }
+        for m in metrics {
+            let (k, v) = split("metric", m)?;
+            let x: f64 = v
+                .parse()
+                .ok()
+                .filter(|x: &f64| x.is_finite())
+                .ok_or_else(|| anyhow::anyhow!("--metric `{m}`: `{v}` is not a finite number"))?;
+            self.metrics.insert(k, x);
+        }
+        Ok(self)
+    }
+}
+
+/// What `pack` made, and what it noticed on the way (printed as warnings).
+#[derive(Debug)]
+pub struct Packed {
+    pub manifest: Manifest,
+    pub warnings: Vec<String>,
 }
 
 /// Writes `<prefix>.key.pem` (private, mode 0600) and `<prefix>.pub.pem`.
@@ -62,7 +119,8 @@ pub fn pack(
     train: &Path,
     key_path: &Path,
     out: &Path,
-) -> anyhow::Result<Manifest> {
+    lineage: impl FnOnce(PackLineage) -> anyhow::Result<PackLineage>,
+) -> anyhow::Result<Packed> {
     let text = std::fs::read_to_string(spec_path)
         .with_context(|| format!("reading {}", spec_path.display()))?;
     let ps: PackSpec =
@@ -96,30 +154,35 @@ pub fn pack(
         )
     })?;
     let key = read_signing_key(key_path)?;
+    let given = lineage(ps.lineage.clone())?;
+    // The postprocess rules must fit the model's outputs: checked before the training data
+    // is read, so a wrong index fails at once.
+    let probe = model
+        .run(&vec![0.0; shape.iter().product()])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sizes: Vec<(&str, usize)> = probe
+        .iter()
+        .map(|o| (o.name.as_str(), o.values.len()))
+        .collect();
+    if let Err(e) = ps.postprocess.check_outputs(&sizes, shape.iter().product()) {
+        bail!("{e}");
+    }
 
     // Reference statistics: the training recording through the serving code path.
-    let names = ps.spec.column_names();
+    // Drift columns: the features themselves, or each raw channel's window statistics.
+    let names: Vec<String> = ps.spec.drift_features().iter().map(|f| f.name()).collect();
     let mut columns: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
     let mut outputs: Vec<(String, Vec<Vec<f64>>)> = Vec::new();
     let f = std::fs::File::open(train).with_context(|| format!("reading {}", train.display()))?;
-    let len = ps.spec.window_len();
     let stats = featurize_csv(
         &ps.spec,
         std::io::BufReader::new(f),
         &train.display().to_string(),
         |row| {
-            match ps.spec.layout {
-                InputLayout::Vector => row
-                    .values
-                    .iter()
-                    .zip(columns.iter_mut())
-                    .for_each(|(v, c)| c.push(*v)),
-                // Raw layouts: one value per channel and window, the window mean.
-                _ => columns.iter_mut().enumerate().for_each(|(c, col)| {
-                    let ch = &row.values[c * len..(c + 1) * len];
-                    col.push(ch.iter().sum::<f64>() / len as f64);
-                }),
-            }
+            row.drift_values()
+                .iter()
+                .zip(columns.iter_mut())
+                .for_each(|(v, c)| c.push(*v));
             let input = model_input(&ps.spec, row);
             if input.iter().all(|v| v.is_finite()) {
                 let outs = model.run(&input).map_err(|e| e.to_string())?;
@@ -183,9 +246,32 @@ pub fn pack(
             outs.join(", ")
         );
     }
-    let probe = model
-        .run(&vec![0.0; shape.iter().product()])
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec_json = serde_json::to_vec(&ps.spec).context("encoding the feature spec")?;
+    let lineage = Lineage {
+        training_data_sha256: file::sha256_file(train)
+            .with_context(|| format!("reading {}", train.display()))?,
+        training_data_name: train
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        feature_spec_sha256: file::sha256_hex(&spec_json),
+        code_revision: given.code_revision,
+        params: given
+            .params
+            .into_iter()
+            .map(|(k, v)| match v {
+                toml::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        metrics: given.metrics,
+        packed_by: format!("edge-agent {}", crate::VERSION),
+    };
+    let warnings: Vec<String> = stats
+        .grid_warning(ps.spec.rate_hz)
+        .map(|w| format!("{}: {w}", train.display()))
+        .into_iter()
+        .collect();
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         name: ps.name,
@@ -213,24 +299,21 @@ pub fn pack(
         },
         postprocess: ps.postprocess,
         drift: ps.drift,
+        lineage: Some(lineage),
         reference: Reference {
             windows: stats.windows,
             features,
             outputs: out_stats,
         },
     };
-    let sizes: Vec<(&str, usize)> = probe
-        .iter()
-        .map(|o| (o.name.as_str(), o.values.len()))
-        .collect();
-    if let Err(e) = manifest.postprocess.check_outputs(&sizes) {
-        bail!("{e}");
-    }
     let bytes = file::pack(&manifest, &onnx, &key)?;
     let tmp = out.with_extension("bundle.tmp");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
-    Ok(file::parse(&bytes)?.manifest)
+    Ok(Packed {
+        manifest: file::parse(&bytes)?.manifest,
+        warnings,
+    })
 }
 
 /// A layout as the feature spec writes it.
@@ -301,15 +384,54 @@ pub fn inspect(path: &Path, json: bool) -> anyhow::Result<String> {
         .collect();
     let _ = writeln!(s, "outputs     {}", outs.join(", "));
     if let Some(sc) = &m.postprocess.score {
+        let what = match sc.reconstruction {
+            Some(r) => format!(
+                "{} of {} against the input{}",
+                r.name(),
+                sc.output,
+                if sc.per_feature {
+                    " (per feature too)"
+                } else {
+                    ""
+                }
+            ),
+            None => format!("{}[{}]", sc.output, sc.index),
+        };
         let _ = writeln!(
             s,
-            "score       {}[{}] threshold {} alarm {}",
-            sc.output,
-            sc.index,
+            "score       {what} threshold {} alarm {}",
             sc.threshold
                 .map_or_else(|| "none".to_string(), |t| t.to_string()),
             if sc.alarm_above { "above" } else { "below" }
         );
+    }
+    if let Some(l) = &m.lineage {
+        let short = |h: &str| h.get(..16).unwrap_or(h).to_string();
+        let _ = writeln!(
+            s,
+            "trained on  {} (sha256 {}), feature spec sha256 {}",
+            if l.training_data_name.is_empty() {
+                "?"
+            } else {
+                &l.training_data_name
+            },
+            short(&l.training_data_sha256),
+            short(&l.feature_spec_sha256)
+        );
+        if let Some(r) = &l.code_revision {
+            let _ = writeln!(s, "code        {r}");
+        }
+        if !l.params.is_empty() {
+            let p: Vec<String> = l.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "params      {}", p.join(", "));
+        }
+        if !l.metrics.is_empty() {
+            let p: Vec<String> = l.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(s, "metrics     {}", p.join(", "));
+        }
+        if !l.packed_by.is_empty() {
+            let _ = writeln!(s, "packed by   {}", l.packed_by);
+        }
     }
     let _ = writeln!(
         s,

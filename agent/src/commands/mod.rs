@@ -1,5 +1,6 @@
-//! The offline commands of the binary: `bundle keygen|pack|inspect|verify` and `featurize`.
-//! They return `anyhow` errors whose text is shown to the user as is.
+//! The offline commands of the binary: `bundle keygen|pack|inspect|verify`, `featurize` and
+//! `replay`. They return `anyhow` errors whose text is shown to the user as is.
 
 pub mod bundle;
 pub mod featurize;
+pub mod replay;

@@ -7,7 +7,7 @@ pub mod compute;
 pub mod offline;
 pub mod window;
 
-use edge_protocols::bundle::{FeatureSpec, InputLayout};
+use edge_protocols::bundle::{FeatureKind, FeatureSpec, InputLayout};
 use edge_protocols::Sample;
 
 use compute::Scratch;
@@ -21,6 +21,20 @@ pub struct FeatureRow {
     /// Layout `vector`: one value per feature, in spec order. Raw layouts: the window,
     /// channel-major (`[c * len + i]`).
     pub values: Vec<f64>,
+    /// Raw layouts: the drift columns (`FeatureSpec::drift_features`: each channel's mean and
+    /// std). Empty for layout `vector`, whose drift columns are `values`.
+    drift: Vec<f64>,
+}
+
+impl FeatureRow {
+    /// The values drift is measured on, in `FeatureSpec::drift_features` order.
+    pub fn drift_values(&self) -> &[f64] {
+        if self.drift.is_empty() {
+            &self.values
+        } else {
+            &self.drift
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -84,25 +98,40 @@ impl Featurizer {
     }
 }
 
+/// Per channel of a raw window, what drift is measured on (`FeatureSpec::drift_features`).
+const RAW_DRIFT_KINDS: [FeatureKind; 2] = [FeatureKind::Mean, FeatureKind::Std];
+
 fn compute_row(
     spec: &FeatureSpec,
     channel_of: &[usize],
     scratch: &mut Scratch,
     w: &Window,
 ) -> FeatureRow {
-    let values = match spec.layout {
-        InputLayout::Vector => spec
-            .features
-            .iter()
-            .zip(channel_of)
-            .map(|(f, &c)| scratch.compute(&f.kind, w.channel(c), spec.rate_hz))
-            .collect(),
-        InputLayout::RawTc | InputLayout::RawCt => w.values.clone(),
+    let (values, drift) = match spec.layout {
+        InputLayout::Vector => (
+            spec.features
+                .iter()
+                .zip(channel_of)
+                .map(|(f, &c)| scratch.compute(&f.kind, w.channel(c), spec.rate_hz))
+                .collect(),
+            Vec::new(),
+        ),
+        // drift_features: per channel, in tag order, its mean then its std.
+        InputLayout::RawTc | InputLayout::RawCt => {
+            let mut drift = Vec::with_capacity(2 * spec.tags.len());
+            for c in 0..spec.tags.len() {
+                for kind in RAW_DRIFT_KINDS {
+                    drift.push(scratch.compute(&kind, w.channel(c), spec.rate_hz));
+                }
+            }
+            (w.values.clone(), drift)
+        }
     };
     FeatureRow {
         start_ns: w.start_ns,
         end_ns: w.end_ns,
         values,
+        drift,
     }
 }
 

@@ -44,6 +44,35 @@ pub struct WindowStats {
     pub late_samples: u64,
     /// Samples dropped because a tag's buffer hit its cap.
     pub overflow_samples: u64,
+    /// Samples of the spec's tags taken into the windows.
+    pub samples: u64,
+    /// Of those, samples whose timestamp is not on the grid (a whole multiple of the period
+    /// since the epoch), and the offset past its grid point of the first such sample.
+    pub off_grid_samples: u64,
+    pub first_off_grid_ns: i64,
+}
+
+impl WindowStats {
+    /// For offline tools (featurize, pack, replay): a warning when most samples sit off the
+    /// grid. Each grid point takes the last sample at or before it, so a recording whose
+    /// timestamps are all 1 ms late gives values one period old and one window fewer — a
+    /// different input from what the ML engineer expects. Live data jitters, so `run` does
+    /// not warn.
+    pub fn grid_warning(&self, rate_hz: f64) -> Option<String> {
+        (self.samples > 0 && self.off_grid_samples * 2 > self.samples).then(|| {
+            let period_ms = 1e3 / rate_hz;
+            format!(
+                "{} of {} samples are off the {rate_hz} Hz grid (e.g. {} ms after a grid point, \
+                 the grid period is {period_ms} ms): each grid point takes the last sample at or \
+                 before it, so features see values up to one period old and the first window \
+                 starts a period later; shift the timestamps onto the grid or set rate_hz to the \
+                 data's rate",
+                self.off_grid_samples,
+                self.samples,
+                self.first_off_grid_ns as f64 / 1e6
+            )
+        })
+    }
 }
 
 /// Per-tag buffer of (timestamp, value; NaN = bad) in timestamp order.
@@ -119,6 +148,14 @@ impl WindowAssembler {
             self.stats.overflow_samples += 1;
         }
         buf.last_ts = Some(s.ts_ns);
+        self.stats.samples += 1;
+        let off = s.ts_ns.rem_euclid(self.period);
+        if off != 0 {
+            if self.stats.off_grid_samples == 0 {
+                self.stats.first_off_grid_ns = off;
+            }
+            self.stats.off_grid_samples += 1;
+        }
         buf.points
             .push_back((s.ts_ns, s.usable_f64().unwrap_or(f64::NAN)));
         if self.next_start.is_none() {

@@ -25,9 +25,11 @@ pub struct ModelConfig {
     /// The bundle file. Replacing the file hot-reloads the model (checked every
     /// `reload_check`); a new bundle that fails any check is refused and the running one stays.
     pub bundle: PathBuf,
-    /// Windows that may wait for inference; more are dropped and counted.
+    /// Windows that may wait for inference; what happens to more is `when_busy`.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    #[serde(default)]
+    pub when_busy: WhenBusy,
     /// Emit a features record per window (for outputs and drift).
     #[serde(default = "yes")]
     pub features: bool,
@@ -44,6 +46,21 @@ pub struct ModelConfig {
     /// Late ground truth for performance monitoring (concept drift).
     #[serde(default)]
     pub labels: Option<super::labels::LabelsConfig>,
+}
+
+/// What a window does when `queue` windows already wait for inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenBusy {
+    /// The window gets no prediction and is counted
+    /// (`edge_model_windows_skipped_busy_total`); it still counts for drift. Sources never
+    /// slow down; predictions have gaps while the model is overloaded. For live data.
+    #[default]
+    Drop,
+    /// The window waits for the inference thread: every window gets its prediction, and a
+    /// model slower than the data slows the stage and then the sources (with
+    /// `pipeline.backpressure = "block"`). For replayed recordings (`edge-agent replay` sets it).
+    Wait,
 }
 
 fn default_drift_interval() -> Duration {

@@ -86,17 +86,28 @@ impl DriftTracker {
         labels: Option<&LabelsConfig>,
     ) -> DriftTracker {
         let reference = &bundle.manifest.reference;
-        let columns = bundle
-            .names
+        let spec = &bundle.manifest.features;
+        let raw = spec.layout != edge_protocols::bundle::InputLayout::Vector;
+        let columns = spec
+            .drift_features()
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| {
-                let r = reference.features.iter().find(|r| &r.name == n)?;
+            .filter_map(|(i, f)| {
+                let n = f.name();
+                let find = |name: &str| reference.features.iter().find(|r| r.name == name);
+                // Raw-layout bundles packed before drift moved to window statistics keep
+                // their channel means under the bare tag name; those still apply.
+                let legacy = || {
+                    (raw && f.kind == edge_protocols::bundle::FeatureKind::Mean)
+                        .then(|| find(&f.tag))
+                        .flatten()
+                };
+                let r = find(&n).or_else(legacy)?;
                 usable(r).then(|| Column {
                     index: i,
                     output: None,
                     reference: r.clone(),
-                    summary: DriftSummary::new(n, &r.bin_edges, 0),
+                    summary: DriftSummary::new(&n, &r.bin_edges, 0),
                 })
             })
             .collect();

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
+use edge_protocols::bundle::manifest::RECONSTRUCTION_ERROR_OUTPUT;
 use edge_protocols::bundle::{Bundle, Manifest};
 use edge_protocols::config_check::{Issues, KeyPath};
 
@@ -77,7 +78,7 @@ impl LoadedBundle {
             .collect();
         b.manifest
             .postprocess
-            .check_outputs(&sizes)
+            .check_outputs(&sizes, zeros.len())
             .map_err(|e| format!("{shown}: {e}"))?;
         let source = Arc::new(BundleRef {
             model: Arc::from(instance),
@@ -95,14 +96,37 @@ impl LoadedBundle {
         })
     }
 
-    /// Score, label and alarm from the outputs, per the manifest.
-    pub fn postprocess(&self, outputs: &[Output]) -> (Option<f64>, Option<String>, Option<bool>) {
+    /// Score, label and alarm from the outputs, per the manifest; `input` is the model input
+    /// the outputs came from (reconstruction scores compare against it). With a per-feature
+    /// reconstruction rule, the errors are appended to `outputs` as
+    /// [`RECONSTRUCTION_ERROR_OUTPUT`].
+    pub fn postprocess(
+        &self,
+        outputs: &mut Vec<Output>,
+        input: &[f32],
+    ) -> (Option<f64>, Option<String>, Option<bool>) {
         let pp = &self.manifest.postprocess;
+        let mut errors = None;
+        let score = pp.score.as_ref().and_then(|s| {
+            let out = outputs.iter().find(|o| o.name == s.output)?;
+            match s.reconstruction {
+                None => out.values.get(s.index).copied(),
+                Some(r) => {
+                    let (score, errs) = r.score(input, &out.values)?;
+                    errors = s.per_feature.then_some(errs);
+                    Some(score)
+                }
+            }
+        });
+        if let Some(values) = errors {
+            outputs.push(Output {
+                name: RECONSTRUCTION_ERROR_OUTPUT.to_string(),
+                shape: vec![1, values.len()],
+                values,
+            });
+        }
+        let outputs: &[Output] = outputs;
         let find = |n: &str| outputs.iter().find(|o| o.name == n);
-        let score = pp
-            .score
-            .as_ref()
-            .and_then(|s| find(&s.output).and_then(|o| o.values.get(s.index).copied()));
         let alarm = match (&pp.score, score) {
             (Some(rule), Some(v)) => {
                 rule.threshold

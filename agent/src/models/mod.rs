@@ -9,6 +9,6 @@ pub mod loaded;
 pub mod reference;
 pub mod stage;
 
-pub use config::{BundlesConfig, ModelConfig};
+pub use config::{BundlesConfig, ModelConfig, WhenBusy};
 pub use loaded::{LoadedBundle, TagCatalog};
 pub use stage::{ModelStage, ModelStats};

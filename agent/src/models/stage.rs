@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use ed25519_dalek::VerifyingKey;
 use tokio::sync::mpsc;
 
-use super::config::ModelConfig;
+use super::config::{ModelConfig, WhenBusy};
 use super::drift::{Closed, DriftTracker};
 use super::floor::FloorStore;
 use super::loaded::{LoadedBundle, TagCatalog};
@@ -46,6 +46,9 @@ pub struct ModelStats {
     pub version_number: AtomicU64,
     /// Why the last reload was refused (the sync client reports it to the fleet server).
     pub last_reload_error: std::sync::Mutex<Option<String>>,
+    /// The window assembler's counters as of the last batch (`replay` reports grid
+    /// misalignment from them).
+    pub window_stats: std::sync::Mutex<crate::features::WindowStats>,
 }
 
 struct Job {
@@ -243,6 +246,9 @@ impl ModelStage {
                 .skipped_missing
                 .store(ws.skipped_missing, Ordering::Relaxed);
             stats.late_samples.store(ws.late_samples, Ordering::Relaxed);
+            if let Ok(mut w) = stats.window_stats.lock() {
+                w.clone_from(ws);
+            }
             for row in rows.drain(..) {
                 let bundle = self.current.clone();
                 let input = model_input(&bundle.manifest.features, &row);
@@ -254,7 +260,7 @@ impl ModelStage {
                 }
                 // Every window counts for drift, also those inference has no time for.
                 if Arc::ptr_eq(drift.source(), &bundle.source) {
-                    let c = drift.add_window(row.start_ns, row.end_ns, &row.values);
+                    let c = drift.add_window(row.start_ns, row.end_ns, row.drift_values());
                     if !send_closed(&name, c, &output).await {
                         break;
                     }
@@ -273,6 +279,18 @@ impl ModelStage {
                 }
                 match jobs.try_send(Job { bundle, row, input }) {
                     Ok(()) => {}
+                    Err(std_mpsc::TrySendError::Full(job))
+                        if self.cfg.when_busy == WhenBusy::Wait =>
+                    {
+                        let j = jobs.clone();
+                        match tokio::task::spawn_blocking(move || j.send(job)).await {
+                            Ok(Ok(())) => {}
+                            _ => {
+                                tracing::error!(model = %name, "inference thread stopped");
+                                break;
+                            }
+                        }
+                    }
                     Err(std_mpsc::TrySendError::Full(_)) => {
                         stats.dropped_busy.fetch_add(1, Ordering::Relaxed);
                         if !busy_logged {
@@ -378,7 +396,7 @@ fn spawn_worker(
                 stats
                     .inference_us
                     .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
-                let outputs = match res {
+                let mut outputs = match res {
                     Ok(o) => o,
                     Err(e) => {
                         let _ = done.send(Outcome {
@@ -398,7 +416,7 @@ fn spawn_worker(
                 if !job.bundle.in_range(&outputs) {
                     stats.out_of_range.fetch_add(1, Ordering::Relaxed);
                 }
-                let (score, label, over) = job.bundle.postprocess(&outputs);
+                let (score, label, over) = job.bundle.postprocess(&mut outputs, &job.input);
                 let named: Vec<(String, Vec<f64>)> =
                     outputs.into_iter().map(|o| (o.name, o.values)).collect();
                 let _ = done.send(Outcome {

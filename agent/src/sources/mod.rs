@@ -1,6 +1,8 @@
 //! Builds the configured sources. Protocol adapters live in `edge-protocols`; the simulated
-//! plant lives here because it is part of the agent, not a wire protocol.
+//! plant and the recording replay live here because they are part of the agent, not wire
+//! protocols.
 
+pub mod replay;
 pub mod simulated;
 
 use edge_protocols::Source;
@@ -35,6 +37,12 @@ pub fn build(cfg: &AgentConfig) -> anyhow::Result<Vec<(String, Box<dyn Source>)>
         out.push((
             c.name.clone(),
             Box::new(edge_protocols::mqtt::MqttSubscriber::new(c.clone(), id)),
+        ));
+    }
+    for c in &cfg.sources.replay {
+        out.push((
+            c.name.clone(),
+            Box::new(replay::ReplaySource::new(c.clone())),
         ));
     }
     Ok(out)

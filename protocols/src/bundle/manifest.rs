@@ -32,6 +32,37 @@ pub struct Manifest {
     /// performance limits. The agent's `[models.drift]` overrides it key by key.
     #[serde(default, skip_serializing_if = "crate::drift::DriftPolicy::is_empty")]
     pub drift: crate::drift::DriftPolicy,
+    /// Where the model came from (written by `bundle pack`; signed with the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<Lineage>,
+}
+
+/// A model's provenance: what it was trained on and with, so a prediction on a device can be
+/// traced back to a dataset, a feature spec and a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Lineage {
+    /// SHA-256 (hex) of the training recording file `bundle pack --train` read: the same
+    /// file gives the same fingerprint wherever it is.
+    pub training_data_sha256: String,
+    /// The training recording's file name (without its directory).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub training_data_name: String,
+    /// SHA-256 (hex) of the feature spec as carried in the manifest (JSON): two bundles with
+    /// the same value compute identical model inputs.
+    pub feature_spec_sha256: String,
+    /// Revision of the training code (e.g. its git commit), as given at pack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_revision: Option<String>,
+    /// Training parameters (hyperparameters, seeds), as given at pack.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
+    /// Training or validation metrics (e.g. `val_auc = 0.93`), as given at pack.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    /// The `edge-agent` version that packed the bundle.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub packed_by: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +107,16 @@ pub struct ScoreRule {
     /// Flat index into that output (e.g. 1 = probability of class 1 in `[1, 2]`).
     #[serde(default)]
     pub index: usize,
+    /// For models that reconstruct their input (autoencoders): the score is the error
+    /// between the whole output and the model input (after layout and scaler) instead of
+    /// one output value; the output must have as many elements as the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconstruction: Option<Reconstruction>,
+    /// With `reconstruction`: also publish each input element's error, as the prediction
+    /// output `reconstruction_error` (squared for `mse`, absolute otherwise), so an operator
+    /// sees which feature is off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub per_feature: bool,
     /// An alarm is raised when the score crosses this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
@@ -91,6 +132,57 @@ pub struct ScoreRule {
     #[serde(default = "three")]
     pub clear_after: u32,
 }
+
+/// How a reconstruction error is summarized into one score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reconstruction {
+    /// Mean squared error.
+    Mse,
+    /// Mean absolute error.
+    Mae,
+    /// Largest absolute error of any element.
+    Max,
+}
+
+impl Reconstruction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reconstruction::Mse => "mse",
+            Reconstruction::Mae => "mae",
+            Reconstruction::Max => "max",
+        }
+    }
+
+    /// The per-element errors (squared for `mse`, absolute otherwise) and their summary.
+    /// `None` when the lengths differ or nothing is there.
+    pub fn score(self, input: &[f32], output: &[f64]) -> Option<(f64, Vec<f64>)> {
+        if input.len() != output.len() || input.is_empty() {
+            return None;
+        }
+        let errs: Vec<f64> = input
+            .iter()
+            .zip(output)
+            .map(|(x, y)| {
+                let d = *y - f64::from(*x);
+                match self {
+                    Reconstruction::Mse => d * d,
+                    Reconstruction::Mae | Reconstruction::Max => d.abs(),
+                }
+            })
+            .collect();
+        let score = match self {
+            Reconstruction::Mse | Reconstruction::Mae => {
+                errs.iter().fold(0.0, |a, e| a + e) / errs.len() as f64
+            }
+            Reconstruction::Max => errs.iter().copied().fold(0.0, f64::max),
+        };
+        Some((score, errs))
+    }
+}
+
+/// The prediction output holding per-feature reconstruction errors (`per_feature`).
+pub const RECONSTRUCTION_ERROR_OUTPUT: &str = "reconstruction_error";
 
 fn three() -> u32 {
     3
@@ -112,18 +204,33 @@ pub struct LabelRule {
 }
 
 impl PostProcess {
-    /// Every output a rule names exists, and the score's index lies inside its output.
+    /// Every output a rule names exists, the score's index lies inside its output, and a
+    /// reconstruction output is as long as the model input (`input_len` elements).
     /// `outputs`: each model output's name and element count.
-    pub fn check_outputs(&self, outputs: &[(&str, usize)]) -> Result<(), String> {
+    pub fn check_outputs(&self, outputs: &[(&str, usize)], input_len: usize) -> Result<(), String> {
         let find = |n: &str| outputs.iter().find(|o| o.0 == n).map(|o| o.1);
         let missing = |what: &str, name: &str| {
             let names: Vec<&str> = outputs.iter().map(|o| o.0).collect();
             format!("postprocess.{what} names output `{name}`; the model has {names:?}")
         };
         if let Some(s) = &self.score {
-            match find(&s.output) {
-                None => return Err(missing("score", &s.output)),
-                Some(n) if s.index >= n => {
+            match (find(&s.output), s.reconstruction) {
+                (None, _) => return Err(missing("score", &s.output)),
+                (Some(n), Some(r)) if n != input_len => {
+                    return Err(format!(
+                        "postprocess.score.reconstruction = \"{}\" compares output `{}` ({n} elements) with the model input ({input_len} elements): they must be the same length",
+                        r.name(),
+                        s.output
+                    ))
+                }
+                (Some(_), Some(_)) if s.index != 0 => {
+                    return Err("postprocess.score.index has no meaning with reconstruction (the score covers the whole output): remove it".into())
+                }
+                (Some(_), None) if s.per_feature => {
+                    return Err("postprocess.score.per_feature needs reconstruction = \"mse\", \"mae\" or \"max\"".into())
+                }
+                (Some(_), Some(_)) => {}
+                (Some(n), None) if s.index >= n => {
                     return Err(format!(
                         "postprocess.score.index {} is past the end of output `{}` ({n} element{}: indices 0..={})",
                         s.index,
@@ -132,7 +239,7 @@ impl PostProcess {
                         n.saturating_sub(1)
                     ))
                 }
-                Some(_) => {}
+                (Some(_), None) => {}
             }
         }
         if let Some(l) = &self.labels {
@@ -206,6 +313,8 @@ mod tests {
             score: Some(ScoreRule {
                 output: "recon".into(),
                 index,
+                reconstruction: None,
+                per_feature: false,
                 threshold: None,
                 alarm_above: true,
                 raise_after: 3,
@@ -219,17 +328,57 @@ mod tests {
             ranges: Vec::new(),
         };
         let outputs = [("recon", 12), ("label", 1)];
-        assert_eq!(pp(11, "label").check_outputs(&outputs), Ok(()));
+        assert_eq!(pp(11, "label").check_outputs(&outputs, 12), Ok(()));
         assert_eq!(
-            pp(12, "label").check_outputs(&outputs),
+            pp(12, "label").check_outputs(&outputs, 12),
             Err("postprocess.score.index 12 is past the end of output `recon` (12 elements: indices 0..=11)".into())
         );
         assert_eq!(
-            pp(0, "class").check_outputs(&outputs),
+            pp(0, "class").check_outputs(&outputs, 12),
             Err(
                 r#"postprocess.labels names output `class`; the model has ["recon", "label"]"#
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn reconstruction_scores_and_their_checks() {
+        let input = [1.0f32, 2.0, 3.0, 4.0];
+        let output = [1.5, 2.0, 1.0, 4.0];
+        let (mse, errs) = Reconstruction::Mse.score(&input, &output).unwrap();
+        assert_eq!(errs, [0.25, 0.0, 4.0, 0.0]);
+        assert_eq!(mse, 4.25 / 4.0);
+        assert_eq!(
+            Reconstruction::Mae.score(&input, &output).unwrap().0,
+            2.5 / 4.0
+        );
+        assert_eq!(Reconstruction::Max.score(&input, &output).unwrap().0, 2.0);
+        assert_eq!(Reconstruction::Mse.score(&input, &output[..3]), None);
+
+        let rule: ScoreRule =
+            toml::from_str("output = \"recon\"\nreconstruction = \"mse\"\nthreshold = 0.5")
+                .unwrap();
+        let pp = PostProcess {
+            score: Some(rule.clone()),
+            ..Default::default()
+        };
+        assert_eq!(pp.check_outputs(&[("recon", 12)], 12), Ok(()));
+        assert_eq!(
+            pp.check_outputs(&[("recon", 12)], 10),
+            Err("postprocess.score.reconstruction = \"mse\" compares output `recon` (12 elements) with the model input (10 elements): they must be the same length".into())
+        );
+        let per = PostProcess {
+            score: Some(ScoreRule {
+                reconstruction: None,
+                per_feature: true,
+                ..rule
+            }),
+            ..Default::default()
+        };
+        assert!(per
+            .check_outputs(&[("recon", 12)], 12)
+            .unwrap_err()
+            .contains("per_feature needs"));
     }
 }

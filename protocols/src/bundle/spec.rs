@@ -335,6 +335,27 @@ impl FeatureSpec {
         }
     }
 
+    /// The columns drift is measured on, as features of the window: layout `vector`, the
+    /// model's own features; raw layouts, each channel's window mean and standard deviation
+    /// (`<tag>:mean`, `<tag>:std`): a raw window has no per-column meaning a histogram could
+    /// follow (column k would be sample k of one channel), while its level and spread do.
+    /// `bundle pack` computes the reference on these and the device measures the same.
+    pub fn drift_features(&self) -> Vec<FeatureDef> {
+        match self.layout {
+            InputLayout::Vector => self.features.clone(),
+            InputLayout::RawTc | InputLayout::RawCt => self
+                .tags
+                .iter()
+                .flat_map(|t| {
+                    [FeatureKind::Mean, FeatureKind::Std].map(|kind| FeatureDef {
+                        tag: t.clone(),
+                        kind,
+                    })
+                })
+                .collect(),
+        }
+    }
+
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(!self.tags.is_empty(), at.key("tags"), || {
             "at least one tag is needed".into()

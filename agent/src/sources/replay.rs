@@ -1,0 +1,321 @@
+//! `[[sources.replay]]`: plays a recording (any layout `recording.rs` reads) into the
+//! pipeline with its recorded timestamps, paced by a speed factor (`1` = as recorded, `60` =
+//! an hour per minute) or as fast as the pipeline takes it (`"max"`). The samples are the
+//! recording's, bit for bit, so windows, features and predictions are those a device that
+//! read them live computed. Also the source of `edge-agent replay`.
+//!
+//! At the end of the file the source logs it and idles until shutdown (or, for the replay
+//! command, fires `on_end`); it never loops, since replayed timestamps going back would be
+//! late samples.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_protocols::config_check::{Issues, KeyPath};
+use edge_protocols::{Sample, Source, SourceContext, SourceError, SourceFuture, Tag};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::recording::RecordingReader;
+
+/// How fast a recording plays.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReplaySpeed {
+    /// Recorded time / factor: `1` as recorded, `10` ten times faster.
+    Factor(f64),
+    /// As fast as the pipeline takes the samples (backpressure paces the reader).
+    Max,
+}
+
+impl Default for ReplaySpeed {
+    fn default() -> Self {
+        ReplaySpeed::Factor(1.0)
+    }
+}
+
+impl std::str::FromStr for ReplaySpeed {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("max") {
+            return Ok(ReplaySpeed::Max);
+        }
+        match s.parse::<f64>() {
+            Ok(f) if f.is_finite() && f > 0.0 => Ok(ReplaySpeed::Factor(f)),
+            _ => Err(format!(
+                "speed `{s}` must be a number > 0 (1 = as recorded) or \"max\""
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplaySpeed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Number(f64),
+            Text(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Number(f) => f.to_string().parse(),
+            Repr::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaySourceConfig {
+    pub name: String,
+    /// The recording: the agent's own CSV (`tag,ts_ns,value,quality`) or an imported long or
+    /// wide CSV (see the README).
+    pub path: PathBuf,
+    /// `1` (default) plays at the recorded pace, `N` N times faster, `"max"` as fast as the
+    /// pipeline takes it.
+    #[serde(default)]
+    pub speed: ReplaySpeed,
+    /// The tags this source produces (others in the file are skipped). Feature specs are
+    /// checked against these; empty (default) = every tag the recording holds (read from the
+    /// file when the config is loaded).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Tags read from the file when `tags` is empty (filled once, at load).
+    #[serde(skip)]
+    pub file_tags: std::sync::OnceLock<Vec<String>>,
+}
+
+impl ReplaySourceConfig {
+    pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
+        issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
+            "path must name a recording".into()
+        });
+        if self.tags.is_empty() {
+            if let Err(e) = recording_tags(&self.path) {
+                issues.push(at.key("path"), e);
+            }
+        }
+    }
+
+    /// The tags this source produces: `tags`, or those of the recording.
+    pub fn tag_names(&self) -> Vec<String> {
+        if !self.tags.is_empty() {
+            return self.tags.clone();
+        }
+        self.file_tags
+            .get_or_init(|| recording_tags(&self.path).unwrap_or_default())
+            .clone()
+    }
+}
+
+/// Every tag of a recording, in order of first appearance (a wide file's header; a long
+/// file is read through).
+pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let what = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
+    let reader = RecordingReader::new(std::io::BufReader::new(f), &what)?;
+    if let crate::recording::CsvLayout::Wide { tags, .. } = reader.layout() {
+        return Ok(tags.iter().map(|(_, t)| t.to_string()).collect());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for s in reader {
+        let s = s?;
+        if seen.insert(s.tag.clone()) {
+            out.push(s.tag.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Samples handed over at once: a batch of up to this many with due times within
+/// [`PACE_SLACK`] of each other.
+const BATCH: usize = 1024;
+const PACE_SLACK: Duration = Duration::from_millis(2);
+
+#[derive(Debug)]
+pub struct ReplaySource {
+    cfg: ReplaySourceConfig,
+    /// Fired at the end of the file (the replay command stops the pipeline with it).
+    on_end: Option<CancellationToken>,
+    /// Where a read error is left for the replay command (which then fails with it).
+    failure: Option<Arc<std::sync::Mutex<Option<String>>>>,
+}
+
+impl ReplaySource {
+    pub fn new(cfg: ReplaySourceConfig) -> Self {
+        ReplaySource {
+            cfg,
+            on_end: None,
+            failure: None,
+        }
+    }
+
+    /// Leaves the error that stopped the replay (a bad row, an unreadable file) in `slot`.
+    pub fn report_failure(mut self, slot: Arc<std::sync::Mutex<Option<String>>>) -> Self {
+        self.failure = Some(slot);
+        self
+    }
+
+    /// Fires `token` when the whole recording was handed to the pipeline.
+    pub fn on_end(mut self, token: CancellationToken) -> Self {
+        self.on_end = Some(token);
+        self
+    }
+
+    /// Records a fatal error for the replay command and ends the replay; returns the error.
+    fn fail(&self, e: String) -> String {
+        if let Some(slot) = &self.failure {
+            if let Ok(mut s) = slot.lock() {
+                s.get_or_insert(e.clone());
+            }
+        }
+        if let Some(t) = &self.on_end {
+            t.cancel();
+        }
+        e
+    }
+
+    async fn run_loop(self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
+        let path = self.cfg.path.clone();
+        let what = path.display().to_string();
+        let fatal = |e: String| SourceError::Config(e);
+        let f =
+            std::fs::File::open(&path).map_err(|e| fatal(format!("cannot read {what}: {e}")))?;
+        let reader = RecordingReader::new(std::io::BufReader::new(f), &what).map_err(fatal)?;
+        let only: Option<std::collections::HashSet<String>> =
+            (!self.cfg.tags.is_empty()).then(|| self.cfg.tags.iter().cloned().collect());
+        ctx.stats.set_connected(true);
+        tracing::info!(source = %ctx.name, path = %what, layout = %reader.layout().describe(),
+            speed = ?self.cfg.speed, "replaying a recording");
+        // Reading is blocking file I/O: a thread reads, the task paces and sends.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Sample>, String>>(4);
+        let reader_thread = std::thread::Builder::new()
+            .name(format!("replay-{}", ctx.name))
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
+                for s in reader {
+                    match s {
+                        Ok(s) => {
+                            if only.as_ref().is_none_or(|o| o.contains(&*s.tag)) {
+                                batch.push(s);
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(e));
+                            return;
+                        }
+                    }
+                    if batch.len() == BATCH
+                        && tx
+                            .blocking_send(Ok(std::mem::replace(
+                                &mut batch,
+                                Vec::with_capacity(BATCH),
+                            )))
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = tx.blocking_send(Ok(batch));
+            })
+            .map_err(|e| fatal(self.fail(format!("cannot start the reader thread: {e}"))))?;
+        let mut clock: Option<(i64, tokio::time::Instant)> = None;
+        let mut samples = 0u64;
+        let mut failed = None;
+        'read: while let Some(chunk) = tokio::select! {
+            c = rx.recv() => c,
+            _ = ctx.shutdown.cancelled() => None,
+        } {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let mut rest = &chunk[..];
+            while !rest.is_empty() {
+                let n = match self.cfg.speed {
+                    ReplaySpeed::Max => rest.len(),
+                    ReplaySpeed::Factor(f) => {
+                        let (t0, w0) =
+                            *clock.get_or_insert((rest[0].ts_ns, tokio::time::Instant::now()));
+                        let due = |ts: i64| {
+                            w0 + Duration::from_secs_f64(((ts - t0).max(0) as f64 / 1e9) / f)
+                        };
+                        let first = due(rest[0].ts_ns);
+                        let n = rest
+                            .iter()
+                            .take_while(|s| due(s.ts_ns) <= first + PACE_SLACK)
+                            .count()
+                            .max(1);
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(first) => {}
+                            _ = ctx.shutdown.cancelled() => break 'read,
+                        }
+                        n
+                    }
+                };
+                let (now, later) = rest.split_at(n);
+                samples += now.len() as u64;
+                if ctx.out.send(now.to_vec()).await.is_err() {
+                    break 'read;
+                }
+                rest = later;
+            }
+        }
+        drop(rx);
+        let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
+        if let Some(e) = failed {
+            ctx.stats.error();
+            tracing::error!(source = %ctx.name, "replay stopped at a bad row: {e}");
+            return Err(fatal(self.fail(e)));
+        }
+        tracing::info!(source = %ctx.name, samples, "replay finished: the whole recording was read");
+        if let Some(t) = &self.on_end {
+            t.cancel();
+        }
+        ctx.shutdown.cancelled().await;
+        Ok(())
+    }
+}
+
+impl Source for ReplaySource {
+    fn kind(&self) -> &'static str {
+        "replay"
+    }
+
+    fn tags(&self) -> Vec<Tag> {
+        self.cfg
+            .tag_names()
+            .iter()
+            .map(|t| Arc::from(t.as_str()))
+            .collect()
+    }
+
+    fn run(self: Box<Self>, ctx: SourceContext) -> SourceFuture {
+        Box::pin(self.run_loop(ctx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_reads_numbers_and_max() {
+        #[derive(Deserialize)]
+        struct T {
+            speed: ReplaySpeed,
+        }
+        let s = |t: &str| toml::from_str::<T>(t).map(|t| t.speed);
+        assert_eq!(s("speed = 2").unwrap(), ReplaySpeed::Factor(2.0));
+        assert_eq!(s("speed = 0.5").unwrap(), ReplaySpeed::Factor(0.5));
+        assert_eq!(s("speed = \"max\"").unwrap(), ReplaySpeed::Max);
+        let e = s("speed = 0").unwrap_err().to_string();
+        assert!(e.contains("must be a number > 0"), "{e}");
+        assert!(s("speed = \"fast\"").is_err());
+    }
+}
