@@ -106,6 +106,17 @@ pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
                 f.len()
             )
         })?;
+    native_row(Arc::from(tag.as_str()), &ts, &value, value_quoted, &quality)
+}
+
+/// A native row from its fields.
+fn native_row(
+    tag: Tag,
+    ts: &str,
+    value: &str,
+    value_quoted: bool,
+    quality: &str,
+) -> Result<Sample, String> {
     let ts_ns: i64 = ts
         .trim()
         .parse()
@@ -116,8 +127,28 @@ pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
         "bad" => Quality::Bad,
         q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
     };
-    let value = parse_value(&value, value_quoted)?;
-    Ok(Sample::new(Arc::from(tag.as_str()), ts_ns, value, quality))
+    let value = parse_value(value, value_quoted)?;
+    Ok(Sample::new(tag, ts_ns, value, quality))
+}
+
+/// One shared `Arc` per tag name, so a recording of millions of samples allocates its tag
+/// names once (bounded: past `MAX_INTERNED` names, each sample gets its own).
+#[derive(Default)]
+struct TagNames(std::collections::HashSet<Tag>);
+
+const MAX_INTERNED: usize = 100_000;
+
+impl TagNames {
+    fn get(&mut self, name: &str) -> Tag {
+        if let Some(t) = self.0.get(name) {
+            return t.clone();
+        }
+        let t: Tag = Arc::from(name);
+        if self.0.len() < MAX_INTERNED {
+            self.0.insert(t.clone());
+        }
+        t
+    }
 }
 
 /// How a time column is written, from its header name.
@@ -293,6 +324,7 @@ pub struct RecordingReader<R> {
     layout: CsvLayout,
     what: String,
     pending: VecDeque<Sample>,
+    tags: TagNames,
 }
 
 impl<R: BufRead> RecordingReader<R> {
@@ -310,7 +342,51 @@ impl<R: BufRead> RecordingReader<R> {
             layout,
             what: what.to_string(),
             pending: VecDeque::new(),
+            tags: TagNames::default(),
         })
+    }
+
+    /// Every tag of the recording in order of first appearance, reading only what names
+    /// them (a wide file's header; a long file's tag column), not the values.
+    pub fn tag_names(mut self) -> Result<Vec<String>, String> {
+        let tag_col = match &self.layout {
+            CsvLayout::Wide { tags, .. } => {
+                return Ok(tags.iter().map(|(_, t)| t.to_string()).collect())
+            }
+            CsvLayout::Native => 0,
+            CsvLayout::Long { tag, .. } => *tag,
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        while let Some(line) = self.lines.next() {
+            self.line += 1;
+            let line = line.map_err(|e| format!("{}:{}: {e}", self.what, self.line))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let name = if !line.contains('"') {
+                line.split(',').nth(tag_col).map(str::to_string)
+            } else {
+                split_fields(line.trim_end_matches('\r'))
+                    .map_err(|e| format!("{}:{}: {e}", self.what, self.line))?
+                    .into_iter()
+                    .nth(tag_col)
+                    .map(|f| f.0)
+            };
+            let name = name.ok_or_else(|| {
+                format!(
+                    "{}:{}: no tag field (column {})",
+                    self.what,
+                    self.line,
+                    tag_col + 1
+                )
+            })?;
+            if !seen.contains(name.as_str()) {
+                seen.insert(name.clone());
+                out.push(name);
+            }
+        }
+        Ok(out)
     }
 
     pub fn layout(&self) -> &CsvLayout {
@@ -319,6 +395,21 @@ impl<R: BufRead> RecordingReader<R> {
 
     fn row(&mut self, line: &str) -> Result<(), String> {
         match &self.layout {
+            // The common case, no quoting: fields borrowed from the line, the tag interned.
+            CsvLayout::Native if !line.contains('"') => {
+                let mut f = line.split(',');
+                let (Some(tag), Some(ts), Some(value), Some(quality), None) =
+                    (f.next(), f.next(), f.next(), f.next(), f.next())
+                else {
+                    return Err(format!(
+                        "expected 4 fields (tag,ts_ns,value,quality), found {}",
+                        line.split(',').count()
+                    ));
+                };
+                let tag = self.tags.get(tag);
+                self.pending
+                    .push_back(native_row(tag, ts, value, false, quality)?);
+            }
             CsvLayout::Native => self.pending.push_back(parse_csv_row(line)?),
             CsvLayout::Long {
                 time,
@@ -342,7 +433,7 @@ impl<R: BufRead> RecordingReader<R> {
                         q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
                     },
                 };
-                let tag = Arc::from(cell(*tag, "tag")?.0.as_str());
+                let tag = self.tags.get(&cell(*tag, "tag")?.0);
                 self.pending
                     .push_back(Sample::new(tag, ts_ns, parse_value(v, *quoted)?, quality));
             }

@@ -186,6 +186,10 @@ fn a_raw_window_model_is_calm_on_its_training_data_and_drifts_on_shifted_data() 
         assert_eq!(d["drifting"], serde_json::json!([]), "{d}");
         let cols = d["columns"].as_object().unwrap();
         assert_eq!(cols.len(), 6, "{d}");
+        // Each window's output counts in its own interval, however far inference lags.
+        let out = &d["outputs"]["prob[0]"];
+        assert_eq!(out["count"], d["windows"], "{d}");
+        assert_eq!(out["missing"], 0, "{d}");
         for (name, c) in cols {
             let psi = c["psi"].as_f64().unwrap();
             assert!(psi < 0.1, "{name}: PSI {psi} on the training data itself");

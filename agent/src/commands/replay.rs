@@ -65,8 +65,9 @@ fn replay_config(
             name: "replay".into(),
             path: input.to_path_buf(),
             speed,
-            tags,
-            file_tags: Default::default(),
+            // Every tag of the file (no per-sample filter), already read.
+            tags: Vec::new(),
+            file_tags: std::sync::OnceLock::from(Ok(tags)),
         }],
         ..Default::default()
     };
@@ -98,7 +99,11 @@ pub async fn replay(
     // Read through once for its tags: a recording that cannot be read fails here, with its
     // line, before any model starts.
     let tags = crate::sources::replay::recording_tags(input).map_err(|e| anyhow::anyhow!(e))?;
-    let cfg = replay_config(cfg, input, speed, tags);
+    let mut cfg = replay_config(cfg, input, speed, tags);
+    // A data directory of its own: the device's version floor and drift alarm states are
+    // neither read nor changed (any bundle version replays, each run starts calm).
+    let scratch = ScratchDir::create()?;
+    cfg.agent.data_dir = scratch.0.clone();
     let started = Instant::now();
     let metrics = Arc::new(crate::metrics::Metrics::new());
     let mut pipeline = Pipeline::new(cfg.pipeline.clone());
@@ -190,6 +195,28 @@ pub async fn replay(
         written,
         models,
     })
+}
+
+/// A directory removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create() -> anyhow::Result<ScratchDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let p =
+            std::env::temp_dir().join(format!("edge-agent-replay-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(ScratchDir(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 enum Sink {

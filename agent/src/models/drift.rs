@@ -47,11 +47,34 @@ struct Check<'a> {
     over: bool,
 }
 
-/// What closing an interval produced.
+/// What closing intervals produced (usually one record; two when a cut interval still
+/// waiting for outcomes and the current one close together).
 #[derive(Debug, Default)]
 pub struct Closed {
-    pub record: Option<DriftRecord>,
+    pub records: Vec<DriftRecord>,
     pub alarms: Vec<AlarmEvent>,
+}
+
+impl Closed {
+    pub fn and(mut self, other: Closed) -> Closed {
+        self.records.extend(other.records);
+        self.alarms.extend(other.alarms);
+        self
+    }
+}
+
+/// An interval cut at its boundary whose windows' inference outcomes are still on their
+/// way: its feature summaries are final, its output summaries fill until `awaiting` is 0.
+/// So a window's outputs count in the interval of its features, however far inference lags
+/// (a replay at full speed has hundreds of windows in flight).
+#[derive(Debug)]
+struct Cut {
+    start_ns: i64,
+    end_ns: i64,
+    windows: u64,
+    columns: Vec<DriftSummary>,
+    outputs: Vec<DriftSummary>,
+    awaiting: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +93,27 @@ pub struct DriftTracker {
     /// Alarm states by subject (column name, `dataset`, performance metric).
     alarms: BTreeMap<String, (DriftAlarmKind, Hysteresis)>,
     labels: Option<LabelJoiner>,
+    /// End of the last closed interval: an interval starting more than one interval later
+    /// follows a gap in the data, and the alarms' streaks start over.
+    last_end_ns: Option<i64>,
+    /// Where the alarm states are kept across restarts (`None`: in memory only).
+    state_path: Option<std::path::PathBuf>,
+    /// Windows of the current interval handed to inference whose outcome has not come back.
+    sent: u64,
+    /// The interval before the current one, while its outcomes are still coming back.
+    cut: Option<Cut>,
+    /// Outcomes of windows ending at or before this belong to an interval already closed.
+    closed_through_ns: i64,
+}
+
+/// The persisted alarm states of one model: valid for the bundle version they were made on.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedAlarms {
+    bundle: String,
+    version_number: u64,
+    last_end_ns: Option<i64>,
+    /// subject -> (kind, raised, streak)
+    alarms: BTreeMap<String, (DriftAlarmKind, bool, u32)>,
 }
 
 fn usable(r: &ColumnStats) -> bool {
@@ -138,6 +182,79 @@ impl DriftTracker {
             windows: 0,
             alarms: BTreeMap::new(),
             labels: labels.map(LabelJoiner::new),
+            last_end_ns: None,
+            state_path: None,
+            sent: 0,
+            cut: None,
+            closed_through_ns: i64::MIN,
+        }
+    }
+
+    /// Keeps the alarm states in `path` (written at every interval close that changed them,
+    /// atomically), and takes the states saved there for this bundle version: after a
+    /// restart a raised drift alarm is still raised (it clears with calm intervals instead of
+    /// staying raised on SCADA forever, and is not raised twice). States of another bundle
+    /// or version are ignored (`retire` cleared them).
+    pub fn with_state(mut self, path: std::path::PathBuf) -> Self {
+        match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<SavedAlarms>(&bytes) {
+                Ok(saved)
+                    if saved.bundle == *self.source.bundle
+                        && saved.version_number == self.source.version_number =>
+                {
+                    self.last_end_ns = saved.last_end_ns;
+                    self.alarms = saved
+                        .alarms
+                        .into_iter()
+                        .map(|(s, (k, raised, streak))| {
+                            (s, (k, Hysteresis::restored(raised, streak)))
+                        })
+                        .collect();
+                    let raised = self.raised();
+                    if !raised.is_empty() {
+                        tracing::info!(model = %self.source.model, raised = ?raised,
+                            "drift alarms still raised from before the restart");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(path = %path.display(),
+                    "drift alarm state unreadable ({e}); starting with no alarm raised"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(),
+                "drift alarm state unreadable ({e}); starting with no alarm raised"),
+        }
+        self.state_path = Some(path);
+        self
+    }
+
+    fn save_state(&self) {
+        let Some(path) = &self.state_path else {
+            return;
+        };
+        let saved = SavedAlarms {
+            bundle: self.source.bundle.to_string(),
+            version_number: self.source.version_number,
+            last_end_ns: self.last_end_ns,
+            alarms: self
+                .alarms
+                .iter()
+                .map(|(s, (k, h))| (s.clone(), (*k, h.raised(), h.streak())))
+                .collect(),
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&saved).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %path.display(), "cannot save the drift alarm state: {e}");
         }
     }
 
@@ -154,10 +271,11 @@ impl DriftTracker {
     }
 
     /// Adds one window's feature values. If the window starts a new interval, the finished
-    /// one is closed first and returned.
+    /// one is cut: closed and returned at once when no outcome of its windows is pending,
+    /// else when the last one comes back ([`DriftTracker::add_prediction`]).
     pub fn add_window(&mut self, start_ns: i64, end_ns: i64, values: &[f64]) -> Closed {
         let out = match self.start_ns {
-            Some(_) if end_ns - self.first_end_ns >= self.interval_ns => self.close(),
+            Some(_) if end_ns - self.first_end_ns >= self.interval_ns => self.cut_current(),
             _ => Closed::default(),
         };
         if self.start_ns.is_none() {
@@ -186,7 +304,15 @@ impl DriftTracker {
         }
     }
 
-    /// Adds the model outputs of the window last added, and its prediction for the labels.
+    /// A window of the current interval was handed to inference: its outcome will come
+    /// back through `add_prediction` or `add_failed_prediction`.
+    pub fn window_sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Adds the model outputs of a window sent to inference (to the interval of its
+    /// features), and its prediction for the labels. Returns the cut interval once its last
+    /// outcome is in.
     pub fn add_prediction(
         &mut self,
         start_ns: i64,
@@ -194,27 +320,49 @@ impl DriftTracker {
         outputs: &[(String, Vec<f64>)],
         score: Option<f64>,
         over: Option<bool>,
-    ) {
-        for c in &mut self.outputs {
-            let v = outputs
-                .iter()
-                .find(|(n, _)| Some(n) == c.output.as_ref())
-                .and_then(|(_, v)| v.get(c.index));
-            match v {
-                Some(v) => c.summary.add(*v),
-                None => c.summary.add_missing(1),
-            }
-        }
+    ) -> Closed {
         if let Some(j) = &mut self.labels {
             j.prediction(start_ns, end_ns, score, over);
         }
+        self.outcome(end_ns, Some(outputs))
     }
 
-    /// Inference failed for the window last added: its outputs are missing.
-    pub fn add_failed_prediction(&mut self) {
-        for c in &mut self.outputs {
-            c.summary.add_missing(1);
+    /// Inference failed for a window sent to it: its outputs are missing.
+    pub fn add_failed_prediction(&mut self, end_ns: i64) -> Closed {
+        self.outcome(end_ns, None)
+    }
+
+    fn outcome(&mut self, end_ns: i64, outputs: Option<&[(String, Vec<f64>)]>) -> Closed {
+        if end_ns <= self.closed_through_ns {
+            return Closed::default(); // its interval was closed without it (shutdown)
         }
+        let pick = |c: &Column| {
+            outputs.and_then(|o| {
+                o.iter()
+                    .find(|(n, _)| Some(n) == c.output.as_ref())
+                    .and_then(|(_, v)| v.get(c.index).copied())
+            })
+        };
+        let add = |summary: &mut DriftSummary, v: Option<f64>| match v {
+            Some(v) => summary.add(v),
+            None => summary.add_missing(1),
+        };
+        if let Some(cut) = self.cut.as_mut().filter(|c| end_ns <= c.end_ns) {
+            for (c, summary) in self.outputs.iter().zip(cut.outputs.iter_mut()) {
+                add(summary, pick(c));
+            }
+            cut.awaiting = cut.awaiting.saturating_sub(1);
+            if cut.awaiting == 0 {
+                return self.finish_cut();
+            }
+            return Closed::default();
+        }
+        for c in &mut self.outputs {
+            let v = pick(c);
+            add(&mut c.summary, v);
+        }
+        self.sent = self.sent.saturating_sub(1);
+        Closed::default()
     }
 
     /// A ground-truth sample (`[models.labels] tag`).
@@ -242,7 +390,8 @@ impl DriftTracker {
         if changed {
             out.push(AlarmEvent {
                 source: self.source.clone(),
-                ts_ns: self.end_ns,
+                // The end of the interval being closed (finish_cut sets it first).
+                ts_ns: self.last_end_ns.unwrap_or(self.end_ns),
                 active,
                 score: value,
                 threshold: Some(threshold),
@@ -256,40 +405,106 @@ impl DriftTracker {
         }
     }
 
-    /// Closes the current interval (if it has windows) into a record and runs the alarms.
-    pub fn close(&mut self) -> Closed {
-        let mut closed = Closed::default();
-        let Some(start_ns) = self.start_ns.take() else {
-            return closed;
+    /// Cuts the current interval at its boundary: closed at once if none of its windows'
+    /// outcomes is pending, else kept as the cut until they are in. A cut still waiting from
+    /// before is closed first (its missing outcomes count as missing outputs).
+    fn cut_current(&mut self) -> Closed {
+        let earlier = match self.cut.is_some() {
+            true => self.finish_cut(),
+            false => Closed::default(),
         };
-        if self.windows == 0 {
-            return closed;
-        }
-        let rules = self.rules.clone();
-        let scored = |cols: &mut Vec<Column>, start_ms: i64, end_ms: i64| -> Vec<ColumnDrift> {
+        let Some(start_ns) = self.start_ns.take() else {
+            return earlier;
+        };
+        let take = |cols: &mut Vec<Column>| -> Vec<DriftSummary> {
             cols.iter_mut()
                 .map(|c| {
                     let fresh = c.fresh();
-                    let mut done = std::mem::replace(&mut c.summary, fresh);
+                    std::mem::replace(&mut c.summary, fresh)
+                })
+                .collect()
+        };
+        let cut = Cut {
+            start_ns,
+            end_ns: self.end_ns,
+            windows: std::mem::take(&mut self.windows),
+            columns: take(&mut self.columns),
+            outputs: take(&mut self.outputs),
+            awaiting: std::mem::take(&mut self.sent),
+        };
+        let waiting = cut.awaiting > 0;
+        self.cut = Some(cut);
+        if waiting {
+            earlier
+        } else {
+            earlier.and(self.finish_cut())
+        }
+    }
+
+    /// Closes every interval (the cut one, then the current one): at shutdown and when the
+    /// bundle is replaced. Outcomes still pending count as missing outputs.
+    pub fn close(&mut self) -> Closed {
+        let earlier = match self.cut.is_some() {
+            true => self.finish_cut(),
+            false => Closed::default(),
+        };
+        let current = self.cut_current();
+        let last = match self.cut.is_some() {
+            true => self.finish_cut(),
+            false => Closed::default(),
+        };
+        earlier.and(current).and(last)
+    }
+
+    /// Scores the cut interval into a record and runs the alarms.
+    fn finish_cut(&mut self) -> Closed {
+        let mut closed = Closed::default();
+        let Some(mut cut) = self.cut.take() else {
+            return closed;
+        };
+        self.closed_through_ns = self.closed_through_ns.max(cut.end_ns);
+        if cut.windows == 0 {
+            return closed;
+        }
+        for s in &mut cut.outputs {
+            s.add_missing(cut.awaiting);
+        }
+        let start_ns = cut.start_ns;
+        let rules = self.rules.clone();
+        let scored = |cols: &[Column], done: Vec<DriftSummary>, start_ms: i64, end_ms: i64| {
+            cols.iter()
+                .zip(done)
+                .map(|(c, mut done)| {
                     done.start_ms = start_ms;
                     done.end_ms = end_ms;
                     ColumnDrift::scored(done, &c.reference, &rules)
                 })
-                .collect()
+                .collect::<Vec<ColumnDrift>>()
         };
-        let (s_ms, e_ms) = (start_ns / 1_000_000, self.end_ns / 1_000_000);
-        let columns = scored(&mut self.columns, s_ms, e_ms);
-        let outputs = scored(&mut self.outputs, s_ms, e_ms);
+        // A gap in the data longer than an interval: the streaks of the alarms start over
+        // (two drifting intervals three months apart are not consecutive).
+        if self
+            .last_end_ns
+            .is_some_and(|last| start_ns.saturating_sub(last) > self.interval_ns)
+        {
+            for (_, h) in self.alarms.values_mut() {
+                h.break_streak();
+            }
+        }
+        self.last_end_ns = Some(cut.end_ns);
+        let (s_ms, e_ms) = (start_ns / 1_000_000, cut.end_ns / 1_000_000);
+        let columns = scored(&self.columns, cut.columns, s_ms, e_ms);
+        let outputs = scored(&self.outputs, cut.outputs, s_ms, e_ms);
         if let Some(j) = &mut self.labels {
             // Predictions older than the horizon resolve as unlabelled even without traffic.
-            j.advance(self.end_ns);
+            j.advance(cut.end_ns);
         }
         let performance = self.labels.as_mut().and_then(LabelJoiner::take);
         let mut rec = DriftRecord {
             source: self.source.clone(),
             start_ns,
-            end_ns: self.end_ns,
-            windows: self.windows,
+            end_ns: cut.end_ns,
+            windows: cut.windows,
             columns,
             outputs,
             drifting: Vec::new(),
@@ -346,8 +561,8 @@ impl DriftTracker {
                 self.alarm(check, &mut alarms);
             }
         }
-        self.windows = 0;
-        closed.record = Some(rec);
+        self.save_state();
+        closed.records.push(rec);
         closed.alarms = alarms;
         closed
     }
@@ -356,7 +571,9 @@ impl DriftTracker {
     /// own reference and starts calm).
     pub fn retire(&mut self, ts_ns: i64) -> Vec<AlarmEvent> {
         let source = self.source.clone();
-        self.alarms
+        let cleared = std::mem::take(&mut self.alarms);
+        self.save_state();
+        cleared
             .iter()
             .filter(|(_, (_, h))| h.raised())
             .map(|(subject, (kind, _))| AlarmEvent {
@@ -445,6 +662,11 @@ mod tests {
             windows: 0,
             alarms: BTreeMap::new(),
             labels: labels.map(LabelJoiner::new),
+            last_end_ns: None,
+            state_path: None,
+            sent: 0,
+            cut: None,
+            closed_through_ns: i64::MIN,
         }
     }
 
@@ -477,7 +699,7 @@ mod tests {
         feed(&mut t, 30, 10, 0.0, &mut out); // calm 1
         feed(&mut t, 40, 10, 0.0, &mut out); // calm 2: cleared
         out.push(t.close());
-        let recs: Vec<&DriftRecord> = out.iter().filter_map(|c| c.record.as_ref()).collect();
+        let recs: Vec<&DriftRecord> = out.iter().flat_map(|c| c.records.iter()).collect();
         assert_eq!(recs.len(), 5, "{recs:?}");
         assert!(recs[0].drifting.is_empty(), "{:?}", recs[0].columns);
         assert_eq!(recs[1].drifting, ["b", "score[0]"]);
@@ -536,7 +758,7 @@ mod tests {
             feed(&mut t, k * 10, 10, 4.0, &mut out);
         }
         out.push(t.close());
-        let recs: Vec<&DriftRecord> = out.iter().filter_map(|c| c.record.as_ref()).collect();
+        let recs: Vec<&DriftRecord> = out.iter().flat_map(|c| c.records.iter()).collect();
         assert!(
             recs.iter().all(|r| r.drifting == ["score[0]"]),
             "b's own threshold is 5"
@@ -544,7 +766,7 @@ mod tests {
         assert_eq!(t.raised(), ["score[0]"]);
         t.add_missing_windows(7);
         t.add_window(40_000_000_000, 40_010_000_000, &[1.0, 2.0, 0.0]);
-        let last = t.close().record.unwrap();
+        let last = t.close().records.pop().unwrap();
         assert!(last
             .columns
             .iter()
@@ -554,6 +776,110 @@ mod tests {
         assert_eq!(cleared.len(), 1);
         assert!(!cleared[0].active);
         assert_eq!(cleared[0].drift.as_ref().unwrap().metric, "bundle_replaced");
+    }
+
+    /// Outputs count in the interval of their window's features, however late inference
+    /// returns them; the interval closes when its last outcome is in.
+    #[test]
+    fn late_outcomes_land_in_their_own_interval() {
+        let mut t = tracker(DriftPolicy::default(), None);
+        let hop = 10_000_000i64;
+        let mut closed = Vec::new();
+        let mut in_flight: std::collections::VecDeque<(i64, i64)> = Default::default();
+        // 25 s of windows, inference 150 windows (1.5 s) behind.
+        for k in 0..2500i64 {
+            let t0 = k * hop;
+            closed.push(t.add_window(t0, t0 + hop, &[5.0, 5.0, 0.0]));
+            t.window_sent();
+            in_flight.push_back((t0, t0 + hop));
+            if in_flight.len() > 150 {
+                let (s0, e0) = in_flight.pop_front().unwrap();
+                closed.push(t.add_prediction(s0, e0, &[("score".into(), vec![5.0])], None, None));
+            }
+        }
+        while let Some((s0, e0)) = in_flight.pop_front() {
+            closed.push(t.add_prediction(s0, e0, &[("score".into(), vec![5.0])], None, None));
+        }
+        closed.push(t.close());
+        let recs: Vec<&DriftRecord> = closed.iter().flat_map(|c| c.records.iter()).collect();
+        assert_eq!(recs.len(), 3, "10 s, 10 s and the last 5 s");
+        for r in &recs {
+            let out = &r.outputs[0].summary;
+            assert_eq!(
+                out.moments.count, r.windows,
+                "every window's output in its own interval"
+            );
+            assert_eq!(out.missing, 0);
+        }
+        assert_eq!(recs.iter().map(|r| r.windows).sum::<u64>(), 2500);
+    }
+
+    /// Two drifting intervals on either side of a gap are not consecutive.
+    #[test]
+    fn a_gap_in_the_data_starts_the_streaks_over() {
+        let mut t = tracker(DriftPolicy::default(), None);
+        let mut out = Vec::new();
+        feed(&mut t, 0, 10, 4.0, &mut out);
+        feed(&mut t, 90 * 24 * 3600, 10, 4.0, &mut out); // 3 months later
+        feed(&mut t, 90 * 24 * 3600 + 10, 10, 4.0, &mut out);
+        assert!(
+            t.raised().is_empty(),
+            "one drifting interval before the gap and one after must not raise (raise_after 2)"
+        );
+        out.push(t.close());
+        assert!(t.raised().contains(&"b".to_string()), "{:?}", t.raised());
+    }
+
+    /// Raised alarms are still raised after a restart (and clear with calm intervals);
+    /// another bundle version starts calm.
+    #[test]
+    fn raised_drift_alarms_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("drift-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("drift-alarms-m.json");
+        let mut t = tracker(DriftPolicy::default(), None).with_state(path.clone());
+        let mut out = Vec::new();
+        for k in 0..3 {
+            feed(&mut t, k * 10, 10, 4.0, &mut out);
+        }
+        out.push(t.close());
+        let raised = t.raised();
+        assert!(raised.contains(&"b".to_string()), "{raised:?}");
+        drop(t);
+
+        let mut t = tracker(DriftPolicy::default(), None).with_state(path.clone());
+        assert_eq!(t.raised(), raised, "restored from {}", path.display());
+        let mut out = Vec::new();
+        for k in 3..6 {
+            feed(&mut t, k * 10, 10, 0.0, &mut out);
+        }
+        out.push(t.close());
+        let cleared: Vec<&str> = out
+            .iter()
+            .flat_map(|c| &c.alarms)
+            .filter(|a| !a.active)
+            .filter_map(|a| a.drift.as_ref().map(|d| d.subject.as_str()))
+            .collect();
+        assert!(cleared.contains(&"b"), "{cleared:?}");
+        assert!(
+            out.iter().flat_map(|c| &c.alarms).all(|a| !a.active),
+            "no second raise"
+        );
+
+        // Raised again, then a tracker for another bundle version ignores the file.
+        let mut out = Vec::new();
+        for k in 6..9 {
+            feed(&mut t, k * 10, 10, 4.0, &mut out);
+        }
+        out.push(t.close());
+        assert!(!t.raised().is_empty());
+        let mut other = tracker(DriftPolicy::default(), None);
+        other.source = Arc::new(BundleRef {
+            version_number: 2,
+            ..(*other.source).clone()
+        });
+        assert!(other.with_state(path).raised().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -596,7 +922,7 @@ mod tests {
             }
         }
         out.push(t.close());
-        let recs: Vec<&DriftRecord> = out.iter().filter_map(|c| c.record.as_ref()).collect();
+        let recs: Vec<&DriftRecord> = out.iter().flat_map(|c| c.records.iter()).collect();
         let acc: Vec<f64> = recs
             .iter()
             .map(|r| r.performance.unwrap().accuracy().unwrap())

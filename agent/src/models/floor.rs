@@ -17,6 +17,11 @@ impl FloorStore {
         }
     }
 
+    /// The directory of the bundle state (`<data_dir>/bundles`).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     fn read(&self) -> Result<BTreeMap<String, u64>, String> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {

@@ -185,8 +185,17 @@ impl ModelStage {
             stats.clone(),
             done_tx,
         );
+        // Drift alarm states survive restarts: `<data_dir>/bundles/drift-alarms-<model>.json`.
+        let state_file = self.floors.dir().join(format!(
+            "drift-alarms-{}.json",
+            name.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                "_"
+            )
+        ));
         let new_tracker = |b: &LoadedBundle, cfg: &ModelConfig| {
             DriftTracker::new(b, cfg.drift_interval, &cfg.drift, cfg.labels.as_ref())
+                .with_state(state_file.clone())
         };
         let mut drift = new_tracker(&self.current, &self.cfg);
         let mut skipped_seen = 0u64;
@@ -202,7 +211,10 @@ impl ModelStage {
             let rec = tokio::select! {
                 r = input.recv() => match r { Some(r) => r, None => break },
                 Some(o) = done_rx.recv() => {
-                    drift_outcome(&mut drift, o);
+                    let c = drift_outcome(&mut drift, o);
+                    if !send_closed(&name, c, &output).await {
+                        break;
+                    }
                     continue;
                 }
                 _ = tick.tick() => {
@@ -226,6 +238,16 @@ impl ModelStage {
             let Record::Samples(batch) = rec else {
                 continue;
             };
+            // Outcomes that came back meanwhile first (one batch makes several windows; the
+            // select above takes one outcome at a time): the drift tracker's open intervals
+            // stay at most the inference queue behind.
+            let mut caught_up = Closed::default();
+            while let Ok(o) = done_rx.try_recv() {
+                caught_up = caught_up.and(drift_outcome(&mut drift, o));
+            }
+            if !send_closed(&name, caught_up, &output).await {
+                break;
+            }
             if let Some(tag) = &label_tag {
                 for smp in batch.iter().filter(|smp| &*smp.tag == tag.as_str()) {
                     let v = if smp.quality == edge_protocols::Quality::Bad {
@@ -277,13 +299,17 @@ impl ModelStage {
                         break;
                     }
                 }
+                // The drift tracker waits for the outcome of each window it counted.
+                let tracked = Arc::ptr_eq(drift.source(), &bundle.source);
                 match jobs.try_send(Job { bundle, row, input }) {
+                    Ok(()) if tracked => drift.window_sent(),
                     Ok(()) => {}
                     Err(std_mpsc::TrySendError::Full(job))
                         if self.cfg.when_busy == WhenBusy::Wait =>
                     {
                         let j = jobs.clone();
                         match tokio::task::spawn_blocking(move || j.send(job)).await {
+                            Ok(Ok(())) if tracked => drift.window_sent(),
                             Ok(Ok(())) => {}
                             _ => {
                                 tracing::error!(model = %name, "inference thread stopped");
@@ -311,10 +337,11 @@ impl ModelStage {
         // Let the worker finish what is queued (its results still reach the outputs).
         let _ = tokio::task::spawn_blocking(move || worker.join()).await;
         // The interval in progress is not lost at shutdown.
+        let mut closed = Closed::default();
         while let Ok(o) = done_rx.try_recv() {
-            drift_outcome(&mut drift, o);
+            closed = closed.and(drift_outcome(&mut drift, o));
         }
-        send_closed(&name, drift.close(), &output).await;
+        send_closed(&name, closed.and(drift.close()), &output).await;
         let ws = featurizer.stats();
         tracing::info!(model = %name, windows = ws.windows, skipped_missing = ws.skipped_missing,
             late_samples = ws.late_samples, dropped_busy = stats.dropped_busy.load(Ordering::Relaxed),
@@ -337,20 +364,20 @@ struct Inferred {
     over: Option<bool>,
 }
 
-fn drift_outcome(drift: &mut DriftTracker, o: Outcome) {
+fn drift_outcome(drift: &mut DriftTracker, o: Outcome) -> Closed {
     // Outcomes of the bundle that was just replaced no longer count.
     if !Arc::ptr_eq(drift.source(), &o.source) {
-        return;
+        return Closed::default();
     }
     match o.result {
         Some(i) => drift.add_prediction(o.start_ns, o.end_ns, &i.outputs, i.score, i.over),
-        None => drift.add_failed_prediction(),
+        None => drift.add_failed_prediction(o.end_ns),
     }
 }
 
 /// Sends a closed interval's record and alarm changes; false when the pipeline closed.
 async fn send_closed(name: &str, c: Closed, output: &mpsc::Sender<Record>) -> bool {
-    if let Some(rec) = c.record {
+    for rec in c.records {
         if !rec.drifting.is_empty() {
             tracing::warn!(model = %name, drifting = ?rec.drifting, dataset_drift = rec.dataset_drift,
                 metric = rec.metric.name(), "columns drift from the bundle's reference");

@@ -275,6 +275,41 @@ struct OutputLink {
     accepts: [bool; 5],
 }
 
+/// Hands one record to every output that accepts it, waiting for room (or the shutdown
+/// deadline, which drops and counts it).
+async fn route(
+    rec: Record,
+    outputs: &[OutputLink],
+    stats: &PipelineStats,
+    abort: &CancellationToken,
+) {
+    let n = rec.len() as u64;
+    let kind = rec.kind() as usize;
+    for OutputLink {
+        name,
+        tx: otx,
+        stats: ostats,
+        accepts,
+    } in outputs
+    {
+        if !accepts[kind] {
+            continue;
+        }
+        tokio::select! {
+            r = otx.send(rec.clone()) => match r {
+                Ok(()) => ostats.add_enqueued(n),
+                Err(_) => tracing::error!(output = %name, "output stopped; {n} items not delivered to it"),
+            },
+            _ = abort.cancelled() => {
+                if let Record::Samples(_) = rec {
+                    stats.dropped_at_shutdown.fetch_add(n, Ordering::Relaxed);
+                }
+                tracing::warn!(output = %name, "shutdown deadline: {n} items not delivered to this output");
+            }
+        }
+    }
+}
+
 /// Fans each sample batch out to every stage and output, and every derived record (features,
 /// predictions) to every output; waits for room in each queue.
 ///
@@ -320,40 +355,32 @@ async fn hub(
         let n = rec.len() as u64;
         if let Record::Samples(_) = rec {
             for (name, stx) in &stages {
-                tokio::select! {
-                    r = stx.send(rec.clone()) => if r.is_err() {
-                        tracing::error!(stage = %name, "stage stopped; {n} samples not delivered to it");
-                    },
-                    _ = abort.cancelled() => {
-                        tracing::warn!(stage = %name, "shutdown deadline: {n} samples not delivered to this stage");
+                // While a stage's input is full, its derived records keep flowing to the
+                // outputs: a stage waiting to emit (or on inference that waits to emit) can
+                // always make progress, so the hub and a stage never wait on each other.
+                let send = stx.send(rec.clone());
+                tokio::pin!(send);
+                loop {
+                    tokio::select! {
+                        r = &mut send => {
+                            if r.is_err() {
+                                tracing::error!(stage = %name, "stage stopped; {n} samples not delivered to it");
+                            }
+                            break;
+                        }
+                        d = derived.recv(), if derived_open => match d {
+                            Some(d) => route(d, &outputs, &stats, &abort).await,
+                            None => derived_open = false,
+                        },
+                        _ = abort.cancelled() => {
+                            tracing::warn!(stage = %name, "shutdown deadline: {n} samples not delivered to this stage");
+                            break;
+                        }
                     }
                 }
             }
         }
-        let kind = rec.kind() as usize;
-        for OutputLink {
-            name,
-            tx: otx,
-            stats: ostats,
-            accepts,
-        } in &outputs
-        {
-            if !accepts[kind] {
-                continue;
-            }
-            tokio::select! {
-                r = otx.send(rec.clone()) => match r {
-                    Ok(()) => ostats.add_enqueued(n),
-                    Err(_) => tracing::error!(output = %name, "output stopped; {n} items not delivered to it"),
-                },
-                _ = abort.cancelled() => {
-                    if let Record::Samples(_) = rec {
-                        stats.dropped_at_shutdown.fetch_add(n, Ordering::Relaxed);
-                    }
-                    tracing::warn!(output = %name, "shutdown deadline: {n} items not delivered to this output");
-                }
-            }
-        }
+        route(rec, &outputs, &stats, &abort).await;
     }
     tracing::debug!("hub finished");
     // Anything still queued from sources at an aborted shutdown is counted, not lost silently.

@@ -81,9 +81,9 @@ pub struct ReplaySourceConfig {
     /// file when the config is loaded).
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Tags read from the file when `tags` is empty (filled once, at load).
+    /// Tags read from the file when `tags` is empty (read once, at load).
     #[serde(skip)]
-    pub file_tags: std::sync::OnceLock<Vec<String>>,
+    pub file_tags: std::sync::OnceLock<Result<Vec<String>, String>>,
 }
 
 impl ReplaySourceConfig {
@@ -92,10 +92,14 @@ impl ReplaySourceConfig {
             "path must name a recording".into()
         });
         if self.tags.is_empty() {
-            if let Err(e) = recording_tags(&self.path) {
-                issues.push(at.key("path"), e);
+            if let Err(e) = self.file_tags() {
+                issues.push(at.key("path"), e.clone());
             }
         }
+    }
+
+    fn file_tags(&self) -> &Result<Vec<String>, String> {
+        self.file_tags.get_or_init(|| recording_tags(&self.path))
     }
 
     /// The tags this source produces: `tags`, or those of the recording.
@@ -103,30 +107,16 @@ impl ReplaySourceConfig {
         if !self.tags.is_empty() {
             return self.tags.clone();
         }
-        self.file_tags
-            .get_or_init(|| recording_tags(&self.path).unwrap_or_default())
-            .clone()
+        self.file_tags().clone().unwrap_or_default()
     }
 }
 
 /// Every tag of a recording, in order of first appearance (a wide file's header; a long
-/// file is read through).
+/// file's tag column, read through without parsing the values).
 pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
     let what = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
-    let reader = RecordingReader::new(std::io::BufReader::new(f), &what)?;
-    if let crate::recording::CsvLayout::Wide { tags, .. } = reader.layout() {
-        return Ok(tags.iter().map(|(_, t)| t.to_string()).collect());
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for s in reader {
-        let s = s?;
-        if seen.insert(s.tag.clone()) {
-            out.push(s.tag.to_string());
-        }
-    }
-    Ok(out)
+    RecordingReader::new(std::io::BufReader::new(f), &what)?.tag_names()
 }
 
 /// Samples handed over at once: a batch of up to this many with due times within

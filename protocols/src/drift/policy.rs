@@ -231,6 +231,17 @@ impl Hysteresis {
     pub fn streak(&self) -> u32 {
         self.streak
     }
+
+    /// The observations stopped (a gap in the data): what comes next is not consecutive with
+    /// what came before. The state stays.
+    pub fn break_streak(&mut self) {
+        self.streak = 0;
+    }
+
+    /// A state as persisted (`raised`, `streak`).
+    pub fn restored(raised: bool, streak: u32) -> Hysteresis {
+        Hysteresis { raised, streak }
+    }
 }
 
 #[cfg(test)]

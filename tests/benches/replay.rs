@@ -1,0 +1,141 @@
+//! `edge-agent replay --speed max` throughput against `edge-agent featurize` on the same
+//! recording, in the same run: featurize is the floor (read the CSV, assemble windows,
+//! compute features); replay adds the live pipeline around it (source task, hub, model
+//! stage, inference, postprocess, drift, JSON output).
+//!
+//! The recording: 6 hours of three pump channels at 10 Hz (648 000 samples) in the agent's
+//! CSV format; the model: the 12-feature dense autoencoder of `agent/tests/fixtures/
+//! pump_pack.toml` (5 s windows every 1 s, with an FFT band energy), packed by the bench.
+//!
+//! Run: `cargo build --release -p edge-agent && cargo bench -p interop-tests --bench replay`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use interop_tests::{workspace, workspace_bin};
+
+const T0: i64 = 1_767_225_600_000_000_000;
+const HOURS: i64 = 6;
+const RUNS: usize = 3;
+
+fn agent(args: &[&str]) -> Duration {
+    let t = Instant::now();
+    let o = Command::new(workspace_bin("edge-agent"))
+        .args(args)
+        .output()
+        .expect("edge-agent runs");
+    let took = t.elapsed();
+    assert!(
+        o.status.success(),
+        "edge-agent {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    took
+}
+
+fn recording(path: &Path) -> u64 {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    let mut s = String::from("tag,ts_ns,value,quality\n");
+    let n = HOURS * 36_000;
+    for i in 0..n {
+        let t = i as f64 / 10.0;
+        let v = [
+            55.0 + 2.0 * (t / 600.0 * std::f64::consts::TAU).sin() + 0.5 * noise(),
+            1.8 + 0.3 * noise(),
+            38.0 + 2.0 * noise(),
+        ];
+        for (tag, x) in ["pump1.temperature", "pump1.vibration", "pump1.current"]
+            .iter()
+            .zip(v)
+        {
+            let _ = writeln!(s, "{tag},{},{x:?},good", T0 + i * 100_000_000);
+        }
+    }
+    std::fs::write(path, s).expect("write recording");
+    (n * 3) as u64
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let rec = d.join("rec.csv");
+    let samples = recording(&rec);
+    let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+    let spec = workspace().join("agent/tests/fixtures/pump_pack.toml");
+    let model = workspace().join("tests/models/dense_autoencoder.onnx");
+    agent(&["bundle", "keygen", "--out", &s(&d.join("ml"))]);
+    let bundle = d.join("ae.bundle");
+    agent(&[
+        "bundle",
+        "pack",
+        "--spec",
+        &s(&spec),
+        "--model",
+        &s(&model),
+        "--train",
+        &s(&rec),
+        "--key",
+        &s(&d.join("ml.key.pem")),
+        "--out",
+        &s(&bundle),
+    ]);
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[agent]\nid = \"bench\"\ndata_dir = \"{d}\"\n[[sources.replay]]\nname = \"r\"\npath = \"{rec}\"\n\
+             [bundles]\ntrusted_keys = [\"{d}/ml.pub.pem\"]\n[[models]]\nname = \"ae\"\nbundle = \"{b}\"\n",
+            d = d.display(),
+            rec = rec.display(),
+            b = bundle.display()
+        ),
+    )
+    .expect("write config");
+    let (mut featurize, mut replay) = (Duration::MAX, Duration::MAX);
+    for _ in 0..RUNS {
+        featurize = featurize.min(agent(&[
+            "featurize",
+            "--spec",
+            &s(&spec),
+            "--input",
+            &s(&rec),
+            "--output",
+            &s(&d.join("features.csv")),
+        ]));
+        replay = replay.min(agent(&[
+            "replay",
+            "--config",
+            &s(&cfg),
+            "--input",
+            &s(&rec),
+            "--output",
+            &s(&d.join("out")),
+            "--speed",
+            "max",
+        ]));
+    }
+    let rate = |t: Duration| samples as f64 / t.as_secs_f64();
+    println!("recording: {samples} samples ({HOURS} h, 3 tags at 10 Hz), best of {RUNS} runs, whole process");
+    println!(
+        "featurize (baseline): {:.3} s, {:.0} samples/s",
+        featurize.as_secs_f64(),
+        rate(featurize)
+    );
+    println!(
+        "replay --speed max:   {:.3} s, {:.0} samples/s",
+        replay.as_secs_f64(),
+        rate(replay)
+    );
+    println!(
+        "ratio replay/featurize time: {:.2}",
+        replay.as_secs_f64() / featurize.as_secs_f64()
+    );
+}

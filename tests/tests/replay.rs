@@ -1,0 +1,180 @@
+//! `edge-agent replay` against a live agent: the same recording played into a running agent
+//! (`[[sources.replay]]`) and published to Mosquitto gives, message for message, the
+//! predictions `replay` writes offline — byte-identical payloads, read back by an independent
+//! subscriber (paho-mqtt, `tests/peers/spb_peer.py`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use interop_tests::*;
+
+const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
+const TAGS: [&str; 3] = ["pump1.temperature", "pump1.vibration", "pump1.current"];
+
+/// `minutes` of three pump channels at 10 Hz in the agent's recording format.
+fn recording(path: &Path, minutes: i64) -> PathBuf {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    let mut s = String::from("tag,ts_ns,value,quality\n");
+    for i in 0..minutes * 600 {
+        let t = i as f64 / 10.0;
+        let v = [
+            55.0 + 2.0 * (t / 600.0 * std::f64::consts::TAU).sin() + 0.5 * noise(),
+            1.8 + 0.3 * noise(),
+            38.0 + 2.0 * noise(),
+        ];
+        for (tag, x) in TAGS.iter().zip(v) {
+            let _ = writeln!(s, "{tag},{},{x:?},good", T0 + i * 100_000_000);
+        }
+    }
+    std::fs::write(path, s).unwrap();
+    path.to_path_buf()
+}
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(workspace_bin("edge-agent"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn replay_writes_what_a_live_agent_publishes_for_the_same_recording() {
+    let dir = tempdir();
+    let d = dir.path();
+    let rec = recording(&d.join("rec.csv"), 10);
+    let o = agent(&["bundle", "keygen", "--out", d.join("ml").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bundle = d.join("conv.bundle");
+    let o = agent(&[
+        "bundle",
+        "pack",
+        "--spec",
+        workspace()
+            .join("agent/tests/fixtures/raw_pack.toml")
+            .to_str()
+            .unwrap(),
+        "--model",
+        workspace()
+            .join("tests/models/conv1d.onnx")
+            .to_str()
+            .unwrap(),
+        "--train",
+        rec.to_str().unwrap(),
+        "--key",
+        d.join("ml.key.pem").to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let broker = mosquitto(d);
+    let listener = MqttListener::start(d, broker.anon);
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[agent]
+id = "gw1"
+data_dir = "{d}/data"
+
+[[sources.replay]]
+name = "history"
+path = "{rec}"
+speed = "max"
+
+[bundles]
+trusted_keys = ["{d}/ml.pub.pem"]
+
+[[models]]
+name = "pump-conv"
+bundle = "{bundle}"
+when_busy = "wait"
+
+[[outputs.mqtt]]
+name = "scada"
+broker = {{ url = "mqtt://127.0.0.1:{port}" }}
+format = "json"
+topic_prefix = "edge"
+streams = ["predictions"]
+"#,
+            d = d.display(),
+            rec = rec.display(),
+            bundle = bundle.display(),
+            port = broker.anon,
+        ),
+    )
+    .unwrap();
+
+    // Offline first: what replay writes.
+    let out = d.join("replayed");
+    let o = agent(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--input",
+        rec.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    let offline: Vec<String> = std::fs::read_to_string(out.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    // 10 min at 10 Hz, 64-point windows every 32 points.
+    assert!(
+        offline.len() >= 180,
+        "{} predictions\n{stderr}",
+        offline.len()
+    );
+
+    // Live: the same recording into a running agent, published to the broker.
+    let mut live_agent = Peer::start(
+        "agent",
+        workspace_bin("edge-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        d,
+        None,
+    );
+    let topic = "edge/gw1/predictions/pump-conv";
+    let payloads = |m: &[serde_json::Value]| -> Vec<String> {
+        m.iter()
+            .filter(|x| x["topic"] == topic)
+            .filter_map(|x| x["text"].as_str().map(String::from))
+            .collect()
+    };
+    let all = listener.wait_for(Duration::from_secs(60), |m| {
+        payloads(m).len() >= offline.len()
+    });
+    assert!(
+        all,
+        "{} of {} predictions arrived live\n{}",
+        payloads(&listener.messages()).len(),
+        offline.len(),
+        live_agent.log_tail()
+    );
+    assert!(live_agent.terminate(Duration::from_secs(20)));
+    let mut live = payloads(&listener.messages());
+    let seq = |p: &String| {
+        serde_json::from_str::<serde_json::Value>(p).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    live.sort_by_key(seq);
+    live.dedup();
+    assert_eq!(live.len(), offline.len(), "every window once");
+    for (l, r) in live.iter().zip(&offline) {
+        assert_eq!(l, r, "live payload vs replay line");
+    }
+}
