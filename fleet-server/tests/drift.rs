@@ -524,3 +524,146 @@ async fn url_hook_posts_the_event_and_failures_are_recorded() {
     );
     std::fs::remove_file(dir.join("drift-events").join("de1.json")).ok();
 }
+
+/// A policy on site=a, 3 buckets of `every`, share 0.5, writing events to `file`.
+async fn policy(f: &Fleet, name: &str, every_min: u64, file: &Path) {
+    drift::set_policy(
+        &f.store,
+        NewPolicy {
+            name: name.into(),
+            bundle: BUNDLE.into(),
+            select: vec!["site=a".into()],
+            every: std::time::Duration::from_secs(every_min * 60),
+            intervals: 3,
+            rule: PolicyRule {
+                share: Some(0.5),
+                ..Default::default()
+            },
+            hook: Hook::Command(format!(
+                "cat >> '{}' && echo >> '{}'",
+                file.display(),
+                file.display()
+            )),
+        },
+        "tester",
+    )
+    .await
+    .unwrap();
+}
+
+/// History that arrives after the policy exists (a replayed recording, a device's backlog
+/// after months offline) is evaluated by its data time; a gap between drifting buckets
+/// breaks the streak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_history_triggers_a_policy_by_its_data_time() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(21);
+    for d in ["d1", "d2"] {
+        f.device(d, &["site=a"]).await;
+    }
+    let out = f.dir.join("replayed-events.jsonl");
+    policy(&f, "replayed", 10, &out).await;
+    let every = 10 * MIN;
+    let now = base() + 48 * 60 * MIN;
+    // The policy starts with nothing to say.
+    assert!(drift::evaluate_all(&f.store, &f.registry, &f.dir, now)
+        .await
+        .unwrap()
+        .is_empty());
+    // Then 90 days old history arrives: buckets 0, 1 drifting, 2 missing (the device was
+    // off), 3 drifting, 4..=6 drifting, 7 calm.
+    let old = base() - 90 * 24 * 60 * MIN;
+    let drifting = |k: i64| k != 2 && k != 7;
+    for k in (0..8).filter(|k| *k != 2) {
+        let start = old + k * every - 5 * MIN;
+        for d in ["d1", "d2"] {
+            let r = interval(&mut rng, drifting(k), start);
+            f.upload(d, &[r]).await;
+        }
+    }
+    let ev = drift::evaluate_all(&f.store, &f.registry, &f.dir, now + MIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        ev.len(),
+        1,
+        "one episode: buckets 3..=6 (0, 1 are cut off by the gap)"
+    );
+    assert_eq!(ev[0].from_ns, old + 3 * every);
+    assert_eq!(ev[0].to_ns, old + 6 * every);
+    // Nothing new arrived (the look-back overlaps what was seen): no second event.
+    assert!(
+        drift::evaluate_all(&f.store, &f.registry, &f.dir, now + 2 * MIN)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(lines(&out).len(), 1);
+}
+
+/// Two 10-minute records per device ending in the 20-minute bucket starting at `bucket`,
+/// feature `a` uniform on each range (each record on its own has dataset drift).
+async fn two_records(f: &mut Fleet, rng: &mut fastrand::Rng, bucket: i64, ranges: [(f64, f64); 2]) {
+    let recs: Vec<DriftRecord> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, (lo, hi))| {
+            let a = uniform(rng, 200, *lo, *hi);
+            let b = uniform(rng, 200, 0.0, 10.0);
+            let r = record(1, &a, &b, bucket - 5 * MIN + i as i64 * 10 * MIN);
+            assert!(r.dataset_drift, "fixture: each record on its own drifts");
+            r
+        })
+        .collect();
+    for d in ["d1", "d2"] {
+        f.upload(d, &recs).await;
+    }
+}
+
+/// A bucket's verdict per device comes from its records there merged and scored together:
+/// two intervals flagged in opposite directions (values only high, then only low) merge
+/// into a calm bucket, which no longer counts as drifting; the same number of records all
+/// high still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_is_judged_on_its_merged_records_not_their_flags() {
+    let mut f = fleet().await;
+    let mut rng = fastrand::Rng::with_seed(22);
+    for d in ["d1", "d2"] {
+        f.device(d, &["site=a"]).await;
+    }
+    let out = f.dir.join("noisy-events.jsonl");
+    let t0 = base();
+    let every = 20 * MIN;
+    // Buckets 0..=3 of 20 minutes, two 10-minute records each per device.
+    for k in 0..4 {
+        two_records(&mut f, &mut rng, t0 + k * every, [(5.0, 10.0), (0.0, 5.0)]).await;
+    }
+    policy(&f, "noisy", 20, &out).await;
+    let now = t0 + 4 * every + drift::SETTLE_NS;
+    // Created after the upload: looks back 3 buckets (1..=3).
+    assert!(
+        drift::evaluate_all(&f.store, &f.registry, &f.dir, now)
+            .await
+            .unwrap()
+            .is_empty(),
+        "high then low merges into the reference's spread: calm"
+    );
+    for k in 4..7 {
+        two_records(&mut f, &mut rng, t0 + k * every, [(7.0, 10.0), (8.0, 10.0)]).await;
+    }
+    let ev = drift::evaluate_all(
+        &f.store,
+        &f.registry,
+        &f.dir,
+        t0 + 7 * every + drift::SETTLE_NS,
+    )
+    .await
+    .unwrap();
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].from_ns, t0 + 4 * every);
+    let e = &lines(&out)[0];
+    let buckets = e["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 3);
+    assert!(buckets.iter().all(|b| b["drifting_devices"] == 2), "{e}");
+    assert_eq!(lines(&out).len(), 1, "the calm buckets fired nothing");
+}

@@ -92,15 +92,20 @@ pub enum Hook {
 /// The evaluator's cursor of one policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct PolicyState {
-    /// The bundle version evaluated last (another one starts over).
-    version: Option<u64>,
-    /// End of the last bucket evaluated, Unix ns.
+    /// End of the buckets complete at the last evaluation (data time, Unix ns): buckets from
+    /// here on are evaluated next time, as wall time completes them.
     cursor_ns: Option<i64>,
-    /// Consecutive drifting buckets so far.
-    streak: u32,
-    /// An event was recorded and no calm bucket came since.
-    in_episode: bool,
+    /// Drift records ingested up to this wall time (ms) were looked at: what arrives later
+    /// (a device's backlog after an outage, a replayed history) is evaluated over its own
+    /// data time, however old.
+    #[serde(default)]
+    ingested_ms: Option<i64>,
 }
+
+/// Records ingested within this much before the last look are looked at again (an insert
+/// that committed late with an earlier timestamp is not missed; events are never doubled,
+/// see `evaluate_policy`).
+const INGEST_OVERLAP_MS: i64 = 10_000;
 
 /// `fleet-server drift policy set`.
 #[derive(Debug, Clone)]
@@ -210,12 +215,16 @@ struct BucketVerdict {
 
 fn verdict(acc: &Acc, rule: &PolicyRule, from: i64, to: i64) -> BucketVerdict {
     let devices = acc.per_device.len();
-    // A device drifts in the bucket when at least half of its records there had dataset
-    // drift (one noisy interval among many does not count).
+    // A device drifts in the bucket when its records there, merged and scored together,
+    // have dataset drift; without the bundle's reference (unscored), when at least half of
+    // its records there were flagged by the device.
     let drifting_devices = acc
         .per_device
-        .values()
-        .filter(|(n, k)| *n > 0 && 2 * k >= *n)
+        .iter()
+        .filter(|(d, (n, k))| match acc.device_drift.get(*d) {
+            Some(x) => *x,
+            None => *n > 0 && 2 * k >= *n,
+        })
         .count();
     let share = if devices == 0 {
         0.0
@@ -249,8 +258,15 @@ pub struct Fired {
     pub hook: Hook,
 }
 
-/// Evaluates one policy up to `now_ns`: walks the completed buckets since its cursor and
-/// records an event when `intervals` consecutive buckets drift and no episode is open.
+/// Evaluates one policy up to `now_ns`. The buckets looked at are those wall time completed
+/// since the last evaluation and those holding drift records ingested since then (history
+/// replayed or uploaded late counts by its data time), each extended back by `intervals - 1`
+/// buckets for context. Per bundle version, every run of at least `intervals` consecutive
+/// drifting buckets (adjacent buckets, each with records: a gap breaks a run) is one episode
+/// and gets one event, unless an event of this policy and version already overlaps it.
+/// A bucket drifts when at least `share` of its reporting devices have dataset drift in
+/// their records of the bucket merged and scored together (a device's one noisy interval
+/// among calm ones does not count), or the merged performance breaches a limit.
 /// The new cursor and the events are written compare-and-set; `Ok(vec![])` when another
 /// evaluator moved the cursor meanwhile.
 pub async fn evaluate_policy(
@@ -265,74 +281,84 @@ pub async fn evaluate_policy(
         .map_err(|e| invalid(format!("policy {}: stored rule: {e}", p.name)))?;
     let mut st: PolicyState = serde_json::from_str(&p.state).unwrap_or_default();
     let every = p.every_ms.max(1000).saturating_mul(1_000_000);
-    let intervals = u32::try_from(p.intervals.max(1)).unwrap_or(u32::MAX);
-    let span = every.saturating_mul(i64::from(intervals));
+    let intervals = i64::from(u32::try_from(p.intervals.max(1)).unwrap_or(u32::MAX));
+    let span = every.saturating_mul(intervals);
     // Buckets [k·every, (k+1)·every) are evaluated once their end is `grace` in the past,
     // so records uploaded shortly after an interval closes still count.
     let grace = every.min(SETTLE_NS);
     let done_until = now_ns.saturating_sub(grace).div_euclid(every) * every;
-    // A new policy looks back `intervals` buckets (drift going on now), not at all history.
-    let start = st
+    let floor = |t: i64| t.div_euclid(every) * every;
+    // Where this evaluation starts: a new policy looks back `intervals` buckets (drift going
+    // on now, not all history); afterwards, where wall time left off, or earlier where newly
+    // ingested records lie.
+    let mut from = st
         .cursor_ns
         .unwrap_or_else(|| done_until.saturating_sub(span));
-    if start >= done_until {
-        return Ok(vec![]);
-    }
-    let devices = select_devices(store, None, &p.selector).await?;
-    let names: BTreeMap<&str, &str> = devices
-        .iter()
-        .map(|d| (d.id.as_str(), d.name.as_str()))
-        .collect();
-    // Earlier buckets too: an event's merged view may reach back into a streak that began
-    // in an earlier evaluation.
-    let look_from = start.saturating_sub(span - every);
-    let scope = Scope {
-        bundle: &p.bundle,
-        version_number: None,
-        since_ns: look_from,
-        until_ns: done_until,
+    let ingested = match st.ingested_ms {
+        Some(seen) => {
+            store
+                .drift_ingested_since(&p.bundle, seen.saturating_sub(INGEST_OVERLAP_MS))
+                .await?
+        }
+        None => None,
     };
-    let groups = collect(store, &devices, Some(every), scope).await?;
-    // The latest version with records in the buckets to evaluate.
-    let version = groups
-        .keys()
-        .filter(|(_, b)| *b >= start)
-        .map(|(v, _)| *v)
-        .max();
-    if version.is_some() && version != st.version {
-        st = PolicyState {
-            version,
-            cursor_ns: st.cursor_ns,
-            ..Default::default()
-        };
+    if let Some((lo, _, _)) = ingested {
+        from = from.min(floor(lo));
     }
+    let ingested_ms = match (ingested, st.ingested_ms) {
+        (Some((_, _, at)), Some(seen)) => Some(at.max(seen)),
+        (None, Some(seen)) => Some(seen),
+        // First evaluation: everything ingested so far is covered by the look-back.
+        (_, None) => Some(now_ms()),
+    };
     let mut events = Vec::new();
-    let mut prev_end = start;
-    if let Some(v) = version {
+    if from < done_until {
+        let devices = select_devices(store, None, &p.selector).await?;
+        let names: BTreeMap<&str, &str> = devices
+            .iter()
+            .map(|d| (d.id.as_str(), d.name.as_str()))
+            .collect();
+        let look_from = from.saturating_sub(span - every);
+        let scope = Scope {
+            bundle: &p.bundle,
+            version_number: None,
+            since_ns: look_from,
+            until_ns: done_until,
+        };
         let mut refs = References::new(registry, &p.bundle);
-        for ((_, from), acc) in groups.range((v, start)..(v, done_until)) {
-            let to = from + every;
-            if prev_end != *from {
-                // Buckets without records in between: not consecutive.
-                st.streak = 0;
-            }
-            prev_end = to;
-            if !verdict(acc, &rule, *from, to).drifting {
-                st.streak = 0;
-                st.in_episode = false;
+        let groups = collect(store, &devices, Some(every), scope, Some(&mut refs)).await?;
+        // Runs of consecutive drifting buckets per version, in order.
+        let mut runs: Vec<(u64, Vec<i64>)> = Vec::new();
+        for ((v, b), acc) in &groups {
+            if !verdict(acc, &rule, *b, b + every).drifting {
                 continue;
             }
-            st.streak = st.streak.saturating_add(1);
-            if st.in_episode || st.streak < intervals {
+            match runs.last_mut() {
+                Some((rv, bs)) if rv == v && bs.last() == Some(&(b - every)) => bs.push(*b),
+                _ => runs.push((*v, vec![*b])),
+            }
+        }
+        for (v, buckets) in runs {
+            if (buckets.len() as i64) < intervals {
                 continue;
             }
-            st.in_episode = true;
-            // The event covers the last `intervals` (drifting, consecutive) buckets.
-            let ev_from = to - span;
+            let (run_from, run_to) = (buckets[0], buckets[buckets.len() - 1] + every);
+            if run_to <= from {
+                continue; // wholly before what this evaluation is about
+            }
+            let vn = i64::try_from(v).unwrap_or(i64::MAX);
+            if store
+                .drift_event_overlaps(&p.name, vn, run_from, run_to)
+                .await?
+            {
+                continue; // this episode has its event
+            }
+            // The event covers the episode's first `intervals` buckets.
+            let ev_to = run_from + span;
             let mut merged = Acc::default();
-            let mut buckets = Vec::new();
-            for ((_, b), a) in groups.range((v, ev_from)..(v, to)) {
-                buckets.push(verdict(a, &rule, *b, b + every));
+            let mut verdicts = Vec::new();
+            for ((_, b), a) in groups.range((v, run_from)..(v, ev_to)) {
+                verdicts.push(verdict(a, &rule, *b, b + every));
                 if let Err(e) = merged.absorb(a) {
                     tracing::warn!(policy = %p.name, bucket = b, "bucket not merged: {e}");
                 }
@@ -342,19 +368,16 @@ pub async fn evaluate_policy(
                     p,
                     &mut refs,
                     &merged,
-                    (ev_from, to, every),
-                    &buckets,
+                    (run_from, ev_to, every),
+                    &verdicts,
                     &names,
                 )
                 .await,
             );
         }
     }
-    if prev_end != done_until {
-        // Trailing buckets without records break a streak.
-        st.streak = 0;
-    }
-    st.cursor_ns = Some(done_until);
+    st.cursor_ns = Some(st.cursor_ns.map_or(done_until, |c| c.max(done_until)));
+    st.ingested_ms = ingested_ms;
     let new_state = serde_json::to_string(&st).unwrap_or_default();
     if !store
         .advance_drift_policy(&p.name, &p.state, &new_state, &events)

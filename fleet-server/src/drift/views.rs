@@ -276,6 +276,10 @@ pub(super) struct Acc {
     pub(super) per_device: BTreeMap<String, (u64, u64)>,
     /// Column names the devices flagged drifting, with how many records did.
     pub(super) flagged: BTreeMap<String, u64>,
+    /// Per device: whether its records of this bucket, merged and scored against the
+    /// reference, have dataset drift (only when `collect` was given the references and the
+    /// registry has this version).
+    pub(super) device_drift: BTreeMap<String, bool>,
 }
 
 impl Acc {
@@ -337,6 +341,11 @@ impl Acc {
         for (n, k) in &o.flagged {
             *self.flagged.entry(n.clone()).or_default() += k;
         }
+        // A device's verdicts of two buckets: drifting if either was (the policy scores
+        // buckets one by one; this only keeps the event body's device list informative).
+        for (d, x) in &o.device_drift {
+            *self.device_drift.entry(d.clone()).or_default() |= *x;
+        }
         Ok(())
     }
 }
@@ -367,11 +376,16 @@ pub(super) struct Scope<'a> {
 }
 
 /// Every drift record of `devices` in `scope`, bucketed: key (version, bucket start).
+///
+/// With `refs`, each device's records of a (version, bucket) are also merged on their own and
+/// scored against the version's reference: [`Acc::device_drift`] (bucket-level verdicts, so a
+/// coarser bucket smooths out one noisy interval instead of counting its flag).
 pub(super) async fn collect(
     store: &FleetStore,
     devices: &[Device],
     every_ns: Option<i64>,
     scope: Scope<'_>,
+    mut refs: Option<&mut References<'_>>,
 ) -> Result<BTreeMap<(u64, i64), Acc>, DriftError> {
     let version = match scope.version_number.map(i64::try_from) {
         Some(Ok(v)) => Some(v),
@@ -382,6 +396,8 @@ pub(super) async fn collect(
     for d in devices {
         let mut after = 0;
         let mut undecodable = 0u64;
+        // This device's records per (version, bucket), when bucket verdicts are wanted.
+        let mut mine: BTreeMap<(u64, i64), MergedDrift> = BTreeMap::new();
         loop {
             let page = store
                 .drift_records(
@@ -407,9 +423,11 @@ pub(super) async fn collect(
                     }
                 };
                 let bucket = every_ns.map_or(0, |e| rec.end_ns.div_euclid(e) * e);
-                out.entry((rec.source.version_number, bucket))
-                    .or_default()
-                    .add(&d.id, &rec);
+                let key = (rec.source.version_number, bucket);
+                if out.entry(key).or_default().add(&d.id, &rec) && refs.is_some() {
+                    // `add` above merged it once already; a failure here was logged there.
+                    let _ = mine.entry(key).or_default().add(&d.id, &rec);
+                }
             }
             if (page.len() as i64) < PAGE {
                 break;
@@ -417,6 +435,17 @@ pub(super) async fn collect(
         }
         if undecodable > 0 {
             tracing::warn!(device = %d.id, undecodable, "drift records that do not decode were skipped");
+        }
+        if let Some(refs) = refs.as_deref_mut() {
+            for (key, m) in mine {
+                if let Ok((reference, rules)) = refs.get(key.0).await {
+                    let (cols, _) = m.scored(reference, rules);
+                    let drift = edge_protocols::drift::fleet::dataset_drift(&cols, rules);
+                    if let Some(acc) = out.get_mut(&key) {
+                        acc.device_drift.insert(d.id.clone(), drift);
+                    }
+                }
+            }
         }
     }
     Ok(out)
@@ -508,7 +537,7 @@ pub async fn merged(
 ) -> Result<Vec<(Option<(i64, i64)>, MergedDrift)>, DriftError> {
     q.validate()?;
     let devices = select_devices(store, q.device.as_deref(), &q.select).await?;
-    let groups = collect(store, &devices, q.every_ns, q.scope()).await?;
+    let groups = collect(store, &devices, q.every_ns, q.scope(), None).await?;
     Ok(groups
         .into_iter()
         .map(|((_, b), acc)| (q.every_ns.map(|e| (b, b + e)), acc.merged))
@@ -523,7 +552,7 @@ pub async fn show(
 ) -> Result<Vec<DriftView>, DriftError> {
     q.validate()?;
     let devices = select_devices(store, q.device.as_deref(), &q.select).await?;
-    let groups = collect(store, &devices, q.every_ns, q.scope()).await?;
+    let groups = collect(store, &devices, q.every_ns, q.scope(), None).await?;
     let mut refs = References::new(registry, &q.bundle);
     let mut out = Vec::with_capacity(groups.len());
     for ((_, bucket), acc) in &groups {

@@ -169,6 +169,46 @@ impl FleetStore {
     }
 
     /// Events, newest first; only `policy`'s when given.
+    /// Drift records of `bundle` ingested after `after_ms` (wall time, ms): the earliest and
+    /// latest end (data time, ns) among them and the latest ingest time; `None` if none.
+    pub async fn drift_ingested_since(
+        &self,
+        bundle: &str,
+        after_ms: i64,
+    ) -> Result<Option<(i64, i64, i64)>> {
+        let row = sqlx::query("SELECT MIN(end_ns) AS lo, MAX(end_ns) AS hi, MAX(ingested_ms) AS at FROM drift_index WHERE bundle = $1 AND ingested_ms > $2")
+            .bind(bundle)
+            .bind(after_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        let lo: Option<i64> = row.try_get("lo")?;
+        let hi: Option<i64> = row.try_get("hi")?;
+        let at: Option<i64> = row.try_get("at")?;
+        Ok(match (lo, hi, at) {
+            (Some(lo), Some(hi), Some(at)) => Some((lo, hi, at)),
+            _ => None,
+        })
+    }
+
+    /// Whether `policy` has an event on `version_number` overlapping `[from_ns, to_ns)`.
+    pub async fn drift_event_overlaps(
+        &self,
+        policy: &str,
+        version_number: i64,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM drift_events WHERE policy = $1 AND version_number = $2 AND from_ns < $3 AND to_ns > $4")
+            .bind(policy)
+            .bind(version_number)
+            .bind(to_ns)
+            .bind(from_ns)
+            .fetch_one(&self.pool)
+            .await?;
+        let n: i64 = row.try_get("n")?;
+        Ok(n > 0)
+    }
+
     pub async fn drift_events(
         &self,
         policy: Option<&str>,

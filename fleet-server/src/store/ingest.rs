@@ -176,7 +176,7 @@ async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result
         .map(|s| edge_protocols::drift::record::metric_value(rec.metric, s))
         .filter(|v| v.is_finite())
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting, drifting_count, max_score) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (device_id, seq) DO NOTHING")
+    sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting, drifting_count, max_score, ingested_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, seq) DO NOTHING")
         .bind(device)
         .bind(seq)
         .bind(&*rec.source.model)
@@ -188,6 +188,7 @@ async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result
         .bind(drifting)
         .bind(drifting_count)
         .bind(max_score)
+        .bind(super::now_ms())
         .execute(&mut **tx)
         .await?;
     Ok(())

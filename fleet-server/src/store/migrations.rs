@@ -233,6 +233,16 @@ const MIGRATIONS: &[Migration] = &[
             Pg("DROP TABLE records_before_partitioning"),
         ],
     },
+    Migration {
+        version: 6,
+        name: "drift index: ingest time (retrain policies evaluate newly ingested history)",
+        // Rows from before this migration count as ingested long ago (0): a policy only
+        // looks at history that arrives after it exists, and at what wall time completes.
+        steps: &[
+            Sql("ALTER TABLE drift_index ADD COLUMN ingested_ms BIGINT NOT NULL DEFAULT 0"),
+            Sql("CREATE INDEX drift_index_ingested ON drift_index (bundle, ingested_ms)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

@@ -176,6 +176,18 @@ impl MergedDrift {
     }
 }
 
+/// Dataset drift of a scored merged view, by the rule a device applies to one interval
+/// (`DriftRecord::evaluate`): at least `dataset_share` of the decisive feature columns (those
+/// with scores over at least `min_count` values) drift.
+pub fn dataset_drift(columns: &[ColumnView], rules: &DriftRules) -> bool {
+    let decisive = columns
+        .iter()
+        .filter(|c| c.scores.is_some_and(|s| s.count >= rules.min_count))
+        .count();
+    let drifting = columns.iter().filter(|c| c.drifting).count();
+    decisive > 0 && drifting as f64 >= rules.dataset_share * decisive as f64
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
