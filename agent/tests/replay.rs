@@ -428,3 +428,80 @@ fn an_autoencoder_alarms_on_its_reconstruction_error() {
         "every faulty window is over"
     );
 }
+
+/// A shadow challenger (same spec, another threshold) runs on every window: the drift
+/// records compare it with the champion, nothing of it is published or alarmed.
+#[test]
+fn a_shadow_challenger_is_compared_and_never_published() {
+    let s = setup("shadow");
+    let spec = s.dir.join("challenger.toml");
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(fixture("raw_pack.toml"))
+            .unwrap()
+            .replace("version_number = 1", "version_number = 2")
+            .replace("\"0.1.0\"", "\"0.2.0\"")
+            .replace("threshold = 0.9", "threshold = 0.5, raise_after = 1"),
+    )
+    .unwrap();
+    let challenger = s.dir.join("challenger.bundle");
+    let o = run(&[
+        "bundle",
+        "pack",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--model",
+        model("conv1d").to_str().unwrap(),
+        "--train",
+        s.train.to_str().unwrap(),
+        "--key",
+        s.dir.join("ml.key.pem").to_str().unwrap(),
+        "--out",
+        challenger.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}shadow = \"{}\"\n", challenger.display()),
+    )
+    .unwrap();
+    let (o, out) = replay(&s, &s.train, "shadow-out");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let drift = lines(&out.join("drift.jsonl"));
+    assert!(drift.len() >= 5);
+    let mut disagreed = 0;
+    for d in &drift {
+        let sh = &d["shadow"];
+        assert_eq!(sh["version_number"], 2, "{d}");
+        assert_eq!(sh["windows"], d["windows"], "every window compared: {d}");
+        assert_eq!(sh["errors"], 0);
+        assert_eq!(sh["decided"], d["windows"]);
+        assert_eq!(
+            sh["max_abs_score_diff"], 0.0,
+            "same model, same input: same scores"
+        );
+        assert_eq!(sh["champion_over"], 0, "nothing reaches the champion's 0.9");
+        let agreement = sh["agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agreement));
+        if agreement < 1.0 {
+            disagreed += 1;
+            assert!(sh["challenger_over"].as_u64().unwrap() > 0, "{d}");
+        }
+    }
+    assert!(
+        disagreed > 0,
+        "the 0.5 threshold must disagree somewhere: {drift:?}"
+    );
+    // Only the champion speaks.
+    let preds = lines(&out.join("predictions.jsonl"));
+    assert!(!preds.is_empty());
+    assert!(preds.iter().all(|p| p["version_number"] == 1));
+    assert!(lines(&out.join("alarms.jsonl"))
+        .iter()
+        .all(|a| a["version_number"] == 1));
+    assert!(
+        lines(&out.join("alarms.jsonl")).is_empty(),
+        "the challenger would alarm; it must not"
+    );
+}

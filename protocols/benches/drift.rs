@@ -178,6 +178,7 @@ fn main() {
                 dataset_drift: false,
                 metric: rules.metric,
                 performance: None,
+                shadow: None,
             };
             rec.evaluate(&rules);
             cbor(&rec)

@@ -413,7 +413,22 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
         p
     };
     let v1 = write("v1.bundle", demo_bundle_version(&key, 1, |_| {}));
-    let v2 = write("v2.bundle", demo_bundle_version(&key, 2, |_| {}));
+    // v2 carries lineage (what `bundle pack` records): it must survive push, delta download
+    // and install, and read the same on the device.
+    let v2 = write(
+        "v2.bundle",
+        demo_bundle_version(&key, 2, |m| {
+            m.lineage = Some(edge_protocols::bundle::manifest::Lineage {
+                training_data_sha256: "ab".repeat(32),
+                training_data_name: "plant-2026-11.csv".into(),
+                feature_spec_sha256: "cd".repeat(32),
+                code_revision: Some("train@3f2c9e1".into()),
+                params: [("seed".to_string(), "7".to_string())].into(),
+                metrics: [("val_auc".to_string(), 0.93)].into(),
+                packed_by: "edge-agent test".into(),
+            })
+        }),
+    );
     // v3 loads but its outputs are outside its declared range: fails the health check.
     let v3 = write(
         "v3.bundle",
@@ -475,6 +490,30 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
         "expected a delta: {line}"
     );
     assert_eq!(sha_of(&bundle), sha_of(&v2));
+    // Lineage: in the registry, and in the bundle the device now runs.
+    let list: Value =
+        serde_json::from_str(&server.cli(&["model", "list", "--json"])).expect("json");
+    let v2_row = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|b| b["version_number"] == 2)
+        .expect("v2 listed");
+    assert_eq!(
+        v2_row["lineage"]["code_revision"], "train@3f2c9e1",
+        "{v2_row}"
+    );
+    let inspect = std::process::Command::new(workspace_bin("edge-agent"))
+        .args(["bundle", "inspect", "--json"])
+        .arg(&bundle)
+        .output()
+        .expect("inspect");
+    let on_device: Value = serde_json::from_slice(&inspect.stdout).expect("inspect json");
+    assert_eq!(
+        on_device["lineage"], v2_row["lineage"],
+        "the device's copy carries the same lineage"
+    );
+    assert_eq!(on_device["lineage"]["metrics"]["val_auc"], 0.93);
     let delta = server.cli(&["model", "delta", "pump-anomaly", "1", "2"]);
     let delta: Value = serde_json::from_str(&delta).expect("delta json");
     assert!(

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use edge_protocols::records;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -84,6 +83,14 @@ fn replay_config(
     cfg
 }
 
+/// Feature records only when they are written (`--features`): nobody else reads them here.
+fn with_features(mut cfg: AgentConfig, features: bool) -> AgentConfig {
+    for m in &mut cfg.models {
+        m.features = features;
+    }
+    cfg
+}
+
 /// Runs the replay. `features`: also write feature records.
 pub async fn replay(
     cfg: AgentConfig,
@@ -99,7 +106,7 @@ pub async fn replay(
     // Read through once for its tags: a recording that cannot be read fails here, with its
     // line, before any model starts.
     let tags = crate::sources::replay::recording_tags(input).map_err(|e| anyhow::anyhow!(e))?;
-    let mut cfg = replay_config(cfg, input, speed, tags);
+    let mut cfg = with_features(replay_config(cfg, input, speed, tags), features);
     // A data directory of its own: the device's version floor and drift alarm states are
     // neither read nor changed (any bundle version replays, each run starts calm).
     let scratch = ScratchDir::create()?;
@@ -246,17 +253,18 @@ impl ReplayWriter {
         let mut line = Vec::new();
         while let Some(rec) = rx.blocking_recv() {
             let n = rec.len();
-            let (stream, payload) = match &rec {
-                Record::Features(f) => (Stream::Features, records::encode_features(f)),
-                Record::Prediction(p) => (Stream::Predictions, records::encode_prediction(p)),
-                Record::Alarm(a) => (Stream::Alarms, records::encode_alarm(a)),
-                Record::Drift(d) => (Stream::Drift, records::encode_drift(d)),
+            let stream = match &rec {
+                Record::Features(_) => Stream::Features,
+                Record::Prediction(_) => Stream::Predictions,
+                Record::Alarm(_) => Stream::Alarms,
+                Record::Drift(_) => Stream::Drift,
                 Record::Samples(_) => continue,
             };
             let seq = seqs.entry(stream).or_insert(0);
             *seq += 1;
-            let bodies = json_body::bodies(stream, &payload)
-                .map_err(|what| std::io::Error::other(format!("{what} record did not encode")))?;
+            // The bodies the JSON MQTT output makes of the same record after its outbox round
+            // trip (lossless), without the round trip.
+            let bodies = json_body::record_bodies(&rec);
             for mut b in bodies {
                 b.body.insert("seq".into(), serde_json::json!(*seq));
                 line.clear();

@@ -46,6 +46,11 @@ pub struct ModelConfig {
     /// Late ground truth for performance monitoring (concept drift).
     #[serde(default)]
     pub labels: Option<super::labels::LabelsConfig>,
+    /// A challenger bundle (same feature spec) run in shadow on every window: compared with
+    /// this one per `drift_interval` (the drift record's `shadow`), never published and never
+    /// alarming. Read at start.
+    #[serde(default)]
+    pub shadow: Option<PathBuf>,
 }
 
 /// What a window does when `queue` windows already wait for inference.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use edge_protocols::bundle::manifest::ColumnStats;
 use edge_protocols::drift::record::metric_value;
-use edge_protocols::drift::{ColumnDrift, DriftRules, DriftSummary, Hysteresis};
+use edge_protocols::drift::{ColumnDrift, DriftRules, DriftSummary, Hysteresis, ShadowSummary};
 
 use super::labels::{LabelJoiner, LabelsConfig};
 use super::loaded::LoadedBundle;
@@ -74,6 +74,7 @@ struct Cut {
     windows: u64,
     columns: Vec<DriftSummary>,
     outputs: Vec<DriftSummary>,
+    shadow: Option<ShadowSummary>,
     awaiting: u64,
 }
 
@@ -104,6 +105,8 @@ pub struct DriftTracker {
     cut: Option<Cut>,
     /// Outcomes of windows ending at or before this belong to an interval already closed.
     closed_through_ns: i64,
+    /// The shadow challenger's comparison of the current interval (`with_shadow`).
+    shadow: Option<ShadowSummary>,
 }
 
 /// The persisted alarm states of one model: valid for the bundle version they were made on.
@@ -187,6 +190,7 @@ impl DriftTracker {
             sent: 0,
             cut: None,
             closed_through_ns: i64::MIN,
+            shadow: None,
         }
     }
 
@@ -255,6 +259,39 @@ impl DriftTracker {
         };
         if let Err(e) = write() {
             tracing::warn!(path = %path.display(), "cannot save the drift alarm state: {e}");
+        }
+    }
+
+    /// Compares a shadow challenger with the serving bundle per interval (`add_shadow`).
+    pub fn with_shadow(mut self, challenger: Option<&LoadedBundle>) -> Self {
+        self.shadow = challenger.map(|b| ShadowSummary {
+            bundle: b.source.bundle.to_string(),
+            version: b.source.version.to_string(),
+            version_number: b.source.version_number,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// The decisions of the serving bundle and the challenger (`None`: its inference failed)
+    /// on a window sent to inference, into that window's interval. Call before
+    /// `add_prediction` of the same window.
+    #[allow(clippy::type_complexity)]
+    pub fn add_shadow(
+        &mut self,
+        end_ns: i64,
+        champion: (Option<f64>, Option<&str>, Option<bool>),
+        challenger: Option<(Option<f64>, Option<&str>, Option<bool>)>,
+    ) {
+        if end_ns <= self.closed_through_ns {
+            return;
+        }
+        let target = match self.cut.as_mut().filter(|c| end_ns <= c.end_ns) {
+            Some(cut) => cut.shadow.as_mut(),
+            None => self.shadow.as_mut(),
+        };
+        if let Some(s) = target {
+            s.add(champion, challenger);
         }
     }
 
@@ -424,12 +461,22 @@ impl DriftTracker {
                 })
                 .collect()
         };
+        let shadow = self.shadow.as_mut().map(|s| {
+            let fresh = ShadowSummary {
+                bundle: s.bundle.clone(),
+                version: s.version.clone(),
+                version_number: s.version_number,
+                ..Default::default()
+            };
+            std::mem::replace(s, fresh)
+        });
         let cut = Cut {
             start_ns,
             end_ns: self.end_ns,
             windows: std::mem::take(&mut self.windows),
             columns: take(&mut self.columns),
             outputs: take(&mut self.outputs),
+            shadow,
             awaiting: std::mem::take(&mut self.sent),
         };
         let waiting = cut.awaiting > 0;
@@ -511,6 +558,7 @@ impl DriftTracker {
             dataset_drift: false,
             metric: rules.metric,
             performance,
+            shadow: cut.shadow.take(),
         };
         rec.evaluate(&rules);
         let mut alarms = Vec::new();
@@ -667,6 +715,7 @@ mod tests {
             sent: 0,
             cut: None,
             closed_through_ns: i64::MIN,
+            shadow: None,
         }
     }
 

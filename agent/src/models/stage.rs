@@ -46,6 +46,8 @@ pub struct ModelStats {
     pub version_number: AtomicU64,
     /// Why the last reload was refused (the sync client reports it to the fleet server).
     pub last_reload_error: std::sync::Mutex<Option<String>>,
+    /// Sum of the shadow challenger's inference times, microseconds.
+    pub shadow_inference_us: AtomicU64,
     /// The window assembler's counters as of the last batch (`replay` reports grid
     /// misalignment from them).
     pub window_stats: std::sync::Mutex<crate::features::WindowStats>,
@@ -53,6 +55,8 @@ pub struct ModelStats {
 
 struct Job {
     bundle: Arc<LoadedBundle>,
+    /// A challenger run in shadow on the same input (`[[models]] shadow`).
+    shadow: Option<Arc<LoadedBundle>>,
     row: FeatureRow,
     input: Vec<f32>,
 }
@@ -65,6 +69,8 @@ pub struct ModelStage {
     tags: Box<dyn TagCatalog + Send>,
     stats: Arc<ModelStats>,
     current: Arc<LoadedBundle>,
+    /// The challenger of `[[models]] shadow`, if it loaded.
+    shadow: Option<Arc<LoadedBundle>>,
     file_stamp: Option<(SystemTime, u64)>,
 }
 
@@ -97,6 +103,20 @@ impl ModelStage {
         stats
             .version_number
             .store(current.source.version_number, Ordering::Relaxed);
+        let shadow = cfg.shadow.as_ref().and_then(|path| {
+            match Self::load_shadow(&cfg, path, &current, &trusted, &floors, &*tags) {
+                Ok(b) => {
+                    tracing::info!(model = %cfg.name, challenger = %b.source.bundle, version = %b.source.version,
+                        version_number = b.source.version_number,
+                        "shadow challenger loaded: compared on every window, never published");
+                    Some(Arc::new(b))
+                }
+                Err(e) => {
+                    tracing::error!(model = %cfg.name, "shadow challenger not started: {e}");
+                    None
+                }
+            }
+        });
         Ok(ModelStage {
             cfg,
             trusted,
@@ -104,8 +124,41 @@ impl ModelStage {
             tags,
             stats,
             current,
+            shadow,
             file_stamp,
         })
+    }
+
+    /// The challenger: every check of a bundle (signature, floor, spec, model), without
+    /// raising the floor, and the same feature spec as the champion (it runs on the same
+    /// model input).
+    fn load_shadow(
+        cfg: &ModelConfig,
+        path: &std::path::Path,
+        champion: &LoadedBundle,
+        trusted: &[VerifyingKey],
+        floors: &FloorStore,
+        tags: &dyn TagCatalog,
+    ) -> Result<LoadedBundle, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let name = edge_protocols::bundle::file::parse(&bytes)
+            .map(|u| u.manifest.name)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let floor = floors.floor(&name)?;
+        let b = LoadedBundle::load(&cfg.name, path, &bytes, trusted, floor, tags)?;
+        if b.manifest.features != champion.manifest.features {
+            return Err(format!(
+                "{}: its feature spec differs from the serving bundle's; a shadow challenger runs on the same windows and model input (pack it with the same [spec])",
+                path.display()
+            ));
+        }
+        Ok(b)
+    }
+
+    /// The challenger loaded for `[[models]] shadow`.
+    pub fn shadow(&self) -> Option<Arc<LoadedBundle>> {
+        self.shadow.clone()
     }
 
     fn load_bundle(
@@ -193,11 +246,12 @@ impl ModelStage {
                 "_"
             )
         ));
-        let new_tracker = |b: &LoadedBundle, cfg: &ModelConfig| {
+        let new_tracker = |b: &LoadedBundle, cfg: &ModelConfig, shadow: Option<&LoadedBundle>| {
             DriftTracker::new(b, cfg.drift_interval, &cfg.drift, cfg.labels.as_ref())
                 .with_state(state_file.clone())
+                .with_shadow(shadow)
         };
-        let mut drift = new_tracker(&self.current, &self.cfg);
+        let mut drift = new_tracker(&self.current, &self.cfg, self.shadow.as_deref());
         let mut skipped_seen = 0u64;
         let mut featurizer = Featurizer::new(&self.current.manifest.features);
         let mut rows = Vec::new();
@@ -227,7 +281,15 @@ impl ModelStage {
                         // new bundle has its own reference.
                         let mut c = drift.close();
                         c.alarms.extend(drift.retire(edge_protocols::now_ns()));
-                        drift = new_tracker(&b, &self.cfg);
+                        if self
+                            .shadow
+                            .as_ref()
+                            .is_some_and(|sh| sh.manifest.features != b.manifest.features)
+                        {
+                            tracing::warn!(model = %name, "the new bundle's feature spec differs from the shadow challenger's: the challenger stops");
+                            self.shadow = None;
+                        }
+                        drift = new_tracker(&b, &self.cfg, self.shadow.as_deref());
                         if !send_closed(&name, c, &output).await {
                             break;
                         }
@@ -301,7 +363,13 @@ impl ModelStage {
                 }
                 // The drift tracker waits for the outcome of each window it counted.
                 let tracked = Arc::ptr_eq(drift.source(), &bundle.source);
-                match jobs.try_send(Job { bundle, row, input }) {
+                let shadow = self.shadow.clone();
+                match jobs.try_send(Job {
+                    bundle,
+                    shadow,
+                    row,
+                    input,
+                }) {
                     Ok(()) if tracked => drift.window_sent(),
                     Ok(()) => {}
                     Err(std_mpsc::TrySendError::Full(job))
@@ -361,8 +429,15 @@ struct Outcome {
 struct Inferred {
     outputs: Vec<(String, Vec<f64>)>,
     score: Option<f64>,
+    label: Option<String>,
     over: Option<bool>,
+    /// The shadow challenger on the same input: `None` without one, `Some(None)` when its
+    /// inference failed, else its (score, label, over threshold).
+    shadow: Option<Option<Decision>>,
 }
+
+/// What postprocess decided for one window: score, label, over the threshold.
+type Decision = (Option<f64>, Option<String>, Option<bool>);
 
 fn drift_outcome(drift: &mut DriftTracker, o: Outcome) -> Closed {
     // Outcomes of the bundle that was just replaced no longer count.
@@ -370,7 +445,16 @@ fn drift_outcome(drift: &mut DriftTracker, o: Outcome) -> Closed {
         return Closed::default();
     }
     match o.result {
-        Some(i) => drift.add_prediction(o.start_ns, o.end_ns, &i.outputs, i.score, i.over),
+        Some(i) => {
+            if let Some(sh) = &i.shadow {
+                drift.add_shadow(
+                    o.end_ns,
+                    (i.score, i.label.as_deref(), i.over),
+                    sh.as_ref().map(|d| (d.0, d.1.as_deref(), d.2)),
+                );
+            }
+            drift.add_prediction(o.start_ns, o.end_ns, &i.outputs, i.score, i.over)
+        }
         None => drift.add_failed_prediction(o.end_ns),
     }
 }
@@ -446,16 +530,18 @@ fn spawn_worker(
                 let (score, label, over) = job.bundle.postprocess(&mut outputs, &job.input);
                 let named: Vec<(String, Vec<f64>)> =
                     outputs.into_iter().map(|o| (o.name, o.values)).collect();
-                let _ = done.send(Outcome {
+                let mut outcome = Outcome {
                     source: job.bundle.source.clone(),
                     start_ns: job.row.start_ns,
                     end_ns: job.row.end_ns,
                     result: Some(Inferred {
                         outputs: named.clone(),
                         score,
+                        label: label.clone(),
                         over,
+                        shadow: None,
                     }),
-                });
+                };
                 let rule = job.bundle.manifest.postprocess.score.as_ref();
                 let state = match (over, rule) {
                     (Some(o), Some(r)) => {
@@ -502,6 +588,17 @@ fn spawn_worker(
                 {
                     break;
                 }
+                // The challenger runs after the champion's prediction went out, on the same
+                // input; only the comparison is kept.
+                if let (Some(sh), Some(r)) = (&job.shadow, outcome.result.as_mut()) {
+                    let t0 = Instant::now();
+                    let decided = sh.model.run(&job.input).ok().map(|mut outs| sh.postprocess(&mut outs, &job.input));
+                    stats
+                        .shadow_inference_us
+                        .fetch_add(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    r.shadow = Some(decided);
+                }
+                let _ = done.send(outcome);
             }
         })
         .unwrap_or_else(|e| panic!("cannot start the inference thread: {e}"));

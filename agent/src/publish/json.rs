@@ -16,7 +16,10 @@
 //! - drift (one per model and interval): `window_start` (interval start), `windows`,
 //!   `metric`, `dataset_drift`, `drifting`, `columns` and `outputs` (name -> `psi`, `js`,
 //!   `ks`, `w1_std`, `band`, `count`, `missing`, `mean`, `std`, `drifting`), `performance`
-//!   (`labelled`, `unlabelled`, `accuracy`, `precision`, `recall`, `mae` when known);
+//!   (`labelled`, `unlabelled`, `accuracy`, `precision`, `recall`, `mae` when known), `shadow`
+//!   with a shadow challenger (`bundle`, `version`, `version_number`, `windows`, `errors`,
+//!   `agreement`, `decided`, `champion_over`, `challenger_over`, `mean_score_diff`,
+//!   `mean_abs_score_diff`, `max_abs_score_diff`);
 //! - status (retained): `state` (`online`/`offline`), `agent`, `agent_version`, `ts`, `models`
 //!   (name -> version number), `outbox` (stream -> backlog and dropped counts); once per
 //!   connect, then every 30 s.

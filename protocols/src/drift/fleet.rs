@@ -233,6 +233,7 @@ mod tests {
             dataset_drift: false,
             metric: Default::default(),
             performance: None,
+            shadow: None,
         };
         rec.evaluate(&rules);
         rec

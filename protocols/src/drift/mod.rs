@@ -31,6 +31,6 @@ pub mod summary;
 
 pub use policy::{DriftMetric, DriftPolicy, DriftRules, Hysteresis};
 #[cfg(feature = "drift")]
-pub use record::{ColumnDrift, DriftRecord, Performance};
+pub use record::{ColumnDrift, DriftRecord, Performance, ShadowSummary};
 #[cfg(feature = "drift")]
 pub use summary::*;

@@ -83,6 +83,80 @@ pub struct DriftRecord {
     /// Predictions resolved against late labels in this interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub performance: Option<Performance>,
+    /// A challenger bundle run in shadow beside this one (`[[models]] shadow`), compared on
+    /// the interval's windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowSummary>,
+}
+
+/// How a shadow (challenger) bundle compared with the serving one over an interval. The
+/// challenger's predictions are never published and raise no alarm; this is all that is
+/// kept of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ShadowSummary {
+    /// The challenger: bundle name, version, version number.
+    pub bundle: String,
+    pub version: String,
+    pub version_number: u64,
+    /// Windows both models ran on.
+    pub windows: u64,
+    /// Windows where the challenger's inference failed.
+    pub errors: u64,
+    /// Of the windows where both decide (both have a threshold, or both a label): how many
+    /// decisions agree (threshold side, else label).
+    pub decided: u64,
+    pub agreed: u64,
+    /// Windows past the threshold, per model.
+    pub champion_over: u64,
+    pub challenger_over: u64,
+    /// Score differences (challenger - champion) over the windows where both have a score.
+    pub scored: u64,
+    pub mean_score_diff: f64,
+    pub mean_abs_score_diff: f64,
+    pub max_abs_score_diff: f64,
+}
+
+impl ShadowSummary {
+    /// Share of agreeing decisions (`None` when there was none to compare).
+    pub fn agreement(&self) -> Option<f64> {
+        (self.decided > 0).then(|| self.agreed as f64 / self.decided as f64)
+    }
+
+    /// Adds one window: the champion's and the challenger's (score, label, over threshold);
+    /// `None` for the challenger when its inference failed.
+    #[allow(clippy::type_complexity)]
+    pub fn add(
+        &mut self,
+        champion: (Option<f64>, Option<&str>, Option<bool>),
+        challenger: Option<(Option<f64>, Option<&str>, Option<bool>)>,
+    ) {
+        self.windows += 1;
+        let Some(ch) = challenger else {
+            self.errors += 1;
+            return;
+        };
+        self.champion_over += u64::from(champion.2 == Some(true));
+        self.challenger_over += u64::from(ch.2 == Some(true));
+        let agree = match (champion.2, ch.2, champion.1, ch.1) {
+            (Some(a), Some(b), _, _) => Some(a == b),
+            (_, _, Some(a), Some(b)) => Some(a == b),
+            _ => None,
+        };
+        if let Some(a) = agree {
+            self.decided += 1;
+            self.agreed += u64::from(a);
+        }
+        if let (Some(a), Some(b)) = (champion.0, ch.0) {
+            let d = b - a;
+            if d.is_finite() {
+                let n = self.scored as f64;
+                self.mean_score_diff = (self.mean_score_diff * n + d) / (n + 1.0);
+                self.mean_abs_score_diff = (self.mean_abs_score_diff * n + d.abs()) / (n + 1.0);
+                self.max_abs_score_diff = self.max_abs_score_diff.max(d.abs());
+                self.scored += 1;
+            }
+        }
+    }
 }
 
 impl DriftRecord {
@@ -297,6 +371,7 @@ mod tests {
             dataset_drift: false,
             metric: DriftMetric::Psi,
             performance: None,
+            shadow: None,
         };
         rec.evaluate(&rules);
         assert_eq!(rec.drifting, ["a"]);
