@@ -301,8 +301,9 @@ fn main() -> ExitCode {
                             eprintln!("warning: model {}: {w}", m.name);
                         }
                         eprintln!(
-                            "replay: model {}: {} windows, {} predictions, {} skipped (missing data), {} skipped (non-finite), {} inference errors",
-                            m.name, m.windows, m.predictions, m.skipped_missing, m.skipped_nonfinite, m.inference_errors
+                            "replay: model {}: {} windows, {} predictions, {} skipped (missing data), {} skipped (non-finite), {} inference errors, {:.1} µs per inference",
+                            m.name, m.windows, m.predictions, m.skipped_missing, m.skipped_nonfinite, m.inference_errors,
+                            m.inference_us as f64 / m.predictions.max(1) as f64
                         );
                     }
                     let written: Vec<String> = r

@@ -93,6 +93,7 @@ fn drift_record(rng: &mut fastrand::Rng, start_ns: i64, shift: f64) -> Vec<u8> {
         dataset_drift: false,
         metric: Default::default(),
         performance: None,
+        shadow: None,
     };
     rec.evaluate(&rules);
     records::encode_drift(&rec)
@@ -295,6 +296,7 @@ async fn main() -> anyhow::Result<()> {
         canary_percent: None,
         canary_label: None,
         max_failures: 1,
+        force: false,
     })
     .await?;
     let rollout = store.rollouts().await?[0].id.clone();

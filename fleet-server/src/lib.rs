@@ -22,6 +22,7 @@ pub mod service;
 pub mod store;
 pub mod tls;
 pub mod types;
+pub mod validation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -313,11 +313,55 @@ enum ModelCommand {
     Delta { bundle: String, from: i64, to: i64 },
     /// The cached deltas to every version of a bundle, JSON lines.
     Deltas { bundle: String },
+    /// Validation gates: a holdout recording each new version of a bundle name runs over
+    /// (with `edge-agent replay`) and the limits it must meet before it may be rolled out.
+    Gate {
+        #[command(subcommand)]
+        command: GateCommand,
+    },
+    /// Run a stored version over its name's gate holdout now and record the result (JSON).
+    Validate { bundle: String, version_number: i64 },
     /// Rollouts.
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum GateCommand {
+    /// Set (or replace) the gate of a bundle name; versions pushed later are validated at
+    /// push. Limits on late labels need --label-tag (the recording's ground-truth tag).
+    Set {
+        bundle: String,
+        /// The holdout recording (agent CSV, long or wide CSV).
+        #[arg(long)]
+        holdout: PathBuf,
+        #[arg(long)]
+        label_tag: Option<String>,
+        /// classification (default) or regression.
+        #[arg(long)]
+        label_kind: Option<String>,
+        /// How long after a window its label may come (default 1h).
+        #[arg(long)]
+        label_horizon: Option<String>,
+        #[arg(long)]
+        min_accuracy: Option<f64>,
+        #[arg(long)]
+        min_recall: Option<f64>,
+        #[arg(long)]
+        max_mae: Option<f64>,
+        /// Largest share of holdout windows past the score threshold.
+        #[arg(long)]
+        max_alarm_rate: Option<f64>,
+        /// Fewest predictions the run must make.
+        #[arg(long, default_value_t = 1)]
+        min_predictions: u64,
+    },
+    /// The gates, JSON lines.
+    List,
+    /// Remove a bundle name's gate.
+    Remove { bundle: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,6 +381,9 @@ enum RolloutCommand {
         /// Halt automatically once this many devices report a failed update.
         #[arg(long, default_value_t = 1)]
         max_failures: i64,
+        /// Roll out although the version has not passed its validation gate (audited).
+        #[arg(long)]
+        force: bool,
     },
     /// Rollouts with their progress, newest first.
     List,
@@ -1132,6 +1179,60 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
                 json_line(&d)?;
             }
         }
+        ModelCommand::Gate { command } => match command {
+            GateCommand::Set {
+                bundle,
+                holdout,
+                label_tag,
+                label_kind,
+                label_horizon,
+                min_accuracy,
+                min_recall,
+                max_mae,
+                max_alarm_rate,
+                min_predictions,
+            } => {
+                let bytes = std::fs::read(&holdout)
+                    .map_err(|e| anyhow::anyhow!("reading {}: {e}", holdout.display()))?;
+                let req = GateRequest {
+                    holdout_name: holdout
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    rules: fleet_server::validation::GateRules {
+                        label_tag,
+                        label_kind,
+                        label_horizon,
+                        min_accuracy,
+                        min_recall,
+                        max_mae,
+                        max_alarm_rate,
+                        min_predictions,
+                    },
+                };
+                json_line(&f.set_gate(&bundle, &req, bytes).await?)?;
+            }
+            GateCommand::List => {
+                for g in f.gates().await? {
+                    json_line(&g)?;
+                }
+            }
+            GateCommand::Remove { bundle } => f.remove_gate(&bundle).await?,
+        },
+        ModelCommand::Validate {
+            bundle,
+            version_number,
+        } => {
+            let v = f.validate_bundle(&bundle, version_number).await?;
+            json_line(&v)?;
+            if v.status != fleet_server::validation::ValidationStatus::Passed {
+                anyhow::bail!(
+                    "{bundle} #{version_number} {}: {}",
+                    v.status.as_str(),
+                    v.detail
+                );
+            }
+        }
         ModelCommand::Rollout { command } => rollout(f, command).await?,
     }
     Ok(())
@@ -1158,6 +1259,7 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
             canary_percent,
             canary_label,
             max_failures,
+            force,
         } => {
             let r = f
                 .start_rollout(&StartRollout {
@@ -1167,6 +1269,7 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
                     canary_percent,
                     canary_label,
                     max_failures,
+                    force,
                 })
                 .await?;
             outln!("{}", r.rollout.id);

@@ -320,6 +320,58 @@ impl FleetOps for RemoteFleet {
         )
         .await
     }
+    async fn gates(&self) -> Result<Vec<GateOut>> {
+        self.get(&format!("{P}/gates"), &[]).await
+    }
+    async fn set_gate(&self, bundle: &str, g: &GateRequest, holdout: Vec<u8>) -> Result<GateOut> {
+        let r = &g.rules;
+        let mut q = vec![
+            ("holdout_name".to_string(), g.holdout_name.clone()),
+            ("min_predictions".to_string(), r.min_predictions.to_string()),
+        ];
+        let text = [
+            ("label_tag", r.label_tag.clone()),
+            ("label_kind", r.label_kind.clone()),
+            ("label_horizon", r.label_horizon.clone()),
+        ];
+        let nums = [
+            ("min_accuracy", r.min_accuracy),
+            ("min_recall", r.min_recall),
+            ("max_mae", r.max_mae),
+            ("max_alarm_rate", r.max_alarm_rate),
+        ];
+        q.extend(
+            text.into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?))),
+        );
+        q.extend(
+            nums.into_iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v?.to_string()))),
+        );
+        self.call(
+            Method::PUT,
+            &format!("{P}/gates/{}{}", seg(bundle), query_string(&q)),
+            Body::Octets(holdout),
+        )
+        .await
+    }
+    async fn remove_gate(&self, bundle: &str) -> Result<()> {
+        self.raw(
+            Method::DELETE,
+            &format!("{P}/gates/{}", seg(bundle)),
+            Body::None,
+        )
+        .await
+        .map(|_| ())
+    }
+    async fn validate_bundle(&self, name: &str, version_number: i64) -> Result<ValidationOut> {
+        self.call(
+            Method::POST,
+            &format!("{P}/bundles/{}/{version_number}/validate", seg(name)),
+            Body::None,
+        )
+        .await
+    }
     async fn rollouts(&self) -> Result<Vec<RolloutSummary>> {
         self.get(&format!("{P}/rollouts"), &[]).await
     }

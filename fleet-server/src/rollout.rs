@@ -124,6 +124,9 @@ pub struct StartRollout {
     /// Halt automatically once this many devices report a failed update (default 1).
     #[serde(default = "one")]
     pub max_failures: i64,
+    /// Start it although the version has not passed its name's validation gate (audited).
+    #[serde(default)]
+    pub force: bool,
 }
 
 fn one() -> i64 {

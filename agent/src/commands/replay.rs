@@ -49,6 +49,8 @@ pub struct ModelReport {
     pub skipped_missing: u64,
     pub skipped_nonfinite: u64,
     pub inference_errors: u64,
+    /// Time spent in inference (the serving bundle), microseconds.
+    pub inference_us: u64,
     pub grid_warning: Option<String>,
 }
 
@@ -181,6 +183,7 @@ pub async fn replay(
             skipped_missing: load(&s.skipped_missing),
             skipped_nonfinite: load(&s.skipped_nonfinite),
             inference_errors: load(&s.inference_errors),
+            inference_us: load(&s.inference_us),
             grid_warning: s
                 .window_stats
                 .lock()

@@ -617,6 +617,9 @@ pub struct DriftRecordOut {
     pub columns: Vec<RecordColumnOut>,
     pub outputs: Vec<RecordColumnOut>,
     pub performance: Option<PerformanceOut>,
+    /// A shadow challenger's comparison with the serving bundle over the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<edge_protocols::drift::ShadowSummary>,
 }
 
 impl DriftRecordOut {
@@ -639,6 +642,7 @@ impl DriftRecordOut {
             columns: r.columns.iter().map(RecordColumnOut::of).collect(),
             outputs: r.outputs.iter().map(RecordColumnOut::of).collect(),
             performance: r.performance.as_ref().and_then(PerformanceOut::of),
+            shadow: r.shadow.clone(),
         }
     }
 }

@@ -524,3 +524,65 @@ pub(super) async fn ca(State(st): State<OperatorState>, Extension(p): Who) -> Re
         Err(e) => error_response(&e),
     }
 }
+
+pub(super) async fn gates(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).gates().await)
+}
+
+/// The query holds the holdout's name and the limits; the body is the recording.
+pub(super) async fn set_gate(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(bundle): Path<String>,
+    q: Pairs,
+    body: Bytes,
+) -> Response {
+    let req = pairs(q).and_then(|pairs| {
+        let mut ps = Params::new(&pairs);
+        let req = GateRequest {
+            holdout_name: ps.one("holdout_name").unwrap_or_default(),
+            rules: crate::validation::GateRules {
+                label_tag: ps.one("label_tag"),
+                label_kind: ps.one("label_kind"),
+                label_horizon: ps.one("label_horizon"),
+                min_accuracy: ps.parse("min_accuracy")?,
+                min_recall: ps.parse("min_recall")?,
+                max_mae: ps.parse("max_mae")?,
+                max_alarm_rate: ps.parse("max_alarm_rate")?,
+                min_predictions: ps.parse("min_predictions")?.unwrap_or(1),
+            },
+        };
+        ps.finish()?;
+        Ok(req)
+    });
+    match req {
+        Ok(r) => respond(
+            st.service
+                .acting(p)
+                .set_gate(&bundle, &r, body.to_vec())
+                .await,
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn remove_gate(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(bundle): Path<String>,
+) -> Response {
+    no_content(st.service.acting(p).remove_gate(&bundle).await)
+}
+
+pub(super) async fn validate_bundle(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path((name, version_number)): Path<(String, i64)>,
+) -> Response {
+    respond(
+        st.service
+            .acting(p)
+            .validate_bundle(&name, version_number)
+            .await,
+    )
+}

@@ -139,6 +139,27 @@ pub fn routes(max_bundle: usize) -> Vec<(RouteSpec, MethodRouter<OperatorState>)
             post(h::compute_delta),
         ),
         r(
+            "POST",
+            "/v1/operator/bundles/{name}/{version_number}/validate",
+            Some(Operator),
+            post(h::validate_bundle),
+        ),
+        r("GET", "/v1/operator/gates", Some(Viewer), get(h::gates)),
+        r(
+            "PUT",
+            "/v1/operator/gates/{bundle}",
+            Some(Operator),
+            put(h::set_gate).layer(axum::extract::DefaultBodyLimit::max(
+                crate::service::MAX_HOLDOUT_BYTES,
+            )),
+        ),
+        r(
+            "DELETE",
+            "/v1/operator/gates/{bundle}",
+            Some(Operator),
+            delete(h::remove_gate),
+        ),
+        r(
             "GET",
             "/v1/operator/rollouts",
             Some(Viewer),

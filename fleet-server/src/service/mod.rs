@@ -18,7 +18,10 @@ mod drift;
 mod models;
 mod ops;
 mod rollouts;
+mod validation;
 pub mod views;
+
+pub use validation::MAX_HOLDOUT_BYTES;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};

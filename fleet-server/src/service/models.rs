@@ -61,6 +61,17 @@ impl Acting {
                 .map(|m| m.column_names())
                 .unwrap_or_default(),
             running: running.get(&key).copied().unwrap_or(0),
+            lineage: manifest
+                .as_ref()
+                .and_then(|m| m.lineage.as_ref())
+                .and_then(|l| serde_json::to_value(l).ok()),
+            validation: match self.store().validation(&row.name, row.version_number).await {
+                Ok(v) => v.map(super::validation::validation_out),
+                Err(e) => {
+                    tracing::warn!(bundle = %row.name, version = row.version_number, "validation unreadable: {e}");
+                    None
+                }
+            },
             row,
         }
     }
@@ -96,6 +107,13 @@ impl Acting {
                         ),
                     )
                     .await?;
+                    // A gated name: the new version is validated now (its result is in the
+                    // answer; a failure refuses its rollouts, not the push).
+                    if self.store().gate(&row.name).await?.is_some() {
+                        if let Err(e) = self.validate_bundle(&row.name, row.version_number).await {
+                            tracing::error!(bundle = %row.name, version = row.version_number, "validation not run: {e}");
+                        }
+                    }
                 }
                 row
             }

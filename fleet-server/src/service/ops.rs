@@ -31,6 +31,10 @@ pub trait FleetOps {
     async fn push_bundle(&self, bytes: Vec<u8>) -> Result<BundleOut>;
     async fn bundle_deltas(&self, name: &str) -> Result<Vec<DeltaOut>>;
     async fn compute_delta(&self, name: &str, from: i64, to: i64) -> Result<DeltaOut>;
+    async fn gates(&self) -> Result<Vec<GateOut>>;
+    async fn set_gate(&self, bundle: &str, g: &GateRequest, holdout: Vec<u8>) -> Result<GateOut>;
+    async fn remove_gate(&self, bundle: &str) -> Result<()>;
+    async fn validate_bundle(&self, name: &str, version_number: i64) -> Result<ValidationOut>;
     async fn rollouts(&self) -> Result<Vec<RolloutSummary>>;
     async fn rollout(&self, id: &str) -> Result<RolloutDetail>;
     async fn start_rollout(&self, s: &StartRollout) -> Result<RolloutSummary>;
@@ -84,6 +88,10 @@ delegate! {
     push_bundle(bytes: Vec<u8>) -> BundleOut;
     bundle_deltas(name: &str) -> Vec<DeltaOut>;
     compute_delta(name: &str, from: i64, to: i64) -> DeltaOut;
+    gates() -> Vec<GateOut>;
+    set_gate(bundle: &str, g: &GateRequest, holdout: Vec<u8>) -> GateOut;
+    remove_gate(bundle: &str) -> ();
+    validate_bundle(name: &str, version_number: i64) -> ValidationOut;
     rollouts() -> Vec<RolloutSummary>;
     rollout(id: &str) -> RolloutDetail;
     start_rollout(s: &StartRollout) -> RolloutSummary;

@@ -101,10 +101,29 @@ impl Acting {
 
     pub async fn start_rollout(&self, s: &StartRollout) -> Result<RolloutSummary> {
         self.require(Role::Operator, "starting rollouts")?;
+        // The validation gate: refused unless passed, or forced (audited as such).
+        let forced = match self.gate_refusal(&s.bundle, s.version_number).await? {
+            None => None,
+            Some(why) if s.force => Some(why),
+            Some(why) => {
+                self.audit(
+                    "rollout.refused",
+                    &format!("{}#{}", s.bundle, s.version_number),
+                    &why,
+                )
+                .await?;
+                return Err(ServiceError::Refused(format!(
+                    "{why}; start it with force (`--force`) to roll it out anyway (audited)"
+                )));
+            }
+        };
         let r = rollout::start(self.store(), s.clone(), &self.who.name).await?;
         self.svc.rollout_cache().invalidate();
-        self.audit("rollout.start", &r.id, &rollout::describe(&r))
-            .await?;
+        let mut detail = rollout::describe(&r);
+        if let Some(why) = forced {
+            detail.push_str(&format!("; FORCED past the validation gate: {why}"));
+        }
+        self.audit("rollout.start", &r.id, &detail).await?;
         Ok(self.rollout(&r.id).await?.summary)
     }
 

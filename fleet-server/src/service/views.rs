@@ -506,7 +506,7 @@ pub struct TrustKeyRequest {
 }
 
 /// A stored bundle version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleOut {
     #[serde(flatten)]
     pub row: BundleRow,
@@ -516,6 +516,44 @@ pub struct BundleOut {
     pub columns: Vec<String>,
     /// Non-revoked devices running it at their last check-in.
     pub running: i64,
+    /// The manifest's lineage (training data and feature spec hashes, code revision,
+    /// parameters, metrics), when the bundle was packed with one.
+    pub lineage: Option<serde_json::Value>,
+    /// Its validation run on its name's gate, if one ran.
+    pub validation: Option<ValidationOut>,
+}
+
+/// A bundle name's validation gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateOut {
+    pub bundle: String,
+    pub holdout_name: String,
+    pub holdout_sha256: String,
+    pub holdout_size: i64,
+    pub rules: crate::validation::GateRules,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// A version's validation run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationOut {
+    pub bundle: String,
+    pub version_number: i64,
+    pub status: crate::validation::ValidationStatus,
+    pub metrics: crate::validation::ValidationMetrics,
+    pub detail: String,
+    pub holdout_sha256: String,
+    pub at: i64,
+}
+
+/// `PUT /v1/operator/gates/{bundle}` query: the holdout's name and the limits (the body is
+/// the recording).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GateRequest {
+    pub holdout_name: String,
+    #[serde(flatten)]
+    pub rules: crate::validation::GateRules,
 }
 
 /// A cached delta to a bundle version.

@@ -243,6 +243,20 @@ const MIGRATIONS: &[Migration] = &[
             Sql("CREATE INDEX drift_index_ingested ON drift_index (bundle, ingested_ms)"),
         ],
     },
+    Migration {
+        version: 7,
+        name: "validation gates and bundle validations",
+        steps: &[
+            Sql("CREATE TABLE validation_gates (
+                bundle TEXT PRIMARY KEY, holdout_sha256 TEXT NOT NULL, holdout_name TEXT NOT NULL,
+                holdout_size BIGINT NOT NULL, rules TEXT NOT NULL, created_by TEXT NOT NULL,
+                created_at BIGINT NOT NULL)"),
+            Sql("CREATE TABLE bundle_validations (
+                bundle TEXT NOT NULL, version_number BIGINT NOT NULL, holdout_sha256 TEXT NOT NULL,
+                status TEXT NOT NULL, metrics TEXT NOT NULL, detail TEXT NOT NULL, at BIGINT NOT NULL,
+                PRIMARY KEY (bundle, version_number))"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

@@ -29,6 +29,7 @@ mod models;
 pub mod partitions;
 mod rollouts;
 mod settings;
+mod validation;
 
 use std::path::Path;
 
@@ -48,6 +49,7 @@ pub use group::{DeviceRef, GroupResult, UploadWrite};
 pub use ingest::{AlarmQuery, AlarmRow, DriftIndexRow, IngestResult, StreamMark, UpdateRow};
 pub use models::{BundleRow, DeltaRow, TrustedKey};
 pub use rollouts::{Rollout, RolloutReport};
+pub use validation::{GateRow, ValidationRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

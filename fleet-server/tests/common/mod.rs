@@ -161,6 +161,7 @@ pub fn record(version: u64, a: &[f64], b: &[f64], start_ns: i64) -> DriftRecord 
         dataset_drift: false,
         metric: Default::default(),
         performance: None,
+        shadow: None,
     };
     rec.evaluate(&rules);
     rec
