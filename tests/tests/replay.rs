@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use interop_tests::*;
+use serde_json::Value;
 
 const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
 const TAGS: [&str; 3] = ["pump1.temperature", "pump1.vibration", "pump1.current"];
@@ -74,6 +75,36 @@ fn replay_writes_what_a_live_agent_publishes_for_the_same_recording() {
         bundle.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A shadow challenger (version 2, a threshold it crosses often): compared, never
+    // published.
+    let spec2 = d.join("challenger.toml");
+    std::fs::write(
+        &spec2,
+        std::fs::read_to_string(workspace().join("agent/tests/fixtures/raw_pack.toml"))
+            .unwrap()
+            .replace("version_number = 1", "version_number = 2")
+            .replace("threshold = 0.9", "threshold = 0.5, raise_after = 1"),
+    )
+    .unwrap();
+    let challenger = d.join("challenger.bundle");
+    let o = agent(&[
+        "bundle",
+        "pack",
+        "--spec",
+        spec2.to_str().unwrap(),
+        "--model",
+        workspace()
+            .join("tests/models/conv1d.onnx")
+            .to_str()
+            .unwrap(),
+        "--train",
+        rec.to_str().unwrap(),
+        "--key",
+        d.join("ml.key.pem").to_str().unwrap(),
+        "--out",
+        challenger.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let broker = mosquitto(d);
     let listener = MqttListener::start(d, broker.anon);
@@ -98,17 +129,20 @@ trusted_keys = ["{d}/ml.pub.pem"]
 name = "pump-conv"
 bundle = "{bundle}"
 when_busy = "wait"
+shadow = "{challenger}"
+drift_interval = "2m"
 
 [[outputs.mqtt]]
 name = "scada"
 broker = {{ url = "mqtt://127.0.0.1:{port}" }}
 format = "json"
 topic_prefix = "edge"
-streams = ["predictions"]
+streams = ["predictions", "alarms", "drift"]
 "#,
             d = d.display(),
             rec = rec.display(),
             bundle = bundle.display(),
+            challenger = challenger.display(),
             port = broker.anon,
         ),
     )
@@ -177,4 +211,28 @@ streams = ["predictions"]
     for (l, r) in live.iter().zip(&offline) {
         assert_eq!(l, r, "live payload vs replay line");
     }
+    // The challenger: in the drift records' shadow summaries, in nothing else.
+    let msgs = listener.messages();
+    let bodies: Vec<Value> = msgs
+        .iter()
+        .filter_map(|m| m["text"].as_str())
+        .filter_map(|t| serde_json::from_str(t).ok())
+        .collect();
+    assert!(
+        bodies.iter().all(|b| b["version_number"] != 2),
+        "a challenger message was published"
+    );
+    let shadows: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| b["shadow"].is_object())
+        .map(|b| &b["shadow"])
+        .collect();
+    assert!(!shadows.is_empty(), "no drift record with a shadow summary");
+    assert!(shadows.iter().all(|s| s["version_number"] == 2));
+    assert!(
+        shadows
+            .iter()
+            .any(|s| s["agreement"].as_f64().is_some_and(|a| a < 1.0)),
+        "{shadows:?}"
+    );
 }
