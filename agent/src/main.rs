@@ -265,27 +265,18 @@ fn main() -> ExitCode {
             speed,
             features,
         } => {
-            let cfg = match AgentConfig::load(&config) {
+            let cfg = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             // Warnings and errors go to standard error (EDGE_LOG=info for more); the records
             // to standard output or --output.
             let mut log = cfg.log.clone();
             log.level = "warn".into();
             edge_agent::logging::init(&log);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let res = rt.block_on(edge_agent::commands::replay::replay(
                 cfg,
@@ -335,26 +326,17 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Run { config } => {
-            let cfg = match AgentConfig::load(&config) {
+            let cfg = match load_config(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             edge_agent::logging::init(&cfg.log);
             if let Ok(exe) = std::env::current_exe() {
                 edge_agent::outbox::sled_outbox::use_probe_process(exe);
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -366,6 +348,25 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The config, or exit 2 with its problems on standard error.
+fn load_config(path: &std::path::Path) -> Result<AgentConfig, ExitCode> {
+    AgentConfig::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// The multi-threaded runtime of `run` and `replay`.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

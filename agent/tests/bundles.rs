@@ -24,23 +24,6 @@ fn keygen(dir: &Path, name: &str) -> Keys {
     }
 }
 
-fn pack(spec: &Path, model: &Path, train: &Path, key: &Path, out: &Path) -> std::process::Output {
-    run(&[
-        "bundle",
-        "pack",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-}
-
 /// A pack spec with a different version number.
 fn spec_version(dir: &Path, n: u64) -> PathBuf {
     let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
@@ -83,7 +66,7 @@ fn pack_refuses_a_score_index_past_the_output() {
     )
     .unwrap();
     let b = dir.join("bad.bundle");
-    let o = pack(&spec, &model("dense_autoencoder"), &train, &k.key, &b);
+    let o = pack(&spec, &model("dense_autoencoder"), &train, &k.key, &b, &[]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains(
@@ -107,6 +90,7 @@ fn pack_inspect_verify_featurize() {
         &train,
         &k.key,
         &b,
+        &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
@@ -216,7 +200,8 @@ fn bad_bundles_are_refused_with_clear_errors() {
         &model("dense_autoencoder"),
         &train,
         &k.key,
-        &good
+        &good,
+        &[]
     )
     .status
     .success());
@@ -272,7 +257,8 @@ fn bad_bundles_are_refused_with_clear_errors() {
         &model("dense_autoencoder"),
         &train,
         &other.key,
-        &foreign
+        &foreign,
+        &[]
     )
     .status
     .success());
@@ -287,6 +273,7 @@ fn bad_bundles_are_refused_with_clear_errors() {
         &train,
         &k.key,
         &dir.join("x.bundle"),
+        &[],
     );
     assert!(
         !o.status.success()
@@ -351,7 +338,8 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
         &model("dense_autoencoder"),
         &train,
         &k.key,
-        &v1
+        &v1,
+        &[]
     )
     .status
     .success());
@@ -360,7 +348,8 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
         &model("dense_autoencoder"),
         &train,
         &k.key,
-        &v2
+        &v2,
+        &[]
     )
     .status
     .success());
@@ -443,6 +432,7 @@ fn a_raw_window_feeds_the_conv_net() {
         &train,
         &k.key,
         &b,
+        &[],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(verify(&b, &k.public, 0).status.success());
@@ -472,26 +462,16 @@ fn pack_records_lineage_and_inspect_shows_it() {
     )
     .unwrap();
     let b = dir.join("pump.bundle");
-    let o = run(&[
-        "bundle",
-        "pack",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--model",
-        model("dense_autoencoder").to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--key",
-        k.key.to_str().unwrap(),
-        "--out",
-        b.to_str().unwrap(),
+    let flags = [
         "--code-revision",
         "3f2c9e1",
         "--param",
         "seed=7",
         "--metric",
         "val_mse=0.25",
-    ]);
+    ];
+    let ae = model("dense_autoencoder");
+    let o = pack(&spec, &ae, &train, &k.key, &b, &flags);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         verify(&b, &k.public, 0).status.success(),
@@ -537,22 +517,8 @@ fn pack_records_lineage_and_inspect_shows_it() {
     assert!(text.contains("metrics     val_mse=0.25"), "{text}");
 
     // The same spec packed again hashes the same; a bad flag is refused.
-    let o = run(&[
-        "bundle",
-        "pack",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--model",
-        model("dense_autoencoder").to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--key",
-        k.key.to_str().unwrap(),
-        "--out",
-        dir.join("bad.bundle").to_str().unwrap(),
-        "--metric",
-        "auc=high",
-    ]);
+    let bad = dir.join("bad.bundle");
+    let o = pack(&spec, &ae, &train, &k.key, &bad, &["--metric", "auc=high"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("--metric `auc=high`: `high` is not a finite number"),

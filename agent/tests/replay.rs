@@ -86,20 +86,15 @@ fn setup(name: &str) -> Setup {
     let o = run(&["bundle", "keygen", "--out", keys.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let bundle = dir.join("conv.bundle");
-    let o = run(&[
-        "bundle",
-        "pack",
-        "--spec",
-        fixture("raw_pack.toml").to_str().unwrap(),
-        "--model",
-        model("conv1d").to_str().unwrap(),
-        "--train",
-        train.to_str().unwrap(),
-        "--key",
-        dir.join("ml.key.pem").to_str().unwrap(),
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
+    let key = dir.join("ml.key.pem");
+    let o = pack(
+        &fixture("raw_pack.toml"),
+        &model("conv1d"),
+        &train,
+        &key,
+        &bundle,
+        &[],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -334,20 +329,8 @@ fn an_autoencoder_alarms_on_its_reconstruction_error() {
         )
         .unwrap();
         let b = dir.join("ae.bundle");
-        let o = run(&[
-            "bundle",
-            "pack",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--model",
-            model("dense_autoencoder").to_str().unwrap(),
-            "--train",
-            calm.to_str().unwrap(),
-            "--key",
-            dir.join("ml.key.pem").to_str().unwrap(),
-            "--out",
-            b.to_str().unwrap(),
-        ]);
+        let key = dir.join("ml.key.pem");
+        let o = pack(&spec, &model("dense_autoencoder"), &calm, &key, &b, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         b
     };
@@ -445,20 +428,8 @@ fn a_shadow_challenger_is_compared_and_never_published() {
     )
     .unwrap();
     let challenger = s.dir.join("challenger.bundle");
-    let o = run(&[
-        "bundle",
-        "pack",
-        "--spec",
-        spec.to_str().unwrap(),
-        "--model",
-        model("conv1d").to_str().unwrap(),
-        "--train",
-        s.train.to_str().unwrap(),
-        "--key",
-        s.dir.join("ml.key.pem").to_str().unwrap(),
-        "--out",
-        challenger.to_str().unwrap(),
-    ]);
+    let key = s.dir.join("ml.key.pem");
+    let o = pack(&spec, &model("conv1d"), &s.train, &key, &challenger, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(

@@ -9,14 +9,12 @@
 //!
 //! Run: `cargo build --release -p edge-agent && cargo bench -p interop-tests --bench replay`.
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use interop_tests::{workspace, workspace_bin};
 
-const T0: i64 = 1_767_225_600_000_000_000;
 const HOURS: i64 = 6;
 const RUNS: usize = 3;
 
@@ -37,39 +35,11 @@ fn agent_with_log(args: &[&str]) -> (Duration, String) {
     (took, log)
 }
 
-fn recording(path: &Path) -> u64 {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut noise = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    };
-    let mut s = String::from("tag,ts_ns,value,quality\n");
-    let n = HOURS * 36_000;
-    for i in 0..n {
-        let t = i as f64 / 10.0;
-        let v = [
-            55.0 + 2.0 * (t / 600.0 * std::f64::consts::TAU).sin() + 0.5 * noise(),
-            1.8 + 0.3 * noise(),
-            38.0 + 2.0 * noise(),
-        ];
-        for (tag, x) in ["pump1.temperature", "pump1.vibration", "pump1.current"]
-            .iter()
-            .zip(v)
-        {
-            let _ = writeln!(s, "{tag},{},{x:?},good", T0 + i * 100_000_000);
-        }
-    }
-    std::fs::write(path, s).expect("write recording");
-    (n * 3) as u64
-}
-
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let rec = d.join("rec.csv");
-    let samples = recording(&rec);
+    let samples = interop_tests::pump_recording(&rec, HOURS * 36_000, None);
     let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
     let spec = workspace().join("agent/tests/fixtures/pump_pack.toml");
     let model = workspace().join("tests/models/dense_autoencoder.onnx");

@@ -720,3 +720,44 @@ pub fn http_get(port: u16, path: &str) -> String {
     let _ = s.read_to_string(&mut body);
     body
 }
+
+/// The grid start of [`pump_recording`]: 2026-01-01T00:00:00Z (on every grid).
+pub const RECORDING_T0: i64 = 1_767_225_600_000_000_000;
+
+/// `points` grid points at 10 Hz from [`RECORDING_T0`] of a pump's temperature (a 10-minute
+/// cycle), vibration and current with deterministic noise, in the agent's recording format;
+/// with `label = Some((tag, every, value))` also a ground-truth sample every `every` points.
+/// Returns the number of sensor samples.
+pub fn pump_recording(path: &Path, points: i64, label: Option<(&str, i64, f64)>) -> u64 {
+    use std::fmt::Write as _;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut noise = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    };
+    let mut s = String::from("tag,ts_ns,value,quality\n");
+    for i in 0..points {
+        let ts = RECORDING_T0 + i * 100_000_000;
+        let t = i as f64 / 10.0;
+        let v = [
+            55.0 + 2.0 * (t / 600.0 * std::f64::consts::TAU).sin() + 0.5 * noise(),
+            1.8 + 0.3 * noise(),
+            38.0 + 2.0 * noise(),
+        ];
+        for (tag, x) in ["pump1.temperature", "pump1.vibration", "pump1.current"]
+            .iter()
+            .zip(v)
+        {
+            let _ = writeln!(s, "{tag},{ts},{x:?},good");
+        }
+        if let Some((tag, every, value)) = label {
+            if i % every == 0 {
+                let _ = writeln!(s, "{tag},{ts},{value:?},good");
+            }
+        }
+    }
+    std::fs::write(path, s).expect("write the recording");
+    (points * 3) as u64
+}

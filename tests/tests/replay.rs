@@ -3,41 +3,11 @@
 //! predictions `replay` writes offline — byte-identical payloads, read back by an independent
 //! subscriber (paho-mqtt, `tests/peers/spb_peer.py`).
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use interop_tests::*;
 use serde_json::Value;
-
-const T0: i64 = 1_767_225_600_000_000_000; // 2026-01-01T00:00:00Z
-const TAGS: [&str; 3] = ["pump1.temperature", "pump1.vibration", "pump1.current"];
-
-/// `minutes` of three pump channels at 10 Hz in the agent's recording format.
-fn recording(path: &Path, minutes: i64) -> PathBuf {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut noise = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    };
-    let mut s = String::from("tag,ts_ns,value,quality\n");
-    for i in 0..minutes * 600 {
-        let t = i as f64 / 10.0;
-        let v = [
-            55.0 + 2.0 * (t / 600.0 * std::f64::consts::TAU).sin() + 0.5 * noise(),
-            1.8 + 0.3 * noise(),
-            38.0 + 2.0 * noise(),
-        ];
-        for (tag, x) in TAGS.iter().zip(v) {
-            let _ = writeln!(s, "{tag},{},{x:?},good", T0 + i * 100_000_000);
-        }
-    }
-    std::fs::write(path, s).unwrap();
-    path.to_path_buf()
-}
 
 fn agent(args: &[&str]) -> std::process::Output {
     Command::new(workspace_bin("edge-agent"))
@@ -50,7 +20,8 @@ fn agent(args: &[&str]) -> std::process::Output {
 fn replay_writes_what_a_live_agent_publishes_for_the_same_recording() {
     let dir = tempdir();
     let d = dir.path();
-    let rec = recording(&d.join("rec.csv"), 10);
+    let rec = d.join("rec.csv");
+    pump_recording(&rec, 6000, None);
     let o = agent(&["bundle", "keygen", "--out", d.join("ml").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bundle = d.join("conv.bundle");

@@ -3,45 +3,12 @@
 //! stores its metrics, and refuses to roll out a version below the limits unless forced
 //! (audited) — locally on the data directory and through the operator API.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;
-
-const T0: i64 = 1_767_225_600_000_000_000;
-const TAGS: [&str; 3] = ["pump1.temperature", "pump1.vibration", "pump1.current"];
-
-/// 10 minutes of a healthy pump at 10 Hz, with its ground truth `pump1.fault` = 0 every
-/// second.
-fn holdout(path: &Path) -> PathBuf {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut noise = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    };
-    let mut s = String::from("tag,ts_ns,value,quality\n");
-    for i in 0..6000i64 {
-        let ts = T0 + i * 100_000_000;
-        let v = [
-            55.0 + 0.5 * noise(),
-            1.8 + 0.3 * noise(),
-            38.0 + 2.0 * noise(),
-        ];
-        for (tag, x) in TAGS.iter().zip(v) {
-            let _ = writeln!(s, "{tag},{ts},{x:?},good");
-        }
-        if i % 10 == 0 {
-            let _ = writeln!(s, "pump1.fault,{ts},0,good");
-        }
-    }
-    std::fs::write(path, s).expect("holdout");
-    path.to_path_buf()
-}
 
 /// The conv net packed with `threshold`, as version `n`.
 fn pack(d: &Path, key: &Path, train: &Path, n: u64, threshold: f64) -> PathBuf {
@@ -88,7 +55,9 @@ fn a_version_below_its_gate_is_refused_for_rollout_unless_forced() {
     let server = FleetServer::start(d);
     let (key, public) = keygen(d, "ml");
     server.cli(&["model", "trust", &public.display().to_string()]);
-    let hold = holdout(&d.join("holdout.csv"));
+    // 10 minutes of a healthy pump with its ground truth `pump1.fault` = 0 every second.
+    let hold = d.join("holdout.csv");
+    pump_recording(&hold, 6000, Some(("pump1.fault", 10, 0.0)));
     // v1 alarms above 0.9 (never on a healthy pump); v2 above 0.3 (on almost every window).
     let v1 = pack(d, &key, &hold, 1, 0.9);
     let v2 = pack(d, &key, &hold, 2, 0.3);

@@ -46,6 +46,34 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `edge-agent bundle pack` with the given spec, model, training recording, key and output,
+/// plus `extra` arguments (lineage flags).
+pub fn pack(
+    spec: &Path,
+    model: &Path,
+    train: &Path,
+    key: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> Output {
+    let mut args = vec![
+        "bundle",
+        "pack",
+        "--spec",
+        spec.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--train",
+        train.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// Records the simulated plant (pump1 only) for `wall` seconds at `time_scale`x into CSV.
 pub fn record(dir: &Path, wall: Duration, time_scale: f64, extra: &str) -> PathBuf {
     let csv = dir.join("recording.csv");
