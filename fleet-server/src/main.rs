@@ -484,8 +484,8 @@ enum PolicyCommand {
         /// Consecutive drifting buckets that make an event.
         #[arg(long, default_value_t = 3)]
         intervals: u32,
-        /// A bucket drifts when at least this share of its reporting devices had dataset
-        /// drift (in at least half of their records there).
+        /// A bucket drifts when at least this share of its reporting devices have dataset
+        /// drift in their records of the bucket, merged and scored together.
         #[arg(long)]
         share: Option<f64>,
         /// …or when the merged accuracy (late labels) is below this…

@@ -240,6 +240,10 @@ fn run_inner(
     }
     let cfg_path = write("agent.toml", cfg.as_bytes())?;
     let out = d.join("out");
+    // Its log goes to a file: a pipe read only after exit could fill and stall it.
+    let log_path = d.join("validator.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
     let mut child = Command::new(validator)
         .arg("replay")
         .arg("--config")
@@ -249,7 +253,7 @@ fn run_inner(
         .arg("--output")
         .arg(&out)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(log)
         .spawn()
         .map_err(|e| {
             format!(
@@ -273,11 +277,7 @@ fn run_inner(
             Err(e) => return Err(format!("waiting for the validator: {e}")),
         }
     };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
     if !status.success() {
         let last = stderr
             .lines()
@@ -310,18 +310,16 @@ fn read_metrics(out: &Path, stderr: &str) -> Result<ValidationMetrics, String> {
         predictions: preds.len() as u64,
         ..Default::default()
     };
-    // "replay: N samples in …" and "replay: model validation: W windows, …" (stderr).
+    // "replay: model validation: W windows, …" and "replay: N samples in …" (stderr).
+    let first_number = |rest: &str| rest.split_whitespace().next()?.parse().ok();
     for l in stderr.lines() {
         if let Some(rest) = l.strip_prefix("replay: model validation: ") {
-            m.windows = rest
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-        } else if let Some(rest) = l.strip_prefix("replay: ") {
-            if let Some(n) = rest.strip_suffix_samples() {
-                m.samples = n;
-            }
+            m.windows = first_number(rest).unwrap_or(0);
+        } else if let Some(rest) = l
+            .strip_prefix("replay: ")
+            .filter(|r| r.contains(" samples in "))
+        {
+            m.samples = first_number(rest).unwrap_or(0);
         }
     }
     let decided: Vec<bool> = preds
@@ -351,18 +349,6 @@ fn read_metrics(out: &Path, stderr: &str) -> Result<ValidationMetrics, String> {
     m.labelled = labelled;
     (m.accuracy, m.precision, m.recall, m.mae) = (acc, prec, rec, mae);
     Ok(m)
-}
-
-trait SamplesLine {
-    fn strip_suffix_samples(&self) -> Option<u64>;
-}
-
-impl SamplesLine for str {
-    /// `N samples in …` -> N.
-    fn strip_suffix_samples(&self) -> Option<u64> {
-        let (n, rest) = self.split_once(' ')?;
-        rest.starts_with("samples in").then(|| n.parse().ok())?
-    }
 }
 
 /// The limits not met, each as `metric value vs limit`.

@@ -761,3 +761,32 @@ pub fn pump_recording(path: &Path, points: i64, label: Option<(&str, i64, f64)>)
     std::fs::write(path, s).expect("write the recording");
     (points * 3) as u64
 }
+
+/// The 1-D conv net (`tests/models/conv1d.onnx`, spec `agent/tests/fixtures/raw_pack.toml`)
+/// packed as version `n` (`0.n.0`) with its score rule's `threshold = …` text replaced by
+/// `threshold` (e.g. `"0.5, raise_after = 1"`), trained on `train`, signed with `key`.
+pub fn pack_conv_net(dir: &Path, key: &Path, train: &Path, n: u64, threshold: &str) -> PathBuf {
+    let spec = dir.join(format!("conv-{n}.toml"));
+    let text = std::fs::read_to_string(workspace().join("agent/tests/fixtures/raw_pack.toml"))
+        .expect("raw_pack.toml")
+        .replace("version_number = 1", &format!("version_number = {n}"))
+        .replace("\"0.1.0\"", &format!("\"0.{n}.0\""))
+        .replace("threshold = 0.9", &format!("threshold = {threshold}"));
+    std::fs::write(&spec, text).expect("spec");
+    let out = dir.join(format!("conv-{n}.bundle"));
+    let o = Command::new(workspace_bin("edge-agent"))
+        .args(["bundle", "pack", "--spec"])
+        .arg(&spec)
+        .arg("--model")
+        .arg(workspace().join("tests/models/conv1d.onnx"))
+        .arg("--train")
+        .arg(train)
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("edge-agent bundle pack");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}

@@ -24,58 +24,11 @@ fn replay_writes_what_a_live_agent_publishes_for_the_same_recording() {
     pump_recording(&rec, 6000, None);
     let o = agent(&["bundle", "keygen", "--out", d.join("ml").to_str().unwrap()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let bundle = d.join("conv.bundle");
-    let o = agent(&[
-        "bundle",
-        "pack",
-        "--spec",
-        workspace()
-            .join("agent/tests/fixtures/raw_pack.toml")
-            .to_str()
-            .unwrap(),
-        "--model",
-        workspace()
-            .join("tests/models/conv1d.onnx")
-            .to_str()
-            .unwrap(),
-        "--train",
-        rec.to_str().unwrap(),
-        "--key",
-        d.join("ml.key.pem").to_str().unwrap(),
-        "--out",
-        bundle.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key = d.join("ml.key.pem");
+    let bundle = pack_conv_net(d, &key, &rec, 1, "0.9");
     // A shadow challenger (version 2, a threshold it crosses often): compared, never
     // published.
-    let spec2 = d.join("challenger.toml");
-    std::fs::write(
-        &spec2,
-        std::fs::read_to_string(workspace().join("agent/tests/fixtures/raw_pack.toml"))
-            .unwrap()
-            .replace("version_number = 1", "version_number = 2")
-            .replace("threshold = 0.9", "threshold = 0.5, raise_after = 1"),
-    )
-    .unwrap();
-    let challenger = d.join("challenger.bundle");
-    let o = agent(&[
-        "bundle",
-        "pack",
-        "--spec",
-        spec2.to_str().unwrap(),
-        "--model",
-        workspace()
-            .join("tests/models/conv1d.onnx")
-            .to_str()
-            .unwrap(),
-        "--train",
-        rec.to_str().unwrap(),
-        "--key",
-        d.join("ml.key.pem").to_str().unwrap(),
-        "--out",
-        challenger.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let challenger = pack_conv_net(d, &key, &rec, 2, "0.5, raise_after = 1");
 
     let broker = mosquitto(d);
     let listener = MqttListener::start(d, broker.anon);

@@ -3,39 +3,9 @@
 //! stores its metrics, and refuses to roll out a version below the limits unless forced
 //! (audited) — locally on the data directory and through the operator API.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;
-
-/// The conv net packed with `threshold`, as version `n`.
-fn pack(d: &Path, key: &Path, train: &Path, n: u64, threshold: f64) -> PathBuf {
-    let spec = d.join(format!("pack-{n}.toml"));
-    let text = std::fs::read_to_string(workspace().join("agent/tests/fixtures/raw_pack.toml"))
-        .expect("raw_pack.toml")
-        .replace("version_number = 1", &format!("version_number = {n}"))
-        .replace("\"0.1.0\"", &format!("\"0.{n}.0\""))
-        .replace("threshold = 0.9", &format!("threshold = {threshold:?}"));
-    std::fs::write(&spec, text).expect("spec");
-    let out = d.join(format!("conv-{n}.bundle"));
-    let o = Command::new(workspace_bin("edge-agent"))
-        .args(["bundle", "pack", "--spec"])
-        .arg(&spec)
-        .arg("--model")
-        .arg(workspace().join("tests/models/conv1d.onnx"))
-        .arg("--train")
-        .arg(train)
-        .arg("--key")
-        .arg(key)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("pack");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
 
 fn validation_of(server: &FleetServer, n: i64) -> Value {
     let list: Value =
@@ -59,8 +29,8 @@ fn a_version_below_its_gate_is_refused_for_rollout_unless_forced() {
     let hold = d.join("holdout.csv");
     pump_recording(&hold, 6000, Some(("pump1.fault", 10, 0.0)));
     // v1 alarms above 0.9 (never on a healthy pump); v2 above 0.3 (on almost every window).
-    let v1 = pack(d, &key, &hold, 1, 0.9);
-    let v2 = pack(d, &key, &hold, 2, 0.3);
+    let v1 = pack_conv_net(d, &key, &hold, 1, "0.9");
+    let v2 = pack_conv_net(d, &key, &hold, 2, "0.3");
 
     let gate = server.cli(&[
         "model",

@@ -34,18 +34,25 @@ impl Default for ReplaySpeed {
     }
 }
 
+impl ReplaySpeed {
+    fn factor(f: f64, shown: &str) -> Result<Self, String> {
+        if f.is_finite() && f > 0.0 {
+            Ok(ReplaySpeed::Factor(f))
+        } else {
+            Err(format!(
+                "speed `{shown}` must be a number > 0 (1 = as recorded) or \"max\""
+            ))
+        }
+    }
+}
+
 impl std::str::FromStr for ReplaySpeed {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         if s.eq_ignore_ascii_case("max") {
             return Ok(ReplaySpeed::Max);
         }
-        match s.parse::<f64>() {
-            Ok(f) if f.is_finite() && f > 0.0 => Ok(ReplaySpeed::Factor(f)),
-            _ => Err(format!(
-                "speed `{s}` must be a number > 0 (1 = as recorded) or \"max\""
-            )),
-        }
+        ReplaySpeed::factor(s.parse::<f64>().unwrap_or(f64::NAN), s)
     }
 }
 
@@ -58,7 +65,7 @@ impl<'de> Deserialize<'de> for ReplaySpeed {
             Text(String),
         }
         match Repr::deserialize(d)? {
-            Repr::Number(f) => f.to_string().parse(),
+            Repr::Number(f) => ReplaySpeed::factor(f, &f.to_string()),
             Repr::Text(s) => s.parse(),
         }
         .map_err(serde::de::Error::custom)

@@ -19,8 +19,8 @@ use crate::store::{now_ms, DriftEventRow, DriftPolicyRow, FleetStore};
 /// When a bucket counts as drifting (either criterion given suffices).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRule {
-    /// Share of the reporting devices whose records in the bucket (at least half of them)
-    /// had dataset drift.
+    /// Share of the reporting devices whose records in the bucket, merged and scored
+    /// against the reference, have dataset drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<f64>,
     /// Merged performance (late labels) of the bucket below / above these limits.
