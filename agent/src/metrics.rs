@@ -371,6 +371,13 @@ impl Collector for Snapshot {
             for s in &stats {
                 ConstCounter::new(s.skipped).encode(me.encode_family(&[("stream", s.stream)])?)?;
             }
+            let g = ConstGauge::new(i64::from(ob.low_space()));
+            g.encode(enc.encode_descriptor(
+                "edge_outbox_low_space",
+                "1 while the disk is full and only alarms, drift and events are stored (from the reserve)",
+                None,
+                g.metric_type(),
+            )?)?;
             let g = ConstGauge::new(ob.size_on_disk() as i64);
             g.encode(enc.encode_descriptor(
                 "edge_outbox_disk_bytes",

@@ -70,7 +70,8 @@ impl Value {
         }
     }
 
-    fn is_non_finite(&self) -> bool {
+    /// A float that is NaN or infinite: such a value is never good quality.
+    pub fn is_non_finite(&self) -> bool {
         matches!(*self, Value::Float(f) if !f.is_finite())
     }
 }

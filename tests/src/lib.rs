@@ -169,6 +169,21 @@ impl Peer {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+
+    /// Waits (up to `timeout`) until the log has `needle` at least `times` times.
+    pub fn wait_log(&self, timeout: Duration, needle: &str, times: usize) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.matches(needle).count() >= times {
+                return true;
+            }
+            if std::time::Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Peer {

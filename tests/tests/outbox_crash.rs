@@ -112,6 +112,7 @@ kind = "pump"
 
 [outbox]
 commit_interval = "50ms"
+reserve_mb = 2
 
 [[outputs.mqtt]]
 name = "historian"
@@ -232,6 +233,7 @@ kind = "pump"
 
 [outbox]
 commit_interval = "50ms"
+reserve_mb = 2
 
 [[outputs.mqtt]]
 name = "historian"
@@ -255,7 +257,7 @@ fn last_status(l: &MqttListener) -> Option<serde_json::Value> {
 fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     let dir = tempdir();
     let d = dir.path();
-    let Some(_disk) = SmallDisk::mount(&d.join("small"), "4m") else {
+    let Some(_disk) = SmallDisk::mount(&d.join("small"), "12m") else {
         eprintln!("SKIPPED: this machine does not allow mounting a tmpfs (needs root)");
         return;
     };
@@ -295,19 +297,38 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         .arg(format!("of={}", filler.display()))
         .stderr(std::process::Stdio::null())
         .status();
-    std::thread::sleep(Duration::from_secs(3));
-    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    // The outbox reports the full disk and frees its reserve for alarms.
     assert!(
-        log.contains("No space left on device") && log.contains("outbox"),
+        agent.wait_log(
+            Duration::from_secs(30),
+            "disk full: freed the outbox's reserve",
+            1
+        ),
         "the full disk is not reported clearly:\n{}",
         agent.log_tail()
     );
-    let rec_size = std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0);
-    std::thread::sleep(Duration::from_secs(1));
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(
-        std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0) > rec_size,
-        "other outputs must keep working"
+        log.contains("No space left on device"),
+        "the cause is not named:\n{}",
+        agent.log_tail()
     );
+    assert!(
+        agent.wait_log(
+            Duration::from_secs(30),
+            "samples records are dropped (counted)",
+            1
+        ),
+        "samples refused on the full disk are not reported:\n{}",
+        agent.log_tail()
+    );
+    let rec_size = std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0);
+    let grows = || std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0) > rec_size;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while !grows() && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(grows(), "other outputs must keep working");
     let before = sample_seqs(&listener).iter().copied().max().unwrap_or(0);
 
     // Space comes back: the outbox reopens and publishing resumes, with no gap in what
@@ -323,8 +344,16 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     );
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(log.contains("outbox reopened"), "{}", agent.log_tail());
+    assert!(
+        log.contains("disk space is back: the outbox's reserve is restored"),
+        "{}",
+        agent.log_tail()
+    );
     assert!(agent.terminate(Duration::from_secs(6)));
-    std::thread::sleep(Duration::from_millis(500));
+    // The offline status is the agent's last message.
+    listener.wait_for(Duration::from_secs(10), |_| {
+        last_status(&listener).is_some_and(|s| s["state"] == "offline")
+    });
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     let skipped = skipped_ranges(&log);
     let (_, missing) = unannounced_gaps(&sample_seqs(&listener), &skipped);

@@ -47,6 +47,9 @@ pub struct OutboxConfig {
     pub commit_max_records: usize,
     /// Database page cache (sled's default is 1 GB: far too much for a gateway).
     pub cache_mb: u64,
+    /// Disk space kept free for alarms, drift and events when the disk fills up (a file of
+    /// this size beside the database, freed when a write fails; see `reserve.rs`). 0: none.
+    pub reserve_mb: u64,
     /// Store at most one sample per tag per interval (quality changes always pass). Default:
     /// every sample.
     #[serde(with = "humantime_serde::option")]
@@ -74,6 +77,7 @@ impl Default for OutboxConfig {
             commit_interval: Duration::from_millis(500),
             commit_max_records: 10_000,
             cache_mb: 8,
+            reserve_mb: 4,
             sample_interval: None,
             samples: l(512),
             features: l(128),
@@ -110,6 +114,9 @@ impl OutboxConfig {
         );
         issues.check(self.cache_mb >= 1, at.key("cache_mb"), || {
             "must be at least 1".into()
+        });
+        issues.check(self.reserve_mb <= 1024, at.key("reserve_mb"), || {
+            "must be at most 1024 (MiB)".into()
         });
         for s in Stream::ALL {
             let l = self.limits(s);

@@ -13,13 +13,18 @@
 //!   are durable; after a crash a destination may see records again that were confirmed in the
 //!   last commit interval (at-least-once); a gap only where numbers were skipped (above);
 //! - a record is deleted when every configured destination has confirmed it, or dropped by the
-//!   stream's size/age limit (counted per stream and reported).
+//!   stream's size/age limit (counted per stream and reported);
+//! - when the disk fills up, alarms, drift and events are still stored from a reserve kept
+//!   for them ([`reserve`]); samples, features and predictions are dropped (counted) until
+//!   space returns. Every record that could not be stored is counted in its stream's drops.
 
 pub mod config;
+pub mod reserve;
 pub mod sled_outbox;
 pub mod writer;
 
 pub use config::{OutboxConfig, Stream, WhenFull};
+pub use reserve::DiskReserve;
 pub use sled_outbox::{OpenReport, SledOutbox};
 pub use writer::OutboxWriter;
 
@@ -50,6 +55,8 @@ pub enum OutboxError {
     Io(String),
     #[error("the outbox is unavailable (reopening after an I/O error)")]
     Unavailable,
+    #[error("disk full: the outbox keeps its reserve for alarms, drift and events; {0} records are dropped (counted) until space returns")]
+    LowSpace(&'static str),
     #[error("unknown destination `{0}`")]
     UnknownDestination(String),
 }

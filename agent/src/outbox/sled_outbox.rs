@@ -262,6 +262,8 @@ pub struct SledOutbox {
     broken: std::sync::atomic::AtomicBool,
     /// Records lost while the store was unavailable, per stream, not yet persisted.
     lost: [AtomicU64; 6],
+    /// Room kept for alarms, drift and events when the disk fills up.
+    reserve: super::DiskReserve,
     commit_wake: tokio::sync::Notify,
     durable_tx: tokio::sync::watch::Sender<u64>,
     appended_tx: tokio::sync::watch::Sender<u64>,
@@ -339,6 +341,7 @@ impl SledOutbox {
             uncommitted: AtomicUsize::new(0),
             broken: std::sync::atomic::AtomicBool::new(broken),
             lost: Default::default(),
+            reserve: super::DiskReserve::open(path, cfg.reserve_mb << 20),
             commit_wake: tokio::sync::Notify::new(),
             durable_tx,
             appended_tx,
@@ -584,6 +587,9 @@ impl SledOutbox {
         stream: Stream,
         payloads: &[Vec<u8>],
     ) -> Result<Range<u64>, OutboxError> {
+        if self.reserve.low_space() && !super::reserve::protected(stream) && !payloads.is_empty() {
+            return Err(OutboxError::LowSpace(stream.name()));
+        }
         let slot = store.slot(stream);
         let limits = self.cfg.limits(stream);
         let mut st = Self::lock(slot);
@@ -608,25 +614,8 @@ impl SledOutbox {
                     payloads = &payloads[..keep];
                 }
                 WhenFull::DropOldest => {
-                    let mut need = st.bytes + incoming - limits.max_bytes;
-                    let doomed: Vec<(sled::IVec, u64)> = slot
-                        .tree
-                        .range(rec_key(st.first)..rec_key(st.head + 1))
-                        .map(|kv| kv.map(|(k, v)| (k, v.len() as u64 + 9)))
-                        .take_while(|r| {
-                            let go = need > 0;
-                            if let Ok((_, c)) = r {
-                                need = need.saturating_sub(*c);
-                            }
-                            go
-                        })
-                        .collect::<Result<_, _>>()?;
-                    for (k, c) in doomed {
-                        slot.tree.remove(k)?;
-                        st.bytes -= c;
-                        st.first += 1;
-                        dropped_now += 1;
-                    }
+                    let need = st.bytes + incoming - limits.max_bytes;
+                    dropped_now = Self::drop_oldest(slot, &mut st, need)?;
                 }
             }
         }
@@ -662,6 +651,65 @@ impl SledOutbox {
             self.appended_tx.send_modify(|v| *v = v.wrapping_add(1));
         }
         Ok(start..end)
+    }
+
+    /// Deletes the oldest records of a stream until `need` bytes are freed; returns how many.
+    /// The caller counts them as dropped.
+    fn drop_oldest(slot: &StreamSlot, st: &mut StreamState, need: u64) -> Result<u64, OutboxError> {
+        let mut need = need;
+        let doomed: Vec<(sled::IVec, u64)> = slot
+            .tree
+            .range(rec_key(st.first)..rec_key(st.head + 1))
+            .map(|kv| kv.map(|(k, v)| (k, v.len() as u64 + 9)))
+            .take_while(|r| {
+                let go = need > 0;
+                if let Ok((_, c)) = r {
+                    need = need.saturating_sub(*c);
+                }
+                go
+            })
+            .collect::<Result<_, _>>()?;
+        let n = doomed.len() as u64;
+        for (k, c) in doomed {
+            slot.tree.remove(k)?;
+            st.bytes = st.bytes.saturating_sub(c);
+            st.first += 1;
+        }
+        Ok(n)
+    }
+
+    /// Entering low-space mode: evicts the oldest samples (then features, then predictions)
+    /// worth twice the reserve, so the database has pages to reuse for alarms and drift.
+    /// Evicted records are counted as dropped.
+    fn evict_for_space(&self) -> Result<(), OutboxError> {
+        let mut need = 2 * (self.cfg.reserve_mb << 20);
+        self.with(|store| {
+            for stream in [Stream::Samples, Stream::Features, Stream::Predictions] {
+                if need == 0 {
+                    break;
+                }
+                let slot = store.slot(stream);
+                let mut st = Self::lock(slot);
+                let before = st.bytes;
+                let n = Self::drop_oldest(slot, &mut st, need)?;
+                need = need.saturating_sub(before - st.bytes);
+                if n > 0 {
+                    st.dropped += n;
+                    tracing::warn!(
+                        stream = stream.name(),
+                        dropped = n,
+                        total = st.dropped,
+                        "disk full: evicted the oldest records to keep room for alarms and drift"
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the disk is full and only alarms, drift and events are stored.
+    pub fn low_space(&self) -> bool {
+        self.reserve.low_space()
     }
 
     /// Whether any destination takes this stream (if not, nothing is written to it).
@@ -851,8 +899,10 @@ impl SledOutbox {
     fn commit_with(&self, last: bool) -> Result<(), OutboxError> {
         self.with(|store| {
             let mut marks = Vec::with_capacity(store.streams.len());
-            for slot in &store.streams {
+            for (i, slot) in store.streams.iter().enumerate() {
                 let mut st = Self::lock(slot);
+                // Records refused since the last commit (low space): persisted with it.
+                st.dropped += self.lost[i].swap(0, Ordering::AcqRel);
                 let lease = if last {
                     // Under the stream's lock: no append can slip in above the new lease.
                     slot.lease.store(st.head, Ordering::Release);
@@ -970,8 +1020,21 @@ impl SledOutbox {
             let me = self.clone();
             let res = tokio::task::spawn_blocking(move || {
                 if me.is_broken() {
+                    let entered = me.reserve.release();
+                    if entered {
+                        tracing::error!(outbox = %me.path.display(), reserve_mb = me.cfg.reserve_mb,
+                            "disk full: freed the outbox's reserve; until space returns only alarms, \
+                             drift and events are stored, samples, features and predictions are \
+                             dropped and counted");
+                    }
                     me.reopen()?;
                     tracing::info!(outbox = %me.path.display(), "outbox reopened");
+                    if entered {
+                        me.evict_for_space()?;
+                    }
+                } else if me.reserve.try_restore() {
+                    tracing::info!(outbox = %me.path.display(),
+                        "disk space is back: the outbox's reserve is restored and every stream is stored again");
                 }
                 if stopping {
                     me.commit_final()

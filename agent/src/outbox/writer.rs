@@ -9,7 +9,7 @@ use edge_protocols::error_latch::ErrorLatch;
 use edge_protocols::{Quality, Sample, Tag};
 use tokio::sync::mpsc;
 
-use super::{SledOutbox, Stream};
+use super::{OutboxError, SledOutbox, Stream};
 use crate::outputs::{Output, OutputFuture, OutputStats};
 use crate::pipeline::record::{Record, RecordKind};
 use edge_protocols::records;
@@ -81,8 +81,12 @@ impl OutboxWriter {
                     self.outbox.count_lost(stream, 1);
                     stats.add_failed(n);
                     if latch.fail(&e.to_string()) {
-                        tracing::error!(stream = stream.name(),
-                            "outbox write failed: {e}; records are dropped and counted until it works (disk full?)");
+                        if let OutboxError::LowSpace(_) = e {
+                            tracing::warn!(stream = stream.name(), "{e}");
+                        } else {
+                            tracing::error!(stream = stream.name(),
+                                "outbox write failed: {e}; records are dropped and counted until it works (disk full?)");
+                        }
                     }
                 }
                 Err(e) => {

@@ -71,7 +71,8 @@ impl Method {
         }
     }
 
-    fn code(self) -> u8 {
+    /// The method's byte in the delta header.
+    pub fn code(self) -> u8 {
         match self {
             Method::Bsdiff => 1,
             Method::PatchFrom => 2,

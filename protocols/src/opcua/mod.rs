@@ -5,7 +5,7 @@ pub mod config;
 #[cfg(feature = "opcua")]
 mod source;
 #[cfg(feature = "opcua")]
-mod values;
+pub mod values;
 
 pub use config::{OpcUaSourceConfig, OpcUaTagConfig};
 #[cfg(feature = "opcua")]
