@@ -59,8 +59,14 @@ fuzz_one() {
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-    # Keep what adds coverage.
-    "$bin/$t" -merge=1 "$root/fuzz/corpus/$t" "$work" >/dev/null 2>&1 || true
+    # The committed corpus becomes the smallest set of inputs covering everything seen so
+    # far (libFuzzer's set-cover merge), plus the named seeds and every input that once crashed.
+    local fresh=$root/target/fuzz-work/$t.merged
+    rm -rf "$fresh" && mkdir -p "$fresh"
+    if "$bin/$t" -set_cover_merge=1 "$fresh" "$root/fuzz/corpus/$t" "$work" >/dev/null 2>&1; then
+        find "$root/fuzz/corpus/$t" -type f ! -name 'seed-*' ! -name 'crash-*' -delete
+        cp "$fresh"/* "$root/fuzz/corpus/$t/" 2>/dev/null || true
+    fi
     corp=$(ls "$root/fuzz/corpus/$t" | wc -l)
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$t" "$secs" "${runs:-?}" \
         "$cpu" "${cov:-?}" "${ft:-?}" "$corp" "$result" >>"$report"

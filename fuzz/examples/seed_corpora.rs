@@ -343,9 +343,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, b) in bodies {
         put("operator_json", name, b.as_bytes())?;
     }
-    drop(put);
     eprintln!("wrote {n} seed inputs under {}", corpus.display());
-    let _ = DriftPolicy::default();
     Ok(())
 }
 

@@ -122,9 +122,28 @@ impl FleetServer {
         port: u16,
         extra: &[&str],
     ) -> FleetServer {
+        Self::start_bound(dir, name, database_url, "127.0.0.1", port, extra)
+    }
+
+    /// A server listening on every address, its certificate also naming `host` (the address
+    /// a device behind a [`crate::faults::Wire`] reaches it at), on `port` (so that a
+    /// restarted server comes back where the devices look for it).
+    pub fn start_everywhere(dir: &Path, host: &str, port: u16) -> FleetServer {
+        let names = ["--name", host, "--name", "127.0.0.1", "--name", "localhost"];
+        Self::start_bound(dir, "fleet", test_database_url(), "0.0.0.0", port, &names)
+    }
+
+    fn start_bound(
+        dir: &Path,
+        name: &str,
+        database_url: Option<String>,
+        bind: &str,
+        port: u16,
+        extra: &[&str],
+    ) -> FleetServer {
         let data_dir = dir.join(name);
         let data = data_dir.display().to_string();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("{bind}:{port}");
         let mut args = vec![
             "serve",
             "--data-dir",

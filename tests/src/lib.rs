@@ -6,6 +6,7 @@
 //! `$EDGE_PEERS_DIR` (default `tests/.peers`). A missing install is a test failure with the
 //! command to run, never a silent skip.
 
+pub mod faults;
 pub mod fleet;
 
 use std::net::TcpListener;
@@ -162,6 +163,11 @@ impl Peer {
 
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_tail(&self) -> String {
@@ -548,6 +554,49 @@ pub fn workspace_bin(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The sequence numbers of every JSON sample message of agent `agent` the listener received
+/// (`edge/<agent>/samples/...`), in arrival order.
+pub fn sample_seqs(l: &MqttListener, agent: &str) -> Vec<u64> {
+    let prefix = format!("edge/{agent}/samples/");
+    l.messages()
+        .iter()
+        .filter(|m| m["topic"].as_str().is_some_and(|t| t.starts_with(&prefix)))
+        .filter_map(|m| {
+            let body: serde_json::Value = serde_json::from_str(m["text"].as_str()?).ok()?;
+            body["seq"].as_u64()
+        })
+        .collect()
+}
+
+/// The ranges an agent's log announced as skipped for the samples stream
+/// (`seq_skipped_from`/`seq_skipped_to`).
+pub fn skipped_ranges(log: &str) -> Vec<(u64, u64)> {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let at = line.find(name)? + name.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    log.lines()
+        .filter(|l| l.contains("stream=\"samples\""))
+        .filter_map(|l| Some((field(l, "seq_skipped_from=")?, field(l, "seq_skipped_to=")?)))
+        .collect()
+}
+
+/// The highest number seen, and the numbers in 1..=it that never arrived and that no
+/// announced skip covers.
+pub fn unannounced_gaps(seqs: &[u64], skipped: &[(u64, u64)]) -> (u64, Vec<u64>) {
+    let set: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    let max = set.last().copied().unwrap_or(0);
+    let missing = (1..=max)
+        .filter(|s| !set.contains(s))
+        .filter(|s| !skipped.iter().any(|(a, b)| (a..=b).contains(&s)))
+        .collect();
+    (max, missing)
 }
 
 /// The Sparkplug/JSON listener peer (`tests/peers/spb_peer.py listen`): paho-mqtt subscribed

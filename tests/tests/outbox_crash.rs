@@ -6,7 +6,6 @@
 //! samples both times (never reused for another record); in order apart from at most one
 //! replay per restart.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use interop_tests::*;
@@ -41,49 +40,6 @@ fn sample_msgs(l: &MqttListener) -> Vec<(u64, String, i64, String)> {
                 body["ts"].as_i64()?,
                 body["value"].to_string(),
             ))
-        })
-        .collect()
-}
-
-/// The ranges the agent's log announced as skipped for the samples stream.
-fn skipped_ranges(log: &str) -> Vec<(u64, u64)> {
-    let field = |line: &str, name: &str| -> Option<u64> {
-        let at = line.find(name)? + name.len();
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    log.lines()
-        .filter(|l| l.contains("stream=\"samples\""))
-        .filter_map(|l| Some((field(l, "seq_skipped_from=")?, field(l, "seq_skipped_to=")?)))
-        .collect()
-}
-
-/// The highest number seen, and the numbers in 1..=it that never arrived and that no
-/// announced skip covers.
-fn unannounced_gaps(seqs: &[u64], skipped: &[(u64, u64)]) -> (u64, Vec<u64>) {
-    let set: BTreeSet<u64> = seqs.iter().copied().collect();
-    let max = set.last().copied().unwrap_or(0);
-    let missing = (1..=max)
-        .filter(|s| !set.contains(s))
-        .filter(|s| !skipped.iter().any(|(a, b)| (a..=b).contains(&s)))
-        .collect();
-    (max, missing)
-}
-
-fn sample_seqs(l: &MqttListener) -> Vec<u64> {
-    l.messages()
-        .iter()
-        .filter(|m| {
-            m["topic"]
-                .as_str()
-                .is_some_and(|t| t.starts_with("edge/crash/samples/"))
-        })
-        .filter_map(|m| {
-            let body: serde_json::Value = serde_json::from_str(m["text"].as_str()?).ok()?;
-            body["seq"].as_u64()
         })
         .collect()
 }
@@ -138,9 +94,18 @@ streams = ["samples"]
         agent.restart();
     }
     // The last run drains the backlog and keeps publishing live data.
-    let seen_at_last_kill = sample_seqs(&listener).iter().copied().max().unwrap_or(0);
+    let seen_at_last_kill = sample_seqs(&listener, "crash")
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
     let ok = listener.wait_for(Duration::from_secs(60), |_| {
-        sample_seqs(&listener).iter().copied().max().unwrap_or(0) > seen_at_last_kill + 200
+        sample_seqs(&listener, "crash")
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            > seen_at_last_kill + 200
     });
     assert!(
         ok,
@@ -150,7 +115,7 @@ streams = ["samples"]
     assert!(agent.terminate(Duration::from_secs(6)));
     std::thread::sleep(Duration::from_millis(500));
 
-    let seqs = sample_seqs(&listener);
+    let seqs = sample_seqs(&listener, "crash");
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     let skipped = skipped_ranges(&log);
     let (max, missing) = unannounced_gaps(&seqs, &skipped);
@@ -285,10 +250,10 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         d,
         None,
     );
-    assert!(
-        listener.wait_for(Duration::from_secs(20), |_| !sample_seqs(&listener)
-            .is_empty())
-    );
+    assert!(listener.wait_for(Duration::from_secs(20), |_| !sample_seqs(
+        &listener, "crash"
+    )
+    .is_empty()));
 
     // Fill the disk to the last byte.
     let filler = d.join("small/filler");
@@ -329,13 +294,22 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(grows(), "other outputs must keep working");
-    let before = sample_seqs(&listener).iter().copied().max().unwrap_or(0);
+    let before = sample_seqs(&listener, "crash")
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
 
     // Space comes back: the outbox reopens and publishing resumes, with no gap in what
     // reached the subscriber apart from the numbers the reopen announced as skipped.
     std::fs::remove_file(&filler).unwrap();
     let ok = listener.wait_for(Duration::from_secs(30), |_| {
-        sample_seqs(&listener).iter().copied().max().unwrap_or(0) > before + 100
+        sample_seqs(&listener, "crash")
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            > before + 100
     });
     assert!(
         ok,
@@ -356,7 +330,7 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     });
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     let skipped = skipped_ranges(&log);
-    let (_, missing) = unannounced_gaps(&sample_seqs(&listener), &skipped);
+    let (_, missing) = unannounced_gaps(&sample_seqs(&listener, "crash"), &skipped);
     assert!(
         missing.is_empty(),
         "gaps after the disk-full episode that were not announced: {missing:?} (announced: {skipped:?})"
@@ -396,7 +370,7 @@ fn a_corrupt_outbox_is_moved_aside_and_the_agent_keeps_publishing() {
         None,
     );
     let ok = listener.wait_for(Duration::from_secs(20), |_| {
-        sample_seqs(&listener).len() > 50
+        sample_seqs(&listener, "crash").len() > 50
     });
     assert!(ok, "no data after a corrupt outbox:\n{}", agent.log_tail());
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();

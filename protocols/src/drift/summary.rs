@@ -58,11 +58,12 @@ impl Moments {
             *self = *o;
             return;
         }
-        let n = (self.count + o.count) as f64;
+        // Counts come from devices: a crafted one must not overflow.
+        let n = self.count.saturating_add(o.count) as f64;
         let d = o.mean - self.mean;
         self.mean += d * o.count as f64 / n;
         self.m2 += o.m2 + d * d * self.count as f64 * o.count as f64 / n;
-        self.count += o.count;
+        self.count = self.count.saturating_add(o.count);
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
     }
@@ -184,8 +185,7 @@ impl DriftSummary {
             let s = if self.sketch.is_empty() {
                 sketch()
             } else {
-                DDSketch::from_java_bytes(&self.sketch)
-                    .map_err(|e| DriftError::Sketch(format!("{e:?}")))?
+                decode_sketch(&self.sketch, self.moments.count)?
             };
             self.live = Some(s);
         }
@@ -213,8 +213,7 @@ impl DriftSummary {
         match (&self.live, self.sketch.is_empty()) {
             (Some(s), _) => Ok(s.clone()),
             (None, true) => Ok(sketch()),
-            (None, false) => DDSketch::from_java_bytes(&self.sketch)
-                .map_err(|e| DriftError::Sketch(format!("{e:?}"))),
+            (None, false) => decode_sketch(&self.sketch, self.moments.count),
         }
     }
 
@@ -242,9 +241,9 @@ impl DriftSummary {
             .map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
         self.moments.merge(&o.moments);
         for (a, b) in self.bins.iter_mut().zip(&o.bins) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
-        self.missing += o.missing;
+        self.missing = self.missing.saturating_add(o.missing);
         self.start_ms = self.start_ms.min(o.start_ms);
         self.end_ms = self.end_ms.max(o.end_ms);
         Ok(())
@@ -262,6 +261,23 @@ impl DriftSummary {
         s.live = Some(sketch.0);
         s
     }
+}
+
+/// Decodes a sketch that came over the wire. Its value count must equal the summary's
+/// (`moments.count`; every value goes into both): a crafted encoding whose bin counts overflow
+/// (sketches-ddsketch adds them unchecked: a panic in debug builds, a wrapped count in release
+/// builds; found by the drift_records fuzz target) is refused as corrupt either way.
+fn decode_sketch(bytes: &[u8], expected_count: u64) -> Result<DDSketch, DriftError> {
+    let decoded = std::panic::catch_unwind(|| DDSketch::from_java_bytes(bytes))
+        .map_err(|_| DriftError::Sketch("corrupt sketch encoding (counts overflow)".into()))?
+        .map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
+    if decoded.count() as u64 != expected_count {
+        return Err(DriftError::Sketch(format!(
+            "sketch holds {} values, the summary {expected_count}: corrupt",
+            decoded.count()
+        )));
+    }
+    Ok(decoded)
 }
 
 /// A summary's sketch, decoded and checked to merge with ours (same relative accuracy and
