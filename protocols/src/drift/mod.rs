@@ -27,6 +27,8 @@ pub mod policy;
 #[cfg(feature = "drift")]
 pub mod record;
 #[cfg(feature = "drift")]
+mod sketch_check;
+#[cfg(feature = "drift")]
 pub mod summary;
 
 pub use policy::{DriftMetric, DriftPolicy, DriftRules, Hysteresis};

@@ -263,14 +263,14 @@ impl DriftSummary {
     }
 }
 
-/// Decodes a sketch that came over the wire. Its value count must equal the summary's
-/// (`moments.count`; every value goes into both): a crafted encoding whose bin counts overflow
-/// (sketches-ddsketch adds them unchecked: a panic in debug builds, a wrapped count in release
-/// builds; found by the drift_records fuzz target) is refused as corrupt either way.
+/// Decodes a sketch that came over the wire: an encoding whose counts or bin indexes would
+/// overflow in sketches-ddsketch is refused before it decodes ([`super::sketch_check`]), and
+/// the sketch must hold as many values as the summary (`moments.count`; every value goes into
+/// both).
 fn decode_sketch(bytes: &[u8], expected_count: u64) -> Result<DDSketch, DriftError> {
-    let decoded = std::panic::catch_unwind(|| DDSketch::from_java_bytes(bytes))
-        .map_err(|_| DriftError::Sketch("corrupt sketch encoding (counts overflow)".into()))?
-        .map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
+    super::sketch_check::check(bytes).map_err(DriftError::Sketch)?;
+    let decoded =
+        DDSketch::from_java_bytes(bytes).map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
     if decoded.count() as u64 != expected_count {
         return Err(DriftError::Sketch(format!(
             "sketch holds {} values, the summary {expected_count}: corrupt",
