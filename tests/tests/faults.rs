@@ -310,9 +310,16 @@ fn soak_of_the_whole_loop_with_model_updates_stays_bounded() {
             "{name}: RSS peak {rss_mid} kB (middle third) -> {rss_end} kB (last third); fds {fds_mid} -> {fds_end}; disk {} bytes at the end",
             s.seen.last().map(|o| o.disk_bytes).unwrap_or(0)
         );
+        // A short run (the test suite's minute, on a busy machine) is mostly warm-up: it
+        // only catches runaway growth; a long run holds memory within 20 % + 8 MB.
+        let allowed = if secs >= 600 {
+            rss_mid + rss_mid / 5 + 8 * 1024
+        } else {
+            2 * rss_mid + 32 * 1024
+        };
         assert!(
-            rss_end <= rss_mid + rss_mid / 5 + 8 * 1024,
-            "{name}'s memory keeps growing: {rss_mid} kB -> {rss_end} kB"
+            rss_end <= allowed,
+            "{name}'s memory keeps growing: {rss_mid} kB -> {rss_end} kB (allowed {allowed} kB)"
         );
         assert!(
             fds_end <= fds_mid + 8,

@@ -106,8 +106,8 @@ fn now_ms() -> u64 {
 struct StreamState {
     /// Last assigned sequence number (0 = none yet).
     head: u64,
-    /// Lowest stored sequence number (head + 1 when empty). Records are contiguous, so
-    /// `first..=head` are exactly the stored ones.
+    /// Lowest stored sequence number (head + 1 when empty). Records are removed only from
+    /// the front, so `first..=head` are the stored ones except the `holes`.
     first: u64,
     bytes: u64,
     dropped: u64,
@@ -122,6 +122,9 @@ struct StreamState {
     head_at_commit: u64,
     /// Numbers skipped at open after an unclean stop (reserved by the lease, never durable).
     skipped: u64,
+    /// Ranges of numbers in `first..=head` that hold no record (skipped at this open, or
+    /// handed out and lost in a failed write before a reopen): not counted as stored.
+    holes: Vec<(u64, u64)>,
 }
 
 /// A stream's metadata keys (`META_*`), written by the commit before its flush.
@@ -135,7 +138,16 @@ struct Meta {
 
 impl StreamState {
     fn records(&self) -> u64 {
-        (self.head + 1).saturating_sub(self.first)
+        let span = (self.head + 1).saturating_sub(self.first);
+        let empty: u64 = self
+            .holes
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(self.first), b.min(self.head));
+                (b + 1).saturating_sub(a)
+            })
+            .sum();
+        span.saturating_sub(empty)
     }
 }
 
@@ -481,6 +493,9 @@ impl SledOutbox {
             st.skipped = lease - st.head;
             if st.records() == 0 {
                 st.first = lease + 1;
+            } else {
+                let from = st.head + 1;
+                st.holes.push((from, lease));
             }
             st.head = lease;
         }
@@ -546,6 +561,9 @@ impl SledOutbox {
             if old_head > st.head {
                 if st.records() == 0 {
                     st.first = old_head + 1;
+                } else {
+                    let from = st.head + 1;
+                    st.holes.push((from, old_head));
                 }
                 st.head = old_head;
                 slot.durable.store(old_head, Ordering::Release);
