@@ -248,11 +248,11 @@ impl Sampler {
         Some(o)
     }
 
-    /// The largest value of `f` over observations at or after `from_s`.
-    pub fn max_after(&self, from_s: f64, f: impl Fn(&Observation) -> u64) -> u64 {
+    /// The largest value of `f` over observations in `[from_s, to_s)`.
+    pub fn max_between(&self, from_s: f64, to_s: f64, f: impl Fn(&Observation) -> u64) -> u64 {
         self.seen
             .iter()
-            .filter(|o| o.at_s >= from_s)
+            .filter(|o| o.at_s >= from_s && o.at_s < to_s)
             .map(f)
             .max()
             .unwrap_or(0)

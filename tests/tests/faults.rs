@@ -195,6 +195,8 @@ fn a_fleet_server_outage_then_recovery_loses_nothing() {
     };
     lp.wait_progress("first records", 20, Duration::from_secs(60));
     let port = lp.server.port;
+    let log = std::fs::read_to_string(lp.agent.log_path()).unwrap_or_default();
+    let sync_errors = log.matches("fleet sync: ").count();
     assert!(lp.server.peer.terminate(Duration::from_secs(10)));
     let before = lp.max_seen();
     // The outage (the fault schedule); MQTT keeps flowing meanwhile.
@@ -203,9 +205,9 @@ fn a_fleet_server_outage_then_recovery_loses_nothing() {
         lp.max_seen() > before,
         "MQTT delivery stopped during the fleet outage"
     );
-    let log = std::fs::read_to_string(lp.agent.log_path()).unwrap_or_default();
     assert!(
-        log.contains("sync"),
+        lp.agent
+            .wait_log(Duration::from_secs(60), "fleet sync: ", sync_errors + 1),
         "the agent does not report the unreachable fleet server:\n{}",
         lp.agent.log_tail()
     );
@@ -290,22 +292,10 @@ fn soak_of_the_whole_loop_with_model_updates_stays_bounded() {
     // margin; the agent's data (outbox drained, bundles replaced) stays small.
     let third = secs as f64 / 3.0;
     for (name, s) in [("agent", &agent), ("fleet-server", &server)] {
-        let rss_mid = s
-            .seen
-            .iter()
-            .filter(|o| o.at_s >= third && o.at_s < 2.0 * third)
-            .map(|o| o.rss_kb)
-            .max()
-            .unwrap_or(0);
-        let rss_end = s.max_after(2.0 * third, |o| o.rss_kb);
-        let fds_mid = s
-            .seen
-            .iter()
-            .filter(|o| o.at_s >= third && o.at_s < 2.0 * third)
-            .map(|o| o.fds)
-            .max()
-            .unwrap_or(0);
-        let fds_end = s.max_after(2.0 * third, |o| o.fds);
+        let rss_mid = s.max_between(third, 2.0 * third, |o| o.rss_kb);
+        let rss_end = s.max_between(2.0 * third, f64::INFINITY, |o| o.rss_kb);
+        let fds_mid = s.max_between(third, 2.0 * third, |o| o.fds);
+        let fds_end = s.max_between(2.0 * third, f64::INFINITY, |o| o.fds);
         eprintln!(
             "{name}: RSS peak {rss_mid} kB (middle third) -> {rss_end} kB (last third); fds {fds_mid} -> {fds_end}; disk {} bytes at the end",
             s.seen.last().map(|o| o.disk_bytes).unwrap_or(0)
