@@ -73,7 +73,7 @@ enum Command {
         #[arg(long)]
         spec: Option<PathBuf>,
         /// Recording: `tag,ts_ns,value,quality` (what `[[outputs.file]] format = "csv"`
-        /// writes), or a long or wide CSV (see the README).
+        /// writes), or a long or wide CSV (docs/models.md, "Recordings").
         #[arg(long)]
         input: PathBuf,
         /// Output CSV (default: standard output).

@@ -22,7 +22,9 @@ install -D -m 0755 "$BIN" "$STAGE/usr/bin/edge-agent"
 install -D -m 0644 "$ROOT/systemd/edge-agent.service" "$STAGE/lib/systemd/system/edge-agent.service"
 install -D -m 0640 "$HERE/agent.toml" "$STAGE/etc/edge-agent/agent.toml"
 install -D -m 0644 "$ROOT/README.md" "$STAGE/usr/share/doc/edge-agent/README.md"
-install -D -m 0644 "$ROOT/docs/config.md" "$STAGE/usr/share/doc/edge-agent/config.md"
+for doc in install config sources outputs models bundles commands; do
+  install -D -m 0644 "$ROOT/docs/$doc.md" "$STAGE/usr/share/doc/edge-agent/docs/$doc.md"
+done
 install -D -m 0644 "$ROOT/systemd/README.md" "$STAGE/usr/share/doc/edge-agent/systemd.md"
 mkdir -p "$STAGE/usr/share/doc/edge-agent/examples"
 cp "$ROOT"/examples/*.toml "$STAGE/usr/share/doc/edge-agent/examples/"

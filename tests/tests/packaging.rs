@@ -52,6 +52,8 @@ fn package_contents_and_install_upgrade_remove_cycle() {
         "./lib/systemd/system/edge-agent.service",
         "./etc/edge-agent/agent.toml",
         "./usr/share/doc/edge-agent/README.md",
+        "./usr/share/doc/edge-agent/docs/config.md",
+        "./usr/share/doc/edge-agent/docs/install.md",
         "./usr/share/doc/edge-agent/examples/demo.toml",
     ] {
         assert!(

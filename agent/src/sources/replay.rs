@@ -77,7 +77,7 @@ impl<'de> Deserialize<'de> for ReplaySpeed {
 pub struct ReplaySourceConfig {
     pub name: String,
     /// The recording: the agent's own CSV (`tag,ts_ns,value,quality`) or an imported long or
-    /// wide CSV (see the README).
+    /// wide CSV (docs/models.md, "Recordings").
     pub path: PathBuf,
     /// `1` (default) plays at the recorded pace, `N` N times faster, `"max"` as fast as the
     /// pipeline takes it.

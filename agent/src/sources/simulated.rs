@@ -91,7 +91,7 @@ pub struct FaultConfig {
     /// `duration`, or 1 h when the fault is open-ended.
     #[serde(default, with = "humantime_serde::option")]
     pub ramp: Option<Duration>,
-    /// Size of the effect (units depend on the kind; see README).
+    /// Size of the effect (units depend on the kind; see docs/sources.md).
     #[serde(default = "one")]
     pub magnitude: f64,
 }
