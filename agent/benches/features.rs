@@ -2,6 +2,7 @@
 //! (the pump spec of `agent/tests/fixtures/pump_pack.toml`) on the same windows, one core each.
 //!
 //! Run: `cargo bench -p edge-agent --bench features` (the numpy side needs tests/peers/setup.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use edge_agent::features::compute::Scratch;
-use edge_protocols::bundle::FeatureSpec;
+use edge_wire::bundle::FeatureSpec;
 
 const WINDOWS: usize = 5_000;
 const CHANNELS: usize = 3;

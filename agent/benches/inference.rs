@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo bench -p edge-agent --bench inference` (needs tests/peers/setup.sh for the
 //! Python side). Results in BENCHMARKS.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::PathBuf;
 use std::process::Command;

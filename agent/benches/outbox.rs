@@ -12,6 +12,7 @@
 //!
 //! Run: `cargo bench -p edge-agent --bench outbox` (results in BENCHMARKS.md). Needs ~2.5 GB
 //! of free disk in the temp dir. `OUTBOX_BENCH_BACKLOG_MB` overrides the backlog size.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Write;
 use std::path::Path;
@@ -19,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::outbox::{OutboxConfig, SledOutbox, Stream};
-use edge_protocols::records::encode_samples;
-use edge_protocols::{Quality, Sample, Value};
+use edge_wire::records::encode_samples;
+use edge_wire::{Quality, Sample, Value};
 
 const COMMIT: Duration = Duration::from_millis(500);
 const RUN: Duration = Duration::from_secs(4);

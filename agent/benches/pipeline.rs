@@ -5,18 +5,18 @@
 //!   -> one output task that counts and discards — the real path minus I/O.
 //!
 //! Run: `cargo bench -p edge-agent --bench pipeline` (results in BENCHMARKS.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::config::PipelineConfig;
 use edge_agent::metrics::Metrics;
-use edge_agent::outputs::{Output, OutputFuture, OutputStats};
 use edge_agent::pipeline::record::Record;
 use edge_agent::pipeline::Pipeline;
-use edge_protocols::{
-    Quality, Sample, SampleBatch, Source, SourceContext, SourceFuture, Tag, Value,
-};
+use edge_agent::pipeline::PipelineConfig;
+use edge_agent::pipeline::{Output, OutputFuture, OutputStats};
+use edge_sources::{SampleBatch, Source, SourceContext, SourceFuture};
+use edge_wire::{Quality, Sample, Tag, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

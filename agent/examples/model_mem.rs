@@ -5,6 +5,10 @@
 //! is freed. Used for the footprint section of BENCHMARKS.md:
 //!
 //!   cargo run --release -p edge-agent --example model_mem [BUNDLE] [PUBLIC_KEY]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// a measuring tool: a failed unwrap ends the measurement
+// The counting allocator below is the measurement; it only forwards to `System`.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
@@ -74,8 +78,8 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|---|---|---|---|");
     report("start");
     let bytes = std::fs::read(bundle)?;
-    let key = edge_protocols::bundle::file::read_public_key(Path::new(key))?;
-    let b = edge_protocols::bundle::Bundle::from_bytes(&bytes, &[key], 0)?;
+    let key = edge_wire::bundle::file::read_public_key(Path::new(key))?;
+    let b = edge_wire::bundle::Bundle::from_bytes(&bytes, &[key], 0)?;
     drop(bytes);
     report("bundle verified");
     let shape = b.manifest.features.input_shape();

@@ -3,7 +3,7 @@
 //!
 //! Where each key is defined: top-level tables here; `[[sources.simulated]]` in
 //! `sources/simulated.rs`; `[[sources.replay]]` in `sources/replay.rs`; `[[sources.modbus]]`, `[[sources.opcua]]`, `[[sources.mqtt]]` in
-//! `edge-protocols` (`modbus/config.rs`, `opcua/config.rs`, `mqtt/config.rs`);
+//! `edge-sources` (`modbus/config.rs`, `opcua/config.rs`, `mqtt/config.rs`);
 //! `[[outputs.file]]` in `outputs/file.rs`.
 
 use std::collections::HashMap;
@@ -12,17 +12,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use edge_protocols::config_check::{ConfigIssue, Issues, KeyPath, Seg};
-use edge_protocols::modbus::ModbusSourceConfig;
-use edge_protocols::mqtt::MqttSourceConfig;
-use edge_protocols::opcua::OpcUaSourceConfig;
-use edge_protocols::BackpressurePolicy;
+use edge_sources::modbus::ModbusSourceConfig;
+use edge_sources::mqtt::MqttSourceConfig;
+use edge_sources::opcua::OpcUaSourceConfig;
+use edge_wire::config_check::{ConfigIssue, Issues, KeyPath, Seg};
 use serde::Deserialize;
 
+use crate::logging::LogConfig;
 use crate::models::{BundlesConfig, ModelConfig, TagCatalog};
 use crate::outputs::file::FileOutputConfig;
+use crate::pipeline::PipelineConfig;
 use crate::sources::replay::ReplaySourceConfig;
 use crate::sources::simulated::SimulatedSourceConfig;
+use crate::sources::SourcesConfig;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -66,83 +68,12 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/edge-agent")
 }
 
-/// `[log]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A tracing filter: `info`, `debug`, or per module `info,edge_protocols::modbus=debug`.
-    /// The `EDGE_LOG` environment variable overrides it.
-    pub level: String,
-    /// `text` (journald-friendly, no colours when not a terminal) or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 /// `[metrics]`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Address of the Prometheus `/metrics` endpoint, e.g. `127.0.0.1:9898`. Off when unset.
     pub listen: Option<SocketAddr>,
-}
-
-/// `[pipeline]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Capacity of the sources -> pipeline channel, in batches (one poll / notification /
-    /// message is one batch).
-    pub channel_capacity: usize,
-    /// What sources do when the pipeline is full (see `BackpressurePolicy`): `block` (default,
-    /// nothing lost) or `drop_newest`.
-    pub backpressure: BackpressurePolicy,
-    /// Capacity of each output's input queue, in records.
-    pub output_capacity: usize,
-    /// Longest a shutdown may take before in-flight data is dropped (and logged).
-    #[serde(with = "humantime_serde")]
-    pub shutdown_timeout: Duration,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            channel_capacity: 1024,
-            backpressure: BackpressurePolicy::Block,
-            output_capacity: 1024,
-            shutdown_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// `[sources]`: one array of tables per kind.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourcesConfig {
-    #[serde(default)]
-    pub simulated: Vec<SimulatedSourceConfig>,
-    #[serde(default)]
-    pub modbus: Vec<ModbusSourceConfig>,
-    #[serde(default)]
-    pub opcua: Vec<OpcUaSourceConfig>,
-    #[serde(default)]
-    pub mqtt: Vec<MqttSourceConfig>,
-    #[serde(default)]
-    pub replay: Vec<ReplaySourceConfig>,
 }
 
 /// `[outputs]`: one array of tables per kind.
@@ -306,7 +237,13 @@ impl AgentConfig {
             || format!("`{id}` must be non-empty and use only letters, digits, `-`, `_`, `.` (it becomes part of MQTT topics)"),
         );
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            issues.push(root.key("log").key("level"), format!("`{}` is not a log filter: {e} (e.g. \"info\" or \"info,edge_protocols=debug\")", self.log.level));
+            issues.push(
+                root.key("log").key("level"),
+                format!(
+                    "`{}` is not a log filter: {e} (e.g. \"info\" or \"info,edge_sources=debug\")",
+                    self.log.level
+                ),
+            );
         }
         let p = root.key("pipeline");
         issues.check(

@@ -41,7 +41,7 @@ pub const GIT_HASH: &str = env!("EDGE_GIT_HASH");
 pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<RunReport> {
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::new(cfg.pipeline.clone());
-    for (name, src) in sources::build(&cfg)? {
+    for (name, src) in sources::build(&cfg.sources, &cfg.agent.id, cfg.opcua_pki_dir())? {
         pipeline.add_source(&name, src);
     }
     for w in check_warnings(&cfg) {
@@ -158,7 +158,7 @@ pub fn trusted_keys(cfg: &AgentConfig) -> anyhow::Result<Vec<ed25519_dalek::Veri
         .trusted_keys
         .iter()
         .map(|p| {
-            edge_protocols::bundle::file::read_public_key(p)
+            edge_wire::bundle::file::read_public_key(p)
                 .map_err(|e| anyhow::anyhow!("bundles.trusted_keys: {e}"))
         })
         .collect()
@@ -196,7 +196,7 @@ pub fn check_warnings(cfg: &AgentConfig) -> Vec<String> {
         .enumerate()
         .filter_map(|(i, m)| {
             let bytes = std::fs::read(&m.bundle).ok()?;
-            let spec = edge_protocols::bundle::file::parse(&bytes)
+            let spec = edge_wire::bundle::file::parse(&bytes)
                 .ok()?
                 .manifest
                 .features;
@@ -241,7 +241,7 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
                     ))
                 }
             };
-            let floor = edge_protocols::bundle::file::parse(&bytes)
+            let floor = edge_wire::bundle::file::parse(&bytes)
                 .ok()
                 .and_then(|u| floors.floor(&u.manifest.name).ok())
                 .unwrap_or(0);
@@ -346,7 +346,7 @@ fn publish_setup(
             .client_id
             .clone()
             .unwrap_or_else(|| format!("{}-{}", cfg.agent.id, o.name));
-        let opts = edge_protocols::mqtt::client::mqtt_options(&o.broker, &client_id)
+        let opts = edge_sources::mqtt::client::mqtt_options(&o.broker, &client_id)
             .map_err(|e| anyhow::anyhow!("outputs.mqtt {}: {e}", o.name))?;
         let qos = if o.qos == 0 {
             rumqttc::QoS::AtMostOnce

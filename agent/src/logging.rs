@@ -3,7 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+use serde::Deserialize;
 
 /// Library crates that log routine events (each failed connection attempt, a publish racing
 /// subscription creation) as errors. The sources report every event that matters in their
@@ -25,4 +25,31 @@ pub fn init(cfg: &LogConfig) {
     };
     // Already initialised (tests): keep the existing subscriber.
     let _ = res;
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, or per module `info,edge_sources::modbus=debug`.
+    /// The `EDGE_LOG` environment variable overrides it.
+    pub level: String,
+    /// `text` (journald-friendly, no colours when not a terminal) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use edge_protocols::{SampleBatch, SourceStats};
+use edge_sources::{SampleBatch, SourceStats};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -28,9 +28,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::models::ModelStats;
-use crate::outputs::OutputStats;
 use crate::pipeline::record::Record;
-use crate::pipeline::PipelineStats;
+use crate::pipeline::OutputStats;
+use crate::pipeline::{PipelineObserver, PipelineStats};
 
 #[derive(Default)]
 struct Inner {
@@ -57,6 +57,27 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+impl PipelineObserver for Metrics {
+    fn fan_in(&self, queue: &mpsc::Sender<SampleBatch>) {
+        self.set_fan_in(queue);
+    }
+    fn pipeline(&self, stats: Arc<PipelineStats>) {
+        self.set_pipeline(stats);
+    }
+    fn source(&self, name: &str, kind: &'static str, stats: Arc<SourceStats>) {
+        self.add_source(name, kind, stats);
+    }
+    fn output(
+        &self,
+        name: &str,
+        kind: &'static str,
+        stats: Arc<OutputStats>,
+        queue: &mpsc::Sender<Record>,
+    ) {
+        self.add_output(name, kind, stats, queue);
     }
 }
 
@@ -182,7 +203,7 @@ impl Collector for Snapshot {
             MetricType::Counter,
         )?;
         for (src, kind, s) in &m.sources {
-            for why in edge_protocols::source::BadMessage::ALL {
+            for why in edge_sources::source::BadMessage::ALL {
                 let n = s.bad_messages(why);
                 if n > 0 || *kind == "mqtt" {
                     let labels = [

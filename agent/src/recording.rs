@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::io::BufRead;
 use std::sync::Arc;
 
-use edge_protocols::{Quality, Sample, Tag, Value};
+use edge_wire::{Quality, Sample, Tag, Value};
 
 pub const CSV_HEADER: &str = "tag,ts_ns,value,quality";
 
@@ -133,7 +133,7 @@ fn native_row(
 
 /// One shared `Arc` per tag name, so a recording of millions of samples allocates its tag
 /// names once (bounded: past `MAX_INTERNED` names, each sample gets its own).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct TagNames(std::collections::HashSet<Tag>);
 
 const MAX_INTERNED: usize = 100_000;
@@ -318,6 +318,7 @@ fn parse_value(v: &str, quoted: bool) -> Result<Value, String> {
 }
 
 /// Samples of a recording in file order, from any [`CsvLayout`]. Errors name the line.
+#[derive(Debug)]
 pub struct RecordingReader<R> {
     lines: std::io::Lines<R>,
     line: usize,

@@ -1,6 +1,7 @@
 //! Bundles end to end through the binary: keygen, pack (reference statistics from a real
 //! recording), inspect, verify, featurize; every kind of bad bundle refused with a clear error;
 //! a running agent hot-reloads a good bundle and keeps serving through bad ones.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

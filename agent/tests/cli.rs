@@ -1,5 +1,6 @@
 //! The `edge-agent` binary as operators use it: `check` on good and broken configs, `run` on
 //! the simulated plant with a clean SIGTERM shutdown, and the metrics endpoint.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,16 +1,17 @@
 //! The outbox on a file system that fills up (a real tmpfs, real sled): the reserve keeps
 //! room for alarms, samples are evicted and refused first, and every record that could not be
 //! stored is counted — offered == stored + dropped, exactly, through the whole episode.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_agent::outbox::{OutboxConfig, OutboxWriter, SledOutbox, Stream};
-use edge_agent::outputs::{Output, OutputStats};
 use edge_agent::pipeline::record::Record;
-use edge_protocols::bundle::BundleRef;
-use edge_protocols::records::AlarmEvent;
-use edge_protocols::{Quality, Sample, Value};
+use edge_agent::pipeline::{Output, OutputStats};
+use edge_wire::bundle::BundleRef;
+use edge_wire::records::AlarmEvent;
+use edge_wire::{Quality, Sample, Value};
 
 /// A small tmpfs, unmounted when dropped.
 struct SmallDisk(std::path::PathBuf);
@@ -51,7 +52,7 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 fn samples(i: u64) -> Record {
-    let tag: edge_protocols::Tag = Arc::from("pump1.flow");
+    let tag: edge_wire::Tag = Arc::from("pump1.flow");
     // ~1 KiB per record: the disk fills in a few thousand records.
     let batch: Vec<Sample> = (0..40)
         .map(|k| {
@@ -166,7 +167,7 @@ fn a_full_disk_keeps_room_for_alarms_and_counts_every_lost_record() {
     );
     let stored = ob.read(Stream::Alarms, "historian", 10).unwrap();
     assert_eq!(stored.len(), 1, "exactly the one alarm is stored");
-    assert!(edge_protocols::records::decode_alarm(&stored[0].2).is_ok_and(|a| a.active));
+    assert!(edge_wire::records::decode_alarm(&stored[0].2).is_ok_and(|a| a.active));
 
     // Space comes back: the reserve is written again and samples are stored again.
     std::fs::remove_file(&filler).unwrap();

@@ -2,6 +2,7 @@
 //! statistics (its own training data is calm, shifted data drifts and alarms), imported wide
 //! CSV gives the same predictions as the agent's own recording format, off-grid timestamps
 //! are warned about, and bad input fails with the line named.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

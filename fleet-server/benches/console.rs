@@ -7,14 +7,15 @@
 //!
 //! Run: `cargo bench -p fleet-server --bench console`
 //! (`CONSOLE_BENCH_DEVICES=10000`, `CONSOLE_BENCH_RECORDS=1000000`, `CONSOLE_BENCH_N=200`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use edge_protocols::bundle::manifest::{ColumnStats, Manifest};
-use edge_protocols::bundle::BundleRef;
-use edge_protocols::drift::{ColumnDrift, DriftRecord, DriftRules, DriftSummary};
-use edge_protocols::records::{self, AlarmEvent, DriftAlarm, DriftAlarmKind};
+use edge_wire::bundle::manifest::{ColumnStats, Manifest};
+use edge_wire::bundle::BundleRef;
+use edge_wire::drift::{ColumnDrift, DriftRecord, DriftRules, DriftSummary};
+use edge_wire::records::{self, AlarmEvent, DriftAlarm, DriftAlarmKind};
 use fleet_server::service::views::{NewToken, NewUser};
 use fleet_server::service::{FleetService, Principal, Settings};
 use fleet_server::store::{AlarmQuery, DeviceFilter, DeviceSort, FleetStore, ProblemFilter};
@@ -139,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
     for v in [1, 2] {
         registry
             .push(
-                edge_protocols::bundle::file::pack(&manifest(v), b"model", &key)?,
+                edge_wire::bundle::file::pack(&manifest(v), b"model", &key)?,
                 "bench",
             )
             .await?;
@@ -149,9 +150,9 @@ async fn main() -> anyhow::Result<()> {
         "seeding {devices} devices and {total} records in {}",
         dir.display()
     );
-    let status = |backlog: u64, err: bool| edge_protocols::sync::CheckIn {
+    let status = |backlog: u64, err: bool| edge_wire::sync::CheckIn {
         agent_version: "0.1.0".into(),
-        models: vec![edge_protocols::sync::ModelStatus {
+        models: vec![edge_wire::sync::ModelStatus {
             model: "m".into(),
             bundle: "pump".into(),
             version: "1.0.1".into(),
@@ -160,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
         }],
         streams: ["samples", "features", "predictions", "alarms", "drift"]
             .iter()
-            .map(|s| edge_protocols::sync::StreamStatus {
+            .map(|s| edge_wire::sync::StreamStatus {
                 stream: s.to_string(),
                 backlog,
                 bytes: backlog * 100,

@@ -11,11 +11,12 @@
 //! HAProxy and without it. `FLEET_LOAD_GROUP=256,1`: the `--group-commit` values to compare.
 //! `FLEET_LOAD_RECORDS=10`: records per upload. `FLEET_LOAD_LAYOUTS=haproxy|split`: one of
 //! the replica layouts only.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocols::sync::{self, path};
+use edge_wire::sync::{self, path};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use rustls::pki_types::pem::PemObject;

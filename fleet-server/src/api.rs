@@ -1,4 +1,4 @@
-//! The device-facing HTTPS API (see `edge_protocols::sync` for the messages and paths).
+//! The device-facing HTTPS API (see `edge_wire::sync` for the messages and paths).
 //!
 //! Every handler except enrollment starts with the [`AuthDevice`] extractor: the client
 //! certificate presented on the TLS connection, looked up by SHA-256, must belong to an
@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use edge_protocols::sync::{self, path, DesiredBundle};
+use edge_wire::sync::{self, path, DesiredBundle};
 use serde::Serialize;
 
 use crate::ca::{sha256_hex, FleetCa};
@@ -36,7 +36,7 @@ pub struct AppState {
     /// The rollout table, re-read at most once a second (every check-in needs it; operator
     /// changes made through the API are seen at once, those made by a CLI process on the
     /// data directory within a second).
-    pub rollouts: Arc<RolloutCache>,
+    pub rollouts: Arc<crate::rollout::RolloutCache>,
     /// Check-ins and uploads are stored through here, many devices per transaction.
     pub commits: crate::group_commit::GroupCommit,
 }
@@ -56,40 +56,6 @@ impl AppState {
             checkin_s: service.settings().checkin_s,
             history_every_ms: crate::service::ms(service.settings().history_every),
             rollouts: service.rollout_cache().clone(),
-        }
-    }
-}
-
-/// The rollout table, cached for a second.
-#[derive(Debug, Default)]
-pub struct RolloutCache(
-    std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<crate::store::Rollout>>)>>,
-);
-
-impl RolloutCache {
-    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-    pub async fn get(
-        &self,
-        store: &FleetStore,
-    ) -> Result<Arc<Vec<crate::store::Rollout>>, ApiError> {
-        if let Ok(g) = self.0.lock() {
-            if let Some((at, list)) = g.as_ref() {
-                if at.elapsed() < Self::TTL {
-                    return Ok(list.clone());
-                }
-            }
-        }
-        let list = Arc::new(store.rollouts().await?);
-        if let Ok(mut g) = self.0.lock() {
-            *g = Some((std::time::Instant::now(), list.clone()));
-        }
-        Ok(list)
-    }
-
-    pub fn invalidate(&self) {
-        if let Ok(mut g) = self.0.lock() {
-            *g = None;
         }
     }
 }
@@ -125,6 +91,7 @@ impl<E: std::fmt::Display> From<E> for ApiError {
 }
 
 /// An authenticated device.
+#[derive(Debug)]
 pub struct AuthDevice(pub Device);
 
 impl FromRequestParts<AppState> for AuthDevice {
@@ -156,6 +123,7 @@ impl FromRequestParts<AppState> for AuthDevice {
 
 /// The device certificate a request came with (checked against the registry where the
 /// request's write is stored: [`crate::group_commit`]).
+#[derive(Debug)]
 pub struct DeviceCert(pub String);
 
 impl FromRequestParts<AppState> for DeviceCert {

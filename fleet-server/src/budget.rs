@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 /// Bytes per permit.
 const UNIT: u64 = 1024;
 /// The charge for a body without `Content-Length` (chunked): the largest device body.
-const UNKNOWN_LENGTH: u64 = edge_protocols::sync::MAX_BODY as u64;
+const UNKNOWN_LENGTH: u64 = edge_wire::sync::MAX_BODY as u64;
 
 /// The most a request may be charged and still use the small lane (bytes).
 pub const SMALL: u64 = 1 << 20;

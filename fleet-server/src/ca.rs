@@ -74,7 +74,7 @@ fn validity(p: &mut CertificateParams, years: i32) {
 }
 
 pub fn sha256_hex(b: &[u8]) -> String {
-    edge_protocols::bundle::file::hex(&Sha256::digest(b))
+    edge_wire::bundle::file::hex(&Sha256::digest(b))
 }
 
 impl FleetCa {

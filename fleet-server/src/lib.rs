@@ -95,7 +95,7 @@ pub async fn serve(
         .await?;
     let addr = listener.local_addr()?;
     on_bound(addr);
-    let evaluator = tokio::spawn(drift::evaluation_task(
+    let evaluator = tokio::spawn(service::drift_evaluation_task(
         service.clone(),
         opts.drift_check,
         stop.clone(),

@@ -13,10 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use edge_protocols::bundle::file as bundle_file;
-use edge_protocols::bundle::Manifest;
-use edge_protocols::delta;
-use edge_protocols::sync::Artifact;
+use edge_wire::bundle::file as bundle_file;
+use edge_wire::bundle::Manifest;
+use edge_wire::delta;
+use edge_wire::sync::Artifact;
 
 use crate::store::{now_ms, BundleRow, DeltaRow, FleetStore, StoreError};
 
@@ -115,7 +115,7 @@ impl Registry {
             }
             let path = entry.path();
             let bytes = tokio::fs::read(&path).await.map_err(self.io(&path))?;
-            if crate::ca::sha256_hex(&bytes) != name {
+            if edge_wire::bundle::file::sha256_hex(&bytes) != name {
                 tracing::error!(file = %path.display(), "artifact file does not match its SHA-256 name: left in place, not imported");
                 continue;
             }
@@ -137,7 +137,7 @@ impl Registry {
         let bytes = self.store.read_artifact(sha256).await?.ok_or_else(|| {
             RegistryError::Refused(format!("artifact {sha256} is not in the database"))
         })?;
-        if crate::ca::sha256_hex(&bytes) != sha256 {
+        if edge_wire::bundle::file::sha256_hex(&bytes) != sha256 {
             return Err(RegistryError::Refused(format!(
                 "artifact {sha256} does not match its SHA-256 (altered in the database?)"
             )));
@@ -333,7 +333,7 @@ impl Registry {
             .filter(|(_, d)| d.len() < new_len);
         let row = match best {
             Some((m, d)) => {
-                let sha = crate::ca::sha256_hex(&d);
+                let sha = edge_wire::bundle::file::sha256_hex(&d);
                 self.store.put_artifact(&sha, &d).await?;
                 DeltaRow {
                     method: m.name().into(),
@@ -367,9 +367,9 @@ mod tests {
         let arts = dir.join("artifacts");
         std::fs::create_dir_all(&arts).unwrap();
         let good = b"a bundle of an earlier release".to_vec();
-        let good_sha = crate::ca::sha256_hex(&good);
+        let good_sha = edge_wire::bundle::file::sha256_hex(&good);
         std::fs::write(arts.join(&good_sha), &good).unwrap();
-        let bad_sha = crate::ca::sha256_hex(b"something else");
+        let bad_sha = edge_wire::bundle::file::sha256_hex(b"something else");
         std::fs::write(arts.join(&bad_sha), b"altered").unwrap();
         std::fs::write(arts.join("x.tmp123"), b"partial").unwrap();
         let r = Registry::new(s.clone(), &dir).unwrap();

@@ -96,7 +96,7 @@ impl RemoteFleet {
     /// `None` uses the operating system's trust store.
     pub fn new(url: &str, token: String, ca: Option<&Path>) -> Result<RemoteFleet> {
         let (host, port) = parse_url(url)?;
-        let tls = edge_protocols::tls::client_config(ca, None)
+        let tls = edge_wire::tls::client_config(ca, None)
             .map_err(|e| ServiceError::Invalid(format!("TLS setup: {e}")))?;
         Ok(RemoteFleet {
             host,

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use edge_protocols::records::Stream;
+use edge_wire::records::Stream;
 
 use crate::store::{FleetStore, Result};
 

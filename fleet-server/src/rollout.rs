@@ -14,6 +14,8 @@
 //!
 //! A rollout halts itself when `max_failures` devices report a failed or rolled-back update.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 use crate::store::{now_ms, Device, FleetStore, Rollout, RolloutReport, StoreError};
@@ -250,6 +252,35 @@ pub async fn report(
         );
     }
     Ok(halted.is_some())
+}
+
+/// The rollout table, cached for a second.
+#[derive(Debug, Default)]
+pub struct RolloutCache(std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Rollout>>)>>);
+
+impl RolloutCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub async fn get(&self, store: &FleetStore) -> Result<Arc<Vec<Rollout>>, StoreError> {
+        if let Ok(g) = self.0.lock() {
+            if let Some((at, list)) = g.as_ref() {
+                if at.elapsed() < Self::TTL {
+                    return Ok(list.clone());
+                }
+            }
+        }
+        let list = Arc::new(store.rollouts().await?);
+        if let Ok(mut g) = self.0.lock() {
+            *g = Some((std::time::Instant::now(), list.clone()));
+        }
+        Ok(list)
+    }
+
+    pub fn invalidate(&self) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = None;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -178,12 +178,12 @@ string_enum! {
     }
 }
 
-impl From<edge_protocols::sync::UpdateOutcome> for UpdateOutcome {
-    fn from(o: edge_protocols::sync::UpdateOutcome) -> Self {
+impl From<edge_wire::sync::UpdateOutcome> for UpdateOutcome {
+    fn from(o: edge_wire::sync::UpdateOutcome) -> Self {
         match o {
-            edge_protocols::sync::UpdateOutcome::Applied => UpdateOutcome::Applied,
-            edge_protocols::sync::UpdateOutcome::RolledBack => UpdateOutcome::RolledBack,
-            edge_protocols::sync::UpdateOutcome::Failed => UpdateOutcome::Failed,
+            edge_wire::sync::UpdateOutcome::Applied => UpdateOutcome::Applied,
+            edge_wire::sync::UpdateOutcome::RolledBack => UpdateOutcome::RolledBack,
+            edge_wire::sync::UpdateOutcome::Failed => UpdateOutcome::Failed,
         }
     }
 }

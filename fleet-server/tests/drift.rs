@@ -2,12 +2,13 @@
 //! known distributions for several fake devices and intervals, stored through
 //! `FleetStore::ingest` (the upload path), then the merged views, version separation, time
 //! filters and buckets, the retrain trigger with a hook command, and the operator API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::sync::Arc;
 
-use edge_protocols::drift::fleet::MergedDrift;
-use edge_protocols::drift::DriftRecord;
+use edge_wire::drift::fleet::MergedDrift;
+use edge_wire::drift::DriftRecord;
 use fleet_server::drift::{self, DriftQuery, Hook, NewPolicy, PolicyRule};
 
 mod common;

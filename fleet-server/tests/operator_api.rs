@@ -2,11 +2,12 @@
 //! route table, authentication and roles before anything else, every answer against its
 //! documented schema, sessions with CSRF, login throttling, API token lifetimes, the audit
 //! trail, and the accounts rules (the last admin stays).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use edge_protocols::records::{self, AlarmEvent, BundleRef, DriftAlarm, DriftAlarmKind};
+use edge_wire::records::{self, AlarmEvent, BundleRef, DriftAlarm, DriftAlarmKind};
 use fleet_server::operator::{routes, OPENAPI};
 use fleet_server::service::views::{NewToken, NewUser};
 use fleet_server::service::{FleetService, Principal, Settings};
@@ -351,16 +352,16 @@ fn alarm(active: bool, ts: i64) -> Vec<u8> {
 async fn seed(a: &mut Api) {
     a.f.device("d1", &["site=a", "canary"]).await;
     a.f.device("d2", &["site=a"]).await;
-    let status = edge_protocols::sync::CheckIn {
+    let status = edge_wire::sync::CheckIn {
         agent_version: "0.1.0".into(),
-        models: vec![edge_protocols::sync::ModelStatus {
+        models: vec![edge_wire::sync::ModelStatus {
             model: "m".into(),
             bundle: BUNDLE.into(),
             version: "1.0.1".into(),
             version_number: 1,
             sha256: "s".into(),
         }],
-        streams: vec![edge_protocols::sync::StreamStatus {
+        streams: vec![edge_wire::sync::StreamStatus {
             stream: "samples".into(),
             backlog: 10,
             bytes: 100,
@@ -416,7 +417,7 @@ async fn seed(a: &mut Api) {
         .unwrap();
     use ed25519_dalek::SigningKey;
     let key = SigningKey::from_bytes(&[7u8; 32]);
-    let v2 = edge_protocols::bundle::file::pack(&manifest(2), b"model", &key).unwrap();
+    let v2 = edge_wire::bundle::file::pack(&manifest(2), b"model", &key).unwrap();
     let r = a
         .call(
             "POST",
@@ -959,7 +960,7 @@ async fn api_tokens_are_capped_by_their_user_and_stop_when_revoked_expired_or_or
             name: "old".into(),
             user_name: "olga".into(),
             role: Role::Operator,
-            token_sha256: edge_protocols::bundle::file::sha256_hex(old.as_bytes()),
+            token_sha256: edge_wire::bundle::file::sha256_hex(old.as_bytes()),
             created_at: now - 10_000,
             expires_at: now - 1,
             last_used_at: None,

@@ -3,18 +3,19 @@
 //! fuzzer starts from valid input and mutates its way into the corners.
 //!
 //! `cargo run -p edge-fuzz --example seed_corpora` (idempotent; `tests/fuzz.sh` runs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use edge_protocols::bundle::file as bundle_file;
-use edge_protocols::bundle::BundleRef;
-use edge_protocols::drift::policy::DriftPolicy;
-use edge_protocols::drift::record::{ColumnDrift, DriftRecord};
-use edge_protocols::drift::summary::DriftSummary;
-use edge_protocols::records::{self, AlarmEvent, FeatureRecord, Prediction, Stream};
-use edge_protocols::sparkplug::proto::{Metric, MetricValue, Payload};
-use edge_protocols::{delta, sync, Quality, Sample, Value};
+use edge_wire::bundle::file as bundle_file;
+use edge_wire::bundle::BundleRef;
+use edge_wire::drift::policy::DriftPolicy;
+use edge_wire::drift::record::{ColumnDrift, DriftRecord};
+use edge_wire::drift::summary::DriftSummary;
+use edge_wire::records::{self, AlarmEvent, FeatureRecord, Prediction, Stream};
+use edge_wire::sparkplug::proto::{Metric, MetricValue, Payload};
+use edge_wire::{delta, sync, Quality, Sample, Value};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -368,7 +369,7 @@ fn samples() -> Vec<Sample> {
 fn drift_record(src: Arc<BundleRef>) -> DriftRecord {
     let rules = DriftPolicy::default().resolve();
     let edges: Vec<f64> = (0..=10).map(|i| f64::from(i) - 5.0).collect();
-    let reference = edge_protocols::bundle::manifest::ColumnStats {
+    let reference = edge_wire::bundle::manifest::ColumnStats {
         name: "pump1.flow:mean".into(),
         count: 1000,
         mean: 0.0,

@@ -18,20 +18,20 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use edge_protocols::bundle::file as bundle_file;
-use edge_protocols::bundle::manifest::{ColumnStats, Reference, REFERENCE_QUANTILES};
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::drift::fleet::MergedDrift;
-use edge_protocols::drift::policy::DriftPolicy;
-use edge_protocols::drift::summary::score;
-use edge_protocols::modbus::codec::{apply_scaling, decode_registers, ByteOrder, DataType};
-use edge_protocols::mqtt::payload::{
+use edge_sources::modbus::codec::{apply_scaling, decode_registers, ByteOrder, DataType};
+use edge_sources::mqtt::payload::{
     parse_json, parse_plain, timestamp_at, value_at, TimestampFormat,
 };
-use edge_protocols::opcua::config::TimestampSource;
-use edge_protocols::opcua::values::data_value_to_sample;
-use edge_protocols::records::{self, Stream};
-use edge_protocols::{delta, sync, Quality, Sample, Tag, Value};
+use edge_sources::opcua::config::TimestampSource;
+use edge_sources::opcua::values::data_value_to_sample;
+use edge_wire::bundle::file as bundle_file;
+use edge_wire::bundle::manifest::{ColumnStats, Reference, REFERENCE_QUANTILES};
+use edge_wire::config_check::{Issues, KeyPath};
+use edge_wire::drift::fleet::MergedDrift;
+use edge_wire::drift::policy::DriftPolicy;
+use edge_wire::drift::summary::score;
+use edge_wire::records::{self, Stream};
+use edge_wire::{delta, sync, Quality, Sample, Tag, Value};
 
 /// Every target by name (the name is its corpus folder and its libFuzzer binary).
 /// A fuzz target: raw bytes in, a panic for a finding.

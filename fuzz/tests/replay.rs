@@ -1,6 +1,7 @@
 //! Replays every committed corpus file through its target (`fuzz/corpus/<target>/*`): the
 //! inputs the fuzzer kept for coverage and every input that once crashed a target stay
 //! regression tests on stable Rust, without libFuzzer.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 

@@ -3,11 +3,12 @@
 //! same server, same tags, same run.
 //!
 //! Run: `cargo bench -p interop-tests --bench modbus_poll` (needs tests/peers/setup.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 
-use edge_protocols::modbus::{ModbusPoller, ModbusSourceConfig};
-use edge_protocols::Quality;
+use edge_sources::modbus::{ModbusPoller, ModbusSourceConfig};
+use edge_wire::Quality;
 use interop_tests::*;
 
 const REGISTERS: usize = 1000;

@@ -10,10 +10,11 @@
 //! and the publisher share the rest of the machine.
 //!
 //! Run: `cargo bench -p interop-tests --bench mqtt_ingest` (needs tests/peers/setup.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, Instant};
 
-use edge_protocols::mqtt::{MqttSourceConfig, MqttSubscriber};
+use edge_sources::mqtt::{MqttSourceConfig, MqttSubscriber};
 use interop_tests::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 

@@ -14,6 +14,7 @@
 //!
 //! Run: `cargo build --release -p edge-agent && cargo bench -p interop-tests --bench
 //! mqtt_latency` (needs tests/peers/setup.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

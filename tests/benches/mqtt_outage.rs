@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo build --release -p edge-agent && OUTAGE_SECONDS=600 cargo bench -p
 //! interop-tests --bench mqtt_outage` (needs tests/peers/setup.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};

@@ -8,6 +8,7 @@
 //! pump_pack.toml` (5 s windows every 1 s, with an FFT band energy), packed by the bench.
 //!
 //! Run: `cargo build --release -p edge-agent && cargo bench -p interop-tests --bench replay`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::Path;
 use std::process::Command;

@@ -48,6 +48,7 @@ impl Impairment {
 
 /// A network namespace wired to the host through the user-space netem. The namespace sees the
 /// host as [`Wire::host_ip`]; servers it must reach listen there (or on 0.0.0.0).
+#[derive(Debug)]
 pub struct Wire {
     ns: String,
     subnet: String,
@@ -211,6 +212,7 @@ pub struct Observation {
 }
 
 /// Samples a process's resident memory, open file descriptors and a folder's size.
+#[derive(Debug)]
 pub struct Sampler {
     pid: u32,
     folder: PathBuf,

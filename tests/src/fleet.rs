@@ -8,10 +8,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocols::bundle::file as bundle_file;
+use edge_wire::bundle::file as bundle_file;
 
 use crate::{free_port, workspace_bin, Peer};
 
+#[derive(Debug)]
 pub struct FleetServer {
     pub peer: Peer,
     pub port: u16,
@@ -358,7 +359,7 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 pub fn demo_bundle_version(
     key: &Path,
     version_number: u64,
-    edit: impl FnOnce(&mut edge_protocols::bundle::manifest::Manifest),
+    edit: impl FnOnce(&mut edge_wire::bundle::manifest::Manifest),
 ) -> Vec<u8> {
     let demo = std::fs::read(crate::workspace().join("examples/demo/pump-anomaly.bundle"))
         .expect("demo bundle");
@@ -382,7 +383,7 @@ pub fn https(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), String> {
-    let cfg = edge_protocols::tls::client_config(Some(ca), client).map_err(|e| e.to_string())?;
+    let cfg = edge_wire::tls::client_config(Some(ca), client).map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").map_err(|e| e.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::clone(&cfg), name).map_err(|e| e.to_string())?;
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -455,16 +456,16 @@ pub fn call<Req: serde::Serialize, Rep: serde::de::DeserializeOwned>(
         "POST",
         path,
         &[
-            ("content-type", edge_protocols::sync::CONTENT_TYPE),
+            ("content-type", edge_wire::sync::CONTENT_TYPE),
             ("content-encoding", "zstd"),
         ],
-        &edge_protocols::sync::encode(msg),
+        &edge_wire::sync::encode(msg),
     )
     .map_err(|e| (0, e))?;
     if status != 200 {
         return Err((status, String::from_utf8_lossy(&body).into_owned()));
     }
-    edge_protocols::sync::decode(&body).map_err(|e| (status, e.to_string()))
+    edge_wire::sync::decode(&body).map_err(|e| (status, e.to_string()))
 }
 
 /// Enrolls a device directly (key and CSR made here); returns (cert path, key path, id).
@@ -481,12 +482,12 @@ pub fn enroll_device(
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .expect("csr");
-    let reply: edge_protocols::sync::EnrollReply = call(
+    let reply: edge_wire::sync::EnrollReply = call(
         port,
         ca,
         None,
-        edge_protocols::sync::path::ENROLL,
-        &edge_protocols::sync::EnrollRequest {
+        edge_wire::sync::path::ENROLL,
+        &edge_wire::sync::EnrollRequest {
             token: token.into(),
             csr_pem: csr,
             name: name.into(),
@@ -503,6 +504,7 @@ pub fn enroll_device(
 }
 
 /// An agent of the end-to-end fleet tests: a simulated pump, one model, sync to a server.
+#[derive(Debug)]
 pub struct AgentSetup<'a> {
     pub id: &'a str,
     pub server_port: u16,
@@ -607,13 +609,14 @@ pub fn stream<'a>(show: &'a serde_json::Value, name: &str) -> Option<&'a serde_j
 }
 
 pub fn sha_of(path: &Path) -> String {
-    edge_protocols::bundle::file::sha256_hex(&std::fs::read(path).expect("bundle file"))
+    edge_wire::bundle::file::sha256_hex(&std::fs::read(path).expect("bundle file"))
 }
 
 /// HAProxy in TCP mode (TLS passes through: device mTLS ends at the fleet servers) in
 /// front of fleet-server replicas, round robin, with health checks so a dead replica is
 /// taken out and connections go to the others. Logs each connection's replica as soon as
 /// it is chosen (`option logasap`) to `haproxy.log`.
+#[derive(Debug)]
 pub struct Haproxy {
     pub peer: Peer,
     pub port: u16,

@@ -5,6 +5,7 @@
 //! The peers are installed by `tests/peers/setup.sh` (called by `tests/run.sh`) into
 //! `$EDGE_PEERS_DIR` (default `tests/.peers`). A missing install is a test failure with the
 //! command to run, never a silent skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 pub mod faults;
 pub mod fleet;
@@ -15,9 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocols::{
-    BackpressurePolicy, Sample, SampleBatch, SampleSender, Source, SourceContext, SourceStats,
+use edge_sources::{
+    BackpressurePolicy, SampleBatch, SampleSender, Source, SourceContext, SourceStats,
 };
+use edge_wire::Sample;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -69,6 +71,7 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
 }
 
 /// A peer process, killed when dropped. Keeps its command so it can be restarted.
+#[derive(Debug)]
 pub struct Peer {
     name: String,
     program: PathBuf,
@@ -199,6 +202,7 @@ impl Drop for Peer {
 }
 
 /// Mosquitto with three listeners: anonymous, user/password (`edge`/`edge-pass`), and mTLS.
+#[derive(Debug)]
 pub struct Broker {
     pub anon: u16,
     pub userpass: u16,
@@ -356,6 +360,7 @@ pub fn modbus_tcp_with(dir: &Path, port: u16, extra: &[&str]) -> Peer {
 }
 
 /// A serial line made of a socat pty pair, with the pymodbus RTU server on one end.
+#[derive(Debug)]
 pub struct RtuLine {
     pub client_tty: PathBuf,
     pub socat: Peer,
@@ -409,11 +414,12 @@ pub fn modbus_rtu(dir: &Path, baud: u32) -> RtuLine {
 }
 
 /// Runs one source in-process and collects its samples.
+#[derive(Debug)]
 pub struct Harness {
     rx: mpsc::Receiver<SampleBatch>,
     pub stop: CancellationToken,
     pub stats: Arc<SourceStats>,
-    task: tokio::task::JoinHandle<Result<(), edge_protocols::SourceError>>,
+    task: tokio::task::JoinHandle<Result<(), edge_sources::SourceError>>,
     /// Everything consumed so far.
     pub seen: Vec<Sample>,
     pending: std::collections::VecDeque<Sample>,
@@ -503,7 +509,7 @@ impl Harness {
         self.rx.recv().await
     }
 
-    pub async fn stop(self) -> Result<(), edge_protocols::SourceError> {
+    pub async fn stop(self) -> Result<(), edge_sources::SourceError> {
         self.stop.cancel();
         let mut rx = self.rx;
         let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -602,6 +608,7 @@ pub fn unannounced_gaps(seqs: &[u64], skipped: &[(u64, u64)]) -> (u64, Vec<u64>)
 /// The Sparkplug/JSON listener peer (`tests/peers/spb_peer.py listen`): paho-mqtt subscribed
 /// to `spBv1.0/#` and `edge/#`, decoding Sparkplug payloads with the Tahu schema. Its output
 /// is one JSON object per message, in arrival order.
+#[derive(Debug)]
 pub struct MqttListener {
     pub peer: Peer,
 }
@@ -657,12 +664,13 @@ impl MqttListener {
 
 /// A TCP proxy in front of a peer whose link can be cut and restored: a pulled network cable
 /// between the agent and a broker or server, while the peer itself keeps running.
+#[derive(Debug)]
 pub struct TcpProxy {
     pub port: u16,
     state: std::sync::Arc<ProxyState>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ProxyState {
     down: std::sync::atomic::AtomicBool,
     /// Bytes forwarded, both directions.

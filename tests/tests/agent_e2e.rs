@@ -1,6 +1,7 @@
 //! End to end: the real `edge-agent` binary reading OPC-UA (asyncua), Modbus TCP (pymodbus),
 //! MQTT (Mosquitto) and the simulated plant at once, with one unreachable device and one
 //! wrong password among them; a peer is killed mid-run; SIGTERM; everything read is recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
 use std::io::Read;

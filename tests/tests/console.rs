@@ -4,12 +4,13 @@
 //! driven by playwright-core, axe-core for accessibility) and, around it, the parts a browser
 //! cannot show: the remote CLI through the API (same answers as on the data directory, roles
 //! enforced), and device certificates and operator credentials kept apart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use edge_protocols::sync::{self, path};
+use edge_wire::sync::{self, path};
 use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;

@@ -9,6 +9,7 @@
 //!   plain-JSON MQTT topics and as Sparkplug metrics (checked by the independent paho +
 //!   Tahu-schema listener), raised after N drifting intervals and cleared when the drift
 //!   ends; late labels published on an MQTT label topic give the model's accuracy.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -8,6 +8,7 @@
 //! Short versions run in the test suite; the long runs (one-hour fleet outage, one-hour
 //! soak) are the same tests with `EDGE_OUTAGE_SECS` / `EDGE_SOAK_SECS` set: `tests/soak.sh`.
 //! Figures: RELIABILITY.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

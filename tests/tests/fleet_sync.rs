@@ -2,10 +2,11 @@
 //! authorization, idempotent ingest through a cut network, resumable downloads, delta
 //! updates with hot reload, rollback on a failed health check, rollout auto-halt and an
 //! operator rollback.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use edge_protocols::sync::{self, path};
+use edge_wire::sync::{self, path};
 use interop_tests::fleet::*;
 use interop_tests::*;
 use serde_json::Value;
@@ -418,7 +419,7 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     let v2 = write(
         "v2.bundle",
         demo_bundle_version(&key, 2, |m| {
-            m.lineage = Some(edge_protocols::bundle::manifest::Lineage {
+            m.lineage = Some(edge_wire::bundle::manifest::Lineage {
                 training_data_sha256: "ab".repeat(32),
                 training_data_name: "plant-2026-11.csv".into(),
                 feature_spec_sha256: "cd".repeat(32),
@@ -433,7 +434,7 @@ fn delta_update_health_rollback_auto_halt_and_operator_rollback() {
     let v3 = write(
         "v3.bundle",
         demo_bundle_version(&key, 3, |m| {
-            m.postprocess.ranges = vec![edge_protocols::bundle::manifest::OutputRange {
+            m.postprocess.ranges = vec![edge_wire::bundle::manifest::OutputRange {
                 output: "scores".into(),
                 min: 100.0,
                 max: 200.0,

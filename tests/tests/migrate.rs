@@ -5,6 +5,7 @@
 //! it), and operator accounts moved (an API token made afterwards works remotely).
 //!
 //! Needs PostgreSQL (`FLEET_TEST_POSTGRES`, started by tests/run.sh).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

@@ -2,11 +2,12 @@
 //! type, both float word orders at the peer's known addresses, coalescing, exceptions,
 //! reconnects. Plus a raw in-process responder for what pymodbus cannot produce
 //! (unknown exception codes, a device that never answers).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use edge_protocols::modbus::{ModbusPoller, ModbusSourceConfig};
-use edge_protocols::{Quality, Value};
+use edge_sources::modbus::{ModbusPoller, ModbusSourceConfig};
+use edge_wire::{Quality, Value};
 use interop_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,7 +85,7 @@ fn config(transport: &str, extra: &str, tags: &str) -> ModbusSourceConfig {
     ))
 }
 
-fn value(samples: &[edge_protocols::Sample], tag: &str) -> Value {
+fn value(samples: &[edge_wire::Sample], tag: &str) -> Value {
     samples
         .iter()
         .rev()

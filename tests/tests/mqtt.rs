@@ -2,12 +2,13 @@
 //! plain and JSON payloads, timestamps, wildcard tag names, malformed payloads, user/password,
 //! mutual TLS (and a rogue certificate), broker restarts, QoS 1 messages queued by the
 //! broker while the agent was away, an oversize (poison) message, and a fast replay.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use edge_protocols::mqtt::{MqttSourceConfig, MqttSubscriber};
-use edge_protocols::source::BadMessage;
-use edge_protocols::{Quality, Value};
+use edge_sources::mqtt::{MqttSourceConfig, MqttSubscriber};
+use edge_sources::source::BadMessage;
+use edge_wire::{Quality, Value};
 use interop_tests::*;
 
 const TAGS: &str = r#"

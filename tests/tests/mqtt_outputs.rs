@@ -3,6 +3,7 @@
 //! plain JSON topics, retained status and last will, alarms, backfill after a broker outage;
 //! Sparkplug B births, aliases, bdSeq, seq wrap, rebirth, primary-host STATE gating with
 //! historical backfill, and NDEATH on a crash.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -2,11 +2,12 @@
 //! reads on security None, Basic256Sha256 SignAndEncrypt with user/password, certificate trust
 //! (trust list, trust on first use), wrong credentials, unknown nodes, and recovery after the
 //! server is killed and restarted (the failure Telegraf never recovers from).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use edge_protocols::opcua::{OpcUaSource, OpcUaSourceConfig};
-use edge_protocols::{Quality, Value};
+use edge_sources::opcua::{OpcUaSource, OpcUaSourceConfig};
+use edge_wire::{Quality, Value};
 use interop_tests::*;
 
 fn config(port: u16, extra: &str) -> OpcUaSourceConfig {
@@ -70,7 +71,7 @@ async fn subscription_over_security_none_delivers_typed_values() {
     let v = t.usable_f64().unwrap();
     assert!((55.0..=65.0).contains(&v), "temperature {v}");
     // Source timestamps come from the server and are recent.
-    let age = edge_protocols::now_ns() - t.ts_ns;
+    let age = edge_wire::now_ns() - t.ts_ns;
     assert!(
         (-5_000_000_000..10_000_000_000).contains(&age),
         "timestamp age {age} ns"

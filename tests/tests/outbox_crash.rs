@@ -5,6 +5,7 @@
 //! (reserved for live delivery, never committed); a number seen twice carries the same
 //! samples both times (never reused for another record); in order apart from at most one
 //! replay per restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 

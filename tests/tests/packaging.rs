@@ -3,6 +3,7 @@
 //! purge cycle runs on this machine (`packaging/deb/test-cycle.sh`): the system user is
 //! created, an edited config and the state directory survive the upgrade, the state survives
 //! `remove`, and `purge` deletes it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
 

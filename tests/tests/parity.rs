@@ -1,5 +1,6 @@
 //! Training-serving parity: one recording replayed through a live MQTT source into the running
 //! agent, and through `edge-agent featurize`; the features must be bit-identical.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -144,7 +145,7 @@ fn live_features_are_bit_identical_to_offline_features() {
         Command::new(workspace_bin("edge-agent"))
             .args(["run", "--config"])
             .arg(&cfg_path)
-            .env("EDGE_LOG", "info,edge_protocols::mqtt=debug")
+            .env("EDGE_LOG", "info,edge_sources::mqtt=debug")
             .stderr(std::fs::File::create(&agent_log).unwrap())
             .spawn()
             .unwrap(),

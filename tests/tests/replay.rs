@@ -2,6 +2,7 @@
 //! (`[[sources.replay]]`) and published to Mosquitto gives, message for message, the
 //! predictions `replay` writes offline — byte-identical payloads, read back by an independent
 //! subscriber (paho-mqtt, `tests/peers/spb_peer.py`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::process::Command;
 use std::time::Duration;

@@ -9,10 +9,11 @@
 //! old records only.
 //!
 //! Needs PostgreSQL (`FLEET_TEST_POSTGRES`, started by tests/run.sh) and HAProxy.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Duration;
 
-use edge_protocols::sync::{self, path};
+use edge_wire::sync::{self, path};
 use interop_tests::fleet::*;
 use interop_tests::*;
 

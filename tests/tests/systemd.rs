@@ -3,6 +3,7 @@
 //! once running, WATCHDOG=1 only while the pipeline makes progress (a stalled pipeline stops
 //! the pings so systemd restarts it), STOPPING=1 on SIGTERM. The service manager's socket is
 //! played by the test: a datagram socket in `NOTIFY_SOCKET`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::io::Read;
 use std::os::unix::net::UnixDatagram;

@@ -2,6 +2,7 @@
 //! bundle name over a holdout recording with `edge-agent replay` (the devices' own code),
 //! stores its metrics, and refuses to roll out a version below the limits unless forced
 //! (audited) — locally on the data directory and through the operator API.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use interop_tests::fleet::*;
 use interop_tests::*;

@@ -5,12 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use edge_protocols::bundle::file::{self, key_id, read_public_key, read_signing_key};
-use edge_protocols::bundle::manifest::{
+use edge_wire::bundle::file::{self, key_id, read_public_key, read_signing_key};
+use edge_wire::bundle::manifest::{
     Lineage, ModelInfo, PostProcess, Reference, TensorInfo, MANIFEST_FORMAT,
 };
-use edge_protocols::bundle::{Bundle, FeatureSpec, Manifest};
-use edge_protocols::config_check::{Issues, KeyPath};
+use edge_wire::bundle::{Bundle, FeatureSpec, Manifest};
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
 use crate::features::{model_input, offline::featurize_csv};
@@ -30,7 +30,7 @@ pub struct PackSpec {
     pub postprocess: PostProcess,
     /// Drift policy shipped with the bundle (`[drift]`, docs/bundles.md).
     #[serde(default)]
-    pub drift: edge_protocols::drift::DriftPolicy,
+    pub drift: edge_wire::drift::DriftPolicy,
     /// Provenance recorded in the manifest (`[lineage]`); `pack --code-revision/--param/
     /// --metric` add to it and win over it.
     #[serde(default)]
@@ -317,8 +317,8 @@ pub fn pack(
 }
 
 /// A layout as the feature spec writes it.
-fn layout_name(l: edge_protocols::bundle::spec::InputLayout) -> &'static str {
-    use edge_protocols::bundle::spec::InputLayout as L;
+fn layout_name(l: edge_wire::bundle::spec::InputLayout) -> &'static str {
+    use edge_wire::bundle::spec::InputLayout as L;
     match l {
         L::Vector => "vector",
         L::RawTc => "raw_tc",

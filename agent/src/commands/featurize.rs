@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use edge_protocols::bundle::FeatureSpec;
+use edge_wire::bundle::FeatureSpec;
 
 use crate::features::{model_input, offline::featurize_csv, WindowStats};
 
@@ -15,9 +15,7 @@ pub fn load_spec(bundle: Option<&Path>, spec: Option<&Path>) -> anyhow::Result<F
     match (bundle, spec) {
         (Some(b), None) => {
             let bytes = std::fs::read(b).with_context(|| format!("reading {}", b.display()))?;
-            Ok(edge_protocols::bundle::file::parse(&bytes)?
-                .manifest
-                .features)
+            Ok(edge_wire::bundle::file::parse(&bytes)?.manifest.features)
         }
         (None, Some(s)) => {
             let text =
@@ -47,9 +45,9 @@ pub fn featurize(
     };
     let mut out = BufWriter::new(out);
     let mut header = String::from("start_ns,end_ns");
-    let names = if scaled && spec.layout != edge_protocols::bundle::InputLayout::Vector {
+    let names = if scaled && spec.layout != edge_wire::bundle::InputLayout::Vector {
         (0..spec.input_len()).map(|i| format!("x{i}")).collect()
-    } else if spec.layout == edge_protocols::bundle::InputLayout::Vector {
+    } else if spec.layout == edge_wire::bundle::InputLayout::Vector {
         spec.column_names()
     } else {
         spec.tags

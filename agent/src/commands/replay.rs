@@ -20,14 +20,15 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AgentConfig, SourcesConfig};
+use crate::config::AgentConfig;
 use crate::models::WhenBusy;
 use crate::outbox::Stream;
-use crate::outputs::{Output, OutputFuture, OutputStats};
 use crate::pipeline::record::{Record, RecordKind};
 use crate::pipeline::Pipeline;
+use crate::pipeline::{Output, OutputFuture, OutputStats};
 use crate::publish::json_body;
 use crate::sources::replay::{ReplaySource, ReplaySourceConfig, ReplaySpeed};
+use crate::sources::SourcesConfig;
 
 /// What a replay did, for its closing summary.
 #[derive(Debug, Default)]
@@ -76,7 +77,7 @@ fn replay_config(
     cfg.outputs.file.clear();
     cfg.sync = None;
     cfg.metrics.listen = None;
-    cfg.pipeline.backpressure = edge_protocols::BackpressurePolicy::Block;
+    cfg.pipeline.backpressure = edge_sources::BackpressurePolicy::Block;
     // Everything read is processed: the end of the file is not a deadline.
     cfg.pipeline.shutdown_timeout = Duration::from_secs(365 * 24 * 3600);
     for m in &mut cfg.models {
@@ -166,7 +167,7 @@ pub async fn replay(
         .iter()
         .filter_map(|m| {
             let bytes = std::fs::read(&m.bundle).ok()?;
-            let spec = edge_protocols::bundle::file::parse(&bytes)
+            let spec = edge_wire::bundle::file::parse(&bytes)
                 .ok()?
                 .manifest
                 .features;

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use edge_protocols::bundle::spec::WindowFn;
-use edge_protocols::bundle::FeatureKind;
+use edge_wire::bundle::spec::WindowFn;
+use edge_wire::bundle::FeatureKind;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 

@@ -7,8 +7,8 @@ pub mod compute;
 pub mod offline;
 pub mod window;
 
-use edge_protocols::bundle::{FeatureKind, FeatureSpec, InputLayout};
-use edge_protocols::Sample;
+use edge_wire::bundle::{FeatureKind, FeatureSpec, InputLayout};
+use edge_wire::Sample;
 
 use compute::Scratch;
 pub use window::{Window, WindowStats};

@@ -3,7 +3,7 @@
 
 use std::io::BufRead;
 
-use edge_protocols::bundle::FeatureSpec;
+use edge_wire::bundle::FeatureSpec;
 
 use super::{FeatureRow, Featurizer, WindowStats};
 use crate::recording::RecordingReader;

@@ -15,8 +15,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use edge_protocols::bundle::FeatureSpec;
-use edge_protocols::Sample;
+use edge_wire::bundle::FeatureSpec;
+use edge_wire::Sample;
 
 /// A window ready for features: `values[c * len + i]` is channel (tag) `c` at point `i`.
 #[derive(Debug, Clone, PartialEq)]
@@ -293,7 +293,7 @@ fn fill_missing(s: &mut [f64]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_protocols::{Quality, Value};
+    use edge_wire::{Quality, Value};
     use std::sync::Arc;
     use std::time::Duration;
 

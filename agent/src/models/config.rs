@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_protocols::config_check::{Issues, KeyPath};
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
 /// `[bundles]`
@@ -42,7 +42,7 @@ pub struct ModelConfig {
     /// Drift policy over the bundle's `[drift]`, key by key (metric, thresholds, hysteresis,
     /// performance limits).
     #[serde(default)]
-    pub drift: edge_protocols::drift::DriftPolicy,
+    pub drift: edge_wire::drift::DriftPolicy,
     /// Late ground truth for performance monitoring (concept drift).
     #[serde(default)]
     pub labels: Option<super::labels::LabelsConfig>,

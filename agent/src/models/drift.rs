@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use edge_protocols::bundle::manifest::ColumnStats;
-use edge_protocols::drift::record::metric_value;
-use edge_protocols::drift::{ColumnDrift, DriftRules, DriftSummary, Hysteresis, ShadowSummary};
+use edge_wire::bundle::manifest::ColumnStats;
+use edge_wire::drift::record::metric_value;
+use edge_wire::drift::{ColumnDrift, DriftRules, DriftSummary, Hysteresis, ShadowSummary};
 
 use super::labels::{LabelJoiner, LabelsConfig};
 use super::loaded::LoadedBundle;
@@ -129,12 +129,12 @@ impl DriftTracker {
     pub fn new(
         bundle: &LoadedBundle,
         interval: std::time::Duration,
-        overrides: &edge_protocols::drift::DriftPolicy,
+        overrides: &edge_wire::drift::DriftPolicy,
         labels: Option<&LabelsConfig>,
     ) -> DriftTracker {
         let reference = &bundle.manifest.reference;
         let spec = &bundle.manifest.features;
-        let raw = spec.layout != edge_protocols::bundle::InputLayout::Vector;
+        let raw = spec.layout != edge_wire::bundle::InputLayout::Vector;
         let columns = spec
             .drift_features()
             .iter()
@@ -145,7 +145,7 @@ impl DriftTracker {
                 // Raw-layout bundles packed before drift moved to window statistics keep
                 // their channel means under the bare tag name; those still apply.
                 let legacy = || {
-                    (raw && f.kind == edge_protocols::bundle::FeatureKind::Mean)
+                    (raw && f.kind == edge_wire::bundle::FeatureKind::Mean)
                         .then(|| find(&f.tag))
                         .flatten()
                 };
@@ -653,7 +653,7 @@ impl DriftTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge_protocols::drift::DriftPolicy;
+    use edge_wire::drift::DriftPolicy;
 
     fn reference(name: &str) -> ColumnStats {
         // Uniform 0..10 in 10 bins.
@@ -788,8 +788,8 @@ mod tests {
         );
         assert!(t.raised().is_empty());
         // A record's summaries survive the outbox encoding with their sketch.
-        let bytes = edge_protocols::records::encode_drift(recs[1]);
-        let back = edge_protocols::records::decode_drift(&bytes).unwrap();
+        let bytes = edge_wire::records::encode_drift(recs[1]);
+        let back = edge_wire::records::decode_drift(&bytes).unwrap();
         assert_eq!(back, *recs[1]);
         let mut b = back.columns[1].summary.clone();
         assert!(b.quantile(0.5).unwrap().unwrap() > 7.0);

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use edge_protocols::drift::Performance;
+use edge_wire::drift::Performance;
 use serde::Deserialize;
 
 /// How a label compares with a prediction.

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ed25519_dalek::VerifyingKey;
-use edge_protocols::bundle::manifest::RECONSTRUCTION_ERROR_OUTPUT;
-use edge_protocols::bundle::{Bundle, Manifest};
-use edge_protocols::config_check::{Issues, KeyPath};
+use edge_wire::bundle::manifest::RECONSTRUCTION_ERROR_OUTPUT;
+use edge_wire::bundle::{Bundle, Manifest};
+use edge_wire::config_check::{Issues, KeyPath};
 
 use crate::inference::{Model, Output};
 use crate::pipeline::record::BundleRef;

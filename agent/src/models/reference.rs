@@ -2,7 +2,7 @@
 //! output), stored in the bundle as the baseline for drift: moments, quantiles, and a
 //! histogram over decile edges (equal-frequency bins, the usual choice for PSI).
 
-use edge_protocols::bundle::manifest::{ColumnStats, REFERENCE_QUANTILES};
+use edge_wire::bundle::manifest::{ColumnStats, REFERENCE_QUANTILES};
 
 fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
     let pos = q * (sorted.len() - 1) as f64;

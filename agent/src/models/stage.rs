@@ -22,7 +22,7 @@ use super::loaded::{LoadedBundle, TagCatalog};
 use crate::features::{model_input, FeatureRow, Featurizer};
 use crate::pipeline::record::{AlarmEvent, FeatureRecord, Prediction, Record};
 use crate::pipeline::{Stage, StageFuture};
-use edge_protocols::drift::Hysteresis;
+use edge_wire::drift::Hysteresis;
 
 /// Counters of one model, exposed as metrics.
 #[derive(Debug, Default)]
@@ -142,7 +142,7 @@ impl ModelStage {
     ) -> Result<LoadedBundle, String> {
         let bytes =
             std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let name = edge_protocols::bundle::file::parse(&bytes)
+        let name = edge_wire::bundle::file::parse(&bytes)
             .map(|u| u.manifest.name)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let floor = floors.floor(&name)?;
@@ -170,7 +170,7 @@ impl ModelStage {
         let bytes = std::fs::read(&cfg.bundle)
             .map_err(|e| format!("cannot read {}: {e}", cfg.bundle.display()))?;
         // The floor is per bundle name; peek at the name before trusting anything else.
-        let name = edge_protocols::bundle::file::parse(&bytes)
+        let name = edge_wire::bundle::file::parse(&bytes)
             .map(|u| u.manifest.name)
             .map_err(|e| format!("{}: {e}", cfg.bundle.display()))?;
         let floor = floors.floor(&name)?;
@@ -280,7 +280,7 @@ impl ModelStage {
                         // The old bundle's interval ends here and its drift alarms clear: the
                         // new bundle has its own reference.
                         let mut c = drift.close();
-                        c.alarms.extend(drift.retire(edge_protocols::now_ns()));
+                        c.alarms.extend(drift.retire(edge_wire::now_ns()));
                         if self
                             .shadow
                             .as_ref()
@@ -312,7 +312,7 @@ impl ModelStage {
             }
             if let Some(tag) = &label_tag {
                 for smp in batch.iter().filter(|smp| &*smp.tag == tag.as_str()) {
-                    let v = if smp.quality == edge_protocols::Quality::Bad {
+                    let v = if smp.quality == edge_wire::Quality::Bad {
                         f64::NAN
                     } else {
                         smp.value.as_f64().unwrap_or(f64::NAN)

@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_protocols::config_check::{Issues, KeyPath};
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
-pub use edge_protocols::records::Stream;
+pub use edge_wire::records::Stream;
 
 /// What a full stream gives up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

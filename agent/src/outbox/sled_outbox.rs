@@ -1028,7 +1028,7 @@ impl SledOutbox {
         stop: tokio_util::sync::CancellationToken,
     ) {
         let interval = self.cfg.commit_interval;
-        let mut latch = edge_protocols::error_latch::ErrorLatch::default();
+        let mut latch = edge_sources::error_latch::ErrorLatch::default();
         loop {
             let stopping = tokio::select! {
                 _ = stop.cancelled() => true,

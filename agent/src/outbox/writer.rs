@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocols::error_latch::ErrorLatch;
-use edge_protocols::{Quality, Sample, Tag};
+use edge_sources::error_latch::ErrorLatch;
+use edge_wire::{Quality, Sample, Tag};
 use tokio::sync::mpsc;
 
 use super::{OutboxError, SledOutbox, Stream};
-use crate::outputs::{Output, OutputFuture, OutputStats};
 use crate::pipeline::record::{Record, RecordKind};
-use edge_protocols::records;
+use crate::pipeline::{Output, OutputFuture, OutputStats};
+use edge_wire::records;
 
 #[derive(Debug)]
 pub struct OutboxWriter {
@@ -131,8 +131,7 @@ mod tests {
     fn decimation_keeps_one_per_interval_and_every_quality_change() {
         let mut d = Decimator::default();
         let t: Tag = Arc::from("t");
-        let s =
-            |ts: i64, q: Quality| Sample::new(t.clone(), ts, edge_protocols::Value::Float(1.0), q);
+        let s = |ts: i64, q: Quality| Sample::new(t.clone(), ts, edge_wire::Value::Float(1.0), q);
         let kept: Vec<bool> = [
             s(0, Quality::Good),
             s(400, Quality::Good),

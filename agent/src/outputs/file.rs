@@ -6,13 +6,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::error_latch::ErrorLatch;
+use edge_sources::error_latch::ErrorLatch;
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{Output, OutputFuture, OutputStats};
 use crate::pipeline::record::{Record, RecordKind};
+use crate::pipeline::{Output, OutputFuture, OutputStats};
 use crate::recording::{write_csv_row, CSV_HEADER};
 
 #[derive(Debug, Clone, Deserialize)]

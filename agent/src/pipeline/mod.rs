@@ -12,20 +12,22 @@
 //! Architecture invariant: a failing or panicking source ends only its own task; the other
 //! sources and the outputs keep running.
 
+mod config;
+mod output;
 pub mod record;
+
+pub use config::PipelineConfig;
+pub use output::{Output, OutputFuture, OutputStats};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocols::{SampleBatch, SampleSender, Source, SourceContext, SourceStats};
+use edge_sources::{SampleBatch, SampleSender, Source, SourceContext, SourceStats};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::PipelineConfig;
-use crate::metrics::Metrics;
-use crate::outputs::{Output, OutputStats};
 use record::{Record, RecordKind};
 
 /// Counters of the hub.
@@ -64,6 +66,30 @@ pub trait Stage: Send + 'static {
         output: mpsc::Sender<Record>,
     ) -> StageFuture;
 }
+
+/// What the pipeline tells about the parts it starts, so they can be observed: the agent's
+/// metrics implement it (`crate::metrics`); the pipeline never depends on its observer.
+/// Observers hold weak handles on queues: they must never keep a queue open.
+pub trait PipelineObserver: Send + Sync {
+    /// The sources -> pipeline channel.
+    fn fan_in(&self, _queue: &mpsc::Sender<SampleBatch>) {}
+    /// The pipeline's own counters.
+    fn pipeline(&self, _stats: Arc<PipelineStats>) {}
+    /// A source was started.
+    fn source(&self, _name: &str, _kind: &'static str, _stats: Arc<SourceStats>) {}
+    /// An output was started, with its input queue.
+    fn output(
+        &self,
+        _name: &str,
+        _kind: &'static str,
+        _stats: Arc<OutputStats>,
+        _queue: &mpsc::Sender<Record>,
+    ) {
+    }
+}
+
+/// Observes nothing (offline commands, benchmarks).
+impl PipelineObserver for () {}
 
 /// A pipeline before it runs: named sources, stages and outputs.
 pub struct Pipeline {
@@ -119,18 +145,22 @@ impl Pipeline {
     }
 
     /// Runs until `shutdown` fires, then stops everything (see the module docs).
-    pub async fn run(self, shutdown: CancellationToken, metrics: Arc<Metrics>) -> RunReport {
+    pub async fn run(
+        self,
+        shutdown: CancellationToken,
+        metrics: Arc<dyn PipelineObserver>,
+    ) -> RunReport {
         let abort = CancellationToken::new();
         let (tx, rx) = mpsc::channel::<SampleBatch>(self.cfg.channel_capacity);
-        metrics.set_fan_in(&tx);
+        metrics.fan_in(&tx);
         let stats = Arc::new(PipelineStats::default());
-        metrics.set_pipeline(stats.clone());
+        metrics.pipeline(stats.clone());
 
         let mut source_tasks = JoinSet::new();
         for (name, src) in self.sources {
             let kind = src.kind();
             let sstats = Arc::new(SourceStats::default());
-            metrics.add_source(&name, kind, sstats.clone());
+            metrics.source(&name, kind, sstats.clone());
             let ctx = SourceContext {
                 name: name.clone(),
                 out: SampleSender::new(
@@ -162,7 +192,7 @@ impl Pipeline {
         for (name, out) in self.outputs {
             let (otx, orx) = mpsc::channel::<Record>(self.cfg.output_capacity);
             let ostats = Arc::new(OutputStats::default());
-            metrics.add_output(&name, out.kind(), ostats.clone(), &otx);
+            metrics.output(&name, out.kind(), ostats.clone(), &otx);
             let accepts = [
                 RecordKind::Samples,
                 RecordKind::Features,
@@ -398,8 +428,9 @@ async fn hub(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outputs::OutputFuture;
-    use edge_protocols::{Quality, Sample, SourceError, SourceFuture, Tag, Value};
+    use crate::metrics::Metrics;
+    use edge_sources::{SourceError, SourceFuture};
+    use edge_wire::{Quality, Sample, Tag, Value};
     use std::sync::Mutex;
 
     /// Emits `n` batches of one sample, then waits for shutdown.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use edge_protocols::Sample;
+use edge_wire::Sample;
 
 #[derive(Debug, Clone)]
 pub enum Record {
@@ -75,8 +75,8 @@ impl Record {
     }
 }
 
-// The record payloads are the outbox wire schema, defined once in `edge_protocols::records`.
-pub use edge_protocols::records::{
+// The record payloads are the outbox wire schema, defined once in `edge_wire::records`.
+pub use edge_wire::records::{
     AlarmEvent, BundleRef, ColumnDrift, DriftAlarm, DriftAlarmKind, DriftRecord, FeatureRecord,
     Prediction,
 };

@@ -1,8 +1,8 @@
 //! `[[outputs.mqtt]]`: publishing to SCADA systems and historians over MQTT, as plain JSON or
 //! Sparkplug B, from the outbox (so nothing is lost while the broker or host is away).
 
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::mqtt::BrokerConfig;
+use edge_sources::mqtt::BrokerConfig;
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
 use super::topics::valid_level;

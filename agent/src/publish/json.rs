@@ -36,6 +36,7 @@ use super::topics;
 use crate::models::ModelStats;
 use crate::outbox::{SledOutbox, Stream};
 
+#[derive(Debug)]
 pub struct JsonFormat {
     pub prefix: String,
     pub device: String,
@@ -77,7 +78,7 @@ impl JsonFormat {
             "state": state,
             "agent": self.device,
             "agent_version": crate::VERSION,
-            "ts": ms(edge_protocols::now_ns()),
+            "ts": ms(edge_wire::now_ns()),
             "models": models,
             "outbox": outbox,
         });

@@ -2,8 +2,8 @@
 //! (`json.rs` adds `seq`, `historical` and the topic prefix) and `edge-agent replay`, whose
 //! files hold exactly what a live agent publishes. The field list is in `json.rs`.
 
-use edge_protocols::records;
-use edge_protocols::{Quality, Value};
+use edge_wire::records;
+use edge_wire::{Quality, Value};
 use serde_json::{json, Map};
 
 use super::topics;
@@ -60,7 +60,7 @@ pub fn record_bodies(rec: &Record) -> Vec<JsonBody> {
     }
 }
 
-fn sample_bodies(samples: &[edge_protocols::Sample]) -> Vec<JsonBody> {
+fn sample_bodies(samples: &[edge_wire::Sample]) -> Vec<JsonBody> {
     samples
         .iter()
         .map(|s| {
@@ -225,7 +225,7 @@ fn drift_alarm_name(model: &str, d: &crate::pipeline::record::DriftAlarm) -> Str
     }
 }
 
-fn drift_columns(cols: &[edge_protocols::drift::ColumnDrift]) -> serde_json::Value {
+fn drift_columns(cols: &[edge_wire::drift::ColumnDrift]) -> serde_json::Value {
     let finite = |x: f64| x.is_finite().then_some(x);
     let m: Map<String, serde_json::Value> = cols
         .iter()

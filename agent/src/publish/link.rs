@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use edge_protocols::error_latch::ErrorLatch;
-use edge_protocols::mqtt::client::fatal_reason;
-use edge_protocols::mqtt::BrokerConfig;
+use edge_sources::error_latch::ErrorLatch;
+use edge_sources::mqtt::client::fatal_reason;
+use edge_sources::mqtt::BrokerConfig;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

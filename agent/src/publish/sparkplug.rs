@@ -33,10 +33,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use edge_protocols::sparkplug::{
+use edge_wire::sparkplug::{
     DataType, Metric, MetricValue, Payload, PropertySet, PropertyValue, PropertyValueKind,
 };
-use edge_protocols::{Quality, Value};
+use edge_wire::{Quality, Value};
 use rumqttc::{LastWill, QoS};
 
 use super::forwarder::{Format, Msg, Reaction};
@@ -44,14 +44,14 @@ use super::topics;
 use crate::models::ModelStats;
 use crate::outbox::{SledOutbox, Stream};
 use crate::pipeline::record::BundleRef;
-use edge_protocols::records;
+use edge_wire::records;
 
 pub const BDSEQ: &str = "bdSeq";
 pub const REBIRTH: &str = "Node Control/Rebirth";
 const QUALITY: &str = "Quality";
 
 fn now_ms() -> u64 {
-    (edge_protocols::now_ns() / 1_000_000).max(0) as u64
+    (edge_wire::now_ns() / 1_000_000).max(0) as u64
 }
 
 fn ms(ns: i64) -> u64 {
@@ -263,6 +263,20 @@ pub struct SparkplugFormat {
     next_alias: u64,
     node_metrics: BTreeMap<String, u64>,
     devices: BTreeMap<String, DeviceDef>,
+}
+
+impl std::fmt::Debug for SparkplugFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SparkplugFormat")
+            .field("group", &self.group)
+            .field("node", &self.node)
+            .field("primary_host", &self.primary_host)
+            .field("streams", &self.streams)
+            .field("host_online", &self.host_online)
+            .field("node_born", &self.node_born)
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Records at the end of each stream read for the last known values at a birth.
@@ -585,7 +599,7 @@ impl SparkplugFormat {
                 for c in d.columns.iter().chain(&d.outputs) {
                     let v = c
                         .scores
-                        .map(|s| edge_protocols::drift::record::metric_value(d.metric, &s));
+                        .map(|s| edge_wire::drift::record::metric_value(d.metric, &s));
                     pts.push(g(
                         format!("Drift/{}/Score", c.summary.name),
                         v.map(Val::f64).unwrap_or(Val::Null),
@@ -932,8 +946,8 @@ impl Format for SparkplugFormat {
 mod tests {
     use super::*;
     use crate::outbox::OutboxConfig;
-    use edge_protocols::records::encode_samples;
-    use edge_protocols::Sample;
+    use edge_wire::records::encode_samples;
+    use edge_wire::Sample;
 
     fn format(dir: &std::path::Path, host: Option<&str>) -> SparkplugFormat {
         let (ob, _) = SledOutbox::open(

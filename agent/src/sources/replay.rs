@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::{Sample, Source, SourceContext, SourceError, SourceFuture, Tag};
+use edge_sources::{Source, SourceContext, SourceError, SourceFuture};
+use edge_wire::config_check::{Issues, KeyPath};
+use edge_wire::{Sample, Tag};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 

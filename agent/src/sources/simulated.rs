@@ -9,10 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::{
-    now_ns, Quality, Sample, Source, SourceContext, SourceError, SourceFuture, Tag, Value,
-};
+use edge_sources::{Source, SourceContext, SourceError, SourceFuture};
+use edge_wire::config_check::{Issues, KeyPath};
+use edge_wire::{now_ns, Quality, Sample, Tag, Value};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]

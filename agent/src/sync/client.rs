@@ -12,7 +12,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use edge_protocols::sync;
+use edge_wire::sync;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

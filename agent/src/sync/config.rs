@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edge_protocols::config_check::{Issues, KeyPath};
-use edge_protocols::secret::Secret;
+use edge_sources::secret::Secret;
+use edge_wire::config_check::{Issues, KeyPath};
 use serde::Deserialize;
 
 use crate::outbox::Stream;
@@ -47,11 +47,11 @@ pub struct SyncConfig {
     /// in lockstep. `max` is also the delay after a refusal only an operator can fix
     /// (revoked device, used token). Default `{ initial = "1s", max = "60s" }`.
     #[serde(default = "default_retry")]
-    pub retry: edge_protocols::backoff::ReconnectConfig,
+    pub retry: edge_sources::backoff::ReconnectConfig,
 }
 
-fn default_retry() -> edge_protocols::backoff::ReconnectConfig {
-    edge_protocols::backoff::ReconnectConfig {
+fn default_retry() -> edge_sources::backoff::ReconnectConfig {
+    edge_sources::backoff::ReconnectConfig {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(60),
     }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edge_protocols::sync::{self, EnrollReply, EnrollRequest};
+use edge_wire::sync::{self, EnrollReply, EnrollRequest};
 use serde::{Deserialize, Serialize};
 
 use super::client::{ClientError, FleetClient};
@@ -36,6 +36,7 @@ pub enum IdentityError {
     Corrupt(PathBuf, String),
 }
 
+#[derive(Debug)]
 pub struct IdentityFiles {
     pub dir: PathBuf,
 }

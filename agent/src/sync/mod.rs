@@ -24,7 +24,7 @@ pub mod update;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_protocols::sync::{
+use edge_wire::sync::{
     self as wire, CheckIn, CheckInReply, ModelStatus, StreamStatus, UploadAck, UploadBatch,
     UploadRecord,
 };
@@ -84,7 +84,7 @@ fn tls_config(
     enrolled: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let auth = enrolled.then(|| (ids.cert(), ids.key()));
-    edge_protocols::tls::client_config(
+    edge_wire::tls::client_config(
         Some(&cfg.server_ca),
         auth.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
-use edge_protocols::bundle::file as bundle_file;
-use edge_protocols::sync::{DesiredBundle, UpdateOutcome, UpdateReport};
+use edge_wire::bundle::file as bundle_file;
+use edge_wire::sync::{DesiredBundle, UpdateOutcome, UpdateReport};
 
 use super::client::FleetClient;
 use super::config::HealthConfig;
@@ -219,7 +219,7 @@ impl Updater {
         let part = self.downloads.join(format!("{}.part", art.sha256));
         let mut got = 0;
         if !done.exists() {
-            let path = format!("{}/{}", edge_protocols::sync::path::ARTIFACTS, art.sha256);
+            let path = format!("{}/{}", edge_wire::sync::path::ARTIFACTS, art.sha256);
             let cap = (self.max_bytes_per_s > 0).then_some(self.max_bytes_per_s);
             let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
             let before = size(&part);
@@ -265,7 +265,7 @@ impl Updater {
         let new_bytes = if art.method == "full" {
             artifact
         } else {
-            match edge_protocols::delta::apply(current_bytes, &artifact) {
+            match edge_wire::delta::apply(current_bytes, &artifact) {
                 Ok(b) => b,
                 Err(e) => {
                     let _ = std::fs::remove_file(&done);

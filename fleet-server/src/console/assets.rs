@@ -64,7 +64,7 @@ fn hashes() -> &'static Vec<String> {
     H.get_or_init(|| {
         ASSETS
             .iter()
-            .map(|a| edge_protocols::bundle::file::hex(&Sha256::digest(a.bytes))[..12].to_string())
+            .map(|a| edge_wire::bundle::file::hex(&Sha256::digest(a.bytes))[..12].to_string())
             .collect()
     })
 }

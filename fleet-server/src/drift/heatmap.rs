@@ -8,9 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use edge_protocols::drift::fleet::MergedDrift;
-use edge_protocols::drift::record::metric_value;
-use edge_protocols::drift::{DriftMetric, DriftRules, DriftScores};
+use edge_wire::drift::fleet::MergedDrift;
+use edge_wire::drift::record::metric_value;
+use edge_wire::drift::{DriftMetric, DriftRules, DriftScores};
 use serde::{Deserialize, Serialize};
 
 use super::*;

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use edge_protocols::drift::DriftRecord;
+use edge_wire::drift::DriftRecord;
 
 use crate::registry::RegistryError;
 use crate::store::StoreError;
@@ -50,7 +50,7 @@ fn invalid(msg: impl Into<String>) -> DriftError {
 
 /// Decodes one stored drift record (through the outbox record schema).
 pub fn decode(body: &[u8]) -> Result<DriftRecord, String> {
-    edge_protocols::records::decode_drift(body).map_err(|e| e.to_string())
+    edge_wire::records::decode_drift(body).map_err(|e| e.to_string())
 }
 
 // ---- time ----
@@ -114,8 +114,8 @@ mod views;
 pub use heatmap::{build_heatmap, Band, HeatCell, HeatRow, Heatmap, HeatmapGroup, HeatmapQuery};
 pub use hooks::run_hook;
 pub use policies::{
-    describe_policy, evaluate_all, evaluate_policy, evaluation_task, remove_policy, set_policy,
-    Fired, Hook, NewPolicy, PolicyRule,
+    describe_policy, evaluate_all, evaluate_policy, remove_policy, set_policy, Fired, Hook,
+    NewPolicy, PolicyRule,
 };
 pub use views::{
     merged, percent_encode, record_json, select_devices, show, ColumnOut, DriftQuery,

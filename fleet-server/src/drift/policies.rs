@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use edge_protocols::drift::{DriftPolicy, DriftRules};
+use edge_wire::drift::{DriftPolicy, DriftRules};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -504,24 +504,4 @@ pub async fn evaluate_all(
         }
     }
     Ok(out)
-}
-
-/// The evaluation task of `serve`: every `every` until `stop`.
-pub async fn evaluation_task(
-    svc: crate::service::FleetService,
-    every: Duration,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        match evaluate_all(svc.store(), svc.registry(), svc.data_dir(), now_ns()).await {
-            Ok(_) => svc.mark_drift_evaluated(now_ms()),
-            Err(e) => tracing::error!("drift policy evaluation failed: {e}"),
-        }
-    }
 }

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use edge_protocols::bundle::manifest::Reference;
-use edge_protocols::drift::fleet::{ColumnView, MergedDrift};
-use edge_protocols::drift::{ColumnDrift, DriftRecord, DriftRules, Performance};
+use edge_wire::bundle::manifest::Reference;
+use edge_wire::drift::fleet::{ColumnView, MergedDrift};
+use edge_wire::drift::{ColumnDrift, DriftRecord, DriftRules, Performance};
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -440,7 +440,7 @@ pub(super) async fn collect(
             for (key, m) in mine {
                 if let Ok((reference, rules)) = refs.get(key.0).await {
                     let (cols, _) = m.scored(reference, rules);
-                    let drift = edge_protocols::drift::fleet::dataset_drift(&cols, rules);
+                    let drift = edge_wire::drift::fleet::dataset_drift(&cols, rules);
                     if let Some(acc) = out.get_mut(&key) {
                         acc.device_drift.insert(d.id.clone(), drift);
                     }
@@ -573,7 +573,7 @@ pub struct RecordColumnOut {
     pub min: Option<f64>,
     pub max: Option<f64>,
     /// Against the bundle's reference, as the device scored it.
-    pub scores: Option<edge_protocols::drift::DriftScores>,
+    pub scores: Option<edge_wire::drift::DriftScores>,
     pub drifting: bool,
     /// Values per reference histogram bin (the reference's `bin_edges`).
     pub bins: Vec<u64>,
@@ -611,7 +611,7 @@ pub struct DriftRecordOut {
     pub start_ns: i64,
     pub end_ns: i64,
     pub windows: u64,
-    pub metric: edge_protocols::drift::DriftMetric,
+    pub metric: edge_wire::drift::DriftMetric,
     pub dataset_drift: bool,
     pub drifting: Vec<String>,
     pub columns: Vec<RecordColumnOut>,
@@ -619,7 +619,7 @@ pub struct DriftRecordOut {
     pub performance: Option<PerformanceOut>,
     /// A shadow challenger's comparison with the serving bundle over the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shadow: Option<edge_protocols::drift::ShadowSummary>,
+    pub shadow: Option<edge_wire::drift::ShadowSummary>,
 }
 
 impl DriftRecordOut {

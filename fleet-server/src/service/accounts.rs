@@ -40,7 +40,7 @@ const GATE_WAIT: Duration = Duration::from_secs(10);
 const MAX_PASSWORD: usize = 1024;
 
 fn sha256_hex(s: &str) -> String {
-    edge_protocols::bundle::file::hex(&Sha256::digest(s.as_bytes()))
+    edge_wire::bundle::file::hex(&Sha256::digest(s.as_bytes()))
 }
 
 /// argon2id with the OWASP parameters (19 MiB, 2 passes, 1 lane), at most two at a time (a

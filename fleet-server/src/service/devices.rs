@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edge_protocols::records::{self, Stream};
+use edge_wire::records::{self, Stream};
 
 use super::views::{
     DeviceDetail, DeviceDriftQuery, DevicePage, DeviceQuery, DeviceRollout, DeviceSummary,
@@ -95,7 +95,7 @@ impl Acting {
         let d = self.device_row(id).await?;
         let t = self.svc.thresholds();
         let status = d.status.as_deref().and_then(|s| {
-            serde_json::from_str::<edge_protocols::sync::CheckIn>(s)
+            serde_json::from_str::<edge_wire::sync::CheckIn>(s)
                 .map_err(|e| tracing::warn!(device = %d.id, "stored status does not parse: {e}"))
                 .ok()
         });

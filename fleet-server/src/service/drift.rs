@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::views::{EventOut, Params, PolicyOut, PolicyRequest};
-use super::{Acting, Result, ServiceError};
+use super::{Acting, FleetService, Result, ServiceError};
 use crate::drift::{self, DriftQuery, DriftView, Heatmap, HeatmapGroup, HeatmapQuery, NewPolicy};
 use crate::store::{DriftEventRow, DriftPolicyRow};
 use crate::types::Role;
@@ -233,5 +233,27 @@ impl Acting {
         self.audit("drift.evaluate", "", &format!("{} event(s)", events.len()))
             .await?;
         Ok(events.iter().map(event_out).collect())
+    }
+}
+
+/// The evaluation task of `serve`: every `every` until `stop`.
+pub async fn drift_evaluation_task(
+    svc: FleetService,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match drift::evaluate_all(svc.store(), svc.registry(), svc.data_dir(), drift::now_ns())
+            .await
+        {
+            Ok(_) => svc.mark_drift_evaluated(crate::store::now_ms()),
+            Err(e) => tracing::error!("drift policy evaluation failed: {e}"),
+        }
     }
 }

@@ -32,10 +32,11 @@ pub use accounts::{
     check_password, generate_password, printable, AuthError, PasswordHasher, Session, MIN_PASSWORD,
     SESSION_COOKIE,
 };
+pub use drift::drift_evaluation_task;
 pub use ops::FleetOps;
 
-use crate::api::RolloutCache;
 use crate::registry::{Registry, RegistryError};
+use crate::rollout::RolloutCache;
 use crate::rollout::RolloutError;
 use crate::store::{FleetStore, StateThresholds, StoreError};
 use crate::types::Role;
@@ -312,7 +313,7 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String> {
     let mut raw = vec![0u8; bytes];
     getrandom::getrandom(&mut raw)
         .map_err(|e| ServiceError::Internal(format!("no OS randomness: {e}")))?;
-    Ok(edge_protocols::bundle::file::hex(&raw))
+    Ok(edge_wire::bundle::file::hex(&raw))
 }
 
 struct Inner {

@@ -21,9 +21,9 @@ impl Acting {
     /// Trusts an ed25519 public key (PEM) for bundle signatures.
     pub async fn trust_key(&self, pem: &str) -> Result<TrustedKey> {
         self.require(Role::Admin, "trusting signing keys")?;
-        let key = edge_protocols::bundle::file::parse_public_key(pem)
+        let key = edge_wire::bundle::file::parse_public_key(pem)
             .map_err(|e| ServiceError::Refused(format!("not an ed25519 public key: {e}")))?;
-        let id = edge_protocols::bundle::file::key_id(&key);
+        let id = edge_wire::bundle::file::key_id(&key);
         let new = self
             .store()
             .trust_key(&id, pem.trim(), &self.who.name)

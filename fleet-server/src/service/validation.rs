@@ -72,7 +72,7 @@ impl Acting {
             )));
         }
         rules.validate().map_err(ServiceError::Invalid)?;
-        let sha = edge_protocols::bundle::file::sha256_hex(&holdout);
+        let sha = edge_wire::bundle::file::sha256_hex(&holdout);
         self.store().put_artifact(&sha, &holdout).await?;
         let row = GateRow {
             bundle: bundle.to_string(),

@@ -360,7 +360,7 @@ pub struct DeviceRollout {
 pub struct DeviceDetail {
     pub device: DeviceSummary,
     /// Its last check-in as it sent it.
-    pub status: Option<edge_protocols::sync::CheckIn>,
+    pub status: Option<edge_wire::sync::CheckIn>,
     /// Records stored per stream.
     pub streams: Vec<StreamMark>,
     /// Errors it reported (each when it first appeared), newest first (at most 10).

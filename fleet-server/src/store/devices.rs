@@ -5,7 +5,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use edge_protocols::sync::CheckIn;
+use edge_wire::sync::CheckIn;
 
 use super::{like_pattern, list_of, now_ms, Arg, FleetStore, Result, Sql, StoreError};
 use crate::types::{DeviceSortKey, DeviceState, Problem};
@@ -204,7 +204,7 @@ pub struct HistoryPoint {
     pub backlog: i64,
     pub dropped: i64,
     /// Per stream, as the device reported it (`[{stream, backlog, bytes, dropped}]`).
-    pub streams: Vec<edge_protocols::sync::StreamStatus>,
+    pub streams: Vec<edge_wire::sync::StreamStatus>,
 }
 
 /// The columns a check-in sets, derived from the device's report.
@@ -862,7 +862,7 @@ fn labels_sql(q: &mut Sql, labels: &[String]) {
 mod tests {
     use super::*;
     use crate::store::test_support::store;
-    use edge_protocols::sync::{ModelStatus, StreamStatus};
+    use edge_wire::sync::{ModelStatus, StreamStatus};
 
     fn report(backlog: u64, dropped: u64, error: Option<&str>) -> CheckIn {
         CheckIn {

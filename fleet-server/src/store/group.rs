@@ -163,7 +163,7 @@ impl FleetStore {
 mod tests {
     use super::*;
     use crate::store::test_support::store;
-    use edge_protocols::sync::{CheckIn, StreamStatus};
+    use edge_wire::sync::{CheckIn, StreamStatus};
 
     fn sha(s: &str) -> String {
         crate::ca::sha256_hex(s.as_bytes())

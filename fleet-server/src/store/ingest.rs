@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use edge_protocols::records::{self, Stream};
+use edge_wire::records::{self, Stream};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -173,7 +173,7 @@ async fn index_drift(tx: &mut Tx, device: &str, seq: i64, body: &[u8]) -> Result
         .columns
         .iter()
         .filter_map(|c| c.scores.as_ref())
-        .map(|s| edge_protocols::drift::record::metric_value(rec.metric, s))
+        .map(|s| edge_wire::drift::record::metric_value(rec.metric, s))
         .filter(|v| v.is_finite())
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
     sqlx::query("INSERT INTO drift_index (device_id, seq, model, bundle, version_number, start_ns, end_ns, dataset_drift, drifting, drifting_count, max_score, ingested_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, seq) DO NOTHING")
@@ -947,7 +947,7 @@ impl FleetStore {
 mod tests {
     use super::*;
     use crate::store::test_support::store;
-    use edge_protocols::records::{AlarmEvent, BundleRef, DriftAlarm, DriftAlarmKind};
+    use edge_wire::records::{AlarmEvent, BundleRef, DriftAlarm, DriftAlarmKind};
     use std::sync::Arc;
 
     #[tokio::test]
@@ -1183,7 +1183,7 @@ mod tests {
                 let b = b"x".as_slice();
                 st.ingest(&format!("d{i}"), "samples", 1, &[(1, 0, b), (2, 0, b)])
                     .await?;
-                let report = edge_protocols::sync::CheckIn {
+                let report = edge_wire::sync::CheckIn {
                     agent_version: "t".into(),
                     models: vec![],
                     streams: vec![],

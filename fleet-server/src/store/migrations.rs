@@ -352,7 +352,7 @@ async fn backfill(step: DataStep, tx: &mut sqlx::Transaction<'static, sqlx::Any>
                 let status: Option<String> = r.try_get("status")?;
                 let Some(c) = status
                     .as_deref()
-                    .and_then(|s| serde_json::from_str::<edge_protocols::sync::CheckIn>(s).ok())
+                    .and_then(|s| serde_json::from_str::<edge_wire::sync::CheckIn>(s).ok())
                 else {
                     continue;
                 };

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use edge_protocols::bundle::manifest::{ColumnStats, Manifest};
-use edge_protocols::bundle::BundleRef;
-use edge_protocols::drift::{ColumnDrift, DriftRecord, DriftRules, DriftSummary};
+use edge_wire::bundle::manifest::{ColumnStats, Manifest};
+use edge_wire::bundle::BundleRef;
+use edge_wire::drift::{ColumnDrift, DriftRecord, DriftRules, DriftSummary};
 use fleet_server::drift;
 use fleet_server::registry::Registry;
 use fleet_server::store::FleetStore;
@@ -79,7 +79,7 @@ pub async fn fleet() -> Fleet {
         .to_public_key_pem(LineEnding::LF)
         .unwrap();
     store.trust_key("k", &pem, "test").await.unwrap();
-    let bytes = edge_protocols::bundle::file::pack(&manifest(1), b"model", &key).unwrap();
+    let bytes = edge_wire::bundle::file::pack(&manifest(1), b"model", &key).unwrap();
     registry.push(bytes, "test").await.unwrap();
     Fleet {
         dir,

@@ -295,7 +295,7 @@ pub async fn page(
     layout::page(&s, Nav::Devices, &format!("Device {}", dev.name), body)
 }
 
-fn metric_value(metric: &str, s: &edge_protocols::drift::DriftScores) -> f64 {
+fn metric_value(metric: &str, s: &edge_wire::drift::DriftScores) -> f64 {
     match metric {
         "js" => s.js,
         "ks" => s.ks,
@@ -310,7 +310,7 @@ fn metric_value(metric: &str, s: &edge_protocols::drift::DriftScores) -> f64 {
 fn histogram(
     r: &DriftRecordOut,
     feature: &str,
-    manifest: Option<&edge_protocols::bundle::Manifest>,
+    manifest: Option<&edge_wire::bundle::Manifest>,
     device: &str,
     bundle: &str,
 ) -> Markup {

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::sample::Value;
+use edge_wire::sample::Value;
 
 /// How a tag's value is laid out in registers (or bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -38,8 +38,8 @@ use super::config::{
 };
 use super::values::data_value_to_sample;
 use crate::error_latch::ErrorLatch;
-use crate::sample::{now_ns, Sample, Tag};
 use crate::source::{Source, SourceContext, SourceError, SourceFuture};
+use edge_wire::sample::{now_ns, Sample, Tag};
 
 /// Local queue between data-change callbacks and the pipeline, in samples.
 const CALLBACK_QUEUE: usize = 16_384;

@@ -17,22 +17,18 @@
 //!
 //! Submodules: [`summary`] (moments, histogram, sketch, scores), [`policy`] (which score and
 //! threshold make a column drift, hysteresis over intervals — also stored in bundle
-//! manifests, so it compiles without the `drift` feature), [`record`] (what a device sends
+//! manifests), [`record`] (what a device sends
 //! per interval, incl. model performance from late labels), [`fleet`] (merging records
 //! across intervals and devices).
 
-#[cfg(feature = "drift")]
 pub mod fleet;
-pub mod policy;
-#[cfg(feature = "drift")]
 pub mod record;
-#[cfg(feature = "drift")]
 mod sketch_check;
-#[cfg(feature = "drift")]
 pub mod summary;
 
+/// The `[drift]` policy lives beside this module (`crate::drift_policy`) because bundle
+/// manifests carry it: bundles depend on it, and drift depends on bundles.
+pub use crate::drift_policy as policy;
 pub use policy::{DriftMetric, DriftPolicy, DriftRules, Hysteresis};
-#[cfg(feature = "drift")]
 pub use record::{ColumnDrift, DriftRecord, Performance, ShadowSummary};
-#[cfg(feature = "drift")]
 pub use summary::*;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::codec::{ByteOrder, DataType};
 use super::plan::{PlanLimits, Table};
 use crate::backoff::ReconnectConfig;
-use crate::config_check::{Issues, KeyPath};
+use edge_wire::config_check::{Issues, KeyPath};
 
 /// One Modbus connection (a TCP endpoint or a serial line) and the tags polled over it.
 #[derive(Debug, Clone, Deserialize)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::backoff::ReconnectConfig;
-use crate::config_check::{Issues, KeyPath};
 use crate::secret::Secret;
+use edge_wire::config_check::{Issues, KeyPath};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

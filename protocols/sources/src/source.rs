@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::sample::{Quality, Sample, Tag};
+use edge_wire::sample::{Quality, Sample, Tag};
 
 /// Samples travel between stages in batches: one poll, one subscription notification or one
 /// MQTT message gives one batch, so the channel cost is paid per batch, not per sample.
@@ -264,7 +264,7 @@ impl SourceContext {
     /// Emits a `Bad` sample for each tag: the device is unreachable. Sent with the source's
     /// normal policy so the outage is recorded like any other measurement.
     pub async fn mark_bad(&self, tags: &[Tag]) -> Result<(), PipelineClosed> {
-        let ts = crate::sample::now_ns();
+        let ts = edge_wire::sample::now_ns();
         self.out
             .send(tags.iter().map(|t| Sample::bad(t.clone(), ts)).collect())
             .await
@@ -297,7 +297,7 @@ pub trait Source: Send + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::Value;
+    use edge_wire::sample::Value;
 
     fn batch(n: usize) -> SampleBatch {
         (0..n)

@@ -26,8 +26,8 @@ use super::config::{MqttSourceConfig, MqttTagConfig};
 use super::payload::{parse_json, parse_plain, timestamp_at, value_at, PayloadError};
 use super::topic::{expand_name, has_wildcards, match_filter};
 use crate::error_latch::ErrorLatch;
-use crate::sample::{now_ns, Quality, Sample, Tag};
 use crate::source::{BadMessage, Source, SourceContext, SourceError, SourceFuture};
+use edge_wire::sample::{now_ns, Quality, Sample, Tag};
 
 /// Upper bound of distinct tag names created from wildcard topics (memory guard against a
 /// broker that publishes on unbounded topic names).

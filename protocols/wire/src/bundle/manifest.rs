@@ -30,8 +30,11 @@ pub struct Manifest {
     pub reference: Reference,
     /// Drift policy: which score and thresholds make a column drift, alarm hysteresis,
     /// performance limits. The agent's `[models.drift]` overrides it key by key.
-    #[serde(default, skip_serializing_if = "crate::drift::DriftPolicy::is_empty")]
-    pub drift: crate::drift::DriftPolicy,
+    #[serde(
+        default,
+        skip_serializing_if = "crate::drift_policy::DriftPolicy::is_empty"
+    )]
+    pub drift: crate::drift_policy::DriftPolicy,
     /// Where the model came from (written by `bundle pack`; signed with the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,

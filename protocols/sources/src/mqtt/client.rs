@@ -4,7 +4,7 @@
 use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration, Transport};
 
 use super::config::BrokerConfig;
-use crate::tls;
+use edge_wire::tls;
 
 /// Builds options for a client with `client_id`. Errors name the failing file or value.
 pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, String> {

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::sample::Value;
+use edge_wire::sample::Value;
 
 /// How to read a timestamp field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

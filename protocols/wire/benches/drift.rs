@@ -2,15 +2,16 @@
 //! and the fleet merge of 1 000 devices x 50 features — each against a named baseline
 //! measured in the same run.
 //!
-//! Run: `cargo bench -p edge-protocols --bench drift`
+//! Run: `cargo bench -p edge-wire --bench drift`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use edge_protocols::bundle::manifest::{ColumnStats, REFERENCE_QUANTILES};
-use edge_protocols::bundle::BundleRef;
-use edge_protocols::drift::fleet::MergedDrift;
-use edge_protocols::drift::{score, ColumnDrift, DriftRecord, DriftRules, DriftSummary, Moments};
+use edge_wire::bundle::manifest::{ColumnStats, REFERENCE_QUANTILES};
+use edge_wire::bundle::BundleRef;
+use edge_wire::drift::fleet::MergedDrift;
+use edge_wire::drift::{score, ColumnDrift, DriftRecord, DriftRules, DriftSummary, Moments};
 
 fn gauss(r: &mut fastrand::Rng) -> f64 {
     let (u, v) = (r.f64().max(1e-12), r.f64());
@@ -213,7 +214,7 @@ fn main() {
         let m = last.expect("merged");
         let t = Instant::now();
         let (scored, _) = m.scored(
-            &edge_protocols::bundle::manifest::Reference {
+            &edge_wire::bundle::manifest::Reference {
                 windows: 0,
                 features: refs.clone(),
                 outputs: vec![],

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use opcua::types::{DataValue, DateTime, StatusCode, Variant};
 
 use super::config::TimestampSource;
-use crate::sample::{Quality, Sample, Tag, Value};
+use edge_wire::sample::{Quality, Sample, Tag, Value};
 
 /// Scalar variants map to typed values; arrays and structures are not sensor readings and map
 /// to `None` (the caller emits a `Bad` sample and logs the type once).

@@ -6,11 +6,12 @@
 //! fine-tuned head), every weight nudged by 0.01 % (relative, Gaussian), every weight changed
 //! by 1 %.
 //!
-//! Run: `cargo bench -p edge-protocols --bench delta`
+//! Run: `cargo bench -p edge-wire --bench delta`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::time::Instant;
 
-use edge_protocols::delta::{self, Method};
+use edge_wire::delta::{self, Method};
 
 fn put_varint(mut v: u64, out: &mut Vec<u8>) {
     loop {

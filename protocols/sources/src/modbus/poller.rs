@@ -22,8 +22,8 @@ use super::codec::{apply_scaling, decode_registers, ByteOrder, DataType};
 use super::config::{ModbusSourceConfig, Parity};
 use super::plan::{plan, split_request, ReadRequest, Table, TagSpan};
 use crate::error_latch::ErrorLatch;
-use crate::sample::{now_ns, Quality, Sample, Tag, Value};
 use crate::source::{PipelineClosed, Source, SourceContext, SourceError, SourceFuture};
+use edge_wire::sample::{now_ns, Quality, Sample, Tag, Value};
 
 /// Decoding instructions of one tag.
 #[derive(Debug, Clone)]

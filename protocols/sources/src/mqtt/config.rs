@@ -9,8 +9,8 @@ use serde::Deserialize;
 use super::payload::TimestampFormat;
 use super::topic::{has_wildcards, validate_filter};
 use crate::backoff::ReconnectConfig;
-use crate::config_check::{Issues, KeyPath};
 use crate::secret::Secret;
+use edge_wire::config_check::{Issues, KeyPath};
 
 /// Connection to one MQTT broker.
 #[derive(Debug, Clone, Deserialize)]
