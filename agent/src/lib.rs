@@ -50,6 +50,10 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     let stages = build_models(&cfg)?;
     let model_stats: Vec<(String, Arc<models::ModelStats>)> =
         stages.iter().map(|(n, s)| (n.clone(), s.stats())).collect();
+    let model_controls: Vec<(String, models::ModelControl)> = stages
+        .iter()
+        .map(|(n, s)| (n.clone(), s.control()))
+        .collect();
     for stage in stages {
         metrics.add_model(&stage.0, stage.1.stats());
         pipeline.add_stage(&stage.0, Box::new(stage.1));
@@ -99,12 +103,11 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
                 .models
                 .iter()
                 .filter_map(|m| {
-                    let stats = model_stats.iter().find(|(n, _)| *n == m.name)?.1.clone();
+                    let control = model_controls.iter().find(|(n, _)| *n == m.name)?.1.clone();
                     Some(sync::update::ModelHandle {
                         name: m.name.clone(),
                         bundle_path: m.bundle.clone(),
-                        stats,
-                        reload_check: m.reload_check,
+                        control,
                     })
                 })
                 .collect();

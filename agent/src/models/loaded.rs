@@ -10,6 +10,7 @@ use edge_wire::bundle::manifest::RECONSTRUCTION_ERROR_OUTPUT;
 use edge_wire::bundle::{Bundle, Manifest};
 use edge_wire::config_check::{Issues, KeyPath};
 
+use super::control::LoadError;
 use crate::inference::{Model, Output};
 use crate::pipeline::record::BundleRef;
 
@@ -35,14 +36,23 @@ impl LoadedBundle {
         trusted: &[VerifyingKey],
         floor: u64,
         tags: &dyn TagCatalog,
-    ) -> Result<LoadedBundle, String> {
-        let shown = path.display();
-        let b = Bundle::from_bytes(bytes, trusted, floor).map_err(|e| format!("{shown}: {e}"))?;
+    ) -> Result<LoadedBundle, LoadError> {
+        let incompatible = |reason: String| LoadError::Incompatible {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let b = Bundle::from_bytes(bytes, trusted, floor).map_err(|source| LoadError::Refused {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let spec = &b.manifest.features;
         let mut issues = Issues::default();
         spec.validate(&KeyPath::root().key("features"), &mut issues);
         if let Some(i) = issues.0.first() {
-            return Err(format!("{shown}: feature spec: {}: {}", i.path, i.message));
+            return Err(incompatible(format!(
+                "feature spec: {}: {}",
+                i.path, i.message
+            )));
         }
         let unknown: Vec<&str> = spec
             .tags
@@ -51,16 +61,16 @@ impl LoadedBundle {
             .filter(|t| !tags.knows(t))
             .collect();
         if !unknown.is_empty() {
-            return Err(format!(
-                "{shown}: the feature spec reads tags no source provides: {} (check the tag names in the sources)",
+            return Err(incompatible(format!(
+                "the feature spec reads tags no source provides: {} (check the tag names in the sources)",
                 unknown.join(", ")
-            ));
+            )));
         }
         let model = Model::load(&b.model, &spec.input_shape()).map_err(|e| {
-            format!(
-                "{shown}: the model does not accept the feature spec's input {:?}: {e}",
+            incompatible(format!(
+                "the model does not accept the feature spec's input {:?}: {e}",
                 spec.input_shape()
-            )
+            ))
         })?;
         // One run before serving: tract's first run is slower (lazy allocations), and a model
         // that cannot run on an input of the spec's shape is refused here, with the shape,
@@ -68,9 +78,9 @@ impl LoadedBundle {
         let shape = spec.input_shape();
         let zeros = vec![0f32; shape.iter().product()];
         let probe = model.run(&zeros).map_err(|e| {
-            format!(
-                "{shown}: the model fails on an input of the feature spec's shape {shape:?}: {e}"
-            )
+            incompatible(format!(
+                "the model fails on an input of the feature spec's shape {shape:?}: {e}"
+            ))
         })?;
         let sizes: Vec<(&str, usize)> = probe
             .iter()
@@ -79,7 +89,7 @@ impl LoadedBundle {
         b.manifest
             .postprocess
             .check_outputs(&sizes, zeros.len())
-            .map_err(|e| format!("{shown}: {e}"))?;
+            .map_err(|e| incompatible(e.to_string()))?;
         let source = Arc::new(BundleRef {
             model: Arc::from(instance),
             bundle: Arc::from(b.manifest.name.as_str()),

@@ -2,6 +2,7 @@
 //! turns samples into features and predictions.
 
 pub mod config;
+pub mod control;
 pub mod drift;
 pub mod floor;
 pub mod labels;
@@ -10,5 +11,6 @@ pub mod reference;
 pub mod stage;
 
 pub use config::{BundlesConfig, ModelConfig, WhenBusy};
+pub use control::{ControlError, LoadError, ModelControl, ModelHealth};
 pub use loaded::{LoadedBundle, TagCatalog};
 pub use stage::{ModelStage, ModelStats};

@@ -3,9 +3,12 @@
 //! inference runs on a dedicated thread fed by a bounded queue, so a slow model never stalls
 //! the sources — a window that finds the queue full is dropped and counted.
 //!
-//! Hot reload: the bundle file is checked every `reload_check`; a changed file goes through
-//! every check of [`LoadedBundle::load`] and replaces the running model only if it passes. A
-//! failing bundle is logged and the previous one keeps serving.
+//! Hot reload: the bundle file is checked every `reload_check` (an operator replacing it by
+//! hand), and loaded at once when asked through the stage's [`ModelControl`] (the fleet
+//! updater, which gets the typed outcome back); a changed file goes through every check of
+//! [`LoadedBundle::load`] and replaces the running model only if it passes. A failing bundle
+//! is logged and the previous one keeps serving. The [`ModelHealth`] watch counts what the
+//! serving bundle did since it started.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,9 +16,10 @@ use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::{Instant, SystemTime};
 
 use ed25519_dalek::VerifyingKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::config::{ModelConfig, WhenBusy};
+use super::control::{LoadError, ModelControl, ModelHealth, ReloadRequest};
 use super::drift::{Closed, DriftTracker};
 use super::floor::FloorStore;
 use super::loaded::{LoadedBundle, TagCatalog};
@@ -44,8 +48,6 @@ pub struct ModelStats {
     pub reload_failures: AtomicU64,
     /// Version number of the bundle being served (0 = none).
     pub version_number: AtomicU64,
-    /// Why the last reload was refused (the sync client reports it to the fleet server).
-    pub last_reload_error: std::sync::Mutex<Option<String>>,
     /// Sum of the shadow challenger's inference times, microseconds.
     pub shadow_inference_us: AtomicU64,
     /// The window assembler's counters as of the last batch (`replay` reports grid
@@ -71,8 +73,15 @@ pub struct ModelStage {
     current: Arc<LoadedBundle>,
     /// The challenger of `[[models]] shadow`, if it loaded.
     shadow: Option<Arc<LoadedBundle>>,
-    file_stamp: Option<(SystemTime, u64)>,
+    /// The bundle file as last tried (modification time, size) and what came of it.
+    last_load: Option<((SystemTime, u64), LoadOutcome)>,
+    control: ModelControl,
+    requests: Option<mpsc::Receiver<ReloadRequest>>,
+    health: Arc<watch::Sender<ModelHealth>>,
 }
+
+/// What loading a bundle file gave: the bundle that serves, or why it was refused.
+type LoadOutcome = Result<Arc<crate::pipeline::record::BundleRef>, Arc<LoadError>>;
 
 impl std::fmt::Debug for ModelStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -95,10 +104,15 @@ impl ModelStage {
         trusted: Vec<VerifyingKey>,
         floors: FloorStore,
         tags: Box<dyn TagCatalog + Send>,
-    ) -> Result<ModelStage, String> {
+    ) -> Result<ModelStage, LoadError> {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
-        super::labels::check(cfg.labels.as_ref(), &current, &*tags)?;
+        super::labels::check(cfg.labels.as_ref(), &current, &*tags).map_err(|reason| {
+            LoadError::Incompatible {
+                path: cfg.bundle.clone(),
+                reason,
+            }
+        })?;
         let stats = Arc::new(ModelStats::default());
         stats
             .version_number
@@ -117,7 +131,10 @@ impl ModelStage {
                 }
             }
         });
+        let (requests_tx, requests) = mpsc::channel(4);
+        let (health, health_rx) = watch::channel(ModelHealth::default());
         Ok(ModelStage {
+            last_load: file_stamp.map(|s| (s, Ok(current.source.clone()))),
             cfg,
             trusted,
             floors,
@@ -125,7 +142,12 @@ impl ModelStage {
             stats,
             current,
             shadow,
-            file_stamp,
+            control: ModelControl {
+                requests: requests_tx,
+                health: health_rx,
+            },
+            requests: Some(requests),
+            health: Arc::new(health),
         })
     }
 
@@ -139,19 +161,14 @@ impl ModelStage {
         trusted: &[VerifyingKey],
         floors: &FloorStore,
         tags: &dyn TagCatalog,
-    ) -> Result<LoadedBundle, String> {
-        let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let name = edge_wire::bundle::file::parse(&bytes)
-            .map(|u| u.manifest.name)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let floor = floors.floor(&name)?;
+    ) -> Result<LoadedBundle, LoadError> {
+        let (bytes, floor) = read_with_floor(path, floors)?;
         let b = LoadedBundle::load(&cfg.name, path, &bytes, trusted, floor, tags)?;
         if b.manifest.features != champion.manifest.features {
-            return Err(format!(
-                "{}: its feature spec differs from the serving bundle's; a shadow challenger runs on the same windows and model input (pack it with the same [spec])",
-                path.display()
-            ));
+            return Err(LoadError::Incompatible {
+                path: path.to_path_buf(),
+                reason: "its feature spec differs from the serving bundle's; a shadow challenger runs on the same windows and model input (pack it with the same [spec])".into(),
+            });
         }
         Ok(b)
     }
@@ -166,14 +183,8 @@ impl ModelStage {
         trusted: &[VerifyingKey],
         floors: &FloorStore,
         tags: &dyn TagCatalog,
-    ) -> Result<LoadedBundle, String> {
-        let bytes = std::fs::read(&cfg.bundle)
-            .map_err(|e| format!("cannot read {}: {e}", cfg.bundle.display()))?;
-        // The floor is per bundle name; peek at the name before trusting anything else.
-        let name = edge_wire::bundle::file::parse(&bytes)
-            .map(|u| u.manifest.name)
-            .map_err(|e| format!("{}: {e}", cfg.bundle.display()))?;
-        let floor = floors.floor(&name)?;
+    ) -> Result<LoadedBundle, LoadError> {
+        let (bytes, floor) = read_with_floor(&cfg.bundle, floors)?;
         let b = LoadedBundle::load(&cfg.name, &cfg.bundle, &bytes, trusted, floor, tags)?;
         floors.raise(&b.manifest.name, b.manifest.version_number)?;
         Ok(b)
@@ -187,13 +198,32 @@ impl ModelStage {
         self.current.clone()
     }
 
-    /// Checks the bundle file; swaps in a new bundle if it changed and passes every check.
-    fn maybe_reload(&mut self) -> Option<Arc<LoadedBundle>> {
+    /// The handle that reloads this stage's bundle and watches its health.
+    pub fn control(&self) -> ModelControl {
+        self.control.clone()
+    }
+
+    /// Loads the bundle file if it changed since it was last tried, and swaps the new bundle
+    /// in if it passes every check. `asked`: a control request, which also wants an answer
+    /// when the file is missing (the periodic check waits quietly for one to appear).
+    /// Returns the bundle swapped in, if any, and the outcome for the file as it is now.
+    fn reload(&mut self, asked: bool) -> (Option<Arc<LoadedBundle>>, Option<LoadOutcome>) {
         let now = stamp(&self.cfg.bundle);
-        if now == self.file_stamp || now.is_none() {
-            return None;
+        if let Some((s, outcome)) = &self.last_load {
+            if now == Some(*s) || (now.is_none() && !asked) {
+                return (None, Some(outcome.clone()));
+            }
+        } else if now.is_none() && !asked {
+            return (None, None);
         }
-        self.file_stamp = now;
+        let (swapped, outcome) = self.load_now();
+        if let Some(s) = now {
+            self.last_load = Some((s, outcome.clone()));
+        }
+        (swapped, Some(outcome))
+    }
+
+    fn load_now(&mut self) -> (Option<Arc<LoadedBundle>>, LoadOutcome) {
         match Self::load_bundle(&self.cfg, &self.trusted, &self.floors, &*self.tags) {
             Ok(b) => {
                 let b = Arc::new(b);
@@ -206,16 +236,14 @@ impl ModelStage {
                 self.current = b.clone();
                 // The loader's code ran once more; let the kernel reclaim it again.
                 crate::memory::release_executable_pages();
-                Some(b)
+                let source = b.source.clone();
+                (Some(b), Ok(source))
             }
             Err(e) => {
-                if let Ok(mut last) = self.stats.last_reload_error.lock() {
-                    *last = Some(e.clone());
-                }
                 self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(model = %self.cfg.name, "refused the new bundle: {e}; still serving {} {} (#{})",
                     self.current.source.bundle, self.current.source.version, self.current.source.version_number);
-                None
+                (None, Err(Arc::new(e)))
             }
         }
     }
@@ -236,8 +264,10 @@ impl ModelStage {
             self.cfg.queue,
             output.clone(),
             stats.clone(),
+            self.health.clone(),
             done_tx,
         );
+        let mut requests = self.requests.take();
         // Drift alarm states survive restarts: `<data_dir>/bundles/drift-alarms-<model>.json`.
         let state_file = self.floors.dir().join(format!(
             "drift-alarms-{}.json",
@@ -262,8 +292,8 @@ impl ModelStage {
             version_number = self.current.source.version_number, inputs = ?self.current.manifest.features.input_shape(),
             "model serving");
         loop {
-            let rec = tokio::select! {
-                r = input.recv() => match r { Some(r) => r, None => break },
+            let step = tokio::select! {
+                r = input.recv() => match r { Some(r) => Step::Record(r), None => break },
                 Some(o) = done_rx.recv() => {
                     let c = drift_outcome(&mut drift, o);
                     if !send_closed(&name, c, &output).await {
@@ -271,28 +301,39 @@ impl ModelStage {
                     }
                     continue;
                 }
-                _ = tick.tick() => {
-                    if let Some(b) = self.maybe_reload() {
-                        if b.manifest.features != featurizer.spec().clone() {
-                            featurizer = Featurizer::new(&b.manifest.features);
-                            skipped_seen = 0;
-                        }
-                        // The old bundle's interval ends here and its drift alarms clear: the
-                        // new bundle has its own reference.
-                        let mut c = drift.close();
-                        c.alarms.extend(drift.retire(edge_wire::now_ns()));
-                        if self
-                            .shadow
-                            .as_ref()
-                            .is_some_and(|sh| sh.manifest.features != b.manifest.features)
-                        {
-                            tracing::warn!(model = %name, "the new bundle's feature spec differs from the shadow challenger's: the challenger stops");
-                            self.shadow = None;
-                        }
-                        drift = new_tracker(&b, &self.cfg, self.shadow.as_deref());
-                        if !send_closed(&name, c, &output).await {
-                            break;
-                        }
+                Some(req) = async { requests.as_mut()?.recv().await } => {
+                    let (swapped, outcome) = self.reload(true);
+                    if let Some(outcome) = outcome {
+                        // The requester may have given up waiting: nothing to tell then.
+                        let _ = req.reply.send(outcome);
+                    }
+                    Step::Reloaded(swapped)
+                }
+                _ = tick.tick() => Step::Reloaded(self.reload(false).0),
+            };
+            let rec = match step {
+                Step::Record(r) => r,
+                Step::Reloaded(None) => continue,
+                Step::Reloaded(Some(b)) => {
+                    if b.manifest.features != featurizer.spec().clone() {
+                        featurizer = Featurizer::new(&b.manifest.features);
+                        skipped_seen = 0;
+                    }
+                    // The old bundle's interval ends here and its drift alarms clear: the
+                    // new bundle has its own reference.
+                    let mut c = drift.close();
+                    c.alarms.extend(drift.retire(edge_wire::now_ns()));
+                    if self
+                        .shadow
+                        .as_ref()
+                        .is_some_and(|sh| sh.manifest.features != b.manifest.features)
+                    {
+                        tracing::warn!(model = %name, "the new bundle's feature spec differs from the shadow challenger's: the challenger stops");
+                        self.shadow = None;
+                    }
+                    drift = new_tracker(&b, &self.cfg, self.shadow.as_deref());
+                    if !send_closed(&name, c, &output).await {
+                        break;
                     }
                     continue;
                 }
@@ -417,6 +458,33 @@ impl ModelStage {
     }
 }
 
+/// What woke the stage's loop up: a record to process, or a reload (with the bundle swapped
+/// in, if one was).
+enum Step {
+    Record(Record),
+    Reloaded(Option<Arc<LoadedBundle>>),
+}
+
+/// The file's bytes and the version floor of the bundle name it holds (the floor is per name:
+/// the name is read before anything else is trusted).
+fn read_with_floor(
+    path: &std::path::Path,
+    floors: &FloorStore,
+) -> Result<(Vec<u8>, u64), LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let name = edge_wire::bundle::file::parse(&bytes)
+        .map(|u| u.manifest.name)
+        .map_err(|source| LoadError::Refused {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let floor = floors.floor(&name)?;
+    Ok((bytes, floor))
+}
+
 /// What inference made of one window, for the drift tracker.
 struct Outcome {
     source: Arc<crate::pipeline::record::BundleRef>,
@@ -492,6 +560,7 @@ fn spawn_worker(
     queue: usize,
     output: mpsc::Sender<Record>,
     stats: Arc<ModelStats>,
+    health: Arc<watch::Sender<ModelHealth>>,
     done: mpsc::UnboundedSender<Outcome>,
 ) -> (std_mpsc::SyncSender<Job>, std::thread::JoinHandle<()>) {
     let (tx, rx) = std_mpsc::sync_channel::<Job>(queue);
@@ -517,6 +586,7 @@ fn spawn_worker(
                             result: None,
                         });
                         stats.inference_errors.fetch_add(1, Ordering::Relaxed);
+                        health.send_modify(|h| h.count(&job.bundle.source, true, false));
                         if !err_logged {
                             err_logged = true;
                             tracing::error!(model = %name, "inference failed: {e}");
@@ -524,7 +594,8 @@ fn spawn_worker(
                         continue;
                     }
                 };
-                if !job.bundle.in_range(&outputs) {
+                let in_range = job.bundle.in_range(&outputs);
+                if !in_range {
                     stats.out_of_range.fetch_add(1, Ordering::Relaxed);
                 }
                 let (score, label, over) = job.bundle.postprocess(&mut outputs, &job.input);
@@ -582,6 +653,7 @@ fn spawn_worker(
                     alarm: state,
                 };
                 stats.predictions.fetch_add(1, Ordering::Relaxed);
+                health.send_modify(|h| h.count(&job.bundle.source, false, !in_range));
                 if output
                     .blocking_send(Record::Prediction(Arc::new(p)))
                     .is_err()

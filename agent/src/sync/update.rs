@@ -12,9 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use edge_wire::bundle::file as bundle_file;
@@ -23,15 +21,28 @@ use edge_wire::sync::{DesiredBundle, UpdateOutcome, UpdateReport};
 use super::client::FleetClient;
 use super::config::HealthConfig;
 use crate::models::floor::FloorStore;
-use crate::models::ModelStats;
+use crate::models::{ModelControl, ModelHealth};
 
 /// One `[[models]]` entry as the updater sees it.
 #[derive(Debug, Clone)]
 pub struct ModelHandle {
+    /// The `[[models]]` name.
     pub name: String,
+    /// The bundle file its stage serves.
     pub bundle_path: PathBuf,
-    pub stats: Arc<ModelStats>,
-    pub reload_check: Duration,
+    /// Reload requests and the health watch of its running stage.
+    pub control: ModelControl,
+}
+
+/// What came of one update attempt: reported to the fleet server.
+#[derive(Debug)]
+struct Attempt {
+    outcome: UpdateOutcome,
+    detail: String,
+    /// How the bundle travelled: a delta method, `full`, `local` (the kept previous file) or
+    /// `none`.
+    method: String,
+    downloaded_bytes: u64,
 }
 
 /// What a model's bundle file is.
@@ -132,16 +143,16 @@ impl Updater {
                     .update_one(client, d, &model, &current, &current_bytes)
                     .await;
                 let report = match r {
-                    Ok((outcome, detail, method, bytes)) => UpdateReport {
+                    Ok(a) => UpdateReport {
                         model: model.name.clone(),
                         bundle: d.bundle.clone(),
                         from_version_number: current.version_number,
                         to_version_number: d.version_number,
                         rollout: d.rollout.clone(),
-                        outcome,
-                        method,
-                        downloaded_bytes: bytes,
-                        detail,
+                        outcome: a.outcome,
+                        method: a.method,
+                        downloaded_bytes: a.downloaded_bytes,
+                        detail: a.detail,
                     },
                     Err(Retry(e)) => {
                         // Network trouble: the partial download stays; next check-in resumes.
@@ -175,9 +186,15 @@ impl Updater {
         model: &ModelHandle,
         current: &BundleIdentity,
         current_bytes: &[u8],
-    ) -> Result<(UpdateOutcome, String, String, u64), Retry> {
+    ) -> Result<Attempt, Retry> {
+        let attempt = |outcome, detail: String, method: &str, downloaded_bytes| Attempt {
+            outcome,
+            detail,
+            method: method.to_string(),
+            downloaded_bytes,
+        };
         let failed = |detail: String, method: &str, bytes: u64| {
-            Ok((UpdateOutcome::Failed, detail, method.to_string(), bytes))
+            Ok(attempt(UpdateOutcome::Failed, detail, method, bytes))
         };
         let floor = self
             .floors
@@ -190,14 +207,14 @@ impl Updater {
             return match identify(&prev) {
                 Some((p, bytes)) if p.sha256 == d.sha256 => {
                     match self.install(model, current, current_bytes, &bytes, &p, true).await {
-                        Install::Healthy(detail) => Ok((
+                        Install::Healthy(detail) => Ok(attempt(
                             UpdateOutcome::Applied,
                             format!("restored the previous bundle: {detail}"),
-                            "local".into(),
+                            "local",
                             0,
                         )),
                         Install::RolledBack(detail) => {
-                            Ok((UpdateOutcome::RolledBack, detail, "local".into(), 0))
+                            Ok(attempt(UpdateOutcome::RolledBack, detail, "local", 0))
                         }
                     }
                 }
@@ -313,17 +330,17 @@ impl Updater {
                 .await
             {
                 Install::Healthy(detail) => {
-                    (UpdateOutcome::Applied, detail, art.method.clone(), got)
+                    attempt(UpdateOutcome::Applied, detail, &art.method, got)
                 }
                 Install::RolledBack(detail) => {
-                    (UpdateOutcome::RolledBack, detail, art.method.clone(), got)
+                    attempt(UpdateOutcome::RolledBack, detail, &art.method, got)
                 }
             },
         )
     }
 
-    /// Swaps the file in, waits for the stage to load it, checks its health, and restores the
-    /// previous bundle if anything fails.
+    /// Swaps the file in, has the stage load it, checks its health, and restores the previous
+    /// bundle if anything fails.
     async fn install(
         &self,
         model: &ModelHandle,
@@ -333,7 +350,6 @@ impl Updater {
         new: &BundleIdentity,
         is_rollback: bool,
     ) -> Install {
-        let stats = &model.stats;
         let prev = prev_path(&model.bundle_path);
         if let Err(e) = replace_file(&prev, current_bytes) {
             return Install::RolledBack(format!(
@@ -346,80 +362,87 @@ impl Updater {
                 return Install::RolledBack(format!("cannot set the version floor: {e}"));
             }
         }
-        let failures0 = stats.reload_failures.load(Ordering::Relaxed);
         if let Err(e) = replace_file(&model.bundle_path, new_bytes) {
             return Install::RolledBack(format!(
                 "cannot write {}: {e}; previous bundle still serving",
                 model.bundle_path.display()
             ));
         }
-        // 1. The stage picks the file up at its next reload check.
-        let deadline = Instant::now() + model.reload_check * 3 + Duration::from_secs(10);
-        let loaded = loop {
-            if stats.version_number.load(Ordering::Relaxed) == new.version_number {
-                break Ok(());
-            }
-            if stats.reload_failures.load(Ordering::Relaxed) > failures0 {
-                let why = stats
-                    .last_reload_error
-                    .lock()
-                    .ok()
-                    .and_then(|l| l.clone())
-                    .unwrap_or_else(|| "see the agent log".into());
-                break Err(format!("failed to load: {why}"));
-            }
-            if Instant::now() > deadline {
-                break Err("the model stage did not load it in time".into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // 1. The stage loads it now, with every check, and says what it serves.
+        let loaded = match self.reload(model).await {
+            Ok(sha) if sha == new.sha256 => Ok(()),
+            Ok(sha) => Err(format!(
+                "the model stage serves {sha}, not the installed file {}",
+                new.sha256
+            )),
+            Err(e) => Err(format!("failed to load: {e}")),
         };
         // 2. Health: enough windows without inference errors or out-of-range outputs.
         let verdict = match loaded {
             Err(e) => Err(e),
-            Ok(()) => self.watch_health(stats).await,
+            Ok(()) => self.watch_health(&model.control, &new.sha256).await,
         };
-        match verdict {
-            Ok(detail) => Install::Healthy(detail),
-            Err(why) => {
-                // Roll back: the previous file, with its floor, then wait for it to serve again.
-                let restore = self
-                    .floors
-                    .restore(&current.name, current.version_number)
-                    .and_then(|_| {
-                        replace_file(&model.bundle_path, current_bytes).map_err(|e| e.to_string())
-                    });
-                if let Err(e) = restore {
-                    return Install::RolledBack(format!(
-                        "{why}; restoring the previous bundle FAILED: {e}"
-                    ));
-                }
-                let deadline = Instant::now() + model.reload_check * 3 + Duration::from_secs(10);
-                while stats.version_number.load(Ordering::Relaxed) != current.version_number
-                    && Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Install::RolledBack(format!(
-                    "{why}; rolled back to {} #{}",
-                    current.version, current.version_number
-                ))
-            }
+        let why = match verdict {
+            Ok(detail) => return Install::Healthy(detail),
+            Err(why) => why,
+        };
+        // Roll back: the previous file, with its floor, loaded again.
+        let restore = self
+            .floors
+            .restore(&current.name, current.version_number)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                replace_file(&model.bundle_path, current_bytes).map_err(|e| e.to_string())
+            });
+        if let Err(e) = restore {
+            return Install::RolledBack(format!(
+                "{why}; restoring the previous bundle FAILED: {e}"
+            ));
+        }
+        Install::RolledBack(match self.reload(model).await {
+            Ok(sha) if sha == current.sha256 => format!(
+                "{why}; rolled back to {} #{}",
+                current.version, current.version_number
+            ),
+            Ok(sha) => format!(
+                "{why}; restored the previous bundle file, but the model stage serves {sha}"
+            ),
+            Err(e) => format!("{why}; the restored previous bundle FAILED to load: {e}"),
+        })
+    }
+
+    /// Asks the stage to load its bundle file; the SHA-256 of what it serves afterwards.
+    async fn reload(&self, model: &ModelHandle) -> Result<String, String> {
+        // The stage answers between two batches; this bounds a stage stuck behind a full
+        // pipeline, not the load itself.
+        let limit = self.health.timeout.max(Duration::from_secs(30));
+        match tokio::time::timeout(limit, model.control.reload()).await {
+            Ok(Ok(src)) => Ok(src.sha256.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the model stage did not answer within {limit:?}")),
         }
     }
 
-    async fn watch_health(&self, stats: &ModelStats) -> Result<String, String> {
+    /// Watches the bundle `sha256` serve: `windows` predictions without reaching the error
+    /// limits passes; reaching one fails; the timeout with fewer windows keeps it.
+    async fn watch_health(&self, control: &ModelControl, sha256: &str) -> Result<String, String> {
         let h = &self.health;
-        let p0 = stats.predictions.load(Ordering::Relaxed);
-        let e0 = stats.inference_errors.load(Ordering::Relaxed);
-        let o0 = stats.out_of_range.load(Ordering::Relaxed);
-        let deadline = Instant::now() + h.timeout;
+        let mut watch = control.health();
+        let deadline = tokio::time::Instant::now() + h.timeout;
         loop {
-            let p = stats.predictions.load(Ordering::Relaxed) - p0;
-            let e = stats.inference_errors.load(Ordering::Relaxed) - e0;
-            let o = stats.out_of_range.load(Ordering::Relaxed) - o0;
+            let now = {
+                let seen = watch.borrow_and_update();
+                if *seen.sha256 == *sha256 {
+                    seen.clone()
+                } else {
+                    ModelHealth::default()
+                }
+            };
+            let (p, e, o) = (now.predictions, now.inference_errors, now.out_of_range);
             if e >= h.max_inference_errors {
                 return Err(format!(
-                    "health check failed: {e} inference error(s) in {p} window(s)"
+                    "health check failed: {e} inference error(s) in {} window(s)",
+                    p + e
                 ));
             }
             if o >= h.max_out_of_range {
@@ -430,13 +453,16 @@ impl Updater {
             if p >= h.windows {
                 return Ok(format!("healthy over {p} windows"));
             }
-            if Instant::now() > deadline {
-                return Ok(format!(
-                    "kept: only {p} window(s) within {:?} of the health check, none failing",
-                    h.timeout
-                ));
+            match tokio::time::timeout_at(deadline, watch.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err("the model stage stopped during the health check".into()),
+                Err(_) => {
+                    return Ok(format!(
+                        "kept: only {p} window(s) within {:?} of the health check, none failing",
+                        h.timeout
+                    ))
+                }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
