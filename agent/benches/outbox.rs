@@ -218,7 +218,7 @@ fn main() {
         .expect("open outbox");
         let payloads: Vec<Vec<u8>> = (0..256).map(|i| record(20, i)).collect();
         let mut i = 0;
-        while o.stats()[0].bytes < mb << 20 {
+        while o.stats()[Stream::Samples].bytes < mb << 20 {
             let chunk: Vec<Vec<u8>> = (0..1000).map(|k| payloads[(i + k) % 256].clone()).collect();
             o.append(Stream::Samples, &chunk).expect("append");
             i += 1000;
@@ -229,8 +229,8 @@ fn main() {
         o.commit().expect("commit");
         println!(
             "\nbacklog: {} records, {} MB of records, {} MB on disk, written in {:.0} s",
-            o.stats()[0].records,
-            o.stats()[0].bytes >> 20,
+            o.stats()[Stream::Samples].records,
+            o.stats()[Stream::Samples].bytes >> 20,
             dir_size(&full.join("outbox")) >> 20,
             t0.elapsed().as_secs_f64()
         );

@@ -23,6 +23,7 @@ pub mod recording;
 pub mod service;
 pub mod sources;
 pub mod sync;
+pub mod task;
 
 use std::sync::Arc;
 
@@ -141,16 +142,16 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     let service = tokio::spawn(service::supervise(started_rx, status, shutdown.clone()));
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
-    let _ = service.await;
+    task::joined("service", service.await);
     sync_stop.cancel();
     if let Some(t) = sync_task {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), t).await;
+        task::join_within("fleet sync", t, std::time::Duration::from_secs(5)).await;
     }
     if let Some(d) = delivery {
         d.finish().await;
     }
     if let Some(t) = metrics_task {
-        let _ = t.await;
+        task::joined("metrics endpoint", t.await);
     }
     Ok(report)
 }
@@ -272,13 +273,14 @@ impl Delivery {
     /// After the pipeline stopped: commit what it wrote, then stop the outputs.
     async fn finish(self) {
         self.commit_stop.cancel();
-        let _ = self.committer.await; // the committer commits once more on its way out
+        // The committer commits once more on its way out.
+        task::joined("outbox committer", self.committer.await);
         self.forward_stop.cancel();
         for f in self.forwarders {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), f).await;
+            task::join_within("MQTT forwarder", f, std::time::Duration::from_secs(3)).await;
         }
         let s = self.outbox.stats();
-        let backlog: u64 = s.iter().map(|x| x.records).sum();
+        let backlog: u64 = s.values().map(|x| x.records).sum();
         tracing::info!(
             backlog,
             "outbox committed; undelivered records wait for the next start"

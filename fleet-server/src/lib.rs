@@ -118,8 +118,14 @@ pub async fn serve(
         budget::BodyBudget::new(opts.body_memory, Duration::from_secs(5)),
     );
     tls::serve(listener, tls_cfg, app, stop).await;
-    let _ = evaluator.await;
-    let _ = housekeeping.await;
+    for (what, task) in [
+        ("drift evaluation", evaluator),
+        ("housekeeping", housekeeping),
+    ] {
+        if let Err(e) = task.await {
+            tracing::error!(task = what, "background task ended abnormally: {e}");
+        }
+    }
     Ok(())
 }
 

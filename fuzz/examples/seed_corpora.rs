@@ -213,7 +213,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (Stream::Drift, records::encode_drift(&drift)),
     ];
     for (s, body) in &recs {
-        let mut input = vec![s.index() as u8];
+        // The target picks the stream by its position in `Stream::ALL`.
+        let pos = Stream::ALL.iter().position(|x| x == s).unwrap_or(0);
+        let mut input = vec![pos as u8];
         input.extend_from_slice(body);
         put("outbox_records", s.name(), &input)?;
     }

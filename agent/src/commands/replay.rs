@@ -196,7 +196,7 @@ pub async fn replay(
         .lock()
         .map(|c| {
             let mut v: Vec<(Stream, u64)> = c.iter().map(|(s, n)| (*s, *n)).collect();
-            v.sort_by_key(|(s, _)| s.index());
+            v.sort_by_key(|(s, _)| *s);
             v
         })
         .unwrap_or_default();

@@ -444,7 +444,12 @@ impl ModelStage {
         }
         drop(jobs);
         // Let the worker finish what is queued (its results still reach the outputs).
-        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+        if let Some(r) = crate::task::joined(
+            "inference thread",
+            tokio::task::spawn_blocking(move || worker.join()).await,
+        ) {
+            crate::task::thread_joined("inference thread", r);
+        }
         // The interval in progress is not lost at shutdown.
         let mut closed = Closed::default();
         while let Ok(o) = done_rx.try_recv() {

@@ -40,6 +40,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edge_wire::records::PerStream;
+
 use super::config::{OutboxConfig, Stream, WhenFull};
 use super::{OutboxError, StreamStats};
 
@@ -182,12 +184,12 @@ pub enum OpenReport {
 #[derive(Debug)]
 struct Store {
     db: sled::Db,
-    streams: Vec<StreamSlot>,
+    streams: PerStream<StreamSlot>,
 }
 
 impl Store {
     fn slot(&self, s: Stream) -> &StreamSlot {
-        &self.streams[s.index()]
+        &self.streams[s]
     }
 }
 
@@ -273,7 +275,7 @@ pub struct SledOutbox {
     /// The store hit an I/O error and must be reopened.
     broken: std::sync::atomic::AtomicBool,
     /// Records lost while the store was unavailable, per stream, not yet persisted.
-    lost: [AtomicU64; 6],
+    lost: PerStream<AtomicU64>,
     /// Room kept for alarms, drift and events when the disk fills up.
     reserve: super::DiskReserve,
     commit_wake: tokio::sync::Notify,
@@ -326,10 +328,7 @@ impl SledOutbox {
             }
         };
         // (A reopen after an I/O error logs its own skips.)
-        for (s, slot) in store
-            .iter()
-            .flat_map(|st| Stream::ALL.iter().zip(&st.streams))
-        {
+        for (s, slot) in store.iter().flat_map(|st| st.streams.iter()) {
             let st = Self::lock(slot);
             if st.skipped > 0 {
                 tracing::warn!(
@@ -381,8 +380,7 @@ impl SledOutbox {
             Ok(r) => r?,
             Err(_) => return Err(panicked("opening")),
         };
-        let mut streams = Vec::new();
-        for s in Stream::ALL {
+        let streams = PerStream::try_from_fn(|s| {
             let tree = db.open_tree(s.name())?;
             let dests: Vec<String> = consumers
                 .iter()
@@ -394,13 +392,13 @@ impl SledOutbox {
             }))
             .map_err(|_| panicked("reading"))?;
             let state = scan?;
-            streams.push(StreamSlot {
+            Ok::<_, OpenFailure>(StreamSlot {
                 durable: AtomicU64::new(state.head),
                 lease: AtomicU64::new(state.head),
                 tree,
                 state: Mutex::new(state),
-            });
-        }
+            })
+        })?;
         Ok(Store { db, streams })
     }
 
@@ -538,23 +536,23 @@ impl SledOutbox {
     /// Records that were numbered but did not make it to disk are counted as dropped.
     pub fn reopen(&self) -> Result<(), OutboxError> {
         let mut g = self.store.write().unwrap_or_else(|p| p.into_inner());
-        let old_heads: Option<Vec<u64>> = g
+        let old_heads: Option<PerStream<u64>> = g
             .as_ref()
-            .map(|s| s.streams.iter().map(|x| Self::lock(x).head).collect());
+            .map(|s| PerStream::from_fn(|stream| Self::lock(&s.streams[stream]).head));
         if let Some(old) = g.take() {
             // Dropping releases sled's file lock; it may try (and fail) to flush.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(old)));
         }
         let store = Self::try_open(&self.path, &self.cfg, &self.consumers)
             .map_err(|f| OutboxError::Storage(f.reason))?;
-        for (i, slot) in store.streams.iter().enumerate() {
+        for (stream, slot) in store.streams.iter() {
             let mut st = Self::lock(slot);
-            let old_head = old_heads.as_ref().map_or(0, |h| h[i]);
+            let old_head = old_heads.as_ref().map_or(0, |h| h[stream]);
             let found = st.head - st.skipped;
             let vanished = old_head.saturating_sub(found);
             // Skipped at this reopen: only numbers this run never handed out.
             st.skipped = st.head.saturating_sub(old_head);
-            let lost = self.lost[i].swap(0, Ordering::AcqRel) + vanished;
+            let lost = self.lost[stream].swap(0, Ordering::AcqRel) + vanished;
             // Persisted with the next commit, like every drop count.
             st.dropped += lost;
             // Numbers handed out before the failure are not given out again.
@@ -571,7 +569,7 @@ impl SledOutbox {
             }
             if st.head > found {
                 tracing::warn!(
-                    stream = Stream::ALL[i].name(),
+                    stream = stream.name(),
                     seq_skipped_from = found + 1,
                     seq_skipped_to = st.head,
                     dropped = vanished,
@@ -738,7 +736,7 @@ impl SledOutbox {
     /// Counts records lost by a failed write (disk full, I/O error): they never got a
     /// sequence number, so consumers see no gap, but the loss is reported.
     pub fn count_lost(&self, stream: Stream, n: u64) {
-        self.lost[stream.index()].fetch_add(n, Ordering::AcqRel);
+        self.lost[stream].fetch_add(n, Ordering::AcqRel);
     }
 
     /// Up to `max` committed records after `dest`'s cursor, in order: (seq, append time ms, payload).
@@ -916,11 +914,11 @@ impl SledOutbox {
 
     fn commit_with(&self, last: bool) -> Result<(), OutboxError> {
         self.with(|store| {
-            let mut marks = Vec::with_capacity(store.streams.len());
-            for (i, slot) in store.streams.iter().enumerate() {
+            let mut marks = Vec::with_capacity(Stream::ALL.len());
+            for (stream, slot) in store.streams.iter() {
                 let mut st = Self::lock(slot);
                 // Records refused since the last commit (low space): persisted with it.
-                st.dropped += self.lost[i].swap(0, Ordering::AcqRel);
+                st.dropped += self.lost[stream].swap(0, Ordering::AcqRel);
                 let lease = if last {
                     // Under the stream's lock: no append can slip in above the new lease.
                     slot.lease.store(st.head, Ordering::Release);
@@ -952,7 +950,7 @@ impl SledOutbox {
             }
             self.uncommitted.store(0, Ordering::Relaxed);
             store.db.flush()?;
-            for (slot, (head, lease)) in store.streams.iter().zip(marks) {
+            for (slot, (head, lease)) in store.streams.values().zip(marks) {
                 slot.durable.fetch_max(head, Ordering::AcqRel);
                 if !last {
                     slot.lease.fetch_max(lease, Ordering::AcqRel);
@@ -979,8 +977,8 @@ impl SledOutbox {
 
     fn collect_garbage(&self, store: &Store) -> Result<(), OutboxError> {
         let now = now_ms();
-        for (s, slot) in Stream::ALL.iter().zip(&store.streams) {
-            let max_age_ms = self.cfg.limits(*s).max_age.as_millis() as u64;
+        for (s, slot) in store.streams.iter() {
+            let max_age_ms = self.cfg.limits(s).max_age.as_millis() as u64;
             let mut st = Self::lock(slot);
             let confirmed = st.cursors.values().copied().min().unwrap_or(st.head);
             let mut batch = sled::Batch::default();
@@ -1092,34 +1090,31 @@ impl SledOutbox {
         self.appended_tx.subscribe()
     }
 
-    pub fn stats(&self) -> Vec<StreamStats> {
+    pub fn stats(&self) -> PerStream<StreamStats> {
         let g = self.store.read().unwrap_or_else(|p| p.into_inner());
-        Stream::ALL
-            .iter()
-            .map(|s| {
-                let lost = self.lost[s.index()].load(Ordering::Acquire);
-                match g.as_ref() {
-                    Some(store) => {
-                        let slot = store.slot(*s);
-                        let st = Self::lock(slot);
-                        StreamStats {
-                            stream: s.name(),
-                            head: st.head,
-                            durable: slot.durable.load(Ordering::Acquire),
-                            records: st.records(),
-                            bytes: st.bytes,
-                            dropped: st.dropped + lost,
-                            skipped: st.skipped,
-                        }
-                    }
-                    None => StreamStats {
+        PerStream::from_fn(|s| {
+            let lost = self.lost[s].load(Ordering::Acquire);
+            match g.as_ref() {
+                Some(store) => {
+                    let slot = store.slot(s);
+                    let st = Self::lock(slot);
+                    StreamStats {
                         stream: s.name(),
-                        dropped: lost,
-                        ..Default::default()
-                    },
+                        head: st.head,
+                        durable: slot.durable.load(Ordering::Acquire),
+                        records: st.records(),
+                        bytes: st.bytes,
+                        dropped: st.dropped + lost,
+                        skipped: st.skipped,
+                    }
                 }
-            })
-            .collect()
+                None => StreamStats {
+                    stream: s.name(),
+                    dropped: lost,
+                    ..Default::default()
+                },
+            }
+        })
     }
 
     /// Bytes the database occupies on disk.
@@ -1188,7 +1183,7 @@ mod tests {
         SledOutbox::probe(&dir).unwrap();
         let (o, r) = SledOutbox::open(&dir, &OutboxConfig::default(), &dests()).unwrap();
         assert!(matches!(r, OpenReport::Opened));
-        assert_eq!(o.stats()[Stream::Samples.index()].records, 1);
+        assert_eq!(o.stats()[Stream::Samples].records, 1);
         drop(o);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -1259,13 +1254,17 @@ mod tests {
         );
         o.commit().unwrap();
         assert_eq!(
-            o.stats()[0].records,
+            o.stats()[Stream::Samples].records,
             5,
             "sync has confirmed nothing: nothing deleted"
         );
         o.confirm(Stream::Samples, "sync", 2).unwrap();
         o.commit().unwrap();
-        assert_eq!(o.stats()[0].records, 3, "1 and 2 are confirmed everywhere");
+        assert_eq!(
+            o.stats()[Stream::Samples].records,
+            3,
+            "1 and 2 are confirmed everywhere"
+        );
         assert!(matches!(
             o.read(Stream::Samples, "nobody", 1),
             Err(OutboxError::UnknownDestination(_))
@@ -1285,7 +1284,7 @@ mod tests {
             o.commit_final().unwrap();
         }
         let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
-        let s = &o.stats()[1];
+        let s = &o.stats()[Stream::Features];
         assert_eq!(
             (s.head, s.records),
             (4, 0),
@@ -1315,18 +1314,27 @@ mod tests {
         let got = o.read(Stream::Samples, "mqtt", 100).unwrap();
         assert_eq!(got.first().map(|r| r.0), Some(4), "oldest three dropped");
         assert_eq!(got.last().map(|r| r.0), Some(13));
-        assert_eq!(o.stats()[0].dropped, 3);
+        assert_eq!(o.stats()[Stream::Samples].dropped, 3);
         o.append(Stream::Alarms, &big(8)).unwrap();
         let r = o.append(Stream::Alarms, &big(5)).unwrap();
         assert_eq!(r, 9..11, "newest that do not fit are refused");
-        assert_eq!(o.stats()[3].dropped, 3);
+        assert_eq!(o.stats()[Stream::Alarms].dropped, 3);
         // Drop counts are persisted by the commit (the agent commits on its way out).
         o.commit_final().unwrap();
         drop(o);
         let (o, _) = SledOutbox::open(&p, &cfg, &one()).unwrap();
-        assert_eq!((o.stats()[0].dropped, o.stats()[3].dropped), (3, 3));
         assert_eq!(
-            (o.stats()[0].records, o.stats()[0].bytes),
+            (
+                o.stats()[Stream::Samples].dropped,
+                o.stats()[Stream::Alarms].dropped
+            ),
+            (3, 3)
+        );
+        assert_eq!(
+            (
+                o.stats()[Stream::Samples].records,
+                o.stats()[Stream::Samples].bytes
+            ),
             (10, 10 * per),
             "counts rebuilt on open"
         );
@@ -1349,7 +1357,7 @@ mod tests {
             g.as_ref().unwrap().db.flush().unwrap();
         }
         let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &one()).unwrap();
-        let s = &o.stats()[0];
+        let s = &o.stats()[Stream::Samples];
         assert_eq!(
             (s.head, s.records),
             (4, 4),
@@ -1411,11 +1419,11 @@ mod tests {
             o.append(Stream::Samples, &payloads(2, 4)).unwrap(); // 106, 107: live, not durable
             assert_eq!(o.live_head(Stream::Samples), 107);
             o.confirm(Stream::Samples, "mqtt", 107).unwrap();
-            head_at_crash = o.stats()[0].head;
+            head_at_crash = o.stats()[Stream::Samples].head;
             // Dropped without a final commit: an unclean stop.
         }
         let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
-        let s = o.stats()[0].clone();
+        let s = o.stats()[Stream::Samples].clone();
         assert!(s.head > head_at_crash, "{s:?}");
         // 106 and 107 may have reached the disk (sled writes on drop): kept then, as the
         // tail recovery keeps what continues the sequence; the rest of the lease is skipped.
@@ -1431,14 +1439,14 @@ mod tests {
         let next = o.append(Stream::Samples, &payloads(1, 5)).unwrap();
         assert!(next.start > 107, "106 and 107 were seen live: not reused");
         assert_eq!(
-            o.stats()[Stream::Features.index()].skipped,
+            o.stats()[Stream::Features].skipped,
             0,
             "idle streams skip nothing"
         );
         o.commit_final().unwrap();
         drop(o);
         let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &dests()).unwrap();
-        let s2 = o.stats()[0].clone();
+        let s2 = o.stats()[Stream::Samples].clone();
         assert_eq!(
             (s2.head, s2.skipped),
             (next.start, 0),
@@ -1457,7 +1465,7 @@ mod tests {
         o.append(Stream::Events, &payloads(3, 1)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         o.commit().unwrap();
-        let s = &o.stats()[5];
+        let s = &o.stats()[Stream::Events];
         assert_eq!((s.records, s.dropped), (0, 3));
         assert!(o.read(Stream::Events, "mqtt", 10).unwrap().is_empty());
         std::fs::remove_dir_all(&p).unwrap();
@@ -1471,9 +1479,13 @@ mod tests {
         o.commit().unwrap();
         o.append(Stream::Samples, &payloads(2, 2)).unwrap(); // numbered, not yet durable
         o.count_lost(Stream::Samples, 4); // e.g. appends that failed while the disk was full
-        assert_eq!(o.stats()[0].dropped, 4, "losses are reported at once");
+        assert_eq!(
+            o.stats()[Stream::Samples].dropped,
+            4,
+            "losses are reported at once"
+        );
         o.reopen().unwrap();
-        let s = o.stats()[0].clone();
+        let s = o.stats()[Stream::Samples].clone();
         assert!(s.head >= 5, "numbers handed out are never given out again");
         o.commit().unwrap();
         let got: Vec<u64> = o
@@ -1491,7 +1503,10 @@ mod tests {
         );
         drop(o);
         let (o, _) = SledOutbox::open(&p, &OutboxConfig::default(), &one()).unwrap();
-        assert!(o.stats()[0].dropped >= 4, "the drop count was persisted");
+        assert!(
+            o.stats()[Stream::Samples].dropped >= 4,
+            "the drop count was persisted"
+        );
         std::fs::remove_dir_all(&p).unwrap();
     }
 

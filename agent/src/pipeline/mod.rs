@@ -193,14 +193,10 @@ impl Pipeline {
             let (otx, orx) = mpsc::channel::<Record>(self.cfg.output_capacity);
             let ostats = Arc::new(OutputStats::default());
             metrics.output(&name, out.kind(), ostats.clone(), &otx);
-            let accepts = [
-                RecordKind::Samples,
-                RecordKind::Features,
-                RecordKind::Predictions,
-                RecordKind::Alarms,
-                RecordKind::Drift,
-            ]
-            .map(|k| out.accepts(k));
+            let accepts: Vec<RecordKind> = RecordKind::ALL
+                .into_iter()
+                .filter(|k| out.accepts(*k))
+                .collect();
             output_txs.push(OutputLink {
                 name: name.clone(),
                 tx: otx,
@@ -242,18 +238,34 @@ impl Pipeline {
         tracing::info!("shutting down: stopping sources, delivering what was read");
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
         let clean = tokio::time::timeout_at(deadline, async {
-            while source_tasks.join_next().await.is_some() {}
+            while let Some(r) = source_tasks.join_next().await {
+                crate::task::joined("source", r);
+            }
         })
         .await
         .is_ok();
         let mut hub = hub;
         let mut clean = clean
-            && tokio::time::timeout_at(deadline, &mut hub).await.is_ok()
+            && match tokio::time::timeout_at(deadline, &mut hub).await {
+                Ok(r) => {
+                    crate::task::joined("pipeline hub", r);
+                    true
+                }
+                Err(_) => false,
+            }
             && tokio::time::timeout_at(deadline, async {
-                while output_tasks.join_next().await.is_some() {}
+                while let Some(r) = output_tasks.join_next().await {
+                    crate::task::joined("output", r);
+                }
             })
             .await
             .is_ok();
+        if clean {
+            // The hub ended after every stage did: their outcomes are in.
+            while let Some(r) = stage_tasks.try_join_next() {
+                crate::task::joined("model stage", r);
+            }
+        }
         if !clean {
             tracing::warn!(timeout = ?self.cfg.shutdown_timeout,
                 "shutdown deadline reached: dropping what is still queued");
@@ -261,12 +273,18 @@ impl Pipeline {
             // Give tasks a moment to count and log what they drop, then stop them.
             let grace = Duration::from_secs(1);
             let _ = tokio::time::timeout(grace, async {
-                while source_tasks.join_next().await.is_some() {}
+                while let Some(r) = source_tasks.join_next().await {
+                    crate::task::joined("source", r);
+                }
             })
             .await;
-            let _ = tokio::time::timeout(grace, &mut hub).await;
+            if let Ok(r) = tokio::time::timeout(grace, &mut hub).await {
+                crate::task::joined("pipeline hub", r);
+            }
             let _ = tokio::time::timeout(grace, async {
-                while output_tasks.join_next().await.is_some() {}
+                while let Some(r) = output_tasks.join_next().await {
+                    crate::task::joined("output", r);
+                }
             })
             .await;
             source_tasks.abort_all();
@@ -301,8 +319,8 @@ struct OutputLink {
     name: Arc<str>,
     tx: mpsc::Sender<Record>,
     stats: Arc<OutputStats>,
-    /// Indexed by `RecordKind as usize`.
-    accepts: [bool; 5],
+    /// The kinds of record the output takes.
+    accepts: Vec<RecordKind>,
 }
 
 /// Hands one record to every output that accepts it, waiting for room (or the shutdown
@@ -314,7 +332,7 @@ async fn route(
     abort: &CancellationToken,
 ) {
     let n = rec.len() as u64;
-    let kind = rec.kind() as usize;
+    let kind = rec.kind();
     for OutputLink {
         name,
         tx: otx,
@@ -322,7 +340,7 @@ async fn route(
         accepts,
     } in outputs
     {
-        if !accepts[kind] {
+        if !accepts.contains(&kind) {
             continue;
         }
         tokio::select! {

@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edge_wire::records::PerStream;
 use rumqttc::QoS;
 use tokio_util::sync::CancellationToken;
 
@@ -68,14 +69,14 @@ pub trait Format: Send {
 /// Stream order: what an operator needs first after an outage comes out first.
 /// One [`Lane`] per stream.
 #[derive(Debug, Default)]
-struct Lanes([Lane; Stream::ALL.len()]);
+struct Lanes(PerStream<Lane>);
 
 impl Lanes {
     fn get(&self, s: Stream) -> Lane {
-        self.0[s.index()]
+        self.0[s]
     }
     fn get_mut(&mut self, s: Stream) -> &mut Lane {
-        &mut self.0[s.index()]
+        &mut self.0[s]
     }
 }
 

@@ -273,7 +273,12 @@ impl ReplaySource {
             }
         }
         drop(rx);
-        let _ = tokio::task::spawn_blocking(move || reader_thread.join()).await;
+        if let Some(r) = crate::task::joined(
+            "replay reader",
+            tokio::task::spawn_blocking(move || reader_thread.join()).await,
+        ) {
+            crate::task::thread_joined("replay reader", r);
+        }
         if let Some(e) = failed {
             ctx.stats.error();
             tracing::error!(source = %ctx.name, "replay stopped at a bad row: {e}");

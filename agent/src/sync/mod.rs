@@ -316,7 +316,7 @@ impl SyncTask {
                 self.cfg
                     .streams
                     .iter()
-                    .filter_map(|s| stats.iter().find(|x| x.stream == s.name()))
+                    .map(|s| &stats[*s])
                     .map(|x| StreamStatus {
                         stream: x.stream.to_string(),
                         backlog: x.records,

@@ -54,9 +54,73 @@ impl Stream {
     pub fn from_name(name: &str) -> Option<Stream> {
         Stream::ALL.into_iter().find(|s| s.name() == name)
     }
+}
 
-    pub fn index(self) -> usize {
-        self as usize
+/// One `T` per [`Stream`], indexed by the stream (where code would otherwise keep parallel
+/// arrays indexed by position).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerStream<T>([T; Stream::ALL.len()]);
+
+impl<T> PerStream<T> {
+    /// A value per stream, made by `f`.
+    pub fn from_fn(mut f: impl FnMut(Stream) -> T) -> Self {
+        PerStream(Stream::ALL.map(&mut f))
+    }
+
+    /// A value per stream, made by `f`, or its first error.
+    pub fn try_from_fn<E>(mut f: impl FnMut(Stream) -> Result<T, E>) -> Result<Self, E> {
+        let mut values = Vec::with_capacity(Stream::ALL.len());
+        for s in Stream::ALL {
+            values.push(f(s)?);
+        }
+        match <[T; Stream::ALL.len()]>::try_from(values) {
+            Ok(a) => Ok(PerStream(a)),
+            Err(_) => unreachable!("one value per stream was made"),
+        }
+    }
+
+    /// Each stream with its value, in [`Stream::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (Stream, &T)> {
+        Stream::ALL.into_iter().zip(self.0.iter())
+    }
+
+    /// Each stream with its value, mutable, in [`Stream::ALL`] order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (Stream, &mut T)> {
+        Stream::ALL.into_iter().zip(self.0.iter_mut())
+    }
+
+    /// The values, in [`Stream::ALL`] order.
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+impl<T> std::ops::Index<Stream> for PerStream<T> {
+    type Output = T;
+    fn index(&self, s: Stream) -> &T {
+        &self.0[s as usize]
+    }
+}
+
+impl<T> std::ops::IndexMut<Stream> for PerStream<T> {
+    fn index_mut(&mut self, s: Stream) -> &mut T {
+        &mut self.0[s as usize]
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PerStream<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<T> IntoIterator for PerStream<T> {
+    type Item = T;
+    type IntoIter = std::array::IntoIter<T, 6>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
     }
 }
 
