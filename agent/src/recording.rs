@@ -317,6 +317,19 @@ fn parse_value(v: &str, quoted: bool) -> Result<Value, String> {
     })
 }
 
+/// A recording that cannot be read, with where: the input (a path) and the line (1 = the
+/// header; none for the file as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input}{}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct RecordingError {
+    /// The input as named by the caller.
+    pub input: String,
+    /// The line the problem is on.
+    pub line: Option<usize>,
+    /// What is wrong there.
+    pub reason: String,
+}
+
 /// Samples of a recording in file order, from any [`CsvLayout`]. Errors name the line.
 #[derive(Debug)]
 pub struct RecordingReader<R> {
@@ -330,12 +343,17 @@ pub struct RecordingReader<R> {
 
 impl<R: BufRead> RecordingReader<R> {
     /// Reads the header; `what` names the input in errors (a path).
-    pub fn new(input: R, what: &str) -> Result<Self, String> {
+    pub fn new(input: R, what: &str) -> Result<Self, RecordingError> {
+        let error = |line, reason: String| RecordingError {
+            input: what.to_string(),
+            line,
+            reason,
+        };
         let mut lines = input.lines();
         let layout = match lines.next() {
-            Some(Ok(h)) => CsvLayout::of_header(&h).map_err(|e| format!("{what}:1: {e}"))?,
-            Some(Err(e)) => return Err(format!("{what}: {e}")),
-            None => return Err(format!("{what}: empty file")),
+            Some(Ok(h)) => CsvLayout::of_header(&h).map_err(|e| error(Some(1), e))?,
+            Some(Err(e)) => return Err(error(None, e.to_string())),
+            None => return Err(error(None, "empty file".into())),
         };
         Ok(RecordingReader {
             lines,
@@ -349,7 +367,7 @@ impl<R: BufRead> RecordingReader<R> {
 
     /// Every tag of the recording in order of first appearance, reading only what names
     /// them (a wide file's header; a long file's tag column), not the values.
-    pub fn tag_names(mut self) -> Result<Vec<String>, String> {
+    pub fn tag_names(mut self) -> Result<Vec<String>, RecordingError> {
         let tag_col = match &self.layout {
             CsvLayout::Wide { tags, .. } => {
                 return Ok(tags.iter().map(|(_, t)| t.to_string()).collect())
@@ -361,7 +379,7 @@ impl<R: BufRead> RecordingReader<R> {
         let mut out = Vec::new();
         while let Some(line) = self.lines.next() {
             self.line += 1;
-            let line = line.map_err(|e| format!("{}:{}: {e}", self.what, self.line))?;
+            let line = line.map_err(|e| self.error(self.line, e))?;
             if line.trim().is_empty() {
                 continue;
             }
@@ -369,18 +387,13 @@ impl<R: BufRead> RecordingReader<R> {
                 line.split(',').nth(tag_col).map(str::to_string)
             } else {
                 split_fields(line.trim_end_matches('\r'))
-                    .map_err(|e| format!("{}:{}: {e}", self.what, self.line))?
+                    .map_err(|e| self.error(self.line, e))?
                     .into_iter()
                     .nth(tag_col)
                     .map(|f| f.0)
             };
             let name = name.ok_or_else(|| {
-                format!(
-                    "{}:{}: no tag field (column {})",
-                    self.what,
-                    self.line,
-                    tag_col + 1
-                )
+                self.error(self.line, format!("no tag field (column {})", tag_col + 1))
             })?;
             if !seen.contains(name.as_str()) {
                 seen.insert(name.clone());
@@ -468,8 +481,18 @@ impl<R: BufRead> RecordingReader<R> {
     }
 }
 
+impl<R: BufRead> RecordingReader<R> {
+    fn error(&self, line: usize, reason: impl ToString) -> RecordingError {
+        RecordingError {
+            input: self.what.clone(),
+            line: Some(line),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 impl<R: BufRead> Iterator for RecordingReader<R> {
-    type Item = Result<Sample, String>;
+    type Item = Result<Sample, RecordingError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -478,14 +501,14 @@ impl<R: BufRead> Iterator for RecordingReader<R> {
             }
             let line = match self.lines.next()? {
                 Ok(l) => l,
-                Err(e) => return Some(Err(format!("{}:{}: {e}", self.what, self.line + 1))),
+                Err(e) => return Some(Err(self.error(self.line + 1, e))),
             };
             self.line += 1;
             if line.trim().is_empty() {
                 continue;
             }
             if let Err(e) = self.row(line.trim_end_matches('\r')) {
-                return Some(Err(format!("{}:{}: {e}", self.what, self.line)));
+                return Some(Err(self.error(self.line, e)));
             }
         }
     }
@@ -549,7 +572,9 @@ mod tests {
     }
 
     fn read_all(text: &str) -> Result<Vec<Sample>, String> {
-        RecordingReader::new(std::io::Cursor::new(text), "rec.csv")?.collect()
+        RecordingReader::new(std::io::Cursor::new(text), "rec.csv")
+            .and_then(|r| r.collect())
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -6,7 +6,18 @@ use std::io::BufRead;
 use edge_wire::bundle::FeatureSpec;
 
 use super::{FeatureRow, Featurizer, WindowStats};
-use crate::recording::RecordingReader;
+use crate::recording::{RecordingError, RecordingReader};
+
+/// Why offline featurization stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturizeError {
+    /// The recording could not be read (with the line).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
+    /// The caller's handling of a row failed (e.g. writing the output).
+    #[error("{0}")]
+    Row(String),
+}
 
 /// Reads samples from `input` (a recording in any [`crate::recording::CsvLayout`]) and calls
 /// `on_row` for every window, in order. Errors name the line. Samples are fed in file order,
@@ -16,7 +27,7 @@ pub fn featurize_csv(
     input: impl BufRead,
     what: &str,
     mut on_row: impl FnMut(&FeatureRow) -> Result<(), String>,
-) -> Result<WindowStats, String> {
+) -> Result<WindowStats, FeaturizeError> {
     let mut f = Featurizer::new(spec);
     let mut batch = Vec::with_capacity(1024);
     let mut rows = Vec::new();
@@ -30,13 +41,13 @@ pub fn featurize_csv(
             f.push(&batch, &mut rows);
             batch.clear();
             for r in rows.drain(..) {
-                on_row(&r)?;
+                on_row(&r).map_err(FeaturizeError::Row)?;
             }
         }
     }
     f.push(&batch, &mut rows);
     for r in rows.drain(..) {
-        on_row(&r)?;
+        on_row(&r).map_err(FeaturizeError::Row)?;
     }
     Ok(f.stats().clone())
 }

@@ -18,7 +18,7 @@ use edge_wire::{Sample, Tag};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::recording::RecordingReader;
+use crate::recording::{RecordingError, RecordingReader};
 
 /// How fast a recording plays.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,7 +124,9 @@ impl ReplaySourceConfig {
 pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
     let what = path.display().to_string();
     let f = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
-    RecordingReader::new(std::io::BufReader::new(f), &what)?.tag_names()
+    RecordingReader::new(std::io::BufReader::new(f), &what)
+        .and_then(|r| r.tag_names())
+        .map_err(|e| e.to_string())
 }
 
 /// Samples handed over at once: a batch of up to this many with due times within
@@ -181,14 +183,15 @@ impl ReplaySource {
         let fatal = |e: String| SourceError::Config(e);
         let f =
             std::fs::File::open(&path).map_err(|e| fatal(format!("cannot read {what}: {e}")))?;
-        let reader = RecordingReader::new(std::io::BufReader::new(f), &what).map_err(fatal)?;
+        let reader = RecordingReader::new(std::io::BufReader::new(f), &what)
+            .map_err(|e| fatal(e.to_string()))?;
         let only: Option<std::collections::HashSet<String>> =
             (!self.cfg.tags.is_empty()).then(|| self.cfg.tags.iter().cloned().collect());
         ctx.stats.set_connected(true);
         tracing::info!(source = %ctx.name, path = %what, layout = %reader.layout().describe(),
             speed = ?self.cfg.speed, "replaying a recording");
         // Reading is blocking file I/O: a thread reads, the task paces and sends.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Sample>, String>>(4);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Sample>, RecordingError>>(4);
         let reader_thread = std::thread::Builder::new()
             .name(format!("replay-{}", ctx.name))
             .spawn(move || {
@@ -282,7 +285,7 @@ impl ReplaySource {
         if let Some(e) = failed {
             ctx.stats.error();
             tracing::error!(source = %ctx.name, "replay stopped at a bad row: {e}");
-            return Err(fatal(self.fail(e)));
+            return Err(fatal(self.fail(e.to_string())));
         }
         tracing::info!(source = %ctx.name, samples, "replay finished: the whole recording was read");
         if let Some(t) = &self.on_end {

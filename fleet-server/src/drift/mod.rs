@@ -49,8 +49,8 @@ fn invalid(msg: impl Into<String>) -> DriftError {
 }
 
 /// Decodes one stored drift record (through the outbox record schema).
-pub fn decode(body: &[u8]) -> Result<DriftRecord, String> {
-    edge_wire::records::decode_drift(body).map_err(|e| e.to_string())
+pub fn decode(body: &[u8]) -> Result<DriftRecord, edge_wire::records::DecodeError> {
+    edge_wire::records::decode_drift(body)
 }
 
 // ---- time ----

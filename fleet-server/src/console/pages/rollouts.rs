@@ -11,7 +11,7 @@ use crate::console::layout::{self, action, live, table_wrap, Nav};
 use crate::console::{fmt, Console};
 use crate::service::views::RolloutSummary;
 use crate::store::now_ms;
-use crate::types::{DeviceRolloutState, Role, RolloutPhase, RolloutState};
+use crate::types::{DeviceRolloutState, Role, RolloutAction, RolloutPhase, RolloutState};
 
 /// A bar of the targeted devices per state (SVG; the counts are also in the legend).
 fn progress_bar(r: &RolloutSummary) -> Markup {
@@ -70,20 +70,20 @@ fn canary_results(r: &RolloutSummary) -> Markup {
 fn actions(r: &RolloutSummary) -> Markup {
     let id = &r.rollout.id;
     let what = format!("{} #{}", r.rollout.bundle, r.rollout.version_number);
-    let url = |a: &str| format!("/v1/operator/rollouts/{id}/{a}");
+    let url = |a: RolloutAction| format!("/v1/operator/rollouts/{id}/{}", a.as_str());
     html! {
         div.buttons {
             @if r.rollout.state == RolloutState::Active && r.rollout.phase == RolloutPhase::Canary {
-                (action("POST", &url("promote"), "Promote", Some(&format!("Promote rollout {id} of {what} from its canaries to every targeted device ({} devices)?", r.targeted)), ""))
+                (action("POST", &url(RolloutAction::Promote), "Promote", Some(&format!("Promote rollout {id} of {what} from its canaries to every targeted device ({} devices)?", r.targeted)), ""))
             }
             @if r.rollout.state == RolloutState::Active {
-                (action("POST", &url("halt"), "Halt", Some(&format!("Halt rollout {id} of {what}? Devices keep what they run; no device gets it any more.")), ""))
+                (action("POST", &url(RolloutAction::Halt), "Halt", Some(&format!("Halt rollout {id} of {what}? Devices keep what they run; no device gets it any more.")), ""))
             }
             @if r.rollout.state == RolloutState::Halted {
-                (action("POST", &url("resume"), "Resume", Some(&format!("Resume rollout {id} of {what}?")), ""))
+                (action("POST", &url(RolloutAction::Resume), "Resume", Some(&format!("Resume rollout {id} of {what}?")), ""))
             }
             @if matches!(r.rollout.state, RolloutState::Active | RolloutState::Halted) {
-                (action("POST", &url("rollback"), "Roll back", Some(&format!("Roll back rollout {id}? Its devices go back to the version of the previous rollout of {}.", r.rollout.bundle)), "danger"))
+                (action("POST", &url(RolloutAction::Rollback), "Roll back", Some(&format!("Roll back rollout {id}? Its devices go back to the version of the previous rollout of {}.", r.rollout.bundle)), "danger"))
             }
         }
     }
