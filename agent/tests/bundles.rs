@@ -54,7 +54,7 @@ fn verify(b: &Path, key: &Path, floor: u64) -> std::process::Output {
 #[test]
 fn pack_refuses_a_score_index_past_the_output() {
     let dir = tmp("pack-index");
-    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let train = record(&dir, Duration::from_secs(80), 40.0, "");
     let k = keygen(&dir, "ml");
     let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
     let spec = dir.join("bad-index.toml");
@@ -82,7 +82,7 @@ fn pack_refuses_a_score_index_past_the_output() {
 #[test]
 fn pack_inspect_verify_featurize() {
     let dir = tmp("pack");
-    let train = record(&dir, Duration::from_secs(3), 40.0, "");
+    let train = record(&dir, Duration::from_secs(120), 40.0, "");
     let k = keygen(&dir, "ml");
     let b = dir.join("pump.bundle");
     let o = pack(
@@ -192,7 +192,7 @@ fn pack_inspect_verify_featurize() {
 #[test]
 fn bad_bundles_are_refused_with_clear_errors() {
     let dir = tmp("bad");
-    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let train = record(&dir, Duration::from_secs(80), 40.0, "");
     let k = keygen(&dir, "ml");
     let other = keygen(&dir, "intruder");
     let good = dir.join("good.bundle");
@@ -330,7 +330,7 @@ fn predictions(path: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
     let dir = tmp("reload");
-    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let train = record(&dir, Duration::from_secs(80), 40.0, "");
     let k = keygen(&dir, "ml");
     let v1 = dir.join("v1.bundle");
     let v2 = dir.join("v2.bundle");
@@ -424,7 +424,7 @@ fn a_running_agent_keeps_serving_through_bad_bundles_and_takes_a_good_one() {
 #[test]
 fn a_raw_window_feeds_the_conv_net() {
     let dir = tmp("raw");
-    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let train = record(&dir, Duration::from_secs(80), 40.0, "");
     let k = keygen(&dir, "ml");
     let b = dir.join("conv.bundle");
     let o = pack(
@@ -453,7 +453,7 @@ fn a_raw_window_feeds_the_conv_net() {
 #[test]
 fn pack_records_lineage_and_inspect_shows_it() {
     let dir = tmp("lineage");
-    let train = record(&dir, Duration::from_secs(2), 40.0, "");
+    let train = record(&dir, Duration::from_secs(80), 40.0, "");
     let k = keygen(&dir, "ml");
     let text = std::fs::read_to_string(fixture("pump_pack.toml")).unwrap();
     let spec = dir.join("lineage.toml");

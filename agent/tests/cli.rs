@@ -223,7 +223,25 @@ fn run_records_every_sample_and_stops_cleanly_on_sigterm() {
         metrics.contains("edge_source_bad_samples_total{source=\"plant\",kind=\"simulated\"}"),
         "{metrics}"
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // Run until the recording holds more than 100 samples, pump2's good ones among them.
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&csv).unwrap_or_default();
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        if complete.lines().count() > 101
+            && complete
+                .lines()
+                .any(|r| r.starts_with("pump2.current,") && r.ends_with(",good"))
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "too few samples recorded: {}",
+            complete.lines().count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let stop = Instant::now();
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

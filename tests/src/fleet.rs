@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use edge_wire::bundle::file as bundle_file;
 
@@ -321,20 +321,14 @@ impl FleetServer {
         ));
     }
 
-    /// Polls `f` until it returns `Some`, panicking with the server log after `timeout`.
-    pub fn wait<T>(&self, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\nserver log:\n{}",
-                self.peer.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+    /// Polls `f` until it returns `Some`, failing with the server log after `timeout`.
+    pub fn wait<T>(&self, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+        crate::wait_until(
+            what,
+            timeout,
+            || format!("server log:\n{}", self.peer.log_tail()),
+            f,
+        )
     }
 }
 

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,21 +91,71 @@ format = "csv"
         ),
     )
     .unwrap();
+    let log_path = d.join("agent.log");
     let mut agent = Command::new(workspace_bin("edge-agent"))
         .args(["run", "--config"])
         .arg(&cfg)
-        .stderr(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    let log_now = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let recorded = || {
+        let text = std::fs::read_to_string(&csv).unwrap_or_default();
+        // Complete lines only: the agent is writing the file.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut plc = Vec::new();
+        for row in complete.lines().skip(1) {
+            let tag = row.split(',').next().unwrap_or_default().to_string();
+            let good = row.ends_with(",good");
+            let c = counts.entry(tag.clone()).or_default();
+            if good {
+                c.0 += 1
+            } else {
+                c.1 += 1
+            }
+            if tag == "plc.f_cdab" {
+                plc.push(good);
+            }
+        }
+        (counts, plc)
+    };
+    let good = |counts: &HashMap<String, (usize, usize)>, t: &str| counts.get(t).map_or(0, |c| c.0);
+    wait_until(
+        "the MQTT source subscribed and the PLC read well",
+        Duration::from_secs(30),
+        log_now,
+        || {
+            let (counts, _) = recorded();
+            (log_now().contains("mqtt subscribed") && good(&counts, "plc.f_cdab") > 0).then_some(())
+        },
+    );
     for i in 0..10 {
         mqtt_publish(broker.anon, "e2e/flow", &format!("{i}.5"), &[]);
     }
     // The Modbus device dies and comes back while the others keep going.
     modbus.kill();
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until("bad PLC quality", Duration::from_secs(30), log_now, || {
+        recorded().1.contains(&false).then_some(())
+    });
     modbus.restart();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until(
+        "good PLC values again, and every other source's samples",
+        Duration::from_secs(60),
+        log_now,
+        || {
+            let (counts, plc) = recorded();
+            let first_bad = plc.iter().position(|g| !g)?;
+            let bad = |t: &str| counts.get(t).map_or(0, |c| c.1);
+            (plc[first_bad..].contains(&true)
+                && good(&counts, "pump1.temperature") > 50
+                && good(&counts, "ua.counter") > 10
+                && good(&counts, "mq.flow") == 10
+                && bad("dead.x") >= 1
+                && bad("mq.secret") >= 1)
+                .then_some(())
+        },
+    );
     let t0 = Instant::now();
     assert!(Command::new("kill")
         .args(["-TERM", &agent.id().to_string()])
@@ -123,13 +172,7 @@ format = "csv"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut log = String::new();
-    agent
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    let log = log_now();
     assert!(status.success(), "{status:?}\n{log}");
 
     // Per tag: (good, bad) counts, and the order of qualities for the Modbus tag.

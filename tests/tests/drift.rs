@@ -241,7 +241,7 @@ records = ["drift", "alarms", "features"]
         None,
     );
     assert!(
-        wait_for_log(&agent, "mqtt subscribed", Duration::from_secs(30)),
+        agent.wait_log(Duration::from_secs(30), "mqtt subscribed", 1),
         "{}",
         agent.log_tail()
     );
@@ -354,20 +354,6 @@ records = ["drift", "alarms", "features"]
     eprintln!("{summary}");
 }
 
-fn wait_for_log(p: &Peer, needle: &str, timeout: Duration) -> bool {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < timeout {
-        if std::fs::read_to_string(p.log_path())
-            .unwrap_or_default()
-            .contains(needle)
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
-
 /// Sparkplug DDATA/DBIRTH metrics of one device as (name, metric), names resolved through
 /// the aliases of its DBIRTHs.
 fn spb_metrics(msgs: &[Value], device: &str) -> Vec<(String, Value)> {
@@ -436,12 +422,20 @@ load = 0.7
         d,
         None,
     );
-    assert!(wait_for_log(
-        &rec,
-        "simulated plant starting",
-        Duration::from_secs(30)
-    ));
-    std::thread::sleep(Duration::from_secs(26));
+    assert!(rec.wait_log(Duration::from_secs(30), "simulated plant starting", 1));
+    // Record until the file holds the second plant day (20 minutes of plant time).
+    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
+    wait_until(
+        "two recorded plant days",
+        Duration::from_secs(120),
+        || rec.log_tail(),
+        || {
+            let text = std::fs::read_to_string(&recording).ok()?;
+            let first = text.lines().nth(1).and_then(ts)?;
+            let last = text.lines().rev().find_map(ts)?;
+            (last >= first + 1_200_000_000_000).then_some(())
+        },
+    );
     assert!(rec.terminate(Duration::from_secs(20)), "{}", rec.log_tail());
     let text = std::fs::read_to_string(&recording).unwrap();
     let first_ts: i64 = text
@@ -543,7 +537,7 @@ sparkplug = {{ group_id = "plant", edge_node_id = "gw1" }}
         None,
     );
     assert!(
-        wait_for_log(&agent, "mqtt subscribed", Duration::from_secs(30)),
+        agent.wait_log(Duration::from_secs(30), "mqtt subscribed", 1),
         "{}",
         agent.log_tail()
     );
@@ -888,8 +882,26 @@ streams = ["drift", "alarms"]
         .as_str()
         .unwrap()
         .starts_with("fleet-server drift show"));
-    // Once per episode: more drifting buckets do not run it again.
-    std::thread::sleep(Duration::from_secs(12));
+    // Once per episode: more drifting buckets do not run it again. Three more intervals per
+    // device (15 s) hold at least one more whole 10 s bucket.
+    let stored = || -> usize {
+        server
+            .devices()
+            .iter()
+            .map(|dev| {
+                server
+                    .cli(&["device", "drift", dev["id"].as_str().unwrap_or_default()])
+                    .lines()
+                    .count()
+            })
+            .sum()
+    };
+    let before = stored();
+    server.wait(
+        "three more drift intervals per device",
+        Duration::from_secs(90),
+        || (stored() >= before + 6).then_some(()),
+    );
     server.cli(&["drift", "evaluate"]);
     let hooks = std::fs::read_to_string(&hook_out).unwrap();
     assert_eq!(

@@ -173,17 +173,28 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     server.wait("download in progress", Duration::from_secs(60), || {
         (std::fs::metadata(&part).ok()?.len() > 5_000).then_some(())
     });
+    // Cut mid-download: the agent pauses the update (and resumes it at its next check-in).
+    let paused = |n: usize| {
+        assert!(
+            agent.wait_log(Duration::from_secs(60), "update paused", n),
+            "the agent did not notice the cut:\n{}",
+            agent.log_tail()
+        )
+    };
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(3));
+    paused(1);
     let partial = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     assert!(
         partial > 0 && partial < artifact_len,
         "{partial} of {artifact_len}"
     );
+    // Back, the download resumes from there; a second cut while it runs.
     proxy.restore();
-    std::thread::sleep(Duration::from_secs(3));
+    server.wait("the download resumed", Duration::from_secs(60), || {
+        (std::fs::metadata(&part).ok()?.len() > partial).then_some(())
+    });
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(2));
+    paused(2);
     proxy.restore();
 
     // Applied after resuming; reported; the model stage serves v2.

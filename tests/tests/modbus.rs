@@ -283,8 +283,10 @@ async fn unreachable_device_gives_bad_samples_and_stops_promptly() {
         })
         .await;
     assert_eq!(s.value, Value::Null);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(h.stat(|s| &s.errors) >= 2, "retries are counted");
+    h.wait_stats(Duration::from_secs(10), "retries counted as errors", |s| {
+        s.errors.load(std::sync::atomic::Ordering::Relaxed) >= 2
+    })
+    .await;
     h.stop().await.unwrap();
 }
 

@@ -215,8 +215,12 @@ async fn username_password_accepted_and_wrong_password_refused() {
         })
         .await;
     assert_eq!(s.value, Value::Null);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(h.stat(|s| &s.errors) >= 1 && !h.stats.is_connected());
+    h.wait_stats(
+        Duration::from_secs(10),
+        "the refusal counted, not connected",
+        |s| s.errors.load(std::sync::atomic::Ordering::Relaxed) >= 1 && !s.is_connected(),
+    )
+    .await;
     h.stop().await.unwrap();
 }
 

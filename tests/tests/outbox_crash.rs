@@ -113,8 +113,21 @@ streams = ["samples"]
         "publishing did not resume; agent log:\n{}",
         agent.log_tail()
     );
+    let offline = |m: &[serde_json::Value]| {
+        m.iter()
+            .filter(|x| x["topic"] == "edge/crash/status")
+            .filter_map(|x| serde_json::from_str::<serde_json::Value>(x["text"].as_str()?).ok())
+            .filter(|status| status["state"] == "offline")
+            .count()
+    };
+    let offline_before = offline(&listener.messages());
     assert!(agent.terminate(Duration::from_secs(6)));
-    std::thread::sleep(Duration::from_millis(500));
+    // The clean stop's last message is the offline status: everything before it is in.
+    assert!(
+        listener.wait_for(Duration::from_secs(20), |m| offline(m) > offline_before),
+        "no offline status after the clean stop:\n{}",
+        agent.log_tail()
+    );
 
     let seqs = sample_seqs(&listener, "crash");
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();

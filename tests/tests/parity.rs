@@ -71,7 +71,19 @@ fn live_features_are_bit_identical_to_offline_features() {
             .spawn()
             .unwrap(),
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // Two minutes of plant time (both faults and what follows them) are on file.
+    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
+    wait_until(
+        "two minutes of recorded plant time",
+        Duration::from_secs(60),
+        String::new,
+        || {
+            let text = std::fs::read_to_string(&recording).ok()?;
+            let first = text.lines().nth(1).and_then(ts)?;
+            let last = text.lines().rev().find_map(ts)?;
+            (last >= first + 120_000_000_000).then_some(())
+        },
+    );
     sigterm_and_wait(&mut rec.0);
 
     // 2. A bundle over those tags, and the offline features.
@@ -159,15 +171,14 @@ fn live_features_are_bit_identical_to_offline_features() {
         let t0 = Instant::now();
         while !std::fs::read_to_string(&agent_log)
             .unwrap_or_default()
-            .contains("mqtt connected")
+            .contains("mqtt subscribed")
         {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "agent never connected"
+                "agent never subscribed"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let mut o = MqttOptions::new("replayer", "127.0.0.1", broker.anon);
         o.set_inflight(50);
         let (client, mut ev) = AsyncClient::new(o, 100);

@@ -74,8 +74,9 @@ pub fn pack(
     run(&args)
 }
 
-/// Records the simulated plant (pump1 only) for `wall` seconds at `time_scale`x into CSV.
-pub fn record(dir: &Path, wall: Duration, time_scale: f64, extra: &str) -> PathBuf {
+/// Records the simulated plant (pump1 only) at `time_scale`x into CSV until the recording
+/// spans `plant` of measurement time.
+pub fn record(dir: &Path, plant: Duration, time_scale: f64, extra: &str) -> PathBuf {
     let csv = dir.join("recording.csv");
     let cfg = dir.join("record.toml");
     std::fs::write(
@@ -90,7 +91,23 @@ pub fn record(dir: &Path, wall: Duration, time_scale: f64, extra: &str) -> PathB
     )
     .unwrap();
     let mut a = Agent::start(&cfg);
-    std::thread::sleep(wall);
+    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&csv).unwrap_or_default();
+        let first = text.lines().nth(1).and_then(ts);
+        let last = text.lines().rev().find_map(ts);
+        if let (Some(first), Some(last)) = (first, last) {
+            if (last - first) as u128 >= plant.as_nanos() {
+                break;
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the recording did not reach {plant:?} of plant time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     a.stop();
     csv
 }

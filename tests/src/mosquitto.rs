@@ -1,0 +1,117 @@
+//! Mosquitto, the MQTT broker peer, and publishing to it with `mosquitto_pub`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::peer::{free_port, peers_dir, wait_port, Peer};
+
+/// Mosquitto with three listeners: anonymous, user/password (`edge`/`edge-pass`), and mTLS.
+#[derive(Debug)]
+pub struct Broker {
+    pub anon: u16,
+    pub userpass: u16,
+    pub mtls: u16,
+    pub certs: PathBuf,
+    pub peer: Peer,
+}
+
+pub fn mosquitto(dir: &Path) -> Broker {
+    let certs = peers_dir().join("certs");
+    let (anon, userpass, mtls) = (free_port(), free_port(), free_port());
+    let passwd = dir.join("passwd");
+    std::fs::write(&passwd, "").expect("passwd file");
+    let st = Command::new("mosquitto_passwd")
+        .args([
+            "-b",
+            passwd.to_str().unwrap_or_default(),
+            "edge",
+            "edge-pass",
+        ])
+        .status()
+        .expect("mosquitto_passwd (apt mosquitto)");
+    assert!(st.success());
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let conf = format!(
+        "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\nmax_queued_messages 100000\n{}\n\
+         listener {anon} 127.0.0.1\nallow_anonymous true\n\n\
+         listener {userpass} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\n\
+         listener {mtls} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/server.crt\nkeyfile {c}/server.key\n\
+         require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n",
+        if root { "user root" } else { "" },
+        passwd = passwd.display(),
+        c = certs.display()
+    );
+    let conf_path = dir.join("mosquitto.conf");
+    std::fs::write(&conf_path, conf).expect("mosquitto.conf");
+    let peer = Peer::start(
+        "mosquitto",
+        "mosquitto",
+        &["-c", conf_path.to_str().unwrap_or_default()],
+        dir,
+        Some(mtls),
+    );
+    assert!(wait_port(anon, Duration::from_secs(5)) && wait_port(userpass, Duration::from_secs(5)));
+    Broker {
+        anon,
+        userpass,
+        mtls,
+        certs,
+        peer,
+    }
+}
+
+/// Publishes one message with mosquitto_pub (an independent client).
+pub fn mqtt_publish(port: u16, topic: &str, payload: &str, extra: &[&str]) {
+    mosquitto_pub(port, topic, &["-m", payload], extra);
+}
+
+/// Publishes a file's bytes with mosquitto_pub (binary payloads such as Sparkplug NCMD).
+pub fn mqtt_publish_file(port: u16, topic: &str, file: &Path) {
+    mosquitto_pub(port, topic, &["-f", file.to_str().unwrap_or_default()], &[]);
+}
+
+/// Publishes each line of `lines` as one message (QoS 1, in order) with `mosquitto_pub -l`.
+pub fn mqtt_publish_lines(port: u16, topic: &str, lines: &str) {
+    use std::io::Write;
+    let mut child = mosquitto_pub_cmd(port, topic)
+        .arg("-l")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(lines.as_bytes())
+            .expect("write to mosquitto_pub");
+    }
+    let st = child.wait().expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub -l to {topic} failed");
+}
+
+fn mosquitto_pub_cmd(port: u16, topic: &str) -> Command {
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    c
+}
+
+fn mosquitto_pub(port: u16, topic: &str, payload: &[&str], extra: &[&str]) {
+    let st = mosquitto_pub_cmd(port, topic)
+        .args(payload)
+        .args(extra)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success(), "mosquitto_pub to {topic} failed");
+}
