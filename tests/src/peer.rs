@@ -76,6 +76,14 @@ pub fn wait_until<T>(
     }
 }
 
+/// Keeps a fault in place (a cut link, a stopped peer) for `d`: the scenario's schedule, how
+/// long the plant runs without its peer. Not a wait for a result: what the test then asserts
+/// is waited for with [`poll_until`] / [`wait_until`].
+pub fn hold_fault(d: Duration, fault: &str) {
+    eprintln!("holding the fault ({fault}) for {d:?}");
+    std::thread::sleep(d);
+}
+
 /// Waits until something accepts TCP connections on `port`.
 pub fn wait_port(port: u16, timeout: Duration) -> bool {
     poll_until(timeout, Duration::from_millis(50), || {

@@ -168,9 +168,9 @@ fn loss_delay_reordering_duplicates_and_link_flaps_lose_nothing() {
     // wait for a result).
     for _ in 0..4 {
         lp.wire.set(Impairment::DOWN);
-        std::thread::sleep(Duration::from_secs(3));
+        hold_fault(Duration::from_secs(3), "link down");
         lp.wire.set(Impairment::LOSSY);
-        std::thread::sleep(Duration::from_secs(2));
+        hold_fault(Duration::from_secs(2), "link up, lossy");
     }
     lp.wait_progress("progress after the flaps", 50, Duration::from_secs(120));
 
@@ -201,7 +201,7 @@ fn a_fleet_server_outage_then_recovery_loses_nothing() {
     assert!(lp.server.peer.terminate(Duration::from_secs(10)));
     let before = lp.max_seen();
     // The outage (the fault schedule); MQTT keeps flowing meanwhile.
-    std::thread::sleep(outage);
+    hold_fault(outage, "fleet server stopped");
     assert!(
         lp.max_seen() > before,
         "MQTT delivery stopped during the fleet outage"

@@ -193,7 +193,7 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
     // Network outage: the agent keeps measuring into the outbox; afterwards the backlog
     // arrives marked historical, and nothing is missing.
     link.cut();
-    std::thread::sleep(Duration::from_secs(3));
+    hold_fault(Duration::from_secs(3), "broker link cut");
     let before = listener.messages().len();
     link.restore();
     let ok = listener.wait_for(SECS, |m| {
@@ -502,10 +502,15 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
 
     // The primary host goes offline: data stops and waits in the outbox.
     state(port, false);
-    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        agent.wait_log(SECS, "primary host offline", 1),
+        "the agent did not see the host go: {}",
+        agent.log_tail()
+    );
     let offline_from = now_ms();
     let n_off = spb(&listener.messages()).len();
-    std::thread::sleep(Duration::from_secs(3));
+    // The host stays away for 3 s of plant data (the fault schedule).
+    hold_fault(Duration::from_secs(3), "primary host offline");
     let offline_to = now_ms();
     let during = spb(&listener.messages()).len() - n_off;
     assert_eq!(during, 0, "published while the primary host was offline");

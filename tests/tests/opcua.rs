@@ -271,7 +271,10 @@ async fn session_recovers_after_the_server_is_killed_and_restarted() {
     )
     .await;
     assert!(!h.stats.is_connected());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server stays down for 2 s (the fault schedule): reconnect attempts fail meanwhile.
+    tokio::task::spawn_blocking(|| hold_fault(Duration::from_secs(2), "OPC-UA server down"))
+        .await
+        .unwrap();
     server.restart();
     // The restarted server counts from 0 again: any good counter after the bad one proves
     // that notifications resumed.

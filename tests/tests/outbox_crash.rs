@@ -90,6 +90,7 @@ streams = ["samples"]
     );
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     for _ in 0..KILLS {
+        // The kill schedule: a random moment under load.
         std::thread::sleep(Duration::from_millis(150 + rng.below(900)));
         agent.kill();
         agent.restart();

@@ -116,6 +116,8 @@ pub fn record(dir: &Path, plant: Duration, time_scale: f64, extra: &str) -> Path
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<String>>,
+    /// Reads the agent's stderr into `log` until the pipe closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -129,14 +131,18 @@ impl Agent {
         let log = Arc::new(Mutex::new(String::new()));
         let l = log.clone();
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 let mut g = l.lock().unwrap();
                 g.push_str(&line);
                 g.push('\n');
             }
         });
-        Agent { child, log }
+        Agent {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -164,7 +170,10 @@ impl Agent {
         let t0 = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let the log reader drain
+                // The pipe closed with the process: the reader has every line then.
+                if let Some(r) = self.reader.take() {
+                    r.join().unwrap();
+                }
                 return s.success();
             }
             assert!(
