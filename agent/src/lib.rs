@@ -9,6 +9,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod delivery;
 pub mod features;
 pub mod inference;
 pub mod logging;
@@ -49,6 +50,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         tracing::warn!("{w}");
     }
     let stages = build_models(&cfg)?;
+    #[cfg_attr(not(feature = "mqtt"), allow(unused_variables))]
     let model_stats: Vec<(String, Arc<models::ModelStats>)> =
         stages.iter().map(|(n, s)| (n.clone(), s.stats())).collect();
     let model_controls: Vec<(String, models::ModelControl)> = stages
@@ -78,29 +80,19 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
-    #[cfg_attr(not(feature = "mqtt"), allow(unused_mut))]
     let mut delivery = if cfg.outputs.mqtt.is_empty() && cfg.sync.is_none() {
         None
     } else {
-        let d = open_outbox(&cfg)?;
-        metrics.set_outbox(d.outbox.clone());
-        pipeline.add_output(
-            "outbox",
-            Box::new(outbox::OutboxWriter::new(
-                d.outbox.clone(),
-                cfg.outbox.sample_interval,
-            )),
-        );
+        let d = delivery::Delivery::open(&cfg)?;
+        metrics.set_outbox(d.outbox());
+        pipeline.add_output("outbox", Box::new(d.writer(cfg.outbox.sample_interval)));
         Some(d)
     };
-    #[cfg(feature = "mqtt")]
     if let Some(d) = delivery.as_mut() {
-        publish_setup(&cfg, d, &model_stats)?;
-    }
-    let sync_stop = CancellationToken::new();
-    let sync_task = match &cfg.sync {
-        Some(sc) => {
-            let handles = cfg
+        #[cfg(feature = "mqtt")]
+        d.start_mqtt_outputs(&cfg, &model_stats)?;
+        if let Some(sc) = &cfg.sync {
+            let models = cfg
                 .models
                 .iter()
                 .filter_map(|m| {
@@ -117,20 +109,9 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             } else {
                 trusted_keys(&cfg)?
             };
-            let task = sync::SyncTask::new(
-                sc.clone(),
-                cfg.agent.id.clone(),
-                cfg.agent.data_dir.clone(),
-                delivery.as_ref().map(|d| d.outbox.clone()),
-                handles,
-                trusted,
-                models::floor::FloorStore::new(&cfg.bundle_dir()),
-            );
-            metrics.set_sync(task.stats.clone());
-            Some(tokio::spawn(task.run(sync_stop.clone())))
+            metrics.set_sync(d.start_fleet_sync(&cfg, sc, models, trusted));
         }
-        None => None,
-    };
+    }
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     pipeline.on_started(started_tx);
     let status = format!(
@@ -143,10 +124,6 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
     task::joined("service", service.await);
-    sync_stop.cancel();
-    if let Some(t) = sync_task {
-        task::join_within("fleet sync", t, std::time::Duration::from_secs(5)).await;
-    }
     if let Some(d) = delivery {
         d.finish().await;
     }
@@ -258,182 +235,4 @@ pub fn check_models(cfg: &AgentConfig) -> Vec<String> {
             }
         })
         .collect()
-}
-
-/// The outbox, its committer, and the destinations that drain it (MQTT outputs, fleet sync).
-struct Delivery {
-    outbox: Arc<outbox::SledOutbox>,
-    committer: tokio::task::JoinHandle<()>,
-    commit_stop: CancellationToken,
-    forwarders: Vec<tokio::task::JoinHandle<()>>,
-    forward_stop: CancellationToken,
-}
-
-impl Delivery {
-    /// After the pipeline stopped: commit what it wrote, then stop the outputs.
-    async fn finish(self) {
-        self.commit_stop.cancel();
-        // The committer commits once more on its way out.
-        task::joined("outbox committer", self.committer.await);
-        self.forward_stop.cancel();
-        for f in self.forwarders {
-            task::join_within("MQTT forwarder", f, std::time::Duration::from_secs(3)).await;
-        }
-        let s = self.outbox.stats();
-        let backlog: u64 = s.values().map(|x| x.records).sum();
-        tracing::info!(
-            backlog,
-            "outbox committed; undelivered records wait for the next start"
-        );
-    }
-}
-
-/// Opens the outbox with one destination per MQTT output and one for the fleet server, and
-/// starts its committer.
-fn open_outbox(cfg: &AgentConfig) -> anyhow::Result<Delivery> {
-    let path = cfg
-        .outbox
-        .path
-        .clone()
-        .unwrap_or_else(|| cfg.agent.data_dir.join("outbox"));
-    let mut consumers: Vec<(String, Vec<outbox::Stream>)> = cfg
-        .outputs
-        .mqtt
-        .iter()
-        .map(|o| (o.name.clone(), o.streams.clone()))
-        .collect();
-    if let Some(s) = &cfg.sync {
-        consumers.push((sync::OUTBOX_DEST.to_string(), s.streams.clone()));
-    }
-    let (ob, report) = outbox::SledOutbox::open(&path, &cfg.outbox, &consumers)
-        .map_err(|e| anyhow::anyhow!("outbox {}: {e}", path.display()))?;
-    match report {
-        outbox::OpenReport::Opened => {}
-        outbox::OpenReport::MovedAside {
-            path: aside,
-            reason,
-        } => {
-            tracing::error!(outbox = %path.display(), moved_to = %aside.display(),
-                "the outbox is corrupt ({reason}); it was moved aside and a fresh one started — \
-                 its undelivered records are still on disk there but will not be sent; inspect or delete {}", aside.display());
-        }
-        outbox::OpenReport::Unavailable { reason } => {
-            tracing::error!(outbox = %path.display(),
-                "the outbox cannot be opened ({reason}); running without it (records are dropped and counted) \
-                 and retrying — check free disk space and permissions");
-        }
-    }
-    let ob = Arc::new(ob);
-    let commit_stop = CancellationToken::new();
-    let committer = tokio::spawn(ob.clone().run_committer(commit_stop.clone()));
-    Ok(Delivery {
-        outbox: ob,
-        committer,
-        commit_stop,
-        forwarders: Vec::new(),
-        forward_stop: CancellationToken::new(),
-    })
-}
-
-/// Starts one forwarder per `[[outputs.mqtt]]` on the outbox.
-#[cfg(feature = "mqtt")]
-fn publish_setup(
-    cfg: &AgentConfig,
-    d: &mut Delivery,
-    model_stats: &[(String, Arc<models::ModelStats>)],
-) -> anyhow::Result<()> {
-    let ob = d.outbox.clone();
-    let forward_stop = d.forward_stop.clone();
-    let forwarders = &mut d.forwarders;
-    for o in &cfg.outputs.mqtt {
-        let client_id = o
-            .broker
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{}", cfg.agent.id, o.name));
-        let opts = edge_sources::mqtt::client::mqtt_options(&o.broker, &client_id)
-            .map_err(|e| anyhow::anyhow!("outputs.mqtt {}: {e}", o.name))?;
-        let qos = if o.qos == 0 {
-            rumqttc::QoS::AtMostOnce
-        } else {
-            rumqttc::QoS::AtLeastOnce
-        };
-        let (format, will, subs): (
-            Box<dyn publish::forwarder::Format>,
-            publish::link::WillFn,
-            Vec<(String, rumqttc::QoS)>,
-        ) = match o.format {
-            publish::MqttFormat::Json => {
-                let (prefix, device) = (o.topic_prefix.clone(), cfg.agent.id.clone());
-                let will = publish::json::JsonFormat::will(&prefix, &device);
-                (
-                    Box::new(publish::json::JsonFormat {
-                        prefix,
-                        device,
-                        qos,
-                        outbox: ob.clone(),
-                        models: model_stats.to_vec(),
-                    }),
-                    Arc::new(move || Some(will.clone())),
-                    Vec::new(),
-                )
-            }
-            publish::MqttFormat::Sparkplug => {
-                let sp = o.sparkplug.clone().ok_or_else(|| {
-                    anyhow::anyhow!("outputs.mqtt {}: no [sparkplug] table", o.name)
-                })?;
-                let node = sp
-                    .edge_node_id
-                    .clone()
-                    .unwrap_or_else(|| cfg.agent.id.clone());
-                let bdseq = Arc::new(publish::sparkplug::BdSeq::open(
-                    cfg.agent
-                        .data_dir
-                        .join("sparkplug")
-                        .join(format!("{}.bdseq", o.name)),
-                ));
-                let owners = cfg.tag_owners();
-                let subs = publish::sparkplug::SparkplugFormat::subscriptions(
-                    &sp.group_id,
-                    &node,
-                    sp.primary_host_id.as_deref(),
-                );
-                let (g, n, b) = (sp.group_id.clone(), node.clone(), bdseq.clone());
-                let will: publish::link::WillFn =
-                    Arc::new(move || Some(publish::sparkplug::SparkplugFormat::will(&g, &n, &b)));
-                let format = publish::sparkplug::SparkplugFormat::new(
-                    sp.group_id.clone(),
-                    node,
-                    sp.primary_host_id.clone(),
-                    qos,
-                    bdseq,
-                    Box::new(move |t: &str| owners.owner(t).map(String::from)),
-                    ob.clone(),
-                    o.streams.clone(),
-                    model_stats.to_vec(),
-                )
-                .ddata_datatype(sp.ddata_datatype);
-                (Box::new(format), will, subs)
-            }
-        };
-        let link_stop = CancellationToken::new();
-        let link =
-            publish::link::Link::start(&o.name, opts, &o.broker, subs, will, link_stop.clone());
-        let f = publish::forwarder::Forwarder {
-            name: o.name.clone(),
-            outbox: ob.clone(),
-            streams: o.streams.clone(),
-            qos,
-            batch: o.batch,
-            backlog_share: o.backlog_share,
-            format,
-            link,
-            link_stop,
-            periodic_every: std::time::Duration::from_secs(30),
-            ack_timeout: std::time::Duration::from_secs(30),
-            window: Default::default(),
-        };
-        forwarders.push(tokio::spawn(f.run(forward_stop.clone())));
-    }
-    Ok(())
 }
