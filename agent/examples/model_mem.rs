@@ -82,10 +82,10 @@ fn main() -> anyhow::Result<()> {
     let b = edge_wire::bundle::Bundle::from_bytes(&bytes, &[key], 0)?;
     drop(bytes);
     report("bundle verified");
-    let shape = b.manifest.features.input_shape();
-    let first = edge_agent::inference::Model::load(&b.model, &shape)?;
+    let shape = b.manifest().features.input_shape();
+    let first = edge_agent::inference::Model::load(b.model(), &shape)?;
     report("model loaded");
-    let second = edge_agent::inference::Model::load(&b.model, &shape)?;
+    let second = edge_agent::inference::Model::load(b.model(), &shape)?;
     report("the same model loaded again");
     drop(second);
     report("second copy dropped");

@@ -241,6 +241,8 @@ enum DeviceCommand {
         /// Only devices carrying this `key=value` label (repeatable).
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Only devices in this state: online, stale or offline (`--online-within`,
+        /// `--offline-after` of `serve`).
         #[arg(long)]
         state: Option<DeviceState>,
         /// `any` or one problem: error, backlog_growing, drops, update_failed, drift_alarm.

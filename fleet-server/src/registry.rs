@@ -195,11 +195,11 @@ impl Registry {
         }
         let b = bundle_file::Bundle::from_bytes(&bytes, &keys, 0)
             .map_err(|e| RegistryError::Refused(e.to_string()))?;
-        let name = b.manifest.name.clone();
-        let vn = i64::try_from(b.manifest.version_number)
+        let name = b.manifest().name.clone();
+        let vn = i64::try_from(b.manifest().version_number)
             .map_err(|_| RegistryError::Refused("version number above 2^63".into()))?;
         if let Some(same) = self.store.bundle(&name, vn).await? {
-            if same.sha256 == b.file_sha256 {
+            if same.sha256 == b.file_sha256() {
                 return Ok((same, false));
             }
         }
@@ -211,14 +211,14 @@ impl Registry {
                 )));
             }
         }
-        self.store.put_artifact(&b.file_sha256, &bytes).await?;
+        self.store.put_artifact(b.file_sha256(), &bytes).await?;
         let row = BundleRow {
             name: name.clone(),
             version_number: vn,
-            version: b.manifest.version.clone(),
-            sha256: b.file_sha256.clone(),
+            version: b.manifest().version.clone(),
+            sha256: b.file_sha256().to_string(),
             size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
-            signer: bundle_file::key_id(&b.signer),
+            signer: bundle_file::key_id(b.signer()),
             pushed_by: actor.into(),
             pushed_at: now_ms(),
         };

@@ -453,15 +453,15 @@ pub fn verify(path: &Path, keys: &[PathBuf], floor: u64) -> anyhow::Result<Strin
         .map(|k| read_public_key(k))
         .collect::<Result<Vec<_>, _>>()?;
     let b = Bundle::open(path, &trusted, floor)?;
-    Model::load(&b.model, &b.manifest.features.input_shape()).map_err(|e| {
+    Model::load(b.model(), &b.manifest().features.input_shape()).map_err(|e| {
         anyhow::anyhow!("signature ok, but the model does not load with its feature spec: {e}")
     })?;
     Ok(format!(
         "OK: {} {} (version number {}) signed by key {}, model loads with input {:?}",
-        b.manifest.name,
-        b.manifest.version,
-        b.manifest.version_number,
-        key_id(&b.signer),
-        b.manifest.features.input_shape()
+        b.manifest().name,
+        b.manifest().version,
+        b.manifest().version_number,
+        key_id(b.signer()),
+        b.manifest().features.input_shape()
     ))
 }

@@ -45,7 +45,7 @@ impl LoadedBundle {
             path: path.to_path_buf(),
             source,
         })?;
-        let spec = &b.manifest.features;
+        let spec = &b.manifest().features;
         let mut issues = Issues::default();
         spec.validate(&KeyPath::root().key("features"), &mut issues);
         if let Some(i) = issues.0.first() {
@@ -66,7 +66,7 @@ impl LoadedBundle {
                 unknown.join(", ")
             )));
         }
-        let model = Model::load(&b.model, &spec.input_shape()).map_err(|e| {
+        let model = Model::load(b.model(), &spec.input_shape()).map_err(|e| {
             incompatible(format!(
                 "the model does not accept the feature spec's input {:?}: {e}",
                 spec.input_shape()
@@ -86,20 +86,20 @@ impl LoadedBundle {
             .iter()
             .map(|o| (o.name.as_str(), o.values.len()))
             .collect();
-        b.manifest
+        b.manifest()
             .postprocess
             .check_outputs(&sizes, zeros.len())
             .map_err(|e| incompatible(e.to_string()))?;
         let source = Arc::new(BundleRef {
             model: Arc::from(instance),
-            bundle: Arc::from(b.manifest.name.as_str()),
-            version: Arc::from(b.manifest.version.as_str()),
-            version_number: b.manifest.version_number,
-            sha256: Arc::from(b.file_sha256.as_str()),
+            bundle: Arc::from(b.manifest().name.as_str()),
+            version: Arc::from(b.manifest().version.as_str()),
+            version_number: b.manifest().version_number,
+            sha256: Arc::from(b.file_sha256()),
         });
         let names: Arc<[String]> = spec.column_names().into();
         Ok(LoadedBundle {
-            manifest: b.manifest,
+            manifest: b.into_parts().0,
             model,
             source,
             names,

@@ -300,16 +300,16 @@ impl Updater {
             Ok(b) => b,
             Err(e) => return failed(format!("bundle refused: {e}"), &art.method, got),
         };
-        if verified.manifest.name != d.bundle
-            || verified.manifest.version_number != d.version_number
-            || verified.file_sha256 != d.sha256
+        if verified.manifest().name != d.bundle
+            || verified.manifest().version_number != d.version_number
+            || verified.file_sha256() != d.sha256
         {
             return failed(
                 format!(
                     "bundle is {} #{} ({}), not the announced {} #{} ({})",
-                    verified.manifest.name,
-                    verified.manifest.version_number,
-                    verified.file_sha256,
+                    verified.manifest().name,
+                    verified.manifest().version_number,
+                    verified.file_sha256(),
                     d.bundle,
                     d.version_number,
                     d.sha256

@@ -61,15 +61,38 @@ pub enum BundleError {
     Key(String),
 }
 
-/// A bundle whose structure, hashes and signature have been checked.
+/// A bundle whose structure, hashes, signature and version floor have been checked. Its
+/// fields are private: the only ways to one are [`Bundle::open`], [`Bundle::from_bytes`] and
+/// [`Unverified::verify`], so holding a `Bundle` means it was verified.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    pub manifest: Manifest,
-    pub model: Vec<u8>,
-    /// Public key that signed it.
-    pub signer: VerifyingKey,
+    manifest: Manifest,
+    model: Vec<u8>,
+    signer: VerifyingKey,
+    file_sha256: String,
+}
+
+impl Bundle {
+    /// The signed manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// The ONNX model bytes (their hash is in the manifest).
+    pub fn model(&self) -> &[u8] {
+        &self.model
+    }
+    /// The public key that signed it.
+    pub fn signer(&self) -> &VerifyingKey {
+        &self.signer
+    }
     /// SHA-256 of the whole file, hex: the bundle's identity.
-    pub file_sha256: String,
+    pub fn file_sha256(&self) -> &str {
+        &self.file_sha256
+    }
+    /// The manifest and the model, consumed.
+    pub fn into_parts(self) -> (Manifest, Vec<u8>) {
+        (self.manifest, self.model)
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
