@@ -28,6 +28,7 @@ impl Default for ReconnectConfig {
 }
 
 impl ReconnectConfig {
+    /// The backoff these settings describe, at its first attempt.
     pub fn backoff(&self) -> Backoff {
         Backoff::new(self.initial, self.max)
     }
@@ -44,6 +45,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff from `initial` (at least 1 ms) doubling up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial: initial.max(Duration::from_millis(1)),
@@ -71,6 +73,7 @@ impl Backoff {
         self.attempt = 0;
     }
 
+    /// Attempts since the last [`Backoff::reset`].
     pub fn attempts(&self) -> u32 {
         self.attempt
     }

@@ -31,6 +31,7 @@ impl ErrorLatch {
             .map(|_| std::mem::take(&mut self.repeats) + 1)
     }
 
+    /// Whether the operation is failing now (an error was recorded and not cleared).
     pub fn is_failing(&self) -> bool {
         self.last.is_some()
     }

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
 pub mod backoff;
 pub mod error_latch;

@@ -12,10 +12,14 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
+/// A password or key: inline, from a file, or from an environment variable.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
+    /// The value itself in the config (fine for tests).
     Inline(String),
+    /// `{ file = "PATH" }`: the first line of the file.
     File(String),
+    /// `{ env = "VAR" }`: the environment variable's value.
     Env(String),
 }
 
@@ -29,13 +33,18 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Why a secret could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    /// The secret file could not be read.
     #[error("cannot read secret file {path}: {source}")]
     File {
+        /// The file.
         path: String,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// The environment variable is not set.
     #[error("environment variable {0} is not set (or not valid UTF-8)")]
     Env(String),
 }

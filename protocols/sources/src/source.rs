@@ -59,6 +59,7 @@ pub enum BadMessage {
 }
 
 impl BadMessage {
+    /// Every reason, in metric order.
     pub const ALL: [BadMessage; 8] = [
         BadMessage::Oversize,
         BadMessage::NotUtf8,
@@ -70,6 +71,7 @@ impl BadMessage {
         BadMessage::NotFinite,
     ];
 
+    /// The reason's label in `edge_source_bad_messages_total{reason}`.
     pub fn name(self) -> &'static str {
         match self {
             BadMessage::Oversize => "oversize",
@@ -108,6 +110,7 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
+    /// Counts one error.
     pub fn error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -116,15 +119,19 @@ impl SourceStats {
         self.bad_messages[why.index()].fetch_add(1, Ordering::Relaxed);
         self.error();
     }
+    /// Messages counted as unusable for `why`.
     pub fn bad_messages(&self, why: BadMessage) -> u64 {
         self.bad_messages[why.index()].load(Ordering::Relaxed)
     }
+    /// Records whether the source has a working connection to its device.
     pub fn set_connected(&self, up: bool) {
         self.connected.store(up, Ordering::Relaxed);
     }
+    /// Whether the source has a working connection to its device.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
+    /// The value of one counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
@@ -147,6 +154,7 @@ pub struct SampleSender {
 }
 
 impl SampleSender {
+    /// A sender into `tx` with `policy`, counting into `stats`; `abort` fires when shutdown stops waiting.
     pub fn new(
         tx: mpsc::Sender<SampleBatch>,
         policy: BackpressurePolicy,
@@ -247,8 +255,11 @@ fn count_bad(batch: &[Sample]) -> usize {
 pub struct SourceContext {
     /// The source's configured name, for logs.
     pub name: Arc<str>,
+    /// Where the source sends its samples.
     pub out: SampleSender,
+    /// Fires when the agent stops: the source returns.
     pub shutdown: CancellationToken,
+    /// The source's counters (metrics).
     pub stats: Arc<SourceStats>,
 }
 
@@ -276,6 +287,7 @@ impl SourceContext {
 /// a serial port that does not exist at start) ends it, and the agent keeps the other sources.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A configuration that can never work, with the reason.
     #[error("{0}")]
     Config(String),
 }

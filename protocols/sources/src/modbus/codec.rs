@@ -11,13 +11,21 @@ use edge_wire::sample::Value;
 pub enum DataType {
     /// One coil / discrete input, or one bit of a register (with `bit`).
     Bool,
+    /// Unsigned 16-bit, one register.
     U16,
+    /// Signed 16-bit, one register.
     I16,
+    /// Unsigned 32-bit, two registers in the tag's byte order.
     U32,
+    /// Signed 32-bit, two registers.
     I32,
+    /// IEEE 754 single precision, two registers.
     F32,
+    /// Unsigned 64-bit, four registers.
     U64,
+    /// Signed 64-bit, four registers.
     I64,
+    /// IEEE 754 double precision, four registers.
     F64,
 }
 
@@ -31,6 +39,7 @@ impl DataType {
         }
     }
 
+    /// The `type` name in the config.
     pub fn name(self) -> &'static str {
         match self {
             DataType::Bool => "bool",

@@ -43,11 +43,14 @@ pub struct ModbusSourceConfig {
     /// Unmapped bits a read may bridge.
     #[serde(default = "default_bit_gap")]
     pub max_bit_gap: u16,
+    /// How fast to reconnect after the device was lost.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// The values to read (`[[sources.modbus.tags]]`).
     pub tags: Vec<ModbusTagConfig>,
 }
 
+/// `tcp = { address }`: a Modbus TCP device or gateway.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
@@ -55,27 +58,36 @@ pub struct TcpConfig {
     pub address: String,
 }
 
+/// `rtu = { device, ... }`: a serial line (RS-485/RS-232) with Modbus RTU framing.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RtuConfig {
     /// Serial device, e.g. `/dev/ttyUSB0` or `/dev/ttymxc2`.
     pub device: String,
+    /// Line speed (default 19200).
     #[serde(default = "default_baud")]
     pub baud_rate: u32,
+    /// `none` (default), `even` or `odd`.
     #[serde(default)]
     pub parity: Parity,
+    /// Data bits per character (default 8).
     #[serde(default = "default_data_bits")]
     pub data_bits: u8,
+    /// Stop bits (default 1).
     #[serde(default = "default_stop_bits")]
     pub stop_bits: u8,
 }
 
+/// Serial parity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
+    /// No parity bit.
     #[default]
     None,
+    /// Even parity.
     Even,
+    /// Odd parity.
     Odd,
 }
 
@@ -101,6 +113,7 @@ pub struct ModbusTagConfig {
     /// Engineering value = raw * scale + offset.
     #[serde(default = "one")]
     pub scale: f64,
+    /// Added after scaling (engineering value = raw * scale + offset).
     #[serde(default)]
     pub offset: f64,
     /// Overrides the source's `unit_id`.
@@ -111,6 +124,7 @@ pub struct ModbusTagConfig {
 }
 
 impl ModbusTagConfig {
+    /// The value type, defaulted by table: `bool` for bit tables, `u16` for registers.
     pub fn data_type(&self) -> DataType {
         self.data_type.unwrap_or(if self.table.is_bits() {
             DataType::Bool
@@ -166,6 +180,7 @@ fn one() -> f64 {
 }
 
 impl ModbusSourceConfig {
+    /// The read-coalescing limits of this source.
     pub fn limits(&self) -> PlanLimits {
         PlanLimits {
             max_registers: self.max_registers_per_read,

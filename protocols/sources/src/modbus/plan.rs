@@ -21,6 +21,7 @@ pub enum Table {
 }
 
 impl Table {
+    /// Whether the table holds single bits (coils, discrete inputs).
     pub fn is_bits(self) -> bool {
         matches!(self, Table::Coil | Table::Discrete)
     }
@@ -32,6 +33,7 @@ impl Table {
             125
         }
     }
+    /// The table's name in the config.
     pub fn name(self) -> &'static str {
         match self {
             Table::Coil => "coil",
@@ -47,9 +49,13 @@ impl Table {
 pub struct TagSpan {
     /// Index of the tag in the source's tag list.
     pub tag: usize,
+    /// Modbus unit (slave) id.
     pub unit: u8,
+    /// The table the tag is in.
     pub table: Table,
+    /// First register (or bit), 0-based.
     pub address: u16,
+    /// Registers (or bits) the tag occupies.
     pub count: u16,
 }
 
@@ -62,9 +68,13 @@ impl TagSpan {
 /// Size limits of coalescing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanLimits {
+    /// Most registers in one read (protocol maximum 125).
     pub max_registers: u16,
+    /// Unmapped registers a read may bridge between two tags.
     pub max_register_gap: u16,
+    /// Most bits in one read (protocol maximum 2000).
     pub max_bits: u16,
+    /// Unmapped bits a read may bridge.
     pub max_bit_gap: u16,
 }
 
@@ -82,9 +92,13 @@ impl Default for PlanLimits {
 /// One read request and the tags it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
+    /// Modbus unit (slave) id.
     pub unit: u8,
+    /// The table read.
     pub table: Table,
+    /// First register (or bit) read, 0-based.
     pub start: u16,
+    /// Registers (or bits) read.
     pub count: u16,
     /// Spans of the tags decoded from this request's response.
     pub tags: Vec<TagSpan>,

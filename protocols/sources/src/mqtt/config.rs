@@ -20,13 +20,17 @@ pub struct BrokerConfig {
     pub url: String,
     /// MQTT client id; default `<agent.id>-<source name>`. Must be unique on the broker.
     pub client_id: Option<String>,
+    /// User name, if the broker wants one.
     pub username: Option<String>,
+    /// Password for `username` (inline, `{ file = .. }` or `{ env = .. }`).
     pub password: Option<Secret>,
     /// PEM CA bundle for `mqtts://`; default: the system trust store.
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key (PEM) for mutual TLS.
     pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `cert_file`.
     pub key_file: Option<PathBuf>,
+    /// MQTT keep-alive (default 30 s).
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
     /// `false` (default) keeps the broker session across reconnects: QoS 1 messages that
@@ -36,6 +40,7 @@ pub struct BrokerConfig {
     /// Largest packet accepted or sent.
     #[serde(default = "default_max_packet")]
     pub max_packet_size: usize,
+    /// How fast to reconnect after the broker was lost.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
 }
@@ -50,12 +55,16 @@ fn default_max_packet() -> usize {
 /// Parsed broker address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
+    /// Host name or IP address.
     pub host: String,
+    /// Port (default 1883, or 8883 with TLS).
     pub port: u16,
+    /// `mqtts://`: TLS.
     pub tls: bool,
 }
 
 impl BrokerConfig {
+    /// The host, port and TLS choice of `url`.
     pub fn addr(&self) -> Result<BrokerAddr, String> {
         let (scheme, rest) = self.url.split_once("://").ok_or_else(|| {
             format!(
@@ -87,6 +96,7 @@ impl BrokerConfig {
         Ok(BrokerAddr { host, port, tls })
     }
 
+    /// Records every problem of this broker table under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         let addr = self.addr();
         if let Err(e) = &addr {
@@ -130,12 +140,15 @@ impl BrokerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSourceConfig {
+    /// Unique source name (logs, metrics, client id).
     pub name: String,
+    /// The broker to subscribe at.
     pub broker: BrokerConfig,
     /// Subscription QoS: 0 (at most once) or 1 (at least once, default; acknowledged to the
     /// broker only after the samples are handed to the pipeline).
     #[serde(default = "default_qos")]
     pub qos: u8,
+    /// The values to read (`[[sources.mqtt.tags]]`).
     pub tags: Vec<MqttTagConfig>,
 }
 
@@ -143,6 +156,7 @@ fn default_qos() -> u8 {
     1
 }
 
+/// One value read from the messages of a topic filter.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttTagConfig {
@@ -156,11 +170,13 @@ pub struct MqttTagConfig {
     pub json_pointer: Option<String>,
     /// JSON pointer to the measurement time; without it the arrival time is used.
     pub timestamp_pointer: Option<String>,
+    /// How the timestamp at `timestamp_pointer` is written (default `auto`: RFC 3339 text or Unix milliseconds).
     #[serde(default)]
     pub timestamp_format: TimestampFormat,
 }
 
 impl MqttSourceConfig {
+    /// Records every problem of this source's table under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         self.broker.validate(&at.key("broker"), issues);
         issues.check(self.qos <= 1, at.key("qos"), || {

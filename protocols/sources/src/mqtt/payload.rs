@@ -14,30 +14,49 @@ pub enum TimestampFormat {
     /// Unix milliseconds.
     #[default]
     Auto,
+    /// RFC 3339 text (`2024-01-31T12:00:00.5Z`).
     Rfc3339,
+    /// Unix seconds (fractions allowed).
     UnixS,
+    /// Unix milliseconds.
     UnixMs,
+    /// Unix microseconds.
     UnixUs,
+    /// Unix nanoseconds.
     UnixNs,
 }
 
+/// Why a payload gave no value (the sample is then bad, and the reason counted).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PayloadError {
+    /// The payload is not UTF-8 text.
     #[error("payload is not UTF-8 text")]
     NotUtf8,
+    /// A plain payload that is not a number or `true`/`false`.
     #[error("payload `{0}` is not a number or true/false")]
     NotANumber(String),
+    /// A payload that is not JSON, for a tag with a `json_pointer`.
     #[error("payload is not valid JSON: {0}")]
     BadJson(String),
+    /// Nothing at the JSON pointer.
     #[error("JSON pointer `{0}` not found in payload")]
     Missing(String),
+    /// Something at the JSON pointer that is not a value.
     #[error("JSON value at `{pointer}` is {found}, expected a number, boolean or numeric string")]
     WrongType {
+        /// The value's JSON pointer.
         pointer: String,
+        /// The JSON type found there.
         found: &'static str,
     },
+    /// The timestamp at `timestamp_pointer` cannot be read.
     #[error("timestamp at `{pointer}`: {reason}")]
-    BadTimestamp { pointer: String, reason: String },
+    BadTimestamp {
+        /// The timestamp's JSON pointer.
+        pointer: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// NaN, ±infinity, or a number past f64's range (`1e999`): never a measurement.
     #[error("value `{0}` is not a finite number")]
     NotFinite(String),

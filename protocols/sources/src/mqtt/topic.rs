@@ -50,6 +50,7 @@ pub fn validate_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a topic filter has `+` or `#` wildcards.
 pub fn has_wildcards(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }

@@ -9,6 +9,7 @@ use crate::backoff::ReconnectConfig;
 use crate::secret::Secret;
 use edge_wire::config_check::{Issues, KeyPath};
 
+/// `[[sources.opcua]]`: one OPC-UA server, its session and the nodes to read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpcUaSourceConfig {
@@ -16,8 +17,10 @@ pub struct OpcUaSourceConfig {
     pub name: String,
     /// Server endpoint URL, e.g. `opc.tcp://plc.local:4840`.
     pub endpoint: String,
+    /// `none` (default), `basic256sha256`, `aes128_sha256_rsaoaep` or `aes256_sha256_rsapss`.
     #[serde(default)]
     pub security_policy: SecurityPolicyConfig,
+    /// `none` (default), `sign` or `sign_and_encrypt`.
     #[serde(default)]
     pub security_mode: SecurityModeConfig,
     /// User name; without it the session is anonymous.
@@ -30,6 +33,7 @@ pub struct OpcUaSourceConfig {
     /// Client certificate (DER) and private key (PEM). Default: a self-signed pair generated
     /// in `pki_dir` on first start (`own/cert.der`, `private/private.pem`).
     pub certificate: Option<PathBuf>,
+    /// Private key (PEM) of `certificate`.
     pub private_key: Option<PathBuf>,
     /// How the server certificate is trusted (only with a security policy other than `none`).
     #[serde(default)]
@@ -43,6 +47,7 @@ pub struct OpcUaSourceConfig {
     /// Application name/URI this client presents (also in its generated certificate).
     #[serde(default = "default_app_name")]
     pub application_name: String,
+    /// Application URI this client presents (must match its certificate).
     #[serde(default = "default_app_uri")]
     pub application_uri: String,
     /// `subscribe` (monitored items, default) or `poll` (periodic Read service calls).
@@ -73,30 +78,41 @@ pub struct OpcUaSourceConfig {
     /// Keep-alive read period; three missed keep-alives count as a lost connection.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive_interval: Duration,
+    /// How fast to reconnect after the session was lost.
     #[serde(default)]
     pub reconnect: ReconnectConfig,
+    /// The nodes to read (`[[sources.opcua.tags]]`).
     pub tags: Vec<OpcUaTagConfig>,
 }
 
+/// The OPC-UA security policy of the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityPolicyConfig {
+    /// No security: messages neither signed nor encrypted.
     #[default]
     None,
+    /// Basic256Sha256.
     #[serde(rename = "basic256sha256")]
     Basic256Sha256,
+    /// Aes128_Sha256_RsaOaep.
     #[serde(rename = "aes128_sha256_rsaoaep")]
     Aes128Sha256RsaOaep,
+    /// Aes256_Sha256_RsaPss.
     #[serde(rename = "aes256_sha256_rsapss")]
     Aes256Sha256RsaPss,
 }
 
+/// The OPC-UA message security mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SecurityModeConfig {
+    /// Neither signed nor encrypted (with policy `none` only).
     #[default]
     None,
+    /// Signed.
     Sign,
+    /// Signed and encrypted.
     SignAndEncrypt,
 }
 
@@ -114,23 +130,31 @@ pub enum ServerTrust {
     TrustOnFirstUse,
 }
 
+/// How values are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OpcUaMode {
+    /// Monitored items in a subscription: the server sends changes.
     #[default]
     Subscribe,
+    /// Periodic Read service calls.
     Poll,
 }
 
+/// Which time stamps a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TimestampSource {
+    /// The source timestamp of the DataValue (the device's clock; default).
     #[default]
     Source,
+    /// The server timestamp.
     Server,
+    /// The agent's clock when the value arrived.
     Agent,
 }
 
+/// One node to read.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpcUaTagConfig {
@@ -179,6 +203,7 @@ fn default_keep_alive() -> Duration {
 }
 
 impl OpcUaSourceConfig {
+    /// Records every problem of this source's table under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(
             self.endpoint.starts_with("opc.tcp://"),

@@ -33,6 +33,7 @@ pub fn variant_to_value(v: &Variant) -> Option<Value> {
     })
 }
 
+/// The sample quality of an OPC-UA status code: good, uncertain or bad.
 pub fn status_to_quality(s: StatusCode) -> Quality {
     if s.is_good() {
         Quality::Good
