@@ -54,29 +54,55 @@ fn tract_us(name: &str) -> f64 {
     samples[2]
 }
 
+/// Rounds of the comparison: each round measures onnxruntime, then tract, on every model, so
+/// both sides see the same machine state; the table reports the best round of each side and
+/// the spread over rounds.
+const ROUNDS: usize = 5;
+
 fn main() {
     let peers = std::env::var("EDGE_PEERS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| models().join("../.peers"));
-    let out = Command::new(peers.join("venv/bin/python"))
-        .arg(models().join("bench_ort.py"))
-        .arg(RUNS.to_string())
-        .output()
-        .expect("run tests/peers/setup.sh first: the onnxruntime side needs its venv");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ort: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    println!("per-window latency, batch 1, single thread, median of 5 x {RUNS} runs");
+    let mut tract: Vec<Vec<f64>> = vec![Vec::new(); MODELS.len()];
+    let mut ort: Vec<Vec<f64>> = vec![Vec::new(); MODELS.len()];
+    for round in 0..ROUNDS {
+        let out = Command::new(peers.join("venv/bin/python"))
+            .arg(models().join("bench_ort.py"))
+            .arg(RUNS.to_string())
+            .output()
+            .expect("run tests/peers/setup.sh first: the onnxruntime side needs its venv");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (i, m) in MODELS.iter().enumerate() {
+            ort[i].push(o[m].as_f64().unwrap());
+            tract[i].push(tract_us(m));
+        }
+        eprintln!("round {} of {ROUNDS} done", round + 1);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let spread = |v: &[f64]| {
+        let (lo, hi) = (best(v), v.iter().copied().fold(0.0, f64::max));
+        (hi - lo) / lo * 100.0
+    };
     println!(
-        "{:<20} {:>12} {:>14} {:>8}",
-        "model", "tract (us)", "onnxrt (us)", "ratio"
+        "per-window latency, batch 1, single thread; each round the median of 5 x {RUNS} runs; \
+         best of {ROUNDS} alternating rounds (spread = (worst - best) / best over the rounds)"
     );
-    for m in MODELS {
-        let t = tract_us(m);
-        let o = ort[m].as_f64().unwrap();
-        println!("{m:<20} {t:>12.2} {o:>14.2} {:>8.2}", t / o);
+    println!(
+        "{:<20} {:>12} {:>8} {:>14} {:>8} {:>8}",
+        "model", "tract (us)", "spread", "onnxrt (us)", "spread", "ratio"
+    );
+    for (i, m) in MODELS.iter().enumerate() {
+        let (t, o) = (best(&tract[i]), best(&ort[i]));
+        println!(
+            "{m:<20} {t:>12.2} {:>7.0}% {o:>14.2} {:>7.0}% {:>8.2}",
+            spread(&tract[i]),
+            spread(&ort[i]),
+            t / o
+        );
     }
 }
