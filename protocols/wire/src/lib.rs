@@ -27,6 +27,7 @@ pub mod drift_policy;
 pub mod records;
 pub mod sample;
 pub mod sparkplug;
+#[warn(missing_docs)] // the agent ↔ server contract: documented in full
 pub mod sync;
 pub mod tls;
 

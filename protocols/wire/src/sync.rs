@@ -21,16 +21,22 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version of the messages in this module.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// Content type of every sync body.
 pub const CONTENT_TYPE: &str = "application/vnd.edge-sync+cbor";
 /// Bodies are zstd-compressed; sent as `Content-Encoding: zstd`.
 pub const CONTENT_ENCODING: &str = "zstd";
 /// Largest message body accepted, compressed and decompressed.
 pub const MAX_BODY: usize = 16 << 20;
 
+/// Endpoint paths of the device API.
 pub mod path {
+    /// [`super::EnrollRequest`] → [`super::EnrollReply`].
     pub const ENROLL: &str = "/v1/enroll";
+    /// [`super::CheckIn`] → [`super::CheckInReply`].
     pub const CHECKIN: &str = "/v1/checkin";
+    /// [`super::UploadBatch`] → [`super::UploadAck`].
     pub const UPLOAD: &str = "/v1/upload";
+    /// [`super::UpdateReport`] → [`super::Empty`].
     pub const REPORT: &str = "/v1/report";
     /// Followed by `/{sha256}`.
     pub const ARTIFACTS: &str = "/v1/artifacts";
@@ -42,16 +48,21 @@ struct Envelope<T> {
     msg: T,
 }
 
+/// A body that cannot be decoded; the receiver answers 4xx and stores nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    /// Not zstd, or a broken zstd stream.
     #[error("body is not zstd: {0}")]
     Compression(String),
+    /// Over [`MAX_BODY`], compressed or inflated.
     #[error("body exceeds {MAX_BODY} bytes")]
     TooLarge,
+    /// An envelope version this side does not speak.
     #[error(
         "sync message version {0} is not supported (this side speaks version {PROTOCOL_VERSION})"
     )]
     Version(u16),
+    /// Not CBOR, or not the expected message.
     #[error("malformed message: {0}")]
     Malformed(String),
 }
@@ -160,15 +171,20 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 /// First contact: a one-time token and a CSR made on the device (its key never leaves it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollRequest {
+    /// The one-time enrollment token (`fleet-server device enroll`).
     pub token: String,
+    /// PEM certificate signing request for the key made on the device.
     pub csr_pem: String,
     /// The agent's `agent.id`; the registry's device name.
     pub name: String,
+    /// The agent's version (`edge-agent --version`).
     pub agent_version: String,
 }
 
+/// The device's identity, once enrolled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollReply {
+    /// The registry's id of the device (the certificate's CN).
     pub device_id: String,
     /// The device certificate, signed by the fleet CA.
     pub cert_pem: String,
@@ -181,57 +197,80 @@ pub struct EnrollReply {
 pub struct ModelStatus {
     /// `[[models]] name`.
     pub model: String,
+    /// The bundle name it serves.
     pub bundle: String,
+    /// The bundle's semantic version.
     pub version: String,
+    /// The bundle's monotonic version number.
     pub version_number: u64,
+    /// SHA-256 of the bundle file.
     pub sha256: String,
 }
 
 /// One outbox stream as the device sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamStatus {
+    /// The stream's name ([`crate::records::Stream::name`]).
     pub stream: String,
     /// Records waiting for the fleet server.
     pub backlog: u64,
+    /// Bytes those records hold.
     pub bytes: u64,
+    /// Records the device dropped (limits, full disk) since it started counting.
     pub dropped: u64,
 }
 
+/// What the device reports at every check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckIn {
+    /// The agent's version.
     pub agent_version: String,
+    /// Every model it serves.
     pub models: Vec<ModelStatus>,
+    /// Every outbox stream the fleet takes.
     pub streams: Vec<StreamStatus>,
+    /// The last sync or update error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// Seconds since the agent started.
     pub uptime_s: u64,
 }
 
 /// A bundle the server wants the device to run, with how to get it from what it runs now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DesiredBundle {
+    /// The bundle name (the model entries serving it are updated).
     pub bundle: String,
+    /// Its semantic version.
     pub version: String,
+    /// Its monotonic version number.
     pub version_number: u64,
     /// SHA-256 of the bundle file: the result must hash to this.
     pub sha256: String,
+    /// Size of the bundle file.
     pub size: u64,
+    /// The rollout that asks for it (reported back with the outcome).
     pub rollout: Option<String>,
     /// What to download: a delta from the device's current bundle, or the full bundle.
     pub artifact: Artifact,
 }
 
+/// What the device downloads for a [`DesiredBundle`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Artifact {
     /// SHA-256 of the artifact bytes (its address under [`path::ARTIFACTS`]).
     pub sha256: String,
+    /// Its size in bytes.
     pub size: u64,
     /// `full` or a [`crate::delta::Method`] name.
     pub method: String,
 }
 
+/// The server's answer to a check-in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckInReply {
+    /// The device's registry id.
     pub device_id: String,
+    /// Bundles the device should run that it does not run yet.
     pub desired: Vec<DesiredBundle>,
     /// Seconds until the next check-in.
     pub next_checkin_s: u64,
@@ -240,24 +279,31 @@ pub struct CheckInReply {
 /// One outbox record as stored on the device (the outbox's own CBOR payload).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadRecord {
+    /// The record's sequence number in its stream.
     pub seq: u64,
     /// Milliseconds since the epoch when the device stored it.
     pub ts_ms: u64,
+    /// The record as [`crate::records`] encodes it.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
+/// Consecutive records of one stream, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadBatch {
+    /// The stream's name.
     pub stream: String,
     /// The device no longer holds records below this (dropped by its limits): the server
     /// may move its contiguous mark past them and counts them as lost on the device.
     pub first_available: u64,
+    /// The records.
     pub records: Vec<UploadRecord>,
 }
 
+/// What the server stored of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadAck {
+    /// The stream's name.
     pub stream: String,
     /// Every record up to here is stored; the device may forget them.
     pub acked_through: u64,
@@ -265,6 +311,7 @@ pub struct UploadAck {
     pub duplicates: u64,
 }
 
+/// How a model update ended on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateOutcome {
@@ -276,19 +323,31 @@ pub enum UpdateOutcome {
     Failed,
 }
 
+/// One update attempt, reported after it ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateReport {
+    /// The `[[models]]` entry updated.
     pub model: String,
+    /// The bundle name.
     pub bundle: String,
+    /// The version number it ran before.
     pub from_version_number: u64,
+    /// The version number it was asked to run.
     pub to_version_number: u64,
+    /// The rollout that asked.
     pub rollout: Option<String>,
+    /// How it ended.
     pub outcome: UpdateOutcome,
+    /// How the bundle travelled: `full`, a delta method, `local` (the kept previous file) or
+    /// `none`.
     pub method: String,
+    /// Bytes downloaded over every (resumed) attempt.
     pub downloaded_bytes: u64,
+    /// Why, in words (the health check's verdict, the refusal, the rollback).
     pub detail: String,
 }
 
+/// An empty reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
 
