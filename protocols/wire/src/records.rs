@@ -20,15 +20,22 @@ use crate::{Quality, Sample, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
+    /// Sample batches: one record per source read cycle.
     Samples,
+    /// Feature rows of model windows.
     Features,
+    /// Model predictions, one per window.
     Predictions,
+    /// Alarm state changes (model score, drift, performance).
     Alarms,
+    /// Drift records, one per model and interval.
     Drift,
+    /// Reserved for agent events: nothing writes it yet, and the MQTT formats skip it.
     Events,
 }
 
 impl Stream {
+    /// Every stream, in wire order.
     pub const ALL: [Stream; 6] = [
         Stream::Samples,
         Stream::Features,
@@ -124,21 +131,31 @@ impl<T> IntoIterator for PerStream<T> {
     }
 }
 
+/// The features of one model window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureRecord {
+    /// The model and bundle the window belongs to.
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
+    /// Window start, UTC ns.
     pub start_ns: i64,
+    /// Window end (its last grid point), UTC ns.
     pub end_ns: i64,
+    /// Feature column names, in the feature spec's order.
     pub names: Arc<[String]>,
+    /// One value per name.
     pub values: Vec<f64>,
 }
 
+/// What the model made of one window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// The model and bundle that predicted.
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
+    /// Window start, UTC ns.
     pub start_ns: i64,
+    /// Window end, UTC ns.
     pub end_ns: i64,
     /// Raw model outputs by name (flattened).
     pub outputs: Vec<(String, Vec<f64>)>,
@@ -159,13 +176,16 @@ pub struct Prediction {
 /// An alarm state change of a model (hysteresis applied).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmEvent {
+    /// The model and bundle whose alarm changed.
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
     /// End of the window that changed the state.
     pub ts_ns: i64,
     /// `true`: raised; `false`: cleared.
     pub active: bool,
+    /// The score (or, for drift and performance alarms, the metric's value) that decided.
     pub score: f64,
+    /// The limit it was compared with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
     /// Set for drift and performance alarms (`score` is then the metric's value and
@@ -189,6 +209,7 @@ pub enum DriftAlarmKind {
 }
 
 impl DriftAlarmKind {
+    /// The kind's name on the wire and in topics.
     pub fn as_str(self) -> &'static str {
         match self {
             DriftAlarmKind::Column => "column",
@@ -204,6 +225,7 @@ impl DriftAlarmKind {
 pub struct DriftAlarm {
     /// Column or output name, `dataset`, or the performance metric (`accuracy`, `recall`, `mae`).
     pub subject: String,
+    /// What kind of subject.
     pub kind: DriftAlarmKind,
     /// The metric compared: `psi`, `js`, `ks`, `w1_std`, `drifting_share`, `accuracy`,
     /// `recall`, `mae`; `bundle_replaced` when a new bundle cleared it.
@@ -247,6 +269,7 @@ fn quality_of(code: u8) -> Quality {
     }
 }
 
+/// A record that does not decode as its stream's payload.
 #[derive(Debug, thiserror::Error)]
 #[error("undecodable outbox record: {0}")]
 pub struct DecodeError(String);
@@ -262,6 +285,7 @@ fn from_cbor<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, DecodeError> {
     ciborium::from_reader(b).map_err(|e| DecodeError(e.to_string()))
 }
 
+/// One sample batch as a record: compact arrays `[tag, ts_ns, quality, value]`.
 pub fn encode_samples<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Vec<u8> {
     let v: Vec<StoredSample> = samples
         .into_iter()
@@ -280,6 +304,7 @@ pub fn encode_samples<'a>(samples: impl IntoIterator<Item = &'a Sample>) -> Vec<
     to_cbor(&v)
 }
 
+/// The samples of a sample record.
 pub fn decode_samples(b: &[u8]) -> Result<Vec<Sample>, DecodeError> {
     let v: Vec<StoredSample> = from_cbor(b)?;
     Ok(v.into_iter()
@@ -297,26 +322,32 @@ pub fn decode_samples(b: &[u8]) -> Result<Vec<Sample>, DecodeError> {
         .collect())
 }
 
+/// A feature row as a record.
 pub fn encode_features(f: &FeatureRecord) -> Vec<u8> {
     to_cbor(f)
 }
 
+/// The feature row of a record.
 pub fn decode_features(b: &[u8]) -> Result<FeatureRecord, DecodeError> {
     from_cbor(b)
 }
 
+/// A prediction as a record.
 pub fn encode_prediction(p: &Prediction) -> Vec<u8> {
     to_cbor(p)
 }
 
+/// The prediction of a record.
 pub fn decode_prediction(b: &[u8]) -> Result<Prediction, DecodeError> {
     from_cbor(b)
 }
 
+/// An alarm state change as a record.
 pub fn encode_alarm(a: &AlarmEvent) -> Vec<u8> {
     to_cbor(a)
 }
 
+/// The alarm state change of a record.
 pub fn decode_alarm(b: &[u8]) -> Result<AlarmEvent, DecodeError> {
     from_cbor(b)
 }
@@ -326,6 +357,7 @@ pub fn encode_drift(d: &DriftRecord) -> Vec<u8> {
     to_cbor(d)
 }
 
+/// The drift record of a record.
 pub fn decode_drift(b: &[u8]) -> Result<DriftRecord, DecodeError> {
     from_cbor(b)
 }
