@@ -7,7 +7,9 @@ use std::fmt;
 /// One segment of a key path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
+    /// A table key.
     Key(String),
+    /// An array index.
     Index(usize),
 }
 
@@ -16,6 +18,7 @@ pub enum Seg {
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
+    /// The empty path: the top of the file.
     pub fn root() -> Self {
         KeyPath(Vec::new())
     }
@@ -49,7 +52,9 @@ impl fmt::Display for KeyPath {
 /// A config problem: which key, what is wrong, and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {
+    /// The key.
     pub path: KeyPath,
+    /// What is wrong, and how to fix it.
     pub message: String,
 }
 
@@ -58,6 +63,7 @@ pub struct ConfigIssue {
 pub struct Issues(pub Vec<ConfigIssue>);
 
 impl Issues {
+    /// Records `message` at `path`.
     pub fn push(&mut self, path: KeyPath, message: impl Into<String>) {
         self.0.push(ConfigIssue {
             path,
@@ -70,6 +76,7 @@ impl Issues {
             self.push(path, message());
         }
     }
+    /// Whether nothing was found.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

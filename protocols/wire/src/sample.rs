@@ -30,6 +30,7 @@ pub enum Quality {
 }
 
 impl Quality {
+    /// The quality's name on every wire: `good`, `uncertain`, `bad`.
     pub fn as_str(self) -> &'static str {
         match self {
             Quality::Good => "good",
@@ -49,10 +50,15 @@ impl fmt::Display for Quality {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
+    /// A coil, a discrete input, a bit, `true`/`false`.
     Bool(bool),
+    /// A signed integer.
     Int(i64),
+    /// An unsigned integer (a register, a counter).
     UInt(u64),
+    /// A float; non-finite only with `Quality::Bad`.
     Float(f64),
+    /// Text (an OPC-UA string).
     Text(Arc<str>),
     /// No value available (e.g. the source is disconnected); always paired with `Quality::Bad`.
     Null,
@@ -100,10 +106,13 @@ impl From<u64> for Value {
 /// One measurement of one tag.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
+    /// The tag it measures.
     pub tag: Tag,
     /// Measurement time, nanoseconds since the Unix epoch (UTC).
     pub ts_ns: i64,
+    /// The value (`Null` when there is none).
     pub value: Value,
+    /// How far the value can be trusted.
     pub quality: Quality,
 }
 

@@ -9,20 +9,43 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
+/// Why a TLS client configuration could not be built (each names the file).
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The CA file could not be read or parsed.
     #[error("cannot read CA file {path}: {reason}")]
-    Ca { path: String, reason: String },
+    Ca {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The CA file parsed but held no certificate.
     #[error("CA file {0} holds no certificate")]
     EmptyCa(String),
+    /// No CA file given and the system store is empty.
     #[error("no system CA certificates found; set `ca_file`")]
     NoSystemRoots,
+    /// The client certificate could not be read or parsed.
     #[error("cannot read client certificate {path}: {reason}")]
-    Cert { path: String, reason: String },
+    Cert {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The private key could not be read or parsed.
     #[error("cannot read private key {path}: {reason}")]
-    Key { path: String, reason: String },
+    Key {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Certificate and key do not belong together.
     #[error("client certificate and key do not form a usable pair: {0}")]
     Pair(String),
+    /// rustls refused the configuration.
     #[error("TLS setup: {0}")]
     Rustls(String),
 }

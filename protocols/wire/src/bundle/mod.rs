@@ -16,9 +16,11 @@ use std::sync::Arc;
 pub struct BundleRef {
     /// The agent's `[[models]]` instance name.
     pub model: Arc<str>,
-    /// Bundle name and versions from its manifest.
+    /// The bundle name from its manifest.
     pub bundle: Arc<str>,
+    /// Its semantic version.
     pub version: Arc<str>,
+    /// Its monotonic version number.
     pub version_number: u64,
     /// SHA-256 of the bundle file.
     pub sha256: Arc<str>,
