@@ -27,6 +27,7 @@ pub enum DriftMetric {
 }
 
 impl DriftMetric {
+    /// The metric's name in configs and records.
     pub fn name(self) -> &'static str {
         match self {
             DriftMetric::Psi => "psi",
@@ -36,6 +37,7 @@ impl DriftMetric {
         }
     }
 
+    /// The threshold used when the policy sets none.
     pub fn default_threshold(self) -> f64 {
         match self {
             DriftMetric::Psi => 0.25,
@@ -85,6 +87,7 @@ pub struct DriftPolicy {
 }
 
 impl DriftPolicy {
+    /// Whether no key is set (every default applies).
     pub fn is_empty(&self) -> bool {
         *self == DriftPolicy::default()
     }
@@ -171,15 +174,25 @@ impl DriftPolicy {
 /// A resolved [`DriftPolicy`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftRules {
+    /// Which score decides.
     pub metric: DriftMetric,
+    /// A column drifts at or above this score.
     pub threshold: f64,
+    /// Per-column thresholds, over `threshold`.
     pub thresholds: BTreeMap<String, f64>,
+    /// Consecutive drifting intervals that raise an alarm.
     pub raise_after: u32,
+    /// Consecutive calm intervals that clear it.
     pub clear_after: u32,
+    /// Share of drifting feature columns that makes the dataset drift.
     pub dataset_share: f64,
+    /// Fewest values in an interval for a column's score to count.
     pub min_count: u64,
+    /// Accuracy on late labels below which a performance alarm is raised.
     pub min_accuracy: Option<f64>,
+    /// Recall below which a performance alarm is raised.
     pub min_recall: Option<f64>,
+    /// Mean absolute error above which a performance alarm is raised.
     pub max_mae: Option<f64>,
 }
 
@@ -223,6 +236,7 @@ impl Hysteresis {
         (self.raised, false)
     }
 
+    /// Whether the alarm is raised.
     pub fn raised(&self) -> bool {
         self.raised
     }

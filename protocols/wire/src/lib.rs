@@ -22,8 +22,10 @@
 pub mod bundle;
 #[warn(missing_docs)]
 pub mod config_check;
+#[warn(missing_docs)]
 pub mod delta;
 pub mod drift;
+#[warn(missing_docs)]
 pub mod drift_policy;
 #[warn(missing_docs)] // the outbox record schema: documented in full
 pub mod records;

@@ -41,9 +41,14 @@ const MAX_TARGET: u64 = 2 << 30;
 /// A delta method. Names are used on the wire (`X-Delta-Method`) and in reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// bsdiff of the old and new file, zstd-compressed (`bsdiff-zstd`).
     Bsdiff,
+    /// zstd of the new file with the old one as dictionary (`zstd-patch-from`).
     PatchFrom,
+    /// ONNX initializers aligned by name, XORed with the old bytes, byte-shuffled, zstd
+    /// (`tensor-xor-zstd`).
     TensorXor,
+    /// The new file alone, zstd-compressed (`zstd-full`).
     Zstd,
 }
 
@@ -55,6 +60,7 @@ impl Method {
 }
 
 impl Method {
+    /// Every method.
     pub const ALL: [Method; 4] = [
         Method::Bsdiff,
         Method::PatchFrom,
@@ -62,6 +68,7 @@ impl Method {
         Method::Zstd,
     ];
 
+    /// The method's name on the wire and in reports.
     pub fn name(self) -> &'static str {
         match self {
             Method::Bsdiff => "bsdiff-zstd",
@@ -85,29 +92,50 @@ impl Method {
         Method::ALL.into_iter().find(|m| m.code() == c)
     }
 
+    /// The method of a name.
     pub fn from_name(s: &str) -> Option<Method> {
         Method::ALL.into_iter().find(|m| m.name() == s)
     }
 }
 
+/// A delta that cannot be applied; nothing is written.
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
+    /// Not a delta container.
     #[error("not a delta (bad magic bytes)")]
     NotADelta,
+    /// A container version this build does not read.
     #[error("delta container version {0} is not supported (this build reads version {VERSION})")]
     Version(u8),
+    /// A method code this build does not know.
     #[error("unknown delta method code {0}")]
     UnknownMethod(u8),
+    /// The container ends early (which part).
     #[error("delta is truncated ({0})")]
     Truncated(&'static str),
+    /// Made for another base file.
     #[error("delta was made for base {expected}, but the installed bundle is {actual}")]
-    WrongBase { expected: String, actual: String },
+    WrongBase {
+        /// The base SHA-256 the delta names.
+        expected: String,
+        /// The SHA-256 of the file it was applied to.
+        actual: String,
+    },
+    /// Applied, but the result is not the target it names.
     #[error("delta produced a file with hash {actual}, expected {expected}: the delta is corrupt")]
-    WrongResult { expected: String, actual: String },
+    WrongResult {
+        /// The target SHA-256 the delta names.
+        expected: String,
+        /// The SHA-256 of what came out.
+        actual: String,
+    },
+    /// Declares a target above the size limit (checked before anything is inflated).
     #[error("delta declares a target of {0} bytes, above the limit")]
     TooLarge(u64),
+    /// The method's payload does not decode.
     #[error("delta payload is corrupt: {0}")]
     Corrupt(String),
+    /// The method cannot be used on these files.
     #[error("method {0} does not apply to these files (no ONNX tensors to align)")]
     NotApplicable(&'static str),
 }
@@ -275,12 +303,17 @@ pub fn make_all(old: &[u8], new: &[u8]) -> Vec<(Method, Result<Vec<u8>, DeltaErr
 /// What a delta says about itself (without applying it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaInfo {
+    /// How it was made.
     pub method: Method,
+    /// SHA-256 of the file it applies to (not checked for `zstd-full`, which needs none).
     pub base_sha256: String,
+    /// SHA-256 of the file it makes.
     pub target_sha256: String,
+    /// Size of the file it makes.
     pub target_len: u64,
 }
 
+/// Reads a delta's header, checking magic, version, method and sizes; applies nothing.
 pub fn inspect(delta: &[u8]) -> Result<DeltaInfo, DeltaError> {
     if delta.len() < 8 || &delta[..8] != MAGIC {
         return Err(DeltaError::NotADelta);

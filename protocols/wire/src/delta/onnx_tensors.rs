@@ -13,6 +13,7 @@ use std::ops::Range;
 /// One initializer's payload inside the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorSpan {
+    /// The initializer's name.
     pub name: String,
     /// Bytes of the tensor's data in the file.
     pub range: Range<usize>,
