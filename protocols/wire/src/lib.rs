@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
 
+#[warn(missing_docs)]
 pub mod bundle;
 #[warn(missing_docs)]
 pub mod config_check;

@@ -28,35 +28,60 @@ const MAX_MANIFEST: usize = 16 << 20;
 /// Refuse models larger than this.
 const MAX_MODEL: u64 = 2 << 30;
 
+/// Why a bundle was refused. Nothing of a refused bundle is used.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: String,
+        /// What the file system said.
         source: std::io::Error,
     },
+    /// Not a bundle file.
     #[error("not a bundle (bad magic bytes)")]
     NotABundle,
+    /// A container format this build does not read.
     #[error("bundle format {0} is not supported by this agent (it reads format {FORMAT})")]
     Format(u16),
+    /// The file ends early (which part).
     #[error("bundle is truncated: {0}")]
     Truncated(&'static str),
+    /// Bytes after the last part.
     #[error("bundle has {0} unexpected trailing bytes")]
     Trailing(usize),
+    /// The manifest does not parse or is not valid.
     #[error("manifest is not valid: {0}")]
     Manifest(String),
+    /// The model is not the one the manifest names.
     #[error("model hash mismatch: manifest says {expected}, model is {actual}")]
-    ModelHash { expected: String, actual: String },
+    ModelHash {
+        /// The SHA-256 in the manifest.
+        expected: String,
+        /// The SHA-256 of the model bytes.
+        actual: String,
+    },
+    /// The signature does not match the manifest and model.
     #[error("signature does not verify: the bundle was altered or signed by another key")]
     BadSignature,
+    /// Signed by a key not in the trusted list (its id).
     #[error("bundle is signed by key {0}, which is not trusted here")]
     UntrustedKey(String),
+    /// No trusted key is configured to check it against.
     #[error("bundle is not signed (no trusted key configured to check it against)")]
     NoTrustedKeys,
+    /// Below the highest version number this device has run.
     #[error(
         "bundle version number {got} is below this device's floor {floor}: refusing a downgrade"
     )]
-    Downgrade { got: u64, floor: u64 },
+    Downgrade {
+        /// The bundle's version number.
+        got: u64,
+        /// The highest this device has run.
+        floor: u64,
+    },
+    /// A key file could not be read or parsed.
     #[error("key: {0}")]
     Key(String),
 }
@@ -95,6 +120,7 @@ impl Bundle {
     }
 }
 
+/// SHA-256 of `bytes`, lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
@@ -114,6 +140,7 @@ pub fn sha256_file(path: &std::path::Path) -> std::io::Result<String> {
     }
 }
 
+/// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -173,11 +200,17 @@ impl<'a> Reader<'a> {
 /// The parsed parts of a bundle, before any trust decision.
 #[derive(Debug, Clone)]
 pub struct Unverified {
+    /// The manifest as parsed (not trusted yet).
     pub manifest: Manifest,
+    /// The manifest bytes the signature covers.
     pub manifest_bytes: Vec<u8>,
+    /// The model bytes (their hash matches the manifest's).
     pub model: Vec<u8>,
+    /// The public key the file says signed it.
     pub signer: [u8; 32],
+    /// The ed25519 signature.
     pub signature: [u8; 64],
+    /// SHA-256 of the whole file, hex.
     pub file_sha256: String,
 }
 

@@ -9,9 +9,12 @@ use super::spec::FeatureSpec;
 /// Schema version of the manifest itself.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// What a bundle says about its model: identity, feature spec, tensors, post-processing,
+/// reference statistics, drift policy and lineage. Signed with the model's hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The manifest format ([`MANIFEST_FORMAT`]).
     pub format: u32,
     /// Model name, e.g. `pump-anomaly`.
     pub name: String,
@@ -19,14 +22,19 @@ pub struct Manifest {
     pub version: String,
     /// Monotonic version number: devices refuse a bundle below the highest they have run.
     pub version_number: u64,
+    /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Creation time, RFC 3339.
     pub created: String,
+    /// How samples become the model input.
     pub features: FeatureSpec,
+    /// The ONNX model's hash, size and tensors.
     pub model: ModelInfo,
+    /// Score, labels and output ranges derived from the outputs.
     #[serde(default)]
     pub postprocess: PostProcess,
+    /// Statistics of every feature and output over the training data (drift reference).
     pub reference: Reference,
     /// Drift policy: which score and thresholds make a column drift, alarm hysteresis,
     /// performance limits. The agent's `[models.drift]` overrides it key by key.
@@ -68,19 +76,25 @@ pub struct Lineage {
     pub packed_by: String,
 }
 
+/// The ONNX model a manifest signs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelInfo {
     /// SHA-256 of the ONNX bytes, hex.
     pub sha256: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// The one input tensor.
     pub input: TensorInfo,
+    /// The output tensors.
     pub outputs: Vec<TensorInfo>,
 }
 
+/// One tensor of the model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TensorInfo {
+    /// Its name in the ONNX graph.
     pub name: String,
     /// Shape with the batch dimension (1), e.g. `[1, 12]`.
     pub shape: Vec<usize>,
@@ -103,9 +117,11 @@ pub struct PostProcess {
     pub ranges: Vec<OutputRange>,
 }
 
+/// Which value of the outputs is the score, and when it is past the threshold.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRule {
+    /// The output holding it.
     pub output: String,
     /// Flat index into that output (e.g. 1 = probability of class 1 in `[1, 2]`).
     #[serde(default)]
@@ -149,6 +165,7 @@ pub enum Reconstruction {
 }
 
 impl Reconstruction {
+    /// The rule's name in the pack spec.
     pub fn name(self) -> &'static str {
         match self {
             Reconstruction::Mse => "mse",
@@ -195,10 +212,13 @@ fn yes() -> bool {
     true
 }
 
+/// Class names for an output holding class indices (or other label values).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRule {
+    /// The output holding the label.
     pub output: String,
+    /// One name per label value.
     pub names: Vec<String>,
     /// The output value each name stands for (e.g. `[-1, 1]` for IsolationForest); default
     /// `0, 1, 2, ...` (class indices).
@@ -259,11 +279,16 @@ impl PostProcess {
     }
 }
 
+/// The range an output's values must stay in; a prediction outside counts against the
+/// health check after an update.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputRange {
+    /// The output.
     pub output: String,
+    /// Smallest allowed value.
     pub min: f64,
+    /// Largest allowed value.
     pub max: f64,
 }
 
@@ -273,7 +298,9 @@ pub struct OutputRange {
 pub struct Reference {
     /// Windows the statistics were computed from.
     pub windows: u64,
+    /// One per feature column (or raw channel's mean and std).
     pub features: Vec<ColumnStats>,
+    /// One per model output element.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<ColumnStats>,
 }
@@ -282,17 +309,24 @@ pub struct Reference {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnStats {
+    /// The column's name.
     pub name: String,
+    /// Values it was computed from.
     pub count: u64,
+    /// Their mean.
     pub mean: f64,
+    /// Their standard deviation.
     pub std: f64,
+    /// The smallest.
     pub min: f64,
+    /// The largest.
     pub max: f64,
     /// Quantiles at [`REFERENCE_QUANTILES`].
     pub quantiles: Vec<f64>,
     /// Histogram bin edges (ascending, `bins + 1` values; the outer edges are -inf/+inf in
     /// use) and the share of training values per bin.
     pub bin_edges: Vec<f64>,
+    /// Share of the training values in each bin.
     pub bin_freqs: Vec<f64>,
 }
 

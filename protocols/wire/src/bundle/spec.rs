@@ -25,6 +25,7 @@ pub struct FeatureSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub window: Option<Duration>,
+    /// Window length in grid points (instead of `window`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_points: Option<u32>,
     /// Step between window starts; equal to the length for tumbling windows, shorter for
@@ -35,6 +36,7 @@ pub struct FeatureSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub hop: Option<Duration>,
+    /// Hop in grid points (instead of `hop`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hop_points: Option<u32>,
     /// A grid point takes the last good sample of its tag at or before it, if that sample is at
@@ -53,6 +55,7 @@ pub struct FeatureSpec {
     /// The features, in model-input order (layout `vector`).
     #[serde(default)]
     pub features: Vec<FeatureDef>,
+    /// How features become the input tensor (default `vector`).
     #[serde(default)]
     pub layout: InputLayout,
     /// Normalization applied last: `(x - mean) / scale` per feature (or per channel for raw
@@ -74,10 +77,13 @@ pub enum InputLayout {
     RawCt,
 }
 
+/// Normalization `(x - mean) / scale`, one pair per feature (or channel).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scaler {
+    /// Subtracted first.
     pub mean: Vec<f64>,
+    /// Divided by next.
     pub scale: Vec<f64>,
 }
 
@@ -86,7 +92,9 @@ pub struct Scaler {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "FeatureDefRepr", into = "FeatureDefRepr")]
 pub struct FeatureDef {
+    /// The tag whose window it reads.
     pub tag: String,
+    /// The function.
     pub kind: FeatureKind,
 }
 
@@ -212,7 +220,9 @@ pub enum FeatureKind {
     Mean,
     /// Population standard deviation √(Σ(x-mean)²/n)
     Std,
+    /// Smallest value.
     Min,
+    /// Largest value.
     Max,
     /// √(Σx²/n)
     Rms,
@@ -230,23 +240,31 @@ pub enum FeatureKind {
     ZeroCrossingRate,
     /// Quantile `q` in [0, 1], linear interpolation between order statistics (numpy default)
     Quantile {
+        /// The probability, 0..=1.
         q: f64,
     },
     /// Energy Σ|X_k|²/n of the real FFT bins with `low_hz <= f_k < high_hz`, after removing the
     /// mean and applying `window`
     BandEnergy {
+        /// Lowest frequency in the band (inclusive).
         low_hz: f64,
+        /// Highest frequency (exclusive).
         high_hz: f64,
+        /// Window applied before the FFT.
         window: WindowFn,
     },
 }
 
+/// Window function of `band_energy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum WindowFn {
+    /// Hann (default).
     #[default]
     Hann,
+    /// Hamming.
     Hamming,
+    /// None (all ones).
     Rectangular,
 }
 
@@ -281,6 +299,7 @@ impl FeatureDef {
 }
 
 impl FeatureSpec {
+    /// Grid period in ns (`1 / rate_hz`).
     pub fn period_ns(&self) -> i64 {
         (1e9 / self.rate_hz).round() as i64
     }
@@ -303,6 +322,7 @@ impl FeatureSpec {
         }
     }
 
+    /// The oldest a held sample may be, in ns (default two grid periods).
     pub fn max_age_ns(&self) -> i64 {
         match self.max_age {
             Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
@@ -356,6 +376,7 @@ impl FeatureSpec {
         }
     }
 
+    /// Records every problem of the spec under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(!self.tags.is_empty(), at.key("tags"), || {
             "at least one tag is needed".into()
