@@ -25,6 +25,7 @@ pub mod bundle;
 pub mod config_check;
 #[warn(missing_docs)]
 pub mod delta;
+#[warn(missing_docs)]
 pub mod drift;
 #[warn(missing_docs)]
 pub mod drift_policy;

@@ -16,43 +16,67 @@ use crate::bundle::manifest::Reference;
 /// Merged drift of one bundle version.
 #[derive(Debug, Clone, Default)]
 pub struct MergedDrift {
+    /// The bundle name.
     pub bundle: String,
+    /// The version number (one reference per merge).
     pub version_number: u64,
     /// Covered time, Unix ns.
     pub from_ns: i64,
+    /// End of the covered time, Unix ns.
     pub to_ns: i64,
+    /// Records merged.
     pub records: u64,
+    /// Windows they summarized.
     pub windows: u64,
     /// Records that had dataset drift.
     pub dataset_drift_records: u64,
+    /// The devices the records came from.
     pub devices: BTreeSet<String>,
+    /// Merged summary per feature column.
     pub columns: BTreeMap<String, DriftSummary>,
+    /// Merged summary per model output.
     pub outputs: BTreeMap<String, DriftSummary>,
+    /// Merged late-label performance.
     pub performance: Performance,
 }
 
 /// One merged column scored against the reference.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ColumnView {
+    /// The column.
     pub name: String,
+    /// Values summarized.
     pub count: u64,
+    /// Values missing (non-finite, bad quality, skipped windows).
     pub missing: u64,
+    /// Mean of the values.
     pub mean: f64,
+    /// Their standard deviation.
     pub std: f64,
+    /// The smallest.
     pub min: f64,
+    /// The largest.
     pub max: f64,
+    /// Median from the merged sketch.
     pub p50: Option<f64>,
+    /// 99th percentile from the merged sketch.
     pub p99: Option<f64>,
+    /// Scores against the reference (none without a usable reference).
     pub scores: Option<DriftScores>,
+    /// Whether the policy says it drifts.
     pub drifting: bool,
 }
 
+/// Why a record could not be merged (nothing of it was).
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum MergeError {
+    /// The record is of another bundle version (bundle, number; the merge's bundle, number).
     #[error("record of {0} #{1} cannot merge into {2} #{3} (another reference)")]
     OtherBundle(String, u64, String, u64),
+    /// A column appears twice in the record.
     #[error("column `{0}` appears twice in one record")]
     DuplicateColumn(String),
+    /// A column's summary does not merge.
     #[error(transparent)]
     Drift(#[from] DriftError),
 }

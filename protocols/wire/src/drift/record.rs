@@ -32,7 +32,9 @@ pub fn drifts(rules: &DriftRules, column: &str, s: &DriftScores) -> bool {
 /// bundle's reference (absent if the reference has no usable histogram).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDrift {
+    /// The mergeable summary.
     pub summary: DriftSummary,
+    /// Its scores against the reference.
     pub scores: Option<DriftScores>,
     /// Scored on at least `min_count` values and the rules' metric at or past the column's
     /// threshold.
@@ -62,9 +64,12 @@ impl ColumnDrift {
 /// A model's drift summaries for one interval (`[[models]] drift_interval`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftRecord {
+    /// The model and bundle summarized.
     #[serde(flatten)]
     pub source: Arc<BundleRef>,
+    /// Interval start (measurement time), UTC ns.
     pub start_ns: i64,
+    /// Interval end, UTC ns.
     pub end_ns: i64,
     /// Windows summarized.
     pub windows: u64,
@@ -96,7 +101,9 @@ pub struct DriftRecord {
 pub struct ShadowSummary {
     /// The challenger: bundle name, version, version number.
     pub bundle: String,
+    /// The challenger's semantic version.
     pub version: String,
+    /// The challenger's version number.
     pub version_number: u64,
     /// Windows both models ran on.
     pub windows: u64,
@@ -105,14 +112,19 @@ pub struct ShadowSummary {
     /// Of the windows where both decide (both have a threshold, or both a label): how many
     /// decisions agree (threshold side, else label).
     pub decided: u64,
+    /// Decisions that agree.
     pub agreed: u64,
     /// Windows past the threshold, per model.
     pub champion_over: u64,
+    /// Windows past the challenger's threshold.
     pub challenger_over: u64,
     /// Score differences (challenger - champion) over the windows where both have a score.
     pub scored: u64,
+    /// Mean difference.
     pub mean_score_diff: f64,
+    /// Mean absolute difference.
     pub mean_abs_score_diff: f64,
+    /// Largest absolute difference.
     pub max_abs_score_diff: f64,
 }
 
@@ -195,15 +207,20 @@ pub struct Performance {
     pub unlabelled: u64,
     /// Classification: predicted positive (score past the threshold) vs labelled positive.
     pub tp: u64,
+    /// Predicted positive, labelled negative.
     pub fp: u64,
+    /// Predicted negative, labelled negative.
     pub tn: u64,
+    /// Predicted negative, labelled positive.
     #[serde(rename = "fn")]
     pub fn_: u64,
     /// Regression: Σ|score - label| and Σ(score - label)² over the labelled predictions.
     pub abs_err: f64,
+    /// Σ(score - label)².
     pub sq_err: f64,
     /// Window ends of the resolved predictions, Unix ns (0 = none yet).
     pub from_ns: i64,
+    /// Last window end resolved.
     pub to_ns: i64,
 }
 
@@ -218,6 +235,7 @@ impl Performance {
         }
     }
 
+    /// One prediction resolved by a classification label.
     pub fn add_classification(&mut self, predicted: bool, actual: bool, end_ns: i64) {
         self.labelled += 1;
         match (predicted, actual) {
@@ -229,6 +247,7 @@ impl Performance {
         self.span(end_ns);
     }
 
+    /// One prediction resolved by a numeric label.
     pub fn add_regression(&mut self, predicted: f64, actual: f64, end_ns: i64) {
         self.labelled += 1;
         let e = predicted - actual;
@@ -237,11 +256,13 @@ impl Performance {
         self.span(end_ns);
     }
 
+    /// One prediction that waited the whole horizon without a label.
     pub fn add_unlabelled(&mut self, end_ns: i64) {
         self.unlabelled += 1;
         self.span(end_ns);
     }
 
+    /// Adds another interval's (or device's) counts.
     pub fn merge(&mut self, o: &Performance) {
         if o.labelled + o.unlabelled == 0 {
             return;
@@ -271,14 +292,17 @@ impl Performance {
         (b > 0).then(|| a as f64 / b as f64)
     }
 
+    /// (tp + tn) / classified (`None` without labels).
     pub fn accuracy(&self) -> Option<f64> {
         Self::ratio(self.tp + self.tn, self.classified())
     }
 
+    /// tp / (tp + fp).
     pub fn precision(&self) -> Option<f64> {
         Self::ratio(self.tp, self.tp + self.fp)
     }
 
+    /// tp / (tp + fn).
     pub fn recall(&self) -> Option<f64> {
         Self::ratio(self.tp, self.tp + self.fn_)
     }
@@ -289,6 +313,7 @@ impl Performance {
         (n > 0).then(|| self.abs_err / n as f64)
     }
 
+    /// Root mean squared error (regression labels).
     pub fn rmse(&self) -> Option<f64> {
         let n = self.labelled - self.classified().min(self.labelled);
         (n > 0).then(|| (self.sq_err / n as f64).sqrt())

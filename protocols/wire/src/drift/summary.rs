@@ -19,9 +19,13 @@ fn sketch() -> DDSketch {
 /// Count, min, max, mean and M2 of a stream of values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Moments {
+    /// Values added.
     pub count: u64,
+    /// The smallest.
     pub min: f64,
+    /// The largest.
     pub max: f64,
+    /// Their mean.
     pub mean: f64,
     /// Sum of squared deviations from the mean.
     pub m2: f64,
@@ -40,6 +44,7 @@ impl Default for Moments {
 }
 
 impl Moments {
+    /// Adds one value (Welford).
     pub fn add(&mut self, x: f64) {
         self.count += 1;
         let d = x - self.mean;
@@ -78,14 +83,19 @@ impl Moments {
     }
 }
 
+/// Why summaries cannot be merged or scored.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DriftError {
+    /// The summaries count over different bins (another reference).
     #[error("summaries of `{0}` use different histogram bins and cannot be merged")]
     BinsDiffer(String),
+    /// The summaries are of different columns.
     #[error("summaries of different columns (`{0}` and `{1}`)")]
     NamesDiffer(String, String),
+    /// A sketch is malformed or of another accuracy.
     #[error("quantile sketch: {0}")]
     Sketch(String),
+    /// The reference cannot score this column.
     #[error("reference for `{0}` has no histogram")]
     NoReference(String),
 }
@@ -97,9 +107,11 @@ pub struct DriftSummary {
     pub name: String,
     /// Interval covered, Unix ms (merges widen it).
     pub start_ms: i64,
+    /// End of the interval covered, Unix ms.
     pub end_ms: i64,
     /// Values that were missing, non-finite or of bad quality (not in the statistics).
     pub missing: u64,
+    /// Count, min, max, mean and M2 of the values.
     pub moments: Moments,
     /// Counts per reference bin (`bin_edges.len() - 1` bins; the outer bins are open).
     pub bins: Vec<u64>,
@@ -176,6 +188,7 @@ impl DriftSummary {
         self.live.get_or_insert_with(sketch).add(x);
     }
 
+    /// Counts `n` missing values.
     pub fn add_missing(&mut self, n: u64) {
         self.missing += n;
     }
@@ -291,6 +304,7 @@ impl std::fmt::Debug for CheckedSketch {
 }
 
 impl CheckedSketch {
+    /// The summary's sketch, checked to be mergeable with this build's accuracy.
     pub fn of(s: &DriftSummary) -> Result<CheckedSketch, DriftError> {
         let mut theirs = s.sketch_copy()?;
         // Another accuracy cannot merge: find out now. Merging an empty sketch checks the
@@ -307,14 +321,20 @@ impl CheckedSketch {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PsiBand {
+    /// PSI below 0.1.
     Stable,
+    /// PSI 0.1 to 0.25.
     Moderate,
+    /// PSI above 0.25.
     Significant,
 }
 
+/// A column's scores against its reference.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DriftScores {
+    /// Population stability index over the reference bins.
     pub psi: f64,
+    /// Its band.
     pub band: PsiBand,
     /// Jensen-Shannon distance, base 2: 0 (same) … 1 (disjoint).
     pub js: f64,
