@@ -18,25 +18,17 @@
 
 #![forbid(unsafe_code)]
 #![warn(missing_debug_implementations)]
+#![warn(missing_docs)]
 
-#[warn(missing_docs)]
 pub mod bundle;
-#[warn(missing_docs)]
 pub mod config_check;
-#[warn(missing_docs)]
 pub mod delta;
-#[warn(missing_docs)]
 pub mod drift;
-#[warn(missing_docs)]
 pub mod drift_policy;
-#[warn(missing_docs)] // the outbox record schema: documented in full
 pub mod records;
-#[warn(missing_docs)]
 pub mod sample;
 pub mod sparkplug;
-#[warn(missing_docs)] // the agent ↔ server contract: documented in full
 pub mod sync;
-#[warn(missing_docs)]
 pub mod tls;
 
 pub use sample::{now_ns, Quality, Sample, Tag, Value};
