@@ -102,23 +102,7 @@ format = "csv"
     let recorded = || {
         let text = std::fs::read_to_string(&csv).unwrap_or_default();
         // Complete lines only: the agent is writing the file.
-        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
-        let mut plc = Vec::new();
-        for row in complete.lines().skip(1) {
-            let tag = row.split(',').next().unwrap_or_default().to_string();
-            let good = row.ends_with(",good");
-            let c = counts.entry(tag.clone()).or_default();
-            if good {
-                c.0 += 1
-            } else {
-                c.1 += 1
-            }
-            if tag == "plc.f_cdab" {
-                plc.push(good);
-            }
-        }
-        (counts, plc)
+        tally(&text[..text.rfind('\n').map_or(0, |i| i + 1)])
     };
     let good = |counts: &HashMap<String, (usize, usize)>, t: &str| counts.get(t).map_or(0, |c| c.0);
     wait_until(
@@ -177,23 +161,12 @@ format = "csv"
 
     // Per tag: (good, bad) counts, and the order of qualities for the Modbus tag.
     let text = std::fs::read_to_string(&csv).unwrap();
-    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
-    let mut plc_sequence = Vec::new();
-    for row in text.lines().skip(1) {
-        let tag = row.split(',').next().unwrap().to_string();
-        let good = row.ends_with(",good");
-        let c = counts.entry(tag.clone()).or_default();
-        if good {
-            c.0 += 1
-        } else {
-            c.1 += 1
-        }
-        if tag == "plc.f_cdab" {
-            plc_sequence.push(good);
-            if good {
-                assert!(row.contains(",1234.5,"), "{row}");
-            }
-        }
+    let (counts, plc_sequence) = tally(&text);
+    for row in text
+        .lines()
+        .filter(|r| r.starts_with("plc.f_cdab,") && r.ends_with(",good"))
+    {
+        assert!(row.contains(",1234.5,"), "{row}");
     }
     let get = |t: &str| counts.get(t).copied().unwrap_or_default();
     assert!(
@@ -257,4 +230,25 @@ format = "csv"
         stopped.contains(&format!("samples={rows} ")),
         "{stopped} vs {rows} rows"
     );
+}
+
+/// Per tag of a recording: (good, bad) sample counts; and the qualities of the Modbus tag
+/// `plc.f_cdab` in order (true = good).
+fn tally(text: &str) -> (HashMap<String, (usize, usize)>, Vec<bool>) {
+    let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut plc = Vec::new();
+    for row in text.lines().skip(1) {
+        let tag = row.split(',').next().unwrap_or_default().to_string();
+        let good = row.ends_with(",good");
+        let c = counts.entry(tag.clone()).or_default();
+        if good {
+            c.0 += 1
+        } else {
+            c.1 += 1
+        }
+        if tag == "plc.f_cdab" {
+            plc.push(good);
+        }
+    }
+    (counts, plc)
 }
