@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, wait_port, Peer};
+use crate::Peer;
 
 /// What the wire does to every packet, both directions (`netem.py`'s control file).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
@@ -173,33 +173,6 @@ impl Drop for Wire {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// A Mosquitto broker with one anonymous listener on every address (so that a namespace
-/// behind a [`Wire`] reaches it at [`Wire::host_ip`]).
-pub fn mosquitto_everywhere(dir: &Path) -> (Peer, u16) {
-    let port = free_port();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    let conf = format!(
-        "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\
-         max_queued_messages 1000000\n{}\nlistener {port} 0.0.0.0\nallow_anonymous true\n",
-        if root { "user root" } else { "" },
-    );
-    let conf_path = dir.join("mosquitto-wire.conf");
-    std::fs::write(&conf_path, conf).expect("mosquitto conf");
-    let peer = Peer::start(
-        "mosquitto-wire",
-        "mosquitto",
-        &["-c", conf_path.to_str().unwrap_or_default()],
-        dir,
-        Some(port),
-    );
-    assert!(wait_port(port, Duration::from_secs(5)));
-    (peer, port)
 }
 
 /// One observation of a process.

@@ -31,30 +31,16 @@ pub fn mosquitto(dir: &Path) -> Broker {
         .status()
         .expect("mosquitto_passwd (apt mosquitto)");
     assert!(st.success());
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
     let conf = format!(
-        "per_listener_settings true\npersistence false\nlog_dest stderr\nlog_type all\nmax_queued_messages 100000\n{}\n\
+        "per_listener_settings true\nlog_type all\nmax_queued_messages 100000\n\
          listener {anon} 127.0.0.1\nallow_anonymous true\n\n\
          listener {userpass} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\n\n\
          listener {mtls} 127.0.0.1\ncafile {c}/ca.crt\ncertfile {c}/server.crt\nkeyfile {c}/server.key\n\
          require_certificate true\nuse_identity_as_username true\nallow_anonymous true\n",
-        if root { "user root" } else { "" },
         passwd = passwd.display(),
         c = certs.display()
     );
-    let conf_path = dir.join("mosquitto.conf");
-    std::fs::write(&conf_path, conf).expect("mosquitto.conf");
-    let peer = Peer::start(
-        "mosquitto",
-        "mosquitto",
-        &["-c", conf_path.to_str().unwrap_or_default()],
-        dir,
-        Some(mtls),
-    );
+    let peer = start(dir, "mosquitto", &conf, mtls);
     assert!(wait_port(anon, Duration::from_secs(5)) && wait_port(userpass, Duration::from_secs(5)));
     Broker {
         anon,
@@ -63,6 +49,43 @@ pub fn mosquitto(dir: &Path) -> Broker {
         certs,
         peer,
     }
+}
+
+/// A Mosquitto broker with one anonymous listener on every address (so that a network
+/// namespace behind a [`crate::faults::Wire`] reaches it at the wire's host address).
+pub fn mosquitto_everywhere(dir: &Path) -> (Peer, u16) {
+    let port = free_port();
+    let conf = format!(
+        "log_type error\nlog_type warning\nlog_type notice\nmax_queued_messages 1000000\n\
+         listener {port} 0.0.0.0\nallow_anonymous true\n"
+    );
+    let peer = start(dir, "mosquitto-wire", &conf, port);
+    assert!(wait_port(port, Duration::from_secs(5)));
+    (peer, port)
+}
+
+/// Starts Mosquitto as peer `name` with `settings` (listeners and their options) after what
+/// every test broker has: no persistence, logs to stderr, and running as root when the tests
+/// are (Mosquitto started as root otherwise drops to a user that cannot read the test keys).
+fn start(dir: &Path, name: &str, settings: &str, ready_port: u16) -> Peer {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let conf = format!(
+        "{}persistence false\nlog_dest stderr\n{settings}",
+        if root { "user root\n" } else { "" }
+    );
+    let conf_path = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf_path, conf).expect("mosquitto conf");
+    Peer::start(
+        name,
+        "mosquitto",
+        &["-c", conf_path.to_str().unwrap_or_default()],
+        dir,
+        Some(ready_port),
+    )
 }
 
 /// Publishes one message with mosquitto_pub (an independent client).

@@ -74,3 +74,26 @@ pub fn pack_conv_net(dir: &Path, key: &Path, train: &Path, n: u64, threshold: &s
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
+
+/// Measurement time a recording in the agent's CSV (`tag,ts_ns,value,quality`) spans so far,
+/// in ns: its first sample's to its last complete row's. Reads the first rows and the file's
+/// last 4 KiB, not the whole file (the agent is still writing it). `None` before two rows.
+pub fn recording_span_ns(path: &Path) -> Option<i64> {
+    use std::io::{BufRead, Read, Seek, SeekFrom};
+    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
+    let mut f = std::fs::File::open(path).ok()?;
+    let first = std::io::BufReader::new(&f)
+        .lines()
+        .nth(1)?
+        .ok()
+        .as_deref()
+        .and_then(ts)?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).ok()?;
+    // Complete rows only: the last may be half written.
+    let complete = &tail[..tail.rfind('\n')?];
+    let last = complete.lines().rev().find_map(ts)?;
+    Some(last - first)
+}

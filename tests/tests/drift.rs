@@ -424,17 +424,11 @@ load = 0.7
     );
     assert!(rec.wait_log(Duration::from_secs(30), "simulated plant starting", 1));
     // Record until the file holds the second plant day (20 minutes of plant time).
-    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
     wait_until(
         "two recorded plant days",
         Duration::from_secs(120),
         || rec.log_tail(),
-        || {
-            let text = std::fs::read_to_string(&recording).ok()?;
-            let first = text.lines().nth(1).and_then(ts)?;
-            let last = text.lines().rev().find_map(ts)?;
-            (last >= first + 1_200_000_000_000).then_some(())
-        },
+        || (recording_span_ns(&recording)? >= 1_200_000_000_000).then_some(()),
     );
     assert!(rec.terminate(Duration::from_secs(20)), "{}", rec.log_tail());
     let text = std::fs::read_to_string(&recording).unwrap();

@@ -174,15 +174,23 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
         (std::fs::metadata(&part).ok()?.len() > 5_000).then_some(())
     });
     // Cut mid-download: the agent pauses the update (and resumes it at its next check-in).
-    let paused = |n: usize| {
+    // Each cut: the agent logs one more pause than it had logged before the cut.
+    let pauses = || {
+        std::fs::read_to_string(agent.log_path())
+            .unwrap_or_default()
+            .matches("update paused")
+            .count()
+    };
+    let cut_and_wait_for_the_pause = || {
+        let before = pauses();
+        proxy.cut();
         assert!(
-            agent.wait_log(Duration::from_secs(60), "update paused", n),
+            agent.wait_log(Duration::from_secs(60), "update paused", before + 1),
             "the agent did not notice the cut:\n{}",
             agent.log_tail()
         )
     };
-    proxy.cut();
-    paused(1);
+    cut_and_wait_for_the_pause();
     let partial = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     assert!(
         partial > 0 && partial < artifact_len,
@@ -193,8 +201,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
     server.wait("the download resumed", Duration::from_secs(60), || {
         (std::fs::metadata(&part).ok()?.len() > partial).then_some(())
     });
-    proxy.cut();
-    paused(2);
+    cut_and_wait_for_the_pause();
     proxy.restore();
 
     // Applied after resuming; reported; the model stage serves v2.

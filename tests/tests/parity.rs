@@ -72,17 +72,11 @@ fn live_features_are_bit_identical_to_offline_features() {
             .unwrap(),
     );
     // Two minutes of plant time (both faults and what follows them) are on file.
-    let ts = |l: &str| l.split(',').nth(1).and_then(|t| t.parse::<i64>().ok());
     wait_until(
         "two minutes of recorded plant time",
         Duration::from_secs(60),
         String::new,
-        || {
-            let text = std::fs::read_to_string(&recording).ok()?;
-            let first = text.lines().nth(1).and_then(ts)?;
-            let last = text.lines().rev().find_map(ts)?;
-            (last >= first + 120_000_000_000).then_some(())
-        },
+        || (recording_span_ns(&recording)? >= 120_000_000_000).then_some(()),
     );
     sigterm_and_wait(&mut rec.0);
 
