@@ -183,6 +183,36 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// One line per problem (a parse error with its excerpt stays one entry), each naming
+    /// the file, line and key where they are known: what a refused remote configuration
+    /// reports to the fleet server.
+    pub fn problems(&self) -> Vec<String> {
+        let located = |path: &Path, p: &Located| match p.line {
+            Some(l) => format!(
+                "{}:{l}: {}: {}",
+                path.display(),
+                p.issue.path,
+                p.issue.message
+            ),
+            None => format!("{}: {}: {}", path.display(), p.issue.path, p.issue.message),
+        };
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Parse {
+                path,
+                message,
+                more,
+            } => std::iter::once(format!("{}: {}", path.display(), message.trim_end()))
+                .chain(more.iter().map(|p| located(path, p)))
+                .collect(),
+            ConfigError::Invalid { path, problems } => {
+                problems.iter().map(|p| located(path, p)).collect()
+            }
+        }
+    }
+}
+
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {

@@ -27,6 +27,8 @@ pub struct Delivery {
     committer: JoinHandle<()>,
     commit_stop: CancellationToken,
     forwarders: Vec<JoinHandle<()>>,
+    /// Each MQTT output's name and whether its broker connection is up.
+    mqtt_up: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
     forward_stop: CancellationToken,
     sync: Option<JoinHandle<()>>,
     sync_stop: CancellationToken,
@@ -77,6 +79,7 @@ impl Delivery {
             committer,
             commit_stop,
             forwarders: Vec::new(),
+            mqtt_up: Vec::new(),
             forward_stop: CancellationToken::new(),
             sync: None,
             sync_stop: CancellationToken::new(),
@@ -86,6 +89,11 @@ impl Delivery {
     /// The outbox (for metrics and status).
     pub fn outbox(&self) -> Arc<SledOutbox> {
         self.outbox.clone()
+    }
+
+    /// Each MQTT output's name and whether its broker connection is up.
+    pub fn mqtt_links(&self) -> Vec<(String, Arc<std::sync::atomic::AtomicBool>)> {
+        self.mqtt_up.clone()
     }
 
     /// The pipeline output that stores records in the outbox.
@@ -112,6 +120,8 @@ impl Delivery {
                 },
                 Box::new(move |t: &str| owners.owner(t).map(String::from)),
             )?;
+            self.mqtt_up
+                .push((o.name.clone(), forwarder.link.up.clone()));
             self.forwarders
                 .push(tokio::spawn(forwarder.run(self.forward_stop.clone())));
         }
@@ -126,8 +136,9 @@ impl Delivery {
         sync: &SyncConfig,
         models: Vec<ModelHandle>,
         trusted: Vec<ed25519_dalek::VerifyingKey>,
+        remote: Option<crate::sync::RemoteControl>,
     ) -> Arc<SyncStats> {
-        let task = SyncTask::new(
+        let mut task = SyncTask::new(
             sync.clone(),
             cfg.agent.id.clone(),
             cfg.agent.data_dir.clone(),
@@ -136,6 +147,7 @@ impl Delivery {
             trusted,
             crate::models::floor::FloorStore::new(&cfg.bundle_dir()),
         );
+        task.remote = remote;
         let stats = task.stats.clone();
         self.sync = Some(tokio::spawn(task.run(self.sync_stop.clone())));
         stats

@@ -21,11 +21,13 @@ pub mod outputs;
 pub mod pipeline;
 pub mod publish;
 pub mod recording;
+pub mod remote_config;
 pub mod service;
 pub mod sources;
 pub mod sync;
 pub mod task;
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -39,8 +41,88 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Git commit the binary was built from (`unknown` outside a git checkout).
 pub const GIT_HASH: &str = env!("EDGE_GIT_HASH");
 
-/// Builds the pipeline from a validated config and runs it until `shutdown` fires.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<RunReport> {
+/// How a run relates to its configuration file (remote configuration); the default runs
+/// without one (no remote configuration, nothing to restart).
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The configuration file, its text as loaded, and the apply pending on it.
+    pub file: Option<ConfigFile>,
+    /// Ends the run for a restart (remote configuration asks through it).
+    pub restart: Option<remote_config::RestartRequest>,
+}
+
+/// The configuration file a run loaded.
+#[derive(Debug, Clone)]
+pub struct ConfigFile {
+    /// Remote configuration of the file.
+    pub remote: Arc<remote_config::RemoteConfig>,
+    /// Its text as loaded.
+    pub text: String,
+    /// The fleet configuration this run must health-check ([`remote_config::RemoteConfig::before_start`]).
+    pub pending: Option<remote_config::Pending>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunEnd {
+    /// The pipeline's report.
+    pub report: RunReport,
+    /// A restart was asked for (a new configuration file, or a rollback).
+    pub restart: Option<remote_config::Restart>,
+}
+
+/// The checks of `edge-agent check` on configuration text: parse and validate (`path` names
+/// the file in messages), then the trusted keys and the bundles it names. Every problem,
+/// one entry each, with its key and line where known.
+pub fn check_config_text(text: &str, path: &Path) -> Result<AgentConfig, Vec<String>> {
+    let cfg = AgentConfig::from_toml(text, path).map_err(|e| e.problems())?;
+    let problems = check_models(&cfg);
+    if problems.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The configuration file at `path`, read and checked as `run` needs it. Counts the start
+/// of a pending fleet configuration first (which may restore the last good file), and
+/// rolls a pending one back at once when it does not load.
+pub fn load_for_run(path: &Path) -> anyhow::Result<(AgentConfig, ConfigFile)> {
+    let remote = Arc::new(remote_config::RemoteConfig::new(path));
+    let pending = remote.before_start()?;
+    let read = |p: &Path| -> anyhow::Result<(String, AgentConfig)> {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?;
+        let cfg = AgentConfig::from_toml(&text, p)?;
+        Ok((text, cfg))
+    };
+    let (text, cfg, pending) = match read(path) {
+        Ok((t, c)) => (t, c, pending),
+        Err(e) if pending.is_some() => {
+            remote.roll_back(&format!("it does not load: {e:#}"))?;
+            let (t, c) = read(path)?;
+            (t, c, None)
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((
+        cfg,
+        ConfigFile {
+            remote,
+            text,
+            pending,
+        },
+    ))
+}
+
+/// Builds the pipeline from a validated config and runs it until `shutdown` fires (or a
+/// restart is asked for through `control`).
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+    control: RunControl,
+) -> anyhow::Result<RunEnd> {
+    let started_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::new(cfg.pipeline.clone());
     for (name, src) in sources::build(&cfg.sources, &cfg.agent.id, cfg.opcua_pki_dir())? {
@@ -80,6 +162,7 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         }
         None => None,
     };
+    let mut sync_stats: Option<Arc<sync::SyncStats>> = None;
     let mut delivery = if cfg.outputs.mqtt.is_empty() && cfg.sync.is_none() {
         None
     } else {
@@ -109,9 +192,57 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
             } else {
                 trusted_keys(&cfg)?
             };
-            metrics.set_sync(d.start_fleet_sync(&cfg, sc, models, trusted));
+            let remote = match (&control.file, &control.restart) {
+                (Some(f), Some(r)) => Some(sync::RemoteControl {
+                    config: f.remote.clone(),
+                    running: f.text.clone(),
+                    running_sha256: edge_wire::bundle::file::sha256_hex(f.text.as_bytes()),
+                    restart: r.clone(),
+                }),
+                _ => None,
+            };
+            sync_stats = Some(d.start_fleet_sync(&cfg, sc, models, trusted, remote));
+            if let Some(s) = &sync_stats {
+                metrics.set_sync(s.clone());
+            }
         }
     }
+    let health = match (&control.file, &control.restart) {
+        (Some(f), Some(r)) => f.pending.clone().map(|p| {
+            let inputs = remote_config::health::HealthInputs {
+                metrics: metrics.clone(),
+                mqtt: delivery
+                    .as_ref()
+                    .map(|d| d.mqtt_links())
+                    .unwrap_or_default(),
+                sync: sync_stats.clone(),
+                started_ms,
+            };
+            let timeout = cfg
+                .sync
+                .as_ref()
+                .map(|s| s.config_health_timeout)
+                .unwrap_or(std::time::Duration::from_secs(60));
+            // Restoring a file whose [log] differs needs a new process.
+            let on_rollback = match std::fs::read_to_string(f.remote.last_good_path())
+                .ok()
+                .and_then(|t| AgentConfig::from_toml(&t, f.remote.path()).ok())
+            {
+                Some(good) if good.log == cfg.log => remote_config::Restart::InProcess,
+                _ => remote_config::Restart::Process,
+            };
+            tokio::spawn(remote_config::health::watch(
+                f.remote.clone(),
+                p,
+                inputs,
+                timeout,
+                r.clone(),
+                on_rollback,
+                shutdown.clone(),
+            ))
+        }),
+        _ => None,
+    };
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     pipeline.on_started(started_tx);
     let status = format!(
@@ -120,17 +251,28 @@ pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Resul
         cfg.models.len(),
         cfg.outputs.mqtt.len()
     );
-    let service = tokio::spawn(service::supervise(started_rx, status, shutdown.clone()));
+    let service = tokio::spawn(service::supervise(
+        started_rx,
+        status,
+        shutdown.clone(),
+        control.restart.clone(),
+    ));
     tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
     task::joined("service", service.await);
+    if let Some(h) = health {
+        task::joined("configuration health check", h.await);
+    }
     if let Some(d) = delivery {
         d.finish().await;
     }
     if let Some(t) = metrics_task {
         task::joined("metrics endpoint", t.await);
     }
-    Ok(report)
+    Ok(RunEnd {
+        report,
+        restart: control.restart.and_then(|r| r.requested()),
+    })
 }
 
 /// The trusted bundle keys of the config.

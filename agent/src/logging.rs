@@ -28,7 +28,7 @@ pub fn init(cfg: &LogConfig) {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter: `info`, `debug`, or per module `info,edge_sources::modbus=debug`.

@@ -326,9 +326,14 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Run { config } => {
-            let cfg = match load_config(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
+            // The first load reports problems like `check` does (exit 2); a pending fleet
+            // configuration that does not load is rolled back inside.
+            let (cfg, file) = match edge_agent::load_for_run(&config) {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::from(2);
+                }
             };
             edge_agent::logging::init(&cfg.log);
             if let Ok(exe) = std::env::current_exe() {
@@ -338,8 +343,8 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match rt.block_on(run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
+            match rt.block_on(run(config, cfg, file)) {
+                Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("error: {e:#}");
@@ -413,7 +418,14 @@ fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
     }
 }
 
-async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+/// Runs until a signal, starting again in the process when a new configuration file asks
+/// for it (remote configuration), or exiting for systemd when it needs a new process.
+async fn run(
+    path: PathBuf,
+    mut cfg: AgentConfig,
+    mut file: edge_agent::ConfigFile,
+) -> anyhow::Result<ExitCode> {
+    use edge_agent::remote_config::{Restart, RESTART_EXIT_CODE};
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -421,14 +433,52 @@ async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         tracing::info!("signal received");
         signals.cancel();
     });
-    let report = edge_agent::run(cfg, shutdown).await?;
-    if !report.clean {
-        anyhow::bail!(
-            "shutdown was not clean: {} samples were dropped at the deadline",
-            report.dropped_at_shutdown
-        );
+    loop {
+        let run_stop = shutdown.child_token();
+        let restart = edge_agent::remote_config::RestartRequest::new(run_stop.clone());
+        let control = edge_agent::RunControl {
+            file: Some(file.clone()),
+            restart: Some(restart.clone()),
+        };
+        let pending = file.pending.is_some();
+        let end = match edge_agent::run(cfg, run_stop, control).await {
+            Ok(end) => end,
+            // A fleet configuration that fails to start (say, a port already taken) is
+            // rolled back at once; anything else ends the agent.
+            Err(e) if pending && !shutdown.is_cancelled() => {
+                tracing::error!("{e:#}");
+                file.remote
+                    .roll_back(&format!("the agent could not start with it: {e:#}"))?;
+                edge_agent::RunEnd {
+                    report: edge_agent::pipeline::RunReport {
+                        samples: 0,
+                        dropped_at_shutdown: 0,
+                        clean: true,
+                    },
+                    restart: Some(Restart::InProcess),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        if shutdown.is_cancelled() || end.restart.is_none() {
+            if !end.report.clean {
+                anyhow::bail!(
+                    "shutdown was not clean: {} samples were dropped at the deadline",
+                    end.report.dropped_at_shutdown
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        if end.restart == Some(Restart::Process) {
+            tracing::info!(
+                code = RESTART_EXIT_CODE,
+                "exiting for systemd to start the agent with its new configuration"
+            );
+            return Ok(ExitCode::from(RESTART_EXIT_CODE));
+        }
+        tracing::info!(config = %path.display(), "starting again with the configuration file");
+        (cfg, file) = edge_agent::load_for_run(&path)?;
     }
-    Ok(())
 }
 
 async fn wait_for_signal() {

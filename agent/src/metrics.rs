@@ -135,6 +135,20 @@ impl Metrics {
         out
     }
 
+    /// Every source's name, whether it is connected, and its error count.
+    pub fn source_connections(&self) -> Vec<(String, bool, u64)> {
+        self.lock()
+            .sources
+            .iter()
+            .map(|(n, _, s)| (n.clone(), s.is_connected(), load(&s.errors)))
+            .collect()
+    }
+
+    /// The hub's heartbeat (absent until the pipeline started).
+    pub fn heartbeat(&self) -> Option<u64> {
+        self.lock().pipeline.as_ref().map(|p| load(&p.heartbeat))
+    }
+
     /// A quick value lookup for tests and the status line.
     pub fn source_stat(&self, name: &str, f: impl Fn(&SourceStats) -> u64) -> Option<u64> {
         self.lock()

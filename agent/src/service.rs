@@ -29,10 +29,24 @@ pub async fn supervise(
     started: oneshot::Receiver<Arc<PipelineStats>>,
     status: String,
     shutdown: CancellationToken,
+    restart: Option<crate::remote_config::RestartRequest>,
 ) {
+    // A run that ends for an in-process restart tells systemd it reloads, not stops; the
+    // next run's READY=1 ends the reload.
+    let stopping = || {
+        let reloading = restart
+            .as_ref()
+            .and_then(|r| r.requested())
+            .is_some_and(|r| r == crate::remote_config::Restart::InProcess);
+        if reloading {
+            notify(&[NotifyState::Reloading]);
+        } else {
+            notify(&[NotifyState::Stopping]);
+        }
+    };
     let stats = tokio::select! {
         _ = shutdown.cancelled() => {
-            notify(&[NotifyState::Stopping]);
+            stopping();
             return;
         }
         s = started => match s {
@@ -48,7 +62,7 @@ pub async fn supervise(
     tracing::debug!(executable_bytes_advised = released, "ready");
     let Some(period) = sd_notify::watchdog_enabled() else {
         shutdown.cancelled().await;
-        notify(&[NotifyState::Stopping]);
+        stopping();
         return;
     };
     let every = (period / 2).max(Duration::from_millis(10));
@@ -76,5 +90,5 @@ pub async fn supervise(
             notify(&[NotifyState::Status("pipeline stalled")]);
         }
     }
-    notify(&[NotifyState::Stopping]);
+    stopping();
 }

@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         last_error: err.then(|| "fleet server unreachable".to_string()),
         uptime_s: 3600,
+        config: None,
     };
     for i in 0..devices {
         let labels = vec![format!("site=s{:02}", i % 20), format!("line=l{}", i % 5)];
@@ -291,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
         .login("olga", "bench password 1", "127.0.0.1", "bench")
         .await?;
     boot.start_rollout(&fleet_server::rollout::StartRollout {
+        kind: fleet_server::types::RolloutKind::Bundle,
         bundle: "pump".into(),
         version_number: 2,
         selector: vec!["site=s03".into()],

@@ -66,6 +66,7 @@ fn checkin() -> sync::CheckIn {
         streams: vec![],
         last_error: None,
         uptime_s: 0,
+        config: None,
     }
 }
 

@@ -200,6 +200,7 @@ pub fn router(state: AppState) -> Router {
         .route(path::CHECKIN, post(checkin))
         .route(path::UPLOAD, post(upload))
         .route(path::REPORT, post(report))
+        .route(path::CONFIG_REPORT, post(config_report))
         .route(&format!("{}/{{sha}}", path::ARTIFACTS), get(artifact))
         .layer(axum::extract::DefaultBodyLimit::max(sync::MAX_BODY))
         .with_state(state)
@@ -319,11 +320,105 @@ async fn checkin(
         return Err(cert.refusal(&st.store).await);
     };
     let desired = desired_for(&st, &d, &c.models).await?;
+    let desired_config = match &c.config {
+        Some(running) => desired_config_for(&st, &d, running).await?,
+        None => None, // an agent without remote configuration
+    };
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
         desired,
         next_checkin_s: st.checkin_s,
+        desired_config,
     }))
+}
+
+/// The configuration file `d` should run, when it runs (and checks) another one.
+pub async fn desired_config_for(
+    st: &AppState,
+    d: &Device,
+    running: &sync::ConfigStatus,
+) -> Result<Option<sync::DesiredConfig>, ApiError> {
+    let rollouts = st.rollouts.get(&st.store).await?;
+    let Some((name, vn, rid)) = rollout::desired_config(&rollouts, d) else {
+        return Ok(None);
+    };
+    let Some(c) = st.store.config(&name, vn).await? else {
+        return Ok(None);
+    };
+    if running.sha256 == c.sha256 || running.pending.as_deref() == Some(c.sha256.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(sync::DesiredConfig {
+        name,
+        version_number: vn.max(0) as u64,
+        sha256: c.sha256,
+        toml: c.toml,
+        rollout: Some(rid),
+    }))
+}
+
+/// A device's report on a configuration: stored, audited, and counted in its rollout (a
+/// refusal counts as a failure there, so the rollout halts at its `max_failures`).
+async fn config_report(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: sync::ConfigReport = decode(&headers, &body)?;
+    let outcome = match r.outcome {
+        sync::ConfigOutcome::Applied => "applied",
+        sync::ConfigOutcome::Refused => "refused",
+        sync::ConfigOutcome::RolledBack => "rolled_back",
+    };
+    let mut detail = r.detail.clone();
+    for e in &r.errors {
+        detail.push('\n');
+        detail.push_str(e);
+    }
+    st.store
+        .audit(
+            &d.id,
+            &format!("config.{outcome}"),
+            &format!("{}#{}", r.name, r.version_number),
+            &format!("by {}: {detail}", r.applied_by),
+        )
+        .await?;
+    let mut rollout_id = None;
+    if let Some(rid) = &r.rollout {
+        if let Some(ro) = st.store.rollout(rid).await? {
+            if ro.kind == crate::types::RolloutKind::Config
+                && rollout::targets(&ro, &d)
+                && ro.bundle == r.name
+            {
+                rollout_id = Some(rid.clone());
+            }
+        }
+    }
+    st.store
+        .add_config_report(&crate::store::ConfigReportRow {
+            device_id: d.id.clone(),
+            at: crate::store::now_ms(),
+            name: r.name.clone(),
+            version_number: i64::try_from(r.version_number).unwrap_or(i64::MAX),
+            sha256: r.sha256.clone(),
+            rollout_id: rollout_id.clone(),
+            outcome: outcome.into(),
+            applied_by: r.applied_by.clone(),
+            detail: r.detail.clone(),
+            errors: r.errors.clone(),
+        })
+        .await?;
+    if let Some(rid) = rollout_id {
+        let as_update = match r.outcome {
+            sync::ConfigOutcome::Applied => UpdateOutcome::Applied,
+            sync::ConfigOutcome::RolledBack => UpdateOutcome::RolledBack,
+            sync::ConfigOutcome::Refused => UpdateOutcome::Failed,
+        };
+        rollout::report(&st.store, &rid, &d.id, as_update, &detail).await?;
+        st.rollouts.invalidate();
+    }
+    Ok(reply(&sync::Empty {}))
 }
 
 fn valid_stream(s: &str) -> bool {

@@ -17,7 +17,7 @@ use fleet_server::service::printable;
 use fleet_server::service::views::*;
 use fleet_server::service::{FleetOps, FleetService, Principal, Settings};
 use fleet_server::types::{
-    AlarmKind, DeviceRolloutState, DeviceSortKey, DeviceState, Role, RolloutAction,
+    AlarmKind, DeviceRolloutState, DeviceSortKey, DeviceState, Role, RolloutAction, RolloutKind,
 };
 use fleet_server::{drift, VERSION};
 use tokio_util::sync::CancellationToken;
@@ -111,6 +111,12 @@ enum Command {
     Model {
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Agent configurations: push (fragments merged), list, show, roll out, and what each
+    /// device runs. Config rollouts are steered with `model rollout promote|halt|resume|rollback`.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Fleet drift: merged views per bundle version, the heatmap, retrain policies and
     /// their events.
@@ -399,6 +405,46 @@ enum RolloutCommand {
     Resume { id: String },
     /// Devices go back to the previous rollout's version.
     Rollback { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Store a new version of configuration NAME: one agent configuration file, or several
+    /// fragments merged in the order given (later keys win; `[[...]]` entries are appended,
+    /// or replace an earlier entry with the same `name`). Inline secrets are refused.
+    Push {
+        name: String,
+        #[arg(required = true)]
+        fragments: Vec<PathBuf>,
+    },
+    /// Every version of every configuration.
+    List,
+    /// One version: its merged file (`--toml`) or everything as JSON.
+    Show {
+        name: String,
+        version_number: i64,
+        #[arg(long)]
+        toml: bool,
+    },
+    /// Roll a configuration version out to the devices carrying all `--select` labels
+    /// (`--select device=ID` style labels make it per device).
+    Rollout {
+        name: String,
+        version_number: i64,
+        #[arg(long = "select")]
+        selector: Vec<String>,
+        /// Canary phase: this percentage of the targeted devices first.
+        #[arg(long, conflicts_with = "canary_label")]
+        canary_percent: Option<i64>,
+        /// Canary phase: devices carrying this label first.
+        #[arg(long)]
+        canary_label: Option<String>,
+        /// Halt automatically once this many devices refuse or roll it back.
+        #[arg(long, default_value_t = 1)]
+        max_failures: i64,
+    },
+    /// One device's configuration: desired vs reported, and its reports (JSON).
+    Status { device: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -789,6 +835,7 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
         } => out!("{}", f.ca_pem().await?),
         Command::Device { command } => device(f, command).await?,
         Command::Model { command } => model(f, command).await?,
+        Command::Config { command } => config_cmd(f, command).await?,
         Command::Drift { command } => drift_cmd(f, command).await?,
         Command::Alarm { command } => match command {
             AlarmCommand::List {
@@ -1240,6 +1287,102 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn config_cmd<F: FleetOps>(f: &F, command: ConfigCommand) -> anyhow::Result<()> {
+    use fleet_server::service::configs::ConfigPush;
+    match command {
+        ConfigCommand::Push { name, fragments } => {
+            let mut list = Vec::new();
+            for p in &fragments {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                let label = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| p.display().to_string());
+                list.push((label, text));
+            }
+            let c = f
+                .push_config(&name, &ConfigPush { fragments: list })
+                .await?;
+            outln!("{}", c.config.version_number);
+            eprintln!(
+                "configuration {}#{} ({} bytes, sha256 {}){}",
+                c.config.name,
+                c.config.version_number,
+                c.config.toml.len(),
+                c.config.sha256,
+                if c.created {
+                    " stored"
+                } else {
+                    ": same as the newest version, nothing stored"
+                }
+            );
+        }
+        ConfigCommand::List => {
+            for c in f.configs().await? {
+                outln!(
+                    "{}#{} sha256={} bytes={} fragments=[{}] by {} at {}",
+                    c.name,
+                    c.version_number,
+                    c.sha256,
+                    c.toml.len(),
+                    c.fragments
+                        .iter()
+                        .map(|x| x.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c.pushed_by,
+                    c.pushed_at
+                );
+            }
+        }
+        ConfigCommand::Show {
+            name,
+            version_number,
+            toml,
+        } => {
+            let c = f.config(&name, version_number).await?;
+            if toml {
+                outln!("{}", c.toml.trim_end());
+            } else {
+                json_pretty(&c)?;
+            }
+        }
+        ConfigCommand::Rollout {
+            name,
+            version_number,
+            selector,
+            canary_percent,
+            canary_label,
+            max_failures,
+        } => {
+            let r = f
+                .start_rollout(&StartRollout {
+                    kind: RolloutKind::Config,
+                    bundle: name,
+                    version_number,
+                    selector,
+                    canary_percent,
+                    canary_label,
+                    max_failures,
+                    force: false,
+                })
+                .await?;
+            outln!("{}", r.rollout.id);
+            eprintln!(
+                "rollout {} of configuration {}#{} started in phase {} ({} device(s) targeted)",
+                r.rollout.id,
+                r.rollout.bundle,
+                r.rollout.version_number,
+                r.rollout.phase,
+                r.targeted
+            );
+        }
+        ConfigCommand::Status { device } => json_pretty(&f.device_config(&device).await?)?,
+    }
+    Ok(())
+}
+
 async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<()> {
     let act = |id: String, a: RolloutAction| async move {
         let r = f.rollout_action(&id, a).await?;
@@ -1265,6 +1408,7 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
         } => {
             let r = f
                 .start_rollout(&StartRollout {
+                    kind: RolloutKind::Bundle,
                     bundle,
                     version_number,
                     selector,
@@ -1289,8 +1433,9 @@ async fn rollout<F: FleetOps>(f: &F, command: RolloutCommand) -> anyhow::Result<
                 let r = &s.rollout;
                 let n = |st: DeviceRolloutState| s.progress.get(&st).copied().unwrap_or(0);
                 outln!(
-                    "{} {}#{} [{}] phase={} state={} targeted={} waiting={} pending={} downloading={} applied={} healthy={} failed={} rolled_back={} by {} at {}",
+                    "{} {} {}#{} [{}] phase={} state={} targeted={} waiting={} pending={} downloading={} applied={} healthy={} failed={} rolled_back={} by {} at {}",
                     r.id,
+                    r.kind,
                     r.bundle,
                     r.version_number,
                     r.selector.join(","),

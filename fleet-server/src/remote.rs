@@ -18,9 +18,10 @@ use tokio_rustls::TlsConnector;
 use crate::drift::{percent_encode, DriftQuery, DriftRecordOut, DriftView, Heatmap, HeatmapQuery};
 use crate::operator::ErrorBody;
 use crate::rollout::StartRollout;
+use crate::service::configs::{ConfigOut, ConfigPush, DeviceConfig};
 use crate::service::views::*;
 use crate::service::{ErrorKind, FleetOps, Result, ServiceError};
-use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, TrustedKey};
+use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, TrustedKey};
 use crate::types::RolloutAction;
 
 /// Where the server is and how to reach it.
@@ -300,6 +301,21 @@ impl FleetOps for RemoteFleet {
             public_pem: pem.to_string(),
         };
         self.json(Method::POST, &format!("{P}/keys"), &body).await
+    }
+    async fn device_config(&self, id: &str) -> Result<DeviceConfig> {
+        self.get(&format!("{P}/devices/{}/config", seg(id)), &[])
+            .await
+    }
+    async fn configs(&self) -> Result<Vec<ConfigRow>> {
+        self.get(&format!("{P}/configs"), &[]).await
+    }
+    async fn config(&self, name: &str, version_number: i64) -> Result<ConfigRow> {
+        self.get(&format!("{P}/configs/{}/{version_number}", seg(name)), &[])
+            .await
+    }
+    async fn push_config(&self, name: &str, p: &ConfigPush) -> Result<ConfigOut> {
+        self.json(Method::POST, &format!("{P}/configs/{}", seg(name)), p)
+            .await
     }
     async fn bundles(&self) -> Result<Vec<BundleOut>> {
         self.get(&format!("{P}/bundles"), &[]).await

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::store::{now_ms, Device, FleetStore, Rollout, RolloutReport, StoreError};
-use crate::types::{DeviceRolloutState, RolloutAction, RolloutPhase, RolloutState, UpdateOutcome};
+use crate::types::{
+    DeviceRolloutState, RolloutAction, RolloutKind, RolloutPhase, RolloutState, UpdateOutcome,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
@@ -70,7 +72,7 @@ pub fn desired(rollouts: &[Rollout], d: &Device) -> Vec<(String, i64, String)> {
     let mut decided: Vec<String> = Vec::new();
     let mut out = Vec::new();
     for r in rollouts {
-        if decided.contains(&r.bundle) || !targets(r, d) {
+        if r.kind != RolloutKind::Bundle || decided.contains(&r.bundle) || !targets(r, d) {
             continue;
         }
         match r.state {
@@ -85,6 +87,36 @@ pub fn desired(rollouts: &[Rollout], d: &Device) -> Vec<(String, i64, String)> {
     out
 }
 
+/// The configuration a device should run: (configuration name, version number, rollout
+/// id). A device runs one configuration file, so every configuration rollout competes: the
+/// newest that reaches it decides, with the same walk back in time as bundles (a halted one
+/// keeps what the device runs: no instruction).
+pub fn desired_config(rollouts: &[Rollout], d: &Device) -> Option<(String, i64, String)> {
+    for r in rollouts {
+        if r.kind != RolloutKind::Config || !targets(r, d) {
+            continue;
+        }
+        match r.state {
+            RolloutState::Active if in_phase(r, d) => {
+                return Some((r.bundle.clone(), r.version_number, r.id.clone()))
+            }
+            RolloutState::Halted => return None,
+            RolloutState::Active | RolloutState::RolledBack => {}
+        }
+    }
+    None
+}
+
+/// Whether the device's last check-in says it runs fleet configuration `name#version`.
+fn runs_config(d: &Device, name: &str, version_number: i64) -> bool {
+    d.status
+        .as_deref()
+        .and_then(|s| serde_json::from_str::<edge_wire::sync::CheckIn>(s).ok())
+        .and_then(|c| c.config)
+        .and_then(|c| c.applied)
+        .is_some_and(|(n, v)| n == name && i64::try_from(v).ok() == Some(version_number))
+}
+
 /// Where a targeted device is in a rollout: its report decides; otherwise whether it runs
 /// the version (`bundle#version_number` at its last check-in), whether it checked in since
 /// its phase began (so it was told), or neither.
@@ -95,8 +127,13 @@ pub fn device_state(r: &Rollout, d: &Device, report: Option<&RolloutReport>) -> 
     if !in_phase(r, d) {
         return DeviceRolloutState::Waiting;
     }
-    let target = format!("{}#{}", r.bundle, r.version_number);
-    if d.models.contains(&target) {
+    let applied = match r.kind {
+        RolloutKind::Bundle => d
+            .models
+            .contains(&format!("{}#{}", r.bundle, r.version_number)),
+        RolloutKind::Config => runs_config(d, &r.bundle, r.version_number),
+    };
+    if applied {
         return DeviceRolloutState::Applied;
     }
     let phase_began = if is_canary(r, d) {
@@ -115,6 +152,10 @@ pub fn device_state(r: &Rollout, d: &Device, report: Option<&RolloutReport>) -> 
 /// labels, canaries first when a canary label or percentage is given.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StartRollout {
+    /// What it hands out (default: a bundle).
+    #[serde(default = "bundle_kind")]
+    pub kind: RolloutKind,
+    /// The bundle name, or the fleet configuration's name.
     pub bundle: String,
     pub version_number: i64,
     #[serde(default)]
@@ -135,16 +176,32 @@ fn one() -> i64 {
     1
 }
 
+fn bundle_kind() -> RolloutKind {
+    RolloutKind::Bundle
+}
+
 pub async fn start(
     store: &FleetStore,
     s: StartRollout,
     actor: &str,
 ) -> Result<Rollout, RolloutError> {
-    if store.bundle(&s.bundle, s.version_number).await?.is_none() {
-        return Err(RolloutError::Invalid(format!(
-            "no bundle {} with version number {} in the registry (push it first)",
-            s.bundle, s.version_number
-        )));
+    match s.kind {
+        RolloutKind::Bundle => {
+            if store.bundle(&s.bundle, s.version_number).await?.is_none() {
+                return Err(RolloutError::Invalid(format!(
+                    "no bundle {} with version number {} in the registry (push it first)",
+                    s.bundle, s.version_number
+                )));
+            }
+        }
+        RolloutKind::Config => {
+            if store.config(&s.bundle, s.version_number).await?.is_none() {
+                return Err(RolloutError::Invalid(format!(
+                    "no configuration {} with version number {} (push it first: fleet-server config push)",
+                    s.bundle, s.version_number
+                )));
+            }
+        }
     }
     if let Some(p) = s.canary_percent {
         if !(1..=100).contains(&p) {
@@ -174,6 +231,7 @@ pub async fn start(
     let canary = s.canary_percent.is_some() || s.canary_label.is_some();
     let r = Rollout {
         id: format!("r{now:x}{:04x}", fastrand::u16(..)),
+        kind: s.kind,
         bundle: s.bundle,
         version_number: s.version_number,
         selector: s.selector,
@@ -203,7 +261,8 @@ pub fn describe(r: &Rollout) -> String {
         (None, None) => String::new(),
     };
     format!(
-        "{}#{} to [{}] phase {}{canary} max_failures {}",
+        "{} {}#{} to [{}] phase {}{canary} max_failures {}",
+        r.kind,
         r.bundle,
         r.version_number,
         r.selector.join(","),
@@ -312,6 +371,7 @@ mod tests {
     fn ro(id: &str, v: i64, state: &str, phase: &str, canary: Option<&str>) -> Rollout {
         Rollout {
             id: id.into(),
+            kind: RolloutKind::Bundle,
             bundle: "m".into(),
             version_number: v,
             selector: vec!["site=a".into()],
@@ -387,5 +447,41 @@ mod tests {
             .count();
         assert!((60..=140).contains(&n), "{n}");
         assert_eq!(in_percent("r1", "dev-7", 10), in_percent("r1", "dev-7", 10));
+    }
+
+    #[test]
+    fn one_configuration_per_device_newest_rollout_decides() {
+        let d = dev("d1", &["site=a", "canary"]);
+        let cfg = |id: &str, name: &str, v: i64, state: &str| Rollout {
+            kind: RolloutKind::Config,
+            bundle: name.into(),
+            ..ro(id, v, state, "full", None)
+        };
+        // Newest first: a configuration rollout of another name still decides, and bundle
+        // rollouts never count as configurations (nor the reverse).
+        let list = vec![
+            cfg("r3", "line-b", 1, "active"),
+            ro("r2", 5, "active", "full", None),
+            cfg("r1", "line-a", 4, "active"),
+        ];
+        assert_eq!(
+            desired_config(&list, &d),
+            Some(("line-b".into(), 1, "r3".into()))
+        );
+        assert_eq!(desired(&list, &d), vec![("m".into(), 5, "r2".into())]);
+        // Rolled back: the previous one again; halted: no instruction.
+        let list = vec![
+            cfg("r3", "line-b", 1, "rolled_back"),
+            cfg("r1", "line-a", 4, "active"),
+        ];
+        assert_eq!(
+            desired_config(&list, &d),
+            Some(("line-a".into(), 4, "r1".into()))
+        );
+        let list = vec![
+            cfg("r3", "line-b", 1, "halted"),
+            cfg("r1", "line-a", 4, "active"),
+        ];
+        assert_eq!(desired_config(&list, &d), None);
     }
 }

@@ -112,6 +112,17 @@ string_enum! {
 }
 
 string_enum! {
+    /// What a rollout hands out.
+    RolloutKind ("rollout kind") {
+        /// A model bundle version (`bundle` names the bundle).
+        Bundle = "bundle",
+        /// An agent configuration version (`bundle` names the fleet configuration). A
+        /// device runs one configuration: the newest rollout that reaches it decides.
+        Config = "config",
+    }
+}
+
+string_enum! {
     /// Which targeted devices an active rollout reaches.
     RolloutPhase ("rollout phase") {
         /// Only its canaries (a label or a stable percentage).

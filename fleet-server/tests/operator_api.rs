@@ -369,6 +369,11 @@ async fn seed(a: &mut Api) {
         }],
         last_error: Some("upload refused once".into()),
         uptime_s: 60,
+        config: Some(edge_wire::sync::ConfigStatus {
+            sha256: "ab".repeat(32),
+            applied: None,
+            pending: None,
+        }),
     };
     for id in ["d1", "d2"] {
         let d = a.f.store.device(id).await.unwrap().unwrap();
@@ -415,6 +420,21 @@ async fn seed(a: &mut Api) {
         .ingest("d1", "predictions", 1, &[(1, 0, p.as_slice())])
         .await
         .unwrap();
+    let r = a
+        .as_(
+            "olga",
+            "POST",
+            "/v1/operator/configs/line-a",
+            Some(json!({"fragments": [["base.toml", "[agent]\nid = \"gw\"\n"], ["site.toml", "[[sources.simulated]]\nname = \"plant\"\n"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_documented("POST", "/v1/operator/configs/{name}", 201, &r.body);
+    assert_eq!(r.json()["version_number"], 1);
+    assert!(r.json()["toml"]
+        .as_str()
+        .unwrap()
+        .contains("[[sources.simulated]]"));
     use ed25519_dalek::SigningKey;
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let v2 = edge_wire::bundle::file::pack(&manifest(2), b"model", &key).unwrap();
@@ -464,6 +484,8 @@ fn concrete(path: &str, rollout: &str, alarm: &str, token: &str) -> String {
         .replace("/tokens/{id}", &format!("/tokens/{token}"))
         .replace("/bundles/{name}", &format!("/bundles/{BUNDLE}"))
         .replace("/policies/{name}", "/policies/retrain-a")
+        .replace("/configs/{name}/{version}", "/configs/line-a/1")
+        .replace("/configs/{name}", "/configs/line-a")
         .replace("/users/{name}", "/users/vic")
 }
 
@@ -742,6 +764,38 @@ async fn every_answer_matches_its_documented_schema() {
     assert_eq!(r.status, 422, "{}", r.text());
     assert_documented("POST", "/v1/operator/bundles", 422, &r.body);
     assert_eq!(a.svc.store().bundles().await.unwrap().len(), 2);
+    // A configuration with an inline secret: refused with the key, nothing stored.
+    let r = a
+        .as_(
+            "olga",
+            "POST",
+            "/v1/operator/configs/line-a",
+            Some(json!({"fragments": [["all.toml", "[agent]\nid = \"gw\"\n[[outputs.mqtt]]\nname = \"o\"\n[outputs.mqtt.broker]\nurl = \"mqtt://b\"\npassword = \"hunter2\"\n"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_documented("POST", "/v1/operator/configs/{name}", 422, &r.body);
+    assert!(
+        r.text().contains("outputs.mqtt[0].broker.password"),
+        "{}",
+        r.text()
+    );
+    assert!(!r.text().contains("hunter2"));
+    assert_eq!(a.svc.store().configs().await.unwrap().len(), 1);
+    // A viewer reads configurations but cannot push them.
+    let r = a
+        .as_(
+            "vic",
+            "POST",
+            "/v1/operator/configs/line-a",
+            Some(json!({"fragments": [["a", "[agent]\n"]]})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = a
+        .as_("vic", "GET", "/v1/operator/devices/d1/config", None)
+        .await;
+    assert_eq!(r.json()["state"], "unmanaged", "{}", r.text());
 }
 
 #[tokio::test]
@@ -1126,6 +1180,7 @@ async fn every_state_change_is_audited_under_the_operator() {
     let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
     for want in [
         "model.push",
+        "config.push",
         "rollout.start",
         "rollout.promote",
         "device.revoke",

@@ -62,6 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }],
                 last_error: Some("broker unreachable".into()),
                 uptime_s: 3600,
+                config: None,
             }),
         ),
         (
@@ -118,6 +119,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 }],
                 next_checkin_s: 10,
+                desired_config: None,
             }),
         ),
         (

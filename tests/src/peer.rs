@@ -190,6 +190,15 @@ impl Peer {
         &self.log
     }
 
+    /// The exit code once the process has ended by itself (`None` while it runs, or when a
+    /// signal ended it). Does not wait.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|s| s.code())
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

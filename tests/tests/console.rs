@@ -354,6 +354,7 @@ fn console_in_a_real_browser_with_three_agents_and_the_remote_cli() {
             streams: vec![],
             last_error: None,
             uptime_s: 0,
+            config: None,
         }),
     )
     .expect("device call with an operator token");

@@ -105,6 +105,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
             streams: vec![],
             last_error: None,
             uptime_s: 0,
+            config: None,
         },
     )
     .expect("B checks in");
@@ -240,6 +241,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
             streams: vec![],
             last_error: None,
             uptime_s: 0,
+            config: None,
         },
     );
     let (st, msg) = r.expect_err("revoked device checked in");

@@ -33,6 +33,9 @@ pub type WillFn = Arc<dyn Fn() -> Option<LastWill> + Send + Sync>;
 pub struct Link {
     pub client: AsyncClient,
     pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    /// Whether the broker connection is up (set on CONNACK, cleared on a failure): what the
+    /// health check of a new configuration reads.
+    pub up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Link {
@@ -68,6 +71,8 @@ impl Link {
         let url = broker.url.clone();
         let mut backoff = broker.reconnect.backoff();
         let sub_client = client.clone();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let link_up = up.clone();
         tokio::spawn(async move {
             let mut latch = ErrorLatch::default();
             loop {
@@ -78,6 +83,7 @@ impl Link {
                 let out = match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff.reset();
+                        link_up.store(true, std::sync::atomic::Ordering::Relaxed);
                         if latch.ok().is_some() {
                             tracing::info!(output = %name, url = %url, "mqtt output reconnected");
                         } else {
@@ -101,6 +107,7 @@ impl Link {
                     Ok(Event::Incoming(Packet::Publish(p))) => LinkEvent::Incoming(p),
                     Ok(_) => continue,
                     Err(e) => {
+                        link_up.store(false, std::sync::atomic::Ordering::Relaxed);
                         let msg = e.to_string();
                         let (delay, fatal) = match fatal_reason(&e) {
                             Some(why) => (backoff.fatal_delay(), Some(why)),
@@ -133,6 +140,6 @@ impl Link {
                 }
             }
         });
-        Link { client, events }
+        Link { client, events, up }
     }
 }

@@ -42,12 +42,21 @@ pub struct SyncConfig {
     pub request_timeout: Duration,
     #[serde(default)]
     pub health: HealthConfig,
+    /// How long a configuration file the fleet sent has to become healthy (every source
+    /// connected, pipeline moving, MQTT outputs connected, a fleet check-in) before the
+    /// agent rolls it back to the last good one. Taken from the new file.
+    #[serde(default = "default_config_health_timeout", with = "humantime_serde")]
+    pub config_health_timeout: Duration,
     /// Retry timing after a failed sync: exponential from `initial` up to `max`, jittered
     /// (each delay drawn from [d/2, d]) so a fleet that lost its server does not come back
     /// in lockstep. `max` is also the delay after a refusal only an operator can fix
     /// (revoked device, used token). Default `{ initial = "1s", max = "60s" }`.
     #[serde(default = "default_retry")]
     pub retry: edge_sources::backoff::ReconnectConfig,
+}
+
+fn default_config_health_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_retry() -> edge_sources::backoff::ReconnectConfig {

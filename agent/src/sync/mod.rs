@@ -11,7 +11,9 @@
 //!    (alarms and drift before raw samples), within the bandwidth cap; the outbox cursor
 //!    `fleet` moves only to what the server acked (highest contiguous sequence stored), so a
 //!    cut mid-upload re-sends and the server de-duplicates;
-//! 5. apply model updates (`update.rs`).
+//! 5. apply model updates (`update.rs`);
+//! 6. take a desired configuration file ([`crate::remote_config`]): send the reports owed
+//!    about earlier ones, validate and stage a new one, and ask the run to restart with it.
 //!
 //! Failures are logged once per change and retried with backoff; an operator-fixable refusal
 //! (revoked device, bad token) is retried slowly.
@@ -53,6 +55,19 @@ pub struct SyncStats {
     pub last_checkin_ms: std::sync::atomic::AtomicU64,
 }
 
+/// What the sync task needs for remote configuration.
+#[derive(Debug, Clone)]
+pub struct RemoteControl {
+    /// The configuration file and its companions.
+    pub config: Arc<crate::remote_config::RemoteConfig>,
+    /// The text of the file this run loaded.
+    pub running: String,
+    /// Its SHA-256 (what the device reports).
+    pub running_sha256: String,
+    /// Ends the run for a restart with a new file.
+    pub restart: crate::remote_config::RestartRequest,
+}
+
 pub struct SyncTask {
     pub cfg: SyncConfig,
     pub agent_id: String,
@@ -60,6 +75,8 @@ pub struct SyncTask {
     pub outbox: Option<Arc<SledOutbox>>,
     pub updater: Updater,
     pub stats: Arc<SyncStats>,
+    /// Remote configuration (absent: the agent runs without a configuration file).
+    pub remote: Option<RemoteControl>,
     started: Instant,
     /// Bundle identities by file stamp: a check-in hashes a bundle only when it changed.
     identities: std::sync::Mutex<IdentityCache>,
@@ -118,6 +135,7 @@ impl SyncTask {
             outbox,
             updater,
             stats: Arc::default(),
+            remote: None,
             started: Instant::now(),
             identities: Default::default(),
         }
@@ -251,6 +269,15 @@ impl SyncTask {
         };
         // 2. Reports owed from earlier cycles.
         self.send_reports(c, pending_reports).await.map_err(fail)?;
+        self.send_config_reports(c).await.map_err(fail)?;
+        if let Some(d) = &reply.desired_config {
+            if self.take_config(d) {
+                self.send_config_reports(c).await.map_err(fail)?;
+                // The run ends for the restart; uploads continue after it.
+                return Ok(next);
+            }
+            self.send_config_reports(c).await.map_err(fail)?;
+        }
         // 3. Upload, highest priority first, for at most a few intervals.
         self.upload(c, next * 3).await.map_err(fail)?;
         // 4. Updates.
@@ -279,6 +306,40 @@ impl SyncTask {
             pending.remove(0);
         }
         Ok(())
+    }
+
+    /// Sends the configuration reports owed, oldest first; each is forgotten once the
+    /// server took it.
+    async fn send_config_reports(&self, c: &mut FleetClient) -> Result<(), ClientError> {
+        let Some(r) = &self.remote else {
+            return Ok(());
+        };
+        for report in r.config.owed() {
+            let _: wire::Empty = c.call(wire::path::CONFIG_REPORT, &report).await?;
+            if let Err(e) = r.config.acknowledged(&report) {
+                tracing::warn!("remote configuration: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates and stages a desired configuration; true when the run must restart.
+    fn take_config(&self, d: &wire::DesiredConfig) -> bool {
+        let Some(r) = &self.remote else {
+            return false;
+        };
+        match r.config.stage(d, &r.running) {
+            Ok(crate::remote_config::Staged::Restart(how)) => {
+                r.restart.request(how);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::error!(name = %d.name, version_number = d.version_number,
+                    "remote configuration: cannot stage the fleet's configuration: {e}");
+                false
+            }
+        }
     }
 
     fn identify_cached(&self, path: &std::path::Path) -> Option<update::BundleIdentity> {
@@ -333,6 +394,10 @@ impl SyncTask {
             streams,
             last_error,
             uptime_s: self.started.elapsed().as_secs(),
+            config: self
+                .remote
+                .as_ref()
+                .map(|r| r.config.status(&r.running_sha256)),
         }
     }
 

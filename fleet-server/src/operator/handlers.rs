@@ -282,6 +282,41 @@ pub(super) async fn compute_delta(
     }
 }
 
+// ---- configurations ----
+
+pub(super) async fn configs(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).configs().await)
+}
+
+pub(super) async fn config(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path((name, version)): Path<(String, i64)>,
+) -> Response {
+    respond(st.service.acting(p).config(&name, version).await)
+}
+
+pub(super) async fn push_config(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match json_body::<crate::service::configs::ConfigPush>(&headers, &body) {
+        Ok(c) => created(st.service.acting(p).push_config(&name, &c).await),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn device_config(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(id): Path<String>,
+) -> Response {
+    respond(st.service.acting(p).device_config(&id).await)
+}
+
 // ---- rollouts ----
 
 pub(super) async fn rollouts(State(st): State<OperatorState>, Extension(p): Who) -> Response {

@@ -13,6 +13,7 @@
 
 mod accounts;
 mod alarms;
+pub mod configs;
 mod devices;
 mod drift;
 mod models;

@@ -5,9 +5,10 @@
 
 use crate::drift::{DriftQuery, DriftRecordOut, DriftView, Heatmap, HeatmapQuery};
 use crate::rollout::StartRollout;
-use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, TrustedKey};
+use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, TrustedKey};
 use crate::types::RolloutAction;
 
+use super::configs::{ConfigOut, ConfigPush, DeviceConfig};
 use super::views::*;
 use super::{Acting, Result};
 
@@ -25,6 +26,10 @@ pub trait FleetOps {
     async fn set_labels(&self, id: &str, labels: &[String]) -> Result<DeviceSummary>;
     async fn revoke_device(&self, id: &str) -> Result<DeviceSummary>;
     async fn create_enrollment_token(&self, r: &EnrollmentTokenRequest) -> Result<EnrollmentToken>;
+    async fn device_config(&self, id: &str) -> Result<DeviceConfig>;
+    async fn configs(&self) -> Result<Vec<ConfigRow>>;
+    async fn config(&self, name: &str, version_number: i64) -> Result<ConfigRow>;
+    async fn push_config(&self, name: &str, p: &ConfigPush) -> Result<ConfigOut>;
     async fn keys(&self) -> Result<Vec<TrustedKey>>;
     async fn trust_key(&self, pem: &str) -> Result<TrustedKey>;
     async fn bundles(&self) -> Result<Vec<BundleOut>>;
@@ -82,6 +87,10 @@ delegate! {
     set_labels(id: &str, labels: &[String]) -> DeviceSummary;
     revoke_device(id: &str) -> DeviceSummary;
     create_enrollment_token(r: &EnrollmentTokenRequest) -> EnrollmentToken;
+    device_config(id: &str) -> DeviceConfig;
+    configs() -> Vec<ConfigRow>;
+    config(name: &str, version_number: i64) -> ConfigRow;
+    push_config(name: &str, p: &ConfigPush) -> ConfigOut;
     keys() -> Vec<TrustedKey>;
     trust_key(pem: &str) -> TrustedKey;
     bundles() -> Vec<BundleOut>;

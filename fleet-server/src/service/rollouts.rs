@@ -101,8 +101,14 @@ impl Acting {
 
     pub async fn start_rollout(&self, s: &StartRollout) -> Result<RolloutSummary> {
         self.require(Role::Operator, "starting rollouts")?;
-        // The validation gate: refused unless passed, or forced (audited as such).
-        let forced = match self.gate_refusal(&s.bundle, s.version_number).await? {
+        // The validation gate (bundles): refused unless passed, or forced (audited as such).
+        let gate = match s.kind {
+            crate::types::RolloutKind::Bundle => {
+                self.gate_refusal(&s.bundle, s.version_number).await?
+            }
+            crate::types::RolloutKind::Config => None,
+        };
+        let forced = match gate {
             None => None,
             Some(why) if s.force => Some(why),
             Some(why) => {

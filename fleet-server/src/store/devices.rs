@@ -882,6 +882,7 @@ mod tests {
             }],
             last_error: error.map(str::to_string),
             uptime_s: 1,
+            config: None,
         }
     }
 

@@ -1189,6 +1189,7 @@ mod tests {
                     streams: vec![],
                     last_error: None,
                     uptime_s: 0,
+                    config: None,
                 };
                 st.check_in(&d, &report, "{}", 60_000).await
             }));

@@ -257,6 +257,25 @@ const MIGRATIONS: &[Migration] = &[
                 PRIMARY KEY (bundle, version_number))"),
         ],
     },
+    Migration {
+        version: 8,
+        name: "remote configuration: fleet configurations, config rollouts, apply reports",
+        steps: &[
+            // `fragments` is JSON: [[name, text], ...] in merge order; `toml` the merged file.
+            Sql("CREATE TABLE configs (
+                name TEXT NOT NULL, version_number BIGINT NOT NULL, sha256 TEXT NOT NULL,
+                toml TEXT NOT NULL, fragments TEXT NOT NULL, pushed_by TEXT NOT NULL,
+                pushed_at BIGINT NOT NULL, PRIMARY KEY (name, version_number))"),
+            Sql("ALTER TABLE rollouts ADD COLUMN kind TEXT NOT NULL DEFAULT 'bundle'"),
+            // Every configuration report a device sent (errors: JSON list of strings).
+            Sql("CREATE TABLE config_reports (
+                device_id TEXT NOT NULL, at BIGINT NOT NULL, name TEXT NOT NULL,
+                version_number BIGINT NOT NULL, sha256 TEXT NOT NULL, rollout_id TEXT,
+                outcome TEXT NOT NULL, applied_by TEXT NOT NULL, detail TEXT NOT NULL,
+                errors TEXT NOT NULL)"),
+            Sql("CREATE INDEX config_reports_device ON config_reports (device_id, at)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

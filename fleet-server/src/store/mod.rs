@@ -19,6 +19,7 @@
 mod accounts;
 mod artifacts;
 mod audit;
+mod configs;
 mod copy;
 mod devices;
 mod drift;
@@ -39,6 +40,7 @@ use sqlx::AnyPool;
 pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
 pub use artifacts::{CaRow, CHUNK};
 pub use audit::{AuditEntry, AuditQuery};
+pub use configs::{ConfigReportRow, ConfigRow};
 pub use copy::CopyReport;
 pub use devices::{
     CheckInUpdate, CheckInWrite, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup,

@@ -4,11 +4,13 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{list_of, now_ms, parse_enum, FleetStore, Result};
-use crate::types::{RolloutAction, RolloutPhase, RolloutState, UpdateOutcome};
+use crate::types::{RolloutAction, RolloutKind, RolloutPhase, RolloutState, UpdateOutcome};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
     pub id: String,
+    /// What it hands out: a bundle, or a fleet configuration (named in `bundle`).
+    pub kind: RolloutKind,
     pub bundle: String,
     pub version_number: i64,
     /// `key=value` labels a device must all carry (empty: every device).
@@ -45,6 +47,7 @@ pub struct RolloutReport {
 fn rollout_of(r: &AnyRow) -> Result<Rollout> {
     Ok(Rollout {
         id: r.try_get("id")?,
+        kind: parse_enum(&r.try_get::<String, _>("kind")?)?,
         bundle: r.try_get("bundle")?,
         version_number: r.try_get("version_number")?,
         selector: list_of(&r.try_get::<String, _>("selector")?),
@@ -63,7 +66,7 @@ fn rollout_of(r: &AnyRow) -> Result<Rollout> {
 impl FleetStore {
     pub async fn add_rollout(&self, r: &Rollout) -> Result<()> {
         let _writer = self.writer.lock().await;
-        sqlx::query("INSERT INTO rollouts (id, bundle, version_number, selector, canary_percent, canary_label, phase, state, max_failures, created_by, created_at, updated_at, promoted_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
+        sqlx::query("INSERT INTO rollouts (id, bundle, version_number, selector, canary_percent, canary_label, phase, state, max_failures, created_by, created_at, updated_at, promoted_at, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
             .bind(&r.id)
             .bind(&r.bundle)
             .bind(r.version_number)
@@ -77,6 +80,7 @@ impl FleetStore {
             .bind(r.created_at)
             .bind(r.updated_at)
             .bind(r.promoted_at)
+            .bind(r.kind.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -249,6 +253,7 @@ mod tests {
         let other = s.another_pool().await.unwrap(); // a second replica's pool
         let r = Rollout {
             id: "r1".into(),
+            kind: RolloutKind::Bundle,
             bundle: "pump".into(),
             version_number: 2,
             selector: vec![],

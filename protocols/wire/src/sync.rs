@@ -13,6 +13,7 @@
 //! | `POST /v1/checkin` | [`CheckIn`] | [`CheckInReply`] |
 //! | `POST /v1/upload` | [`UploadBatch`] | [`UploadAck`] |
 //! | `POST /v1/report` | [`UpdateReport`] | [`Empty`] |
+//! | `POST /v1/config/report` | [`ConfigReport`] | [`Empty`] |
 //! | `GET /v1/artifacts/{sha256}` | — | bundle or delta bytes (HTTP ranges) |
 //!
 //! Errors are plain-text bodies with a 4xx/5xx status.
@@ -40,6 +41,8 @@ pub mod path {
     pub const REPORT: &str = "/v1/report";
     /// Followed by `/{sha256}`.
     pub const ARTIFACTS: &str = "/v1/artifacts";
+    /// [`super::ConfigReport`] → [`super::Empty`].
+    pub const CONFIG_REPORT: &str = "/v1/config/report";
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -233,6 +236,74 @@ pub struct CheckIn {
     pub last_error: Option<String>,
     /// Seconds since the agent started.
     pub uptime_s: u64,
+    /// The configuration file the agent runs (absent: an agent that predates remote
+    /// configuration, or one run without a file).
+    #[serde(default)]
+    pub config: Option<ConfigStatus>,
+}
+
+/// The configuration a device runs, as it reports it at every check-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// SHA-256 of the configuration file's bytes as the agent loaded them. The server
+    /// compares it with the desired configuration's: a local edit shows as drift.
+    pub sha256: String,
+    /// The fleet configuration it was applied from (`name`, `version_number`), when the
+    /// file is one the fleet sent and nobody edited it since.
+    pub applied: Option<(String, u64)>,
+    /// A configuration being health-checked right now (its SHA-256).
+    pub pending: Option<String>,
+}
+
+/// A configuration the server wants the device to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredConfig {
+    /// The fleet configuration's name.
+    pub name: String,
+    /// Its version number (one per push of that name).
+    pub version_number: u64,
+    /// SHA-256 of `toml`: the file the device writes must hash to this.
+    pub sha256: String,
+    /// The whole agent configuration file (fragments already merged by the server).
+    pub toml: String,
+    /// The rollout that asks for it (reported back with the outcome).
+    pub rollout: Option<String>,
+}
+
+/// How applying a configuration ended on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfigOutcome {
+    /// Validated, applied and healthy; now the device's last good configuration.
+    Applied,
+    /// Refused by validation (the checks of `edge-agent check`); nothing was touched.
+    Refused,
+    /// Applied, then failed its health check (or the agent kept dying with it); the last
+    /// good configuration runs again.
+    RolledBack,
+}
+
+/// One configuration attempt, reported after it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    /// The fleet configuration's name.
+    pub name: String,
+    /// Its version number.
+    pub version_number: u64,
+    /// SHA-256 of the configuration.
+    pub sha256: String,
+    /// The rollout that asked.
+    pub rollout: Option<String>,
+    /// How it ended.
+    pub outcome: ConfigOutcome,
+    /// How it was applied: `in_process` (the agent restarted its pipeline and delivery
+    /// without exiting), `restart` (the process exited for systemd to start it again), or
+    /// `none` (refused).
+    pub applied_by: String,
+    /// Why, in words: the health check's verdict, or the refusal.
+    pub detail: String,
+    /// Validation errors, one per problem, each naming the key and line.
+    pub errors: Vec<String>,
 }
 
 /// A bundle the server wants the device to run, with how to get it from what it runs now.
@@ -274,6 +345,10 @@ pub struct CheckInReply {
     pub desired: Vec<DesiredBundle>,
     /// Seconds until the next check-in.
     pub next_checkin_s: u64,
+    /// The configuration the device should run, when its reported one differs (absent for
+    /// servers that predate remote configuration).
+    #[serde(default)]
+    pub desired_config: Option<DesiredConfig>,
 }
 
 /// One outbox record as stored on the device (the outbox's own CBOR payload).

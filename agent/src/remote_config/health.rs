@@ -1,0 +1,130 @@
+//! The health check of a freshly applied configuration: what "the new file works" means,
+//! decided on the running agent's own counters.
+//!
+//! Healthy = all of these at the same check, within the timeout (`[sync]
+//! config_health_timeout`, 60 s by default):
+//! - every source connected to its device (`edge_source_connected`);
+//! - the pipeline moving (the hub's heartbeat advanced since the last check);
+//! - every MQTT output connected to its broker;
+//! - a fleet check-in succeeded since this run started (a file that cuts the device off from
+//!   the fleet server — wrong address, CA, or no `[sync]` — never passes).
+//!
+//! Checked every [`CHECK_EVERY`]. Passing commits the file as the last good one; the
+//! timeout rolls it back with the criteria that were not met as the reason.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Pending, RemoteConfig, Restart, RestartRequest};
+use crate::metrics::Metrics;
+use crate::sync::SyncStats;
+
+/// How often the criteria are evaluated.
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// What the health check reads.
+#[derive(Debug)]
+pub struct HealthInputs {
+    /// The run's counters (sources, pipeline heartbeat).
+    pub metrics: Arc<Metrics>,
+    /// Each MQTT output's name and whether its broker connection is up.
+    pub mqtt: Vec<(String, Arc<AtomicBool>)>,
+    /// The fleet sync's counters (absent: the file has no `[sync]`).
+    pub sync: Option<Arc<SyncStats>>,
+    /// Unix ms when this run started: a check-in must be newer.
+    pub started_ms: u64,
+}
+
+impl HealthInputs {
+    /// The criteria not met now (empty: healthy). `last_beat` is the heartbeat seen at the
+    /// previous check (updated here).
+    pub fn unmet(&self, last_beat: &mut Option<u64>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, connected, errors) in self.metrics.source_connections() {
+            if !connected {
+                out.push(format!(
+                    "source {name} not connected ({errors} connection/read errors, see the agent log)"
+                ));
+            }
+        }
+        let beat = self.metrics.heartbeat();
+        match (beat, *last_beat) {
+            (None, _) => out.push("the pipeline has not started".into()),
+            (Some(b), Some(prev)) if b == prev => out.push("the pipeline is not moving".into()),
+            (Some(_), None) => out.push("the pipeline has not been seen moving yet".into()),
+            _ => {}
+        }
+        *last_beat = beat;
+        for (name, up) in &self.mqtt {
+            if !up.load(Ordering::Relaxed) {
+                out.push(format!("MQTT output {name} not connected to its broker"));
+            }
+        }
+        match &self.sync {
+            None => out.push("no [sync]: the device would be cut off from the fleet server".into()),
+            Some(s) => {
+                let last = s.last_checkin_ms.load(Ordering::Relaxed);
+                if last < self.started_ms {
+                    out.push("no successful fleet check-in with this configuration".into());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Watches `pending` until it is healthy (commit) or `timeout` passed (roll back and ask
+/// for a restart `on_rollback`), or the run stops first (the next start decides again).
+pub async fn watch(
+    remote: Arc<RemoteConfig>,
+    pending: Pending,
+    inputs: HealthInputs,
+    timeout: Duration,
+    restart: RestartRequest,
+    on_rollback: Restart,
+    stop: CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
+    let mut last_beat = None;
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let unmet = inputs.unmet(&mut last_beat);
+        if unmet.is_empty() {
+            let detail = format!(
+                "healthy after {:.1} s (start {}): {} source(s) connected, pipeline moving, {} MQTT output(s) connected, fleet check-in ok",
+                started.elapsed().as_secs_f64(),
+                pending.starts,
+                inputs.metrics.source_connections().len(),
+                inputs.mqtt.len()
+            );
+            if let Err(e) = remote.commit(&pending, &detail) {
+                tracing::error!("remote configuration: cannot record the healthy file: {e}");
+            }
+            return;
+        }
+        if started.elapsed() >= timeout {
+            let why = format!(
+                "not healthy within {}: {}",
+                humantime::format_duration(timeout),
+                unmet.join("; ")
+            );
+            match remote.roll_back(&why) {
+                Ok(true) => restart.request(on_rollback),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(
+                        "remote configuration: cannot roll back: {e}; the agent keeps the new file"
+                    )
+                }
+            }
+            return;
+        }
+    }
+}
