@@ -147,6 +147,12 @@ impl SyncConfig {
             || "must be at least 1s".into(),
         );
         issues.check(
+            self.config_health_timeout >= Duration::from_secs(2)
+                && self.config_health_timeout <= Duration::from_secs(3600),
+            at.key("config_health_timeout"),
+            || "must be between 2s and 1h".into(),
+        );
+        issues.check(
             self.retry.initial >= Duration::from_millis(100),
             at.key("retry").key("initial"),
             || "must be at least 100ms".into(),

@@ -44,6 +44,7 @@ pub async fn page(
         title
     );
     let predictions = or_error!(a.device_predictions(&id, 10).await, s, Nav::Devices, title);
+    let config = or_error!(a.device_config(&id).await, s, Nav::Devices, title);
     // The bundle whose drift is shown: asked for, else the first running model's.
     let running: Vec<(String, String)> = d
         .status
@@ -253,6 +254,35 @@ pub async fn page(
                             td { "#" (u.from_version_number) " → #" (u.to_version_number) }
                             td { span class={"badge outcome-" (u.outcome.as_str())} { (u.outcome.as_str().replace('_', " ")) } }
                             td { (u.method) } td.num { (fmt::bytes(u.bytes)) } td.wrap { (u.detail) }
+                        } } }
+                    } }))
+                }
+            }
+            section aria-labelledby="h-config" {
+                h2 #h-config { "Configuration" }
+                p {
+                    span class={"badge config-" (config.state)} { (config.state.replace('_', " ")) }
+                    " Runs "
+                    @match (&config.applied, &config.reported_sha256) {
+                        (Some((n, v)), _) => { (n) " #" (v) }
+                        (None, Some(sha)) => { "a local file " span.mono title=(sha) { (fmt::short_sha(sha)) "…" } }
+                        (None, None) => { "an unknown file (no report yet)" }
+                    }
+                    @if let Some((n, v, sha, rid)) = &config.desired {
+                        "; the fleet wants " a href={"/console/rollouts/" (rid)} { (n) " #" (v) }
+                        " " span.mono title=(sha) { (fmt::short_sha(sha)) "…" }
+                    }
+                    @if let Some(p) = &config.pending { "; checking " span.mono title=(p) { (fmt::short_sha(p)) "…" } }
+                    "."
+                }
+                @if !config.reports.is_empty() {
+                    (table_wrap("Configuration reports", html! { table {
+                        thead { tr { th scope="col" { "When" } th scope="col" { "Configuration" } th scope="col" { "Outcome" } th scope="col" { "Applied by" } th scope="col" { "Detail" } } }
+                        tbody { @for r in &config.reports { tr {
+                            td { (fmt::when(Some(r.at), now)) } td { (r.name) " #" (r.version_number) }
+                            td { span class={"badge outcome-" (r.outcome)} { (r.outcome.replace('_', " ")) } }
+                            td { (r.applied_by.replace('_', " ")) }
+                            td.wrap { (r.detail) @for e in &r.errors { br; span.mono { (e) } } }
                         } } }
                     } }))
                 }

@@ -69,7 +69,10 @@ fn canary_results(r: &RolloutSummary) -> Markup {
 
 fn actions(r: &RolloutSummary) -> Markup {
     let id = &r.rollout.id;
-    let what = format!("{} #{}", r.rollout.bundle, r.rollout.version_number);
+    let what = format!(
+        "{} {} #{}",
+        r.rollout.kind, r.rollout.bundle, r.rollout.version_number
+    );
     let url = |a: RolloutAction| format!("/v1/operator/rollouts/{id}/{}", a.as_str());
     html! {
         div.buttons {
@@ -136,7 +139,7 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
             @for r in &rollouts {
                 article.rollout aria-labelledby={"h-r-" (r.rollout.id)} {
                     h2 id={"h-r-" (r.rollout.id)} {
-                        a href={"/console/rollouts/" (r.rollout.id)} { (r.rollout.bundle) " #" (r.rollout.version_number) }
+                        a href={"/console/rollouts/" (r.rollout.id)} { (r.rollout.kind) " " (r.rollout.bundle) " #" (r.rollout.version_number) }
                         " " (fmt::rollout_state(r.rollout.state))
                         " " span.muted { "phase " (r.rollout.phase.as_str()) }
                     }
