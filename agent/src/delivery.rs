@@ -29,6 +29,8 @@ pub struct Delivery {
     forwarders: Vec<JoinHandle<()>>,
     /// Each MQTT output's name and whether its broker connection is up.
     mqtt_up: Vec<(String, Arc<std::sync::atomic::AtomicBool>)>,
+    /// Each Sparkplug output's name and its rebirth trigger.
+    rebirth: Vec<(String, Arc<tokio::sync::Notify>)>,
     forward_stop: CancellationToken,
     sync: Option<JoinHandle<()>>,
     sync_stop: CancellationToken,
@@ -80,6 +82,7 @@ impl Delivery {
             commit_stop,
             forwarders: Vec::new(),
             mqtt_up: Vec::new(),
+            rebirth: Vec::new(),
             forward_stop: CancellationToken::new(),
             sync: None,
             sync_stop: CancellationToken::new(),
@@ -94,6 +97,11 @@ impl Delivery {
     /// Each MQTT output's name and whether its broker connection is up.
     pub fn mqtt_links(&self) -> Vec<(String, Arc<std::sync::atomic::AtomicBool>)> {
         self.mqtt_up.clone()
+    }
+
+    /// Each Sparkplug output's name and its rebirth trigger (the `rebirth` command).
+    pub fn rebirth_triggers(&self) -> Vec<(String, Arc<tokio::sync::Notify>)> {
+        self.rebirth.clone()
     }
 
     /// The pipeline output that stores records in the outbox.
@@ -122,6 +130,10 @@ impl Delivery {
             )?;
             self.mqtt_up
                 .push((o.name.clone(), forwarder.link.up.clone()));
+            if o.format == crate::publish::MqttFormat::Sparkplug {
+                self.rebirth
+                    .push((o.name.clone(), forwarder.rebirth.clone()));
+            }
             self.forwarders
                 .push(tokio::spawn(forwarder.run(self.forward_stop.clone())));
         }
@@ -137,6 +149,7 @@ impl Delivery {
         models: Vec<ModelHandle>,
         trusted: Vec<ed25519_dalek::VerifyingKey>,
         remote: Option<crate::sync::RemoteControl>,
+        ops: crate::sync::commands::DeviceOps,
     ) -> Arc<SyncStats> {
         let mut task = SyncTask::new(
             sync.clone(),
@@ -148,6 +161,7 @@ impl Delivery {
             crate::models::floor::FloorStore::new(&cfg.bundle_dir()),
         );
         task.remote = remote;
+        task.ops = ops;
         let stats = task.stats.clone();
         self.sync = Some(tokio::spawn(task.run(self.sync_stop.clone())));
         stats

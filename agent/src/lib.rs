@@ -10,6 +10,7 @@
 pub mod commands;
 pub mod config;
 pub mod delivery;
+pub mod diagnostics;
 pub mod features;
 pub mod inference;
 pub mod logging;
@@ -201,7 +202,23 @@ pub async fn run(
                 }),
                 _ => None,
             };
-            sync_stats = Some(d.start_fleet_sync(&cfg, sc, models, trusted, remote));
+            let diag = sync::commands::DiagnosticsSlot::default();
+            let ops = sync::commands::DeviceOps {
+                restart: control.restart.clone(),
+                rebirth: d.rebirth_triggers(),
+                diagnostics: diag.clone(),
+            };
+            sync_stats = Some(d.start_fleet_sync(&cfg, sc, models, trusted, remote, ops));
+            // The bundle reads the sync's own counters, so it is made after the sync started.
+            let inputs = diagnostics::DiagnosticsInputs {
+                metrics: metrics.clone(),
+                outbox: Some(d.outbox()),
+                sync: sync_stats.clone(),
+                file: control.file.clone(),
+                summary: cfg.summary(),
+                agent_id: cfg.agent.id.clone(),
+            };
+            let _ = diag.set(Arc::new(move || diagnostics::bundle(&inputs)));
             if let Some(s) = &sync_stats {
                 metrics.set_sync(s.clone());
             }

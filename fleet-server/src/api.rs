@@ -201,6 +201,7 @@ pub fn router(state: AppState) -> Router {
         .route(path::UPLOAD, post(upload))
         .route(path::REPORT, post(report))
         .route(path::CONFIG_REPORT, post(config_report))
+        .route(path::COMMAND_RESULT, post(command_result))
         .route(&format!("{}/{{sha}}", path::ARTIFACTS), get(artifact))
         .layer(axum::extract::DefaultBodyLimit::max(sync::MAX_BODY))
         .with_state(state)
@@ -324,12 +325,48 @@ async fn checkin(
         Some(running) => desired_config_for(&st, &d, running).await?,
         None => None, // an agent without remote configuration
     };
+    let commands = st
+        .store
+        .take_commands(&d.id)
+        .await?
+        .into_iter()
+        .map(|c| sync::DeviceCommand {
+            id: c.id,
+            action: c.action,
+        })
+        .collect();
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
         desired,
         next_checkin_s: st.checkin_s,
         desired_config,
+        commands,
     }))
+}
+
+/// A device's result for a command: stored with its attachment and audited.
+async fn command_result(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: sync::CommandResult = decode(&headers, &body)?;
+    if st.store.command_result(&d.id, &r).await? {
+        let outcome = match r.outcome {
+            sync::CommandOutcome::Done => "done",
+            sync::CommandOutcome::Failed => "failed",
+        };
+        st.store
+            .audit(
+                &d.id,
+                &format!("command.{outcome}"),
+                &r.id,
+                &format!("{} ({} bytes attached)", r.detail, r.attachment.len()),
+            )
+            .await?;
+    }
+    Ok(reply(&sync::Empty {}))
 }
 
 /// The configuration file `d` should run, when it runs (and checks) another one.

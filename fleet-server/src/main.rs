@@ -271,6 +271,42 @@ enum DeviceCommand {
     },
     /// One device: status, streams, updates, alarms, rollouts (JSON).
     Show { id: String },
+    /// Send a command to a device: restart, reload-bundles, rebirth or resync. The device runs
+    /// it at its next check-in; `--wait` waits for its answer (exit 1 when it failed).
+    Command {
+        id: String,
+        action: SimpleCommand,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Fetch a device's recent log lines (kept in its memory, newest 1 MiB) through the fleet;
+    /// waits for the device and prints them.
+    Logs {
+        id: String,
+        /// From this long ago.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// The least level: error, warn, info, debug or trace.
+        #[arg(long, default_value = "info")]
+        level: String,
+        /// At most this many bytes (the newest lines are kept).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_bytes: u64,
+        /// How long to wait for the device.
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Fetch a device's diagnostic bundle (JSON: versions, configuration hash, sources,
+    /// outbox, sync, metrics) through the fleet; waits for the device and prints it.
+    Diagnostics {
+        id: String,
+        #[arg(long, default_value_t = 1 << 20)]
+        max_bytes: u64,
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// The commands sent to a device and their outcomes, newest first (JSON lines).
+    Commands { id: String },
     /// The device's status history (backlog and drops per stream), JSON lines.
     History {
         id: String,
@@ -405,6 +441,15 @@ enum RolloutCommand {
     Resume { id: String },
     /// Devices go back to the previous rollout's version.
     Rollback { id: String },
+}
+
+/// A command without parameters (`device command`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SimpleCommand {
+    Restart,
+    ReloadBundles,
+    Rebirth,
+    Resync,
 }
 
 #[derive(Subcommand, Debug)]
@@ -1108,6 +1153,62 @@ async fn device<F: FleetOps>(f: &F, command: DeviceCommand) -> anyhow::Result<()
             }
         }
         DeviceCommand::Show { id } => json_pretty(&f.device(&id).await?)?,
+        DeviceCommand::Command { id, action, wait } => {
+            use edge_wire::sync::CommandAction as A;
+            let action = match action {
+                SimpleCommand::Restart => A::Restart,
+                SimpleCommand::ReloadBundles => A::ReloadBundles,
+                SimpleCommand::Rebirth => A::Rebirth,
+                SimpleCommand::Resync => A::Resync,
+            };
+            let c = send_and_wait(f, &id, action, wait.then_some(Duration::from_secs(120))).await?;
+            outln!("{}", c.command.id);
+            eprintln!(
+                "command {} to {}: {}{}",
+                c.command.id,
+                id,
+                c.state,
+                c.command
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            );
+            if c.state == "failed" {
+                anyhow::bail!("the device could not run the command");
+            }
+        }
+        DeviceCommand::Logs {
+            id,
+            since,
+            level,
+            max_bytes,
+            timeout,
+        } => {
+            let since_ms = (chrono::Utc::now() - chrono::Duration::from_std(since)?)
+                .timestamp_millis()
+                .max(0) as u64;
+            let action = edge_wire::sync::CommandAction::Logs {
+                since_ms,
+                until_ms: None,
+                level,
+                max_bytes,
+            };
+            print_attachment(send_and_wait(f, &id, action, Some(timeout)).await?)?;
+        }
+        DeviceCommand::Diagnostics {
+            id,
+            max_bytes,
+            timeout,
+        } => {
+            let action = edge_wire::sync::CommandAction::Diagnostics { max_bytes };
+            print_attachment(send_and_wait(f, &id, action, Some(timeout)).await?)?;
+        }
+        DeviceCommand::Commands { id } => {
+            for c in f.device_commands(&id).await? {
+                json_line(&c)?;
+            }
+        }
         DeviceCommand::History { id, since } => {
             let q = HistoryQuery::from_pairs(
                 &since
@@ -1283,6 +1384,51 @@ async fn model<F: FleetOps>(f: &F, command: ModelCommand) -> anyhow::Result<()> 
             }
         }
         ModelCommand::Rollout { command } => rollout(f, command).await?,
+    }
+    Ok(())
+}
+
+/// Sends a command; with a timeout, waits for the device's answer (polling once a second).
+async fn send_and_wait<F: FleetOps>(
+    f: &F,
+    device: &str,
+    action: edge_wire::sync::CommandAction,
+    wait: Option<Duration>,
+) -> anyhow::Result<fleet_server::service::commands::CommandOut> {
+    use fleet_server::service::commands::CommandRequest;
+    let c = f.send_command(device, &CommandRequest { action }).await?;
+    let Some(timeout) = wait else {
+        return Ok(c);
+    };
+    eprintln!(
+        "command {} queued for {device}; waiting for the device (it runs commands at its next check-in)",
+        c.command.id
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = f.command(&c.command.id).await?;
+        if matches!(now.state.as_str(), "done" | "failed" | "expired") {
+            return Ok(now);
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "no answer from {device} within {} (the command stays queued for an hour: `device commands {device}`)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Prints a command's attachment (logs, diagnostics), or fails with the device's reason.
+fn print_attachment(c: fleet_server::service::commands::CommandOut) -> anyhow::Result<()> {
+    let detail = c.command.detail.clone().unwrap_or_default();
+    if c.state != "done" {
+        anyhow::bail!("command {} {}: {detail}", c.command.id, c.state);
+    }
+    eprintln!("command {}: {detail}", c.command.id);
+    if let Some(a) = c.attachment {
+        outln!("{}", a.trim_end());
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use crate::drift::{percent_encode, DriftQuery, DriftRecordOut, DriftView, Heatmap, HeatmapQuery};
 use crate::operator::ErrorBody;
 use crate::rollout::StartRollout;
+use crate::service::commands::{CommandOut, CommandRequest};
 use crate::service::configs::{ConfigOut, ConfigPush, DeviceConfig};
 use crate::service::views::*;
 use crate::service::{ErrorKind, FleetOps, Result, ServiceError};
@@ -305,6 +306,21 @@ impl FleetOps for RemoteFleet {
     async fn device_config(&self, id: &str) -> Result<DeviceConfig> {
         self.get(&format!("{P}/devices/{}/config", seg(id)), &[])
             .await
+    }
+    async fn send_command(&self, device: &str, r: &CommandRequest) -> Result<CommandOut> {
+        self.json(
+            Method::POST,
+            &format!("{P}/devices/{}/commands", seg(device)),
+            r,
+        )
+        .await
+    }
+    async fn device_commands(&self, device: &str) -> Result<Vec<CommandOut>> {
+        self.get(&format!("{P}/devices/{}/commands", seg(device)), &[])
+            .await
+    }
+    async fn command(&self, id: &str) -> Result<CommandOut> {
+        self.get(&format!("{P}/commands/{}", seg(id)), &[]).await
     }
     async fn configs(&self) -> Result<Vec<ConfigRow>> {
         self.get(&format!("{P}/configs"), &[]).await

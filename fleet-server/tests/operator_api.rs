@@ -435,6 +435,17 @@ async fn seed(a: &mut Api) {
         .as_str()
         .unwrap()
         .contains("[[sources.simulated]]"));
+    let r = a
+        .as_(
+            "olga",
+            "POST",
+            "/v1/operator/devices/d1/commands",
+            Some(json!({"action": {"kind": "logs", "since_ms": 0, "level": "warn", "max_bytes": 65536}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_documented("POST", "/v1/operator/devices/{id}/commands", 201, &r.body);
+    assert_eq!(r.json()["state"], "queued");
     use ed25519_dalek::SigningKey;
     let key = SigningKey::from_bytes(&[7u8; 32]);
     let v2 = edge_wire::bundle::file::pack(&manifest(2), b"model", &key).unwrap();
@@ -477,8 +488,12 @@ async fn seed(a: &mut Api) {
 }
 
 /// A concrete path for a route pattern.
-fn concrete(path: &str, rollout: &str, alarm: &str, token: &str) -> String {
+fn concrete(path: &str, rollout: &str, alarm: &str, token: &str, command: &str) -> String {
     path.replace("/devices/{id}", "/devices/d1")
+        .replace(
+            "/operator/commands/{id}",
+            &format!("/operator/commands/{command}"),
+        )
         .replace("/rollouts/{id}", &format!("/rollouts/{rollout}"))
         .replace("/alarms/{id}", &format!("/alarms/{alarm}"))
         .replace("/tokens/{id}", &format!("/tokens/{token}"))
@@ -536,7 +551,7 @@ fn openapi_describes_exactly_the_routes_with_their_roles() {
 async fn credentials_and_roles_are_checked_before_anything_else() {
     let a = api().await;
     for (spec, _) in routes(1) {
-        let path = concrete(spec.path, "r-x", "al-x", "tok-x");
+        let path = concrete(spec.path, "r-x", "al-x", "tok-x", "c-x");
         let Some(role) = spec.role else { continue };
         // No credentials: 401, whatever the body.
         let r = a.call(spec.method, &path, &[], b"{not json".to_vec()).await;
@@ -600,13 +615,14 @@ async fn every_answer_matches_its_documented_schema() {
     let token = a.svc.store().api_tokens(Some("vic")).await.unwrap()[0]
         .id
         .clone();
+    let command = a.svc.store().commands("d1", 1).await.unwrap()[0].id.clone();
     // Every GET, as an admin, with its query parameters where they matter.
     for (spec, _) in routes(1) {
         if spec.method != "GET" || spec.path.ends_with("openapi.json") || spec.path.ends_with("/ca")
         {
             continue;
         }
-        let mut path = concrete(spec.path, &rollout, &alarms[0].id, &token);
+        let mut path = concrete(spec.path, &rollout, &alarms[0].id, &token, &command);
         if path.ends_with("/drift") || path.ends_with("/drift/heatmap") {
             path.push_str(&format!("?bundle={BUNDLE}"));
         }
@@ -1181,6 +1197,7 @@ async fn every_state_change_is_audited_under_the_operator() {
     for want in [
         "model.push",
         "config.push",
+        "command.logs",
         "rollout.start",
         "rollout.promote",
         "device.revoke",

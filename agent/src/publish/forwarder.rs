@@ -56,6 +56,11 @@ pub trait Format: Send {
     }
     /// Messages of one outbox record. An undecodable record yields nothing (and is skipped).
     fn encode(&mut self, stream: Stream, seq: u64, payload: &[u8], historical: bool) -> Vec<Msg>;
+    /// Messages of a rebirth an operator asked for through the fleet (Sparkplug: the
+    /// births, when the primary host is online; other formats: nothing).
+    fn rebirth(&mut self) -> Vec<Msg> {
+        Vec::new()
+    }
     /// Messages sent every `periodic_every` (status refresh).
     fn periodic(&mut self) -> Vec<Msg> {
         Vec::new()
@@ -181,6 +186,8 @@ pub struct Forwarder {
     pub ack_timeout: Duration,
     /// Published batches not yet through.
     pub window: Window,
+    /// Woken to publish the format's rebirth (the fleet's `rebirth` command).
+    pub rebirth: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -563,6 +570,7 @@ impl Forwarder {
         let mut stash: Vec<LinkEvent> = Vec::new();
         let mut periodic = tokio::time::interval(self.periodic_every);
         periodic.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rebirth = self.rebirth.clone();
         loop {
             for ev in std::mem::take(&mut stash) {
                 match ev {
@@ -599,6 +607,12 @@ impl Forwarder {
                 _ = stop.cancelled() => break,
                 _ = committed.changed() => {}
                 _ = appended.changed() => {}
+                _ = rebirth.notified(), if connected => {
+                    let msgs = self.format.rebirth();
+                    if matches!(self.publish(msgs, Vec::new()).await, Step::Down) {
+                        connected = false;
+                    }
+                }
                 _ = periodic.tick(), if connected => {
                     let msgs = self.format.periodic();
                     if matches!(self.publish(msgs, Vec::new()).await, Step::Down) {

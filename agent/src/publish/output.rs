@@ -114,5 +114,6 @@ pub fn forwarder(
         periodic_every: Duration::from_secs(30),
         ack_timeout: Duration::from_secs(30),
         window: Default::default(),
+        rebirth: Default::default(),
     })
 }

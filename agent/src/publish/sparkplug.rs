@@ -867,6 +867,15 @@ impl Format for SparkplugFormat {
         self.host_online && self.node_born
     }
 
+    fn rebirth(&mut self) -> Vec<Msg> {
+        tracing::info!(node = %self.node, "Sparkplug rebirth requested through the fleet");
+        if self.host_online {
+            self.births()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn on_incoming(&mut self, p: &rumqttc::Publish) -> Reaction {
         let ncmd = topics::spb_node(&self.group, "NCMD", &self.node);
         if p.topic == ncmd {

@@ -19,6 +19,7 @@
 //! (revoked device, bad token) is retried slowly.
 
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod identity;
 pub mod update;
@@ -77,6 +78,9 @@ pub struct SyncTask {
     pub stats: Arc<SyncStats>,
     /// Remote configuration (absent: the agent runs without a configuration file).
     pub remote: Option<RemoteControl>,
+    /// What operators' commands act on.
+    pub ops: commands::DeviceOps,
+    command_log: commands::CommandLog,
     started: Instant,
     /// Bundle identities by file stamp: a check-in hashes a bundle only when it changed.
     identities: std::sync::Mutex<IdentityCache>,
@@ -128,7 +132,9 @@ impl SyncTask {
             given_up: Default::default(),
             downloaded: Default::default(),
         };
+        let command_log = commands::CommandLog::new(&data_dir);
         SyncTask {
+            command_log,
             cfg,
             agent_id,
             data_dir,
@@ -136,6 +142,7 @@ impl SyncTask {
             updater,
             stats: Arc::default(),
             remote: None,
+            ops: Default::default(),
             started: Instant::now(),
             identities: Default::default(),
         }
@@ -277,6 +284,29 @@ impl SyncTask {
                 return Ok(next);
             }
             self.send_config_reports(c).await.map_err(fail)?;
+        }
+        // Operators' commands: each result is sent before anything it leaves to do.
+        let mut next = next;
+        for cmd in &reply.commands {
+            let (r, after) =
+                commands::run(&self.command_log, &self.ops, &self.updater.models, cmd).await;
+            let _: wire::Empty = c.call(wire::path::COMMAND_RESULT, &r).await.map_err(fail)?;
+            match after {
+                commands::After::Nothing => {}
+                commands::After::Restart => {
+                    commands::restart(&self.ops);
+                    return Ok(next);
+                }
+                commands::After::Resync => {
+                    self.updater.given_up.clear();
+                    if let Some(r) = &self.remote {
+                        if let Err(e) = r.config.update(|s| s.given_up.clear()) {
+                            tracing::warn!("remote configuration: {e}");
+                        }
+                    }
+                    next = Duration::from_millis(100);
+                }
+            }
         }
         // 3. Upload, highest priority first, for at most a few intervals.
         self.upload(c, next * 3).await.map_err(fail)?;

@@ -317,6 +317,37 @@ pub(super) async fn device_config(
     respond(st.service.acting(p).device_config(&id).await)
 }
 
+// ---- commands ----
+
+pub(super) async fn send_command(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match json_body::<crate::service::commands::CommandRequest>(&headers, &body) {
+        Ok(c) => created(st.service.acting(p).send_command(&id, &c).await),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn device_commands(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(id): Path<String>,
+) -> Response {
+    respond(st.service.acting(p).device_commands(&id).await)
+}
+
+pub(super) async fn command(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(id): Path<String>,
+) -> Response {
+    respond(st.service.acting(p).command(&id).await)
+}
+
 // ---- rollouts ----
 
 pub(super) async fn rollouts(State(st): State<OperatorState>, Extension(p): Who) -> Response {

@@ -123,6 +123,24 @@ pub fn routes(max_bundle: usize) -> Vec<(RouteSpec, MethodRouter<OperatorState>)
             Some(Viewer),
             get(h::device_config),
         ),
+        r(
+            "POST",
+            "/v1/operator/devices/{id}/commands",
+            Some(Operator),
+            post(h::send_command),
+        ),
+        r(
+            "GET",
+            "/v1/operator/devices/{id}/commands",
+            Some(Viewer),
+            get(h::device_commands),
+        ),
+        r(
+            "GET",
+            "/v1/operator/commands/{id}",
+            Some(Viewer),
+            get(h::command),
+        ),
         r("GET", "/v1/operator/configs", Some(Viewer), get(h::configs)),
         r(
             "POST",

@@ -13,6 +13,7 @@
 
 mod accounts;
 mod alarms;
+pub mod commands;
 pub mod configs;
 mod devices;
 mod drift;

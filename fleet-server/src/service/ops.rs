@@ -8,6 +8,7 @@ use crate::rollout::StartRollout;
 use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, TrustedKey};
 use crate::types::RolloutAction;
 
+use super::commands::{CommandOut, CommandRequest};
 use super::configs::{ConfigOut, ConfigPush, DeviceConfig};
 use super::views::*;
 use super::{Acting, Result};
@@ -27,6 +28,9 @@ pub trait FleetOps {
     async fn revoke_device(&self, id: &str) -> Result<DeviceSummary>;
     async fn create_enrollment_token(&self, r: &EnrollmentTokenRequest) -> Result<EnrollmentToken>;
     async fn device_config(&self, id: &str) -> Result<DeviceConfig>;
+    async fn send_command(&self, device: &str, r: &CommandRequest) -> Result<CommandOut>;
+    async fn device_commands(&self, device: &str) -> Result<Vec<CommandOut>>;
+    async fn command(&self, id: &str) -> Result<CommandOut>;
     async fn configs(&self) -> Result<Vec<ConfigRow>>;
     async fn config(&self, name: &str, version_number: i64) -> Result<ConfigRow>;
     async fn push_config(&self, name: &str, p: &ConfigPush) -> Result<ConfigOut>;
@@ -88,6 +92,9 @@ delegate! {
     revoke_device(id: &str) -> DeviceSummary;
     create_enrollment_token(r: &EnrollmentTokenRequest) -> EnrollmentToken;
     device_config(id: &str) -> DeviceConfig;
+    send_command(device: &str, r: &CommandRequest) -> CommandOut;
+    device_commands(device: &str) -> Vec<CommandOut>;
+    command(id: &str) -> CommandOut;
     configs() -> Vec<ConfigRow>;
     config(name: &str, version_number: i64) -> ConfigRow;
     push_config(name: &str, p: &ConfigPush) -> ConfigOut;

@@ -276,6 +276,20 @@ const MIGRATIONS: &[Migration] = &[
             Sql("CREATE INDEX config_reports_device ON config_reports (device_id, at)"),
         ],
     },
+    Migration {
+        version: 9,
+        name: "device commands and their results",
+        steps: &[
+            // `action` is the wire's `CommandAction` as JSON; the result columns stay NULL
+            // until the device answers.
+            Sql("CREATE TABLE commands (
+                id TEXT PRIMARY KEY, device_id TEXT NOT NULL, action TEXT NOT NULL,
+                created_by TEXT NOT NULL, created_at BIGINT NOT NULL, sent_at BIGINT,
+                done_at BIGINT, outcome TEXT, detail TEXT, content_type TEXT,
+                attachment {blob})"),
+            Sql("CREATE INDEX commands_device ON commands (device_id, created_at)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

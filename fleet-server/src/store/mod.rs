@@ -19,6 +19,7 @@
 mod accounts;
 mod artifacts;
 mod audit;
+mod commands;
 mod configs;
 mod copy;
 mod devices;
@@ -40,6 +41,7 @@ use sqlx::AnyPool;
 pub use accounts::{ApiTokenRow, LoginFailure, SessionRow, UserChange, UserRow};
 pub use artifacts::{CaRow, CHUNK};
 pub use audit::{AuditEntry, AuditQuery};
+pub use commands::{CommandRow, COMMAND_TTL_MS, RESEND_AFTER_MS};
 pub use configs::{ConfigReportRow, ConfigRow};
 pub use copy::CopyReport;
 pub use devices::{

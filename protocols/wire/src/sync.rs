@@ -14,6 +14,7 @@
 //! | `POST /v1/upload` | [`UploadBatch`] | [`UploadAck`] |
 //! | `POST /v1/report` | [`UpdateReport`] | [`Empty`] |
 //! | `POST /v1/config/report` | [`ConfigReport`] | [`Empty`] |
+//! | `POST /v1/command/result` | [`CommandResult`] | [`Empty`] |
 //! | `GET /v1/artifacts/{sha256}` | — | bundle or delta bytes (HTTP ranges) |
 //!
 //! Errors are plain-text bodies with a 4xx/5xx status.
@@ -43,6 +44,8 @@ pub mod path {
     pub const ARTIFACTS: &str = "/v1/artifacts";
     /// [`super::ConfigReport`] → [`super::Empty`].
     pub const CONFIG_REPORT: &str = "/v1/config/report";
+    /// [`super::CommandResult`] → [`super::Empty`].
+    pub const COMMAND_RESULT: &str = "/v1/command/result";
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -349,6 +352,78 @@ pub struct CheckInReply {
     /// servers that predate remote configuration).
     #[serde(default)]
     pub desired_config: Option<DesiredConfig>,
+    /// Operators' commands for the device, oldest first (each until the device sent its
+    /// result; the device runs each id at most once).
+    #[serde(default)]
+    pub commands: Vec<DeviceCommand>,
+}
+
+/// An operator's command to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceCommand {
+    /// The server's id of the command (the result names it).
+    pub id: String,
+    /// What to do.
+    pub action: CommandAction,
+}
+
+/// What a command asks the device to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandAction {
+    /// Restart the agent process (it exits for systemd to start it again; the result is
+    /// sent first).
+    Restart,
+    /// Load every model's bundle file again, with every check.
+    ReloadBundles,
+    /// Sparkplug outputs publish their births again (as on a `Node Control/Rebirth` NCMD).
+    Rebirth,
+    /// Forget the updates and configurations given up on (so they are tried again) and
+    /// sync at once.
+    Resync,
+    /// Recent log lines the agent kept in memory.
+    Logs {
+        /// From this time (Unix ms).
+        since_ms: u64,
+        /// Until this time (Unix ms; absent: now).
+        until_ms: Option<u64>,
+        /// The least level: `error`, `warn`, `info`, `debug` or `trace`.
+        level: String,
+        /// At most this many bytes of text (the newest lines are kept).
+        max_bytes: u64,
+    },
+    /// A diagnostic bundle (JSON): versions, configuration hash, metrics, outbox, sources,
+    /// models, sync and remote configuration state.
+    Diagnostics {
+        /// At most this many bytes.
+        max_bytes: u64,
+    },
+}
+
+/// How a command ended on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandOutcome {
+    /// Done (for `restart`: about to happen).
+    Done,
+    /// Tried and failed; `detail` says why.
+    Failed,
+}
+
+/// A device's answer to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// The command's id.
+    pub id: String,
+    /// How it ended.
+    pub outcome: CommandOutcome,
+    /// What happened, in words.
+    pub detail: String,
+    /// `text/plain` (logs), `application/json` (diagnostics), or empty.
+    pub content_type: String,
+    /// The logs or the diagnostic bundle.
+    #[serde(with = "serde_bytes")]
+    pub attachment: Vec<u8>,
 }
 
 /// One outbox record as stored on the device (the outbox's own CBOR payload).
