@@ -188,7 +188,7 @@ async fn main() -> anyhow::Result<()> {
                 &tok,
                 &format!("d{i:05}"),
                 &format!("gw-{i:05}"),
-                &format!("c{i}"),
+                &fleet_server::store::IssuedCert::test(format!("c{i}")),
             )
             .await?;
         let st = status((i % 97) as u64, i % 50 == 0);

@@ -39,6 +39,8 @@ pub struct AppState {
     pub rollouts: Arc<crate::rollout::RolloutCache>,
     /// Check-ins and uploads are stored through here, many devices per transaction.
     pub commits: crate::group_commit::GroupCommit,
+    /// How long device certificates are valid.
+    pub cert_validity: std::time::Duration,
 }
 
 impl AppState {
@@ -56,6 +58,7 @@ impl AppState {
             checkin_s: service.settings().checkin_s,
             history_every_ms: crate::service::ms(service.settings().history_every),
             rollouts: service.rollout_cache().clone(),
+            cert_validity: service.settings().device_cert_validity,
         }
     }
 }
@@ -202,6 +205,8 @@ pub fn router(state: AppState) -> Router {
         .route(path::REPORT, post(report))
         .route(path::CONFIG_REPORT, post(config_report))
         .route(path::COMMAND_RESULT, post(command_result))
+        .route(path::RENEW, post(renew))
+        .route(path::RENEW_CONFIRM, post(renew_confirm))
         .route(&format!("{}/{{sha}}", path::ARTIFACTS), get(artifact))
         .layer(axum::extract::DefaultBodyLimit::max(sync::MAX_BODY))
         .with_state(state)
@@ -227,13 +232,13 @@ async fn enroll(
     }
     let token_sha = sha256_hex(req.token.as_bytes());
     let device_id = format!("d-{:016x}", fastrand::u64(..));
-    let (cert_pem, cert_sha) = st
+    let (cert_pem, cert) = st
         .ca
-        .sign_device(&req.csr_pem, &device_id)
+        .sign_device(&req.csr_pem, &device_id, st.cert_validity)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let d = st
         .store
-        .enroll(&token_sha, &device_id, &req.name, &cert_sha)
+        .enroll(&token_sha, &device_id, &req.name, &cert)
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Invalid(m) => ApiError(StatusCode::FORBIDDEN, m),
@@ -335,13 +340,67 @@ async fn checkin(
             action: c.action,
         })
         .collect();
+    let renew = d.should_renew(crate::store::now_ms(), &st.ca.ca_sha256);
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
         desired,
         next_checkin_s: st.checkin_s,
         desired_config,
         commands,
+        renew,
     }))
+}
+
+/// A renewal: the device, still on its current certificate, sends a CSR for a new key; the
+/// new certificate becomes its *next* one. The current one stays valid until the device
+/// confirms the new one ([`renew_confirm`]).
+async fn renew(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: sync::RenewRequest = decode(&headers, &body)?;
+    let (cert_pem, cert) = st
+        .ca
+        .sign_device(&r.csr_pem, &d.id, st.cert_validity)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    st.store.set_next_cert(&d.id, &cert).await?;
+    tracing::info!(device = %d.id, expires_at = cert.expires_at, "device certificate renewed (waiting for the device to confirm it)");
+    Ok(reply(&sync::RenewReply {
+        cert_pem,
+        ca_pem: st.ca.ca_pem.clone(),
+        not_after_ms: cert.expires_at.max(0) as u64,
+    }))
+}
+
+/// The device presents its renewed certificate: it becomes the one in use, the old one is
+/// refused from now on. Idempotent (a repeated confirmation of the one in use is fine).
+async fn renew_confirm(
+    State(st): State<AppState>,
+    cert: DeviceCert,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let _: sync::Empty = decode(&headers, &body)?;
+    let Some((d, promoted)) = st.store.confirm_cert(&cert.0).await? else {
+        return Err(cert.refusal(&st.store).await);
+    };
+    if promoted {
+        st.store
+            .audit(
+                &d.id,
+                "device.cert_renewed",
+                &d.id,
+                &format!(
+                    "certificate {} in use, expires {}",
+                    &cert.0[..16.min(cert.0.len())],
+                    d.cert_expires_at.unwrap_or(0)
+                ),
+            )
+            .await?;
+    }
+    Ok(reply(&sync::Empty {}))
 }
 
 /// A device's result for a command: stored with its attachment and audited.

@@ -35,7 +35,10 @@ pub enum CaError {
 
 pub struct FleetCa {
     issuer: Issuer<'static, KeyPair>,
+    /// The signing CA's certificate (PEM).
     pub ca_pem: String,
+    /// SHA-256 of `ca_pem`: which CA signed a device certificate.
+    pub ca_sha256: String,
     dir: PathBuf,
 }
 
@@ -135,9 +138,13 @@ impl FleetCa {
         }
         let key = KeyPair::from_pem(&row.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&row.cert_pem, key)?;
+        let ca_sha256 = sha256_hex(row.cert_pem.as_bytes());
+        // Devices enrolled before certificates were tracked were signed by this CA.
+        store.adopt_ca(&ca_sha256).await?;
         Ok(FleetCa {
             issuer,
             ca_pem: row.cert_pem,
+            ca_sha256,
             dir,
         })
     }
@@ -187,9 +194,15 @@ impl FleetCa {
         ))
     }
 
-    /// Signs a device CSR. Only the CSR's public key is used: subject, names and usages are
-    /// set here (CN = device id, client auth only).
-    pub fn sign_device(&self, csr_pem: &str, device_id: &str) -> Result<(String, String), CaError> {
+    /// Signs a device CSR for `valid_for` from now (valid from an hour ago, for clock skew).
+    /// Only the CSR's public key is used: subject, names and usages are set here (CN =
+    /// device id, client auth only).
+    pub fn sign_device(
+        &self,
+        csr_pem: &str,
+        device_id: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<(String, crate::store::IssuedCert), CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Csr(e.to_string()))?;
         let mut p = CertificateParams::default();
@@ -198,13 +211,24 @@ impl FleetCa {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.use_authority_key_identifier_extension = true;
-        validity(&mut p, 10);
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::hours(1);
+        p.not_after = now + valid_for;
         let signed = CertificateSigningRequestParams {
             params: p,
             public_key: csr.public_key,
         }
         .signed_by(&self.issuer)?;
-        Ok((signed.pem(), sha256_hex(signed.der())))
+        let issued_at = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        Ok((
+            signed.pem(),
+            crate::store::IssuedCert {
+                sha256: sha256_hex(signed.der()),
+                issued_at,
+                expires_at: issued_at.saturating_add(valid_for.as_millis() as i64),
+                ca_sha256: self.ca_sha256.clone(),
+            },
+        ))
     }
 }
 

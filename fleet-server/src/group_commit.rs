@@ -230,9 +230,14 @@ mod tests {
         for i in 0..8 {
             let t = format!("t{i}");
             s.add_token(&t, &[], "test", i64::MAX).await.unwrap();
-            s.enroll(&t, &format!("d{i}"), &format!("dev{i}"), &format!("c{i}"))
-                .await
-                .unwrap();
+            s.enroll(
+                &t,
+                &format!("d{i}"),
+                &format!("dev{i}"),
+                &crate::store::IssuedCert::test(format!("c{i}")),
+            )
+            .await
+            .unwrap();
         }
         // The database refuses the records of one stream (as it would a broken write).
         let ddl: &[&str] = match s.backend() {

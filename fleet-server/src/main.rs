@@ -180,6 +180,11 @@ struct ServeArgs {
     /// Seconds between device check-ins.
     #[arg(long, default_value_t = 10)]
     checkin_s: u64,
+    /// How long device certificates are valid. Devices renew theirs automatically once two
+    /// thirds of it passed (a new key made on the device; the old certificate stays valid
+    /// until the new one is confirmed).
+    #[arg(long, default_value = "365days", value_parser = humantime::parse_duration)]
+    device_cert_validity: Duration,
     /// A device seen within this is online (default: three check-in intervals).
     #[arg(long, value_parser = humantime::parse_duration)]
     online_within: Option<Duration>,
@@ -830,6 +835,11 @@ async fn serve(a: ServeArgs, dir: PathBuf, database_url: Option<String>) -> anyh
     );
     settings.history_every = a.history_every;
     settings.history_keep = a.history_keep;
+    anyhow::ensure!(
+        a.device_cert_validity >= Duration::from_secs(10),
+        "--device-cert-validity must be at least 10s"
+    );
+    settings.device_cert_validity = a.device_cert_validity;
     anyhow::ensure!(
         a.session_idle >= Duration::from_secs(120),
         "--session-idle must be at least 2m (sessions are touched once a minute)"

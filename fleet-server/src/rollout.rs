@@ -365,6 +365,9 @@ mod tests {
             update_failed_at: None,
             drift_alarms: 0,
             history_at: None,
+            cert_issued_at: None,
+            cert_expires_at: None,
+            cert_ca_sha256: None,
         }
     }
 

@@ -121,6 +121,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 next_checkin_s: 10,
                 desired_config: None,
                 commands: Vec::new(),
+                renew: false,
             }),
         ),
         (

@@ -56,6 +56,67 @@ impl IdentityFiles {
     fn meta(&self) -> PathBuf {
         self.dir.join("device.json")
     }
+    /// The renewed key, until the server confirmed the certificate.
+    pub fn next_key(&self) -> PathBuf {
+        self.dir.join("device.next.key")
+    }
+    /// The renewed certificate, until the server confirmed it.
+    pub fn next_cert(&self) -> PathBuf {
+        self.dir.join("device.next.pem")
+    }
+    /// The fleet CA certificates the server said to trust (at enrollment and renewals).
+    pub fn fleet_ca(&self) -> PathBuf {
+        self.dir.join("fleet-ca.pem")
+    }
+
+    /// Whether a renewal waits for its confirmation (or a promotion was cut short).
+    pub fn has_next(&self) -> bool {
+        self.next_cert().exists()
+    }
+
+    /// The renewed identity becomes the one in use: the key first, then the certificate,
+    /// so a cut between the two leaves only `device.next.pem`, which the next call moves.
+    pub fn promote_next(&self) -> Result<(), IdentityError> {
+        let mv = |from: PathBuf, to: PathBuf| {
+            std::fs::rename(&from, &to).map_err(|source| IdentityError::Io { path: from, source })
+        };
+        if self.next_key().exists() {
+            mv(self.next_key(), self.key())?;
+        }
+        if self.next_cert().exists() {
+            mv(self.next_cert(), self.cert())?;
+        }
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Forgets a renewal the server does not know (a later one replaced it).
+    pub fn drop_next(&self) {
+        let _ = std::fs::remove_file(self.next_key());
+        let _ = std::fs::remove_file(self.next_cert());
+    }
+
+    /// Asks the server (over `client`, with the certificate in use) for a certificate for a
+    /// new key made here; stores both as the next identity and the CA certificates to trust.
+    /// The certificate in use stays in use until [`Self::promote_next`].
+    pub async fn renew(
+        &self,
+        client: &mut FleetClient,
+        agent_id: &str,
+    ) -> Result<sync::RenewReply, IdentityError> {
+        let (key, csr) = key_and_csr(agent_id)?;
+        let reply: sync::RenewReply = client
+            .call(sync::path::RENEW, &sync::RenewRequest { csr_pem: csr })
+            .await?;
+        // The key first: a key without its certificate is ignored (has_next looks at the
+        // certificate) and replaced by the next renewal.
+        self.write(&self.next_key(), key.serialize_pem().as_bytes(), true)?;
+        self.write(&self.next_cert(), reply.cert_pem.as_bytes(), false)?;
+        self.write(&self.fleet_ca(), reply.ca_pem.as_bytes(), false)?;
+        Ok(reply)
+    }
 
     /// The stored identity, if enrolled.
     pub fn load(&self) -> Result<Option<Identity>, IdentityError> {
@@ -103,17 +164,7 @@ impl IdentityFiles {
             path: self.dir.clone(),
             source,
         })?;
-        let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
-            .map_err(|e| IdentityError::Key(e.to_string()))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, agent_id);
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|c| c.pem())
-            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        let (key, csr) = key_and_csr(agent_id)?;
         let reply: EnrollReply = client
             .call(
                 sync::path::ENROLL,
@@ -127,11 +178,7 @@ impl IdentityFiles {
             .await?;
         self.write(&self.key(), key.serialize_pem().as_bytes(), true)?;
         self.write(&self.cert(), reply.cert_pem.as_bytes(), false)?;
-        self.write(
-            &self.dir.join("fleet-ca.pem"),
-            reply.ca_pem.as_bytes(),
-            false,
-        )?;
+        self.write(&self.fleet_ca(), reply.ca_pem.as_bytes(), false)?;
         let id = Identity {
             device_id: reply.device_id,
             server: server.to_string(),
@@ -140,4 +187,20 @@ impl IdentityFiles {
         self.write(&self.meta(), &meta, false)?;
         Ok(id)
     }
+}
+
+/// A new key pair and a CSR for it (CN = the agent id; the server sets the real subject).
+fn key_and_csr(agent_id: &str) -> Result<(rcgen::KeyPair, String), IdentityError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| IdentityError::Key(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, agent_id);
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| IdentityError::Key(e.to_string()))?;
+    Ok((key, csr))
 }

@@ -99,14 +99,46 @@ impl std::fmt::Debug for SyncTask {
     }
 }
 
+/// Which client identity a connection presents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presenting {
+    /// None (enrollment).
+    Nothing,
+    /// The certificate in use.
+    Current,
+    /// The renewed certificate, to confirm it.
+    Next,
+}
+
+/// The TLS client config: the server is trusted through `[sync] server_ca` and the fleet CA
+/// certificates the server handed out (at enrollment and renewals: the new CA of a
+/// rotation), combined into `sync/trust.pem`.
 fn tls_config(
     cfg: &SyncConfig,
     ids: &IdentityFiles,
-    enrolled: bool,
+    presenting: Presenting,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
-    let auth = enrolled.then(|| (ids.cert(), ids.key()));
+    let auth = match presenting {
+        Presenting::Nothing => None,
+        Presenting::Current => Some((ids.cert(), ids.key())),
+        Presenting::Next => Some((ids.next_cert(), ids.next_key())),
+    };
+    let trust = match std::fs::read_to_string(ids.fleet_ca()) {
+        Ok(extra) if !extra.trim().is_empty() => {
+            let base = std::fs::read_to_string(&cfg.server_ca)
+                .map_err(|e| format!("sync.server_ca: {}: {e}", cfg.server_ca.display()))?;
+            let combined = ids.dir.join("trust.pem");
+            let text = format!("{}\n{}", base.trim_end(), extra);
+            if std::fs::read_to_string(&combined).ok().as_deref() != Some(text.as_str()) {
+                crate::remote_config::write_atomic(&combined, text.as_bytes())
+                    .map_err(|e| format!("sync trust bundle: {e}"))?;
+            }
+            combined
+        }
+        _ => cfg.server_ca.clone(),
+    };
     edge_wire::tls::client_config(
-        Some(&cfg.server_ca),
+        Some(&trust),
         auth.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )
     .map_err(|e| format!("sync.server_ca: {e}"))
@@ -232,7 +264,7 @@ impl SyncTask {
                         .map_err(|e| (format!("sync.enroll_token: {e}"), true))?,
                     None => return Err((identity::IdentityError::NoToken.to_string(), true)),
                 };
-                let tls = tls_config(&self.cfg, ids, false).map_err(|e| (e, true))?;
+                let tls = tls_config(&self.cfg, ids, Presenting::Nothing).map_err(|e| (e, true))?;
                 let mut c = FleetClient::new(url.clone(), tls, self.cfg.request_timeout);
                 let id = ids
                     .enroll(&mut c, &self.cfg.server, &self.agent_id, &token)
@@ -247,8 +279,12 @@ impl SyncTask {
                 id
             }
         };
+        // A renewal waiting for its confirmation (or cut short in a crash) is finished first.
+        if ids.has_next() && self.confirm_renewal(ids, url).await {
+            *client = None;
+        }
         if client.is_none() {
-            let tls = tls_config(&self.cfg, ids, true).map_err(|e| (e, true))?;
+            let tls = tls_config(&self.cfg, ids, Presenting::Current).map_err(|e| (e, true))?;
             *client = Some(FleetClient::new(url.clone(), tls, self.cfg.request_timeout));
         }
         let Some(c) = client.as_mut() else {
@@ -274,6 +310,20 @@ impl SyncTask {
         } else {
             self.cfg.interval
         };
+        // The certificate: renewed when the server says so (two thirds of its life, or a CA
+        // rotation); the one in use stays valid until the server confirmed the new one.
+        if reply.renew && !ids.has_next() {
+            match ids.renew(c, &self.agent_id).await {
+                Ok(r) => {
+                    tracing::info!(not_after_ms = r.not_after_ms, "device certificate renewed; confirming it");
+                    if self.confirm_renewal(ids, url).await {
+                        *client = None;
+                        return Ok(Duration::from_millis(100)); // continue on the new one
+                    }
+                }
+                Err(e) => tracing::warn!("device certificate renewal failed (the current one stays in use; retried at the next check-in): {e}"),
+            }
+        }
         // 2. Reports owed from earlier cycles.
         self.send_reports(c, pending_reports).await.map_err(fail)?;
         self.send_config_reports(c).await.map_err(fail)?;
@@ -336,6 +386,57 @@ impl SyncTask {
             pending.remove(0);
         }
         Ok(())
+    }
+
+    /// Presents the renewed certificate to the server; once it accepted it, the renewed
+    /// identity becomes the one in use. A certificate the server does not know (a later
+    /// renewal replaced it) is forgotten; a network failure leaves it for the next cycle.
+    async fn confirm_renewal(&self, ids: &IdentityFiles, url: &ServerUrl) -> bool {
+        if !ids.next_key().exists() {
+            // A promotion cut short after the key moved: finish it.
+            return match ids.promote_next() {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!("device certificate: {e}");
+                    false
+                }
+            };
+        }
+        let tls = match tls_config(&self.cfg, ids, Presenting::Next) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("renewed device certificate unusable ({e}); forgetting it");
+                ids.drop_next();
+                return false;
+            }
+        };
+        let mut c = FleetClient::new(url.clone(), tls, self.cfg.request_timeout);
+        let r: Result<wire::Empty, ClientError> =
+            c.call(wire::path::RENEW_CONFIRM, &wire::Empty {}).await;
+        c.disconnect();
+        match r {
+            Ok(_) => match ids.promote_next() {
+                Ok(()) => {
+                    tracing::info!("device certificate renewed: the new one is in use");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!("device certificate: {e}");
+                    false
+                }
+            },
+            Err(e) if e.is_refusal() => {
+                tracing::warn!(
+                    "the server does not know the renewed certificate ({e}); forgetting it"
+                );
+                ids.drop_next();
+                false
+            }
+            Err(e) => {
+                tracing::warn!("cannot confirm the renewed certificate yet: {e}");
+                false
+            }
+        }
     }
 
     /// Sends the configuration reports owed, oldest first; each is forgotten once the

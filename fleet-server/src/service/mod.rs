@@ -216,6 +216,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// …or after this long without a request (default 1 hour).
     pub session_idle: Duration,
+    /// How long device certificates are valid (default 365 days).
+    pub device_cert_validity: Duration,
 }
 
 impl Settings {
@@ -228,6 +230,7 @@ impl Settings {
             history_keep: Duration::from_secs(3 * 24 * 3600),
             session_ttl: Duration::from_secs(12 * 3600),
             session_idle: Duration::from_secs(3600),
+            device_cert_validity: Duration::from_secs(365 * 24 * 3600),
         }
     }
 

@@ -301,6 +301,9 @@ pub struct DeviceSummary {
     pub backlog: i64,
     pub dropped: i64,
     pub last_error: Option<String>,
+    /// When the device certificate in use expires (Unix ms; renewed automatically at two
+    /// thirds of its lifetime).
+    pub cert_expires_at: Option<i64>,
 }
 
 impl DeviceSummary {
@@ -319,6 +322,7 @@ impl DeviceSummary {
             backlog: d.backlog,
             dropped: d.dropped,
             last_error: d.last_error.clone(),
+            cert_expires_at: d.cert_expires_at,
         }
     }
 }

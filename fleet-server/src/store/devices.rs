@@ -44,6 +44,58 @@ pub struct Device {
     pub drift_alarms: i64,
     /// The last status history point.
     pub history_at: Option<i64>,
+    /// When its certificate in use was issued (Unix ms).
+    pub cert_issued_at: Option<i64>,
+    /// When its certificate in use expires (Unix ms).
+    pub cert_expires_at: Option<i64>,
+    /// SHA-256 of the CA certificate (PEM) that signed it.
+    pub cert_ca_sha256: Option<String>,
+}
+
+impl Device {
+    /// Whether the device should renew its certificate now: two thirds of its lifetime
+    /// passed, or a CA other than `signing_ca` (a rotation) signed it.
+    pub fn should_renew(&self, now_ms: i64, signing_ca: &str) -> bool {
+        if self
+            .cert_ca_sha256
+            .as_deref()
+            .is_some_and(|c| c != signing_ca)
+        {
+            return true;
+        }
+        match (self.cert_issued_at, self.cert_expires_at) {
+            (Some(from), Some(to)) => now_ms >= from + (to - from) * 2 / 3,
+            _ => false,
+        }
+    }
+}
+
+/// A certificate the fleet CA issued to a device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IssuedCert {
+    /// SHA-256 of its DER: what the TLS layer reports per connection.
+    pub sha256: String,
+    /// Unix ms.
+    pub issued_at: i64,
+    /// Unix ms.
+    pub expires_at: i64,
+    /// SHA-256 of the signing CA certificate's PEM.
+    pub ca_sha256: String,
+}
+
+impl IssuedCert {
+    /// A certificate record for tests that enroll without a CA: issued now, valid a year,
+    /// CA `ca`.
+    #[doc(hidden)]
+    pub fn test(sha256: impl Into<String>) -> IssuedCert {
+        let now = now_ms();
+        IssuedCert {
+            sha256: sha256.into(),
+            issued_at: now,
+            expires_at: now + 365 * 86_400_000,
+            ca_sha256: "ca".into(),
+        }
+    }
 }
 
 /// When a last-seen time counts as online, stale or offline.
@@ -299,17 +351,21 @@ fn device_of(r: &AnyRow) -> Result<Device> {
         update_failed_at: r.try_get("update_failed_at")?,
         drift_alarms: r.try_get("drift_alarms")?,
         history_at: r.try_get("history_at")?,
+        cert_issued_at: r.try_get("cert_issued_at")?,
+        cert_expires_at: r.try_get("cert_expires_at")?,
+        cert_ca_sha256: r.try_get("cert_ca_sha256")?,
     })
 }
 
 const DEVICE_COLUMNS: &str = "id, name, labels, enrolled_at, revoked_at, last_seen, status, \
     agent_version, models, backlog, backlog_rises, dropped, drops_at, last_error, \
-    update_failed_at, drift_alarms, history_at";
+    update_failed_at, drift_alarms, history_at, cert_issued_at, cert_expires_at, cert_ca_sha256";
 
 /// [`DEVICE_COLUMNS`] without the status JSON (lists: `status` is `None`).
 const DEVICE_COLUMNS_LIGHT: &str = "id, name, labels, enrolled_at, revoked_at, last_seen, \
     CAST(NULL AS TEXT) AS status, agent_version, models, backlog, backlog_rises, dropped, \
-    drops_at, last_error, update_failed_at, drift_alarms, history_at";
+    drops_at, last_error, update_failed_at, drift_alarms, history_at, cert_issued_at, \
+    cert_expires_at, cert_ca_sha256";
 
 /// Labels as one comma-separated column.
 fn joined(labels: &[String]) -> String {
@@ -345,7 +401,7 @@ impl FleetStore {
         token_sha256: &str,
         device_id: &str,
         name: &str,
-        cert_sha256: &str,
+        cert: &IssuedCert,
     ) -> Result<Device> {
         let (_writer, mut tx) = self.begin_write().await?;
         let row = sqlx::query(
@@ -378,12 +434,15 @@ impl FleetStore {
                 "enrollment token was already used".into(),
             ));
         }
-        sqlx::query("INSERT INTO devices (id, name, labels, cert_sha256, enrolled_at) VALUES ($1, $2, $3, $4, $5)")
+        sqlx::query("INSERT INTO devices (id, name, labels, cert_sha256, enrolled_at, cert_issued_at, cert_expires_at, cert_ca_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(device_id)
             .bind(name)
             .bind(&labels)
-            .bind(cert_sha256)
+            .bind(&cert.sha256)
             .bind(now)
+            .bind(cert.issued_at)
+            .bind(cert.expires_at)
+            .bind(&cert.ca_sha256)
             .execute(&mut *tx)
             .await?;
         for l in list_of(&labels) {
@@ -397,6 +456,70 @@ impl FleetStore {
         self.device(device_id)
             .await?
             .ok_or_else(|| StoreError::Corrupt(format!("enrolled device {device_id} vanished")))
+    }
+
+    /// Records a renewed certificate for `device` as its next one: the one in use stays
+    /// valid until the device confirms the new one ([`FleetStore::confirm_cert`]).
+    pub async fn set_next_cert(&self, device: &str, cert: &IssuedCert) -> Result<()> {
+        let _writer = self.writer.lock().await;
+        let meta = serde_json::to_string(cert).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        sqlx::query("UPDATE devices SET next_cert_sha256 = $1, next_cert = $2 WHERE id = $3")
+            .bind(&cert.sha256)
+            .bind(meta)
+            .bind(device)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A device presents certificate `sha256`: when it is its renewed (next) certificate, it
+    /// becomes the one in use and the old one is no longer accepted; when it already is the
+    /// one in use, nothing changes. `None`: not a certificate of a non-revoked device.
+    pub async fn confirm_cert(&self, sha256: &str) -> Result<Option<(Device, bool)>> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT id, next_cert FROM devices WHERE next_cert_sha256 = $1 AND revoked_at IS NULL",
+        )
+        .bind(sha256)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let promoted = match row {
+            Some(r) => {
+                let id: String = r.try_get("id")?;
+                let meta: Option<String> = r.try_get("next_cert")?;
+                let c: IssuedCert = meta
+                    .as_deref()
+                    .and_then(|m| serde_json::from_str(m).ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("device {id}: next_cert")))?;
+                sqlx::query("UPDATE devices SET cert_sha256 = $1, cert_issued_at = $2, cert_expires_at = $3, cert_ca_sha256 = $4, next_cert_sha256 = NULL, next_cert = NULL WHERE id = $5")
+                    .bind(&c.sha256)
+                    .bind(c.issued_at)
+                    .bind(c.expires_at)
+                    .bind(&c.ca_sha256)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                true
+            }
+            None => false,
+        };
+        tx.commit().await?;
+        Ok(self
+            .device_by_cert(sha256)
+            .await?
+            .filter(|d| d.revoked_at.is_none())
+            .map(|d| (d, promoted)))
+    }
+
+    /// Marks the certificates of devices enrolled before CA tracking as signed by `ca`
+    /// (the only CA there was).
+    pub async fn adopt_ca(&self, ca_sha256: &str) -> Result<u64> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query("UPDATE devices SET cert_ca_sha256 = $1 WHERE cert_ca_sha256 IS NULL")
+            .bind(ca_sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
     }
 
     // ---- the registry ----
@@ -462,6 +585,9 @@ impl FleetStore {
                     update_failed_at: None,
                     drift_alarms: 0,
                     history_at: None,
+                    cert_issued_at: None,
+                    cert_expires_at: None,
+                    cert_ca_sha256: None,
                 })
             })
             .collect()
@@ -895,7 +1021,7 @@ mod tests {
             &format!("t-{id}"),
             id,
             &format!("gw-{id}"),
-            &format!("c-{id}"),
+            &crate::store::IssuedCert::test(format!("c-{id}")),
         )
         .await
         .unwrap()

@@ -178,7 +178,7 @@ mod tests {
                 &t,
                 &format!("d{i}"),
                 &format!("dev{i}"),
-                &sha(&format!("cert{i}")),
+                &crate::store::IssuedCert::test(sha(&format!("cert{i}"))),
             )
             .await
             .unwrap();

@@ -1009,7 +1009,9 @@ mod tests {
         s.add_token("t", &[], "op", now_ms() + 60_000)
             .await
             .unwrap();
-        s.enroll("t", "d1", "gw1", "c1").await.unwrap();
+        s.enroll("t", "d1", "gw1", &crate::store::IssuedCert::test("c1"))
+            .await
+            .unwrap();
         let col = Some((DriftAlarmKind::Column, "temp_mean"));
         let batch = [
             alarm(true, None, 1),
@@ -1178,7 +1180,12 @@ mod tests {
             let st = if i % 2 == 0 { s.clone() } else { other.clone() };
             tasks.push(tokio::spawn(async move {
                 let d = st
-                    .enroll(&format!("t{i}"), &format!("d{i}"), "gw", &format!("c{i}"))
+                    .enroll(
+                        &format!("t{i}"),
+                        &format!("d{i}"),
+                        "gw",
+                        &crate::store::IssuedCert::test(format!("c{i}")),
+                    )
                     .await?;
                 let b = b"x".as_slice();
                 st.ingest(&format!("d{i}"), "samples", 1, &[(1, 0, b), (2, 0, b)])
@@ -1208,13 +1215,45 @@ mod tests {
             .await
             .unwrap();
         s.add_token("t2", &[], "op", now_ms() - 1).await.unwrap();
-        let d = s.enroll("t1", "dev-1", "gw1", "cert1").await.unwrap();
+        let d = s
+            .enroll(
+                "t1",
+                "dev-1",
+                "gw1",
+                &crate::store::IssuedCert::test("cert1"),
+            )
+            .await
+            .unwrap();
         assert_eq!(d.labels, vec!["site=a".to_string()]);
-        let e = s.enroll("t1", "dev-2", "gw2", "cert2").await.unwrap_err();
+        let e = s
+            .enroll(
+                "t1",
+                "dev-2",
+                "gw2",
+                &crate::store::IssuedCert::test("cert2"),
+            )
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("already used"), "{e}");
-        let e = s.enroll("t2", "dev-3", "gw3", "cert3").await.unwrap_err();
+        let e = s
+            .enroll(
+                "t2",
+                "dev-3",
+                "gw3",
+                &crate::store::IssuedCert::test("cert3"),
+            )
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
-        let e = s.enroll("nope", "dev-4", "gw4", "cert4").await.unwrap_err();
+        let e = s
+            .enroll(
+                "nope",
+                "dev-4",
+                "gw4",
+                &crate::store::IssuedCert::test("cert4"),
+            )
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("unknown"), "{e}");
         assert_eq!(s.devices().await.unwrap().len(), 1);
         assert!(s.revoke("dev-1").await.unwrap());

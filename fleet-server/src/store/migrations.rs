@@ -290,6 +290,27 @@ const MIGRATIONS: &[Migration] = &[
             Sql("CREATE INDEX commands_device ON commands (device_id, created_at)"),
         ],
     },
+    Migration {
+        version: 10,
+        name: "device certificate renewal and fleet CA rotation",
+        steps: &[
+            // The device certificate in use: when it was issued, when it expires, which CA
+            // signed it (SHA-256 of the CA certificate's PEM; NULL: the CA in use when this
+            // migration ran, filled at the server's next start).
+            Sql("ALTER TABLE devices ADD COLUMN cert_issued_at BIGINT"),
+            Sql("ALTER TABLE devices ADD COLUMN cert_expires_at BIGINT"),
+            Sql("ALTER TABLE devices ADD COLUMN cert_ca_sha256 TEXT"),
+            // A renewed certificate the device has not confirmed yet (by using it): the old
+            // one stays valid until then. `next_cert` is JSON (issued, expires, CA).
+            Sql("ALTER TABLE devices ADD COLUMN next_cert_sha256 TEXT"),
+            Sql("ALTER TABLE devices ADD COLUMN next_cert TEXT"),
+            // Certificates issued before: ten years from enrollment.
+            Sql("UPDATE devices SET cert_issued_at = enrolled_at, cert_expires_at = enrolled_at + 315360000000 WHERE cert_issued_at IS NULL"),
+            // CAs trusted besides the signing one (the previous CA during a rotation).
+            Sql("CREATE TABLE fleet_ca_trusted (
+                cert_sha256 TEXT PRIMARY KEY, cert_pem TEXT NOT NULL, added_at BIGINT NOT NULL)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

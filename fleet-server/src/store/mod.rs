@@ -45,8 +45,8 @@ pub use commands::{CommandRow, COMMAND_TTL_MS, RESEND_AFTER_MS};
 pub use configs::{ConfigReportRow, ConfigRow};
 pub use copy::CopyReport;
 pub use devices::{
-    CheckInUpdate, CheckInWrite, Device, DeviceFilter, DeviceSort, HistoryPoint, LabelGroup,
-    ProblemFilter, StateCounts, StateThresholds,
+    CheckInUpdate, CheckInWrite, Device, DeviceFilter, DeviceSort, HistoryPoint, IssuedCert,
+    LabelGroup, ProblemFilter, StateCounts, StateThresholds,
 };
 pub use drift::{DriftEventRow, DriftPolicyRow};
 pub use group::{DeviceRef, GroupResult, UploadWrite};

@@ -98,7 +98,12 @@ impl Fleet {
             .await
             .unwrap();
         self.store
-            .enroll(&tok, id, &format!("gw-{id}"), &format!("cert-{id}"))
+            .enroll(
+                &tok,
+                id,
+                &format!("gw-{id}"),
+                &fleet_server::store::IssuedCert::test(format!("cert-{id}")),
+            )
             .await
             .unwrap();
     }

@@ -15,6 +15,8 @@
 //! | `POST /v1/report` | [`UpdateReport`] | [`Empty`] |
 //! | `POST /v1/config/report` | [`ConfigReport`] | [`Empty`] |
 //! | `POST /v1/command/result` | [`CommandResult`] | [`Empty`] |
+//! | `POST /v1/renew` | [`RenewRequest`] | [`RenewReply`] |
+//! | `POST /v1/renew/confirm` (with the renewed certificate) | [`Empty`] | [`Empty`] |
 //! | `GET /v1/artifacts/{sha256}` | — | bundle or delta bytes (HTTP ranges) |
 //!
 //! Errors are plain-text bodies with a 4xx/5xx status.
@@ -46,6 +48,10 @@ pub mod path {
     pub const CONFIG_REPORT: &str = "/v1/config/report";
     /// [`super::CommandResult`] → [`super::Empty`].
     pub const COMMAND_RESULT: &str = "/v1/command/result";
+    /// [`super::RenewRequest`] → [`super::RenewReply`] (with the certificate in use).
+    pub const RENEW: &str = "/v1/renew";
+    /// [`super::Empty`] → [`super::Empty`], presented with the renewed certificate.
+    pub const RENEW_CONFIRM: &str = "/v1/renew/confirm";
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -356,6 +362,29 @@ pub struct CheckInReply {
     /// result; the device runs each id at most once).
     #[serde(default)]
     pub commands: Vec<DeviceCommand>,
+    /// Renew the device certificate now (two thirds of its lifetime passed, or the fleet
+    /// CA is being rotated).
+    #[serde(default)]
+    pub renew: bool,
+}
+
+/// A certificate renewal: a CSR for a key made on the device now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// PEM certificate signing request.
+    pub csr_pem: String,
+}
+
+/// The renewed certificate (the device confirms it by using it, see [`path::RENEW_CONFIRM`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RenewReply {
+    /// The new device certificate.
+    pub cert_pem: String,
+    /// The CA certificates the device should trust for the server from now on (PEM, one
+    /// or two during a CA rotation).
+    pub ca_pem: String,
+    /// When the new certificate expires (Unix ms).
+    pub not_after_ms: u64,
 }
 
 /// An operator's command to one device.

@@ -165,6 +165,7 @@ pub async fn page(
                     dt { "Labels" } dd { @for l in &dev.labels { span.label { (l) } " " } }
                     dt { "Last check-in" } dd { (fmt::when(dev.last_seen, now)) }
                     dt { "Enrolled" } dd { (fmt::utc(dev.enrolled_at)) }
+                    @if let Some(x) = dev.cert_expires_at { dt { "Certificate expires" } dd { (fmt::utc(x)) " (renewed automatically)" } }
                     @if let Some(r) = dev.revoked_at { dt { "Revoked" } dd { (fmt::utc(r)) } }
                     dt { "Agent version" } dd { (dev.agent_version.as_deref().unwrap_or("–")) }
                     @if let Some(st) = &d.status { dt { "Uptime" } dd { (st.uptime_s / 3600) " h " ((st.uptime_s % 3600) / 60) " min" } }
