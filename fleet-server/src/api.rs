@@ -16,7 +16,7 @@ use axum::Router;
 use edge_wire::sync::{self, path, DesiredBundle};
 use serde::Serialize;
 
-use crate::ca::{sha256_hex, FleetCa};
+use crate::ca::sha256_hex;
 use crate::registry::Registry;
 use crate::rollout;
 use crate::store::DeviceRef;
@@ -28,7 +28,8 @@ use crate::types::UpdateOutcome;
 pub struct AppState {
     pub store: FleetStore,
     pub registry: Registry,
-    pub ca: Arc<FleetCa>,
+    /// The fleet CA (replaced in place by a rotation).
+    pub ca: crate::ca::CaHandle,
     /// Seconds between device check-ins.
     pub checkin_s: u64,
     /// One status history point per device per this long.
@@ -47,7 +48,7 @@ impl AppState {
     /// The device API's state on top of the operator service (one rollout cache for both).
     pub fn new(
         service: &crate::service::FleetService,
-        ca: Arc<FleetCa>,
+        ca: crate::ca::CaHandle,
         group: crate::group_commit::GroupLimits,
     ) -> AppState {
         AppState {
@@ -232,8 +233,8 @@ async fn enroll(
     }
     let token_sha = sha256_hex(req.token.as_bytes());
     let device_id = format!("d-{:016x}", fastrand::u64(..));
-    let (cert_pem, cert) = st
-        .ca
+    let ca = st.ca.current();
+    let (cert_pem, cert) = ca
         .sign_device(&req.csr_pem, &device_id, st.cert_validity)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     let d = st
@@ -261,7 +262,7 @@ async fn enroll(
     Ok(reply(&sync::EnrollReply {
         device_id: d.id,
         cert_pem,
-        ca_pem: st.ca.ca_pem.clone(),
+        ca_pem: ca.trust_pem(),
     }))
 }
 
@@ -340,7 +341,7 @@ async fn checkin(
             action: c.action,
         })
         .collect();
-    let renew = d.should_renew(crate::store::now_ms(), &st.ca.ca_sha256);
+    let renew = d.should_renew(crate::store::now_ms(), &st.ca.current().ca_sha256);
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
         desired,
@@ -361,15 +362,15 @@ async fn renew(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let r: sync::RenewRequest = decode(&headers, &body)?;
-    let (cert_pem, cert) = st
-        .ca
+    let ca = st.ca.current();
+    let (cert_pem, cert) = ca
         .sign_device(&r.csr_pem, &d.id, st.cert_validity)
         .map_err(|e| ApiError::bad(e.to_string()))?;
     st.store.set_next_cert(&d.id, &cert).await?;
     tracing::info!(device = %d.id, expires_at = cert.expires_at, "device certificate renewed (waiting for the device to confirm it)");
     Ok(reply(&sync::RenewReply {
         cert_pem,
-        ca_pem: st.ca.ca_pem.clone(),
+        ca_pem: ca.trust_pem(),
         not_after_ms: cert.expires_at.max(0) as u64,
     }))
 }

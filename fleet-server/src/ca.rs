@@ -11,6 +11,7 @@
 //! revoked device is refused on its next request without a CRL.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
@@ -39,7 +40,56 @@ pub struct FleetCa {
     pub ca_pem: String,
     /// SHA-256 of `ca_pem`: which CA signed a device certificate.
     pub ca_sha256: String,
+    /// During a rotation: the previous CA (its issuer and certificate). Device
+    /// certificates it signed are still accepted, and it issues the server's own
+    /// certificate (devices that have not renewed yet trust only it).
+    previous: Option<(Issuer<'static, KeyPair>, String)>,
     dir: PathBuf,
+}
+
+/// The fleet CA a running server uses, replaced in place when the database says it
+/// changed (a rotation started or finished, possibly by another replica or the CLI).
+#[derive(Debug, Clone)]
+pub struct CaHandle(Arc<std::sync::RwLock<Arc<FleetCa>>>);
+
+impl CaHandle {
+    /// A handle on `ca`.
+    pub fn new(ca: Arc<FleetCa>) -> Self {
+        CaHandle(Arc::new(std::sync::RwLock::new(ca)))
+    }
+
+    /// The CA now.
+    pub fn current(&self) -> Arc<FleetCa> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Uses `ca` from now on.
+    pub fn replace(&self, ca: Arc<FleetCa>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = ca;
+    }
+}
+
+/// A new self-signed fleet CA (key and certificate, PEM), named with its creation time so
+/// two generations are told apart.
+pub fn new_ca() -> Result<crate::store::CaRow, CaError> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(
+        DnType::CommonName,
+        format!(
+            "edge fleet CA {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S")
+        ),
+    );
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut p, 20);
+    let cert = p.self_signed(&key)?;
+    Ok(crate::store::CaRow {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 impl std::fmt::Debug for FleetCa {
@@ -108,19 +158,7 @@ impl FleetCa {
                 stored
             }
             None => {
-                let key = KeyPair::generate()?;
-                let mut p = CertificateParams::default();
-                p.distinguished_name = rcgen::DistinguishedName::new();
-                p.distinguished_name
-                    .push(DnType::CommonName, "edge fleet CA");
-                p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-                p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-                validity(&mut p, 20);
-                let cert = p.self_signed(&key)?;
-                let row = crate::store::CaRow {
-                    cert_pem: cert.pem(),
-                    key_pem: key.serialize_pem(),
-                };
+                let row = new_ca()?;
                 let stored = store.init_fleet_ca(&row).await?;
                 if stored == row {
                     tracing::info!(database = store.describe(), "created the fleet CA");
@@ -132,21 +170,75 @@ impl FleetCa {
         if key_path.exists() {
             std::fs::remove_file(&key_path).map_err(io(&key_path))?;
         }
-        if std::fs::read_to_string(&cert_path).ok().as_deref() != Some(row.cert_pem.as_str()) {
-            crate::registry::write_atomic(&cert_path, row.cert_pem.as_bytes())
-                .map_err(io(&cert_path))?;
-        }
         let key = KeyPair::from_pem(&row.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&row.cert_pem, key)?;
         let ca_sha256 = sha256_hex(row.cert_pem.as_bytes());
-        // Devices enrolled before certificates were tracked were signed by this CA.
-        store.adopt_ca(&ca_sha256).await?;
-        Ok(FleetCa {
+        let previous = match store.fleet_ca_previous().await? {
+            Some(p) => Some((
+                Issuer::from_ca_cert_pem(&p.cert_pem, KeyPair::from_pem(&p.key_pem)?)?,
+                p.cert_pem,
+            )),
+            None => None,
+        };
+        // Devices enrolled before certificates were tracked were signed by the CA in use
+        // then: the previous one during a rotation, else this one.
+        let adopted = previous
+            .as_ref()
+            .map_or(ca_sha256.clone(), |(_, pem)| sha256_hex(pem.as_bytes()));
+        store.adopt_ca(&adopted).await?;
+        let ca = FleetCa {
             issuer,
             ca_pem: row.cert_pem,
             ca_sha256,
+            previous,
             dir,
-        })
+        };
+        // What devices are given (`[sync] server_ca`): every CA to trust.
+        let trust = ca.trust_pem();
+        if std::fs::read_to_string(&cert_path).ok().as_deref() != Some(trust.as_str()) {
+            crate::registry::write_atomic(&cert_path, trust.as_bytes()).map_err(io(&cert_path))?;
+        }
+        Ok(ca)
+    }
+
+    /// Every CA certificate devices should trust for the server, and the server for
+    /// devices (PEM): the signing CA, and the previous one during a rotation.
+    pub fn trust_pem(&self) -> String {
+        match &self.previous {
+            Some((_, prev)) => format!("{}\n{}", self.ca_pem.trim_end(), prev),
+            None => self.ca_pem.clone(),
+        }
+    }
+
+    /// Whether a rotation is in progress, and the previous CA's SHA-256.
+    pub fn previous_sha256(&self) -> Option<String> {
+        self.previous
+            .as_ref()
+            .map(|(_, pem)| sha256_hex(pem.as_bytes()))
+    }
+
+    /// [`FleetCa::generation`] of what the database holds now (two reads, no writes).
+    pub async fn stored_generation(store: &crate::store::FleetStore) -> Result<String, CaError> {
+        let cur = store
+            .fleet_ca()
+            .await?
+            .map(|r| sha256_hex(r.cert_pem.as_bytes()))
+            .unwrap_or_default();
+        let prev = store
+            .fleet_ca_previous()
+            .await?
+            .map(|r| sha256_hex(r.cert_pem.as_bytes()))
+            .unwrap_or_default();
+        Ok(format!("{cur}/{prev}"))
+    }
+
+    /// Which CAs this value was loaded from (a change means: reload).
+    pub fn generation(&self) -> String {
+        format!(
+            "{}/{}",
+            self.ca_sha256,
+            self.previous_sha256().unwrap_or_default()
+        )
     }
 
     /// The server's TLS certificate and key (PEM), for these DNS names / IP addresses;
@@ -157,10 +249,15 @@ impl FleetCa {
             self.dir.join("server.pem"),
             self.dir.join("server.names"),
         );
+        // The issuer devices trust for sure: the previous CA during a rotation.
+        let (issuer, issuer_pem) = match &self.previous {
+            Some((i, pem)) => (i, pem),
+            None => (&self.issuer, &self.ca_pem),
+        };
         let wanted = format!(
             "{}\nissuer {}",
             names.join(","),
-            sha256_hex(self.ca_pem.as_bytes())
+            sha256_hex(issuer_pem.as_bytes())
         );
         if std::fs::read_to_string(&names_path).ok().as_deref() != Some(wanted.as_str())
             || !key_path.exists()
@@ -183,7 +280,7 @@ impl FleetCa {
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             validity(&mut p, 5);
-            let cert = p.signed_by(&key, &self.issuer)?;
+            let cert = p.signed_by(&key, issuer)?;
             write_private(&key_path, &key.serialize_pem())?;
             std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
             std::fs::write(&names_path, &wanted).map_err(io(&names_path))?;

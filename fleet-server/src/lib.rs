@@ -77,7 +77,9 @@ pub async fn serve(
     opts.settings.publish(&store).await?;
     let service = service::FleetService::new(store, registry, &opts.data_dir, opts.settings);
     let (cert, key) = ca.server_cert(&opts.names)?;
-    let tls_cfg = tls::server_config(&ca.ca_pem, &cert, &key)?;
+    let tls_cfg = tls::server_config(&ca.trust_pem(), &cert, &key)?;
+    let (tls_tx, tls_rx) = tokio::sync::watch::channel(Arc::new(tls_cfg));
+    let ca = ca::CaHandle::new(ca);
     let listener = tokio::net::TcpListener::bind(&opts.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", opts.listen))?;
@@ -108,6 +110,14 @@ pub async fn serve(
         opts.retention.clone(),
         stop.clone(),
     ));
+    let ca_watch = tokio::spawn(watch_ca(
+        ca.clone(),
+        service.store().clone(),
+        opts.data_dir.clone(),
+        opts.names.clone(),
+        tls_tx,
+        stop.clone(),
+    ));
     let app = with_body_budget(
         router_with(
             &service,
@@ -117,16 +127,71 @@ pub async fn serve(
         ),
         budget::BodyBudget::new(opts.body_memory, Duration::from_secs(5)),
     );
-    tls::serve(listener, tls_cfg, app, stop).await;
+    tls::serve(listener, tls_rx, app, stop).await;
     for (what, task) in [
         ("drift evaluation", evaluator),
         ("housekeeping", housekeeping),
+        ("fleet CA watch", ca_watch),
     ] {
         if let Err(e) = task.await {
             tracing::error!(task = what, "background task ended abnormally: {e}");
         }
     }
     Ok(())
+}
+
+/// How often a server looks for a CA change (a rotation started or finished elsewhere).
+pub const CA_CHECK_EVERY: Duration = Duration::from_secs(3);
+
+/// Reloads the fleet CA when the database's changed: the new CA signs device certificates,
+/// the server certificate is reissued when its issuer changed, and new TLS connections use
+/// the new trust (connections already open keep theirs).
+async fn watch_ca(
+    ca: ca::CaHandle,
+    store: store::FleetStore,
+    data_dir: std::path::PathBuf,
+    names: Vec<String>,
+    tls: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CA_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match ca::FleetCa::stored_generation(&store).await {
+            Ok(g) if g == ca.current().generation() => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!("cannot read the fleet CA: {e}");
+                continue;
+            }
+        }
+        let fresh = match ca::FleetCa::open(&data_dir, &store).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("cannot re-read the fleet CA: {e}");
+                continue;
+            }
+        };
+        let built = fresh
+            .server_cert(&names)
+            .map_err(anyhow::Error::from)
+            .and_then(|(c, k)| tls::server_config(&fresh.trust_pem(), &c, &k));
+        match built {
+            Ok(cfg) => {
+                tracing::info!(
+                    ca = %fresh.ca_sha256,
+                    previous = fresh.previous_sha256().as_deref().unwrap_or("none"),
+                    "fleet CA changed: new certificates and TLS trust in use"
+                );
+                ca.replace(Arc::new(fresh));
+                let _ = tls.send(Arc::new(cfg));
+            }
+            Err(e) => tracing::error!("fleet CA changed but the server cannot use it: {e:#}"),
+        }
+    }
 }
 
 /// Everything `serve` answers: the device API, the operator API, the console, `/healthz`.
@@ -137,7 +202,7 @@ pub fn router(
 ) -> axum::Router {
     router_with(
         service,
-        ca,
+        ca::CaHandle::new(ca),
         max_bundle,
         group_commit::GroupLimits::with_requests(DEFAULT_GROUP_COMMIT),
     )
@@ -149,7 +214,7 @@ pub const DEFAULT_GROUP_COMMIT: usize = 256;
 /// [`router`] with the device API's group-commit limits.
 pub fn router_with(
     service: &service::FleetService,
-    ca: Arc<ca::FleetCa>,
+    ca: ca::CaHandle,
     max_bundle: usize,
     group: group_commit::GroupLimits,
 ) -> axum::Router {

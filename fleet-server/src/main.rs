@@ -229,8 +229,21 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum CaCommand {
-    /// Print the CA certificate (PEM).
+    /// Print the CA certificate(s) devices must trust (PEM; two during a rotation).
     Export,
+    /// Where the CA stands: the signing CA, the previous one during a rotation, and the
+    /// devices still on another CA (JSON).
+    Status,
+    /// Start a CA rotation: a new CA signs device certificates; the current one stays
+    /// trusted (and issues the servers' certificates) while every device renews onto the
+    /// new one at its next check-in. Then `ca finish`.
+    Rotate,
+    /// Finish a CA rotation: the previous CA is no longer trusted. Refused while devices
+    /// still hold its certificates, unless --force (they must enroll again).
+    Finish {
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -885,9 +898,19 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
         Command::Serve(_) | Command::Migrate(_) => {
             anyhow::bail!("serve and migrate are not operations")
         }
-        Command::Ca {
-            command: CaCommand::Export,
-        } => out!("{}", f.ca_pem().await?),
+        Command::Ca { command } => match command {
+            CaCommand::Export => out!("{}", f.ca_pem().await?),
+            CaCommand::Status => json_pretty(&f.ca_status().await?)?,
+            CaCommand::Rotate => {
+                let st = f.rotate_ca().await?;
+                json_pretty(&st)?;
+                eprintln!(
+                    "CA rotation started: {} device(s) renew onto the new CA at their next check-in; then `fleet-server ca finish`",
+                    st.devices_on_other_ca.len()
+                );
+            }
+            CaCommand::Finish { force } => json_pretty(&f.finish_ca_rotation(force).await?)?,
+        },
         Command::Device { command } => device(f, command).await?,
         Command::Model { command } => model(f, command).await?,
         Command::Config { command } => config_cmd(f, command).await?,

@@ -322,6 +322,21 @@ impl FleetOps for RemoteFleet {
     async fn command(&self, id: &str) -> Result<CommandOut> {
         self.get(&format!("{P}/commands/{}", seg(id)), &[]).await
     }
+    async fn ca_status(&self) -> Result<CaStatus> {
+        self.get(&format!("{P}/ca/status"), &[]).await
+    }
+    async fn rotate_ca(&self) -> Result<CaStatus> {
+        self.call(Method::POST, &format!("{P}/ca/rotate"), Body::None)
+            .await
+    }
+    async fn finish_ca_rotation(&self, force: bool) -> Result<CaStatus> {
+        self.json(
+            Method::POST,
+            &format!("{P}/ca/finish"),
+            &FinishRotation { force },
+        )
+        .await
+    }
     async fn configs(&self) -> Result<Vec<ConfigRow>> {
         self.get(&format!("{P}/configs"), &[]).await
     }

@@ -45,14 +45,14 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// Accepts connections until `stop`; each connection is served on its own task.
+/// Accepts connections until `stop`; each connection is served on its own task, with the
+/// TLS config `tls` holds when it is accepted.
 pub async fn serve(
     listener: TcpListener,
-    tls: rustls::ServerConfig,
+    tls: tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>,
     app: Router,
     stop: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -66,7 +66,8 @@ pub async fn serve(
             },
             _ = stop.cancelled() => return,
         };
-        let acceptor = acceptor.clone();
+        // The TLS config of the moment (a CA rotation replaces it).
+        let acceptor = TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -115,3 +115,88 @@ fn short_lived_certificates_are_renewed_in_a_row_without_a_gap() {
     });
     assert!(agent.terminate(Duration::from_secs(20)));
 }
+
+#[test]
+fn ca_rotation_with_devices_on_the_old_and_the_new_ca() {
+    let dir = tempdir();
+    let d = dir.path();
+    let server = FleetServer::start(d);
+    let (key, public) = keygen(d, "ml");
+    let bundle = d.join("pump.bundle");
+    std::fs::write(&bundle, demo_bundle_version(&key, 1, |_| {})).unwrap();
+    // The agent trusts the CA as exported before the rotation.
+    let old_ca = d.join("old-ca.pem");
+    std::fs::copy(server.ca(), &old_ca).unwrap();
+    let tok = token(&server, &["site=a"]);
+    let cfg = agent_config(
+        d,
+        AgentSetup {
+            id: "gw1",
+            server_port: server.port,
+            ca: &old_ca,
+            token: &tok,
+            bundle: &bundle,
+            trusted: &public,
+            extra_sync: "",
+        },
+    );
+    let mut agent = start_agent(d, "gw1", &cfg);
+    let id1 = server.wait("enrollment and check-in", WAIT, || {
+        let ds = server.devices();
+        ds.first()?["last_seen"].as_i64()?;
+        Some(ds[0]["id"].as_str()?.to_string())
+    });
+    // A second device that never renews: its certificate stays on the old CA.
+    let tok2 = token(&server, &["site=b"]);
+    let (cert2, key2, id2) = enroll_device(server.port, &old_ca, d, "gw2", &tok2).unwrap();
+    let auth2 = Some((cert2.as_path(), key2.as_path()));
+
+    let st: serde_json::Value = serde_json::from_str(&server.cli(&["ca", "rotate"])).unwrap();
+    assert_eq!(
+        st["devices_on_other_ca"].as_array().unwrap().len(),
+        2,
+        "{st}"
+    );
+    assert!(st["previous_sha256"].is_string());
+    // The agent renews onto the new CA at its next check-in; gw2 does not.
+    server.wait("gw1 renewed onto the new CA", WAIT, || {
+        let st: serde_json::Value = serde_json::from_str(&server.cli(&["ca", "status"])).ok()?;
+        (st["devices_on_other_ca"] == serde_json::json!([id2.clone()])).then_some(())
+    });
+    // During the overlap both work: gw2 on the old CA, gw1 on the new one.
+    let r: Result<sync::CheckInReply, _> =
+        call(server.port, &old_ca, auth2, path::CHECKIN, &status());
+    let reply = r.expect("the old CA's device works during the overlap");
+    assert!(reply.renew, "the server asks it to renew");
+    let before = server.acked_through(&id1, "samples");
+    server.wait("gw1 uploads on its new certificate", WAIT, || {
+        (server.acked_through(&id1, "samples") > before + 10).then_some(())
+    });
+
+    // Finishing is refused while gw2 would be cut off; --force finishes anyway.
+    let (ok, _, err) = server.cli_status(&["ca", "finish"]);
+    assert!(!ok && err.contains(&id2), "{err}");
+    let st: serde_json::Value =
+        serde_json::from_str(&server.cli(&["ca", "finish", "--force"])).unwrap();
+    assert!(st["previous_sha256"].is_null(), "{st}");
+    assert!(server.audit().contains("ca.finish"));
+    // The running server picks the change up (new server certificate, new trust): gw2 is
+    // refused, gw1 goes on (it trusts the new CA from its renewal).
+    server.wait("gw2 refused after the rotation", WAIT, || {
+        let r: Result<sync::CheckInReply, _> =
+            call(server.port, &server.ca(), auth2, path::CHECKIN, &status());
+        r.is_err().then_some(())
+    });
+    // A fresh start makes new TLS connections: the server's certificate now comes from the
+    // new CA, which the agent trusts since its renewal (its configured server_ca is the old
+    // one).
+    assert!(agent.terminate(Duration::from_secs(20)));
+    agent.restart();
+    let before = server.acked_through(&id1, "samples");
+    server.wait("gw1 uploads after the rotation", WAIT, || {
+        (server.acked_through(&id1, "samples") > before + 10).then_some(())
+    });
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    assert!(!log.contains("fleet sync:"), "a sync failed:\n{log}");
+    assert!(agent.terminate(Duration::from_secs(20)));
+}

@@ -317,6 +317,33 @@ pub(super) async fn device_config(
     respond(st.service.acting(p).device_config(&id).await)
 }
 
+// ---- the fleet CA ----
+
+pub(super) async fn ca_status(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).ca_status().await)
+}
+
+pub(super) async fn ca_rotate(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).rotate_ca().await)
+}
+
+pub(super) async fn ca_finish(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = if body.is_empty() {
+        Ok(FinishRotation::default())
+    } else {
+        json_body::<FinishRotation>(&headers, &body)
+    };
+    match f {
+        Ok(f) => respond(st.service.acting(p).finish_ca_rotation(f.force).await),
+        Err(e) => error_response(&e),
+    }
+}
+
 // ---- commands ----
 
 pub(super) async fn send_command(

@@ -316,6 +316,24 @@ pub fn routes(max_bundle: usize) -> Vec<(RouteSpec, MethodRouter<OperatorState>)
             delete(h::revoke_token),
         ),
         r("GET", "/v1/operator/ca", Some(Viewer), get(h::ca)),
+        r(
+            "GET",
+            "/v1/operator/ca/status",
+            Some(Viewer),
+            get(h::ca_status),
+        ),
+        r(
+            "POST",
+            "/v1/operator/ca/rotate",
+            Some(Admin),
+            post(h::ca_rotate),
+        ),
+        r(
+            "POST",
+            "/v1/operator/ca/finish",
+            Some(Admin),
+            post(h::ca_finish),
+        ),
     ]
 }
 

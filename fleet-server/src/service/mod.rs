@@ -534,17 +534,106 @@ impl Acting {
         })
     }
 
+    /// The CA certificates devices must trust (`[sync] server_ca`): the fleet CA, and during
+    /// a rotation the previous one too.
     pub async fn ca_pem(&self) -> Result<String> {
         self.require(Role::Viewer, "the fleet CA certificate")?;
-        self.svc
-            .store()
+        let cur = self.svc.store().fleet_ca().await?.ok_or_else(|| {
+            ServiceError::Internal(
+                "no fleet CA yet: it is created when `fleet-server serve` first starts".into(),
+            )
+        })?;
+        Ok(match self.svc.store().fleet_ca_previous().await? {
+            Some(prev) => format!("{}\n{}", cur.cert_pem.trim_end(), prev.cert_pem),
+            None => cur.cert_pem,
+        })
+    }
+
+    /// Where a CA rotation stands.
+    pub async fn ca_status(&self) -> Result<views::CaStatus> {
+        self.require(Role::Viewer, "the fleet CA")?;
+        let store = self.svc.store();
+        let cur = store
             .fleet_ca()
             .await?
-            .map(|ca| ca.cert_pem)
-            .ok_or_else(|| {
-                ServiceError::Internal(
-                    "no fleet CA yet: it is created when `fleet-server serve` first starts".into(),
-                )
-            })
+            .ok_or_else(|| ServiceError::Internal("no fleet CA yet".into()))?;
+        let sha = crate::ca::sha256_hex(cur.cert_pem.as_bytes());
+        let prev = store
+            .fleet_ca_previous()
+            .await?
+            .map(|p| crate::ca::sha256_hex(p.cert_pem.as_bytes()));
+        Ok(views::CaStatus {
+            ca_sha256: sha.clone(),
+            previous_sha256: prev,
+            devices_on_other_ca: store.devices_not_on_ca(&sha).await?,
+        })
+    }
+
+    /// Starts a CA rotation (admins): a new CA signs device certificates from now on; the
+    /// current one becomes the previous one, still trusted and still the issuer of the
+    /// servers' certificates, while devices renew onto the new one at their next check-in.
+    pub async fn rotate_ca(&self) -> Result<views::CaStatus> {
+        self.require(Role::Admin, "rotating the fleet CA")?;
+        let new = crate::ca::new_ca().map_err(|e| ServiceError::Internal(e.to_string()))?;
+        self.svc
+            .store()
+            .rotate_fleet_ca(&new)
+            .await
+            .map_err(|e| match e {
+                crate::store::StoreError::Invalid(m) => ServiceError::Conflict(m),
+                other => other.into(),
+            })?;
+        let st = self.ca_status().await?;
+        self.audit(
+            "ca.rotate",
+            &st.ca_sha256,
+            &format!(
+                "new fleet CA; previous {}; {} device(s) to renew",
+                st.previous_sha256.as_deref().unwrap_or("-"),
+                st.devices_on_other_ca.len()
+            ),
+        )
+        .await?;
+        Ok(st)
+    }
+
+    /// Finishes a CA rotation (admins): the previous CA is no longer trusted and the servers'
+    /// certificates come from the new one. Refused while devices still hold certificates of
+    /// another CA (they could not connect any more), unless `force`.
+    pub async fn finish_ca_rotation(&self, force: bool) -> Result<views::CaStatus> {
+        self.require(Role::Admin, "rotating the fleet CA")?;
+        let st = self.ca_status().await?;
+        if st.previous_sha256.is_none() {
+            return Err(ServiceError::Conflict(
+                "no CA rotation is in progress (`fleet-server ca rotate` starts one)".into(),
+            ));
+        }
+        if !st.devices_on_other_ca.is_empty() && !force {
+            return Err(ServiceError::Conflict(format!(
+                "{} device(s) still hold certificates of the previous CA and could not connect after this: {} (wait for them to check in and renew, or finish with --force and enroll them again)",
+                st.devices_on_other_ca.len(),
+                st.devices_on_other_ca.join(", ")
+            )));
+        }
+        self.svc.store().finish_ca_rotation().await?;
+        self.audit(
+            "ca.finish",
+            &st.ca_sha256,
+            &format!(
+                "previous CA {} retired{}",
+                st.previous_sha256.as_deref().unwrap_or("-"),
+                if st.devices_on_other_ca.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; FORCED with {} device(s) still on it: {}",
+                        st.devices_on_other_ca.len(),
+                        st.devices_on_other_ca.join(", ")
+                    )
+                }
+            ),
+        )
+        .await?;
+        self.ca_status().await
     }
 }

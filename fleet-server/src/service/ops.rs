@@ -66,6 +66,9 @@ pub trait FleetOps {
     async fn create_token(&self, t: &NewToken) -> Result<CreatedToken>;
     async fn revoke_token(&self, id: &str) -> Result<ApiTokenRow>;
     async fn ca_pem(&self) -> Result<String>;
+    async fn ca_status(&self) -> Result<CaStatus>;
+    async fn rotate_ca(&self) -> Result<CaStatus>;
+    async fn finish_ca_rotation(&self, force: bool) -> Result<CaStatus>;
 }
 
 /// Delegates each trait method to the inherent method of the same name.
@@ -130,4 +133,7 @@ delegate! {
     create_token(t: &NewToken) -> CreatedToken;
     revoke_token(id: &str) -> ApiTokenRow;
     ca_pem() -> String;
+    ca_status() -> CaStatus;
+    rotate_ca() -> CaStatus;
+    finish_ca_rotation(force: bool) -> CaStatus;
 }

@@ -908,3 +908,23 @@ mod tests {
         assert_eq!(AuditListQuery::from_pairs(&a.to_pairs()).unwrap(), a);
     }
 }
+
+/// Where the fleet CA stands (`GET /v1/operator/ca/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaStatus {
+    /// SHA-256 of the CA certificate (PEM) that signs device certificates.
+    pub ca_sha256: String,
+    /// During a rotation: the previous CA's.
+    pub previous_sha256: Option<String>,
+    /// Non-revoked devices whose certificate another CA signed (they renew at their next
+    /// check-in during a rotation).
+    pub devices_on_other_ca: Vec<String>,
+}
+
+/// `POST /v1/operator/ca/finish`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FinishRotation {
+    /// Finish although devices still hold certificates of the previous CA (audited).
+    #[serde(default)]
+    pub force: bool,
+}

@@ -159,6 +159,77 @@ impl FleetStore {
         .transpose()
     }
 
+    /// The previous fleet CA while a rotation is in progress.
+    pub async fn fleet_ca_previous(&self) -> Result<Option<CaRow>> {
+        let r = sqlx::query("SELECT cert_pem, key_pem FROM fleet_ca_previous WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| {
+            Ok(CaRow {
+                cert_pem: r.try_get("cert_pem")?,
+                key_pem: r.try_get("key_pem")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Starts a CA rotation: `new` signs device certificates from now on, the current CA
+    /// becomes the previous one. Refused while a rotation is in progress.
+    pub async fn rotate_fleet_ca(&self, new: &CaRow) -> Result<()> {
+        let (_writer, mut tx) = self.begin_write().await?;
+        if sqlx::query("SELECT id FROM fleet_ca_previous WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some()
+        {
+            return Err(StoreError::Invalid(
+                "a CA rotation is in progress: finish it first (`fleet-server ca finish`)".into(),
+            ));
+        }
+        let cur = sqlx::query("SELECT cert_pem, key_pem FROM fleet_ca WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("no fleet CA to rotate".into()))?;
+        let (cert, key): (String, String) = (cur.try_get("cert_pem")?, cur.try_get("key_pem")?);
+        sqlx::query(
+            "INSERT INTO fleet_ca_previous (id, cert_pem, key_pem, retired_at) VALUES (1, $1, $2, $3)",
+        )
+        .bind(cert)
+        .bind(key)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE fleet_ca SET cert_pem = $1, key_pem = $2, created_at = $3 WHERE id = 1",
+        )
+        .bind(&new.cert_pem)
+        .bind(&new.key_pem)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a CA rotation: the previous CA is forgotten (no longer trusted, no longer the
+    /// servers' issuer). False when none was in progress.
+    pub async fn finish_ca_rotation(&self) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query("DELETE FROM fleet_ca_previous WHERE id = 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Non-revoked devices whose certificate another CA than `ca_sha256` signed, by id.
+    pub async fn devices_not_on_ca(&self, ca_sha256: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM devices WHERE revoked_at IS NULL AND (cert_ca_sha256 IS NULL OR cert_ca_sha256 <> $1) ORDER BY id")
+            .bind(ca_sha256)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
     /// Stores the fleet CA unless one is stored already; returns the one that is stored
     /// (so replicas starting at once agree on one CA).
     pub async fn init_fleet_ca(&self, ca: &CaRow) -> Result<CaRow> {

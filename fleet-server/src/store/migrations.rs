@@ -306,9 +306,12 @@ const MIGRATIONS: &[Migration] = &[
             Sql("ALTER TABLE devices ADD COLUMN next_cert TEXT"),
             // Certificates issued before: ten years from enrollment.
             Sql("UPDATE devices SET cert_issued_at = enrolled_at, cert_expires_at = enrolled_at + 315360000000 WHERE cert_issued_at IS NULL"),
-            // CAs trusted besides the signing one (the previous CA during a rotation).
-            Sql("CREATE TABLE fleet_ca_trusted (
-                cert_sha256 TEXT PRIMARY KEY, cert_pem TEXT NOT NULL, added_at BIGINT NOT NULL)"),
+            // During a CA rotation, the previous CA: still trusted for device certificates,
+            // and the issuer of the servers' own certificates (devices trust it) until the
+            // rotation is finished.
+            Sql("CREATE TABLE fleet_ca_previous (
+                id BIGINT PRIMARY KEY, cert_pem TEXT NOT NULL, key_pem TEXT NOT NULL,
+                retired_at BIGINT NOT NULL)"),
         ],
     },
 ];
