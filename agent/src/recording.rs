@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use edge_wire::{Quality, Sample, Tag, Value};
 
+/// The header of the agent's own recordings (the native layout).
 pub const CSV_HEADER: &str = "tag,ts_ns,value,quality";
 
 fn push_field(out: &mut String, s: &str) {
@@ -230,15 +231,21 @@ pub enum CsvLayout {
     /// One sample per row: a time column, `tag`, `value` and optionally `quality`, in any
     /// order (other columns are ignored).
     Long {
+        /// Index of the time column and how its values read.
         time: (usize, TimeFormat),
+        /// Index of the `tag` column.
         tag: usize,
+        /// Index of the `value` column.
         value: usize,
+        /// Index of the `quality` column, if there is one (else every sample is good).
         quality: Option<usize>,
     },
     /// One row per time: the time column, then one column per tag (an empty cell is no
     /// sample; `nan` or text that is not a number is a bad-quality sample).
     Wide {
+        /// Index of the time column and how its values read.
         time: (usize, TimeFormat),
+        /// Each tag column's index and name (the header cell).
         tags: Vec<(usize, Tag)>,
     },
 }
@@ -403,6 +410,7 @@ impl<R: BufRead> RecordingReader<R> {
         Ok(out)
     }
 
+    /// The layout the header was recognized as.
     pub fn layout(&self) -> &CsvLayout {
         &self.layout
     }

@@ -35,6 +35,7 @@ pub struct LabelsConfig {
     /// How long a prediction waits for its label before it counts as unlabelled.
     #[serde(with = "humantime_serde")]
     pub horizon: Duration,
+    /// How a label compares with a prediction (default: classification).
     #[serde(default)]
     pub kind: LabelKind,
 }
@@ -80,6 +81,8 @@ struct Pending {
     score: f64,
 }
 
+/// Joins late labels to waiting predictions for one model (module doc). Owned by the drift
+/// tracker.
 #[derive(Debug)]
 pub struct LabelJoiner {
     kind: LabelKind,
@@ -92,6 +95,7 @@ pub struct LabelJoiner {
 }
 
 impl LabelJoiner {
+    /// A joiner with nothing waiting.
     pub fn new(cfg: &LabelsConfig) -> LabelJoiner {
         LabelJoiner {
             kind: cfg.kind,

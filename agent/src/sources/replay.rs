@@ -73,9 +73,11 @@ impl<'de> Deserialize<'de> for ReplaySpeed {
     }
 }
 
+/// `[[sources.replay]]`: plays a recording (CSV) into the pipeline, paced by its timestamps.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaySourceConfig {
+    /// Source name, unique among sources.
     pub name: String,
     /// The recording: the agent's own CSV (`tag,ts_ns,value,quality`) or an imported long or
     /// wide CSV (docs/models.md, "Recordings").
@@ -95,6 +97,8 @@ pub struct ReplaySourceConfig {
 }
 
 impl ReplaySourceConfig {
+    /// Checks the entry: a path, and (when `tags` is empty) a recording whose tags can be read;
+    /// problems are added under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
             "path must name a recording".into()
@@ -134,6 +138,8 @@ pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
 const BATCH: usize = 1024;
 const PACE_SLACK: Duration = Duration::from_millis(2);
 
+/// The replay source: reads a recording on a thread of its own and hands its samples over at
+/// the configured speed; ends at the end of the file.
 #[derive(Debug)]
 pub struct ReplaySource {
     cfg: ReplaySourceConfig,
@@ -144,6 +150,7 @@ pub struct ReplaySource {
 }
 
 impl ReplaySource {
+    /// A source for `cfg`; the file is opened when it runs.
     pub fn new(cfg: ReplaySourceConfig) -> Self {
         ReplaySource {
             cfg,
