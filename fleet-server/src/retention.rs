@@ -20,6 +20,8 @@ use crate::store::{FleetStore, Result};
 /// Records deleted per transaction.
 const BATCH: i64 = 10_000;
 
+/// How long uploaded records are kept, per stream (`serve --retain`); streams not named are
+/// kept forever.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retention {
     /// (stream name, how long its records are kept).

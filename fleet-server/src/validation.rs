@@ -25,10 +25,13 @@ pub struct GateRules {
     /// How long after a window its label may arrive (default 1 h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_horizon: Option<String>,
+    /// Smallest accuracy on the holdout's labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_accuracy: Option<f64>,
+    /// Smallest recall on the holdout's labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_recall: Option<f64>,
+    /// Largest mean absolute error on the holdout's labels (regression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mae: Option<f64>,
     /// Largest share of holdout windows past the score threshold (false alarms on a
@@ -89,17 +92,25 @@ impl GateRules {
 /// What a validation run measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ValidationMetrics {
+    /// Samples the recording held.
     pub samples: u64,
+    /// Windows completed.
     pub windows: u64,
+    /// Predictions made.
     pub predictions: u64,
     /// Share of predictions past the score threshold (`None` without a threshold).
     pub alarm_rate: Option<f64>,
     /// Alarms raised (with the bundle's hysteresis).
     pub alarms_raised: u64,
+    /// Predictions resolved against a label.
     pub labelled: u64,
+    /// Accuracy on the labels (classification).
     pub accuracy: Option<f64>,
+    /// Precision on the labels (classification).
     pub precision: Option<f64>,
+    /// Recall on the labels (classification).
     pub recall: Option<f64>,
+    /// Mean absolute error on the labels (regression).
     pub mae: Option<f64>,
 }
 
@@ -108,12 +119,16 @@ pub struct ValidationMetrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValidationStatus {
+    /// Every limit met.
     Passed,
+    /// A limit not met.
     Failed,
+    /// The run itself failed.
     Error,
 }
 
 impl ValidationStatus {
+    /// The stored spelling: `passed`, `failed` or `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             ValidationStatus::Passed => "passed",
@@ -122,6 +137,7 @@ impl ValidationStatus {
         }
     }
 
+    /// Reads a stored spelling; anything unknown is [`ValidationStatus::Error`].
     pub fn parse(s: &str) -> ValidationStatus {
         match s {
             "passed" => ValidationStatus::Passed,
@@ -134,8 +150,11 @@ impl ValidationStatus {
 /// The outcome of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
+    /// Passed, failed or error.
     pub status: ValidationStatus,
+    /// What the run measured.
     pub metrics: ValidationMetrics,
+    /// Which limit failed, or why the run did (empty when it passed).
     pub detail: String,
 }
 
