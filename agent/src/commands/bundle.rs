@@ -188,14 +188,14 @@ pub fn pack(
         &ps.spec,
         std::io::BufReader::new(f),
         &train.display().to_string(),
-        |row| {
+        |row| -> Result<(), crate::inference::InferenceError> {
             row.drift_values()
                 .iter()
                 .zip(columns.iter_mut())
                 .for_each(|(v, c)| c.push(*v));
             let input = model_input(&ps.spec, row);
             if input.iter().all(|v| v.is_finite()) {
-                let outs = model.run(&input).map_err(|e| e.to_string())?;
+                let outs = model.run(&input)?;
                 for o in outs {
                     let idx = match outputs.iter().position(|(n, _)| *n == o.name) {
                         Some(i) => i,

@@ -40,18 +40,31 @@ pub struct LabelsConfig {
     pub kind: LabelKind,
 }
 
+/// Why `[models.labels]` does not fit the running bundle or the sources ([`check`]). The
+/// message starts with the key (`labels.…`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelsError {
+    /// No source provides the label tag (the tag).
+    #[error(
+        "labels.tag `{0}`: no source provides this tag (the ground truth must come from a configured source)"
+    )]
+    UnknownTag(String),
+    /// Classification labels with a bundle whose score has no threshold (the bundle name).
+    #[error(
+        "labels.kind = \"classification\" compares each label with the score past its threshold, but bundle {0} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)"
+    )]
+    NoThreshold(String),
+}
+
 /// Checks `[models.labels]` against the running bundle and the tags sources provide.
 pub fn check(
     cfg: Option<&LabelsConfig>,
     bundle: &super::LoadedBundle,
     tags: &dyn super::TagCatalog,
-) -> Result<(), String> {
+) -> Result<(), LabelsError> {
     let Some(l) = cfg else { return Ok(()) };
     if !tags.knows(&l.tag) {
-        return Err(format!(
-            "labels.tag `{}`: no source provides this tag (the ground truth must come from a configured source)",
-            l.tag
-        ));
+        return Err(LabelsError::UnknownTag(l.tag.clone()));
     }
     let has_threshold = bundle
         .manifest
@@ -60,11 +73,7 @@ pub fn check(
         .as_ref()
         .is_some_and(|s| s.threshold.is_some());
     if l.kind == LabelKind::Classification && !has_threshold {
-        return Err(format!(
-            "labels.kind = \"classification\" compares each label with the score past its threshold, \
-             but bundle {} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)",
-            bundle.source.bundle
-        ));
+        return Err(LabelsError::NoThreshold(bundle.source.bundle.to_string()));
     }
     Ok(())
 }

@@ -114,10 +114,10 @@ impl ModelStage {
     ) -> Result<ModelStage, LoadError> {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
-        super::labels::check(cfg.labels.as_ref(), &current, &*tags).map_err(|reason| {
+        super::labels::check(cfg.labels.as_ref(), &current, &*tags).map_err(|e| {
             LoadError::Incompatible {
                 path: cfg.bundle.clone(),
-                reason,
+                reason: e.to_string(),
             }
         })?;
         let stats = Arc::new(ModelStats::default());

@@ -35,21 +35,24 @@ impl Default for ReplaySpeed {
     }
 }
 
+/// A replay speed that is neither a number > 0 nor `max` (as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("speed `{0}` must be a number > 0 (1 = as recorded) or \"max\"")]
+pub struct BadSpeed(String);
+
 impl ReplaySpeed {
-    fn factor(f: f64, shown: &str) -> Result<Self, String> {
+    fn factor(f: f64, shown: &str) -> Result<Self, BadSpeed> {
         if f.is_finite() && f > 0.0 {
             Ok(ReplaySpeed::Factor(f))
         } else {
-            Err(format!(
-                "speed `{shown}` must be a number > 0 (1 = as recorded) or \"max\""
-            ))
+            Err(BadSpeed(shown.to_string()))
         }
     }
 }
 
 impl std::str::FromStr for ReplaySpeed {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadSpeed;
+    fn from_str(s: &str) -> Result<Self, BadSpeed> {
         if s.eq_ignore_ascii_case("max") {
             return Ok(ReplaySpeed::Max);
         }
@@ -93,7 +96,7 @@ pub struct ReplaySourceConfig {
     pub tags: Vec<String>,
     /// Tags read from the file when `tags` is empty (read once, at load).
     #[serde(skip)]
-    pub file_tags: std::sync::OnceLock<Result<Vec<String>, String>>,
+    pub file_tags: std::sync::OnceLock<Result<Vec<String>, RecordingTagsError>>,
 }
 
 impl ReplaySourceConfig {
@@ -105,12 +108,12 @@ impl ReplaySourceConfig {
         });
         if self.tags.is_empty() {
             if let Err(e) = self.file_tags() {
-                issues.push(at.key("path"), e.clone());
+                issues.push(at.key("path"), e.to_string());
             }
         }
     }
 
-    fn file_tags(&self) -> &Result<Vec<String>, String> {
+    fn file_tags(&self) -> &Result<Vec<String>, RecordingTagsError> {
         self.file_tags.get_or_init(|| recording_tags(&self.path))
     }
 
@@ -119,18 +122,36 @@ impl ReplaySourceConfig {
         if !self.tags.is_empty() {
             return self.tags.clone();
         }
-        self.file_tags().clone().unwrap_or_default()
+        self.file_tags().as_ref().ok().cloned().unwrap_or_default()
     }
+}
+
+/// Why a recording's tags could not be read ([`recording_tags`]). Cloneable: the config
+/// keeps the result of its one read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordingTagsError {
+    /// The file could not be opened.
+    #[error("cannot read {path}: {source}")]
+    Open {
+        /// The file, as shown.
+        path: String,
+        /// The I/O error.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The recording is malformed (with its line).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
 }
 
 /// Every tag of a recording, in order of first appearance (a wide file's header; a long
 /// file's tag column, read through without parsing the values).
-pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
+pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, RecordingTagsError> {
     let what = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
-    RecordingReader::new(std::io::BufReader::new(f), &what)
-        .and_then(|r| r.tag_names())
-        .map_err(|e| e.to_string())
+    let f = std::fs::File::open(path).map_err(|source| RecordingTagsError::Open {
+        path: what.clone(),
+        source: source.into(),
+    })?;
+    Ok(RecordingReader::new(std::io::BufReader::new(f), &what).and_then(|r| r.tag_names())?)
 }
 
 /// Samples handed over at once: a batch of up to this many with due times within
