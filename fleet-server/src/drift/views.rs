@@ -308,6 +308,30 @@ pub struct DriftView {
     pub performance: Option<PerformanceOut>,
 }
 
+/// Why one bucket's merge could not take in another's ([`Acc::absorb`]).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AbsorbError {
+    #[error("another bundle version")]
+    OtherVersion,
+    #[error(transparent)]
+    Summary(#[from] edge_wire::drift::DriftError),
+}
+
+/// Why a bundle version's views are not scored: the note shown with them.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unscored {
+    #[error("version number {0} is out of range")]
+    VersionOutOfRange(u64),
+    #[error("the registry has no {bundle} #{version}: unscored (moments and quantiles only)")]
+    NotInRegistry { bundle: String, version: u64 },
+    #[error("cannot read {bundle} #{version} from the registry ({source}): unscored")]
+    Unreadable {
+        bundle: String,
+        version: u64,
+        source: RegistryError,
+    },
+}
+
 /// One (version, bucket)'s records merged, plus what [`MergedDrift`] does not keep.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Acc {
@@ -337,7 +361,7 @@ impl Acc {
         true
     }
 
-    pub(super) fn absorb(&mut self, o: &Acc) -> Result<(), String> {
+    pub(super) fn absorb(&mut self, o: &Acc) -> Result<(), AbsorbError> {
         // MergedDrift has no merge of two merges: re-add through its summaries would lose
         // the per-record counts, so merge the parts by hand with the same rules.
         if self.merged.records == 0 {
@@ -347,11 +371,11 @@ impl Acc {
         if o.merged.bundle != self.merged.bundle
             || o.merged.version_number != self.merged.version_number
         {
-            return Err("another bundle version".into());
+            return Err(AbsorbError::OtherVersion);
         }
         for (name, s) in &o.merged.columns {
             match self.merged.columns.get_mut(name) {
-                Some(m) => m.merge(s).map_err(|e| e.to_string())?,
+                Some(m) => m.merge(s)?,
                 None => {
                     self.merged.columns.insert(name.clone(), s.clone());
                 }
@@ -359,7 +383,7 @@ impl Acc {
         }
         for (name, s) in &o.merged.outputs {
             match self.merged.outputs.get_mut(name) {
-                Some(m) => m.merge(s).map_err(|e| e.to_string())?,
+                Some(m) => m.merge(s)?,
                 None => {
                     self.merged.outputs.insert(name.clone(), s.clone());
                 }
@@ -495,7 +519,7 @@ pub(super) async fn collect(
 pub(super) struct References<'a> {
     registry: &'a Registry,
     bundle: String,
-    cache: BTreeMap<u64, Result<(Reference, DriftRules), String>>,
+    cache: BTreeMap<u64, Result<(Reference, DriftRules), Unscored>>,
 }
 
 impl<'a> References<'a> {
@@ -507,20 +531,21 @@ impl<'a> References<'a> {
         }
     }
 
-    pub(super) async fn get(&mut self, version: u64) -> &Result<(Reference, DriftRules), String> {
+    pub(super) async fn get(&mut self, version: u64) -> &Result<(Reference, DriftRules), Unscored> {
         if !self.cache.contains_key(&version) {
             let r = match i64::try_from(version) {
-                Err(_) => Err(format!("version number {version} is out of range")),
+                Err(_) => Err(Unscored::VersionOutOfRange(version)),
                 Ok(vn) => match self.registry.manifest(&self.bundle, vn).await {
                     Ok(Some(m)) => Ok((m.reference.clone(), m.drift.resolve())),
-                    Ok(None) => Err(format!(
-                        "the registry has no {} #{version}: unscored (moments and quantiles only)",
-                        self.bundle
-                    )),
-                    Err(e) => Err(format!(
-                        "cannot read {} #{version} from the registry ({e}): unscored",
-                        self.bundle
-                    )),
+                    Ok(None) => Err(Unscored::NotInRegistry {
+                        bundle: self.bundle.clone(),
+                        version,
+                    }),
+                    Err(source) => Err(Unscored::Unreadable {
+                        bundle: self.bundle.clone(),
+                        version,
+                        source,
+                    }),
                 },
             };
             self.cache.insert(version, r);
@@ -540,7 +565,7 @@ impl<'a> References<'a> {
             }
             Err(note) => {
                 let (c, o) = m.scored(&Reference::default(), &DriftRules::default());
-                (c, o, Some(note.clone()))
+                (c, o, Some(note.to_string()))
             }
         }
     }

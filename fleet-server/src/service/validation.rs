@@ -72,7 +72,9 @@ impl Acting {
                 holdout.len()
             )));
         }
-        rules.validate().map_err(ServiceError::Invalid)?;
+        rules
+            .validate()
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let sha = edge_wire::bundle::file::sha256_hex(&holdout);
         self.store().put_artifact(&sha, &holdout).await?;
         let row = GateRow {
