@@ -38,7 +38,7 @@ pub struct AgentConfig {
     /// `[metrics]`: the Prometheus endpoint (off by default).
     #[serde(default)]
     pub metrics: MetricsConfig,
-    /// `[pipeline]`: channel sizes and the shutdown deadline.
+    /// `[pipeline]`: queue sizes, backpressure and the shutdown deadline.
     #[serde(default)]
     pub pipeline: PipelineConfig,
     /// `[[sources.<kind>]]`: every configured source, by kind.
