@@ -30,21 +30,30 @@ use crate::sources::SourcesConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// `[agent]`: this gateway's id and state directory (required).
     pub agent: AgentSection,
+    /// `[log]`: level filter and format.
     #[serde(default)]
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus endpoint (off by default).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[pipeline]`: queue sizes, backpressure and the shutdown deadline.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `[[sources.<kind>]]`: every configured source, by kind.
     #[serde(default)]
     pub sources: SourcesConfig,
+    /// `[[outputs.<kind>]]`: file and MQTT outputs.
     #[serde(default)]
     pub outputs: OutputsConfig,
+    /// `[outbox]`: the on-disk queue behind MQTT outputs and the fleet sync.
     #[serde(default)]
     pub outbox: crate::outbox::OutboxConfig,
+    /// `[bundles]`: the keys model bundles must be signed with.
     #[serde(default)]
     pub bundles: BundlesConfig,
+    /// `[[models]]`: the models to run, in file order.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
     /// `[sync]`: the fleet server (absent: no fleet sync).
@@ -80,8 +89,10 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputsConfig {
+    /// `[[outputs.file]]`: JSON-lines or CSV files, or standard output.
     #[serde(default)]
     pub file: Vec<FileOutputConfig>,
+    /// `[[outputs.mqtt]]`: MQTT publishers (JSON or Sparkplug B), fed from the outbox.
     #[serde(default)]
     pub mqtt: Vec<crate::publish::MqttOutputConfig>,
 }
@@ -89,21 +100,29 @@ pub struct OutputsConfig {
 /// A config that cannot be used, with every problem found.
 #[derive(Debug)]
 pub enum ConfigError {
+    /// The file could not be read (missing, unreadable, not UTF-8).
     Read {
+        /// The config file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// TOML syntax or shape (unknown key, wrong type): toml's own message with line and column
     /// for the first, then the shape problems of every other section and table (toml's
     /// deserializer stops at the first one).
     Parse {
+        /// The config file.
         path: PathBuf,
+        /// toml's message for the first problem, with its line and column.
         message: String,
+        /// Shape problems of the other sections and tables, in file order.
         more: Vec<Located>,
     },
     /// Semantic problems, each with its key path and line.
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// Every problem found, in the order the checks ran.
         problems: Vec<Located>,
     },
 }
@@ -111,7 +130,10 @@ pub enum ConfigError {
 /// A config issue resolved to a line in the file.
 #[derive(Debug, Clone)]
 pub struct Located {
+    /// What is wrong and at which key.
     pub issue: ConfigIssue,
+    /// 1-based line of the key (or of its deepest existing parent) in the file; `None` when
+    /// not even the section is in the file.
     pub line: Option<usize>,
 }
 
@@ -352,12 +374,12 @@ impl AgentConfig {
         }
     }
 
+    /// Number of configured sources of every kind.
     pub fn source_count(&self) -> usize {
         let s = &self.sources;
         s.simulated.len() + s.modbus.len() + s.opcua.len() + s.mqtt.len() + s.replay.len()
     }
 
-    /// Tags known at load time (wildcard MQTT tags are created at runtime).
     /// `check`'s one-line summary: sources, tags (named in the file, and the wildcard
     /// patterns that name tags at run time), outputs of every kind.
     pub fn summary(&self) -> String {
@@ -380,6 +402,8 @@ impl AgentConfig {
         )
     }
 
+    /// Tags named in the file (wildcard MQTT tag patterns, which create tags at run time, are
+    /// not counted).
     pub fn static_tag_count(&self) -> usize {
         let s = &self.sources;
         let at = KeyPath::root();
@@ -492,6 +516,8 @@ pub struct TagOwners {
 }
 
 impl TagOwners {
+    /// The source that produces `tag`: an exact tag name first, then the first MQTT name template
+    /// that matches; `None` for a tag no source names.
     pub fn owner(&self, tag: &str) -> Option<&str> {
         self.exact.get(tag).map(String::as_str).or_else(|| {
             self.templates
@@ -692,7 +718,6 @@ fn check_sources<T: SourceEntry>(
     }
 }
 
-/// 1-based line of the deepest existing key along `path`.
 /// Shape problems (unknown keys, wrong types, missing keys) of each section and of each table
 /// of an array, deserialized one by one, in file order; empty when the text is not TOML at
 /// all (toml's own message says where) or has no shape problem.
@@ -780,6 +805,8 @@ fn shape_problems(text: &str) -> Vec<Located> {
     out
 }
 
+/// 1-based line of the deepest existing key along `path` in `text`; `None` when the text is
+/// not TOML or not even the path's first key is in it.
 pub fn line_of(text: &str, path: &KeyPath) -> Option<usize> {
     let root = toml::de::DeTable::parse(text).ok()?;
     let mut span = None;

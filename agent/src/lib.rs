@@ -6,6 +6,7 @@
 // No unsafe code, with one named exception: `memory` (madvise, malloc_trim: advice to the
 // kernel and the allocator after startup and model loads; no safe binding exists).
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod commands;
 pub mod config;

@@ -20,6 +20,9 @@ use serde::Deserialize;
 /// (e.g. `EDGE_LOG=info,opcua_client=debug`).
 const QUIET: &str = "opcua_client=off,opcua_core=off,opcua_crypto=off,opcua_types=off,rumqttc=warn";
 
+/// Installs the global tracing subscriber on stderr: `EDGE_LOG` if set, else `cfg.level` with
+/// the noisy library crates quietened; an invalid filter falls back to `info`. A second call
+/// (tests) keeps the subscriber already installed.
 pub fn init(cfg: &LogConfig) {
     let spec = std::env::var("EDGE_LOG").unwrap_or_else(|_| format!("{QUIET},{}", cfg.level));
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -200,10 +203,14 @@ impl Default for LogConfig {
     }
 }
 
+/// `[log] format`: how log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines; no colours or timestamps when stderr is not a terminal (journald adds
+    /// its own).
     Text,
+    /// One JSON object per line.
     Json,
 }
 

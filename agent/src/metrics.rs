@@ -82,6 +82,7 @@ impl PipelineObserver for Metrics {
 }
 
 impl Metrics {
+    /// An empty registry; stages register as the pipeline builds.
     pub fn new() -> Self {
         Self::default()
     }
@@ -91,7 +92,7 @@ impl Metrics {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn add_source(&self, name: &str, kind: &'static str, s: Arc<SourceStats>) {
+    pub(crate) fn add_source(&self, name: &str, kind: &'static str, s: Arc<SourceStats>) {
         self.lock().sources.push((name.to_string(), kind, s));
     }
     /// Metrics hold only weak handles on queues: they must never keep a queue open.
@@ -106,22 +107,25 @@ impl Metrics {
             .outputs
             .push((name.to_string(), kind, s, q.downgrade()));
     }
+    /// Registers a model's counters (exported with label `model`).
     pub fn add_model(&self, name: &str, s: Arc<ModelStats>) {
         self.lock().models.push((name.to_string(), s));
     }
 
+    /// Registers the outbox, whose depth and size are read at every scrape.
     pub fn set_outbox(&self, o: Arc<crate::outbox::SledOutbox>) {
         self.lock().outbox = Some(o);
     }
 
+    /// Registers the fleet sync's counters (`sync_*`).
     pub fn set_sync(&self, s: Arc<crate::sync::SyncStats>) {
         self.lock().sync = Some(s);
     }
 
-    pub fn set_pipeline(&self, s: Arc<PipelineStats>) {
+    pub(crate) fn set_pipeline(&self, s: Arc<PipelineStats>) {
         self.lock().pipeline = Some(s);
     }
-    pub fn set_fan_in(&self, q: &mpsc::Sender<SampleBatch>) {
+    pub(crate) fn set_fan_in(&self, q: &mpsc::Sender<SampleBatch>) {
         self.lock().fan_in = Some(q.downgrade());
     }
 

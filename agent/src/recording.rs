@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use edge_wire::{Quality, Sample, Tag, Value};
 
+/// The header of the agent's own recordings (the native layout).
 pub const CSV_HEADER: &str = "tag,ts_ns,value,quality";
 
 fn push_field(out: &mut String, s: &str) {
@@ -57,9 +58,69 @@ pub fn write_csv_row(out: &mut String, s: &Sample) {
     out.push('\n');
 }
 
+/// What is wrong with one line of a recording: the header, or a data row.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsvError {
+    /// A quoted field has no closing quote.
+    #[error("unterminated quoted field")]
+    UnterminatedQuote,
+    /// Something between a closing quote and the next comma.
+    #[error("unexpected `{0}` after a quoted field")]
+    AfterQuote(char),
+    /// A native row without exactly four fields (the count found).
+    #[error("expected 4 fields (tag,ts_ns,value,quality), found {0}")]
+    FieldCount(usize),
+    /// A native row's `ts_ns` is not an integer.
+    #[error("ts_ns `{0}` is not an integer")]
+    BadTsNs(String),
+    /// A quality other than `good`, `uncertain`, `bad`.
+    #[error("quality `{0}` is not good, uncertain or bad")]
+    BadQuality(String),
+    /// A value cell that is not a number, boolean, quoted text or empty.
+    #[error("value `{0}` is not a number, boolean, quoted text or empty")]
+    BadValue(String),
+    /// An integer time column holds something else, or a time past the `i64` range.
+    #[error("time `{0}` is not an integer in range")]
+    TimeNotInteger(String),
+    /// A seconds time column holds something else.
+    #[error("time `{0}` is not a number of seconds")]
+    TimeNotSeconds(String),
+    /// A text time column holds no time it can read.
+    #[error("time `{0}` is not RFC 3339 (2024-01-31T12:00:00Z), `2024-01-31 12:00:00` or seconds")]
+    TimeNotText(String),
+    /// A text time outside what nanoseconds in an `i64` hold.
+    #[error("time `{0}` is out of range")]
+    TimeOutOfRange(String),
+    /// A long-layout row too short for one of its columns.
+    #[error("no `{what}` field (column {column})")]
+    MissingField {
+        /// `time`, `value`, `quality` or `tag`.
+        what: &'static str,
+        /// The column (1-based).
+        column: usize,
+    },
+    /// A wide-layout row too short for its time column, or a row too short for the tag
+    /// column when only the tag names are read.
+    #[error("no {what} field (column {column})")]
+    MissingColumn {
+        /// `time` or `tag`.
+        what: &'static str,
+        /// The column (1-based).
+        column: usize,
+    },
+    /// A header with no time column (the header).
+    #[error(
+        "header `{0}`: no time column (ts_ns, ts_us, ts_ms, ts_s, epoch, timestamp, time, ts, datetime); the agent's own recordings start with `{CSV_HEADER}`"
+    )]
+    NoTimeColumn(String),
+    /// A header with a time column and nothing else (the header).
+    #[error("header `{0}`: a time column but no tag columns")]
+    NoTagColumns(String),
+}
+
 /// Splits one CSV line into fields (RFC 4180 quoting, no embedded newlines). Returns the
 /// fields and whether each was quoted.
-fn split_fields(line: &str) -> Result<Vec<(String, bool)>, String> {
+fn split_fields(line: &str) -> Result<Vec<(String, bool)>, CsvError> {
     let mut fields = Vec::new();
     let mut chars = line.chars().peekable();
     loop {
@@ -75,7 +136,7 @@ fn split_fields(line: &str) -> Result<Vec<(String, bool)>, String> {
                     }
                     Some('"') => break,
                     Some(c) => f.push(c),
-                    None => return Err("unterminated quoted field".into()),
+                    None => return Err(CsvError::UnterminatedQuote),
                 }
             }
         }
@@ -84,7 +145,7 @@ fn split_fields(line: &str) -> Result<Vec<(String, bool)>, String> {
                 break;
             }
             if quoted {
-                return Err(format!("unexpected `{c}` after a quoted field"));
+                return Err(CsvError::AfterQuote(c));
             }
             f.push(c);
             chars.next();
@@ -97,15 +158,10 @@ fn split_fields(line: &str) -> Result<Vec<(String, bool)>, String> {
 }
 
 /// Parses one data row. Errors say what is wrong with the row.
-pub fn parse_csv_row(line: &str) -> Result<Sample, String> {
+pub fn parse_csv_row(line: &str) -> Result<Sample, CsvError> {
     let fields = split_fields(line.trim_end_matches(['\r', '\n']))?;
     let [(tag, _), (ts, _), (value, value_quoted), (quality, _)] =
-        <[(String, bool); 4]>::try_from(fields).map_err(|f| {
-            format!(
-                "expected 4 fields (tag,ts_ns,value,quality), found {}",
-                f.len()
-            )
-        })?;
+        <[(String, bool); 4]>::try_from(fields).map_err(|f| CsvError::FieldCount(f.len()))?;
     native_row(Arc::from(tag.as_str()), &ts, &value, value_quoted, &quality)
 }
 
@@ -116,16 +172,16 @@ fn native_row(
     value: &str,
     value_quoted: bool,
     quality: &str,
-) -> Result<Sample, String> {
+) -> Result<Sample, CsvError> {
     let ts_ns: i64 = ts
         .trim()
         .parse()
-        .map_err(|_| format!("ts_ns `{ts}` is not an integer"))?;
+        .map_err(|_| CsvError::BadTsNs(ts.to_string()))?;
     let quality = match quality.trim() {
         "good" => Quality::Good,
         "uncertain" => Quality::Uncertain,
         "bad" => Quality::Bad,
-        q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
+        q => return Err(CsvError::BadQuality(q.to_string())),
     };
     let value = parse_value(value, value_quoted)?;
     Ok(Sample::new(tag, ts_ns, value, quality))
@@ -180,13 +236,13 @@ impl TimeFormat {
     }
 
     /// UTC nanoseconds since the Unix epoch.
-    pub fn parse(self, s: &str) -> Result<i64, String> {
+    pub fn parse(self, s: &str) -> Result<i64, CsvError> {
         let s = s.trim();
         let int = |scale: i64| {
             s.parse::<i64>()
                 .ok()
                 .and_then(|v| v.checked_mul(scale))
-                .ok_or_else(|| format!("time `{s}` is not an integer in range"))
+                .ok_or_else(|| CsvError::TimeNotInteger(s.to_string()))
         };
         let secs = |s: &str| {
             s.parse::<f64>()
@@ -198,9 +254,7 @@ impl TimeFormat {
             TimeFormat::Nanos => int(1),
             TimeFormat::Micros => int(1_000),
             TimeFormat::Millis => int(1_000_000),
-            TimeFormat::Seconds => {
-                secs(s).ok_or_else(|| format!("time `{s}` is not a number of seconds"))
-            }
+            TimeFormat::Seconds => secs(s).ok_or_else(|| CsvError::TimeNotSeconds(s.to_string())),
             TimeFormat::Text => {
                 if let Some(ns) = secs(s) {
                     return Ok(ns);
@@ -212,11 +266,9 @@ impl TimeFormat {
                         chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
                             .map(|n| n.and_utc())
                     })
-                    .map_err(|_| {
-                        format!("time `{s}` is not RFC 3339 (2024-01-31T12:00:00Z), `2024-01-31 12:00:00` or seconds")
-                    })?;
+                    .map_err(|_| CsvError::TimeNotText(s.to_string()))?;
                 dt.timestamp_nanos_opt()
-                    .ok_or_else(|| format!("time `{s}` is out of range"))
+                    .ok_or_else(|| CsvError::TimeOutOfRange(s.to_string()))
             }
         }
     }
@@ -230,22 +282,28 @@ pub enum CsvLayout {
     /// One sample per row: a time column, `tag`, `value` and optionally `quality`, in any
     /// order (other columns are ignored).
     Long {
+        /// Index of the time column and how its values read.
         time: (usize, TimeFormat),
+        /// Index of the `tag` column.
         tag: usize,
+        /// Index of the `value` column.
         value: usize,
+        /// Index of the `quality` column, if there is one (else every sample is good).
         quality: Option<usize>,
     },
     /// One row per time: the time column, then one column per tag (an empty cell is no
     /// sample; `nan` or text that is not a number is a bad-quality sample).
     Wide {
+        /// Index of the time column and how its values read.
         time: (usize, TimeFormat),
+        /// Each tag column's index and name (the header cell).
         tags: Vec<(usize, Tag)>,
     },
 }
 
 impl CsvLayout {
     /// Recognizes a header line.
-    pub fn of_header(header: &str) -> Result<CsvLayout, String> {
+    pub fn of_header(header: &str) -> Result<CsvLayout, CsvError> {
         let h = header.trim_end_matches(['\r', '\n']);
         if h == CSV_HEADER {
             return Ok(CsvLayout::Native);
@@ -259,12 +317,7 @@ impl CsvLayout {
             .iter()
             .enumerate()
             .find_map(|(i, n)| TimeFormat::of_column(n).map(|f| (i, f)))
-            .ok_or_else(|| {
-                format!(
-                    "header `{h}`: no time column (ts_ns, ts_us, ts_ms, ts_s, epoch, timestamp, time, ts, datetime); \
-                     the agent's own recordings start with `{CSV_HEADER}`"
-                )
-            })?;
+            .ok_or_else(|| CsvError::NoTimeColumn(h.to_string()))?;
         if let (Some(tag), Some(value)) = (find("tag"), find("value")) {
             return Ok(CsvLayout::Long {
                 time,
@@ -280,7 +333,7 @@ impl CsvLayout {
             .map(|(i, n)| (i, Arc::from(n.as_str())))
             .collect();
         if tags.is_empty() {
-            return Err(format!("header `{h}`: a time column but no tag columns"));
+            return Err(CsvError::NoTagColumns(h.to_string()));
         }
         Ok(CsvLayout::Wide { time, tags })
     }
@@ -296,7 +349,7 @@ impl CsvLayout {
 }
 
 /// A value cell: a number, `true`/`false`, quoted text, or empty (`Null`).
-fn parse_value(v: &str, quoted: bool) -> Result<Value, String> {
+fn parse_value(v: &str, quoted: bool) -> Result<Value, CsvError> {
     let v = if quoted { v } else { v.trim() };
     Ok(if quoted {
         Value::Text(Arc::from(v))
@@ -311,9 +364,7 @@ fn parse_value(v: &str, quoted: bool) -> Result<Value, String> {
     } else if let Ok(f) = v.parse::<f64>() {
         Value::Float(f)
     } else {
-        return Err(format!(
-            "value `{v}` is not a number, boolean, quoted text or empty"
-        ));
+        return Err(CsvError::BadValue(v.to_string()));
     })
 }
 
@@ -351,7 +402,7 @@ impl<R: BufRead> RecordingReader<R> {
         };
         let mut lines = input.lines();
         let layout = match lines.next() {
-            Some(Ok(h)) => CsvLayout::of_header(&h).map_err(|e| error(Some(1), e))?,
+            Some(Ok(h)) => CsvLayout::of_header(&h).map_err(|e| error(Some(1), e.to_string()))?,
             Some(Err(e)) => return Err(error(None, e.to_string())),
             None => return Err(error(None, "empty file".into())),
         };
@@ -393,7 +444,13 @@ impl<R: BufRead> RecordingReader<R> {
                     .map(|f| f.0)
             };
             let name = name.ok_or_else(|| {
-                self.error(self.line, format!("no tag field (column {})", tag_col + 1))
+                self.error(
+                    self.line,
+                    CsvError::MissingColumn {
+                        what: "tag",
+                        column: tag_col + 1,
+                    },
+                )
             })?;
             if !seen.contains(name.as_str()) {
                 seen.insert(name.clone());
@@ -403,11 +460,12 @@ impl<R: BufRead> RecordingReader<R> {
         Ok(out)
     }
 
+    /// The layout the header was recognized as.
     pub fn layout(&self) -> &CsvLayout {
         &self.layout
     }
 
-    fn row(&mut self, line: &str) -> Result<(), String> {
+    fn row(&mut self, line: &str) -> Result<(), CsvError> {
         match &self.layout {
             // The common case, no quoting: fields borrowed from the line, the tag interned.
             CsvLayout::Native if !line.contains('"') => {
@@ -415,10 +473,7 @@ impl<R: BufRead> RecordingReader<R> {
                 let (Some(tag), Some(ts), Some(value), Some(quality), None) =
                     (f.next(), f.next(), f.next(), f.next(), f.next())
                 else {
-                    return Err(format!(
-                        "expected 4 fields (tag,ts_ns,value,quality), found {}",
-                        line.split(',').count()
-                    ));
+                    return Err(CsvError::FieldCount(line.split(',').count()));
                 };
                 let tag = self.tags.get(tag);
                 self.pending
@@ -432,9 +487,11 @@ impl<R: BufRead> RecordingReader<R> {
                 quality,
             } => {
                 let f = split_fields(line)?;
-                let cell = |i: usize, what: &str| {
-                    f.get(i)
-                        .ok_or_else(|| format!("no `{what}` field (column {})", i + 1))
+                let cell = |i: usize, what: &'static str| {
+                    f.get(i).ok_or(CsvError::MissingField {
+                        what,
+                        column: i + 1,
+                    })
                 };
                 let ts_ns = time.1.parse(&cell(time.0, "time")?.0)?;
                 let (v, quoted) = cell(*value, "value")?;
@@ -444,7 +501,7 @@ impl<R: BufRead> RecordingReader<R> {
                         "good" | "" => Quality::Good,
                         "uncertain" => Quality::Uncertain,
                         "bad" => Quality::Bad,
-                        q => return Err(format!("quality `{q}` is not good, uncertain or bad")),
+                        q => return Err(CsvError::BadQuality(q.to_string())),
                     },
                 };
                 let tag = self.tags.get(&cell(*tag, "tag")?.0);
@@ -453,9 +510,10 @@ impl<R: BufRead> RecordingReader<R> {
             }
             CsvLayout::Wide { time, tags } => {
                 let f = split_fields(line)?;
-                let t = f
-                    .get(time.0)
-                    .ok_or_else(|| format!("no time field (column {})", time.0 + 1))?;
+                let t = f.get(time.0).ok_or(CsvError::MissingColumn {
+                    what: "time",
+                    column: time.0 + 1,
+                })?;
                 let ts_ns = time.1.parse(&t.0)?;
                 for (i, tag) in tags {
                     let Some((v, quoted)) = f.get(*i) else {
@@ -558,15 +616,12 @@ mod tests {
 
     #[test]
     fn malformed_rows_are_explained() {
-        assert!(parse_csv_row("a,1,2")
-            .unwrap_err()
-            .contains("expected 4 fields"));
-        assert!(parse_csv_row("a,x,2,good").unwrap_err().contains("ts_ns"));
-        assert!(parse_csv_row("a,1,2,fine").unwrap_err().contains("quality"));
-        assert!(parse_csv_row("a,1,hot,good").unwrap_err().contains("hot"));
-        assert!(parse_csv_row("\"a,1,2,good")
-            .unwrap_err()
-            .contains("unterminated"));
+        let e = |line: &str| parse_csv_row(line).unwrap_err().to_string();
+        assert!(e("a,1,2").contains("expected 4 fields"));
+        assert!(e("a,x,2,good").contains("ts_ns"));
+        assert!(e("a,1,2,fine").contains("quality"));
+        assert!(e("a,1,hot,good").contains("hot"));
+        assert!(e("\"a,1,2,good").contains("unterminated"));
         // NaN in a recording stays bad quality on the way back in.
         assert_eq!(parse_csv_row("a,1,NaN,good").unwrap().quality, Quality::Bad);
     }

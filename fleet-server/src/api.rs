@@ -26,7 +26,9 @@ use crate::types::UpdateOutcome;
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// The database.
     pub store: FleetStore,
+    /// The model registry (bundles and the artifacts devices download).
     pub registry: Registry,
     /// The fleet CA (replaced in place by a rotation).
     pub ca: crate::ca::CaHandle,
@@ -68,6 +70,8 @@ impl AppState {
 #[derive(Debug, Clone)]
 pub struct PeerCert(pub Option<String>);
 
+/// A device API error: the HTTP status and the plain-text message answered (server errors
+/// are logged).
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
@@ -198,6 +202,9 @@ fn reply<T: Serialize>(msg: &T) -> Response {
         .into_response()
 }
 
+/// The device API's routes (enroll, check-in, upload, update reports, artifact downloads)
+/// over `state`, bodies up to `sync::MAX_BODY`. Devices are known by their client
+/// certificate, which the TLS acceptor hands over as [`PeerCert`].
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(path::ENROLL, post(enroll))

@@ -33,6 +33,8 @@ const UNKNOWN_LENGTH: u64 = edge_wire::sync::MAX_BODY as u64;
 /// The most a request may be charged and still use the small lane (bytes).
 pub const SMALL: u64 = 1 << 20;
 
+/// The memory budget for request bodies in flight (module doc). Cheap to clone: clones share
+/// the budget.
 #[derive(Debug, Clone)]
 pub struct BodyBudget {
     /// Large requests.

@@ -19,21 +19,30 @@ use rcgen::{
 };
 use sha2::{Digest, Sha256};
 
+/// Why the fleet CA could not be loaded, made or used.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
+    /// A file in the CA directory (`<data_dir>/ca`) could not be read, written or removed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// rcgen could not make or sign a certificate.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
+    /// A device's CSR could not be read.
     #[error("invalid certificate signing request: {0}")]
     Csr(String),
+    /// The database failed.
     #[error("fleet CA in the database: {0}")]
     Store(#[from] crate::store::StoreError),
 }
 
+/// The fleet CA: signs device certificates at enrollment and the server's TLS certificate.
+/// Its key lives in the database, so every replica signs with the same CA.
 pub struct FleetCa {
     issuer: Issuer<'static, KeyPair>,
     /// The signing CA's certificate (PEM).
@@ -126,6 +135,7 @@ fn validity(p: &mut CertificateParams, years: i32) {
     p.not_after = rcgen::date_time_ymd(y.year() + years, y.month() as u8, y.day().min(28) as u8);
 }
 
+/// SHA-256 of `b`, lowercase hex.
 pub fn sha256_hex(b: &[u8]) -> String {
     edge_wire::bundle::file::hex(&Sha256::digest(b))
 }

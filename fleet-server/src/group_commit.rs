@@ -50,6 +50,7 @@ pub struct GroupLimits {
 }
 
 impl GroupLimits {
+    /// Groups of at most `requests` requests (at least 1), 20 000 records and 8 MiB of records.
     pub fn with_requests(requests: usize) -> GroupLimits {
         GroupLimits {
             requests: requests.max(1),
@@ -92,6 +93,7 @@ impl GroupCommit {
         GroupCommit { tx, stats }
     }
 
+    /// What the task has done since it started.
     pub fn stats(&self) -> &GroupStats {
         &self.stats
     }

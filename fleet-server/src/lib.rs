@@ -6,6 +6,7 @@
 //! `fleet-server` binary (`main.rs`) is a thin CLI over this.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod budget;
@@ -42,9 +43,12 @@ pub const VERSION: &str = concat!(
 /// `fleet-server serve` options.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The data directory: the SQLite database (unless `database_url`), CA files, and files of
+    /// earlier releases to import.
     pub data_dir: PathBuf,
     /// `postgres://…`; `None`: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Address to listen on, `host:port`.
     pub listen: String,
     /// DNS names / IP addresses in the server certificate.
     pub names: Vec<String>,

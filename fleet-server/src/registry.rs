@@ -20,15 +20,22 @@ use edge_wire::sync::Artifact;
 
 use crate::store::{now_ms, BundleRow, DeltaRow, FleetStore, StoreError};
 
+/// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The bundle or artifact is refused (bad signature, untrusted key, version not above the
+    /// stored ones, missing artifact); the message says which.
     #[error("bundle refused: {0}")]
     Refused(String),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An artifact file of an earlier release could not be read or removed.
     #[error("artifact store {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }
@@ -39,6 +46,8 @@ const NO_BASE: &str = "";
 /// A delta claim older than this is taken over by the next replica that needs the delta.
 pub const DELTA_CLAIM_STALE_MS: i64 = 10 * 60 * 1000;
 
+/// The model registry (module doc): signed bundles and the artifacts devices download.
+/// Cheap to clone; clones share their caches.
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: FleetStore,
@@ -68,6 +77,8 @@ pub fn is_sha256_hex(s: &str) -> bool {
 }
 
 impl Registry {
+    /// The registry over `store`; `data_dir` is where earlier releases kept artifact files.
+    /// Nothing is read yet.
     pub fn new(store: FleetStore, data_dir: &Path) -> Result<Registry, RegistryError> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
@@ -81,6 +92,7 @@ impl Registry {
         })
     }
 
+    /// The database it stores in.
     pub fn store(&self) -> &FleetStore {
         &self.store
     }

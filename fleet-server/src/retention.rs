@@ -20,33 +20,66 @@ use crate::store::{FleetStore, Result};
 /// Records deleted per transaction.
 const BATCH: i64 = 10_000;
 
+/// How long uploaded records are kept, per stream (`serve --retain`); streams not named are
+/// kept forever.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retention {
     /// (stream name, how long its records are kept).
     pub keep: Vec<(Stream, Duration)>,
 }
 
+/// Why a `--retain` value was refused ([`Retention::parse`]); each names the part.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RetentionError {
+    /// A part without `=` (the part).
+    #[error("`{0}`: expected stream=duration, e.g. samples=7d")]
+    NoEquals(String),
+    /// Not a stream name (the name).
+    #[error("unknown stream `{0}`: one of {names}", names = stream_names())]
+    UnknownStream(String),
+    /// The duration does not parse.
+    #[error("`{part}`: duration `{text}`: {reason}")]
+    BadDuration {
+        /// The part.
+        part: String,
+        /// The duration as written.
+        text: String,
+        /// Why it does not parse.
+        reason: humantime::DurationError,
+    },
+    /// A duration under an hour (the part).
+    #[error("`{0}`: keep records at least 1h")]
+    TooShort(String),
+}
+
+fn stream_names() -> String {
+    Stream::ALL
+        .iter()
+        .map(|s| s.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Retention {
     /// Parses `stream=duration[,stream=duration…]` (`samples=7d,features=30d`), the error
     /// naming what is wrong. A stream named twice keeps the last.
-    pub fn parse(spec: &str) -> std::result::Result<Retention, String> {
+    pub fn parse(spec: &str) -> std::result::Result<Retention, RetentionError> {
         let mut keep: Vec<(Stream, Duration)> = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, dur) = part
                 .split_once('=')
-                .ok_or_else(|| format!("`{part}`: expected stream=duration, e.g. samples=7d"))?;
-            let stream = Stream::from_name(name.trim()).ok_or_else(|| {
-                let names: Vec<&str> = Stream::ALL.iter().map(|s| s.name()).collect();
-                format!(
-                    "unknown stream `{}`: one of {}",
-                    name.trim(),
-                    names.join(", ")
-                )
+                .ok_or_else(|| RetentionError::NoEquals(part.to_string()))?;
+            let stream = Stream::from_name(name.trim())
+                .ok_or_else(|| RetentionError::UnknownStream(name.trim().to_string()))?;
+            let d = humantime::parse_duration(dur.trim()).map_err(|reason| {
+                RetentionError::BadDuration {
+                    part: part.to_string(),
+                    text: dur.trim().to_string(),
+                    reason,
+                }
             })?;
-            let d = humantime::parse_duration(dur.trim())
-                .map_err(|e| format!("`{part}`: duration `{}`: {e}", dur.trim()))?;
             if d < Duration::from_secs(3600) {
-                return Err(format!("`{part}`: keep records at least 1h"));
+                return Err(RetentionError::TooShort(part.to_string()));
             }
             keep.retain(|(s, _)| *s != stream);
             keep.push((stream, d));
@@ -136,20 +169,15 @@ mod tests {
             ]
         );
         assert_eq!(r.to_string(), "features=30d,samples=2d");
-        let e = Retention::parse("sample=7d").unwrap_err();
+        let e = Retention::parse("sample=7d").unwrap_err().to_string();
         assert!(
             e.contains("unknown stream `sample`") && e.contains("samples"),
             "{e}"
         );
-        assert!(Retention::parse("samples")
-            .unwrap_err()
-            .contains("stream=duration"));
-        assert!(Retention::parse("samples=soon")
-            .unwrap_err()
-            .contains("duration `soon`"));
-        assert!(Retention::parse("samples=10m")
-            .unwrap_err()
-            .contains("at least 1h"));
+        let e = |spec: &str| Retention::parse(spec).unwrap_err().to_string();
+        assert!(e("samples").contains("stream=duration"));
+        assert!(e("samples=soon").contains("duration `soon`"));
+        assert!(e("samples=10m").contains("at least 1h"));
         let merged = Retention::parse("samples=7d")
             .unwrap()
             .merge(Retention::parse("samples=1d,drift=90d").unwrap());

@@ -23,15 +23,19 @@ use crate::types::{
     DeviceRolloutState, RolloutAction, RolloutKind, RolloutPhase, RolloutState, UpdateOutcome,
 };
 
+/// Why a rollout operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutError {
+    /// A bad parameter (unknown bundle version, canary settings, labels, max failures).
     #[error("{0}")]
     Invalid(String),
+    /// No such rollout.
     #[error("{0}")]
     NotFound(String),
     /// The action does not apply to the rollout's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -49,10 +53,13 @@ pub fn selects(selector: &[String], d: &Device) -> bool {
     selector.iter().all(|l| d.labels.contains(l))
 }
 
+/// Whether rollout `r` targets device `d` (carries every label of its selector).
 pub fn targets(r: &Rollout, d: &Device) -> bool {
     selects(&r.selector, d)
 }
 
+/// Whether `d` is one of `r`'s canaries: it carries the canary label, or falls in the
+/// canary percentage (a stable choice per rollout and device).
 pub fn is_canary(r: &Rollout, d: &Device) -> bool {
     r.canary_label
         .as_ref()
@@ -157,11 +164,15 @@ pub struct StartRollout {
     pub kind: RolloutKind,
     /// The bundle name, or the fleet configuration's name.
     pub bundle: String,
+    /// The version number to roll out (must be stored).
     pub version_number: i64,
+    /// `key=value` labels a device must all carry (empty: every device).
     #[serde(default)]
     pub selector: Vec<String>,
+    /// Canaries: this percentage (1-100) of the targeted devices, a stable choice per device.
     #[serde(default)]
     pub canary_percent: Option<i64>,
+    /// Canaries: the targeted devices carrying this label (not with a percentage).
     #[serde(default)]
     pub canary_label: Option<String>,
     /// Halt automatically once this many devices report a failed update (default 1).
@@ -180,6 +191,8 @@ fn bundle_kind() -> RolloutKind {
     RolloutKind::Bundle
 }
 
+/// Checks and stores a new rollout by `actor`: active, in its canary phase if canaries are
+/// given, else full. [`RolloutError::Invalid`] names a bad parameter.
 pub async fn start(
     store: &FleetStore,
     s: StartRollout,
@@ -320,6 +333,7 @@ pub struct RolloutCache(std::sync::Mutex<Option<(std::time::Instant, Arc<Vec<Rol
 impl RolloutCache {
     const TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+    /// The rollout table, newest first: at most a second old, else read again.
     pub async fn get(&self, store: &FleetStore) -> Result<Arc<Vec<Rollout>>, StoreError> {
         if let Ok(g) = self.0.lock() {
             if let Some((at, list)) = g.as_ref() {
@@ -335,6 +349,7 @@ impl RolloutCache {
         Ok(list)
     }
 
+    /// Forgets the cached table (after any change to rollouts or device labels).
     pub fn invalidate(&self) {
         if let Ok(mut g) = self.0.lock() {
             *g = None;

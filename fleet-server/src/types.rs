@@ -16,8 +16,10 @@ macro_rules! string_enum {
         pub enum $name { $($(#[$vm])* $v),+ }
 
         impl $name {
+            /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$v),+];
 
+            /// The one spelling on the wire, in the database and in the console.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$v => $s),+ }
             }
@@ -49,8 +51,11 @@ macro_rules! string_enum {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{value}` is not a valid {what} (expected one of: {})", expected.join(", "))]
 pub struct UnknownValue {
+    /// What was being parsed (`role`, `device state`, …).
     pub what: &'static str,
+    /// The string given.
     pub value: String,
+    /// Every valid spelling.
     pub expected: &'static [&'static str],
 }
 
@@ -183,8 +188,11 @@ string_enum! {
 string_enum! {
     /// How a device's model update ended (the device's report).
     UpdateOutcome ("update outcome") {
+        /// Installed and healthy.
         Applied = "applied",
+        /// Installed, then failed to load or its health check; the previous bundle runs again.
         RolledBack = "rolled_back",
+        /// Never installed (download, delta or verification failed).
         Failed = "failed",
     }
 }
@@ -200,6 +208,7 @@ impl From<edge_wire::sync::UpdateOutcome> for UpdateOutcome {
 }
 
 impl UpdateOutcome {
+    /// Where a device that reported this outcome stands in the rollout.
     pub fn rollout_state(self) -> DeviceRolloutState {
         match self {
             UpdateOutcome::Applied => DeviceRolloutState::Healthy,
@@ -237,10 +246,13 @@ string_enum! {
     DeviceSortKey ("device sort key") {
         /// Devices with problems first, then by name.
         Problems = "problems",
+        /// Device name.
         Name = "name",
+        /// Device id.
         Id = "id",
         /// Last check-in (the state follows from it).
         LastSeen = "last_seen",
+        /// Enrollment time.
         EnrolledAt = "enrolled_at",
         /// Total outbox backlog at the last check-in.
         Backlog = "backlog",

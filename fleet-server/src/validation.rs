@@ -25,10 +25,13 @@ pub struct GateRules {
     /// How long after a window its label may arrive (default 1 h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_horizon: Option<String>,
+    /// Smallest accuracy on the holdout's labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_accuracy: Option<f64>,
+    /// Smallest recall on the holdout's labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_recall: Option<f64>,
+    /// Largest mean absolute error on the holdout's labels (regression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mae: Option<f64>,
     /// Largest share of holdout windows past the score threshold (false alarms on a
@@ -45,9 +48,78 @@ fn one() -> u64 {
     1
 }
 
+/// Why gate limits were refused ([`GateRules::validate`]); each names the option.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GateRulesError {
+    /// A share (`min_accuracy`, `min_recall`, `max_alarm_rate`) outside [0, 1].
+    #[error("{option} must be in [0, 1], got {value}")]
+    NotAShare {
+        /// The option.
+        option: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// `max_mae` negative or not finite (the value given).
+    #[error("max_mae must be a number >= 0, got {0}")]
+    BadMaxMae(f64),
+    /// `label_kind` other than `classification` or `regression` (the value given).
+    #[error("label_kind must be classification or regression, got `{0}`")]
+    BadLabelKind(String),
+    /// `label_horizon` is not a duration.
+    #[error("label_horizon `{text}`: {reason}")]
+    BadLabelHorizon {
+        /// The value given.
+        text: String,
+        /// Why it does not parse.
+        reason: humantime::DurationError,
+    },
+    /// A label metric limit without `label_tag`.
+    #[error("min_accuracy, min_recall and max_mae need label_tag (the recording's ground truth)")]
+    NeedsLabelTag,
+}
+
+/// Why a validation run itself failed (the run's `error` status and its detail).
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    BadJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "cannot run the validator {} ({source}): install edge-agent beside fleet-server or give serve --validator",
+        validator.display()
+    )]
+    Spawn {
+        validator: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the validation run took longer than {}s and was stopped", TIMEOUT.as_secs())]
+    Timeout,
+    #[error("waiting for the validator: {0}")]
+    Wait(std::io::Error),
+    #[error("the bundle did not run on {holdout}: {last}")]
+    Failed { holdout: String, last: String },
+}
+
 impl GateRules {
     /// Checks the values; errors name the option.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), GateRulesError> {
         for (k, v) in [
             ("min_accuracy", self.min_accuracy),
             ("min_recall", self.min_recall),
@@ -55,32 +127,33 @@ impl GateRules {
         ] {
             if let Some(v) = v {
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(format!("{k} must be in [0, 1], got {v}"));
+                    return Err(GateRulesError::NotAShare {
+                        option: k,
+                        value: v,
+                    });
                 }
             }
         }
         if let Some(m) = self.max_mae {
             if !(m.is_finite() && m >= 0.0) {
-                return Err(format!("max_mae must be a number >= 0, got {m}"));
+                return Err(GateRulesError::BadMaxMae(m));
             }
         }
         if let Some(k) = &self.label_kind {
             if k != "classification" && k != "regression" {
-                return Err(format!(
-                    "label_kind must be classification or regression, got `{k}`"
-                ));
+                return Err(GateRulesError::BadLabelKind(k.clone()));
             }
         }
         if let Some(h) = &self.label_horizon {
-            humantime::parse_duration(h).map_err(|e| format!("label_horizon `{h}`: {e}"))?;
+            humantime::parse_duration(h).map_err(|reason| GateRulesError::BadLabelHorizon {
+                text: h.clone(),
+                reason,
+            })?;
         }
         let needs_labels =
             self.min_accuracy.is_some() || self.min_recall.is_some() || self.max_mae.is_some();
         if needs_labels && self.label_tag.is_none() {
-            return Err(
-                "min_accuracy, min_recall and max_mae need label_tag (the recording's ground truth)"
-                    .into(),
-            );
+            return Err(GateRulesError::NeedsLabelTag);
         }
         Ok(())
     }
@@ -89,17 +162,25 @@ impl GateRules {
 /// What a validation run measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ValidationMetrics {
+    /// Samples the recording held.
     pub samples: u64,
+    /// Windows completed.
     pub windows: u64,
+    /// Predictions made.
     pub predictions: u64,
     /// Share of predictions past the score threshold (`None` without a threshold).
     pub alarm_rate: Option<f64>,
     /// Alarms raised (with the bundle's hysteresis).
     pub alarms_raised: u64,
+    /// Predictions resolved against a label.
     pub labelled: u64,
+    /// Accuracy on the labels (classification).
     pub accuracy: Option<f64>,
+    /// Precision on the labels (classification).
     pub precision: Option<f64>,
+    /// Recall on the labels (classification).
     pub recall: Option<f64>,
+    /// Mean absolute error on the labels (regression).
     pub mae: Option<f64>,
 }
 
@@ -108,12 +189,16 @@ pub struct ValidationMetrics {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValidationStatus {
+    /// Every limit met.
     Passed,
+    /// A limit not met.
     Failed,
+    /// The run itself failed.
     Error,
 }
 
 impl ValidationStatus {
+    /// The stored spelling: `passed`, `failed` or `error`.
     pub fn as_str(self) -> &'static str {
         match self {
             ValidationStatus::Passed => "passed",
@@ -122,6 +207,7 @@ impl ValidationStatus {
         }
     }
 
+    /// Reads a stored spelling; anything unknown is [`ValidationStatus::Error`].
     pub fn parse(s: &str) -> ValidationStatus {
         match s {
             "passed" => ValidationStatus::Passed,
@@ -134,8 +220,11 @@ impl ValidationStatus {
 /// The outcome of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
+    /// Passed, failed or error.
     pub status: ValidationStatus,
+    /// What the run measured.
     pub metrics: ValidationMetrics,
+    /// Which limit failed, or why the run did (empty when it passed).
     pub detail: String,
 }
 
@@ -182,7 +271,7 @@ pub fn run(
         Err(e) => Validation {
             status: ValidationStatus::Error,
             metrics: ValidationMetrics::default(),
-            detail: e,
+            detail: e.to_string(),
         },
     }
 }
@@ -203,18 +292,24 @@ fn run_inner(
     holdout_name: &str,
     trusted: &[String],
     rules: &GateRules,
-) -> Result<(ValidationMetrics, Vec<String>), String> {
+) -> Result<(ValidationMetrics, Vec<String>), RunError> {
     let dir = std::env::temp_dir().join(format!(
         "fleet-validation-{}-{:x}",
         std::process::id(),
         fastrand::u64(..)
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| RunError::Create {
+        path: dir.clone(),
+        source,
+    })?;
     let dir = Scratch(dir);
     let d = &dir.0;
-    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, String> {
+    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf, RunError> {
         let p = d.join(name);
-        std::fs::write(&p, bytes).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        std::fs::write(&p, bytes).map_err(|source| RunError::Write {
+            path: p.clone(),
+            source,
+        })?;
         Ok(p)
     };
     let bundle_path = write("model.bundle", bundle)?;
@@ -242,8 +337,10 @@ fn run_inner(
     let out = d.join("out");
     // Its log goes to a file: a pipe read only after exit could fill and stall it.
     let log_path = d.join("validator.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).map_err(|source| RunError::Create {
+        path: log_path.clone(),
+        source,
+    })?;
     let mut child = Command::new(validator)
         .arg("replay")
         .arg("--config")
@@ -255,11 +352,9 @@ fn run_inner(
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
-        .map_err(|e| {
-            format!(
-                "cannot run the validator {} ({e}): install edge-agent beside fleet-server or give serve --validator",
-                validator.display()
-            )
+        .map_err(|source| RunError::Spawn {
+            validator: validator.to_path_buf(),
+            source,
         })?;
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
@@ -268,13 +363,10 @@ fn run_inner(
             Ok(None) if std::time::Instant::now() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "the validation run took longer than {}s and was stopped",
-                    TIMEOUT.as_secs()
-                ));
+                return Err(RunError::Timeout);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for the validator: {e}")),
+            Err(e) => return Err(RunError::Wait(e)),
         }
     };
     let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -284,25 +376,36 @@ fn run_inner(
             .rev()
             .find(|l| l.contains("error"))
             .unwrap_or(stderr.trim());
-        return Err(format!("the bundle did not run on {holdout_name}: {last}"));
+        return Err(RunError::Failed {
+            holdout: holdout_name.to_string(),
+            last: last.to_string(),
+        });
     }
     let metrics = read_metrics(&out, &stderr)?;
     Ok((metrics.clone(), judge(&metrics, rules)))
 }
 
-fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>, String> {
+fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>, RunError> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| format!("{}: {e}", path.display())))
+            .map(|l| {
+                serde_json::from_str(l).map_err(|source| RunError::BadJson {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("reading {}: {e}", path.display())),
+        Err(source) => Err(RunError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
-fn read_metrics(out: &Path, stderr: &str) -> Result<ValidationMetrics, String> {
+fn read_metrics(out: &Path, stderr: &str) -> Result<ValidationMetrics, RunError> {
     let preds = jsonl(&out.join("predictions.jsonl"))?;
     let alarms = jsonl(&out.join("alarms.jsonl"))?;
     let drift = jsonl(&out.join("drift.jsonl"))?;
@@ -428,6 +531,7 @@ mod tests {
         }
         .validate()
         .unwrap_err()
+        .to_string()
         .contains("need label_tag"));
     }
 }

@@ -50,8 +50,9 @@ impl Harness {
     }
 
     /// Consumes samples in arrival order until `pred` holds; returns that sample (later
-    /// samples of the same batch stay queued for the next call). Panics with what was seen on
-    /// timeout.
+    /// samples of the same batch stay queued for the next call). Fails the test on timeout
+    /// like [`crate::wait_until`] ([`crate::timed_out`]'s message, with the last samples
+    /// seen), or when the source ends first.
     pub async fn wait_for(
         &mut self,
         timeout: Duration,
@@ -80,9 +81,10 @@ impl Harness {
                         .take(12)
                         .map(|s| format!("{s:?}"))
                         .collect();
-                    panic!(
-                        "timeout ({timeout:?}) waiting for {what}; last samples:\n{}",
-                        tail.join("\n")
+                    crate::timed_out(
+                        what,
+                        timeout,
+                        &format!("last samples:\n{}", tail.join("\n")),
                     );
                 }
             }
@@ -128,11 +130,9 @@ impl Harness {
     ) {
         let deadline = tokio::time::Instant::now() + timeout;
         while !pred(&self.stats) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timeout ({timeout:?}) waiting for {what}: {:?}",
-                self.stats
-            );
+            if tokio::time::Instant::now() >= deadline {
+                crate::timed_out(what, timeout, &format!("counters: {:?}", self.stats));
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

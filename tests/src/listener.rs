@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::peer::{poll_until, python, workspace, Peer};
+use crate::peer::{poll_until, python, timed_out, workspace, Peer};
 
 /// The Sparkplug/JSON listener peer (`tests/peers/spb_peer.py listen`): paho-mqtt subscribed
 /// to `spBv1.0/#` and `edge/#`, decoding Sparkplug payloads with the Tahu schema. Its output
@@ -29,12 +29,11 @@ impl MqttListener {
             None,
         );
         let l = MqttListener { peer };
-        assert!(
-            l.wait_for(Duration::from_secs(20), |m| m
-                .iter()
-                .any(|x| x["subscribed"] == true)),
-            "the listener did not subscribe: {}",
-            l.peer.log_tail()
+        l.wait_for(
+            Duration::from_secs(20),
+            "the listener to subscribe",
+            String::new,
+            |m| m.iter().any(|x| x["subscribed"] == true),
         );
         l
     }
@@ -48,12 +47,49 @@ impl MqttListener {
             .collect()
     }
 
-    /// Waits until `pred` holds for the messages so far; whether it did ([`poll_until`]).
-    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
+    /// The messages so far once `pred` holds for them (polled every 100 ms); `None` after
+    /// `timeout` ([`poll_until`]: the caller judges the outcome, say when a timeout is what the
+    /// test expects).
+    pub fn poll_for(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Option<Vec<serde_json::Value>> {
         poll_until(timeout, Duration::from_millis(100), || {
-            pred(&self.messages()).then_some(())
+            let m = self.messages();
+            pred(&m).then_some(m)
         })
-        .is_some()
+    }
+
+    /// [`MqttListener::poll_for`] that fails the test on timeout, like [`crate::wait_until`]:
+    /// the message names `what` and shows `context()` (say, the agent's log tail), then the
+    /// listener's last lines.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        context: impl FnOnce() -> String,
+        pred: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        match self.poll_for(timeout, pred) {
+            Some(m) => m,
+            None => timed_out(
+                what,
+                timeout,
+                &format!("{}\nlistener, last lines:\n{}", context(), self.tail(10)),
+            ),
+        }
+    }
+
+    /// The listener's last `n` output lines, each cut to 300 characters.
+    fn tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.peer.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| l.chars().take(300).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 

@@ -45,6 +45,12 @@ pub fn free_port() -> u16 {
 /// The one way these tests wait for something they are not told about directly (a port, a
 /// log line, a message, a row): callers assert on the outcome with their own context, or use
 /// [`wait_until`], which fails the test itself. Never a fixed sleep followed by an assert.
+///
+/// Every waiting helper of the harness follows the same contract: a `poll_*` helper returns
+/// the outcome (`None` on timeout) for the caller to judge; a `wait_*` helper
+/// ([`wait_until`], [`wait_port`], [`Peer::wait_log`], [`crate::MqttListener::wait_for`],
+/// [`crate::Harness::wait_for`]) fails the test itself on timeout, with [`timed_out`]'s
+/// message.
 pub fn poll_until<T>(
     timeout: Duration,
     every: Duration,
@@ -72,8 +78,14 @@ pub fn wait_until<T>(
 ) -> T {
     match poll_until(timeout, Duration::from_millis(50), f) {
         Some(v) => v,
-        None => panic!("timed out ({timeout:?}) waiting for {what}\n{}", context()),
+        None => timed_out(what, timeout, &context()),
     }
+}
+
+/// Fails the test for a wait that timed out: the one message every `wait_*` helper gives
+/// (`timed out (…) waiting for <what>`, then the context that explains it).
+pub fn timed_out(what: &str, timeout: Duration, context: &str) -> ! {
+    panic!("timed out ({timeout:?}) waiting for {what}\n{context}")
 }
 
 /// Keeps a fault in place (a cut link, a stopped peer) for `d`: the scenario's schedule, how
@@ -84,12 +96,21 @@ pub fn hold_fault(d: Duration, fault: &str) {
     std::thread::sleep(d);
 }
 
-/// Waits until something accepts TCP connections on `port`.
-pub fn wait_port(port: u16, timeout: Duration) -> bool {
-    poll_until(timeout, Duration::from_millis(50), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .is_some()
+/// `Some` when something accepts TCP connections on `port` now.
+fn accepts(port: u16) -> Option<()> {
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .ok()
+        .map(drop)
+}
+
+/// Waits until something accepts TCP connections on `port`; fails the test after `timeout`.
+pub fn wait_port(port: u16, timeout: Duration) {
+    wait_until(
+        &format!("127.0.0.1:{port} to accept connections"),
+        timeout,
+        String::new,
+        || accepts(port),
+    )
 }
 
 /// A peer process, killed when dropped. Keeps its command so it can be restarted.
@@ -147,13 +168,12 @@ impl Peer {
             });
         self.child = Some(child);
         if let Some(port) = self.ready_port {
-            if !wait_port(port, Duration::from_secs(20)) {
-                panic!(
-                    "{} did not listen on {port} within 20 s; log:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
-            }
+            wait_until(
+                &format!("{} to listen on {port}", self.name),
+                Duration::from_secs(20),
+                || format!("log:\n{}", self.log_tail()),
+                || accepts(port),
+            );
         }
     }
 
@@ -210,13 +230,18 @@ impl Peer {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// Waits (up to `timeout`) until the log has `needle` at least `times` times.
-    pub fn wait_log(&self, timeout: Duration, needle: &str, times: usize) -> bool {
-        poll_until(timeout, Duration::from_millis(50), || {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            (text.matches(needle).count() >= times).then_some(())
-        })
-        .is_some()
+    /// Waits until the log has `needle` at least `times` times; fails the test after
+    /// `timeout`, naming `what` (what the line means) and showing the log's tail.
+    pub fn wait_log(&self, timeout: Duration, what: &str, needle: &str, times: usize) {
+        wait_until(
+            &format!("{what} (`{needle}` {times}× in the {} log)", self.name),
+            timeout,
+            || format!("log:\n{}", self.log_tail()),
+            || {
+                let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                (text.matches(needle).count() >= times).then_some(())
+            },
+        )
     }
 }
 

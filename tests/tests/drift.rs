@@ -240,10 +240,11 @@ records = ["drift", "alarms", "features"]
         d,
         None,
     );
-    assert!(
-        agent.wait_log(Duration::from_secs(30), "mqtt subscribed", 1),
-        "{}",
-        agent.log_tail()
+    agent.wait_log(
+        Duration::from_secs(30),
+        "the MQTT source to subscribe",
+        "mqtt subscribed",
+        1,
     );
     // Replay the whole series through the broker, in order, with its own timestamps.
     let lines: String = series
@@ -422,7 +423,12 @@ load = 0.7
         d,
         None,
     );
-    assert!(rec.wait_log(Duration::from_secs(30), "simulated plant starting", 1));
+    rec.wait_log(
+        Duration::from_secs(30),
+        "the simulated plant to start",
+        "simulated plant starting",
+        1,
+    );
     // Record until the file holds the second plant day (20 minutes of plant time).
     wait_until(
         "two recorded plant days",
@@ -530,10 +536,11 @@ sparkplug = {{ group_id = "plant", edge_node_id = "gw1" }}
         d,
         None,
     );
-    assert!(
-        agent.wait_log(Duration::from_secs(30), "mqtt subscribed", 1),
-        "{}",
-        agent.log_tail()
+    agent.wait_log(
+        Duration::from_secs(30),
+        "the MQTT source to subscribe",
+        "mqtt subscribed",
+        1,
     );
     // Ground truth arrives late (about a second, i.e. two simulated minutes, after each
     // prediction): maintenance reports the period of the sensor fault as a failure the model

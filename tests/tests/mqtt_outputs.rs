@@ -121,15 +121,19 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
 
     // Live data on the documented topics, with the documented fields.
     let temp = "edge/gw1/samples/pump1.temperature";
-    let ok = listener.wait_for(SECS, |m| {
-        !on(m, temp).is_empty()
-            && !on(m, "edge/gw1/predictions/pump1-anomaly").is_empty()
-            && !on(m, "edge/gw1/features/pump1-anomaly").is_empty()
-            && on(m, "edge/gw1/status")
-                .iter()
-                .any(|s| s["state"] == "online")
-    });
-    assert!(ok, "no live data; agent log:\n{}", agent.log_tail());
+    listener.wait_for(
+        SECS,
+        "live samples, predictions, features and the online status",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            !on(m, temp).is_empty()
+                && !on(m, "edge/gw1/predictions/pump1-anomaly").is_empty()
+                && !on(m, "edge/gw1/features/pump1-anomaly").is_empty()
+                && on(m, "edge/gw1/status")
+                    .iter()
+                    .any(|s| s["state"] == "online")
+        },
+    );
     let msgs = listener.messages();
     let s = &on(&msgs, temp)[0];
     assert!(s["value"].is_f64() && s["quality"] == "good" && s["ts"].is_i64() && s["seq"].is_u64());
@@ -177,12 +181,16 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
     }
 
     // The bearing wears: the alarm is raised, retained.
-    let raised = listener.wait_for(Duration::from_secs(60), |m| {
-        on(m, "edge/gw1/alarms/pump1-anomaly")
-            .iter()
-            .any(|a| a["state"] == "raised")
-    });
-    assert!(raised, "no alarm; agent log:\n{}", agent.log_tail());
+    listener.wait_for(
+        Duration::from_secs(60),
+        "a raised alarm",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            on(m, "edge/gw1/alarms/pump1-anomaly")
+                .iter()
+                .any(|a| a["state"] == "raised")
+        },
+    );
     let alarm_msg = listener
         .messages()
         .into_iter()
@@ -196,26 +204,30 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
     hold_fault(Duration::from_secs(3), "broker link cut");
     let before = listener.messages().len();
     link.restore();
-    let ok = listener.wait_for(SECS, |m| {
-        m[before.min(m.len())..]
-            .iter()
-            .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
-            .any(|b| b["historical"] == true)
-    });
-    assert!(
-        ok,
-        "no historical backfill; agent log:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        SECS,
+        "the historical backfill",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            m[before.min(m.len())..]
+                .iter()
+                .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
+                .any(|b| b["historical"] == true)
+        },
     );
     // Live values resume (not historical).
-    let ok = listener.wait_for(SECS, |m| {
-        m.iter()
-            .rev()
-            .take(200)
-            .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
-            .any(|b| b.get("historical").is_none())
-    });
-    assert!(ok, "live data did not resume");
+    listener.wait_for(
+        SECS,
+        "live (not historical) data to resume",
+        String::new,
+        |m| {
+            m.iter()
+                .rev()
+                .take(200)
+                .filter_map(|x| (x["topic"] == temp).then(|| json_body(x)).flatten())
+                .any(|b| b.get("historical").is_none())
+        },
+    );
     // Every sample record of the stream arrives: the sequence numbers seen become contiguous.
     let sample_seqs = |m: &[Value]| -> BTreeSet<u64> {
         m.iter()
@@ -231,7 +243,8 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
         let hi = seqs.last().copied().unwrap_or(0);
         (1..=hi).filter(|s| !seqs.contains(s)).collect()
     };
-    listener.wait_for(SECS, |m| gaps(&sample_seqs(m)).is_empty());
+    // A timeout here is judged by the assertion below, which names the missing records.
+    let _ = listener.poll_for(SECS, |m| gaps(&sample_seqs(m)).is_empty());
     let seqs = sample_seqs(&listener.messages());
     assert_eq!(seqs.first(), Some(&1));
     let missing = gaps(&seqs);
@@ -258,12 +271,16 @@ fn json_topics_status_will_alarms_and_backfill_after_a_network_outage() {
 
     // A crash: the broker publishes the last will (retained offline status).
     agent.kill();
-    let ok = listener.wait_for(SECS, |m| {
-        on(m, "edge/gw1/status")
-            .last()
-            .is_some_and(|s| s["state"] == "offline")
-    });
-    assert!(ok, "no last will after kill -9");
+    listener.wait_for(
+        SECS,
+        "the last will (status offline) after kill -9",
+        String::new,
+        |m| {
+            on(m, "edge/gw1/status")
+                .last()
+                .is_some_and(|s| s["state"] == "offline")
+        },
+    );
 }
 
 fn spb(msgs: &[Value]) -> Vec<(String, Value)> {
@@ -371,13 +388,17 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
 
     // NBIRTH (bdSeq 0 on a fresh node, seq 0), DBIRTHs of the source and the model, then
     // DDATA by alias: and past 256 messages, so seq wraps.
-    let ok = listener.wait_for(Duration::from_secs(60), |m| {
-        let s = spb(m);
-        s.iter()
-            .any(|(t, _)| t == "spBv1.0/plant/DDATA/gw1/pump1-anomaly")
-            && s.len() > 300
-    });
-    assert!(ok, "no Sparkplug data; agent log:\n{}", agent.log_tail());
+    listener.wait_for(
+        Duration::from_secs(60),
+        "Sparkplug data (the model's DDATA, 300 messages)",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            let s = spb(m);
+            s.iter()
+                .any(|(t, _)| t == "spBv1.0/plant/DDATA/gw1/pump1-anomaly")
+                && s.len() > 300
+        },
+    );
     let msgs = spb(&listener.messages());
     let (t0, nbirth) = &msgs[0];
     assert_eq!(t0, "spBv1.0/plant/NBIRTH/gw1");
@@ -481,18 +502,22 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
     assert!(st.success());
     let n_before = spb(&listener.messages()).len();
     mqtt_publish_file(port, "spBv1.0/plant/NCMD/gw1", &cmd);
-    let ok = listener.wait_for(SECS, |m| {
-        let s = spb(m);
-        let after = &s[n_before.min(s.len())..];
-        after.iter().any(|(t, _)| t == "spBv1.0/plant/NBIRTH/gw1")
-            && after
-                .iter()
-                .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/plant")
-            && after
-                .iter()
-                .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/pump1-anomaly")
-    });
-    assert!(ok, "no rebirth; agent log:\n{}", agent.log_tail());
+    listener.wait_for(
+        SECS,
+        "a rebirth (NBIRTH and both DBIRTHs)",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            let s = spb(m);
+            let after = &s[n_before.min(s.len())..];
+            after.iter().any(|(t, _)| t == "spBv1.0/plant/NBIRTH/gw1")
+                && after
+                    .iter()
+                    .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/plant")
+                && after
+                    .iter()
+                    .any(|(t, _)| t == "spBv1.0/plant/DBIRTH/gw1/pump1-anomaly")
+        },
+    );
     let s = spb(&listener.messages());
     let reborn = s[n_before..]
         .iter()
@@ -502,10 +527,11 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
 
     // The primary host goes offline: data stops and waits in the outbox.
     state(port, false);
-    assert!(
-        agent.wait_log(SECS, "primary host offline", 1),
-        "the agent did not see the host go: {}",
-        agent.log_tail()
+    agent.wait_log(
+        SECS,
+        "the agent to see the host go",
+        "primary host offline",
+        1,
     );
     let offline_from = now_ms();
     let n_off = spb(&listener.messages()).len();
@@ -517,29 +543,29 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
     // Back online: a fresh birth, then the backlog as historical with measurement times,
     // then live data again.
     state(port, true);
-    let ok = listener.wait_for(SECS, |m| {
-        let s = spb(m);
-        let after = &s[n_off.min(s.len())..];
-        after.iter().any(|(t, p)| {
-            t.contains("/DDATA/")
-                && p["metrics"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|m| m["is_historical"] == true)
-        }) && after.iter().rev().take(20).any(|(t, p)| {
-            t.contains("/DDATA/gw1/plant")
-                && p["metrics"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .all(|m| m.get("is_historical").is_none())
-        })
-    });
-    assert!(
-        ok,
-        "no historical backfill after the host came back; agent log:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        SECS,
+        "the historical backfill and live data after the host came back",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            let s = spb(m);
+            let after = &s[n_off.min(s.len())..];
+            after.iter().any(|(t, p)| {
+                t.contains("/DDATA/")
+                    && p["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| m["is_historical"] == true)
+            }) && after.iter().rev().take(20).any(|(t, p)| {
+                t.contains("/DDATA/gw1/plant")
+                    && p["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|m| m.get("is_historical").is_none())
+            })
+        },
     );
     let s = spb(&listener.messages());
     let after = &s[n_off..];
@@ -587,10 +613,9 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
 
     // Crash: the broker sends the NDEATH will with the bdSeq of the current session.
     agent.kill();
-    let ok = listener.wait_for(SECS, |m| {
+    listener.wait_for(SECS, "an NDEATH after kill -9", String::new, |m| {
         spb(m).iter().any(|(t, _)| t == "spBv1.0/plant/NDEATH/gw1")
     });
-    assert!(ok, "no NDEATH after kill -9");
     let death = spb(&listener.messages())
         .into_iter()
         .find(|(t, _)| t.ends_with("/NDEATH/gw1"))
@@ -599,12 +624,11 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
     // Restart: the next session's bdSeq is 1 (persisted across the crash).
     let n = spb(&listener.messages()).len();
     agent.restart();
-    let ok = listener.wait_for(SECS, |m| {
+    listener.wait_for(SECS, "an NBIRTH after the restart", String::new, |m| {
         spb(m)[n.min(spb(m).len())..]
             .iter()
             .any(|(t, _)| t.ends_with("/NBIRTH/gw1"))
     });
-    assert!(ok, "no NBIRTH after restart");
     let s = spb(&listener.messages());
     let nb = s[n..]
         .iter()
@@ -617,12 +641,11 @@ fn sparkplug_births_rebirth_state_gating_backfill_and_death() {
         agent.terminate(Duration::from_secs(6)),
         "agent did not stop on SIGTERM"
     );
-    let ok = listener.wait_for(SECS, |m| {
+    listener.wait_for(SECS, "an NDEATH on the clean stop", String::new, |m| {
         spb(m)[n.min(spb(m).len())..]
             .iter()
             .any(|(t, _)| t.ends_with("/NDEATH/gw1"))
     });
-    assert!(ok, "no NDEATH on a clean stop");
     let death = spb(&listener.messages())[n..]
         .iter()
         .find(|(t, _)| t.ends_with("/NDEATH/gw1"))
@@ -677,14 +700,14 @@ password = "edge-pass"
     );
     std::fs::write(&cfg, text).unwrap();
     let agent = start_agent(d, &cfg);
-    let ok = listener.wait_for(SECS, |m| {
-        !on(m, "edge/gw1/samples/pump1.temperature").is_empty()
-            && !on(m, "edge/auth/gw1/samples/pump1.temperature").is_empty()
-    });
-    assert!(
-        ok,
-        "no data over mTLS / password; agent log:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        SECS,
+        "data over mTLS and over user name/password",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            !on(m, "edge/gw1/samples/pump1.temperature").is_empty()
+                && !on(m, "edge/auth/gw1/samples/pump1.temperature").is_empty()
+        },
     );
 }
 
@@ -709,17 +732,21 @@ fn a_clean_stop_delivers_every_recorded_sample_to_the_json_output() {
         ),
     );
     let mut agent = start_agent(d, &cfg);
-    let ok = listener.wait_for(SECS, |m| {
-        m.iter()
-            .filter(|x| {
-                x["topic"]
-                    .as_str()
-                    .is_some_and(|t| t.starts_with("edge/gw1/samples/"))
-            })
-            .count()
-            > 200
-    });
-    assert!(ok, "no samples; agent log:\n{}", agent.log_tail());
+    listener.wait_for(
+        SECS,
+        "200 sample messages",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| {
+            m.iter()
+                .filter(|x| {
+                    x["topic"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("edge/gw1/samples/"))
+                })
+                .count()
+                > 200
+        },
+    );
     assert!(agent.terminate(SECS), "the agent did not stop on SIGTERM");
     // Every sample the recording holds (tag, measurement ms) reaches the subscriber.
     let text = std::fs::read_to_string(&csv).unwrap();
@@ -742,9 +769,11 @@ fn a_clean_stop_delivers_every_recorded_sample_to_the_json_output() {
             })
             .collect()
     };
-    let all_there = listener.wait_for(Duration::from_secs(10), |m| {
-        recorded.is_subset(&published(m))
-    });
+    let all_there = listener
+        .poll_for(Duration::from_secs(10), |m| {
+            recorded.is_subset(&published(m))
+        })
+        .is_some();
     let missing: Vec<_> = recorded
         .difference(&published(&listener.messages()))
         .take(10)

@@ -101,18 +101,18 @@ streams = ["samples"]
         .copied()
         .max()
         .unwrap_or(0);
-    let ok = listener.wait_for(Duration::from_secs(60), |_| {
-        sample_seqs(&listener, "crash")
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            > seen_at_last_kill + 200
-    });
-    assert!(
-        ok,
-        "publishing did not resume; agent log:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        Duration::from_secs(60),
+        "publishing to resume (200 sample records past the last kill)",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |_| {
+            sample_seqs(&listener, "crash")
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                > seen_at_last_kill + 200
+        },
     );
     let offline = |m: &[serde_json::Value]| {
         m.iter()
@@ -124,10 +124,11 @@ streams = ["samples"]
     let offline_before = offline(&listener.messages());
     assert!(agent.terminate(Duration::from_secs(6)));
     // The clean stop's last message is the offline status: everything before it is in.
-    assert!(
-        listener.wait_for(Duration::from_secs(20), |m| offline(m) > offline_before),
-        "no offline status after the clean stop:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        Duration::from_secs(20),
+        "the offline status after the clean stop",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |m| offline(m) > offline_before,
     );
 
     let seqs = sample_seqs(&listener, "crash");
@@ -265,10 +266,12 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         d,
         None,
     );
-    assert!(listener.wait_for(Duration::from_secs(20), |_| !sample_seqs(
-        &listener, "crash"
-    )
-    .is_empty()));
+    listener.wait_for(
+        Duration::from_secs(20),
+        "the first sample records",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |_| !sample_seqs(&listener, "crash").is_empty(),
+    );
 
     // Fill the disk to the last byte.
     let filler = d.join("small/filler");
@@ -278,14 +281,11 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         .stderr(std::process::Stdio::null())
         .status();
     // The outbox reports the full disk and frees its reserve for alarms.
-    assert!(
-        agent.wait_log(
-            Duration::from_secs(30),
-            "disk full: freed the outbox's reserve",
-            1
-        ),
-        "the full disk is not reported clearly:\n{}",
-        agent.log_tail()
+    agent.wait_log(
+        Duration::from_secs(30),
+        "the full disk to be reported clearly",
+        "disk full: freed the outbox's reserve",
+        1,
     );
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(
@@ -293,14 +293,11 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
         "the cause is not named:\n{}",
         agent.log_tail()
     );
-    assert!(
-        agent.wait_log(
-            Duration::from_secs(30),
-            "samples records are dropped (counted)",
-            1
-        ),
-        "samples refused on the full disk are not reported:\n{}",
-        agent.log_tail()
+    agent.wait_log(
+        Duration::from_secs(30),
+        "samples refused on the full disk to be reported",
+        "samples records are dropped (counted)",
+        1,
     );
     let rec_size = std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0);
     let grows = || std::fs::metadata(&rec).map(|m| m.len()).unwrap_or(0) > rec_size;
@@ -318,18 +315,18 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     // Space comes back: the outbox reopens and publishing resumes, with no gap in what
     // reached the subscriber apart from the numbers the reopen announced as skipped.
     std::fs::remove_file(&filler).unwrap();
-    let ok = listener.wait_for(Duration::from_secs(30), |_| {
-        sample_seqs(&listener, "crash")
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(0)
-            > before + 100
-    });
-    assert!(
-        ok,
-        "publishing did not resume after space was freed:\n{}",
-        agent.log_tail()
+    listener.wait_for(
+        Duration::from_secs(30),
+        "publishing to resume after space was freed",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |_| {
+            sample_seqs(&listener, "crash")
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                > before + 100
+        },
     );
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(log.contains("outbox reopened"), "{}", agent.log_tail());
@@ -340,7 +337,8 @@ fn a_full_disk_keeps_the_agent_running_counts_drops_and_recovers() {
     );
     assert!(agent.terminate(Duration::from_secs(6)));
     // The offline status is the agent's last message.
-    listener.wait_for(Duration::from_secs(10), |_| {
+    // A timeout here is judged by the assertions below, which show every status message.
+    let _ = listener.poll_for(Duration::from_secs(10), |_| {
         last_status(&listener).is_some_and(|s| s["state"] == "offline")
     });
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
@@ -384,10 +382,12 @@ fn a_corrupt_outbox_is_moved_aside_and_the_agent_keeps_publishing() {
         d,
         None,
     );
-    let ok = listener.wait_for(Duration::from_secs(20), |_| {
-        sample_seqs(&listener, "crash").len() > 50
-    });
-    assert!(ok, "no data after a corrupt outbox:\n{}", agent.log_tail());
+    listener.wait_for(
+        Duration::from_secs(20),
+        "data after a corrupt outbox (50 sample records)",
+        || format!("agent log:\n{}", agent.log_tail()),
+        |_| sample_seqs(&listener, "crash").len() > 50,
+    );
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(
         log.contains("ERROR") && log.contains("moved aside"),

@@ -126,7 +126,7 @@ fn logs_diagnostics_and_commands_through_the_fleet() {
     assert_eq!(code, Some(75), "{}", agent.log_tail());
     agent.restart();
     assert_ne!(agent.pid(), pid);
-    assert!(agent.wait_log(WAIT, "edge-agent running", 2));
+    agent.wait_log(WAIT, "the agent running again", "edge-agent running", 2);
     let audit = server.audit();
     for want in [
         "command.restart",

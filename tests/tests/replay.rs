@@ -113,15 +113,18 @@ streams = ["predictions", "alarms", "drift"]
             .filter_map(|x| x["text"].as_str().map(String::from))
             .collect()
     };
-    let all = listener.wait_for(Duration::from_secs(60), |m| {
-        payloads(m).len() >= offline.len()
-    });
-    assert!(
-        all,
-        "{} of {} predictions arrived live\n{}",
-        payloads(&listener.messages()).len(),
-        offline.len(),
-        live_agent.log_tail()
+    listener.wait_for(
+        Duration::from_secs(60),
+        &format!("all {} predictions live", offline.len()),
+        || {
+            format!(
+                "{} of {} predictions arrived live\n{}",
+                payloads(&listener.messages()).len(),
+                offline.len(),
+                live_agent.log_tail()
+            )
+        },
+        |m| payloads(m).len() >= offline.len(),
     );
     assert!(live_agent.terminate(Duration::from_secs(20)));
     let mut live = payloads(&listener.messages());

@@ -21,11 +21,17 @@ use crate::models::reference::column_stats;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackSpec {
+    /// Model name, e.g. `pump-anomaly` (the manifest's `name`; devices select bundles by it).
     pub name: String,
+    /// Semantic version for people, e.g. `1.4.0`.
     pub version: String,
+    /// Monotonic version number: devices refuse a bundle below the highest they have run.
     pub version_number: u64,
+    /// Free text for people.
     pub description: Option<String>,
+    /// How samples become the model input (`[spec]`); validated before anything is computed.
     pub spec: FeatureSpec,
+    /// Score, labels and output ranges (`[postprocess]`); default: none.
     #[serde(default)]
     pub postprocess: PostProcess,
     /// Drift policy shipped with the bundle (`[drift]`, docs/bundles.md).
@@ -41,10 +47,12 @@ pub struct PackSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackLineage {
+    /// Source revision of the training code (`--code-revision` wins).
     pub code_revision: Option<String>,
     /// Training parameters; numbers and booleans are kept as their TOML text.
     #[serde(default)]
     pub params: std::collections::BTreeMap<String, toml::Value>,
+    /// Evaluation metrics, finite numbers (`--metric KEY=VALUE` adds and wins).
     #[serde(default)]
     pub metrics: std::collections::BTreeMap<String, f64>,
 }
@@ -86,7 +94,9 @@ impl PackLineage {
 /// What `pack` made, and what it noticed on the way (printed as warnings).
 #[derive(Debug)]
 pub struct Packed {
+    /// The manifest signed into the bundle.
     pub manifest: Manifest,
+    /// Things worth a look that did not stop the pack (e.g. samples off the feature grid).
     pub warnings: Vec<String>,
 }
 
@@ -178,14 +188,14 @@ pub fn pack(
         &ps.spec,
         std::io::BufReader::new(f),
         &train.display().to_string(),
-        |row| {
+        |row| -> Result<(), crate::inference::InferenceError> {
             row.drift_values()
                 .iter()
                 .zip(columns.iter_mut())
                 .for_each(|(v, c)| c.push(*v));
             let input = model_input(&ps.spec, row);
             if input.iter().all(|v| v.is_finite()) {
-                let outs = model.run(&input).map_err(|e| e.to_string())?;
+                let outs = model.run(&input)?;
                 for o in outs {
                     let idx = match outputs.iter().position(|(n, _)| *n == o.name) {
                         Some(i) => i,

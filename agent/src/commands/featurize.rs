@@ -78,7 +78,7 @@ pub fn featurize(
                     let _ = write!(line, ",{v:?}");
                 }
             }
-            writeln!(out, "{line}").map_err(|e| e.to_string())
+            writeln!(out, "{line}")
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;

@@ -33,7 +33,9 @@ use crate::sources::SourcesConfig;
 /// What a replay did, for its closing summary.
 #[derive(Debug, Default)]
 pub struct ReplayReport {
+    /// Samples the replay source read.
     pub samples: u64,
+    /// Wall time of the whole replay.
     pub elapsed: Duration,
     /// Per stream written, its record count.
     pub written: Vec<(Stream, u64)>,
@@ -42,16 +44,25 @@ pub struct ReplayReport {
     pub models: Vec<ModelReport>,
 }
 
+/// One model's counters over a replay.
 #[derive(Debug)]
 pub struct ModelReport {
+    /// The `[[models]]` name.
     pub name: String,
+    /// Windows cut and featurized.
     pub windows: u64,
+    /// Predictions made.
     pub predictions: u64,
+    /// Windows skipped for too many missing points.
     pub skipped_missing: u64,
+    /// Windows skipped because a feature was not finite (never fed to the model).
     pub skipped_nonfinite: u64,
+    /// Windows whose inference failed.
     pub inference_errors: u64,
     /// Time spent in inference (the serving bundle), microseconds.
     pub inference_us: u64,
+    /// A warning when most samples sit off the feature grid
+    /// ([`crate::features::WindowStats::grid_warning`]).
     pub grid_warning: Option<String>,
 }
 

@@ -40,6 +40,7 @@ fn sum(x: &[f64]) -> f64 {
     x.iter().fold(0.0, |a, v| a + v)
 }
 
+/// Arithmetic mean; NaN for an empty slice.
 pub fn mean(x: &[f64]) -> f64 {
     sum(x) / x.len() as f64
 }

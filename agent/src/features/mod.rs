@@ -16,7 +16,9 @@ pub use window::{Window, WindowStats};
 /// The features of one window (before normalization), or the raw window for raw layouts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {
+    /// Start of the window (UTC ns since the epoch, on the grid).
     pub start_ns: i64,
+    /// End of the window (UTC ns, exclusive: start + points × period).
     pub end_ns: i64,
     /// Layout `vector`: one value per feature, in spec order. Raw layouts: the window,
     /// channel-major (`[c * len + i]`).
@@ -37,6 +39,8 @@ impl FeatureRow {
     }
 }
 
+/// Turns samples into feature rows for one feature spec: windows on the spec's grid, then the
+/// spec's features. Deterministic: the same samples in the same order give the same rows.
 #[derive(Debug)]
 pub struct Featurizer {
     spec: FeatureSpec,
@@ -64,14 +68,17 @@ impl Featurizer {
         }
     }
 
+    /// The spec this featurizer was built from.
     pub fn spec(&self) -> &FeatureSpec {
         &self.spec
     }
 
+    /// Whether `tag` is one of the spec's tags (other samples are ignored by [`Featurizer::push`]).
     pub fn wants(&self, tag: &str) -> bool {
         self.windows.wants(tag)
     }
 
+    /// The window counters so far (skipped, late, off-grid samples).
     pub fn stats(&self) -> &WindowStats {
         &self.windows.stats
     }

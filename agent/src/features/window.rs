@@ -21,14 +21,20 @@ use edge_wire::Sample;
 /// A window ready for features: `values[c * len + i]` is channel (tag) `c` at point `i`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
+    /// Time of the first point (UTC ns since the epoch, a multiple of the period).
     pub start_ns: i64,
+    /// End of the window (UTC ns, exclusive): `start_ns + len × period`.
     pub end_ns: i64,
+    /// Number of channels: the spec's tags, in spec order.
     pub channels: usize,
+    /// Points per channel.
     pub len: usize,
+    /// `channels × len` values, channel-major; gaps are already filled.
     pub values: Vec<f64>,
 }
 
 impl Window {
+    /// The `len` values of channel `c`; panics if `c >= channels`.
     pub fn channel(&self, c: usize) -> &[f64] {
         &self.values[c * self.len..(c + 1) * self.len]
     }
@@ -37,6 +43,7 @@ impl Window {
 /// Why windows were not produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowStats {
+    /// Windows completed and handed on.
     pub windows: u64,
     /// Windows skipped because a tag had too many missing points.
     pub skipped_missing: u64,
@@ -49,6 +56,7 @@ pub struct WindowStats {
     /// Of those, samples whose timestamp is not on the grid (a whole multiple of the period
     /// since the epoch), and the offset past its grid point of the first such sample.
     pub off_grid_samples: u64,
+    /// How far past its grid point the first off-grid sample was (ns; 0 while none was).
     pub first_off_grid_ns: i64,
 }
 
@@ -87,6 +95,8 @@ const MAX_BUFFERED: usize = 1 << 20;
 /// Jump over long gaps instead of iterating window by window.
 const MAX_EMPTY_WINDOWS_ITERATED: i64 = 10_000;
 
+/// Cuts the windows of one feature spec out of samples of any tags (the rules are in the module
+/// doc). One per model stage and offline tool; not shared between threads.
 #[derive(Debug)]
 pub struct WindowAssembler {
     tags: Vec<String>,
@@ -99,10 +109,13 @@ pub struct WindowAssembler {
     max_missing: usize,
     /// Grid index of the next window start.
     next_start: Option<i64>,
+    /// Counters since creation; read them between pushes.
     pub stats: WindowStats,
 }
 
 impl WindowAssembler {
+    /// An assembler for `spec`, which must have passed `FeatureSpec::validate` (a zero period or
+    /// length is clamped to 1 rather than rejected).
     pub fn new(spec: &FeatureSpec) -> Self {
         let len = spec.window_len().max(1);
         WindowAssembler {
@@ -124,6 +137,7 @@ impl WindowAssembler {
         }
     }
 
+    /// The spec's tags, in channel order.
     pub fn tags(&self) -> &[String] {
         &self.tags
     }

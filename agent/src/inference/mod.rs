@@ -3,18 +3,28 @@
 //! own ONNX-ML ops (`onnx_ml.rs`, `tree.rs`), which tract 0.23 lacks or runs slowly.
 
 mod onnx_ml;
-pub mod tree;
+pub(crate) mod tree;
 
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
+/// Why a model did not load or run.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
+    /// tract could not parse, type or optimize the ONNX model, it does not have exactly one input,
+    /// or it panicked on its warm-up run.
     #[error("cannot load the ONNX model: {0}")]
     Load(String),
+    /// The input slice does not have [`Model::input_len`] values.
     #[error("model input expects {expected} values, got {got}")]
-    InputSize { expected: usize, got: usize },
+    InputSize {
+        /// Values the model takes per run.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// tract failed while running the model.
     #[error("inference failed: {0}")]
     Run(String),
 }
@@ -22,8 +32,11 @@ pub enum InferenceError {
 /// One output of a run, flattened to f64 (integer labels included).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
+    /// The output's name in the ONNX graph.
     pub name: String,
+    /// Its shape as the run produced it (batch dimension included).
     pub shape: Vec<usize>,
+    /// Its values, row-major.
     pub values: Vec<f64>,
 }
 
@@ -103,14 +116,18 @@ impl Model {
         Ok(model)
     }
 
+    /// Name of the model's one input in the ONNX graph.
     pub fn input_name(&self) -> &str {
         &self.input_name
     }
 
+    /// Names of the model's outputs, in graph order.
     pub fn output_names(&self) -> &[String] {
         &self.output_names
     }
 
+    /// Number of `f32` values one run takes: the product of the input shape given to
+    /// [`Model::load`].
     pub fn input_len(&self) -> usize {
         self.input_shape.iter().product()
     }

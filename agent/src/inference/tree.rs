@@ -11,6 +11,52 @@
 
 use std::collections::HashMap;
 
+/// Why an ensemble's ONNX attributes were refused: the node tables are malformed or name
+/// something this evaluator does not know. The ONNX-ML op parser prefixes the node name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TreeError {
+    #[error("unknown node mode `{0}`")]
+    UnknownMode(String),
+    #[error("unknown aggregate_function `{0}`")]
+    UnknownAggregate(String),
+    #[error("unknown post_transform `{0}`")]
+    UnknownPostTransform(String),
+    #[error("{name} has {len} entries, nodes_nodeids has {nodes}")]
+    LengthMismatch {
+        name: &'static str,
+        len: usize,
+        nodes: usize,
+    },
+    #[error("nodes_missing_value_tracks_true has the wrong length")]
+    MissingTracksLength,
+    #[error("leaf attributes (treeids/nodeids/ids/weights) differ in length")]
+    LeafLengths,
+    #[error("the ensemble has no nodes")]
+    NoNodes,
+    #[error("node ({tree}, {node}) appears twice")]
+    DuplicateNode { tree: i64, node: i64 },
+    #[error("a weight refers to node {0:?}, which does not exist")]
+    WeightWithoutNode((i64, i64)),
+    #[error("weight target/class id {target} is outside 0..{n_out}")]
+    TargetOutOfRange { target: i64, n_out: usize },
+    #[error("leaf ({tree}, {node}) has no weight")]
+    LeafWithoutWeight { tree: i64, node: i64 },
+    #[error("node ({tree}, {node}) points to missing child {child}")]
+    MissingChild { tree: i64, node: i64, child: i64 },
+    #[error("negative feature id {0}")]
+    NegativeFeature(i64),
+    #[error("a tree has a cycle or shares a node with another path")]
+    Cycle,
+    #[error("base_values has {got} entries for {targets} targets")]
+    RegressorBaseValues { got: usize, targets: usize },
+    #[error("{0} class label(s): a classifier needs at least 2")]
+    TooFewClasses(usize),
+    #[error("class count mismatch")]
+    ClassCountMismatch,
+    #[error("base_values has {got} entries for {classes} classes")]
+    ClassifierBaseValues { got: usize, classes: usize },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Leq,
@@ -23,7 +69,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub fn parse(s: &str) -> Result<Mode, String> {
+    pub fn parse(s: &str) -> Result<Mode, TreeError> {
         Ok(match s {
             "BRANCH_LEQ" => Mode::Leq,
             "BRANCH_LT" => Mode::Lt,
@@ -32,7 +78,7 @@ impl Mode {
             "BRANCH_EQ" => Mode::Eq,
             "BRANCH_NEQ" => Mode::Neq,
             "LEAF" => Mode::Leaf,
-            other => return Err(format!("unknown node mode `{other}`")),
+            other => return Err(TreeError::UnknownMode(other.to_string())),
         })
     }
 }
@@ -46,13 +92,13 @@ pub enum Aggregate {
 }
 
 impl Aggregate {
-    pub fn parse(s: &str) -> Result<Aggregate, String> {
+    pub fn parse(s: &str) -> Result<Aggregate, TreeError> {
         Ok(match s {
             "SUM" => Aggregate::Sum,
             "AVERAGE" => Aggregate::Average,
             "MIN" => Aggregate::Min,
             "MAX" => Aggregate::Max,
-            other => return Err(format!("unknown aggregate_function `{other}`")),
+            other => return Err(TreeError::UnknownAggregate(other.to_string())),
         })
     }
 }
@@ -67,14 +113,14 @@ pub enum PostTransform {
 }
 
 impl PostTransform {
-    pub fn parse(s: &str) -> Result<PostTransform, String> {
+    pub fn parse(s: &str) -> Result<PostTransform, TreeError> {
         Ok(match s {
             "NONE" => PostTransform::None,
             "LOGISTIC" => PostTransform::Logistic,
             "SOFTMAX" => PostTransform::Softmax,
             "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
             "PROBIT" => PostTransform::Probit,
-            other => return Err(format!("unknown post_transform `{other}`")),
+            other => return Err(TreeError::UnknownPostTransform(other.to_string())),
         })
     }
 }
@@ -127,7 +173,7 @@ pub struct Forest {
 
 impl Forest {
     /// Builds and validates. `n_out` is the number of targets or classes.
-    pub fn build(a: &TreeAttrs, n_out: usize) -> Result<Forest, String> {
+    pub fn build(a: &TreeAttrs, n_out: usize) -> Result<Forest, TreeError> {
         let n = a.node_ids.len();
         for (name, len) in [
             ("nodes_treeids", a.tree_ids.len()),
@@ -138,28 +184,32 @@ impl Forest {
             ("nodes_falsenodeids", a.false_ids.len()),
         ] {
             if len != n {
-                return Err(format!("{name} has {len} entries, nodes_nodeids has {n}"));
+                return Err(TreeError::LengthMismatch {
+                    name,
+                    len,
+                    nodes: n,
+                });
             }
         }
         if !a.missing_tracks_true.is_empty() && a.missing_tracks_true.len() != n {
-            return Err("nodes_missing_value_tracks_true has the wrong length".into());
+            return Err(TreeError::MissingTracksLength);
         }
         let m = a.leaf_weights.len();
         if a.leaf_tree_ids.len() != m || a.leaf_node_ids.len() != m || a.leaf_target_ids.len() != m
         {
-            return Err("leaf attributes (treeids/nodeids/ids/weights) differ in length".into());
+            return Err(TreeError::LeafLengths);
         }
         if n == 0 {
-            return Err("the ensemble has no nodes".into());
+            return Err(TreeError::NoNodes);
         }
         let mut index: HashMap<(i64, i64), usize> = HashMap::with_capacity(n);
         let mut roots = Vec::new();
         for i in 0..n {
             if index.insert((a.tree_ids[i], a.node_ids[i]), i).is_some() {
-                return Err(format!(
-                    "node ({}, {}) appears twice",
-                    a.tree_ids[i], a.node_ids[i]
-                ));
+                return Err(TreeError::DuplicateNode {
+                    tree: a.tree_ids[i],
+                    node: a.node_ids[i],
+                });
             }
             if i == 0 || a.tree_ids[i] != a.tree_ids[i - 1] {
                 roots.push(i as u32);
@@ -174,16 +224,14 @@ impl Forest {
         for j in order {
             let key = (a.leaf_tree_ids[j], a.leaf_node_ids[j]);
             let Some(&node) = index.get(&key) else {
-                return Err(format!(
-                    "a weight refers to node {key:?}, which does not exist"
-                ));
+                return Err(TreeError::WeightWithoutNode(key));
             };
             if a.modes[node] != Mode::Leaf {
                 continue; // onnxruntime ignores weights on branch nodes
             }
             let t = a.leaf_target_ids[j];
             if t < 0 || t as usize >= n_out {
-                return Err(format!("weight target/class id {t} is outside 0..{n_out}"));
+                return Err(TreeError::TargetOutOfRange { target: t, n_out });
             }
             targets.insert(t);
             let e = leaf_ranges.entry(node).or_insert((weights.len() as u32, 0));
@@ -196,10 +244,10 @@ impl Forest {
             let mode = a.modes[i];
             let node = if mode == Mode::Leaf {
                 let Some(&(start, len)) = leaf_ranges.get(&i) else {
-                    return Err(format!(
-                        "leaf ({}, {}) has no weight",
-                        a.tree_ids[i], a.node_ids[i]
-                    ));
+                    return Err(TreeError::LeafWithoutWeight {
+                        tree: a.tree_ids[i],
+                        node: a.node_ids[i],
+                    });
                 };
                 Node {
                     feature: 0,
@@ -211,19 +259,17 @@ impl Forest {
                 }
             } else {
                 let child = |id: i64| {
-                    index
-                        .get(&(a.tree_ids[i], id))
-                        .map(|&c| c as u32)
-                        .ok_or_else(|| {
-                            format!(
-                                "node ({}, {}) points to missing child {id}",
-                                a.tree_ids[i], a.node_ids[i]
-                            )
-                        })
+                    index.get(&(a.tree_ids[i], id)).map(|&c| c as u32).ok_or(
+                        TreeError::MissingChild {
+                            tree: a.tree_ids[i],
+                            node: a.node_ids[i],
+                            child: id,
+                        },
+                    )
                 };
                 let f = a.feature_ids[i];
                 if f < 0 {
-                    return Err(format!("negative feature id {f}"));
+                    return Err(TreeError::NegativeFeature(f));
                 }
                 max_feature = max_feature.max(f as usize);
                 Node {
@@ -254,14 +300,14 @@ impl Forest {
     }
 
     /// A malformed (or malicious) model must not send the walker into a loop.
-    fn check_acyclic(&self) -> Result<(), String> {
+    fn check_acyclic(&self) -> Result<(), TreeError> {
         let mut seen = vec![false; self.nodes.len()];
         for &r in &self.roots {
             let mut stack = vec![r];
             while let Some(i) = stack.pop() {
                 let i = i as usize;
                 if seen[i] {
-                    return Err("a tree has a cycle or shares a node with another path".into());
+                    return Err(TreeError::Cycle);
                 }
                 seen[i] = true;
                 let n = self.nodes[i];
@@ -344,13 +390,12 @@ impl Regressor {
         aggregate: Aggregate,
         base: Vec<f32>,
         post: PostTransform,
-    ) -> Result<Regressor, String> {
+    ) -> Result<Regressor, TreeError> {
         if !base.is_empty() && base.len() != 1 && base.len() != forest.n_out {
-            return Err(format!(
-                "base_values has {} entries for {} targets",
-                base.len(),
-                forest.n_out
-            ));
+            return Err(TreeError::RegressorBaseValues {
+                got: base.len(),
+                targets: forest.n_out,
+            });
         }
         Ok(Regressor {
             forest,
@@ -429,22 +474,18 @@ impl Classifier {
         labels: Vec<i64>,
         base: Vec<f32>,
         post: PostTransform,
-    ) -> Result<Classifier, String> {
+    ) -> Result<Classifier, TreeError> {
         if labels.len() < 2 {
-            return Err(format!(
-                "{} class label(s): a classifier needs at least 2",
-                labels.len()
-            ));
+            return Err(TreeError::TooFewClasses(labels.len()));
         }
         if forest.n_out != labels.len() {
-            return Err("class count mismatch".into());
+            return Err(TreeError::ClassCountMismatch);
         }
         if !base.is_empty() && base.len() > labels.len() {
-            return Err(format!(
-                "base_values has {} entries for {} classes",
-                base.len(),
-                labels.len()
-            ));
+            return Err(TreeError::ClassifierBaseValues {
+                got: base.len(),
+                classes: labels.len(),
+            });
         }
         Ok(Classifier {
             forest,
@@ -750,12 +791,21 @@ mod tests {
     fn malformed_ensembles_are_rejected() {
         let mut a = stumps(&[(0, Mode::Leq, 0.0, 1.0, 2.0)], 0);
         a.true_ids[0] = 0; // points to itself
-        assert!(Forest::build(&a, 1).unwrap_err().contains("cycle"));
+        assert!(Forest::build(&a, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("cycle"));
         let mut a = stumps(&[(0, Mode::Leq, 0.0, 1.0, 2.0)], 0);
         a.false_ids[0] = 9;
-        assert!(Forest::build(&a, 1).unwrap_err().contains("missing child"));
+        assert!(Forest::build(&a, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("missing child"));
         let mut a = stumps(&[(0, Mode::Leq, 0.0, 1.0, 2.0)], 3);
-        assert!(Forest::build(&a, 1).unwrap_err().contains("outside"));
+        assert!(Forest::build(&a, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("outside"));
         a.leaf_target_ids = vec![0, 0];
         a.leaf_weights.pop();
         assert!(Forest::build(&a, 1).is_err());

@@ -28,11 +28,13 @@ pub struct ModelConfig {
     /// Windows that may wait for inference; what happens to more is `when_busy`.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// What a window does when `queue` windows already wait (default: `drop`).
     #[serde(default)]
     pub when_busy: WhenBusy,
     /// Emit a features record per window (for outputs and drift).
     #[serde(default = "yes")]
     pub features: bool,
+    /// How often the bundle file is checked for a replacement (at least 100 ms; default 5 s).
     #[serde(default = "default_reload", with = "humantime_serde")]
     pub reload_check: Duration,
     /// Drift summaries of the features against the bundle's reference are closed (and sent
@@ -83,6 +85,8 @@ fn default_reload() -> Duration {
 }
 
 impl ModelConfig {
+    /// Checks the entry (name, queue, intervals, drift overrides, labels), adding problems
+    /// under `at`. The bundle itself is checked when it loads.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(
             !self.name.is_empty() && !self.name.contains(['/', '+', '#']),

@@ -51,11 +51,14 @@ struct Check<'a> {
 /// waiting for outcomes and the current one close together).
 #[derive(Debug, Default)]
 pub struct Closed {
+    /// Scored drift records, oldest interval first (outbox stream `drift`).
     pub records: Vec<DriftRecord>,
+    /// Alarm raises and clears (outbox stream `alarms`).
     pub alarms: Vec<AlarmEvent>,
 }
 
 impl Closed {
+    /// Both results, `self`'s first.
     pub fn and(mut self, other: Closed) -> Closed {
         self.records.extend(other.records);
         self.alarms.extend(other.alarms);
@@ -78,6 +81,8 @@ struct Cut {
     awaiting: u64,
 }
 
+/// The drift monitoring of one model and bundle (module doc): per-interval summaries, scores
+/// and alarms. Owned by the model's inference thread; a new bundle gets a new tracker.
 #[derive(Debug)]
 pub struct DriftTracker {
     source: Arc<BundleRef>,
@@ -295,14 +300,19 @@ impl DriftTracker {
         }
     }
 
+    /// The bundle this tracker measures against (a prediction of another bundle is not counted).
     pub fn source(&self) -> &Arc<BundleRef> {
         &self.source
     }
 
+    /// The thresholds and hysteresis in force: the bundle's `[drift]` policy with the agent's
+    /// overrides.
     pub fn rules(&self) -> &DriftRules {
         &self.rules
     }
 
+    /// Whether there is nothing to track: no column or output with reference statistics and no
+    /// labels.
     pub fn is_empty(&self) -> bool {
         self.columns.is_empty() && self.outputs.is_empty() && self.labels.is_none()
     }

@@ -13,12 +13,15 @@ pub struct FloorError {
     reason: String,
 }
 
+/// The version floors of this device, in `<data_dir>/bundles/floor.json`. Read on every call
+/// (no cache); a missing file means no floor yet.
 #[derive(Debug)]
 pub struct FloorStore {
     path: PathBuf,
 }
 
 impl FloorStore {
+    /// The store in `dir` (the bundle state directory); nothing is read until asked.
     pub fn new(dir: &Path) -> Self {
         FloorStore {
             path: dir.join("floor.json"),

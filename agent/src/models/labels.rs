@@ -35,8 +35,25 @@ pub struct LabelsConfig {
     /// How long a prediction waits for its label before it counts as unlabelled.
     #[serde(with = "humantime_serde")]
     pub horizon: Duration,
+    /// How a label compares with a prediction (default: classification).
     #[serde(default)]
     pub kind: LabelKind,
+}
+
+/// Why `[models.labels]` does not fit the running bundle or the sources ([`check`]). The
+/// message starts with the key (`labels.…`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelsError {
+    /// No source provides the label tag (the tag).
+    #[error(
+        "labels.tag `{0}`: no source provides this tag (the ground truth must come from a configured source)"
+    )]
+    UnknownTag(String),
+    /// Classification labels with a bundle whose score has no threshold (the bundle name).
+    #[error(
+        "labels.kind = \"classification\" compares each label with the score past its threshold, but bundle {0} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)"
+    )]
+    NoThreshold(String),
 }
 
 /// Checks `[models.labels]` against the running bundle and the tags sources provide.
@@ -44,13 +61,10 @@ pub fn check(
     cfg: Option<&LabelsConfig>,
     bundle: &super::LoadedBundle,
     tags: &dyn super::TagCatalog,
-) -> Result<(), String> {
+) -> Result<(), LabelsError> {
     let Some(l) = cfg else { return Ok(()) };
     if !tags.knows(&l.tag) {
-        return Err(format!(
-            "labels.tag `{}`: no source provides this tag (the ground truth must come from a configured source)",
-            l.tag
-        ));
+        return Err(LabelsError::UnknownTag(l.tag.clone()));
     }
     let has_threshold = bundle
         .manifest
@@ -59,11 +73,7 @@ pub fn check(
         .as_ref()
         .is_some_and(|s| s.threshold.is_some());
     if l.kind == LabelKind::Classification && !has_threshold {
-        return Err(format!(
-            "labels.kind = \"classification\" compares each label with the score past its threshold, \
-             but bundle {} has no postprocess.score.threshold (use kind = \"regression\" for a score that estimates the label)",
-            bundle.source.bundle
-        ));
+        return Err(LabelsError::NoThreshold(bundle.source.bundle.to_string()));
     }
     Ok(())
 }
@@ -80,6 +90,8 @@ struct Pending {
     score: f64,
 }
 
+/// Joins late labels to waiting predictions for one model (module doc). Owned by the drift
+/// tracker.
 #[derive(Debug)]
 pub struct LabelJoiner {
     kind: LabelKind,
@@ -92,6 +104,7 @@ pub struct LabelJoiner {
 }
 
 impl LabelJoiner {
+    /// A joiner with nothing waiting.
     pub fn new(cfg: &LabelsConfig) -> LabelJoiner {
         LabelJoiner {
             kind: cfg.kind,

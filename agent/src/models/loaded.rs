@@ -14,16 +14,24 @@ use super::control::LoadError;
 use crate::inference::{Model, Output};
 use crate::pipeline::record::BundleRef;
 
+/// A bundle that passed every check (signature, version floor, feature spec, tags, model
+/// shape and outputs), with its model built and ready to run.
 #[derive(Debug)]
 pub struct LoadedBundle {
+    /// The bundle's manifest.
     pub manifest: Manifest,
+    /// The ONNX model, built for the feature spec's input shape.
     pub model: Model,
+    /// Which bundle predictions and drift records come from (shared with every record).
     pub source: Arc<BundleRef>,
+    /// Column names of the feature rows, in spec order (`FeatureSpec::column_names`).
     pub names: Arc<[String]>,
 }
 
 /// Decides whether a tag name will exist at runtime.
 pub trait TagCatalog {
+    /// Whether `tag` will exist at run time (named by a source, or matching an MQTT name
+    /// template).
     fn knows(&self, tag: &str) -> bool;
 }
 

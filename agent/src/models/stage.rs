@@ -31,20 +31,27 @@ use edge_wire::drift::Hysteresis;
 /// Counters of one model, exposed as metrics.
 #[derive(Debug, Default)]
 pub struct ModelStats {
+    /// Windows completed (the window assembler's count as of the last batch).
     pub windows: AtomicU64,
+    /// Windows skipped for too many missing points (as of the last batch).
     pub skipped_missing: AtomicU64,
+    /// Samples dropped for arriving older than their tag's latest (as of the last batch).
     pub late_samples: AtomicU64,
     /// Windows whose features were not finite (never fed to the model).
     pub skipped_nonfinite: AtomicU64,
     /// Windows dropped because inference was busy.
     pub dropped_busy: AtomicU64,
+    /// Predictions made (windows whose inference succeeded).
     pub predictions: AtomicU64,
+    /// Windows whose inference failed.
     pub inference_errors: AtomicU64,
     /// Predictions outside the manifest's declared output ranges.
     pub out_of_range: AtomicU64,
     /// Sum of inference times, microseconds.
     pub inference_us: AtomicU64,
+    /// Bundles swapped in after the first: hot reloads and control requests.
     pub reloads: AtomicU64,
+    /// Replacement bundles refused (the running one stayed).
     pub reload_failures: AtomicU64,
     /// Version number of the bundle being served (0 = none).
     pub version_number: AtomicU64,
@@ -107,10 +114,10 @@ impl ModelStage {
     ) -> Result<ModelStage, LoadError> {
         let file_stamp = stamp(&cfg.bundle);
         let current = Arc::new(Self::load_bundle(&cfg, &trusted, &floors, &*tags)?);
-        super::labels::check(cfg.labels.as_ref(), &current, &*tags).map_err(|reason| {
+        super::labels::check(cfg.labels.as_ref(), &current, &*tags).map_err(|e| {
             LoadError::Incompatible {
                 path: cfg.bundle.clone(),
-                reason,
+                reason: e.to_string(),
             }
         })?;
         let stats = Arc::new(ModelStats::default());
@@ -190,10 +197,12 @@ impl ModelStage {
         Ok(b)
     }
 
+    /// The counters, shared with the metrics registry.
     pub fn stats(&self) -> Arc<ModelStats> {
         self.stats.clone()
     }
 
+    /// The bundle being served now.
     pub fn current(&self) -> Arc<LoadedBundle> {
         self.current.clone()
     }

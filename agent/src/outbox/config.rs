@@ -21,6 +21,7 @@ pub enum WhenFull {
     DropNewest,
 }
 
+/// `[outbox.<stream>]`: the bounds of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StreamLimits {
@@ -29,6 +30,8 @@ pub struct StreamLimits {
     /// Records older than this are dropped (counted), delivered or not.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// What happens to a record that would take the stream past `max_bytes` (default: drop the
+    /// oldest).
     #[serde(default)]
     pub when_full: WhenFull,
 }
@@ -54,11 +57,17 @@ pub struct OutboxConfig {
     /// every sample.
     #[serde(with = "humantime_serde::option")]
     pub sample_interval: Option<Duration>,
+    /// `[outbox.samples]`: default 512 MiB, a week.
     pub samples: StreamLimits,
+    /// `[outbox.features]`: default 128 MiB, a week.
     pub features: StreamLimits,
+    /// `[outbox.predictions]`: default 128 MiB, a week.
     pub predictions: StreamLimits,
+    /// `[outbox.alarms]`: default 16 MiB, a week.
     pub alarms: StreamLimits,
+    /// `[outbox.drift]`: default 64 MiB, a week.
     pub drift: StreamLimits,
+    /// `[outbox.events]`: default 16 MiB, a week.
     pub events: StreamLimits,
 }
 
@@ -90,6 +99,7 @@ impl Default for OutboxConfig {
 }
 
 impl OutboxConfig {
+    /// The bounds of stream `s`.
     pub fn limits(&self, s: Stream) -> StreamLimits {
         match s {
             Stream::Samples => self.samples,
@@ -101,6 +111,8 @@ impl OutboxConfig {
         }
     }
 
+    /// Checks the section (commit interval and size, cache, reserve, each stream's bounds), adding
+    /// problems under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(
             self.commit_interval >= Duration::from_millis(1),

@@ -31,6 +31,7 @@ pub use writer::OutboxWriter;
 /// Counters of one stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StreamStats {
+    /// The stream's name (`samples`, `features`, ...).
     pub stream: &'static str,
     /// Last assigned sequence number.
     pub head: u64,
@@ -47,16 +48,23 @@ pub struct StreamStats {
     pub skipped: u64,
 }
 
+/// Why an outbox operation failed. The operation is not retried: the caller counts and logs,
+/// and the next operation tries again.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
+    /// sled reported something other than an I/O error (corruption, a bug); the message is sled's.
     #[error("outbox storage error: {0}")]
     Storage(String),
+    /// An I/O error under sled (usually the disk is full); the outbox reopens the database.
     #[error("outbox I/O error (disk full?): {0}")]
     Io(String),
+    /// The database is being reopened after an I/O error; try again shortly.
     #[error("the outbox is unavailable (reopening after an I/O error)")]
     Unavailable,
+    /// Low-space mode: records of this stream (named) are refused until the disk has room.
     #[error("disk full: the outbox keeps its reserve for alarms, drift and events; {0} records are dropped (counted) until space returns")]
     LowSpace(&'static str),
+    /// No cursor of that name: it is not a configured destination.
     #[error("unknown destination `{0}`")]
     UnknownDestination(String),
 }

@@ -27,6 +27,8 @@ pub fn protected(stream: Stream) -> bool {
     matches!(stream, Stream::Alarms | Stream::Drift | Stream::Events)
 }
 
+/// The disk reserve of one outbox and its low-space mode (module doc). Owned by the outbox;
+/// all methods take `&self`.
 #[derive(Debug)]
 pub struct DiskReserve {
     path: PathBuf,
@@ -57,6 +59,7 @@ impl DiskReserve {
         r
     }
 
+    /// The reserve file (`<outbox path>.reserve`).
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -166,16 +166,20 @@ struct StreamSlot {
 /// How opening went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OpenReport {
+    /// The database opened as it was.
     Opened,
     /// The database was corrupt and was moved aside to this path; a fresh one was created.
     /// Records in it were not delivered (they are still on disk there).
     MovedAside {
+        /// Where the corrupt database now is.
         path: PathBuf,
+        /// Why it was judged corrupt (sled's error, or the panic).
         reason: String,
     },
     /// The database cannot be opened right now (I/O error: disk full, permissions); the agent
     /// runs without it, counts what it cannot store, and retries.
     Unavailable {
+        /// The I/O error.
         reason: String,
     },
 }
@@ -263,6 +267,9 @@ impl From<sled::Error> for OpenFailure {
     }
 }
 
+/// The outbox (module doc): one sled database with a tree per stream and a cursor per
+/// destination. Shared behind an `Arc` by the writer, the destinations and the metrics; all
+/// methods take `&self`, and blocking ones belong on the blocking pool.
 #[derive(Debug)]
 pub struct SledOutbox {
     path: PathBuf,
@@ -1090,6 +1097,8 @@ impl SledOutbox {
         self.appended_tx.subscribe()
     }
 
+    /// Per-stream counters now; while the database is unavailable only the drops are known (the
+    /// rest read 0).
     pub fn stats(&self) -> PerStream<StreamStats> {
         let g = self.store.read().unwrap_or_else(|p| p.into_inner());
         PerStream::from_fn(|s| {
@@ -1123,6 +1132,7 @@ impl SledOutbox {
             .unwrap_or(0)
     }
 
+    /// How often the agent commits (`[outbox] commit_interval`).
     pub fn commit_interval(&self) -> Duration {
         self.cfg.commit_interval
     }

@@ -14,6 +14,9 @@ use crate::pipeline::record::{Record, RecordKind};
 use crate::pipeline::{Output, OutputFuture, OutputStats};
 use edge_wire::records;
 
+/// The pipeline output that appends every record to its outbox stream (samples decimated
+/// if asked). A failed append is counted as a failed write and a drop of the stream, then
+/// the next record is tried.
 #[derive(Debug)]
 pub struct OutboxWriter {
     outbox: Arc<SledOutbox>,
@@ -40,6 +43,7 @@ impl Decimator {
 }
 
 impl OutboxWriter {
+    /// A writer into `outbox`; `decimate`: keep at most one sample per tag per interval.
     pub fn new(outbox: Arc<SledOutbox>, decimate: Option<Duration>) -> Self {
         OutboxWriter { outbox, decimate }
     }

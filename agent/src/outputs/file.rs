@@ -15,9 +15,11 @@ use crate::pipeline::record::{Record, RecordKind};
 use crate::pipeline::{Output, OutputFuture, OutputStats};
 use crate::recording::{write_csv_row, CSV_HEADER};
 
+/// `[[outputs.file]]`: records appended to a file or written to standard output.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOutputConfig {
+    /// Output name, unique among outputs (in logs and metrics).
     pub name: String,
     /// File to append to; `-` is standard output.
     pub path: PathBuf,
@@ -31,15 +33,20 @@ pub struct FileOutputConfig {
     pub records: Option<Vec<crate::pipeline::record::RecordKind>>,
 }
 
+/// `[[outputs.file]] format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FileFormat {
+    /// One JSON object per line, tagged with its kind (`sample`, `features`, `prediction`, `alarm`,
+    /// `drift`).
     #[default]
     Jsonl,
+    /// The recording CSV format (header written to a new or empty file); samples only.
     Csv,
 }
 
 impl FileOutputConfig {
+    /// Checks the entry (non-empty path; csv only with samples), adding problems under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
             "path must not be empty (use \"-\" for standard output)".into()
@@ -62,6 +69,8 @@ pub struct FileOutput {
 }
 
 impl FileOutput {
+    /// An output for `cfg`; the file is opened (created, with its parent directories) at the first
+    /// record.
     pub fn new(cfg: FileOutputConfig) -> Self {
         FileOutput { cfg }
     }

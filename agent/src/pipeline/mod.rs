@@ -33,7 +33,9 @@ use record::{Record, RecordKind};
 /// Counters of the hub.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
+    /// Sample batches received from the sources.
     pub batches: AtomicU64,
+    /// Samples received from the sources.
     pub samples: AtomicU64,
     /// Samples read but dropped because the shutdown deadline passed.
     pub dropped_at_shutdown: AtomicU64,
@@ -45,6 +47,7 @@ pub struct PipelineStats {
 /// What a finished run reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
+    /// Samples the hub received from the sources.
     pub samples: u64,
     /// Samples that were read but not delivered because shutdown hit its deadline.
     pub dropped_at_shutdown: u64,
@@ -59,7 +62,10 @@ pub type StageFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 
 /// every sample record and emits derived records (features, predictions), which go to the
 /// outputs. It must drain its input until it closes, then finish what it holds and return.
 pub trait Stage: Send + 'static {
+    /// Stage kind, e.g. `"model"`.
     fn kind(&self) -> &'static str;
+    /// Consumes sample records from `input` until it closes, emitting derived records on
+    /// `output`; then finishes what it holds and returns (dropping `output`).
     fn run(
         self: Box<Self>,
         input: mpsc::Receiver<Record>,
@@ -117,6 +123,7 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
+    /// An empty pipeline; add sources, stages and outputs, then [`Pipeline::run`].
     pub fn new(cfg: PipelineConfig) -> Self {
         Pipeline {
             cfg,
@@ -132,14 +139,17 @@ impl Pipeline {
         self.started = Some(tx);
     }
 
+    /// Adds a source; `name` labels its logs and metrics.
     pub fn add_source(&mut self, name: &str, s: Box<dyn Source>) {
         self.sources.push((Arc::from(name), s));
     }
 
+    /// Adds a stage; it receives every sample record, and what it emits goes to the outputs.
     pub fn add_stage(&mut self, name: &str, s: Box<dyn Stage>) {
         self.stages.push((Arc::from(name), s));
     }
 
+    /// Adds an output; it receives the records of the kinds it [`Output::accepts`].
     pub fn add_output(&mut self, name: &str, o: Box<dyn Output>) {
         self.outputs.push((Arc::from(name), o));
     }

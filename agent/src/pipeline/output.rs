@@ -23,6 +23,7 @@ pub struct OutputStats {
 }
 
 impl OutputStats {
+    /// Counts `n` items handed to the queue.
     pub fn add_enqueued(&self, n: u64) {
         self.enqueued.fetch_add(n, Ordering::Relaxed);
     }
@@ -31,14 +32,17 @@ impl OutputStats {
         let done = self.written.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed);
         self.enqueued.load(Ordering::Relaxed).saturating_sub(done)
     }
+    /// Counts `n` items written.
     pub fn add_written(&self, n: usize) {
         self.written.fetch_add(n as u64, Ordering::Relaxed);
     }
+    /// Counts `n` items that could not be written.
     pub fn add_failed(&self, n: usize) {
         self.failed.fetch_add(n as u64, Ordering::Relaxed);
     }
 }
 
+/// A boxed, sendable future: the return type of [`Output::run`].
 pub type OutputFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A destination for records.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use edge_wire::Sample;
 
+/// One record from the pipeline to its outputs.
 #[derive(Debug, Clone)]
 pub enum Record {
     /// Raw samples as the sources produced them.
@@ -23,14 +24,20 @@ pub enum Record {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
+    /// Raw samples.
     Samples,
+    /// Feature rows.
     Features,
+    /// Model predictions.
     Predictions,
+    /// Alarm raises and clears.
     Alarms,
+    /// Drift summaries.
     Drift,
 }
 
 impl RecordKind {
+    /// Every kind, in stream order.
     pub const ALL: [RecordKind; 5] = [
         RecordKind::Samples,
         RecordKind::Features,
@@ -52,6 +59,7 @@ impl RecordKind {
 }
 
 impl Record {
+    /// What kind of record this is.
     pub fn kind(&self) -> RecordKind {
         match self {
             Record::Samples(_) => RecordKind::Samples,
@@ -70,6 +78,7 @@ impl Record {
         }
     }
 
+    /// Whether the record holds no item (an empty sample batch).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::topics::valid_level;
 use crate::outbox::Stream;
 
+/// `[[outputs.mqtt]] format`: the message format (default: JSON).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MqttFormat {
@@ -18,12 +19,15 @@ pub enum MqttFormat {
     Sparkplug,
 }
 
+/// `[[outputs.mqtt]]`: one MQTT publisher, fed from the outbox through its own cursor.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttOutputConfig {
     /// Output name: also its cursor in the outbox (renaming it replays from the start).
     pub name: String,
+    /// The broker and how to reach it (URL, TLS, credentials, reconnect backoff).
     pub broker: BrokerConfig,
+    /// Message format (default `json`).
     #[serde(default)]
     pub format: MqttFormat,
     /// What to publish: any of `samples`, `features`, `predictions`, `alarms` (model score
@@ -49,9 +53,11 @@ pub struct MqttOutputConfig {
     pub sparkplug: Option<SparkplugConfig>,
 }
 
+/// `[outputs.mqtt.sparkplug]`: the Sparkplug B identity of this edge node.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SparkplugConfig {
+    /// Sparkplug group id (first topic level after `spBv1.0`); a valid topic level.
     pub group_id: String,
     /// Default: the agent id.
     pub edge_node_id: Option<String>,
@@ -94,6 +100,8 @@ fn default_backlog_share() -> f64 {
 }
 
 impl MqttOutputConfig {
+    /// Checks the entry (broker, QoS, name, batch, backlog share, streams, format settings),
+    /// adding problems under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         self.broker.validate(&at.key("broker"), issues);
         issues.check(self.qos <= 1, at.key("qos"), || {

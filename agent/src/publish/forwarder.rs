@@ -29,9 +29,13 @@ use crate::outbox::{SledOutbox, Stream};
 /// One MQTT message to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Msg {
+    /// Full topic.
     pub topic: String,
+    /// Message body.
     pub payload: Vec<u8>,
+    /// QoS to publish with.
     pub qos: QoS,
+    /// Whether the broker keeps it as the topic's last value.
     pub retain: bool,
 }
 
@@ -44,6 +48,8 @@ pub struct Reaction {
     pub opened: bool,
 }
 
+/// A message format of an MQTT output (plain JSON, Sparkplug B): what goes out when, and how
+/// an outbox record becomes messages. Called only from the output's forwarder task.
 pub trait Format: Send {
     /// Messages right after (re)connecting: status, births.
     fn on_connect(&mut self) -> Vec<Msg>;
@@ -51,6 +57,8 @@ pub trait Format: Send {
     fn gate_open(&self) -> bool {
         true
     }
+    /// A message on a subscribed topic (Sparkplug: the primary host's STATE, rebirth commands).
+    /// Default: nothing changes.
     fn on_incoming(&mut self, _p: &rumqttc::Publish) -> Reaction {
         Reaction::default()
     }
@@ -71,7 +79,6 @@ pub trait Format: Send {
     }
 }
 
-/// Stream order: what an operator needs first after an outage comes out first.
 /// One [`Lane`] per stream.
 #[derive(Debug, Default)]
 struct Lanes(PerStream<Lane>);
@@ -85,6 +92,7 @@ impl Lanes {
     }
 }
 
+/// Stream order: what an operator needs first after an outage comes out first.
 const PRIORITY: [Stream; 5] = [
     Stream::Alarms,
     Stream::Drift,
@@ -168,18 +176,28 @@ impl Window {
 /// Messages in flight before publishing waits for acknowledgements.
 const MAX_IN_FLIGHT: usize = 1000;
 
+/// One MQTT output's delivery loop (module doc): outbox to broker through its own cursor,
+/// live first. Built by `publish::output`; consumed by [`Forwarder::run`].
 pub struct Forwarder {
+    /// The output's name: its outbox cursor, and the label in logs.
     pub name: String,
+    /// The outbox it reads from and confirms to.
     pub outbox: Arc<SledOutbox>,
+    /// Streams it publishes.
     pub streams: Vec<Stream>,
+    /// QoS of data messages (1: settled on the broker's ack; 0: once written to the socket).
     pub qos: QoS,
+    /// Outbox records per published batch.
     pub batch: usize,
     /// The backlog's share of the records while live records wait too (0, 1].
     pub backlog_share: f64,
+    /// How records become messages.
     pub format: Box<dyn Format>,
+    /// The broker connection.
     pub link: Link,
     /// Stops the link's event loop; fired after the shutdown messages went out.
     pub link_stop: CancellationToken,
+    /// How often [`Format::periodic`] messages go out (status refresh).
     pub periodic_every: Duration,
     /// Publishes that the broker must acknowledge within this time, or the connection is
     /// treated as broken.
@@ -559,6 +577,9 @@ impl Forwarder {
         }
     }
 
+    /// Delivers until `stop` fires. Then, if connected: what is committed is delivered (at most
+    /// 2 s more; the rest stays in the outbox), the format's shutdown messages are sent and the
+    /// client disconnects cleanly (no last will); finally the link stops.
     pub async fn run(mut self, stop: CancellationToken) {
         /// The longest the last delivery at a stop may take (the agent waits 3 s per output).
         const FINAL_DRAIN: Duration = Duration::from_secs(2);

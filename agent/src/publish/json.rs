@@ -36,16 +36,24 @@ use super::topics;
 use crate::models::ModelStats;
 use crate::outbox::{SledOutbox, Stream};
 
+/// The plain-JSON format of an MQTT output: one message per sample, feature row, prediction,
+/// alarm and drift record on `{prefix}/{device}/{kind}/{name}`, and a retained status.
 #[derive(Debug)]
 pub struct JsonFormat {
+    /// First topic level (`topic_prefix`).
     pub prefix: String,
+    /// This agent's id (second topic level, and in the status).
     pub device: String,
+    /// QoS of data messages (the status is always QoS 1).
     pub qos: QoS,
+    /// The outbox, whose per-stream backlog and drops the status reports.
     pub outbox: Arc<SledOutbox>,
+    /// The models, whose served bundle versions the status reports.
     pub models: Vec<(String, Arc<ModelStats>)>,
 }
 
 impl JsonFormat {
+    /// The last will: the retained status topic set to `offline`.
     pub fn will(prefix: &str, device: &str) -> LastWill {
         let body = json!({"state": "offline", "agent": device}).to_string();
         LastWill::new(

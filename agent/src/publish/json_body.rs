@@ -14,8 +14,11 @@ use crate::pipeline::record::{AlarmEvent, DriftRecord, FeatureRecord, Prediction
 /// `drift`) and its name level (tag, model, or alarm name), valid as MQTT topic levels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JsonBody {
+    /// The kind level: `samples`, `features`, `predictions`, `alarms` or `drift`.
     pub kind: &'static str,
+    /// The name level (tag, model or alarm name), wildcards replaced ([`level`]).
     pub name: String,
+    /// The JSON object published.
     pub body: Map<String, serde_json::Value>,
 }
 
@@ -195,6 +198,8 @@ fn drift_body(d: &DriftRecord) -> JsonBody {
     body("drift", &d.source.model, b)
 }
 
+/// Nanoseconds to milliseconds, rounding toward negative infinity (timestamps before 1970
+/// stay ordered).
 pub fn ms(ns: i64) -> i64 {
     ns.div_euclid(1_000_000)
 }

@@ -13,6 +13,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// What happens on a [`Link`], in order, for its one consumer.
 #[derive(Debug)]
 pub enum LinkEvent {
     /// Connected (CONNACK received; subscriptions renewed).
@@ -30,8 +31,12 @@ pub enum LinkEvent {
 /// Builds the last will before each connection attempt.
 pub type WillFn = Arc<dyn Fn() -> Option<LastWill> + Send + Sync>;
 
+/// An MQTT connection kept up by a background task: reconnects with the broker's backoff,
+/// renews subscriptions, and reports each event. The task ends when `stop` fires.
 pub struct Link {
+    /// Publishes and subscribes (cheap to clone).
     pub client: AsyncClient,
+    /// The connection's events ([`LinkEvent`]); closes when the task ends.
     pub events: mpsc::UnboundedReceiver<LinkEvent>,
     /// Whether the broker connection is up (set on CONNACK, cleared on a failure): what the
     /// health check of a new configuration reads.
@@ -45,6 +50,8 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// Starts the connection task: clean session, the last will from `will` before each attempt,
+    /// `subscriptions` renewed on each connect. `name` labels the logs.
     pub fn start(
         name: &str,
         mut opts: MqttOptions,

@@ -46,7 +46,9 @@ use crate::outbox::{SledOutbox, Stream};
 use crate::pipeline::record::BundleRef;
 use edge_wire::records;
 
+/// Name of the node metric carrying the bdSeq (in NBIRTH and NDEATH).
 pub const BDSEQ: &str = "bdSeq";
+/// Name of the node control metric a host sets to `true` in an NCMD to ask for a rebirth.
 pub const REBIRTH: &str = "Node Control/Rebirth";
 const QUALITY: &str = "Quality";
 
@@ -100,6 +102,7 @@ impl BdSeq {
         v
     }
 
+    /// The value of the current connection (0 before the first).
     pub fn current(&self) -> u64 {
         match self.current.load(Ordering::Acquire) {
             u64::MAX => 0,
@@ -244,15 +247,28 @@ struct Point {
 /// Maps a tag to the Sparkplug device (source) that produces it.
 pub type DeviceOfTag = Box<dyn Fn(&str) -> Option<String> + Send>;
 
+/// The Sparkplug B edge node of one MQTT output (module doc): births, aliases, sequence
+/// numbers and the primary host gate. Called only from the output's forwarder task.
 pub struct SparkplugFormat {
+    /// Group id (`spBv1.0/{group}/...`).
     pub group: String,
+    /// Edge node id: the agent id unless `edge_node_id` is set.
     pub node: String,
+    /// Primary host application whose STATE gates data; `None`: data flows whenever connected.
     pub primary_host: Option<String>,
+    /// QoS of data messages.
     pub qos: QoS,
+    /// The birth/death sequence number, shared with the last will built before each connect.
     pub bdseq: Arc<BdSeq>,
+    /// Which device (source) a sample's tag belongs to; `None`: device `sensors`.
     pub device_of_tag: DeviceOfTag,
+    /// The outbox: node metrics report its backlog and drops; births read the newest values
+    /// from it.
     pub outbox: Arc<SledOutbox>,
+    /// Streams this output publishes.
     pub streams: Vec<Stream>,
+    /// The agent's models and their counters, as handed to every MQTT output. Not read at
+    /// present: model devices are described from their own records.
     pub models: Vec<(String, Arc<ModelStats>)>,
     /// DDATA metrics carry their datatype (see [`SparkplugFormat::ddata_datatype`]).
     ddata_datatype: bool,
@@ -298,6 +314,9 @@ fn level(s: &str) -> String {
 }
 
 impl SparkplugFormat {
+    /// A node that has not been born yet; data waits for the primary host if one is named.
+    /// DDATA metrics carry their datatype unless [`SparkplugFormat::ddata_datatype`] says
+    /// otherwise.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         group: String,

@@ -17,6 +17,7 @@
 //! - `spBv1.0/{group}/DBIRTH|DDATA|DDEATH/{node}/{device}`
 //! - `spBv1.0/STATE/{host}` — the primary host application's state (subscribed)
 
+/// A JSON data topic: `{prefix}/{device}/{kind}/{name}`.
 pub fn json_data(prefix: &str, device: &str, kind: &str, name: &str) -> String {
     format!("{prefix}/{device}/{kind}/{name}")
 }
@@ -29,20 +30,25 @@ pub fn drift_alarm(model: &str, kind: &str, subject: Option<&str>) -> String {
     }
 }
 
+/// The retained JSON status topic: `{prefix}/{device}/status`.
 pub fn json_status(prefix: &str, device: &str) -> String {
     format!("{prefix}/{device}/status")
 }
 
+/// The Sparkplug B namespace, the first topic level.
 pub const SPB: &str = "spBv1.0";
 
+/// A node topic: `spBv1.0/{group}/{kind}/{node}` (`kind`: `NBIRTH`, `NDATA`, ...).
 pub fn spb_node(group: &str, kind: &str, node: &str) -> String {
     format!("{SPB}/{group}/{kind}/{node}")
 }
 
+/// A device topic: `spBv1.0/{group}/{kind}/{node}/{device}` (`kind`: `DBIRTH`, `DDATA`, ...).
 pub fn spb_device(group: &str, kind: &str, node: &str, device: &str) -> String {
     format!("{SPB}/{group}/{kind}/{node}/{device}")
 }
 
+/// The primary host application's state topic: `spBv1.0/STATE/{host}`.
 pub fn spb_state(host: &str) -> String {
     format!("{SPB}/STATE/{host}")
 }

@@ -21,14 +21,19 @@ use simulated::SimulatedSourceConfig;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourcesConfig {
+    /// `[[sources.simulated]]`: generated signals (demos, tests).
     #[serde(default)]
     pub simulated: Vec<SimulatedSourceConfig>,
+    /// `[[sources.modbus]]`: Modbus TCP/RTU pollers.
     #[serde(default)]
     pub modbus: Vec<ModbusSourceConfig>,
+    /// `[[sources.opcua]]`: OPC-UA subscriptions.
     #[serde(default)]
     pub opcua: Vec<OpcUaSourceConfig>,
+    /// `[[sources.mqtt]]`: MQTT subscribers.
     #[serde(default)]
     pub mqtt: Vec<MqttSourceConfig>,
+    /// `[[sources.replay]]`: recordings played back.
     #[serde(default)]
     pub replay: Vec<ReplaySourceConfig>,
 }

@@ -35,21 +35,24 @@ impl Default for ReplaySpeed {
     }
 }
 
+/// A replay speed that is neither a number > 0 nor `max` (as written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("speed `{0}` must be a number > 0 (1 = as recorded) or \"max\"")]
+pub struct BadSpeed(String);
+
 impl ReplaySpeed {
-    fn factor(f: f64, shown: &str) -> Result<Self, String> {
+    fn factor(f: f64, shown: &str) -> Result<Self, BadSpeed> {
         if f.is_finite() && f > 0.0 {
             Ok(ReplaySpeed::Factor(f))
         } else {
-            Err(format!(
-                "speed `{shown}` must be a number > 0 (1 = as recorded) or \"max\""
-            ))
+            Err(BadSpeed(shown.to_string()))
         }
     }
 }
 
 impl std::str::FromStr for ReplaySpeed {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = BadSpeed;
+    fn from_str(s: &str) -> Result<Self, BadSpeed> {
         if s.eq_ignore_ascii_case("max") {
             return Ok(ReplaySpeed::Max);
         }
@@ -73,9 +76,11 @@ impl<'de> Deserialize<'de> for ReplaySpeed {
     }
 }
 
+/// `[[sources.replay]]`: plays a recording (CSV) into the pipeline, paced by its timestamps.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplaySourceConfig {
+    /// Source name, unique among sources.
     pub name: String,
     /// The recording: the agent's own CSV (`tag,ts_ns,value,quality`) or an imported long or
     /// wide CSV (docs/models.md, "Recordings").
@@ -91,22 +96,24 @@ pub struct ReplaySourceConfig {
     pub tags: Vec<String>,
     /// Tags read from the file when `tags` is empty (read once, at load).
     #[serde(skip)]
-    pub file_tags: std::sync::OnceLock<Result<Vec<String>, String>>,
+    pub file_tags: std::sync::OnceLock<Result<Vec<String>, RecordingTagsError>>,
 }
 
 impl ReplaySourceConfig {
+    /// Checks the entry: a path, and (when `tags` is empty) a recording whose tags can be read;
+    /// problems are added under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(!self.path.as_os_str().is_empty(), at.key("path"), || {
             "path must name a recording".into()
         });
         if self.tags.is_empty() {
             if let Err(e) = self.file_tags() {
-                issues.push(at.key("path"), e.clone());
+                issues.push(at.key("path"), e.to_string());
             }
         }
     }
 
-    fn file_tags(&self) -> &Result<Vec<String>, String> {
+    fn file_tags(&self) -> &Result<Vec<String>, RecordingTagsError> {
         self.file_tags.get_or_init(|| recording_tags(&self.path))
     }
 
@@ -115,18 +122,36 @@ impl ReplaySourceConfig {
         if !self.tags.is_empty() {
             return self.tags.clone();
         }
-        self.file_tags().clone().unwrap_or_default()
+        self.file_tags().as_ref().ok().cloned().unwrap_or_default()
     }
+}
+
+/// Why a recording's tags could not be read ([`recording_tags`]). Cloneable: the config
+/// keeps the result of its one read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordingTagsError {
+    /// The file could not be opened.
+    #[error("cannot read {path}: {source}")]
+    Open {
+        /// The file, as shown.
+        path: String,
+        /// The I/O error.
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// The recording is malformed (with its line).
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
 }
 
 /// Every tag of a recording, in order of first appearance (a wide file's header; a long
 /// file's tag column, read through without parsing the values).
-pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
+pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, RecordingTagsError> {
     let what = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot read {what}: {e}"))?;
-    RecordingReader::new(std::io::BufReader::new(f), &what)
-        .and_then(|r| r.tag_names())
-        .map_err(|e| e.to_string())
+    let f = std::fs::File::open(path).map_err(|source| RecordingTagsError::Open {
+        path: what.clone(),
+        source: source.into(),
+    })?;
+    Ok(RecordingReader::new(std::io::BufReader::new(f), &what).and_then(|r| r.tag_names())?)
 }
 
 /// Samples handed over at once: a batch of up to this many with due times within
@@ -134,6 +159,8 @@ pub fn recording_tags(path: &std::path::Path) -> Result<Vec<String>, String> {
 const BATCH: usize = 1024;
 const PACE_SLACK: Duration = Duration::from_millis(2);
 
+/// The replay source: reads a recording on a thread of its own and hands its samples over at
+/// the configured speed; ends at the end of the file.
 #[derive(Debug)]
 pub struct ReplaySource {
     cfg: ReplaySourceConfig,
@@ -144,6 +171,7 @@ pub struct ReplaySource {
 }
 
 impl ReplaySource {
+    /// A source for `cfg`; the file is opened when it runs.
     pub fn new(cfg: ReplaySourceConfig) -> Self {
         ReplaySource {
             cfg,

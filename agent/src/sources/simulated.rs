@@ -14,9 +14,12 @@ use edge_wire::config_check::{Issues, KeyPath};
 use edge_wire::{now_ns, Quality, Sample, Tag, Value};
 use serde::Deserialize;
 
+/// `[[sources.simulated]]`: a simulated plant of pumps and motors, with injectable faults.
+/// Deterministic for a seed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedSourceConfig {
+    /// Source name, unique among sources.
     pub name: String,
     /// Time between samples of every tag.
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -40,11 +43,13 @@ pub struct SimulatedSourceConfig {
     pub faults: Vec<FaultConfig>,
 }
 
+/// `[[sources.simulated.assets]]`: one simulated machine.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AssetConfig {
     /// Asset name: tags are `<name>.<signal>`.
     pub name: String,
+    /// What kind of machine (default: pump), which sets its signals.
     #[serde(default)]
     pub kind: AssetKind,
     /// Mean load as a fraction of rated (0..1).
@@ -52,6 +57,7 @@ pub struct AssetConfig {
     pub load: f64,
 }
 
+/// The kinds of simulated machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AssetKind {
@@ -63,6 +69,7 @@ pub enum AssetKind {
 }
 
 impl AssetKind {
+    /// The signals (tag suffixes) this kind produces, in the order they are sampled.
     pub fn signals(self) -> &'static [&'static str] {
         match self {
             AssetKind::Pump => &["temperature", "vibration", "pressure", "current", "flow"],
@@ -71,11 +78,13 @@ impl AssetKind {
     }
 }
 
+/// `[[sources.simulated.faults]]`: one fault or drift injected into an asset.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
     /// Asset the fault affects.
     pub asset: String,
+    /// What goes wrong.
     pub kind: FaultKind,
     /// Signal for sensor faults (`drift`, `stuck`, `noise`, `spikes`, `dropout`, `nan`);
     /// ignored by process faults (`bearing_wear`, `load_shift`).
@@ -95,6 +104,8 @@ pub struct FaultConfig {
     pub magnitude: f64,
 }
 
+/// The faults the simulator can inject: sensor faults act on one signal, process faults on
+/// the whole asset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -151,6 +162,8 @@ fn default_assets() -> Vec<AssetConfig> {
 }
 
 impl SimulatedSourceConfig {
+    /// Checks the entry (interval, day length, time scale, assets, faults), adding problems under
+    /// `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         issues.check(
             self.sample_interval >= Duration::from_millis(1),
@@ -273,6 +286,7 @@ pub struct SimulatedPlant {
 }
 
 impl SimulatedPlant {
+    /// A plant for `cfg`; nothing runs until the source does.
     pub fn new(cfg: SimulatedSourceConfig) -> Self {
         SimulatedPlant { cfg }
     }

@@ -14,21 +14,30 @@ use tokio_rustls::TlsConnector;
 
 use edge_wire::sync;
 
+/// Why a request to the fleet server failed. Only [`ClientError::is_refusal`] errors need an
+/// operator; the others are worth retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No connection: TCP connect, TLS handshake or HTTP handshake failed (`host:port`, reason).
     #[error("cannot reach the fleet server {0}: {1}")]
     Connect(String, String),
+    /// The request (path) did not complete within the client's timeout.
     #[error("request to {0} timed out")]
     Timeout(String),
+    /// An HTTP or local file error during the exchange (path or file, reason).
     #[error("{0}: {1}")]
     Http(String, String),
     /// The server answered with an error status.
     #[error("{path}: server said {status}: {message}")]
     Status {
+        /// The request path.
         path: String,
+        /// The error status.
         status: StatusCode,
+        /// The start of the body (at most 500 characters).
         message: String,
     },
+    /// The reply could not be decoded, or broke the transfer's terms (path, reason).
     #[error("{0}: bad reply: {1}")]
     Reply(String, String),
 }
@@ -43,11 +52,15 @@ impl ClientError {
 /// Where the server is: `https://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerUrl {
+    /// Host name or IP address (without brackets), as given.
     pub host: String,
+    /// TCP port; 443 when the URL names none.
     pub port: u16,
 }
 
 impl ServerUrl {
+    /// Parses `https://host[:port]` (port default 443; IPv6 in brackets). Anything else, a path
+    /// or plain `http://` included, is an error naming the problem.
     pub fn parse(s: &str) -> Result<ServerUrl, String> {
         let rest = s
             .strip_prefix("https://")
@@ -68,6 +81,8 @@ impl ServerUrl {
     }
 }
 
+/// An HTTPS client of the fleet server's device API: one kept HTTP/1.1 connection with mutual
+/// TLS, reconnected on demand. Not shared: one task owns it.
 pub struct FleetClient {
     url: ServerUrl,
     tls: Arc<rustls::ClientConfig>,
@@ -86,12 +101,17 @@ impl std::fmt::Debug for FleetClient {
 /// A reply: status, headers, body.
 #[derive(Debug)]
 pub struct Reply {
+    /// The HTTP status.
     pub status: StatusCode,
+    /// The reply headers.
     pub headers: hyper::HeaderMap,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl FleetClient {
+    /// A client of `url` with `tls` (the device certificate, the fleet CA); `timeout` bounds
+    /// connecting and each request. No connection is made until the first request.
     pub fn new(url: ServerUrl, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Self {
         FleetClient {
             url,

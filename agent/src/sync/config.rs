@@ -40,6 +40,7 @@ pub struct SyncConfig {
     /// Bound on each request (and each wait for download data).
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// `[sync.health]`: when a freshly installed bundle counts as healthy.
     #[serde(default)]
     pub health: HealthConfig,
     /// How long a configuration file the fleet sent has to become healthy (every source
@@ -73,8 +74,11 @@ fn default_retry() -> edge_sources::backoff::ReconnectConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
+    /// Predictions the new bundle must serve before it is judged (at least 1; default 10).
     pub windows: u64,
+    /// Inference errors in those windows that fail the bundle (default 1: any error).
     pub max_inference_errors: u64,
+    /// Outputs outside the manifest's declared ranges that fail the bundle (default 3).
     pub max_out_of_range: u64,
     /// Give up waiting for `windows` predictions after this long (the bundle is then kept:
     /// no evidence against it, and the report says so).
@@ -117,6 +121,8 @@ fn default_timeout() -> Duration {
 }
 
 impl SyncConfig {
+    /// Checks the section (server URL, CA file, interval, batches, timeouts, retry, streams,
+    /// health), adding problems under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         if let Err(e) = super::client::ServerUrl::parse(&self.server) {
             issues.push(at.key("server"), e);

@@ -10,46 +10,63 @@ use serde::{Deserialize, Serialize};
 
 use super::client::{ClientError, FleetClient};
 
+/// Who this device is to the fleet server (`device.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
+    /// The id the fleet server assigned at enrollment.
     pub device_id: String,
     /// The server it was enrolled with.
     pub server: String,
 }
 
+/// Why the device identity could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// A file of the identity could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The key pair, the CSR or the identity record could not be made.
     #[error("cannot make the device key/CSR: {0}")]
     Key(String),
+    /// Not enrolled, and no token to enroll with.
     #[error("not enrolled and no [sync] enroll_token is configured: create one with `fleet-server device enroll` and set it")]
     NoToken,
+    /// The enrollment token cannot be used (reason). Not produced at present: an unreadable token
+    /// is reported by the caller, a refused one as [`IdentityError::Enroll`].
     #[error("enroll_token: {0}")]
     Token(String),
+    /// The server refused the enrollment or could not be reached.
     #[error("enrollment: {0}")]
     Enroll(#[from] ClientError),
+    /// A stored identity file (path) does not parse (reason).
     #[error("{0} is corrupt: {1}; delete the sync folder to enroll again")]
     Corrupt(PathBuf, String),
 }
 
+/// Where the identity lives: `<agent.data_dir>/sync/`.
 #[derive(Debug)]
 pub struct IdentityFiles {
+    /// The directory (`<agent.data_dir>/sync`).
     pub dir: PathBuf,
 }
 
 impl IdentityFiles {
+    /// The identity files under `data_dir`; nothing is read or created yet.
     pub fn new(data_dir: &Path) -> Self {
         IdentityFiles {
             dir: data_dir.join("sync"),
         }
     }
+    /// The device's private key (PEM, mode 0600; never leaves the device).
     pub fn key(&self) -> PathBuf {
         self.dir.join("device.key")
     }
+    /// The device certificate the fleet CA signed (PEM).
     pub fn cert(&self) -> PathBuf {
         self.dir.join("device.pem")
     }

@@ -46,11 +46,17 @@ pub const OUTBOX_DEST: &str = "fleet";
 /// Counters of the sync client, exposed as metrics and in the log.
 #[derive(Debug, Default)]
 pub struct SyncStats {
+    /// Check-ins the server answered.
     pub checkins: std::sync::atomic::AtomicU64,
+    /// Sync cycles that failed (each is retried with backoff).
     pub failures: std::sync::atomic::AtomicU64,
+    /// Outbox records the server acknowledged.
     pub uploaded_records: std::sync::atomic::AtomicU64,
+    /// Payload bytes of those records (before compression).
     pub uploaded_bytes: std::sync::atomic::AtomicU64,
+    /// Model updates installed and healthy (outcome `applied`).
     pub updates_applied: std::sync::atomic::AtomicU64,
+    /// Model updates rolled back or never installed.
     pub updates_failed: std::sync::atomic::AtomicU64,
     /// Unix ms of the last successful check-in (0: never).
     pub last_checkin_ms: std::sync::atomic::AtomicU64,
@@ -69,12 +75,20 @@ pub struct RemoteControl {
     pub restart: crate::remote_config::RestartRequest,
 }
 
+/// The fleet sync client of one agent (module doc). Built once at start; [`SyncTask::run`]
+/// consumes it.
 pub struct SyncTask {
+    /// `[sync]`.
     pub cfg: SyncConfig,
+    /// This agent's id (the enrollment's name).
     pub agent_id: String,
+    /// `agent.data_dir`: the identity lives in `sync/` under it, downloads in `sync/downloads/`.
     pub data_dir: std::path::PathBuf,
+    /// The outbox to upload from (cursor [`OUTBOX_DEST`]); `None`: check-ins only.
     pub outbox: Option<Arc<SledOutbox>>,
+    /// Applies the model updates the server asks for.
     pub updater: Updater,
+    /// Counters, shared with the metrics registry.
     pub stats: Arc<SyncStats>,
     /// Remote configuration (absent: the agent runs without a configuration file).
     pub remote: Option<RemoteControl>,
@@ -145,6 +159,9 @@ fn tls_config(
 }
 
 impl SyncTask {
+    /// A sync task for `cfg`: `models` are the `[[models]]` it may update, `trusted` the bundle
+    /// keys updates must be signed with, `floors` this device's version floors. Nothing runs
+    /// until [`SyncTask::run`].
     pub fn new(
         cfg: SyncConfig,
         agent_id: String,

@@ -48,12 +48,18 @@ struct Attempt {
 /// What a model's bundle file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleIdentity {
+    /// The manifest's model name.
     pub name: String,
+    /// The manifest's semantic version.
     pub version: String,
+    /// The manifest's version number.
     pub version_number: u64,
+    /// SHA-256 of the whole bundle file (hex), as the server names artifacts.
     pub sha256: String,
 }
 
+/// The identity and bytes of the bundle file at `path`; `None` if it cannot be read or does not
+/// parse as a bundle (the signature is not checked here).
 pub fn identify(path: &Path) -> Option<(BundleIdentity, Vec<u8>)> {
     let bytes = std::fs::read(path).ok()?;
     let u = bundle_file::parse(&bytes).ok()?;
@@ -91,12 +97,20 @@ fn replace_file(dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Applies model updates (module doc): download, rebuild, verify, swap, watch health, restore.
+/// Owned by the sync task.
 pub struct Updater {
+    /// Keys an update must be signed with (the agent's `bundles.trusted_keys`).
     pub trusted: Vec<VerifyingKey>,
+    /// This device's version floors; an update below its model's floor is refused.
     pub floors: FloorStore,
+    /// The models the server may update.
     pub models: Vec<ModelHandle>,
+    /// Where artifacts are downloaded (`<data_dir>/sync/downloads`), named by their SHA-256.
     pub downloads: PathBuf,
+    /// When a swapped-in bundle counts as healthy.
     pub health: HealthConfig,
+    /// Download rate cap, bytes per second (0: none).
     pub max_bytes_per_s: u64,
     /// Targets that failed here: not tried again (the server sees the report).
     pub given_up: HashMap<String, String>,

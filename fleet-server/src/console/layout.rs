@@ -13,15 +13,25 @@ use crate::types::Role;
 /// The navigation entry a page belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nav {
+    /// The overview page.
     Overview,
+    /// The device list and device pages.
     Devices,
+    /// The model registry pages.
     Models,
+    /// The rollout pages.
     Rollouts,
+    /// The drift pages.
     Drift,
+    /// The alarm list.
     Alarms,
+    /// The audit log.
     Audit,
+    /// Users and tokens (admins).
     Admin,
+    /// The signed-in user's own account page.
     Account,
+    /// No entry highlighted.
     None,
 }
 

@@ -37,11 +37,15 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
     connect-src 'self'; font-src 'self'; object-src 'none'; frame-ancestors 'none'; \
     base-uri 'none'; form-action 'self'";
 
+/// What the console's handlers share.
 #[derive(Debug, Clone)]
 pub struct Console {
+    /// The service every page reads and acts through.
     pub service: FleetService,
 }
 
+/// The console's routes: `/console/…` pages, their assets, sign-in and sign-out. `/` and
+/// `/console` redirect to the overview.
 pub fn router(service: FleetService) -> Router {
     let c = Console { service };
     Router::new()

@@ -43,6 +43,7 @@ impl HeatmapGroup {
         }
     }
 
+    /// The query parameter form: `device` or `label:KEY` ([`HeatmapGroup::parse`] reads it).
     pub fn as_param(&self) -> String {
         match self {
             HeatmapGroup::Device => "device".into(),
@@ -51,11 +52,14 @@ impl HeatmapGroup {
     }
 }
 
+/// What a heatmap shows: one bundle version, rows by device or label group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeatmapQuery {
+    /// Bundle name (required).
     pub bundle: String,
     /// Default: the newest version with drift records.
     pub version_number: Option<u64>,
+    /// How rows are formed.
     pub group_by: HeatmapGroup,
     /// `key=value` labels the devices must carry.
     pub select: Vec<String>,
@@ -65,16 +69,23 @@ pub struct HeatmapQuery {
     pub limit: usize,
 }
 
+/// How far a cell is from drifting (module doc). Ordered `no_data` < `calm` < `watch` <
+/// `drift`: a row's band is its worst cell's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Band {
+    /// Not scored: too few values, or no reference.
     NoData,
+    /// Below half the column's threshold.
     Calm,
+    /// At least half the threshold, not drifting.
     Watch,
+    /// Drifting under the bundle's rules.
     Drift,
 }
 
 impl Band {
+    /// The band's word in the API and the console (`no_data`, `calm`, `watch`, `drift`).
     pub fn as_str(self) -> &'static str {
         match self {
             Band::NoData => "no_data",
@@ -107,22 +118,27 @@ impl Band {
     }
 }
 
+/// One column of one row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeatCell {
     /// The metric's value (absent when not scored).
     pub value: Option<f64>,
+    /// Its band.
     pub band: Band,
 }
 
+/// One row: a device (and model), or a label group's devices merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeatRow {
     /// Device id (`id/model` when a device runs the bundle in two models) or label value.
     pub key: String,
     /// Device name, or `key=value` of the group.
     pub name: String,
+    /// Ids of the devices the row merges (one for a device row).
     pub devices: Vec<String>,
     /// End of the newest record merged (RFC 3339).
     pub to: String,
+    /// Whether the row's records, merged, have dataset drift.
     pub dataset_drift: bool,
     /// The worst band of the row.
     pub band: Band,
@@ -130,18 +146,26 @@ pub struct HeatRow {
     pub cells: Vec<HeatCell>,
 }
 
+/// The heatmap of one bundle version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heatmap {
+    /// Bundle name.
     pub bundle: String,
+    /// The version shown: the one asked for, else the newest with drift records (`None`: none has).
     pub version_number: Option<u64>,
     /// Every version with drift records: (version number, records, devices).
     pub versions: Vec<(u64, i64, i64)>,
+    /// The metric the cells show (the bundle's drift rules).
     pub metric: DriftMetric,
+    /// How rows are formed.
     pub group_by: HeatmapGroup,
+    /// Start of the records' range (RFC 3339).
     pub since: String,
+    /// Feature column names, in the bundle's order.
     pub columns: Vec<String>,
     /// Per column, the threshold of `metric` that makes it drift.
     pub thresholds: Vec<f64>,
+    /// The rows, most drifting first, at most `limit`.
     pub rows: Vec<HeatRow>,
     /// Rows before `limit` cut them.
     pub total_rows: usize,

@@ -25,7 +25,7 @@ pub async fn run_hook(hook: &Hook, event: &DriftEventRow, data_dir: &Path) -> (S
                     "failed".into(),
                     format!("HTTP {status}; {}", tail(&body, 2000)),
                 ),
-                Ok(Err(e)) => ("error".into(), e),
+                Ok(Err(e)) => ("error".into(), e.to_string()),
                 Err(_) => (
                     "timeout".into(),
                     format!("no answer within {}s", HOOK_TIMEOUT.as_secs()),
@@ -118,35 +118,63 @@ pub(super) fn parse_http_url(url: &str) -> Result<(String, u16, String), DriftEr
     Ok((host, port, path.to_string()))
 }
 
+/// Why a URL hook's POST did not get an answer (the event's hook status `error`).
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error(transparent)]
+    Url(#[from] DriftError),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake { addr: String, source: hyper::Error },
+    #[error(transparent)]
+    Request(#[from] hyper::http::Error),
+    #[error("POST {url}: {source}")]
+    Send { url: String, source: hyper::Error },
+    #[error("POST {url}: reading the answer: {source}")]
+    Answer { url: String, source: hyper::Error },
+}
+
 /// POSTs `body` as JSON; (status, response body).
-async fn post_json(url: &str, body: &str) -> Result<(u16, String), String> {
+async fn post_json(url: &str, body: &str) -> Result<(u16, String), PostError> {
     use http_body_util::{BodyExt, Full};
-    let (host, port, path) = parse_http_url(url).map_err(|e| e.to_string())?;
+    let (host, port, path) = parse_http_url(url)?;
     let addr = format!("{host}:{port}");
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .map_err(|source| PostError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
-        .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        .map_err(|source| PostError::Handshake { addr, source })?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     let req = hyper::Request::post(path)
         .header(hyper::header::HOST, format!("{host}:{port}"))
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(hyper::body::Bytes::from(body.to_string())))
-        .map_err(|e| e.to_string())?;
+        .body(Full::new(hyper::body::Bytes::from(body.to_string())))?;
     let resp = send
         .send_request(req)
         .await
-        .map_err(|e| format!("POST {url}: {e}"))?;
+        .map_err(|source| PostError::Send {
+            url: url.to_string(),
+            source,
+        })?;
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("POST {url}: reading the answer: {e}"))?
+        .map_err(|source| PostError::Answer {
+            url: url.to_string(),
+            source,
+        })?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }

@@ -33,13 +33,16 @@ pub const SETTLE_NS: i64 = 120 * 1_000_000_000;
 /// The operator API path of the drift views.
 pub const API_PATH: &str = "/v1/operator/drift";
 
+/// Why a drift view, heatmap or policy operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DriftError {
     /// A bad parameter (CLI or API: 400).
     #[error("{0}")]
     Invalid(String),
+    /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The registry could not read a bundle.
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }

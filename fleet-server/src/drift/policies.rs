@@ -23,11 +23,13 @@ pub struct PolicyRule {
     /// against the reference, have dataset drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<f64>,
-    /// Merged performance (late labels) of the bucket below / above these limits.
+    /// Merged accuracy (late labels) below this makes the bucket drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_accuracy: Option<f64>,
+    /// Merged recall below this makes the bucket drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_recall: Option<f64>,
+    /// Merged mean absolute error above this makes the bucket drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_mae: Option<f64>,
 }
@@ -110,12 +112,19 @@ const INGEST_OVERLAP_MS: i64 = 10_000;
 /// `fleet-server drift policy set`.
 #[derive(Debug, Clone)]
 pub struct NewPolicy {
+    /// Policy name: 1-64 characters of `A-Z a-z 0-9 - _ .`.
     pub name: String,
+    /// The bundle name it watches.
     pub bundle: String,
+    /// `key=value` labels a device must all carry to count (empty: every device).
     pub select: Vec<String>,
+    /// Bucket length.
     pub every: Duration,
+    /// Consecutive drifting buckets that make an event (at least 1).
     pub intervals: u32,
+    /// When a bucket drifts.
     pub rule: PolicyRule,
+    /// What runs on an event.
     pub hook: Hook,
 }
 
@@ -180,6 +189,7 @@ fn enc<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
+/// Removes policy `name`; [`DriftError::Invalid`] (`no drift policy …`) if there is none.
 pub async fn remove_policy(store: &FleetStore, name: &str) -> Result<(), DriftError> {
     if !store.remove_drift_policy(name).await? {
         return Err(invalid(format!("no drift policy `{name}`")));
@@ -254,7 +264,9 @@ fn verdict(acc: &Acc, rule: &PolicyRule, from: i64, to: i64) -> BucketVerdict {
 /// An event recorded by an evaluation, with the hook to run for it.
 #[derive(Debug, Clone)]
 pub struct Fired {
+    /// The event as recorded (hook status `pending`).
     pub event: DriftEventRow,
+    /// The policy's hook, to run for it.
     pub hook: Hook,
 }
 

@@ -16,9 +16,13 @@ use crate::store::{Device, FleetStore};
 /// whole fleet), a time range on the records' end time, and optional buckets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DriftQuery {
+    /// The bundle name (required).
     pub bundle: String,
+    /// Only this version number (default: every version, one view each).
     pub version_number: Option<u64>,
+    /// Only this device's records (not with `select`).
     pub device: Option<String>,
+    /// `key=value` labels a device must all carry (empty, and no `device`: the whole fleet).
     pub select: Vec<String>,
     /// Records ending at or after this (Unix ns)…
     pub since_ns: Option<i64>,
@@ -52,6 +56,8 @@ impl DriftQuery {
         Ok(q)
     }
 
+    /// Checks the query: a bundle, not both a device and selectors, valid selectors, `since`
+    /// before `until`. A problem is [`DriftError::Invalid`].
     pub fn validate(&self) -> Result<(), DriftError> {
         if self.bundle.is_empty() {
             return Err(invalid("a bundle name is required (bundle=NAME)"));
@@ -149,6 +155,7 @@ fn named(param: &str, e: DriftError) -> DriftError {
     invalid(format!("{param}: {e}"))
 }
 
+/// `s` percent-encoded for a URL query value (everything but `A-Z a-z 0-9 - _ . ~`).
 pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| {
@@ -175,19 +182,33 @@ fn shell_quote(s: &str) -> String {
 /// One column of a view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnOut {
+    /// Column name (feature, or output `name[k]`).
     pub name: String,
+    /// Values summarized.
     pub count: u64,
+    /// Values missing (non-finite, bad quality, skipped windows).
     pub missing: u64,
+    /// Mean (`None` without values).
     pub mean: Option<f64>,
+    /// Standard deviation (`None` without values).
     pub std: Option<f64>,
+    /// Smallest value (`None` without values).
     pub min: Option<f64>,
+    /// Largest value (`None` without values).
     pub max: Option<f64>,
+    /// Median from the merged sketch.
     pub p50: Option<f64>,
+    /// 99th percentile from the merged sketch.
     pub p99: Option<f64>,
+    /// Population stability index against the reference (`None`: not scored).
     pub psi: Option<f64>,
+    /// Jensen-Shannon distance, base 2: 0 (same) … 1 (disjoint).
     pub js: Option<f64>,
+    /// Kolmogorov-Smirnov statistic at the reference bin edges.
     pub ks: Option<f64>,
+    /// Wasserstein-1 distance divided by the reference standard deviation.
     pub w1_std: Option<f64>,
+    /// Whether the version's drift policy says it drifts.
     pub drifting: bool,
 }
 
@@ -220,11 +241,17 @@ impl ColumnOut {
 /// Model performance from late labels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PerformanceOut {
+    /// Predictions resolved against a label.
     pub labelled: u64,
+    /// Predictions whose label did not come within the horizon.
     pub unlabelled: u64,
+    /// Classification: share of labelled predictions right.
     pub accuracy: Option<f64>,
+    /// Classification: share of predicted positives that were positive.
     pub precision: Option<f64>,
+    /// Classification: share of positives predicted positive.
     pub recall: Option<f64>,
+    /// Regression: mean absolute error of the score.
     pub mae: Option<f64>,
 }
 
@@ -244,28 +271,65 @@ impl PerformanceOut {
 /// One merged view (one JSON line of `drift show`, one element of the API's array).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftView {
+    /// Bundle name.
     pub bundle: String,
+    /// Bundle version number.
     pub version_number: u64,
     /// Time the merged records cover (earliest start, latest end).
     pub from: String,
+    /// End of the time the merged records cover (RFC 3339).
     pub to: String,
     /// The bucket (with `every`): records whose end falls in [bucket_from, bucket_to).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket_from: Option<String>,
+    /// End of the bucket (RFC 3339, exclusive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bucket_to: Option<String>,
+    /// Ids of the devices whose records are merged here, sorted.
     pub devices: Vec<String>,
+    /// Drift records merged.
     pub records: u64,
+    /// Windows those records summarize.
     pub windows: u64,
+    /// Records the devices flagged with dataset drift.
     pub dataset_drift_records: u64,
     /// Scored against the bundle's reference (the registry has this version); otherwise
     /// only moments and quantiles, and `note` says why.
     pub scored: bool,
+    /// Why the view is not scored (the registry does not have this version, or cannot read
+    /// it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Feature columns.
     pub columns: Vec<ColumnOut>,
+    /// Model outputs (`name[k]`), when the bundle has output reference statistics.
     pub outputs: Vec<ColumnOut>,
+    /// Late-label performance over the merged records (`None` without labels).
     pub performance: Option<PerformanceOut>,
+}
+
+/// Why one bucket's merge could not take in another's ([`Acc::absorb`]).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AbsorbError {
+    #[error("another bundle version")]
+    OtherVersion,
+    #[error(transparent)]
+    Summary(#[from] edge_wire::drift::DriftError),
+}
+
+/// Why a bundle version's views are not scored: the note shown with them.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Unscored {
+    #[error("version number {0} is out of range")]
+    VersionOutOfRange(u64),
+    #[error("the registry has no {bundle} #{version}: unscored (moments and quantiles only)")]
+    NotInRegistry { bundle: String, version: u64 },
+    #[error("cannot read {bundle} #{version} from the registry ({source}): unscored")]
+    Unreadable {
+        bundle: String,
+        version: u64,
+        source: RegistryError,
+    },
 }
 
 /// One (version, bucket)'s records merged, plus what [`MergedDrift`] does not keep.
@@ -297,7 +361,7 @@ impl Acc {
         true
     }
 
-    pub(super) fn absorb(&mut self, o: &Acc) -> Result<(), String> {
+    pub(super) fn absorb(&mut self, o: &Acc) -> Result<(), AbsorbError> {
         // MergedDrift has no merge of two merges: re-add through its summaries would lose
         // the per-record counts, so merge the parts by hand with the same rules.
         if self.merged.records == 0 {
@@ -307,11 +371,11 @@ impl Acc {
         if o.merged.bundle != self.merged.bundle
             || o.merged.version_number != self.merged.version_number
         {
-            return Err("another bundle version".into());
+            return Err(AbsorbError::OtherVersion);
         }
         for (name, s) in &o.merged.columns {
             match self.merged.columns.get_mut(name) {
-                Some(m) => m.merge(s).map_err(|e| e.to_string())?,
+                Some(m) => m.merge(s)?,
                 None => {
                     self.merged.columns.insert(name.clone(), s.clone());
                 }
@@ -319,7 +383,7 @@ impl Acc {
         }
         for (name, s) in &o.merged.outputs {
             match self.merged.outputs.get_mut(name) {
-                Some(m) => m.merge(s).map_err(|e| e.to_string())?,
+                Some(m) => m.merge(s)?,
                 None => {
                     self.merged.outputs.insert(name.clone(), s.clone());
                 }
@@ -455,7 +519,7 @@ pub(super) async fn collect(
 pub(super) struct References<'a> {
     registry: &'a Registry,
     bundle: String,
-    cache: BTreeMap<u64, Result<(Reference, DriftRules), String>>,
+    cache: BTreeMap<u64, Result<(Reference, DriftRules), Unscored>>,
 }
 
 impl<'a> References<'a> {
@@ -467,20 +531,21 @@ impl<'a> References<'a> {
         }
     }
 
-    pub(super) async fn get(&mut self, version: u64) -> &Result<(Reference, DriftRules), String> {
+    pub(super) async fn get(&mut self, version: u64) -> &Result<(Reference, DriftRules), Unscored> {
         if !self.cache.contains_key(&version) {
             let r = match i64::try_from(version) {
-                Err(_) => Err(format!("version number {version} is out of range")),
+                Err(_) => Err(Unscored::VersionOutOfRange(version)),
                 Ok(vn) => match self.registry.manifest(&self.bundle, vn).await {
                     Ok(Some(m)) => Ok((m.reference.clone(), m.drift.resolve())),
-                    Ok(None) => Err(format!(
-                        "the registry has no {} #{version}: unscored (moments and quantiles only)",
-                        self.bundle
-                    )),
-                    Err(e) => Err(format!(
-                        "cannot read {} #{version} from the registry ({e}): unscored",
-                        self.bundle
-                    )),
+                    Ok(None) => Err(Unscored::NotInRegistry {
+                        bundle: self.bundle.clone(),
+                        version,
+                    }),
+                    Err(source) => Err(Unscored::Unreadable {
+                        bundle: self.bundle.clone(),
+                        version,
+                        source,
+                    }),
                 },
             };
             self.cache.insert(version, r);
@@ -500,7 +565,7 @@ impl<'a> References<'a> {
             }
             Err(note) => {
                 let (c, o) = m.scored(&Reference::default(), &DriftRules::default());
-                (c, o, Some(note.clone()))
+                (c, o, Some(note.to_string()))
             }
         }
     }
@@ -565,15 +630,23 @@ pub async fn show(
 /// One column of a device's record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordColumnOut {
+    /// Column name (feature, or output `name[k]`).
     pub name: String,
+    /// Values summarized.
     pub count: u64,
+    /// Values missing (non-finite, bad quality, skipped windows).
     pub missing: u64,
+    /// Mean (`None` without values).
     pub mean: Option<f64>,
+    /// Standard deviation (`None` without values).
     pub std: Option<f64>,
+    /// Smallest value (`None` without values).
     pub min: Option<f64>,
+    /// Largest value (`None` without values).
     pub max: Option<f64>,
     /// Against the bundle's reference, as the device scored it.
     pub scores: Option<edge_wire::drift::DriftScores>,
+    /// Whether the device flagged it drifting.
     pub drifting: bool,
     /// Values per reference histogram bin (the reference's `bin_edges`).
     pub bins: Vec<u64>,
@@ -600,22 +673,39 @@ impl RecordColumnOut {
 /// One device's drift record (`device drift ID` prints one per line).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriftRecordOut {
+    /// Sequence number in the device's `drift` stream.
     pub seq: i64,
+    /// The `[[models]]` name on the device.
     pub model: String,
+    /// Bundle name.
     pub bundle: String,
+    /// Bundle semantic version.
     pub version: String,
+    /// Bundle version number.
     pub version_number: u64,
+    /// SHA-256 of the bundle file (hex).
     pub sha256: String,
+    /// Interval start (RFC 3339).
     pub from: String,
+    /// Interval end (RFC 3339).
     pub to: String,
+    /// Interval start, Unix ns.
     pub start_ns: i64,
+    /// Interval end, Unix ns.
     pub end_ns: i64,
+    /// Windows summarized.
     pub windows: u64,
+    /// The metric the drifting flags were decided on.
     pub metric: edge_wire::drift::DriftMetric,
+    /// Whether enough of the decisive feature columns drift (the policy's `dataset_share`).
     pub dataset_drift: bool,
+    /// Names of the drifting columns (features, then outputs).
     pub drifting: Vec<String>,
+    /// Feature columns.
     pub columns: Vec<RecordColumnOut>,
+    /// Model outputs (`name[k]`), when the bundle has output reference statistics.
     pub outputs: Vec<RecordColumnOut>,
+    /// Late-label performance in the interval (`None` without labels).
     pub performance: Option<PerformanceOut>,
     /// A shadow challenger's comparison with the serving bundle over the interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -623,6 +713,7 @@ pub struct DriftRecordOut {
 }
 
 impl DriftRecordOut {
+    /// The API shape of record `seq` of a device's `drift` stream.
     pub fn of(seq: i64, r: &DriftRecord) -> DriftRecordOut {
         DriftRecordOut {
             seq,

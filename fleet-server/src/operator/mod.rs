@@ -38,6 +38,7 @@ pub const MAX_JSON: usize = 1 << 20;
 /// What the operator handlers share.
 #[derive(Debug, Clone)]
 pub struct OperatorState {
+    /// The service the handlers call, acting for the authenticated caller.
     pub service: FleetService,
     /// Largest bundle upload accepted (bytes).
     pub max_bundle: usize,
@@ -47,8 +48,11 @@ pub struct OperatorState {
 /// sign-in), and what it does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteSpec {
+    /// HTTP method.
     pub method: &'static str,
+    /// Path, axum syntax (`/v1/operator/devices/{id}`).
     pub path: &'static str,
+    /// The least role it needs; `None`: no authentication (sign-in, the OpenAPI document).
     pub role: Option<Role>,
 }
 
@@ -395,10 +399,14 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
 /// The JSON body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
+    /// The error message.
     pub error: String,
+    /// Its kind (which decides the status).
     pub kind: ErrorKind,
 }
 
+/// The answer for a service error: its status, an [`ErrorBody`], `Retry-After` when
+/// throttled, `WWW-Authenticate` when unauthorized. Server errors are logged.
 pub fn error_response(e: &ServiceError) -> Response {
     let kind = e.kind();
     let status = status_of(kind);
@@ -431,6 +439,7 @@ pub fn error_response(e: &ServiceError) -> Response {
     r
 }
 
+/// `v` as a JSON answer with `status` (not cached). A value that fails to serialize is a 500.
 pub fn json_response<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
     match serde_json::to_vec(v) {
         Ok(body) => (

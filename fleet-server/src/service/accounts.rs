@@ -34,6 +34,7 @@ const FIRST_LOCK_MS: i64 = 30_000;
 const MAX_LOCK_MS: i64 = 15 * 60 * 1000;
 /// Touch a session's or token's last use at most this often (one write per minute).
 const TOUCH_EVERY_MS: i64 = 60_000;
+/// Shortest password accepted for an operator account (characters).
 pub const MIN_PASSWORD: usize = 10;
 /// How long a password check waits for one of the two hashing slots before answering 429.
 const GATE_WAIT: Duration = Duration::from_secs(10);
@@ -76,6 +77,7 @@ fn hash_now(password: &str) -> Result<String> {
 }
 
 impl PasswordHasher {
+    /// A hasher with two hashing slots; the dummy hash is made at first need.
     pub fn new() -> PasswordHasher {
         PasswordHasher {
             gate: Semaphore::new(2),
@@ -96,6 +98,8 @@ impl PasswordHasher {
             .map_err(|e| ServiceError::Internal(format!("password hashing task: {e}")))
     }
 
+    /// An argon2id PHC string of `password` (fresh salt). Waits up to 10 s for a hashing slot,
+    /// then answers [`ServiceError::Throttled`].
     pub async fn hash(&self, password: &str) -> Result<String> {
         let p = password.to_string();
         self.run(move || hash_now(&p)).await?
@@ -130,10 +134,13 @@ impl PasswordHasher {
 /// Why a credential was refused (the HTTP layer turns each into a 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// The request carries neither a session cookie nor an API token.
     #[error("sign in first: no session or API token")]
     Missing,
+    /// The session is unknown, past its lifetime or idle limit, or its user was removed.
     #[error("the session expired or was ended: sign in again")]
     SessionExpired,
+    /// The API token is unknown, revoked or expired, or its user was removed.
     #[error("the API token is unknown, revoked or expired")]
     BadToken,
 }
@@ -141,9 +148,13 @@ pub enum AuthError {
 /// An authenticated console session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The signed-in user, with their current role.
     pub principal: Principal,
+    /// The session's CSRF token: state-changing console requests must echo it.
     pub csrf: String,
+    /// SHA-256 (hex) of the session id in the cookie; the id itself is never stored.
     pub id_sha256: String,
+    /// When the session ends at the latest (Unix ms), however active it is.
     pub expires_at: i64,
 }
 
@@ -174,6 +185,7 @@ fn check_user_name(s: &str) -> Result<()> {
     }
 }
 
+/// Checks a new password's length: at least [`MIN_PASSWORD`] characters, at most 1024 bytes.
 pub fn check_password(p: &str) -> Result<()> {
     let n = p.chars().count();
     if n < MIN_PASSWORD {
@@ -439,11 +451,13 @@ impl FleetService {
 }
 
 impl Acting {
+    /// Every operator account (admin role).
     pub async fn users(&self) -> Result<Vec<UserOut>> {
         self.require(Role::Admin, "listing users")?;
         Ok(self.store().users().await?)
     }
 
+    /// Adds an operator account (admin role); [`ServiceError::Conflict`] if the name is taken.
     pub async fn add_user(&self, u: &NewUser) -> Result<UserOut> {
         self.require(Role::Admin, "adding users")?;
         check_user_name(&u.name)?;
@@ -551,6 +565,8 @@ impl Acting {
         Ok(())
     }
 
+    /// Removes an account, ending its sessions and revoking its API tokens (admin role); the
+    /// last admin cannot be removed.
     pub async fn remove_user(&self, name: &str) -> Result<()> {
         self.require(Role::Admin, "removing users")?;
         match self.store().remove_user(name, now_ms()).await? {
@@ -575,6 +591,9 @@ impl Acting {
         Ok(self.store().api_tokens(mine).await?)
     }
 
+    /// Creates an API token (viewer role for one's own; admin for another user's). Its role is
+    /// at most the lower of the owner's and the creator's; it expires after `ttl` (default 90
+    /// days, and no later than the token it was made through). The secret is returned only here.
     pub async fn create_token(&self, t: &NewToken) -> Result<CreatedToken> {
         self.require(Role::Viewer, "creating API tokens")?;
         let owner = t.user.clone().unwrap_or_else(|| self.who.name.clone());
@@ -638,6 +657,7 @@ impl Acting {
         Ok(CreatedToken { token, info })
     }
 
+    /// Revokes an API token (viewer role for one's own; admin for another user's).
     pub async fn revoke_token(&self, id: &str) -> Result<ApiTokenRow> {
         self.require(Role::Viewer, "revoking API tokens")?;
         let t = self

@@ -29,6 +29,8 @@ impl Acting {
         })
     }
 
+    /// Acknowledges an alarm under the caller's name (operator role); [`ServiceError::Conflict`]
+    /// if it was acknowledged already.
     pub async fn ack_alarm(&self, id: &str) -> Result<AlarmRow> {
         self.require(Role::Operator, "acknowledging alarms")?;
         let a = self

@@ -25,6 +25,7 @@ pub struct CommandRequest {
 /// A command as the API returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandOut {
+    /// The command and its result columns.
     #[serde(flatten)]
     pub command: CommandRow,
     /// `queued` (not handed out yet), `sent` (handed out, no result), `done`, `failed`,

@@ -34,6 +34,7 @@ pub struct ConfigPush {
 /// A fleet configuration version as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigOut {
+    /// The stored version.
     #[serde(flatten)]
     pub config: ConfigRow,
     /// False when the push matched the newest version (nothing new was stored).

@@ -26,6 +26,8 @@ impl Acting {
             .ok_or_else(|| ServiceError::NotFound(format!("no device `{id}`")))
     }
 
+    /// The fleet at a glance: device counts by state, up to 20 problem devices (most recently
+    /// seen first), label groups, and the state thresholds (viewer role).
     pub async fn overview(&self) -> Result<Overview> {
         self.require(Role::Viewer, "the fleet overview")?;
         let t = self.svc.thresholds();
@@ -58,6 +60,7 @@ impl Acting {
         })
     }
 
+    /// One page of devices matching the query, with the total (viewer role).
     pub async fn devices(&self, q: &DeviceQuery) -> Result<DevicePage> {
         self.require(Role::Viewer, "the device list")?;
         check_labels(&q.labels)?;
@@ -90,6 +93,8 @@ impl Acting {
         })
     }
 
+    /// One device: summary, last reported status, stream marks, recent updates, errors, alarms
+    /// and the rollouts that target it (viewer role).
     pub async fn device(&self, id: &str) -> Result<DeviceDetail> {
         self.require(Role::Viewer, "device details")?;
         let d = self.device_row(id).await?;
@@ -148,6 +153,8 @@ impl Acting {
         })
     }
 
+    /// The device's status history since `since_ms` (default: the last 24 hours), at most 1440
+    /// points (viewer role).
     pub async fn device_history(&self, id: &str, q: &HistoryQuery) -> Result<History> {
         self.require(Role::Viewer, "device history")?;
         self.device_row(id).await?;
@@ -225,6 +232,8 @@ impl Acting {
             .collect())
     }
 
+    /// Replaces a device's labels (operator role); rollouts targeting labels see the change at
+    /// once.
     pub async fn set_labels(&self, id: &str, labels: &[String]) -> Result<DeviceSummary> {
         self.require(Role::Operator, "labelling devices")?;
         check_labels(labels)?;
@@ -237,6 +246,8 @@ impl Acting {
         Ok(DeviceSummary::of(&d, &self.svc.thresholds()))
     }
 
+    /// Revokes a device: its certificate is refused from now on (operator role);
+    /// [`ServiceError::Conflict`] if it is revoked already.
     pub async fn revoke_device(&self, id: &str) -> Result<DeviceSummary> {
         self.require(Role::Operator, "revoking devices")?;
         let d = self.device_row(id).await?;
@@ -250,6 +261,8 @@ impl Acting {
         Ok(DeviceSummary::of(&d, &self.svc.thresholds()))
     }
 
+    /// Creates a one-time enrollment token whose device gets `labels` (operator role). It
+    /// expires after `ttl` (default 24 h, at most 30 days); the secret is returned only here.
     pub async fn create_enrollment_token(
         &self,
         req: &EnrollmentTokenRequest,

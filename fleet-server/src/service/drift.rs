@@ -89,6 +89,8 @@ impl HeatmapQuery {
         })
     }
 
+    /// The query as URL parameters, the inverse of [`HeatmapQuery::from_pairs`] (`since` as RFC
+    /// 3339).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut out = vec![("bundle".to_string(), self.bundle.clone())];
         if let Some(v) = self.version_number {
@@ -136,11 +138,15 @@ pub fn event_out(e: &DriftEventRow) -> EventOut {
 }
 
 impl Acting {
+    /// Fleet drift views: per bundle version, the merged drift of the devices that run it
+    /// (viewer role).
     pub async fn drift_views(&self, q: &DriftQuery) -> Result<Vec<DriftView>> {
         self.require(Role::Viewer, "drift views")?;
         Ok(drift::show(self.store(), self.svc.registry(), q).await?)
     }
 
+    /// The drift heatmap of one bundle (viewer role). Label-group heatmaps are cached briefly;
+    /// per-device ones are always fresh.
     pub async fn drift_heatmap(&self, q: &HeatmapQuery) -> Result<Heatmap> {
         self.require(Role::Viewer, "the drift heatmap")?;
         if q.group_by == HeatmapGroup::Device {
@@ -155,6 +161,7 @@ impl Acting {
         Ok(h)
     }
 
+    /// Every drift retrain policy (viewer role).
     pub async fn drift_policies(&self) -> Result<Vec<PolicyOut>> {
         self.require(Role::Viewer, "drift policies")?;
         Ok(self
@@ -166,6 +173,7 @@ impl Acting {
             .collect())
     }
 
+    /// Creates or replaces the drift policy `name` (admin role: its hook runs on the server).
     pub async fn set_drift_policy(&self, name: &str, p: &PolicyRequest) -> Result<PolicyOut> {
         // A policy's hook runs a command or calls a URL as the server: admins only.
         self.require(
@@ -194,6 +202,7 @@ impl Acting {
         Ok(policy_out(&row))
     }
 
+    /// Removes a drift policy (operator role); [`ServiceError::NotFound`] if there is none.
     pub async fn remove_drift_policy(&self, name: &str) -> Result<()> {
         self.require(Role::Operator, "removing drift policies")?;
         drift::remove_policy(self.store(), name)
@@ -207,6 +216,8 @@ impl Acting {
         self.audit("drift.policy.remove", name, "").await
     }
 
+    /// The newest drift events, of one policy or all, newest first (viewer role; `limit` is
+    /// clamped to 1..=500).
     pub async fn drift_events(&self, policy: Option<&str>, limit: i64) -> Result<Vec<EventOut>> {
         self.require(Role::Viewer, "drift events")?;
         let limit = limit.clamp(1, super::views::MAX_PAGE);

@@ -65,27 +65,42 @@ pub enum ErrorKind {
     Internal,
 }
 
+/// Why an operation failed: a [`ServiceError::kind`] and the message shown to the operator.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ServiceError {
+    /// A bad parameter or body (400).
     #[error("{0}")]
     Invalid(String),
+    /// Not signed in, or the credentials are wrong or expired (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// Signed in, but the role does not allow it (403).
     #[error("{0}")]
     Forbidden(String),
+    /// No such thing (404).
     #[error("{0}")]
     NotFound(String),
+    /// The thing is not in a state that allows it (409).
     #[error("{0}")]
     Conflict(String),
+    /// A bundle or key the registry refuses (422).
     #[error("{0}")]
     Refused(String),
+    /// Too many attempts (sign-ins) or the password hashers are busy (429, with Retry-After).
     #[error("{message}")]
-    Throttled { message: String, retry_after_s: u64 },
+    Throttled {
+        /// What is throttled, and for how long.
+        message: String,
+        /// Seconds to wait before trying again (the `Retry-After` header).
+        retry_after_s: u64,
+    },
+    /// The server's fault (500); the message says what failed.
     #[error("{0}")]
     Internal(String),
 }
 
 impl ServiceError {
+    /// The kind, which decides the HTTP status.
     pub fn kind(&self) -> ErrorKind {
         match self {
             ServiceError::Invalid(_) => ErrorKind::Invalid,
@@ -157,6 +172,7 @@ impl From<crate::drift::DriftError> for ServiceError {
     }
 }
 
+/// The service layer's result.
 pub type Result<T> = std::result::Result<T, ServiceError>;
 
 /// How the caller proved who they are.
@@ -167,10 +183,14 @@ pub enum Via {
     /// A console session (cookie).
     Session,
     /// An API token (`Authorization: Bearer`).
-    Token { id: String },
+    Token {
+        /// The token's id (`tok-…`), never its secret.
+        id: String,
+    },
 }
 
 impl Via {
+    /// The word for the audit log and `whoami`: `local`, `session` or `token`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Via::Local => "local",
@@ -183,8 +203,11 @@ impl Via {
 /// Who is asking, and with which role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
+    /// The user name (audited as the actor).
     pub name: String,
+    /// The role in force: for a token, the lower of the token's and the user's.
     pub role: Role,
+    /// How they signed in.
     pub via: Via,
 }
 
@@ -221,6 +244,8 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Settings for a check-in interval of `checkin_s` seconds, with the default thresholds
+    /// and lifetimes.
     pub fn with_checkin(checkin_s: u64) -> Settings {
         Settings {
             checkin_s,
@@ -234,6 +259,7 @@ impl Settings {
         }
     }
 
+    /// The online/offline boundaries as of `now_ms` (Unix ms).
     pub fn thresholds(&self, now_ms: i64) -> StateThresholds {
         StateThresholds {
             now_ms,
@@ -277,11 +303,11 @@ pub fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Labels (`key=value` groups like `site=plant1`, or plain tags like `canary`): 1-64
-/// characters without commas or control characters.
 /// At most this many labels on a device or an enrollment token.
 pub const MAX_LABELS: usize = 32;
 
+/// Checks labels (`key=value` groups like `site=plant1`, or plain tags like `canary`): at most
+/// [`MAX_LABELS`], each 1-64 characters without commas or control characters.
 pub fn check_labels(labels: &[String]) -> Result<()> {
     if labels.len() > MAX_LABELS {
         return Err(ServiceError::Invalid(format!(
@@ -350,6 +376,7 @@ impl std::fmt::Debug for FleetService {
 }
 
 impl FleetService {
+    /// The service over an open store and registry.
     pub fn new(
         store: FleetStore,
         registry: Registry,
@@ -387,18 +414,22 @@ impl FleetService {
         Ok(FleetService::new(store, registry, data_dir, settings))
     }
 
+    /// The database.
     pub fn store(&self) -> &FleetStore {
         &self.inner.store
     }
 
+    /// The model registry.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 
+    /// The settings in force.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
     }
 
+    /// The data directory the service was opened on.
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
     }
@@ -408,10 +439,12 @@ impl FleetService {
         &self.inner.rollouts
     }
 
+    /// The password hasher, shared by every operation.
     pub fn hasher(&self) -> &PasswordHasher {
         &self.inner.hasher
     }
 
+    /// Records when `serve`'s drift evaluator last finished (Unix ms; the health view shows it).
     pub fn mark_drift_evaluated(&self, at_ms: i64) {
         self.inner
             .drift_evaluated_at
@@ -440,10 +473,12 @@ pub struct Acting {
 }
 
 impl Acting {
+    /// Who the operations run as.
     pub fn who(&self) -> &Principal {
         &self.who
     }
 
+    /// The service underneath.
     pub fn service(&self) -> &FleetService {
         &self.svc
     }
@@ -476,6 +511,7 @@ impl Acting {
         Ok(())
     }
 
+    /// Who the caller is (any role).
     pub async fn whoami(&self) -> Result<views::WhoAmI> {
         Ok(views::WhoAmI {
             user: self.who.name.clone(),
@@ -484,6 +520,8 @@ impl Acting {
         })
     }
 
+    /// Server health: version, uptime, database, counts and background work (viewer role).
+    /// The counts are zero while the database does not answer.
     pub async fn health(&self) -> Result<views::Health> {
         self.require(Role::Viewer, "server health")?;
         let st = self.store();

@@ -13,6 +13,7 @@ fn sizes_of(d: &DeltaRow) -> BTreeMap<String, u64> {
 }
 
 impl Acting {
+    /// The ed25519 keys trusted for bundle signatures (viewer role).
     pub async fn keys(&self) -> Result<Vec<TrustedKey>> {
         self.require(Role::Viewer, "the trusted keys")?;
         Ok(self.store().trusted_key_rows().await?)

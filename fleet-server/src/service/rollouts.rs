@@ -86,6 +86,7 @@ impl Acting {
         Ok(out)
     }
 
+    /// One rollout with every targeted device's state (viewer role).
     pub async fn rollout(&self, id: &str) -> Result<RolloutDetail> {
         self.require(Role::Viewer, "a rollout")?;
         let r = self
@@ -99,6 +100,9 @@ impl Acting {
         Ok(RolloutDetail { summary, devices })
     }
 
+    /// Starts a rollout (operator role). Refused with [`ServiceError::Refused`] (and audited)
+    /// when the version has not passed its name's validation gate, unless `force` is set (then
+    /// audited as forced).
     pub async fn start_rollout(&self, s: &StartRollout) -> Result<RolloutSummary> {
         self.require(Role::Operator, "starting rollouts")?;
         // The validation gate (bundles): refused unless passed, or forced (audited as such).
@@ -133,6 +137,7 @@ impl Acting {
         Ok(self.rollout(&r.id).await?.summary)
     }
 
+    /// Promotes, halts, resumes or rolls back a rollout (operator role).
     pub async fn rollout_action(&self, id: &str, action: RolloutAction) -> Result<RolloutSummary> {
         self.require(Role::Operator, "steering rollouts")?;
         let r = rollout::act(self.store(), id, action).await?;

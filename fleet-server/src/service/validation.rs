@@ -36,6 +36,7 @@ pub(super) fn validation_out(v: ValidationRow) -> ValidationOut {
 }
 
 impl Acting {
+    /// Every validation gate (viewer role).
     pub async fn gates(&self) -> Result<Vec<GateOut>> {
         self.require(Role::Viewer, "the validation gates")?;
         Ok(self
@@ -71,7 +72,9 @@ impl Acting {
                 holdout.len()
             )));
         }
-        rules.validate().map_err(ServiceError::Invalid)?;
+        rules
+            .validate()
+            .map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let sha = edge_wire::bundle::file::sha256_hex(&holdout);
         self.store().put_artifact(&sha, &holdout).await?;
         let row = GateRow {
@@ -94,6 +97,7 @@ impl Acting {
         Ok(gate_out(row))
     }
 
+    /// Removes a bundle name's validation gate (operator role).
     pub async fn remove_gate(&self, bundle: &str) -> Result<()> {
         self.require(Role::Operator, "removing validation gates")?;
         if !self.store().remove_gate(bundle).await? {

@@ -26,6 +26,7 @@ pub struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
+    /// Starts reading `pairs`; nothing is used yet.
     pub fn new(pairs: &'a [(String, String)]) -> Params<'a> {
         Params {
             pairs,
@@ -50,6 +51,8 @@ impl<'a> Params<'a> {
         self.all(key).pop().filter(|v| !v.is_empty())
     }
 
+    /// The value of `key` parsed as `T`; a value that does not parse is
+    /// [`ServiceError::Invalid`] naming the key.
     pub fn parse<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>, ServiceError>
     where
         T::Err: std::fmt::Display,
@@ -62,6 +65,7 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
+    /// The value of `key` as a whole number.
     pub fn int(&mut self, key: &str) -> Result<Option<i64>, ServiceError> {
         self.one(key)
             .map(|v| {
@@ -72,6 +76,7 @@ impl<'a> Params<'a> {
             .transpose()
     }
 
+    /// The value of `key` as a flag: `true`/`1` or `false`/`0` (absent: false).
     pub fn flag(&mut self, key: &str) -> Result<bool, ServiceError> {
         match self.one(key).as_deref() {
             None | Some("false") | Some("0") => Ok(false),
@@ -121,7 +126,9 @@ fn offset(p: &mut Params) -> Result<i64, ServiceError> {
 /// Who the caller is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhoAmI {
+    /// The user name.
     pub user: String,
+    /// The role in force for this caller.
     pub role: Role,
     /// `session` (console), `token` (API token) or `local` (CLI on the data directory).
     pub via: String,
@@ -130,12 +137,19 @@ pub struct WhoAmI {
 /// The server's health.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
+    /// Server version and git commit.
     pub version: String,
+    /// Seconds since this server process started.
     pub uptime_s: u64,
+    /// Whether the database answers, and how fast.
     pub database: DatabaseHealth,
+    /// Device counts by state (zero while the database does not answer).
     pub devices: StateCounts,
+    /// Bundle versions stored.
     pub bundles: usize,
+    /// Rollouts in state `active`.
     pub active_rollouts: usize,
+    /// Alarms raised and not cleared.
     pub active_alarms: i64,
     /// Deltas being computed now.
     pub deltas_in_flight: usize,
@@ -145,13 +159,18 @@ pub struct Health {
     pub checkin_s: u64,
 }
 
+/// The database as the health view sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatabaseHealth {
+    /// `sqlite` or `postgres`.
     pub backend: String,
+    /// Whether a ping round trip succeeded.
     pub ok: bool,
     /// One round trip.
     pub latency_ms: f64,
+    /// The newest schema migration this server knows.
     pub schema_version: i64,
+    /// Why the ping failed, if it did.
     pub error: Option<String>,
 }
 
@@ -160,7 +179,9 @@ pub struct DatabaseHealth {
 /// Which problems a device list asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProblemSelect {
+    /// Devices with any problem.
     Any,
+    /// Devices with this problem.
     Only(Problem),
 }
 
@@ -200,16 +221,23 @@ impl std::fmt::Display for ProblemSelect {
 pub struct DeviceQuery {
     /// `key=value` labels the devices must all carry (`label`, repeatable).
     pub labels: Vec<String>,
+    /// Only devices in this state (`state`).
     pub state: Option<DeviceState>,
+    /// Only devices with problems, or with this one (`problem`).
     pub problem: Option<ProblemSelect>,
     /// `NAME` or `NAME#VERSION_NUMBER` the device runs.
     pub bundle: Option<String>,
+    /// Only devices whose agent reports this version (`agent_version`).
     pub agent_version: Option<String>,
     /// Substring of id or name (`q`).
     pub text: Option<String>,
+    /// Sort key (`sort`; default: problems).
     pub sort: DeviceSortKey,
+    /// Sort descending (`order=desc`).
     pub descending: bool,
+    /// Devices to skip (`offset`, default 0).
     pub offset: i64,
+    /// Page size (`limit`, 1..=500, default 50).
     pub limit: i64,
 }
 
@@ -231,6 +259,8 @@ impl Default for DeviceQuery {
 }
 
 impl DeviceQuery {
+    /// Reads the query pairs; an unknown key, a bad value or a bad label is
+    /// [`ServiceError::Invalid`].
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<DeviceQuery, ServiceError> {
         let mut p = Params::new(pairs);
         let q = DeviceQuery {
@@ -254,6 +284,7 @@ impl DeviceQuery {
         Ok(q)
     }
 
+    /// The query as URL pairs ([`DeviceQuery::from_pairs`] reads them back).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for l in &self.labels {
@@ -287,19 +318,31 @@ impl DeviceQuery {
 /// A device in lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSummary {
+    /// The device id the server assigned at enrollment.
     pub id: String,
+    /// The name the device enrolled with (its agent id).
     pub name: String,
+    /// Its `key=value` labels.
     pub labels: Vec<String>,
+    /// Online, stale, offline or revoked, as of the request.
     pub state: DeviceState,
+    /// Its current problems (none for a revoked device).
     pub problems: Vec<Problem>,
+    /// Last check-in (Unix ms); `None` before the first.
     pub last_seen: Option<i64>,
+    /// Enrollment time (Unix ms).
     pub enrolled_at: i64,
+    /// When it was revoked (Unix ms), if it was.
     pub revoked_at: Option<i64>,
+    /// Agent version at the last check-in.
     pub agent_version: Option<String>,
     /// `bundle#version_number` per running model.
     pub models: Vec<String>,
+    /// Outbox records waiting for the fleet server at the last check-in, all streams.
     pub backlog: i64,
+    /// Records the device dropped under its limits (its counter since the agent started).
     pub dropped: i64,
+    /// The last error the device reported, if any.
     pub last_error: Option<String>,
     /// When the device certificate in use expires (Unix ms; renewed automatically at two
     /// thirds of its lifetime).
@@ -307,6 +350,7 @@ pub struct DeviceSummary {
 }
 
 impl DeviceSummary {
+    /// The summary of a stored device, judged against `t`.
     pub fn of(d: &Device, t: &StateThresholds) -> DeviceSummary {
         DeviceSummary {
             id: d.id.clone(),
@@ -327,18 +371,23 @@ impl DeviceSummary {
     }
 }
 
+/// One page of a device list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DevicePage {
     /// Devices matching the filters (all pages).
     pub total: i64,
+    /// Devices skipped before this page.
     pub offset: i64,
+    /// The page size used (the query's `limit`, within 1..=500).
     pub limit: i64,
+    /// The page, in the query's order.
     pub devices: Vec<DeviceSummary>,
 }
 
 /// The fleet at a glance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Overview {
+    /// Devices per state.
     pub counts: StateCounts,
     /// Devices with problems, the worst first (at most 20).
     pub problem_devices: Vec<DeviceSummary>,
@@ -346,22 +395,29 @@ pub struct Overview {
     pub groups: Vec<LabelGroup>,
     /// Seconds between check-ins, and what online / offline mean.
     pub checkin_s: u64,
+    /// Seen within this many seconds: online.
     pub online_within_s: i64,
+    /// Not seen for this many seconds: offline (in between: stale).
     pub offline_after_s: i64,
 }
 
 /// A device's place in one rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRollout {
+    /// Rollout id.
     pub rollout: String,
+    /// The bundle name it rolls out.
     pub bundle: String,
+    /// The version number it rolls out.
     pub version_number: i64,
+    /// Where this device stands in it.
     pub state: DeviceRolloutState,
 }
 
 /// One device in full.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceDetail {
+    /// The device as in lists.
     pub device: DeviceSummary,
     /// Its last check-in as it sent it.
     pub status: Option<edge_wire::sync::CheckIn>,
@@ -382,6 +438,7 @@ pub struct DeviceDetail {
 pub struct ReportedError {
     /// When the server first saw it (ms).
     pub at: i64,
+    /// The error text as the device sent it.
     pub error: String,
 }
 
@@ -393,6 +450,8 @@ pub struct HistoryQuery {
 }
 
 impl HistoryQuery {
+    /// Reads `since` (RFC 3339 or a duration ago, e.g. `6h`); anything else is
+    /// [`ServiceError::Invalid`].
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<HistoryQuery, ServiceError> {
         let mut p = Params::new(pairs);
         let since = p.one("since");
@@ -407,6 +466,7 @@ impl HistoryQuery {
         Ok(HistoryQuery { since_ms })
     }
 
+    /// The query as URL pairs (`since` as RFC 3339).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         self.since_ms
             .map(|ms| {
@@ -419,11 +479,13 @@ impl HistoryQuery {
     }
 }
 
+/// A device's status history, oldest first.
 pub type History = Vec<HistoryPoint>;
 
 /// `GET /v1/operator/devices/{id}/drift` parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceDriftQuery {
+    /// Only records of this bundle name (`bundle`).
     pub bundle: Option<String>,
     /// Records ending at or after this (Unix ns; default: all).
     pub since_ns: Option<i64>,
@@ -432,6 +494,7 @@ pub struct DeviceDriftQuery {
 }
 
 impl DeviceDriftQuery {
+    /// Reads `bundle`, `since` (RFC 3339 or a duration ago) and `limit` (1..=500, default 100).
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<DeviceDriftQuery, ServiceError> {
         let mut p = Params::new(pairs);
         let bundle = p.one("bundle");
@@ -450,6 +513,7 @@ impl DeviceDriftQuery {
         })
     }
 
+    /// The query as URL pairs (`since` as RFC 3339).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(b) = &self.bundle {
@@ -466,26 +530,39 @@ impl DeviceDriftQuery {
 /// One prediction a device uploaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PredictionOut {
+    /// Its sequence number in the device's `predictions` stream.
     pub seq: i64,
+    /// The `[[models]]` name on the device.
     pub model: String,
+    /// The bundle name.
     pub bundle: String,
+    /// The bundle version number.
     pub version_number: u64,
     /// Window end, RFC 3339.
     pub end: String,
+    /// Window end, Unix ns.
     pub end_ns: i64,
+    /// The manifest's score (`None` without a score rule, or when it was not finite).
     pub score: Option<f64>,
+    /// Class name from the manifest's label rule.
     pub label: Option<String>,
+    /// Whether the score is past the manifest's threshold.
     pub over_threshold: Option<bool>,
+    /// The model's alarm state after hysteresis.
     pub alarm: Option<bool>,
 }
 
+/// `PUT /v1/operator/devices/{id}/labels`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelsRequest {
+    /// The device's new labels (replacing the old ones).
     pub labels: Vec<String>,
 }
 
+/// `POST /v1/operator/enrollment-tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollmentTokenRequest {
+    /// Labels the enrolled device gets.
     #[serde(default)]
     pub labels: Vec<String>,
     /// How long it stays valid (`24h`, `7d`; default 24h).
@@ -493,16 +570,20 @@ pub struct EnrollmentTokenRequest {
     pub ttl: Option<String>,
 }
 
+/// A new one-time enrollment token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollmentToken {
     /// Shown once: only its hash is stored.
     pub token: String,
+    /// Labels the enrolled device gets.
     pub labels: Vec<String>,
+    /// When the token expires unused (Unix ms).
     pub expires_at: i64,
 }
 
 // ---- models ----
 
+/// `POST /v1/operator/keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrustKeyRequest {
     /// The ed25519 public key, PEM.
@@ -512,9 +593,13 @@ pub struct TrustKeyRequest {
 /// A stored bundle version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundleOut {
+    /// The stored version: name, version, version number, SHA-256, size, signer, who pushed it
+    /// when.
     #[serde(flatten)]
     pub row: BundleRow,
+    /// The manifest's description.
     pub description: Option<String>,
+    /// The manifest's creation time (RFC 3339).
     pub created: Option<String>,
     /// Feature column names (the model input).
     pub columns: Vec<String>,
@@ -530,24 +615,38 @@ pub struct BundleOut {
 /// A bundle name's validation gate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateOut {
+    /// The bundle name the gate applies to (every version of it).
     pub bundle: String,
+    /// The holdout recording's name, as given.
     pub holdout_name: String,
+    /// SHA-256 of the holdout recording (hex).
     pub holdout_sha256: String,
+    /// Size of the holdout recording (bytes).
     pub holdout_size: i64,
+    /// The limits a version must meet on the holdout.
     pub rules: crate::validation::GateRules,
+    /// Who set the gate.
     pub created_by: String,
+    /// When it was set (Unix ms).
     pub created_at: i64,
 }
 
 /// A version's validation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ValidationOut {
+    /// Bundle name.
     pub bundle: String,
+    /// The version number that ran.
     pub version_number: i64,
+    /// `passed`, `failed` or `error`.
     pub status: crate::validation::ValidationStatus,
+    /// What the run measured (windows, predictions, alarm rate, label metrics).
     pub metrics: crate::validation::ValidationMetrics,
+    /// Which limit failed, or why the run did (empty when it passed).
     pub detail: String,
+    /// SHA-256 of the holdout it ran on; a result on another holdout does not count.
     pub holdout_sha256: String,
+    /// When it ran (Unix ms).
     pub at: i64,
 }
 
@@ -555,7 +654,9 @@ pub struct ValidationOut {
 /// the recording).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GateRequest {
+    /// The holdout recording's name (for people).
     pub holdout_name: String,
+    /// The limits a version must meet.
     #[serde(flatten)]
     pub rules: crate::validation::GateRules,
 }
@@ -563,12 +664,15 @@ pub struct GateRequest {
 /// A cached delta to a bundle version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeltaOut {
+    /// Bundle name.
     pub bundle: String,
     /// The base version (absent: a device running a bundle this server never stored).
     pub from_version_number: Option<i64>,
+    /// The target version number.
     pub to_version_number: i64,
     /// The method devices get: the smallest, or `full`.
     pub method: String,
+    /// Bytes devices download with that method.
     pub size: i64,
     /// SHA-256 of the artifact devices download (the delta, or the bundle itself).
     pub artifact_sha256: String,
@@ -576,9 +680,12 @@ pub struct DeltaOut {
     pub sizes: BTreeMap<String, u64>,
 }
 
+/// `POST /v1/operator/bundles/{name}/deltas`: the two version numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeltaRequest {
+    /// Base version number.
     pub from: i64,
+    /// Target version number.
     pub to: i64,
 }
 
@@ -587,6 +694,7 @@ pub struct DeltaRequest {
 /// A rollout with its progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutSummary {
+    /// The rollout as stored.
     #[serde(flatten)]
     pub rollout: Rollout,
     /// Non-revoked devices its selector targets.
@@ -601,20 +709,29 @@ pub struct RolloutSummary {
 /// One targeted device of a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutDevice {
+    /// Device id.
     pub id: String,
+    /// Device name.
     pub name: String,
+    /// Whether it is one of the canaries.
     pub canary: bool,
+    /// Where it stands in the rollout.
     pub state: DeviceRolloutState,
     /// The device's report (when it sent one).
     pub detail: Option<String>,
+    /// When it sent its report (Unix ms).
     pub reported_at: Option<i64>,
+    /// Its last check-in (Unix ms).
     pub last_seen: Option<i64>,
 }
 
+/// A rollout with every targeted device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutDetail {
+    /// The rollout and its counts.
     #[serde(flatten)]
     pub summary: RolloutSummary,
+    /// Every targeted device (revoked ones excluded).
     pub devices: Vec<RolloutDevice>,
 }
 
@@ -623,24 +740,34 @@ pub struct RolloutDetail {
 /// A retrain policy as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyOut {
+    /// Policy name.
     pub name: String,
+    /// The bundle name it watches.
     pub bundle: String,
+    /// `key=value` labels a device must all carry to count (empty: every device).
     pub select: Vec<String>,
     /// Bucket length (`10m`).
     pub every: String,
+    /// Consecutive drifting buckets that make an event.
     pub intervals: i64,
+    /// When a bucket drifts.
     pub rule: PolicyRule,
+    /// What runs on an event.
     pub hook: Hook,
     /// The evaluator's cursor.
     pub state: serde_json::Value,
+    /// Who set it last.
     pub created_by: String,
+    /// When it was set last (Unix ms).
     pub updated_at: i64,
 }
 
 /// `PUT /v1/operator/drift/policies/{name}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRequest {
+    /// The bundle name to watch.
     pub bundle: String,
+    /// `key=value` labels a device must all carry to count (empty: every device).
     #[serde(default)]
     pub select: Vec<String>,
     /// Bucket length (`10m`).
@@ -648,7 +775,9 @@ pub struct PolicyRequest {
     /// Consecutive drifting buckets that make an event (default 3).
     #[serde(default = "three")]
     pub intervals: u32,
+    /// When a bucket drifts.
     pub rule: PolicyRule,
+    /// What runs on an event (a command or a URL, run by the server).
     pub hook: Hook,
 }
 
@@ -659,15 +788,23 @@ fn three() -> u32 {
 /// A recorded retrain event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventOut {
+    /// Event id.
     pub id: String,
+    /// The policy that made it.
     pub policy: String,
+    /// Bundle name.
     pub bundle: String,
+    /// The version number that drifted.
     pub version_number: i64,
+    /// Start of the drifting buckets (RFC 3339).
     pub from: String,
+    /// End of the drifting buckets (RFC 3339).
     pub to: String,
+    /// When the event was recorded (Unix ms).
     pub created_at: i64,
     /// `pending`, `ok`, `failed`, `timeout`, `error`.
     pub hook_status: String,
+    /// What the hook answered or why it failed.
     pub hook_detail: String,
     /// The event JSON the hook got.
     pub body: serde_json::Value,
@@ -678,11 +815,17 @@ pub struct EventOut {
 /// `GET /v1/operator/alarms` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmListQuery {
+    /// Only this device's alarms (`device`).
     pub device: Option<String>,
+    /// Only raised alarms, not cleared ones (`active=true`).
     pub active_only: bool,
+    /// Only alarms nobody acknowledged (`unacked=true`).
     pub unacked_only: bool,
+    /// Only alarms of this kind (`kind`).
     pub kind: Option<AlarmKind>,
+    /// Alarms to skip (`offset`).
     pub offset: i64,
+    /// Page size (`limit`, 1..=500, default 50).
     pub limit: i64,
 }
 
@@ -700,6 +843,7 @@ impl Default for AlarmListQuery {
 }
 
 impl AlarmListQuery {
+    /// Reads the query pairs; an unknown key or a bad value is [`ServiceError::Invalid`].
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<AlarmListQuery, ServiceError> {
         let mut p = Params::new(pairs);
         let q = AlarmListQuery {
@@ -714,6 +858,7 @@ impl AlarmListQuery {
         Ok(q)
     }
 
+    /// The query as URL pairs ([`AlarmListQuery::from_pairs`] reads them back).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(d) = &self.device {
@@ -734,11 +879,16 @@ impl AlarmListQuery {
     }
 }
 
+/// One page of alarms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlarmPage {
+    /// Alarms matching the filters (all pages).
     pub total: i64,
+    /// Alarms skipped before this page.
     pub offset: i64,
+    /// The page size used (the query's `limit`, within 1..=500).
     pub limit: i64,
+    /// The page, most recently changed first.
     pub alarms: Vec<crate::store::AlarmRow>,
 }
 
@@ -747,11 +897,13 @@ pub struct AlarmPage {
 /// `GET /v1/operator/audit` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditListQuery {
+    /// Only entries by this user (`actor`).
     pub actor: Option<String>,
     /// Actions starting with this (`rollout.`).
     pub action: Option<String>,
     /// Entries before this time (ms).
     pub before: Option<i64>,
+    /// Entries to return (`limit`, 1..=500, default 50).
     pub limit: i64,
 }
 
@@ -767,6 +919,7 @@ impl Default for AuditListQuery {
 }
 
 impl AuditListQuery {
+    /// Reads the query pairs; an unknown key or a bad value is [`ServiceError::Invalid`].
     pub fn from_pairs(pairs: &[(String, String)]) -> Result<AuditListQuery, ServiceError> {
         let mut p = Params::new(pairs);
         let q = AuditListQuery {
@@ -779,6 +932,7 @@ impl AuditListQuery {
         Ok(q)
     }
 
+    /// The query as URL pairs ([`AuditListQuery::from_pairs`] reads them back).
     pub fn to_pairs(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         if let Some(a) = &self.actor {
@@ -797,26 +951,36 @@ impl AuditListQuery {
 
 // ---- accounts ----
 
+/// `POST /v1/operator/session`: sign in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginRequest {
+    /// User name.
     pub user: String,
+    /// Password.
     pub password: String,
 }
 
 /// A new console session (its id goes in the `fleet_session` cookie only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginReply {
+    /// The user signed in.
     pub user: String,
+    /// Their role.
     pub role: Role,
     /// Send it back as `X-CSRF-Token` on every state change made with the cookie.
     pub csrf: String,
+    /// When the session ends at the latest (Unix ms).
     pub expires_at: i64,
 }
 
+/// `POST /v1/operator/users`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewUser {
+    /// User name: 1-64 characters of `A-Z a-z 0-9 - _ . @`, starting with a letter or digit.
     pub name: String,
+    /// Role.
     pub role: Role,
+    /// Initial password (at least 10 characters).
     pub password: String,
 }
 
@@ -824,18 +988,25 @@ pub struct NewUser {
 /// with `current_password`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct UserUpdate {
+    /// The new role (admin only).
     #[serde(default)]
     pub role: Option<Role>,
+    /// The new password; ends the user's sessions.
     #[serde(default)]
     pub password: Option<String>,
+    /// The current password: required to change one's own, except for an admin at a console
+    /// session.
     #[serde(default)]
     pub current_password: Option<String>,
 }
 
+/// An operator account as listed (the stored row; the password hash is never serialized).
 pub type UserOut = crate::store::UserRow;
 
+/// `POST /v1/operator/tokens`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewToken {
+    /// A name for people (1-64 characters).
     pub name: String,
     /// At most the owner's role (default: the owner's role).
     #[serde(default)]
@@ -848,10 +1019,12 @@ pub struct NewToken {
     pub user: Option<String>,
 }
 
+/// A new API token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedToken {
     /// Shown once: only its SHA-256 is stored. `Authorization: Bearer <token>`.
     pub token: String,
+    /// The token as stored and listed.
     #[serde(flatten)]
     pub info: ApiTokenRow,
 }

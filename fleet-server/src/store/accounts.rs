@@ -7,58 +7,84 @@ use sqlx::Row;
 use super::{parse_enum, FleetStore, Result};
 use crate::types::Role;
 
+/// An operator account.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserRow {
+    /// User name (unique; 1-64 characters of `A-Z a-z 0-9 - _ . @`).
     pub name: String,
+    /// What the user may do.
     pub role: Role,
     /// argon2id PHC string.
     #[serde(skip)]
     pub password_hash: String,
+    /// Who added the account.
     pub created_by: String,
+    /// When it was added (Unix ms).
     pub created_at: i64,
+    /// When its password was last set (Unix ms).
     pub password_changed_at: i64,
 }
 
+/// A console session. Only the SHA-256 of its id is stored; the id is in the cookie only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
+    /// SHA-256 (hex) of the session id.
     pub id_sha256: String,
+    /// The user signed in.
     pub user_name: String,
     /// The session's CSRF token (sent back in `X-CSRF-Token` on every state change).
     pub csrf: String,
+    /// Sign-in time (Unix ms).
     pub created_at: i64,
+    /// When it ends at the latest (Unix ms).
     pub expires_at: i64,
+    /// Its last request (Unix ms; updated at most once a minute).
     pub last_seen: i64,
     /// The client address and user agent at login (for the audit log).
     pub client: String,
 }
 
+/// An API token. Only the SHA-256 of its secret is stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApiTokenRow {
+    /// Token id (`tok-…`), what lists and revocation use.
     pub id: String,
+    /// A name for people.
     pub name: String,
+    /// The user it acts as.
     pub user_name: String,
     /// At most the user's role; the effective role is the lower of the two at each use.
     pub role: Role,
+    /// SHA-256 (hex) of the secret; never serialized.
     #[serde(skip)]
     pub token_sha256: String,
+    /// Creation time (Unix ms).
     pub created_at: i64,
+    /// Expiry (Unix ms).
     pub expires_at: i64,
+    /// Its last use (Unix ms; updated at most once a minute).
     pub last_used_at: Option<i64>,
+    /// When it was revoked (Unix ms), if it was.
     pub revoked_at: Option<i64>,
 }
 
 /// Failed logins of one key (`user:NAME` or `ip:ADDR`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoginFailure {
+    /// Failed attempts counted in the current window.
     pub failures: i64,
+    /// When the window started (Unix ms).
     pub first_at: i64,
+    /// Sign-ins are refused until then (Unix ms; 0: no lock).
     pub locked_until: i64,
 }
 
 /// What came of a change to a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserChange {
+    /// Changed.
     Done,
+    /// Refused: no such user.
     NoSuchUser,
     /// Refused: the user is the last admin.
     LastAdmin,
@@ -115,6 +141,7 @@ impl FleetStore {
         Ok(r.rows_affected() == 1)
     }
 
+    /// The account `name`, if there is one.
     pub async fn user(&self, name: &str) -> Result<Option<UserRow>> {
         let r = sqlx::query("SELECT * FROM users WHERE name = $1")
             .bind(name)
@@ -123,6 +150,7 @@ impl FleetStore {
         r.as_ref().map(user_of).transpose()
     }
 
+    /// Every account, by name.
     pub async fn users(&self) -> Result<Vec<UserRow>> {
         let rows = sqlx::query("SELECT * FROM users ORDER BY name")
             .fetch_all(&self.pool)
@@ -130,6 +158,7 @@ impl FleetStore {
         rows.iter().map(user_of).collect()
     }
 
+    /// Number of admin accounts.
     pub async fn count_admins(&self) -> Result<i64> {
         Ok(
             sqlx::query("SELECT COUNT(*) AS n FROM users WHERE role = 'admin'")
@@ -235,6 +264,7 @@ impl FleetStore {
 
     // ---- sessions ----
 
+    /// Stores a new session.
     pub async fn add_session(&self, s: &SessionRow) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO sessions (id_sha256, user_name, csrf, created_at, expires_at, last_seen, client) VALUES ($1, $2, $3, $4, $5, $6, $7)")
@@ -250,6 +280,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// The session with this id hash, if stored (expiry is the caller's to judge).
     pub async fn session(&self, id_sha256: &str) -> Result<Option<SessionRow>> {
         let r = sqlx::query("SELECT * FROM sessions WHERE id_sha256 = $1")
             .bind(id_sha256)
@@ -269,6 +300,7 @@ impl FleetStore {
         .transpose()
     }
 
+    /// Sets a session's last request time.
     pub async fn touch_session(&self, id_sha256: &str, at: i64) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id_sha256 = $2")
@@ -279,6 +311,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// Deletes a session (logout; expiry). Deleting one that is gone is not an error.
     pub async fn delete_session(&self, id_sha256: &str) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("DELETE FROM sessions WHERE id_sha256 = $1")
@@ -301,6 +334,7 @@ impl FleetStore {
 
     // ---- API tokens ----
 
+    /// Stores a new API token.
     pub async fn add_api_token(&self, t: &ApiTokenRow) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO api_tokens (id, name, user_name, role, token_sha256, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
@@ -316,6 +350,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// The token whose secret hashes to `sha256`, if any (revoked and expired ones included).
     pub async fn api_token_by_sha(&self, sha256: &str) -> Result<Option<ApiTokenRow>> {
         let r = sqlx::query("SELECT * FROM api_tokens WHERE token_sha256 = $1")
             .bind(sha256)
@@ -324,6 +359,7 @@ impl FleetStore {
         r.as_ref().map(token_of).transpose()
     }
 
+    /// The token `id`, if any.
     pub async fn api_token(&self, id: &str) -> Result<Option<ApiTokenRow>> {
         let r = sqlx::query("SELECT * FROM api_tokens WHERE id = $1")
             .bind(id)
@@ -351,6 +387,7 @@ impl FleetStore {
         rows.iter().map(token_of).collect()
     }
 
+    /// Marks a token revoked at `at`; false if there is no such token or it was revoked already.
     pub async fn revoke_api_token(&self, id: &str, at: i64) -> Result<bool> {
         let _writer = self.writer.lock().await;
         let r = sqlx::query(
@@ -363,6 +400,7 @@ impl FleetStore {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Sets a token's last use time.
     pub async fn touch_api_token(&self, id: &str, at: i64) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
@@ -375,6 +413,7 @@ impl FleetStore {
 
     // ---- login throttling ----
 
+    /// The failure count of `key` (`user:NAME` or `ip:ADDR`), if any.
     pub async fn login_failure(&self, key: &str) -> Result<Option<LoginFailure>> {
         let r = sqlx::query(
             "SELECT failures, first_at, locked_until FROM login_failures WHERE key = $1",
@@ -429,6 +468,7 @@ impl FleetStore {
         Ok(out)
     }
 
+    /// Forgets the failure count of `key` (after a successful sign-in).
     pub async fn clear_login_failures(&self, key: &str) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("DELETE FROM login_failures WHERE key = $1")

@@ -17,7 +17,9 @@ pub const CHUNK: usize = 1 << 20;
 /// The fleet CA as stored: certificate and private key (PEM).
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaRow {
+    /// The CA certificate, PEM.
     pub cert_pem: String,
+    /// The CA's private key, PEM (never logged: `Debug` hides it).
     pub key_pem: String,
 }
 

@@ -5,25 +5,31 @@ use sqlx::Row;
 
 use super::{like_pattern, now_ms, Arg, FleetStore, Result, Sql};
 
+/// One audit log entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditEntry {
+    /// When it happened (Unix ms).
     pub at: i64,
     /// Operator name, device id (`d-…`), `token:…` (enrollment) or `fleet-server`.
     pub actor: String,
     /// `device.revoke`, `rollout.halt`, `user.add`, …
     pub action: String,
+    /// What it was done to (device id, rollout id, user name, …).
     pub subject: String,
+    /// Free text: what changed.
     pub detail: String,
 }
 
 /// Which audit entries to list, newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {
+    /// Only entries by this actor.
     pub actor: Option<String>,
     /// Actions starting with this (`rollout.` for every rollout action).
     pub action: Option<String>,
     /// Entries before this time (ms), for paging back.
     pub before: Option<i64>,
+    /// Entries to return at most.
     pub limit: i64,
 }
 
@@ -80,6 +86,7 @@ impl FleetStore {
         .await
     }
 
+    /// Audit entries matching `q`, newest first.
     pub async fn audit_query(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>> {
         let mut s = Sql::new("SELECT at, actor, action, subject, detail FROM audit WHERE 1 = 1");
         if let Some(a) = &q.actor {

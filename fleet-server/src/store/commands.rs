@@ -16,9 +16,13 @@ pub const RESEND_AFTER_MS: i64 = 30_000;
 /// One command and, once the device answered, its result.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommandRow {
+    /// `c` + creation time + random hex.
     pub id: String,
+    /// The device it is for.
     pub device_id: String,
+    /// What it asks.
     pub action: CommandAction,
+    /// The operator who sent it.
     pub created_by: String,
     /// Unix ms.
     pub created_at: i64,
@@ -28,6 +32,7 @@ pub struct CommandRow {
     pub done_at: Option<i64>,
     /// `done` or `failed` (the device's), absent until then.
     pub outcome: Option<String>,
+    /// The device's words on the outcome.
     pub detail: Option<String>,
     /// `text/plain`, `application/json`, or empty.
     pub content_type: Option<String>,

@@ -19,6 +19,7 @@ pub struct ConfigRow {
     pub toml: String,
     /// The fragments it was merged from, in merge order: (name, text).
     pub fragments: Vec<(String, String)>,
+    /// The operator who pushed it.
     pub pushed_by: String,
     /// Unix ms.
     pub pushed_at: i64,
@@ -27,17 +28,23 @@ pub struct ConfigRow {
 /// One configuration report of a device.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigReportRow {
+    /// The reporting device.
     pub device_id: String,
     /// When the server received it (ms).
     pub at: i64,
+    /// The fleet configuration's name.
     pub name: String,
+    /// Its version number.
     pub version_number: i64,
+    /// SHA-256 of the file.
     pub sha256: String,
+    /// The rollout the report counted in (one that targets the device), if any.
     pub rollout_id: Option<String>,
     /// `applied`, `refused` or `rolled_back` (the wire's `ConfigOutcome`).
     pub outcome: String,
     /// `in_process`, `restart` or `none`.
     pub applied_by: String,
+    /// The health check's verdict, or the refusal, in words.
     pub detail: String,
     /// Validation errors, each naming the key and line.
     pub errors: Vec<String>,

@@ -15,17 +15,24 @@ pub const DROPS_WINDOW_MS: i64 = 3_600_000;
 /// Consecutive large backlog rises that make the `backlog_growing` problem.
 pub const BACKLOG_RISES: i64 = 3;
 
+/// An enrolled device as stored (its registry row).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Device {
+    /// Device id, assigned at enrollment.
     pub id: String,
+    /// The name it enrolled with (its agent id).
     pub name: String,
     /// `key=value` labels (groups).
     pub labels: Vec<String>,
+    /// Enrollment time (Unix ms).
     pub enrolled_at: i64,
+    /// When it was revoked (Unix ms); a revoked device's certificate is refused.
     pub revoked_at: Option<i64>,
+    /// Last check-in (Unix ms); `None` before the first.
     pub last_seen: Option<i64>,
     /// The last check-in, as JSON.
     pub status: Option<String>,
+    /// Agent version at the last check-in.
     pub agent_version: Option<String>,
     /// `bundle#version_number` of each running model.
     pub models: Vec<String>,
@@ -37,6 +44,7 @@ pub struct Device {
     pub dropped: i64,
     /// When `dropped` last rose.
     pub drops_at: Option<i64>,
+    /// The error reported at the last check-in, if any.
     pub last_error: Option<String>,
     /// Set by a failed or rolled-back update report, cleared by an applied one.
     pub update_failed_at: Option<i64>,
@@ -101,6 +109,7 @@ impl IssuedCert {
 /// When a last-seen time counts as online, stale or offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateThresholds {
+    /// The moment judged (Unix ms).
     pub now_ms: i64,
     /// Seen within this: online.
     pub online_ms: i64,
@@ -121,6 +130,7 @@ impl StateThresholds {
 }
 
 impl Device {
+    /// Online, stale, offline or revoked as of `t`.
     pub fn state(&self, t: &StateThresholds) -> DeviceState {
         match (self.revoked_at, self.last_seen) {
             (Some(_), _) => DeviceState::Revoked,
@@ -197,6 +207,7 @@ fn state_sql(q: &mut Sql, s: DeviceState, t: &StateThresholds) {
 pub enum ProblemFilter {
     /// Devices with at least one problem.
     Any,
+    /// Devices with this problem.
     Only(Problem),
 }
 
@@ -205,18 +216,24 @@ pub enum ProblemFilter {
 pub struct DeviceFilter {
     /// `key=value` labels the device must all carry.
     pub labels: Vec<String>,
+    /// Only devices in this state.
     pub state: Option<DeviceState>,
+    /// Only devices with problems, or with this one.
     pub problem: Option<ProblemFilter>,
     /// Runs this bundle (`name`) or this version of it (`name#version_number`).
     pub bundle: Option<String>,
+    /// Only devices whose agent reports exactly this version.
     pub agent_version: Option<String>,
     /// Substring of the id or the name (case-insensitive).
     pub text: Option<String>,
 }
 
+/// The device list's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceSort {
+    /// What to sort by.
     pub key: DeviceSortKey,
+    /// Descending instead of ascending.
     pub descending: bool,
 }
 
@@ -232,10 +249,15 @@ impl Default for DeviceSort {
 /// Device counts per state (and with problems).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StateCounts {
+    /// Every device, revoked ones included.
     pub total: i64,
+    /// Online devices.
     pub online: i64,
+    /// Stale devices.
     pub stale: i64,
+    /// Offline devices.
     pub offline: i64,
+    /// Revoked devices.
     pub revoked: i64,
     /// Non-revoked devices with at least one problem.
     pub with_problems: i64,
@@ -244,7 +266,9 @@ pub struct StateCounts {
 /// The counts of the devices carrying one label.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LabelGroup {
+    /// The label (`key=value` or a plain tag).
     pub label: String,
+    /// Counts of the devices carrying it.
     #[serde(flatten)]
     pub counts: StateCounts,
 }
@@ -252,8 +276,11 @@ pub struct LabelGroup {
 /// One status history point of a device.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryPoint {
+    /// When the point was taken (Unix ms).
     pub at: i64,
+    /// Outbox backlog then, all streams.
     pub backlog: i64,
+    /// Records dropped on the device then (its counter since it started).
     pub dropped: i64,
     /// Per stream, as the device reported it (`[{stream, backlog, bytes, dropped}]`).
     pub streams: Vec<edge_wire::sync::StreamStatus>,
@@ -262,17 +289,24 @@ pub struct HistoryPoint {
 /// The columns a check-in sets, derived from the device's report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckInUpdate {
+    /// The agent version reported.
     pub agent_version: String,
+    /// Running models as `,bundle#version_number,…,` (empty without models).
     pub models: String,
+    /// Outbox records waiting for the server, all streams.
     pub backlog: i64,
+    /// Records the device dropped under its limits (its counter since it started).
     pub dropped: i64,
+    /// The reported error (an empty one counts as none).
     pub last_error: Option<String>,
 }
 
 /// One check-in for [`FleetStore::commit_group`]: who, and what it sets.
 #[derive(Debug, Clone)]
 pub struct CheckInWrite {
+    /// The device checking in.
     pub device: super::DeviceRef,
+    /// The columns it sets.
     pub update: CheckInUpdate,
     /// The report as JSON (the `status` column).
     pub status_json: String,
@@ -283,6 +317,8 @@ pub struct CheckInWrite {
 }
 
 impl CheckInWrite {
+    /// A check-in of `device` with `report`; fails only if the report's streams do not
+    /// serialize.
     pub fn new(
         device: super::DeviceRef,
         report: &CheckIn,
@@ -375,6 +411,8 @@ fn joined(labels: &[String]) -> String {
 impl FleetStore {
     // ---- enrollment ----
 
+    /// Stores a one-time enrollment token by its SHA-256: the device enrolled with it gets
+    /// `labels`; `by` created it; it is refused after `expires_at` (Unix ms).
     pub async fn add_token(
         &self,
         token_sha256: &str,
@@ -524,6 +562,7 @@ impl FleetStore {
 
     // ---- the registry ----
 
+    /// The device whose client certificate has this SHA-256 (hex, of the DER), if any.
     pub async fn device_by_cert(&self, cert_sha256: &str) -> Result<Option<Device>> {
         let r = sqlx::query(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE cert_sha256 = $1"
@@ -534,6 +573,7 @@ impl FleetStore {
         r.as_ref().map(device_of).transpose()
     }
 
+    /// The device `id`, if any.
     pub async fn device(&self, id: &str) -> Result<Option<Device>> {
         let r = sqlx::query(&format!(
             "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
@@ -593,6 +633,7 @@ impl FleetStore {
             .collect()
     }
 
+    /// Revokes device `id` now; false if there is no such device or it is revoked already.
     pub async fn revoke(&self, id: &str) -> Result<bool> {
         let _writer = self.writer.lock().await;
         let r =

@@ -8,10 +8,13 @@ use super::{list_of, FleetStore, Result};
 /// A retrain trigger (`fleet-server drift policy set`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DriftPolicyRow {
+    /// Policy name.
     pub name: String,
+    /// The bundle name it watches.
     pub bundle: String,
     /// `key=value` labels a device must all carry (empty: every device).
     pub selector: Vec<String>,
+    /// Bucket length (ms).
     pub every_ms: i64,
     /// Consecutive drifting buckets that make an event.
     pub intervals: i64,
@@ -21,18 +24,26 @@ pub struct DriftPolicyRow {
     pub hook: String,
     /// The evaluator's cursor, JSON.
     pub state: String,
+    /// Who set it last.
     pub created_by: String,
+    /// When it was set last (Unix ms).
     pub updated_at: i64,
 }
 
 /// A recorded retrain event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DriftEventRow {
+    /// Event id.
     pub id: String,
+    /// The policy that made it.
     pub policy: String,
+    /// Bundle name.
     pub bundle: String,
+    /// The version number that drifted.
     pub version_number: i64,
+    /// Start of the drifting buckets (Unix ns).
     pub from_ns: i64,
+    /// End of the drifting buckets (Unix ns).
     pub to_ns: i64,
     /// Device ids, JSON array.
     pub devices: String,
@@ -40,6 +51,7 @@ pub struct DriftEventRow {
     pub columns: String,
     /// The event JSON the hook got.
     pub body: String,
+    /// When the event was recorded (Unix ms).
     pub created_at: i64,
     /// `pending`, `ok`, `failed: …`, `timeout` (see `drift::run_hook`).
     pub hook_status: String,
@@ -99,6 +111,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// Every drift policy, by name.
     pub async fn drift_policies(&self) -> Result<Vec<DriftPolicyRow>> {
         let rows = sqlx::query("SELECT * FROM drift_policies ORDER BY name")
             .fetch_all(&self.pool)
@@ -106,6 +119,7 @@ impl FleetStore {
         rows.iter().map(policy_of).collect()
     }
 
+    /// Deletes policy `name`; false if there is none.
     pub async fn remove_drift_policy(&self, name: &str) -> Result<bool> {
         let _writer = self.writer.lock().await;
         let r = sqlx::query("DELETE FROM drift_policies WHERE name = $1")
@@ -209,6 +223,7 @@ impl FleetStore {
         Ok(n > 0)
     }
 
+    /// The newest `limit` events, of one policy or all, newest first.
     pub async fn drift_events(
         &self,
         policy: Option<&str>,

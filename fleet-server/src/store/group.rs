@@ -17,14 +17,18 @@ use super::{Arg, Device, FleetStore, IngestResult, Result, Sql};
 pub enum DeviceRef {
     /// SHA-256 (hex) of the device's client certificate.
     Cert(String),
+    /// The device id.
     Id(String),
 }
 
 /// One upload batch for [`FleetStore::commit_group`].
 #[derive(Debug, Clone)]
 pub struct UploadWrite {
+    /// The uploading device.
     pub device: DeviceRef,
+    /// Stream name.
     pub stream: String,
+    /// The device no longer has records below this sequence number (the mark may skip them).
     pub first_available: i64,
     /// (seq, ts_ms, body)
     pub records: Vec<(i64, i64, Vec<u8>)>,
@@ -34,6 +38,7 @@ pub struct UploadWrite {
 /// no enrolled device, or a revoked one (nothing was written for it).
 #[derive(Debug, Default)]
 pub struct GroupResult {
+    /// Per check-in, the device as stored after it.
     pub check_ins: Vec<Option<Device>>,
     /// The device id and what was stored.
     pub uploads: Vec<Option<(String, IngestResult)>>,

@@ -30,83 +30,131 @@ pub(super) struct IngestBatch<'a> {
 /// Result of storing one upload batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestResult {
+    /// Highest sequence number stored contiguously (what the device may drop).
     pub acked_through: i64,
+    /// Records of the batch stored now.
     pub inserted: u64,
+    /// Records of the batch that were stored already (resent).
     pub duplicates: u64,
 }
 
+/// How far a device's stream is stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StreamMark {
+    /// Stream name.
     pub stream: String,
+    /// Highest sequence number stored contiguously.
     pub acked_through: i64,
+    /// Records the device no longer had when it uploaded (skipped over by `first_available`).
     pub lost_on_device: i64,
+    /// Records stored in all.
     pub records: i64,
+    /// Records received again after they were stored (resends).
     pub duplicates: i64,
 }
 
 /// A model or drift alarm: one row per raise, cleared in place.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AlarmRow {
+    /// Alarm id.
     pub id: String,
+    /// The device that raised it.
     pub device_id: String,
+    /// Its name (empty if the device row is gone).
     pub device_name: String,
+    /// The `[[models]]` name on the device.
     pub model: String,
+    /// Bundle name.
     pub bundle: String,
+    /// Bundle version number.
     pub version_number: i64,
+    /// Model score alarm, or which drift or performance alarm.
     pub kind: AlarmKind,
     /// Column or output name, `dataset`, the performance metric, or `score`.
     pub subject: String,
     /// What was compared (`psi`, `accuracy`, `score`, …).
     pub metric: String,
+    /// The compared value at the raise (updated while raised).
     pub score: Option<f64>,
+    /// The limit it was compared with.
     pub threshold: Option<f64>,
     /// Device time of the window that raised it (absent if the raise never arrived).
     pub raised_ns: Option<i64>,
+    /// Device time of the window that cleared it, if it cleared.
     pub cleared_ns: Option<i64>,
+    /// Raised and not cleared.
     pub active: bool,
     /// Server time the raise (or the first record of it) arrived.
     pub received_at: i64,
+    /// Server time of the last change (Unix ms).
     pub updated_at: i64,
+    /// Who acknowledged it.
     pub acked_by: Option<String>,
+    /// When it was acknowledged (Unix ms).
     pub acked_at: Option<i64>,
 }
 
 /// Which alarms to list (newest change first).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlarmQuery {
+    /// Only this device's alarms.
     pub device: Option<String>,
+    /// Only raised alarms.
     pub active_only: bool,
+    /// Only alarms nobody acknowledged.
     pub unacked_only: bool,
+    /// Only alarms of this kind.
     pub kind: Option<AlarmKind>,
+    /// Alarms to skip.
     pub offset: i64,
+    /// Page size (0: no rows, just the count).
     pub limit: i64,
 }
 
 /// A device's model update report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateRow {
+    /// When the server stored the report (Unix ms).
     pub at: i64,
+    /// The `[[models]]` name on the device.
     pub model: String,
+    /// Bundle name.
     pub bundle: String,
+    /// The version number it ran before.
     pub from_version_number: i64,
+    /// The version number it was updated to.
     pub to_version_number: i64,
+    /// The rollout that asked for it, if any.
     pub rollout_id: Option<String>,
+    /// Applied, rolled back or failed.
     pub outcome: UpdateOutcome,
+    /// How the bundle travelled: `full`, a delta method, `local` (the kept previous file) or
+    /// `none`.
     pub method: String,
+    /// Bytes downloaded over every (resumed) attempt.
     pub bytes: i64,
+    /// Why, in the device's words (the health check's verdict, the refusal, the rollback).
     pub detail: String,
 }
 
 /// Where a drift record is and what it covers.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DriftIndexRow {
+    /// The device.
     pub device_id: String,
+    /// The record's sequence number in the device's `drift` stream.
     pub seq: i64,
+    /// The `[[models]]` name on the device.
     pub model: String,
+    /// Bundle name.
     pub bundle: String,
+    /// Bundle version number.
     pub version_number: i64,
+    /// Interval start (device time, Unix ns).
     pub start_ns: i64,
+    /// Interval end (device time, Unix ns).
     pub end_ns: i64,
+    /// Whether the device flagged dataset drift.
     pub dataset_drift: bool,
     /// Drifting column names.
     pub drifting: Vec<String>,
@@ -626,6 +674,7 @@ impl FleetStore {
         Ok(total)
     }
 
+    /// Every stream mark of a device, by stream name.
     pub async fn stream_marks(&self, device: &str) -> Result<Vec<StreamMark>> {
         let rows = sqlx::query("SELECT stream, acked_through, lost_on_device, records, duplicates FROM stream_marks WHERE device_id = $1 ORDER BY stream")
             .bind(device)
@@ -727,6 +776,7 @@ impl FleetStore {
         Ok((rows.iter().map(alarm_of).collect::<Result<_>>()?, total))
     }
 
+    /// The alarm `id`, if any.
     pub async fn alarm(&self, id: &str) -> Result<Option<AlarmRow>> {
         let r = sqlx::query("SELECT a.*, d.name AS device_name FROM alarms a LEFT JOIN devices d ON d.id = a.device_id WHERE a.id = $1")
             .bind(id)

@@ -55,10 +55,13 @@ pub use models::{BundleRow, DeltaRow, TrustedKey};
 pub use rollouts::{Rollout, RolloutReport};
 pub use validation::{GateRow, ValidationRow};
 
+/// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database failed (connection, SQL, constraint).
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// A bad parameter or a refused change; the message is for the caller.
     #[error("{0}")]
     Invalid(String),
     /// A stored value that none of this binary's types can hold (a newer server wrote it?).
@@ -66,6 +69,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// The store's result.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Milliseconds since the epoch.
@@ -219,11 +223,14 @@ pub fn redact_url(url: &str) -> String {
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// SQLite in the data directory (or a `sqlite:` URL).
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
 impl Backend {
+    /// `sqlite` or `postgres`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -332,6 +339,7 @@ impl FleetStore {
         Ok(store)
     }
 
+    /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
     }

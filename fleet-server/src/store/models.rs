@@ -5,24 +5,37 @@ use sqlx::Row;
 
 use super::{now_ms, FleetStore, Result};
 
+/// A public key trusted for bundle signatures.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrustedKey {
+    /// Key id: the first 16 hex digits of the key's SHA-256 (a bundle row's `signer`).
     pub key_id: String,
+    /// The ed25519 public key, PEM.
     pub public_pem: String,
+    /// Who trusted it.
     pub added_by: String,
+    /// When it was trusted (Unix ms).
     pub added_at: i64,
 }
 
+/// A stored bundle version (the file itself is an artifact, by SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BundleRow {
+    /// Bundle name.
     pub name: String,
+    /// Version number (unique per name; devices refuse lower ones than they ran).
     pub version_number: i64,
+    /// Semantic version for people.
     pub version: String,
+    /// SHA-256 of the bundle file (hex).
     pub sha256: String,
+    /// Size of the bundle file (bytes).
     pub size: i64,
     /// Key id of the signing key.
     pub signer: String,
+    /// Who pushed it.
     pub pushed_by: String,
+    /// When it was pushed (Unix ms).
     pub pushed_at: i64,
 }
 
@@ -31,7 +44,9 @@ pub struct BundleRow {
 pub struct DeltaRow {
     /// The method devices get (the smallest), or `full`.
     pub method: String,
+    /// SHA-256 of what devices download with `method` (the delta, or the bundle itself).
     pub artifact_sha256: String,
+    /// Its size (bytes).
     pub size: i64,
     /// Every method's size, JSON (`{"full": n, "bsdiff_zstd": n, …}`).
     pub sizes: String,
@@ -83,6 +98,7 @@ impl FleetStore {
             .collect())
     }
 
+    /// Every trusted key, oldest first.
     pub async fn trusted_key_rows(&self) -> Result<Vec<TrustedKey>> {
         let rows = sqlx::query(
             "SELECT key_id, public_pem, added_by, added_at FROM trusted_keys ORDER BY added_at, key_id",
@@ -101,6 +117,7 @@ impl FleetStore {
             .collect()
     }
 
+    /// The highest version of bundle `name`, if any is stored.
     pub async fn latest_bundle(&self, name: &str) -> Result<Option<BundleRow>> {
         let r = sqlx::query(
             "SELECT * FROM bundles WHERE name = $1 ORDER BY version_number DESC LIMIT 1",
@@ -111,6 +128,7 @@ impl FleetStore {
         r.as_ref().map(bundle_of).transpose()
     }
 
+    /// Bundle `name` at `version_number`, if stored.
     pub async fn bundle(&self, name: &str, version_number: i64) -> Result<Option<BundleRow>> {
         let r = sqlx::query("SELECT * FROM bundles WHERE name = $1 AND version_number = $2")
             .bind(name)
@@ -120,6 +138,7 @@ impl FleetStore {
         r.as_ref().map(bundle_of).transpose()
     }
 
+    /// A stored version whose file has this SHA-256, if any.
     pub async fn bundle_by_sha(&self, sha256: &str) -> Result<Option<BundleRow>> {
         let r = sqlx::query("SELECT * FROM bundles WHERE sha256 = $1 LIMIT 1")
             .bind(sha256)
@@ -136,6 +155,8 @@ impl FleetStore {
         rows.iter().map(bundle_of).collect()
     }
 
+    /// Stores a new bundle version's row; a second row for the same name and version number
+    /// is a database error.
     pub async fn add_bundle(&self, b: &BundleRow) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO bundles (name, version_number, version, sha256, size, signer, pushed_by, pushed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
@@ -152,6 +173,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// The cached delta from bundle file `base` to bundle file `target` (SHA-256s), if any.
     pub async fn delta(&self, base: &str, target: &str) -> Result<Option<DeltaRow>> {
         let r = sqlx::query("SELECT method, artifact_sha256, size, sizes FROM deltas WHERE base_sha256 = $1 AND target_sha256 = $2")
             .bind(base)
@@ -173,6 +195,7 @@ impl FleetStore {
             .collect()
     }
 
+    /// Caches a delta; an existing one for the same pair stays.
     pub async fn add_delta(&self, base: &str, target: &str, d: &DeltaRow) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO deltas (base_sha256, target_sha256, method, artifact_sha256, size, sizes) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (base_sha256, target_sha256) DO NOTHING")

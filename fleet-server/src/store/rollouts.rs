@@ -6,23 +6,35 @@ use sqlx::Row;
 use super::{list_of, now_ms, parse_enum, FleetStore, Result};
 use crate::types::{RolloutAction, RolloutKind, RolloutPhase, RolloutState, UpdateOutcome};
 
+/// A rollout as stored.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rollout {
+    /// Rollout id.
     pub id: String,
     /// What it hands out: a bundle, or a fleet configuration (named in `bundle`).
     pub kind: RolloutKind,
+    /// The bundle name, or the fleet configuration's name (see `kind`).
     pub bundle: String,
+    /// The version number it rolls out.
     pub version_number: i64,
     /// `key=value` labels a device must all carry (empty: every device).
     pub selector: Vec<String>,
+    /// Canaries: this stable percentage of the targeted devices (by a hash of rollout and device
+    /// id).
     pub canary_percent: Option<i64>,
+    /// Canaries: the targeted devices carrying this label.
     pub canary_label: Option<String>,
+    /// Canaries only, or every targeted device.
     pub phase: RolloutPhase,
+    /// Active, halted or rolled back.
     pub state: RolloutState,
     /// Halt automatically once this many devices report a failed or rolled-back update.
     pub max_failures: i64,
+    /// Who started it.
     pub created_by: String,
+    /// When it was started (Unix ms).
     pub created_at: i64,
+    /// When its state or phase last changed (Unix ms).
     pub updated_at: i64,
     /// When it left its canary phase (`None`: started in phase full, or still canary).
     pub promoted_at: Option<i64>,
@@ -38,9 +50,13 @@ impl Rollout {
 /// A device's latest report on a rollout.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RolloutReport {
+    /// The device.
     pub device_id: String,
+    /// What it reported.
     pub outcome: UpdateOutcome,
+    /// The device's words (error, health verdict).
     pub detail: String,
+    /// When the server stored the report (Unix ms).
     pub at: i64,
 }
 
@@ -64,6 +80,7 @@ fn rollout_of(r: &AnyRow) -> Result<Rollout> {
 }
 
 impl FleetStore {
+    /// Stores a new rollout.
     pub async fn add_rollout(&self, r: &Rollout) -> Result<()> {
         let _writer = self.writer.lock().await;
         sqlx::query("INSERT INTO rollouts (id, bundle, version_number, selector, canary_percent, canary_label, phase, state, max_failures, created_by, created_at, updated_at, promoted_at, kind) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)")
@@ -94,6 +111,7 @@ impl FleetStore {
         rows.iter().map(rollout_of).collect()
     }
 
+    /// The rollout `id`, if any.
     pub async fn rollout(&self, id: &str) -> Result<Option<Rollout>> {
         let r = sqlx::query("SELECT * FROM rollouts WHERE id = $1")
             .bind(id)

@@ -9,27 +9,38 @@ use super::{FleetStore, Result};
 /// `fleet-server model gate set`: the holdout is an artifact (by SHA-256), the limits JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GateRow {
+    /// The bundle name the gate applies to.
     pub bundle: String,
+    /// SHA-256 of the holdout recording (stored as an artifact).
     pub holdout_sha256: String,
+    /// The holdout's name, for people.
     pub holdout_name: String,
+    /// The holdout's size (bytes).
     pub holdout_size: i64,
     /// `validation::GateRules`, JSON.
     pub rules: String,
+    /// Who set the gate.
     pub created_by: String,
+    /// When it was set (Unix ms).
     pub created_at: i64,
 }
 
 /// One version's validation run.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ValidationRow {
+    /// Bundle name.
     pub bundle: String,
+    /// The version number that ran.
     pub version_number: i64,
+    /// SHA-256 of the holdout it ran on.
     pub holdout_sha256: String,
     /// `passed`, `failed`, `error`.
     pub status: String,
     /// `validation::ValidationMetrics`, JSON.
     pub metrics: String,
+    /// Which limit failed, or why the run did (empty when it passed).
     pub detail: String,
+    /// When it ran (Unix ms).
     pub at: i64,
 }
 
@@ -79,6 +90,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// The gate of bundle name `bundle`, if any.
     pub async fn gate(&self, bundle: &str) -> Result<Option<GateRow>> {
         let row = sqlx::query("SELECT * FROM validation_gates WHERE bundle = $1")
             .bind(bundle)
@@ -87,6 +99,7 @@ impl FleetStore {
         row.as_ref().map(gate_of).transpose()
     }
 
+    /// Every gate, by bundle name.
     pub async fn gates(&self) -> Result<Vec<GateRow>> {
         let rows = sqlx::query("SELECT * FROM validation_gates ORDER BY bundle")
             .fetch_all(&self.pool)
@@ -127,6 +140,7 @@ impl FleetStore {
         Ok(())
     }
 
+    /// The latest validation run of `bundle` #`version_number`, if any.
     pub async fn validation(
         &self,
         bundle: &str,

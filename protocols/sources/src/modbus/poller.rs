@@ -59,6 +59,34 @@ enum ReadOutcome {
     Broken(String),
 }
 
+/// Why the connection to the device could not be opened (logged, then retried).
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0} resolves to no address")]
+    NoAddress(String),
+    #[error("resolving {0} timed out")]
+    ResolveTimeout(String),
+    #[error("connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: SocketAddr, after: Duration },
+    #[error("open serial port {device}: {source}")]
+    Serial {
+        device: String,
+        source: tokio_serial::Error,
+    },
+    #[error("no transport configured")]
+    NoTransport,
+}
+
 /// A Modbus TCP or RTU source.
 #[derive(Debug)]
 pub struct ModbusPoller {
@@ -131,25 +159,30 @@ impl ModbusPoller {
         }
     }
 
-    async fn connect(&self) -> Result<Context, String> {
+    async fn connect(&self) -> Result<Context, ConnectError> {
         let slave = Slave(self.cfg.unit_id);
         if let Some(tcp) = &self.cfg.tcp {
+            let address = || tcp.address.clone();
             let addr: SocketAddr = timeout(self.cfg.timeout.max(Duration::from_secs(2)), async {
                 tokio::net::lookup_host(tcp.address.as_str())
                     .await
-                    .map_err(|e| format!("cannot resolve {}: {e}", tcp.address))?
+                    .map_err(|source| ConnectError::Resolve {
+                        address: address(),
+                        source,
+                    })?
                     .next()
-                    .ok_or_else(|| format!("{} resolves to no address", tcp.address))
+                    .ok_or_else(|| ConnectError::NoAddress(address()))
             })
             .await
-            .map_err(|_| format!("resolving {} timed out", tcp.address))??;
+            .map_err(|_| ConnectError::ResolveTimeout(address()))??;
             let connect_timeout = self.cfg.timeout.max(Duration::from_secs(2));
             return match timeout(connect_timeout, tcp::connect_slave(addr, slave)).await {
                 Ok(Ok(ctx)) => Ok(ctx),
-                Ok(Err(e)) => Err(format!("connect to {addr}: {e}")),
-                Err(_) => Err(format!(
-                    "connect to {addr} timed out after {connect_timeout:?}"
-                )),
+                Ok(Err(source)) => Err(ConnectError::Connect { addr, source }),
+                Err(_) => Err(ConnectError::ConnectTimeout {
+                    addr,
+                    after: connect_timeout,
+                }),
             };
         }
         if let Some(rtu) = &self.cfg.rtu {
@@ -170,11 +203,15 @@ impl ModbusPoller {
                 } else {
                     tokio_serial::StopBits::One
                 });
-            let port = tokio_serial::SerialStream::open(&builder)
-                .map_err(|e| format!("open serial port {}: {e}", rtu.device))?;
+            let port = tokio_serial::SerialStream::open(&builder).map_err(|source| {
+                ConnectError::Serial {
+                    device: rtu.device.clone(),
+                    source,
+                }
+            })?;
             return Ok(rtu::attach_slave(port, slave));
         }
-        Err("no transport configured".into())
+        Err(ConnectError::NoTransport)
     }
 
     async fn read(&self, ctx: &mut Context, req: &ReadRequest) -> ReadOutcome {
@@ -258,7 +295,7 @@ impl ModbusPoller {
                             *conn = Some(c);
                             continue;
                         }
-                        Err(e) => break ReadOutcome::Broken(e),
+                        Err(e) => break ReadOutcome::Broken(e.to_string()),
                     }
                 };
                 let o = self.read(c, &group.requests[i].req).await;

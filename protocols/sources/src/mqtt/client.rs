@@ -3,11 +3,27 @@
 
 use rumqttc::{ConnectReturnCode, ConnectionError, MqttOptions, TlsConfiguration, Transport};
 
-use super::config::BrokerConfig;
+use super::config::{BrokerConfig, BrokerUrlError};
+use crate::secret::SecretError;
 use edge_wire::tls;
 
+/// Why client options could not be built ([`mqtt_options`]); each names the failing file or
+/// value.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttOptionsError {
+    /// The broker `url` cannot be used.
+    #[error(transparent)]
+    Url(#[from] BrokerUrlError),
+    /// The password could not be read.
+    #[error("MQTT password: {0}")]
+    Password(#[source] SecretError),
+    /// The CA bundle or the client certificate and key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
 /// Builds options for a client with `client_id`. Errors name the failing file or value.
-pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, String> {
+pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, MqttOptionsError> {
     let addr = cfg.addr()?;
     let mut o = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     o.set_keep_alive(cfg.keep_alive);
@@ -16,7 +32,7 @@ pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, 
     o.set_max_packet_size(cfg.max_packet_size, cfg.max_packet_size);
     if let Some(user) = &cfg.username {
         let pw = match &cfg.password {
-            Some(p) => p.resolve().map_err(|e| format!("MQTT password: {e}"))?,
+            Some(p) => p.resolve().map_err(MqttOptionsError::Password)?,
             None => String::new(),
         };
         o.set_credentials(user.clone(), pw);
@@ -26,8 +42,7 @@ pub fn mqtt_options(cfg: &BrokerConfig, client_id: &str) -> Result<MqttOptions, 
             (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
             _ => None,
         };
-        let tls =
-            tls::client_config(cfg.ca_file.as_deref(), client_auth).map_err(|e| e.to_string())?;
+        let tls = tls::client_config(cfg.ca_file.as_deref(), client_auth)?;
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
     Ok(o)

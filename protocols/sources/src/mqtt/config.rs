@@ -63,26 +63,47 @@ pub struct BrokerAddr {
     pub tls: bool,
 }
 
+/// Why a broker `url` cannot be used ([`BrokerConfig::addr`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    /// No `scheme://` (the URL).
+    #[error("`{0}` has no scheme: use mqtt://host:1883 or mqtts://host:8883")]
+    NoScheme(String),
+    /// A scheme other than `mqtt`/`tcp` or `mqtts`/`ssl` (the scheme).
+    #[error("unknown scheme `{0}`: use mqtt:// or mqtts://")]
+    UnknownScheme(String),
+    /// The port is not a number in 0..=65535.
+    #[error("bad port `{port}` in `{url}`")]
+    BadPort {
+        /// The port as written.
+        port: String,
+        /// The URL.
+        url: String,
+    },
+    /// Nothing between the scheme and the port (the URL).
+    #[error("no host in `{0}`")]
+    NoHost(String),
+}
+
 impl BrokerConfig {
     /// The host, port and TLS choice of `url`.
-    pub fn addr(&self) -> Result<BrokerAddr, String> {
-        let (scheme, rest) = self.url.split_once("://").ok_or_else(|| {
-            format!(
-                "`{}` has no scheme: use mqtt://host:1883 or mqtts://host:8883",
-                self.url
-            )
-        })?;
+    pub fn addr(&self) -> Result<BrokerAddr, BrokerUrlError> {
+        let (scheme, rest) = self
+            .url
+            .split_once("://")
+            .ok_or_else(|| BrokerUrlError::NoScheme(self.url.clone()))?;
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => return Err(format!("unknown scheme `{other}`: use mqtt:// or mqtts://")),
+            other => return Err(BrokerUrlError::UnknownScheme(other.to_string())),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("bad port `{p}` in `{}`", self.url))?;
+                let port = p.parse::<u16>().map_err(|_| BrokerUrlError::BadPort {
+                    port: p.to_string(),
+                    url: self.url.clone(),
+                })?;
                 (
                     h.trim_start_matches('[').trim_end_matches(']').to_string(),
                     port,
@@ -91,7 +112,7 @@ impl BrokerConfig {
             _ => (rest.to_string(), if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
-            return Err(format!("no host in `{}`", self.url));
+            return Err(BrokerUrlError::NoHost(self.url.clone()));
         }
         Ok(BrokerAddr { host, port, tls })
     }
@@ -100,7 +121,7 @@ impl BrokerConfig {
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         let addr = self.addr();
         if let Err(e) = &addr {
-            issues.push(at.key("url"), e.clone());
+            issues.push(at.key("url"), e.to_string());
         }
         let tls = addr.map(|a| a.tls).unwrap_or(false);
         issues.check(
@@ -188,7 +209,7 @@ impl MqttSourceConfig {
         for (i, t) in self.tags.iter().enumerate() {
             let tp = at.key("tags").index(i);
             if let Err(e) = validate_filter(&t.topic) {
-                issues.push(tp.key("topic"), e);
+                issues.push(tp.key("topic"), e.to_string());
             }
             for (k, p) in [
                 ("json_pointer", &t.json_pointer),

@@ -178,7 +178,9 @@ pub fn timestamp_at(
         .ok_or_else(|| bad("field not found".into()))?;
     match v {
         serde_json::Value::String(s) => match format {
-            TimestampFormat::Auto | TimestampFormat::Rfc3339 => parse_rfc3339(s).map_err(bad),
+            TimestampFormat::Auto | TimestampFormat::Rfc3339 => {
+                parse_rfc3339(s).map_err(|e| bad(e.to_string()))
+            }
             _ => {
                 let n: f64 = s
                     .trim()
@@ -226,12 +228,31 @@ fn unix_to_ns(v: f64, format: TimestampFormat) -> Option<i64> {
     (ns.is_finite() && ns.abs() < 9.2e18).then_some(ns.round() as i64)
 }
 
+/// Why a text timestamp cannot be read ([`parse_rfc3339`]). The text is cut for messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rfc3339Error {
+    /// Not RFC 3339 with an offset.
+    #[error("`{text}` is not RFC 3339 ({reason})")]
+    Syntax {
+        /// The text (cut).
+        text: String,
+        /// chrono's reason.
+        reason: chrono::ParseError,
+    },
+    /// A valid time outside what nanoseconds in an `i64` hold (about 1677..2262).
+    #[error("`{0}` is out of range")]
+    OutOfRange(String),
+}
+
 /// RFC 3339 / ISO 8601 with offset (`Z` or `+02:00`) to Unix nanoseconds.
-pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let t = chrono::DateTime::parse_from_rfc3339(s.trim())
-        .map_err(|e| format!("`{}` is not RFC 3339 ({e})", truncate(s)))?;
+pub fn parse_rfc3339(s: &str) -> Result<i64, Rfc3339Error> {
+    let t =
+        chrono::DateTime::parse_from_rfc3339(s.trim()).map_err(|reason| Rfc3339Error::Syntax {
+            text: truncate(s),
+            reason,
+        })?;
     t.timestamp_nanos_opt()
-        .ok_or_else(|| format!("`{}` is out of range", truncate(s)))
+        .ok_or_else(|| Rfc3339Error::OutOfRange(truncate(s)))
 }
 
 #[cfg(test)]

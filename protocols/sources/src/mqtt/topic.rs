@@ -32,19 +32,33 @@ pub fn match_filter<'t>(filter: &str, topic: &'t str) -> Option<Vec<&'t str>> {
     t_levels.next().is_none().then_some(captures)
 }
 
+/// Why a subscription filter breaks the MQTT rules ([`validate_filter`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FilterError {
+    /// The filter is empty.
+    #[error("topic filter is empty")]
+    Empty,
+    /// `#` is not the whole last level (the filter).
+    #[error("`#` must be the whole last level in `{0}`")]
+    MisplacedHash(String),
+    /// `+` shares a level with other characters (the filter).
+    #[error("`+` must be a whole level in `{0}`")]
+    MisplacedPlus(String),
+}
+
 /// Checks a subscription filter for the MQTT rules: `#` only last and alone in its level,
 /// `+` alone in its level, no empty filter.
-pub fn validate_filter(filter: &str) -> Result<(), String> {
+pub fn validate_filter(filter: &str) -> Result<(), FilterError> {
     if filter.is_empty() {
-        return Err("topic filter is empty".into());
+        return Err(FilterError::Empty);
     }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, l) in levels.iter().enumerate() {
         if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
-            return Err(format!("`#` must be the whole last level in `{filter}`"));
+            return Err(FilterError::MisplacedHash(filter.to_string()));
         }
         if l.contains('+') && *l != "+" {
-            return Err(format!("`+` must be a whole level in `{filter}`"));
+            return Err(FilterError::MisplacedPlus(filter.to_string()));
         }
     }
     Ok(())

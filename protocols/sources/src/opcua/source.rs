@@ -175,34 +175,26 @@ impl OpcUaSource {
     }
 
     /// Trust on first use: pins the endpoint's certificate on first sight, refuses a changed one.
-    fn apply_tofu(&self, ep: &EndpointDescription) -> Result<(), String> {
+    fn apply_tofu(&self, ep: &EndpointDescription) -> Result<(), TofuError> {
         if self.cfg.server_trust != ServerTrust::TrustOnFirstUse
             || self.cfg.security_policy == SecurityPolicyConfig::None
         {
             return Ok(());
         }
-        let cert = X509::from_byte_string(&ep.server_certificate)
-            .map_err(|e| format!("server sent an unreadable certificate: {e}"))?;
-        let der = cert
-            .to_der()
-            .map_err(|e| format!("cannot encode server certificate: {e}"))?;
+        let cert =
+            X509::from_byte_string(&ep.server_certificate).map_err(TofuError::UnreadableCert)?;
+        let der = cert.to_der().map_err(TofuError::EncodeCert)?;
         let pin_dir = self.pki_dir.join("tofu");
         let pin = pin_dir.join(format!("{}.der", sanitize(&self.cfg.name)));
         match std::fs::read(&pin) {
             Ok(pinned) if pinned == der => {}
-            Ok(_) => {
-                return Err(format!(
-                    "server certificate changed since it was first trusted (pinned in {}); if \
-                     the server was re-keyed on purpose, delete that file to trust the new one",
-                    pin.display()
-                ))
-            }
+            Ok(_) => return Err(TofuError::Changed(pin)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 write_file(&pin_dir, &pin, &der)?;
                 tracing::warn!(source = %self.cfg.name, pin = %pin.display(),
                     "trust on first use: pinned the server certificate `{}`", cert.subject_name());
             }
-            Err(e) => return Err(format!("cannot read pin {}: {e}", pin.display())),
+            Err(source) => return Err(TofuError::ReadPin { pin, source }),
         }
         let store = CertificateStore::new(&self.pki_dir);
         let trusted = store.trusted_certs_dir();
@@ -446,7 +438,7 @@ impl OpcUaSource {
             Err(end) => return end,
         };
         if let Err(e) = self.apply_tofu(&ep) {
-            return SessionEnd::Fatal(e);
+            return SessionEnd::Fatal(e.to_string());
         }
         let identity = match self.identity() {
             Ok(i) => i,
@@ -718,9 +710,44 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-fn write_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+/// Why trust on first use refused the server or could not record its certificate.
+#[derive(Debug, thiserror::Error)]
+enum TofuError {
+    #[error("server sent an unreadable certificate: {0}")]
+    UnreadableCert(opcua::types::Error),
+    #[error("cannot encode server certificate: {0}")]
+    EncodeCert(opcua::crypto::X509Error),
+    #[error(
+        "server certificate changed since it was first trusted (pinned in {}); if the server was re-keyed on purpose, delete that file to trust the new one",
+        .0.display()
+    )]
+    Changed(PathBuf),
+    #[error("cannot read pin {}: {source}", pin.display())]
+    ReadPin {
+        pin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn write_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TofuError> {
+    std::fs::create_dir_all(dir).map_err(|source| TofuError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    std::fs::write(path, bytes).map_err(|source| TofuError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Source for OpcUaSource {

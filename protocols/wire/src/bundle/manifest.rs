@@ -226,41 +226,105 @@ pub struct LabelRule {
     pub values: Option<Vec<i64>>,
 }
 
+/// Why a post-processing rule does not fit the model's outputs
+/// ([`PostProcess::check_outputs`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputCheckError {
+    /// A rule (`score`, `labels` or `ranges`) names an output the model does not have.
+    #[error("postprocess.{rule} names output `{output}`; the model has {outputs:?}")]
+    NoSuchOutput {
+        /// The rule's key under `postprocess`.
+        rule: &'static str,
+        /// The output it names.
+        output: String,
+        /// The model's outputs, in graph order.
+        outputs: Vec<String>,
+    },
+    /// A reconstruction score compares an output with the model input of another length.
+    #[error(
+        "postprocess.score.reconstruction = \"{method}\" compares output `{output}` ({output_len} elements) with the model input ({input_len} elements): they must be the same length"
+    )]
+    ReconstructionLength {
+        /// The reconstruction method (`mse`, `mae`, `max`).
+        method: &'static str,
+        /// The output compared.
+        output: String,
+        /// Its element count.
+        output_len: usize,
+        /// The model input's element count.
+        input_len: usize,
+    },
+    /// `score.index` was given with a reconstruction score.
+    #[error(
+        "postprocess.score.index has no meaning with reconstruction (the score covers the whole output): remove it"
+    )]
+    IndexWithReconstruction,
+    /// `score.per_feature` was given without a reconstruction score.
+    #[error("postprocess.score.per_feature needs reconstruction = \"mse\", \"mae\" or \"max\"")]
+    PerFeatureWithoutReconstruction,
+    /// `score.index` lies past the end of its output.
+    #[error(
+        "postprocess.score.index {index} is past the end of output `{output}` ({len} element{}: indices 0..={})",
+        plural(.len),
+        .len.saturating_sub(1)
+    )]
+    IndexPastEnd {
+        /// The index given.
+        index: usize,
+        /// The score's output.
+        output: String,
+        /// Its element count.
+        len: usize,
+    },
+}
+
+fn plural(n: &usize) -> &'static str {
+    if *n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
 impl PostProcess {
     /// Every output a rule names exists, the score's index lies inside its output, and a
     /// reconstruction output is as long as the model input (`input_len` elements).
     /// `outputs`: each model output's name and element count.
-    pub fn check_outputs(&self, outputs: &[(&str, usize)], input_len: usize) -> Result<(), String> {
+    pub fn check_outputs(
+        &self,
+        outputs: &[(&str, usize)],
+        input_len: usize,
+    ) -> Result<(), OutputCheckError> {
         let find = |n: &str| outputs.iter().find(|o| o.0 == n).map(|o| o.1);
-        let missing = |what: &str, name: &str| {
-            let names: Vec<&str> = outputs.iter().map(|o| o.0).collect();
-            format!("postprocess.{what} names output `{name}`; the model has {names:?}")
+        let missing = |rule: &'static str, name: &str| OutputCheckError::NoSuchOutput {
+            rule,
+            output: name.to_string(),
+            outputs: outputs.iter().map(|o| o.0.to_string()).collect(),
         };
         if let Some(s) = &self.score {
             match (find(&s.output), s.reconstruction) {
                 (None, _) => return Err(missing("score", &s.output)),
                 (Some(n), Some(r)) if n != input_len => {
-                    return Err(format!(
-                        "postprocess.score.reconstruction = \"{}\" compares output `{}` ({n} elements) with the model input ({input_len} elements): they must be the same length",
-                        r.name(),
-                        s.output
-                    ))
+                    return Err(OutputCheckError::ReconstructionLength {
+                        method: r.name(),
+                        output: s.output.clone(),
+                        output_len: n,
+                        input_len,
+                    })
                 }
                 (Some(_), Some(_)) if s.index != 0 => {
-                    return Err("postprocess.score.index has no meaning with reconstruction (the score covers the whole output): remove it".into())
+                    return Err(OutputCheckError::IndexWithReconstruction)
                 }
                 (Some(_), None) if s.per_feature => {
-                    return Err("postprocess.score.per_feature needs reconstruction = \"mse\", \"mae\" or \"max\"".into())
+                    return Err(OutputCheckError::PerFeatureWithoutReconstruction)
                 }
                 (Some(_), Some(_)) => {}
                 (Some(n), None) if s.index >= n => {
-                    return Err(format!(
-                        "postprocess.score.index {} is past the end of output `{}` ({n} element{}: indices 0..={})",
-                        s.index,
-                        s.output,
-                        if n == 1 { "" } else { "s" },
-                        n.saturating_sub(1)
-                    ))
+                    return Err(OutputCheckError::IndexPastEnd {
+                        index: s.index,
+                        output: s.output.clone(),
+                        len: n,
+                    })
                 }
                 (Some(_), None) => {}
             }
@@ -367,15 +431,15 @@ mod tests {
         let outputs = [("recon", 12), ("label", 1)];
         assert_eq!(pp(11, "label").check_outputs(&outputs, 12), Ok(()));
         assert_eq!(
-            pp(12, "label").check_outputs(&outputs, 12),
-            Err("postprocess.score.index 12 is past the end of output `recon` (12 elements: indices 0..=11)".into())
+            pp(12, "label").check_outputs(&outputs, 12).unwrap_err().to_string(),
+            "postprocess.score.index 12 is past the end of output `recon` (12 elements: indices 0..=11)"
         );
         assert_eq!(
-            pp(0, "class").check_outputs(&outputs, 12),
-            Err(
-                r#"postprocess.labels names output `class`; the model has ["recon", "label"]"#
-                    .into()
-            )
+            pp(0, "class")
+                .check_outputs(&outputs, 12)
+                .unwrap_err()
+                .to_string(),
+            r#"postprocess.labels names output `class`; the model has ["recon", "label"]"#
         );
     }
 
@@ -402,8 +466,8 @@ mod tests {
         };
         assert_eq!(pp.check_outputs(&[("recon", 12)], 12), Ok(()));
         assert_eq!(
-            pp.check_outputs(&[("recon", 12)], 10),
-            Err("postprocess.score.reconstruction = \"mse\" compares output `recon` (12 elements) with the model input (10 elements): they must be the same length".into())
+            pp.check_outputs(&[("recon", 12)], 10).unwrap_err().to_string(),
+            "postprocess.score.reconstruction = \"mse\" compares output `recon` (12 elements) with the model input (10 elements): they must be the same length"
         );
         let per = PostProcess {
             score: Some(ScoreRule {
@@ -416,6 +480,7 @@ mod tests {
         assert!(per
             .check_outputs(&[("recon", 12)], 12)
             .unwrap_err()
+            .to_string()
             .contains("per_feature needs"));
     }
 }

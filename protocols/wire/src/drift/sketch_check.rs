@@ -13,22 +13,44 @@ const FLAG_SUM: u8 = 0x84;
 const FLAG_MIN: u8 = 0x88;
 const FLAG_MAX: u8 = 0x8C;
 
+/// Why an encoding is refused before it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SketchCheckError {
+    /// The bytes end inside a field.
+    #[error("truncated sketch")]
+    Truncated,
+    /// The bin counts (with the zero count) add up past `u64::MAX`.
+    #[error("sketch counts overflow")]
+    CountsOverflow,
+    /// A bin index leaves the `i64` range.
+    #[error("sketch bin index overflows")]
+    IndexOverflow,
+    /// A flag byte no encoder writes.
+    #[error("invalid sketch flag {0:#04x}")]
+    InvalidFlag(u8),
+    /// A store encoding mode no encoder writes.
+    #[error("invalid sketch store encoding {0}")]
+    InvalidStoreEncoding(u8),
+}
+
+use SketchCheckError::*;
+
 struct Input<'a>(&'a [u8]);
 
 impl Input<'_> {
-    fn byte(&mut self) -> Result<u8, String> {
-        let (&b, rest) = self.0.split_first().ok_or("truncated sketch")?;
+    fn byte(&mut self) -> Result<u8, SketchCheckError> {
+        let (&b, rest) = self.0.split_first().ok_or(Truncated)?;
         self.0 = rest;
         Ok(b)
     }
 
-    fn skip(&mut self, n: usize) -> Result<(), String> {
-        self.0 = self.0.get(n..).ok_or("truncated sketch")?;
+    fn skip(&mut self, n: usize) -> Result<(), SketchCheckError> {
+        self.0 = self.0.get(n..).ok_or(Truncated)?;
         Ok(())
     }
 
     /// LEB128, at most 9 bytes (the ninth carries 8 bits).
-    fn var_long(&mut self) -> Result<u64, String> {
+    fn var_long(&mut self) -> Result<u64, SketchCheckError> {
         let mut value = 0u64;
         let mut shift = 0u32;
         loop {
@@ -41,13 +63,13 @@ impl Input<'_> {
         }
     }
 
-    fn signed_var_long(&mut self) -> Result<i64, String> {
+    fn signed_var_long(&mut self) -> Result<i64, SketchCheckError> {
         let e = self.var_long()?;
         Ok(((e >> 1) as i64) ^ -((e & 1) as i64))
     }
 
     /// A var-double (7 bits per byte from the top, rotated by 6).
-    fn var_double(&mut self) -> Result<f64, String> {
+    fn var_double(&mut self) -> Result<f64, SketchCheckError> {
         let mut bits = 0u64;
         let mut shift = 57i32;
         loop {
@@ -67,7 +89,7 @@ impl Input<'_> {
     }
 
     /// A bin count as the decoder takes it (`as u64`: saturating, NaN and negatives to 0).
-    fn var_double_count(&mut self) -> Result<u64, String> {
+    fn var_double_count(&mut self) -> Result<u64, SketchCheckError> {
         Ok(self.var_double()? as u64)
     }
 }
@@ -85,12 +107,12 @@ fn valid_flag(b: u8) -> bool {
 }
 
 /// `Ok` if sketches-ddsketch can decode `bytes` without an overflow (it may still refuse them).
-pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check(bytes: &[u8]) -> Result<(), SketchCheckError> {
     let mut input = Input(bytes);
     if bytes.len() >= 2 && bytes[0] == FLAG_INDEX_MAPPING_LOG && valid_flag(bytes[1]) {
         input.skip(1)?;
     }
-    let add = |a: u64, b: u64| a.checked_add(b).ok_or("sketch counts overflow");
+    let add = |a: u64, b: u64| a.checked_add(b).ok_or(CountsOverflow);
     // Per store (positive, negative), the last decoded store's total; and the zero count.
     let (mut pos, mut neg, mut zero) = (0u64, 0u64, 0f64);
     while !input.0.is_empty() {
@@ -106,7 +128,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                     }
                 }
                 FLAG_SUM | FLAG_MIN | FLAG_MAX => input.skip(8)?,
-                _ => return Err(format!("invalid sketch flag {flag:#04x}")),
+                _ => return Err(InvalidFlag(flag)),
             },
             kind => {
                 let mode = flag >> 2;
@@ -118,7 +140,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                         for _ in 0..bins {
                             index = index
                                 .checked_add(input.signed_var_long()?)
-                                .ok_or("sketch bin index overflows")?;
+                                .ok_or(IndexOverflow)?;
                             let c = if mode == 1 {
                                 input.var_double_count()?
                             } else {
@@ -132,12 +154,10 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), String> {
                         let delta = input.signed_var_long()?;
                         for _ in 0..bins {
                             total = add(total, input.var_double_count()?)?;
-                            index = index
-                                .checked_add(delta)
-                                .ok_or("sketch bin index overflows")?;
+                            index = index.checked_add(delta).ok_or(IndexOverflow)?;
                         }
                     }
-                    _ => return Err(format!("invalid sketch store encoding {mode}")),
+                    _ => return Err(InvalidStoreEncoding(mode)),
                 }
                 // A later store of the same sign replaces the earlier one.
                 if kind == 1 {

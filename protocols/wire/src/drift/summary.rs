@@ -281,7 +281,7 @@ impl DriftSummary {
 /// the sketch must hold as many values as the summary (`moments.count`; every value goes into
 /// both).
 fn decode_sketch(bytes: &[u8], expected_count: u64) -> Result<DDSketch, DriftError> {
-    super::sketch_check::check(bytes).map_err(DriftError::Sketch)?;
+    super::sketch_check::check(bytes).map_err(|e| DriftError::Sketch(e.to_string()))?;
     let decoded =
         DDSketch::from_java_bytes(bytes).map_err(|e| DriftError::Sketch(format!("{e:?}")))?;
     if decoded.count() as u64 != expected_count {
