@@ -477,31 +477,64 @@ impl Collector for Snapshot {
     }
 }
 
-/// Serves `GET /metrics` until `shutdown`.
+/// Serves `GET /metrics` until `shutdown` (HTTP/1.1 on plain hyper: one small route does
+/// not need a web framework in a binary measured in bytes). Anything else is a 404.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::routing::get;
+    use http_body_util::Full;
+    use hyper::body::Bytes;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint on http://{addr}/metrics");
-    let app = axum::Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.render(),
-                )
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let m = metrics.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let m = m.clone();
+                    async move {
+                        let found = req.uri().path() == "/metrics"
+                            && matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+                        let resp = if found {
+                            hyper::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(Full::new(Bytes::from(m.render())))
+                        } else {
+                            hyper::Response::builder()
+                                .status(hyper::StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found: GET /metrics\n")))
+                        };
+                        resp.map_err(std::io::Error::other)
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!("metrics endpoint: connection ended: {e}");
+                    }
+                }
+                _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
             }
-        }),
-    );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        });
+    }
 }
