@@ -10,6 +10,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod config_health;
 pub mod delivery;
 pub mod diagnostics;
 pub mod features;
@@ -84,6 +85,21 @@ pub fn check_config_text(text: &str, path: &Path) -> Result<AgentConfig, Vec<Str
     } else {
         Err(problems)
     }
+}
+
+/// How a fleet configuration is checked on this device: [`check_config_text`] against the
+/// file's path, and a new process when its `[log]` differs from the running one's.
+fn fleet_config_check(f: &ConfigFile, running: &AgentConfig) -> Arc<remote_config::Check> {
+    let path = f.remote.path().to_path_buf();
+    let log = running.log.clone();
+    Arc::new(move |text: &str| {
+        let new = check_config_text(text, &path)?;
+        Ok(if new.log == log {
+            remote_config::Restart::InProcess
+        } else {
+            remote_config::Restart::Process
+        })
+    })
 }
 
 /// The configuration file at `path`, read and checked as `run` needs it. Counts the start
@@ -197,6 +213,7 @@ pub async fn run(
             let remote = match (&control.file, &control.restart) {
                 (Some(f), Some(r)) => Some(sync::RemoteControl {
                     config: f.remote.clone(),
+                    check: fleet_config_check(f, &cfg),
                     running: f.text.clone(),
                     running_sha256: edge_wire::bundle::file::sha256_hex(f.text.as_bytes()),
                     restart: r.clone(),
@@ -227,7 +244,7 @@ pub async fn run(
     }
     let health = match (&control.file, &control.restart) {
         (Some(f), Some(r)) => f.pending.clone().map(|p| {
-            let inputs = remote_config::health::HealthInputs {
+            let inputs = config_health::HealthInputs {
                 metrics: metrics.clone(),
                 mqtt: delivery
                     .as_ref()
@@ -249,7 +266,7 @@ pub async fn run(
                 Some(good) if good.log == cfg.log => remote_config::Restart::InProcess,
                 _ => remote_config::Restart::Process,
             };
-            tokio::spawn(remote_config::health::watch(
+            tokio::spawn(config_health::watch(
                 f.remote.clone(),
                 p,
                 inputs,

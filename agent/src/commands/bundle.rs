@@ -269,9 +269,17 @@ pub fn pack(
         params: given
             .params
             .into_iter()
-            .map(|(k, v)| match v {
-                toml::Value::String(s) => (k, s),
-                other => (k, other.to_string()),
+            .map(|(k, v)| {
+                let text = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Datetime(d) => d.to_string(),
+                    // Arrays and tables as JSON (the agent links no TOML writer).
+                    other => serde_json::to_string(&other).unwrap_or_default(),
+                };
+                (k, text)
             })
             .collect(),
         metrics: given.metrics,

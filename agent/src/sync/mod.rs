@@ -63,16 +63,27 @@ pub struct SyncStats {
 }
 
 /// What the sync task needs for remote configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RemoteControl {
     /// The configuration file and its companions.
     pub config: Arc<crate::remote_config::RemoteConfig>,
+    /// The checks of `edge-agent check` for a new file.
+    pub check: Arc<crate::remote_config::Check>,
     /// The text of the file this run loaded.
     pub running: String,
     /// Its SHA-256 (what the device reports).
     pub running_sha256: String,
     /// Ends the run for a restart with a new file.
     pub restart: crate::remote_config::RestartRequest,
+}
+
+impl std::fmt::Debug for RemoteControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteControl")
+            .field("config", &self.config.path())
+            .field("running_sha256", &self.running_sha256)
+            .finish()
+    }
 }
 
 /// The fleet sync client of one agent (module doc). Built once at start; [`SyncTask::run`]
@@ -476,7 +487,7 @@ impl SyncTask {
         let Some(r) = &self.remote else {
             return false;
         };
-        match r.config.stage(d, &r.running) {
+        match r.config.stage(d, &r.running, &*r.check) {
             Ok(crate::remote_config::Staged::Restart(how)) => {
                 r.restart.request(how);
                 true

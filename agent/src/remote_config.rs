@@ -15,7 +15,8 @@
 //! The cycle (driven by the fleet sync, [`RemoteConfig::stage`]):
 //!
 //! 1. The server sends a [`DesiredConfig`] when the hash the device reports differs from it.
-//! 2. Validation with exactly the checks of `edge-agent check` ([`crate::check_config_text`]):
+//! 2. Validation with exactly the checks of `edge-agent check` (the [`Check`] the run passes
+//!    in: [`crate::check_config_text`]):
 //!    errors (key and line) go back as a `refused` report; nothing is written.
 //! 3. `C` is copied to `C.last-good` (when no apply is pending, the running file is good),
 //!    the new text is written to `C.tmp`, synced, renamed over `C`; `C.state` records the
@@ -26,15 +27,13 @@
 //! 4. Every start with a pending apply counts ([`RemoteConfig::before_start`]); past
 //!    [`MAX_STARTS`] (the agent keeps dying with it) the last good file is restored before
 //!    the configuration is even loaded.
-//! 5. The health check ([`health`]) runs after each start with a pending apply: commit when
+//! 5. The health check (`crate::config_health`) runs after each start with a pending apply: commit when
 //!    every source is connected, the pipeline moves, every MQTT output is connected and a
 //!    fleet check-in succeeded, all at once, within `[sync] config_health_timeout`;
 //!    otherwise roll back (restore `C.last-good`, restart again) and report why.
 //!
 //! Secrets never travel: a fleet configuration names files or environment variables that
 //! live on the device (the server refuses inline secrets before storing anything).
-
-pub mod health;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -168,6 +167,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RemoteConfigError + '_ {
         source,
     }
 }
+
+/// Validates a configuration text the fleet sent, with the checks of `edge-agent check`,
+/// and says how the agent must restart to apply it (in the process, or a new process when
+/// `[log]` changed); or every problem, with key and line. Built by `lib::run` (this module
+/// sits below the configuration code and cannot call it).
+pub type Check = dyn Fn(&str) -> Result<Restart, Vec<String>> + Send + Sync;
 
 /// What [`RemoteConfig::stage`] did with a desired configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -375,10 +380,15 @@ impl RemoteConfig {
         self.save(&s)
     }
 
-    /// Takes a desired configuration from the server: validates it with the checks of
-    /// `edge-agent check` and, when it passes, switches the file and says how to restart.
-    /// `running` is the text of the file the agent runs now.
-    pub fn stage(&self, d: &DesiredConfig, running: &str) -> Result<Staged, RemoteConfigError> {
+    /// Takes a desired configuration from the server: validates it with `check` (the checks
+    /// of `edge-agent check`) and, when it passes, switches the file and says how to
+    /// restart. `running` is the text of the file the agent runs now.
+    pub fn stage(
+        &self,
+        d: &DesiredConfig,
+        running: &str,
+        check: &Check,
+    ) -> Result<Staged, RemoteConfigError> {
         let _g = self.guard();
         let mut s = self.state()?;
         let sha = edge_wire::bundle::file::sha256_hex(d.toml.as_bytes());
@@ -416,8 +426,8 @@ impl RemoteConfig {
             self.save(&s)?;
             return Ok(Staged::Refused);
         }
-        let new_cfg = match crate::check_config_text(&d.toml, &self.path) {
-            Ok(c) => c,
+        let restart = match check(&d.toml) {
+            Ok(r) => r,
             Err(errors) => {
                 refuse(
                     &mut s,
@@ -427,10 +437,6 @@ impl RemoteConfig {
                 self.save(&s)?;
                 return Ok(Staged::Refused);
             }
-        };
-        let restart = match crate::config::AgentConfig::from_toml(running, &self.path) {
-            Ok(old) if old.log == new_cfg.log => Restart::InProcess,
-            _ => Restart::Process,
         };
         // The running file is good (nothing is pending): it is what a rollback restores.
         write_atomic(&self.last_good_path(), running.as_bytes())?;
@@ -474,6 +480,19 @@ mod tests {
 
     const GOOD: &str = "[agent]\nid = \"gw1\"\n\n[[sources.simulated]]\nname = \"plant\"\n";
 
+    /// The checks of `edge-agent check`, and a process restart when `[log]` changed.
+    fn check(path: &Path, running: &str) -> Box<Check> {
+        let (path, running) = (path.to_path_buf(), running.to_string());
+        Box::new(move |text| {
+            let new = crate::check_config_text(text, &path)?;
+            let old = crate::config::AgentConfig::from_toml(&running, &path).ok();
+            Ok(match old {
+                Some(o) if o.log == new.log => Restart::InProcess,
+                _ => Restart::Process,
+            })
+        })
+    }
+
     /// A fresh directory for one test.
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("remote-config-{}-{name}", std::process::id()));
@@ -499,7 +518,11 @@ mod tests {
         std::fs::write(&path, GOOD).unwrap();
         let rc = RemoteConfig::new(&path);
         let bad = format!("{GOOD}\n[outbox]\ncommit_intreval = \"1s\"\n");
-        assert_eq!(rc.stage(&desired(&bad, 2), GOOD).unwrap(), Staged::Refused);
+        assert_eq!(
+            rc.stage(&desired(&bad, 2), GOOD, &*check(&path, GOOD))
+                .unwrap(),
+            Staged::Refused
+        );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), GOOD);
         let owed = rc.owed();
         assert_eq!(owed.len(), 1);
@@ -508,7 +531,11 @@ mod tests {
         assert!(all.contains("commit_intreval"), "{all}");
         assert!(all.contains("line"), "{all}");
         // Given up: the same text is not tried again.
-        assert_eq!(rc.stage(&desired(&bad, 2), GOOD).unwrap(), Staged::Nothing);
+        assert_eq!(
+            rc.stage(&desired(&bad, 2), GOOD, &*check(&path, GOOD))
+                .unwrap(),
+            Staged::Nothing
+        );
         rc.acknowledged(&owed[0]).unwrap();
         assert!(rc.owed().is_empty());
     }
@@ -521,7 +548,8 @@ mod tests {
         let rc = RemoteConfig::new(&path);
         let new = GOOD.replace("plant", "plant2");
         assert_eq!(
-            rc.stage(&desired(&new, 3), GOOD).unwrap(),
+            rc.stage(&desired(&new, 3), GOOD, &*check(&path, GOOD))
+                .unwrap(),
             Staged::Restart(Restart::InProcess)
         );
         assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
@@ -534,7 +562,11 @@ mod tests {
         let owed = rc.owed();
         assert_eq!(owed[0].outcome, ConfigOutcome::RolledBack);
         assert!(owed[0].detail.contains("3 starts"), "{}", owed[0].detail);
-        assert_eq!(rc.stage(&desired(&new, 3), GOOD).unwrap(), Staged::Nothing);
+        assert_eq!(
+            rc.stage(&desired(&new, 3), GOOD, &*check(&path, GOOD))
+                .unwrap(),
+            Staged::Nothing
+        );
     }
 
     #[test]
@@ -545,7 +577,8 @@ mod tests {
         let rc = RemoteConfig::new(&path);
         let new = format!("{GOOD}\n[log]\nlevel = \"debug\"\n");
         assert_eq!(
-            rc.stage(&desired(&new, 4), GOOD).unwrap(),
+            rc.stage(&desired(&new, 4), GOOD, &*check(&path, GOOD))
+                .unwrap(),
             Staged::Restart(Restart::Process)
         );
         let p = rc.before_start().unwrap().unwrap();
@@ -569,7 +602,10 @@ mod tests {
         let rc = RemoteConfig::new(&path);
         let mut d = desired(&GOOD.replace("plant", "p3"), 5);
         d.sha256 = "00".repeat(32);
-        assert_eq!(rc.stage(&d, GOOD).unwrap(), Staged::Refused);
+        assert_eq!(
+            rc.stage(&d, GOOD, &*check(&path, GOOD)).unwrap(),
+            Staged::Refused
+        );
         assert!(rc.owed()[0].detail.contains("hashes to"));
     }
 }

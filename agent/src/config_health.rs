@@ -1,4 +1,4 @@
-//! The health check of a freshly applied configuration: what "the new file works" means,
+//! The health check of a freshly applied fleet configuration ([`crate::remote_config`]): what "the new file works" means,
 //! decided on the running agent's own counters.
 //!
 //! Healthy = all of these at the same check, within the timeout (`[sync]
@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Pending, RemoteConfig, Restart, RestartRequest};
 use crate::metrics::Metrics;
+use crate::remote_config::{Pending, RemoteConfig, Restart, RestartRequest};
 use crate::sync::SyncStats;
 
 /// How often the criteria are evaluated.
