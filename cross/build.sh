@@ -47,7 +47,8 @@ STD_FEATURES=()
 build_std() {
   local triple=$1 dir=$2
   shift 2
-  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir" \
+  # RUSTFLAGS replaces the config's target rustflags: -z norelro again (cargo-config.toml).
+  RUSTC_BOOTSTRAP=1 RUSTFLAGS="-C link-self-contained=no -L $dir -C link-arg=-Wl,-z,norelro" \
     cargo "${CFG[@]}" "$@" build -Z build-std=std,"$(std_panic)" "${STD_FEATURES[@]}" \
     -p edge-agent --bin edge-agent --target "$triple" --profile "$PROFILE" "${EXTRA[@]}"
 }

@@ -61,24 +61,45 @@ pub struct ServerUrl {
 impl ServerUrl {
     /// Parses `https://host[:port]` (port default 443; IPv6 in brackets). Anything else, a path
     /// or plain `http://` included, is an error naming the problem.
-    pub fn parse(s: &str) -> Result<ServerUrl, String> {
+    pub fn parse(s: &str) -> Result<ServerUrl, ServerUrlError> {
         let rest = s
             .strip_prefix("https://")
-            .ok_or_else(|| format!("`{s}` must start with https:// (the fleet API is TLS only)"))?;
+            .ok_or_else(|| ServerUrlError::NotHttps(s.to_string()))?;
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() || rest.contains('/') {
-            return Err(format!("`{s}` must be https://host[:port] without a path"));
+            return Err(ServerUrlError::Path(s.to_string()));
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
                 h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("`{s}`: `{p}` is not a port"))?,
+                p.parse::<u16>().map_err(|_| ServerUrlError::Port {
+                    url: s.to_string(),
+                    port: p.to_string(),
+                })?,
             ),
             _ => (rest.to_string(), 443),
         };
         Ok(ServerUrl { host, port })
     }
+}
+
+/// Why `[sync] server` is not a fleet server address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerUrlError {
+    /// Not `https://`.
+    #[error("`{0}` must start with https:// (the fleet API is TLS only)")]
+    NotHttps(String),
+    /// Empty host, or a path after it.
+    #[error("`{0}` must be https://host[:port] without a path")]
+    Path(String),
+    /// The port is not a number in 1-65535.
+    #[error("`{url}`: `{port}` is not a port")]
+    Port {
+        /// The address as given.
+        url: String,
+        /// The part after the last `:`.
+        port: String,
+    },
 }
 
 /// An HTTPS client of the fleet server's device API: one kept HTTP/1.1 connection with mutual
@@ -402,6 +423,7 @@ mod tests {
         assert_eq!(ServerUrl::parse("https://10.0.0.1/").unwrap().port, 443);
         assert!(ServerUrl::parse("http://x")
             .unwrap_err()
+            .to_string()
             .contains("https://"));
         assert!(ServerUrl::parse("https://x/api").is_err());
         assert!(ServerUrl::parse("https://x:99999").is_err());

@@ -125,7 +125,7 @@ impl SyncConfig {
     /// health), adding problems under `at`.
     pub fn validate(&self, at: &KeyPath, issues: &mut Issues) {
         if let Err(e) = super::client::ServerUrl::parse(&self.server) {
-            issues.push(at.key("server"), e);
+            issues.push(at.key("server"), e.to_string());
         }
         issues.check(self.server_ca.is_file(), at.key("server_ca"), || {
             format!(

@@ -135,6 +135,23 @@ enum Presenting {
     Next,
 }
 
+/// Why the sync's TLS client config could not be made (the operator must fix a file).
+#[derive(Debug, thiserror::Error)]
+enum TlsSetupError {
+    /// `[sync] server_ca` unreadable.
+    #[error("sync.server_ca: {path}: {source}")]
+    ServerCa {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The combined trust file could not be written.
+    #[error("sync trust bundle: {0}")]
+    Trust(crate::remote_config::RemoteConfigError),
+    /// The certificates or the key do not make a TLS config.
+    #[error("sync.server_ca: {0}")]
+    Tls(edge_wire::tls::TlsError),
+}
+
 /// The TLS client config: the server is trusted through `[sync] server_ca` and the fleet CA
 /// certificates the server handed out (at enrollment and renewals: the new CA of a
 /// rotation), combined into `sync/trust.pem`.
@@ -142,7 +159,7 @@ fn tls_config(
     cfg: &SyncConfig,
     ids: &IdentityFiles,
     presenting: Presenting,
-) -> Result<Arc<rustls::ClientConfig>, String> {
+) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
     let auth = match presenting {
         Presenting::Nothing => None,
         Presenting::Current => Some((ids.cert(), ids.key())),
@@ -150,13 +167,17 @@ fn tls_config(
     };
     let trust = match std::fs::read_to_string(ids.fleet_ca()) {
         Ok(extra) if !extra.trim().is_empty() => {
-            let base = std::fs::read_to_string(&cfg.server_ca)
-                .map_err(|e| format!("sync.server_ca: {}: {e}", cfg.server_ca.display()))?;
+            let base = std::fs::read_to_string(&cfg.server_ca).map_err(|source| {
+                TlsSetupError::ServerCa {
+                    path: cfg.server_ca.clone(),
+                    source,
+                }
+            })?;
             let combined = ids.dir.join("trust.pem");
             let text = format!("{}\n{}", base.trim_end(), extra);
             if std::fs::read_to_string(&combined).ok().as_deref() != Some(text.as_str()) {
                 crate::remote_config::write_atomic(&combined, text.as_bytes())
-                    .map_err(|e| format!("sync trust bundle: {e}"))?;
+                    .map_err(TlsSetupError::Trust)?;
             }
             combined
         }
@@ -166,7 +187,7 @@ fn tls_config(
         Some(&trust),
         auth.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )
-    .map_err(|e| format!("sync.server_ca: {e}"))
+    .map_err(TlsSetupError::Tls)
 }
 
 impl SyncTask {
@@ -292,7 +313,8 @@ impl SyncTask {
                         .map_err(|e| (format!("sync.enroll_token: {e}"), true))?,
                     None => return Err((identity::IdentityError::NoToken.to_string(), true)),
                 };
-                let tls = tls_config(&self.cfg, ids, Presenting::Nothing).map_err(|e| (e, true))?;
+                let tls = tls_config(&self.cfg, ids, Presenting::Nothing)
+                    .map_err(|e| (e.to_string(), true))?;
                 let mut c = FleetClient::new(url.clone(), tls, self.cfg.request_timeout);
                 let id = ids
                     .enroll(&mut c, &self.cfg.server, &self.agent_id, &token)
@@ -312,7 +334,8 @@ impl SyncTask {
             *client = None;
         }
         if client.is_none() {
-            let tls = tls_config(&self.cfg, ids, Presenting::Current).map_err(|e| (e, true))?;
+            let tls = tls_config(&self.cfg, ids, Presenting::Current)
+                .map_err(|e| (e.to_string(), true))?;
             *client = Some(FleetClient::new(url.clone(), tls, self.cfg.request_timeout));
         }
         let Some(c) = client.as_mut() else {

@@ -394,7 +394,10 @@ impl Updater {
         // 2. Health: enough windows without inference errors or out-of-range outputs.
         let verdict = match loaded {
             Err(e) => Err(e),
-            Ok(()) => self.watch_health(&model.control, &new.sha256).await,
+            Ok(()) => self
+                .watch_health(&model.control, &new.sha256)
+                .await
+                .map_err(|f| f.to_string()),
         };
         let why = match verdict {
             Ok(detail) => return Install::Healthy(detail),
@@ -426,20 +429,24 @@ impl Updater {
     }
 
     /// Asks the stage to load its bundle file; the SHA-256 of what it serves afterwards.
-    async fn reload(&self, model: &ModelHandle) -> Result<String, String> {
+    async fn reload(&self, model: &ModelHandle) -> Result<String, ReloadError> {
         // The stage answers between two batches; this bounds a stage stuck behind a full
         // pipeline, not the load itself.
         let limit = self.health.timeout.max(Duration::from_secs(30));
         match tokio::time::timeout(limit, model.control.reload()).await {
             Ok(Ok(src)) => Ok(src.sha256.to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("the model stage did not answer within {limit:?}")),
+            Ok(Err(e)) => Err(ReloadError::Refused(e)),
+            Err(_) => Err(ReloadError::NoAnswer(limit)),
         }
     }
 
     /// Watches the bundle `sha256` serve: `windows` predictions without reaching the error
     /// limits passes; reaching one fails; the timeout with fewer windows keeps it.
-    async fn watch_health(&self, control: &ModelControl, sha256: &str) -> Result<String, String> {
+    async fn watch_health(
+        &self,
+        control: &ModelControl,
+        sha256: &str,
+    ) -> Result<String, HealthFailure> {
         let h = &self.health;
         let mut watch = control.health();
         let deadline = tokio::time::Instant::now() + h.timeout;
@@ -454,22 +461,23 @@ impl Updater {
             };
             let (p, e, o) = (now.predictions, now.inference_errors, now.out_of_range);
             if e >= h.max_inference_errors {
-                return Err(format!(
-                    "health check failed: {e} inference error(s) in {} window(s)",
-                    p + e
-                ));
+                return Err(HealthFailure::InferenceErrors {
+                    errors: e,
+                    windows: p + e,
+                });
             }
             if o >= h.max_out_of_range {
-                return Err(format!(
-                    "health check failed: {o} prediction(s) outside the manifest's output range in {p} window(s)"
-                ));
+                return Err(HealthFailure::OutOfRange {
+                    outside: o,
+                    windows: p,
+                });
             }
             if p >= h.windows {
                 return Ok(format!("healthy over {p} windows"));
             }
             match tokio::time::timeout_at(deadline, watch.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err("the model stage stopped during the health check".into()),
+                Ok(Err(_)) => return Err(HealthFailure::Stopped),
                 Err(_) => {
                     return Ok(format!(
                         "kept: only {p} window(s) within {:?} of the health check, none failing",
@@ -484,3 +492,28 @@ impl Updater {
 /// A temporary problem (network, partial download): try again at the next check-in.
 #[derive(Debug)]
 pub struct Retry(pub String);
+
+/// Why the model stage did not load a bundle file when asked.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    /// The stage refused it (the typed load error says why).
+    #[error("{0}")]
+    Refused(crate::models::ControlError),
+    /// The stage did not answer in time (stuck behind a full pipeline).
+    #[error("the model stage did not answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// Why a freshly installed bundle failed its health check.
+#[derive(Debug, thiserror::Error)]
+enum HealthFailure {
+    /// Inference errors reached `[sync.health] max_inference_errors`.
+    #[error("health check failed: {errors} inference error(s) in {windows} window(s)")]
+    InferenceErrors { errors: u64, windows: u64 },
+    /// Outputs outside the manifest's ranges reached `max_out_of_range`.
+    #[error("health check failed: {outside} prediction(s) outside the manifest's output range in {windows} window(s)")]
+    OutOfRange { outside: u64, windows: u64 },
+    /// The stage ended during the check.
+    #[error("the model stage stopped during the health check")]
+    Stopped,
+}

@@ -111,36 +111,66 @@ fn inline_secrets(t: &toml::Table, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Why fragments do not make a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    /// No fragment.
+    #[error("give at least one fragment")]
+    Empty,
+    /// A fragment that is not TOML.
+    #[error("fragment {name}: {message}")]
+    NotToml {
+        /// The fragment's name.
+        name: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// String values at secret keys.
+    #[error("fragment {name}: inline secret(s) at {}: fleet configurations are stored in the fleet database, so secrets must stay on the device — use `{{ file = \"/path/on/device\" }}` or `{{ env = \"VARIABLE\" }}`", keys.join(", "))]
+    InlineSecrets {
+        /// The fragment's name.
+        name: String,
+        /// Their key paths.
+        keys: Vec<String>,
+    },
+    /// The merged file could not be written as TOML.
+    #[error("cannot write the merged file: {0}")]
+    Write(String),
+    /// Over [`MAX_CONFIG_BYTES`].
+    #[error("the configuration is {0} bytes; at most {MAX_CONFIG_BYTES} are accepted")]
+    TooLarge(usize),
+}
+
 /// The file devices receive from `fragments` (module docs: the merge rules), or why not:
 /// a fragment that is not TOML, inline secrets, or a file over [`MAX_CONFIG_BYTES`].
-pub fn merge(fragments: &[(String, String)]) -> std::result::Result<String, String> {
+pub fn merge(fragments: &[(String, String)]) -> std::result::Result<String, MergeError> {
     if fragments.is_empty() {
-        return Err("give at least one fragment".into());
+        return Err(MergeError::Empty);
     }
     let mut merged = toml::Table::new();
     for (name, text) in fragments {
-        let t: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            format!("fragment {name}: {}", e.to_string().trim_end())
-        })?;
+        let t: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| MergeError::NotToml {
+                name: name.clone(),
+                message: e.to_string().trim_end().to_string(),
+            })?;
         let mut secrets = Vec::new();
         inline_secrets(&t, "", &mut secrets);
         if !secrets.is_empty() {
-            return Err(format!(
-                "fragment {name}: inline secret(s) at {}: fleet configurations are stored in the fleet database, so secrets must stay on the device — use `{{ file = \"/path/on/device\" }}` or `{{ env = \"VARIABLE\" }}`",
-                secrets.join(", ")
-            ));
+            return Err(MergeError::InlineSecrets {
+                name: name.clone(),
+                keys: secrets,
+            });
         }
         merge_into(&mut merged, t);
     }
     let text = match fragments {
         [(_, only)] => only.clone(),
-        _ => toml::to_string(&merged).map_err(|e| format!("cannot write the merged file: {e}"))?,
+        _ => toml::to_string(&merged).map_err(|e| MergeError::Write(e.to_string()))?,
     };
     if text.len() > MAX_CONFIG_BYTES {
-        return Err(format!(
-            "the configuration is {} bytes; at most {MAX_CONFIG_BYTES} are accepted",
-            text.len()
-        ));
+        return Err(MergeError::TooLarge(text.len()));
     }
     Ok(text)
 }
@@ -161,7 +191,7 @@ impl Acting {
                 "configuration name `{name}`: use 1-64 letters, digits, `-`, `_`, `.`"
             )));
         }
-        let text = merge(&p.fragments).map_err(ServiceError::Refused)?;
+        let text = merge(&p.fragments).map_err(|e| ServiceError::Refused(e.to_string()))?;
         let sha = edge_wire::bundle::file::sha256_hex(text.as_bytes());
         let (row, created) = self
             .store()
@@ -273,7 +303,7 @@ mod tests {
     #[test]
     fn inline_secrets_are_refused_with_their_keys() {
         let text = "[[outputs.mqtt]]\nname = \"scada\"\n[outputs.mqtt.broker]\nurl = \"mqtt://x\"\npassword = \"hunter2\"\n[sync]\nenroll_token = { file = \"/etc/edge-agent/token\" }\n";
-        let e = merge(&[frag("f", text)]).unwrap_err();
+        let e = merge(&[frag("f", text)]).unwrap_err().to_string();
         assert!(e.contains("outputs.mqtt[0].broker.password"), "{e}");
         assert!(!e.contains("enroll_token"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
@@ -281,7 +311,9 @@ mod tests {
 
     #[test]
     fn broken_fragments_name_themselves() {
-        let e = merge(&[frag("ok", "[agent]\n"), frag("bad", "[agent\n")]).unwrap_err();
+        let e = merge(&[frag("ok", "[agent]\n"), frag("bad", "[agent\n")])
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("fragment bad:"), "{e}");
     }
 }
