@@ -1355,6 +1355,17 @@ mod tests {
             .on_incoming(&publish("spBv1.0/plant/NCMD/gw1", vec![0xff, 0x12]))
             .publish
             .is_empty());
+        // The fleet's `rebirth` command: the same births, none while the host is offline.
+        let topics = |msgs: Vec<Msg>| msgs.into_iter().map(|m| m.topic).collect::<Vec<_>>();
+        assert_eq!(
+            topics(f.rebirth()),
+            ["spBv1.0/plant/NBIRTH/gw1", "spBv1.0/plant/DBIRTH/gw1/a"]
+        );
+        f.on_incoming(&publish(
+            "spBv1.0/STATE/scada",
+            br#"{"online": false, "timestamp": 3}"#.to_vec(),
+        ));
+        assert!(f.rebirth().is_empty(), "no birth while the host is offline");
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
