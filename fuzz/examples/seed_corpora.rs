@@ -94,6 +94,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         ),
         (
+            "config-report",
+            sync::encode(&sync::ConfigReport {
+                name: "line-7".into(),
+                version_number: 3,
+                sha256: "ab".repeat(32),
+                rollout: Some("r-1".into()),
+                outcome: sync::ConfigOutcome::Refused,
+                applied_by: "none".into(),
+                detail: "1 validation error(s)".into(),
+                errors: vec!["agent.toml:4: outbox.commit_intreval: unknown key".into()],
+            }),
+        ),
+        (
+            "command-result",
+            sync::encode(&sync::CommandResult {
+                id: "c1".into(),
+                outcome: sync::CommandOutcome::Done,
+                detail: "2 line(s)".into(),
+                content_type: "text/plain".into(),
+                attachment: b"2026-12-07T18:00:00.000Z  INFO edge_agent: running\n".to_vec(),
+            }),
+        ),
+        (
+            "renew",
+            sync::encode(&sync::RenewRequest {
+                csr_pem:
+                    "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
+                        .into(),
+            }),
+        ),
+        (
+            "renew-reply",
+            sync::encode(&sync::RenewReply {
+                cert_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+                ca_pem: "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n".into(),
+                not_after_ms: 1_800_000_000_000,
+            }),
+        ),
+        (
+            "checkin-reply-remote-ops",
+            sync::encode(&sync::CheckInReply {
+                device_id: "d-1".into(),
+                desired: Vec::new(),
+                next_checkin_s: 10,
+                desired_config: Some(sync::DesiredConfig {
+                    name: "line-7".into(),
+                    version_number: 2,
+                    sha256: "cd".repeat(32),
+                    toml: "[agent]\nid = \"gw\"\n".into(),
+                    rollout: Some("r-3".into()),
+                }),
+                commands: vec![sync::DeviceCommand {
+                    id: "c2".into(),
+                    action: sync::CommandAction::Logs {
+                        since_ms: 0,
+                        until_ms: None,
+                        level: "info".into(),
+                        max_bytes: 1 << 20,
+                    },
+                }],
+                renew: true,
+            }),
+        ),
+        (
             "enroll-reply",
             sync::encode(&sync::EnrollReply {
                 device_id: "d-1".into(),
@@ -322,7 +386,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     // ---- operator API bodies ----
-    let bodies: [(&str, &str); 8] = [
+    let bodies: [(&str, &str); 12] = [
+        (
+            "config-push",
+            r#"{"fragments":[["base.toml","[agent]\nid = \"gw\"\n[outbox]\ncommit_interval = \"1s\"\n"],["site.toml","[[sources.modbus]]\nname = \"plc1\"\ntcp = { address = \"10.0.0.1:502\" }\n[outputs.mqtt.broker]\npassword = { file = \"/etc/p\" }\n"]]}"#,
+        ),
+        (
+            "command-logs",
+            r#"{"action":{"kind":"logs","since_ms":0,"until_ms":null,"level":"warn","max_bytes":65536}}"#,
+        ),
+        ("command-restart", r#"{"action":{"kind":"restart"}}"#),
+        ("ca-finish", r#"{"force":true}"#),
         ("login", r#"{"user":"admin","password":"secret-pass"}"#),
         ("labels", r#"{"labels":["site=north","line=2"]}"#),
         ("delta", r#"{"from":1,"to":2}"#),

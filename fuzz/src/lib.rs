@@ -81,8 +81,12 @@ fn decode_all_messages(body: &[u8]) {
     one::<sync::CheckIn>(body);
     one::<sync::UploadBatch>(body);
     one::<sync::UpdateReport>(body);
+    one::<sync::ConfigReport>(body);
+    one::<sync::CommandResult>(body);
+    one::<sync::RenewRequest>(body);
     // Agent side: what the server answers.
     one::<sync::EnrollReply>(body);
+    one::<sync::RenewReply>(body);
     one::<sync::CheckInReply>(body);
     one::<sync::UploadAck>(body);
     one::<sync::Empty>(body);
@@ -545,6 +549,12 @@ pub fn operator_json(data: &[u8]) {
     one::<NewUser>(data);
     one::<UserUpdate>(data);
     one::<NewToken>(data);
+    one::<FinishRotation>(data);
+    one::<fleet_server::service::commands::CommandRequest>(data);
+    // Configuration pushes are merged (TOML fragments, secret refusal) as the service does.
+    if let Ok(p) = serde_json::from_slice::<fleet_server::service::configs::ConfigPush>(data) {
+        let _ = fleet_server::service::configs::merge(&p.fragments);
+    }
     // Drift policies are validated as the service does before storing one.
     if let Ok(p) = serde_json::from_slice::<DriftPolicy>(data) {
         let mut issues = Issues::default();

@@ -157,10 +157,12 @@ fn refused_applied_rolled_back_and_restarted_through_the_fleet() {
     assert_eq!(std::fs::read_to_string(&cfg).unwrap(), good);
     let last_good = d.join("gw1.toml.last-good");
     assert_eq!(std::fs::read_to_string(&last_good).unwrap(), good);
+    // Reported as in sync once the health check committed it (while it runs: `applying`).
     let s = server.wait("the device reports the new file", WAIT, || {
         let s = status(&server, &id);
         (s["state"] == "in_sync").then_some(s)
     });
+    assert!(s["pending"].is_null(), "{s}");
     assert_eq!(s["applied"], serde_json::json!(["gw", v2]), "{s}");
     // The new source's samples arrive, and the stream stays contiguous past the restart
     // (acked_through is the highest contiguous sequence stored).

@@ -52,9 +52,10 @@ pub struct DeviceConfig {
     pub pending: Option<String>,
     /// What the fleet wants it to run: (name, version number, SHA-256, rollout id).
     pub desired: Option<(String, i64, String, String)>,
-    /// `in_sync` (runs the desired file), `drift` (runs another file: not yet applied,
-    /// refused, rolled back, or edited on the device), `unmanaged` (no configuration
-    /// rollout reaches it), `unknown` (no report yet).
+    /// `in_sync` (runs the desired file, health-checked), `applying` (a fleet file is being
+    /// health-checked), `drift` (runs another file: not yet applied, refused, rolled back,
+    /// or edited on the device), `unmanaged` (no configuration rollout reaches it),
+    /// `unknown` (no report yet).
     pub state: String,
     /// Its configuration reports, newest first (at most 20).
     pub reports: Vec<ConfigReportRow>,
@@ -255,6 +256,7 @@ impl Acting {
         };
         let state = match (&reported, &desired) {
             (None, _) => "unknown",
+            (Some(r), _) if r.pending.is_some() => "applying",
             (Some(_), None) => "unmanaged",
             (Some(r), Some(d)) if r.sha256 == d.2 => "in_sync",
             _ => "drift",
