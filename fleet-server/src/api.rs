@@ -5,6 +5,7 @@
 //! enrolled, non-revoked device. Handlers only ever read or write that device's rows, so
 //! device A can never reach device B's data, models or status.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -44,7 +45,13 @@ pub struct AppState {
     pub commits: crate::group_commit::GroupCommit,
     /// How long device certificates are valid.
     pub cert_validity: std::time::Duration,
+    /// Fleet configuration versions already read (a version never changes once pushed), so
+    /// a managed device's check-in does not read its file from the database each time.
+    pub configs: ConfigCache,
 }
+
+/// Fleet configuration versions by (name, version number).
+pub type ConfigCache = Arc<std::sync::Mutex<HashMap<(String, i64), Arc<crate::store::ConfigRow>>>>;
 
 impl AppState {
     /// The device API's state on top of the operator service (one rollout cache for both).
@@ -62,6 +69,7 @@ impl AppState {
             history_every_ms: crate::service::ms(service.settings().history_every),
             rollouts: service.rollout_cache().clone(),
             cert_validity: service.settings().device_cert_validity,
+            configs: Arc::default(),
         }
     }
 }
@@ -446,8 +454,26 @@ pub async fn desired_config_for(
     let Some((name, vn, rid)) = rollout::desired_config(&rollouts, d) else {
         return Ok(None);
     };
-    let Some(c) = st.store.config(&name, vn).await? else {
-        return Ok(None);
+    let cached = st
+        .configs
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&(name.clone(), vn)).cloned());
+    let c = match cached {
+        Some(c) => c,
+        None => {
+            let Some(c) = st.store.config(&name, vn).await? else {
+                return Ok(None);
+            };
+            let c = Arc::new(c);
+            if let Ok(mut m) = st.configs.lock() {
+                if m.len() >= 256 {
+                    m.clear(); // bounded: only the versions rollouts hand out stay hot
+                }
+                m.insert((name.clone(), vn), c.clone());
+            }
+            c
+        }
     };
     if running.sha256 == c.sha256 || running.pending.as_deref() == Some(c.sha256.as_str()) {
         return Ok(None);
@@ -455,10 +481,30 @@ pub async fn desired_config_for(
     Ok(Some(sync::DesiredConfig {
         name,
         version_number: vn.max(0) as u64,
-        sha256: c.sha256,
-        toml: c.toml,
+        sha256: c.sha256.clone(),
+        toml: c.toml.clone(),
         rollout: Some(rid),
     }))
+}
+
+/// The rollout a device's report may count in: the one it names, when that rollout hands out
+/// `name` of this `kind` and targets the device (a report never touches another rollout).
+async fn reported_rollout(
+    st: &AppState,
+    d: &Device,
+    named: Option<&str>,
+    kind: crate::types::RolloutKind,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    let Some(rid) = named else {
+        return Ok(None);
+    };
+    Ok(st
+        .store
+        .rollout(rid)
+        .await?
+        .filter(|ro| ro.kind == kind && ro.bundle == name && rollout::targets(ro, d))
+        .map(|ro| ro.id))
 }
 
 /// A device's report on a configuration: stored, audited, and counted in its rollout (a
@@ -488,17 +534,14 @@ async fn config_report(
             &format!("by {}: {detail}", r.applied_by),
         )
         .await?;
-    let mut rollout_id = None;
-    if let Some(rid) = &r.rollout {
-        if let Some(ro) = st.store.rollout(rid).await? {
-            if ro.kind == crate::types::RolloutKind::Config
-                && rollout::targets(&ro, &d)
-                && ro.bundle == r.name
-            {
-                rollout_id = Some(rid.clone());
-            }
-        }
-    }
+    let rollout_id = reported_rollout(
+        &st,
+        &d,
+        r.rollout.as_deref(),
+        crate::types::RolloutKind::Config,
+        &r.name,
+    )
+    .await?;
     st.store
         .add_config_report(&crate::store::ConfigReportRow {
             device_id: d.id.clone(),
@@ -587,15 +630,14 @@ async fn report(
         )
         .await?;
     let sat = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    // Only a rollout that targets this device may be affected by its reports.
-    let mut rollout_id = None;
-    if let Some(rid) = &r.rollout {
-        if let Some(ro) = st.store.rollout(rid).await? {
-            if rollout::targets(&ro, &d) && ro.bundle == r.bundle {
-                rollout_id = Some(rid.clone());
-            }
-        }
-    }
+    let rollout_id = reported_rollout(
+        &st,
+        &d,
+        r.rollout.as_deref(),
+        crate::types::RolloutKind::Bundle,
+        &r.bundle,
+    )
+    .await?;
     st.store
         .record_update(
             &d.id,

@@ -116,9 +116,7 @@ pub fn desired_config(rollouts: &[Rollout], d: &Device) -> Option<(String, i64, 
 
 /// Whether the device's last check-in says it runs fleet configuration `name#version`.
 fn runs_config(d: &Device, name: &str, version_number: i64) -> bool {
-    d.status
-        .as_deref()
-        .and_then(|s| serde_json::from_str::<edge_wire::sync::CheckIn>(s).ok())
+    d.checkin()
         .and_then(|c| c.config)
         .and_then(|c| c.applied)
         .is_some_and(|(n, v)| n == name && i64::try_from(v).ok() == Some(version_number))

@@ -574,6 +574,38 @@ timeout = "60s"
     cfg
 }
 
+/// Agent `gw1` serving the demo bundle (version 1, signed by a key made here and trusted by
+/// the agent), enrolled with a one-time token for `site=a`, trusting `ca` for the server, started
+/// in `d`: the agent and its configuration file.
+pub fn start_demo_agent(server: &FleetServer, d: &Path, ca: &Path) -> (Peer, PathBuf) {
+    let (key, public) = keygen(d, "ml");
+    let bundle = d.join("pump.bundle");
+    std::fs::write(&bundle, demo_bundle_version(&key, 1, |_| {})).expect("bundle");
+    let tok = token(server, &["site=a"]);
+    let cfg = agent_config(
+        d,
+        AgentSetup {
+            id: "gw1",
+            server_port: server.port,
+            ca,
+            token: &tok,
+            bundle: &bundle,
+            trusted: &public,
+            extra_sync: "",
+        },
+    );
+    (start_agent(d, "gw1", &cfg), cfg)
+}
+
+/// The id of the first device, once it enrolled and checked in.
+pub fn first_device_checked_in(server: &FleetServer, timeout: Duration) -> String {
+    server.wait("enrollment and check-in", timeout, || {
+        let ds = server.devices();
+        ds.first()?["last_seen"].as_i64()?;
+        Some(ds[0]["id"].as_str()?.to_string())
+    })
+}
+
 pub fn start_agent(d: &Path, name: &str, cfg: &Path) -> Peer {
     Peer::start(
         name,

@@ -28,31 +28,9 @@ fn short_lived_certificates_are_renewed_in_a_row_without_a_gap() {
     let dir = tempdir();
     let d = dir.path();
     let server = FleetServer::start_with(d, &["--device-cert-validity", "15s"]);
-    let (key, public) = keygen(d, "ml");
-    let bundle = d.join("pump.bundle");
-    std::fs::write(&bundle, demo_bundle_version(&key, 1, |_| {})).unwrap();
-    let tok = token(&server, &["site=a"]);
-    let cfg = agent_config(
-        d,
-        AgentSetup {
-            id: "gw1",
-            server_port: server.port,
-            ca: &server.ca(),
-            token: &tok,
-            bundle: &bundle,
-            trusted: &public,
-            extra_sync: "",
-        },
-    );
-    let mut agent = start_agent(d, "gw1", &cfg);
-    let (id, first_expiry) = server.wait("enrollment and check-in", WAIT, || {
-        let ds = server.devices();
-        ds.first()?["last_seen"].as_i64()?;
-        Some((
-            ds[0]["id"].as_str()?.to_string(),
-            ds[0]["cert_expires_at"].as_i64()?,
-        ))
-    });
+    let (mut agent, _) = start_demo_agent(&server, d, &server.ca());
+    let id = first_device_checked_in(&server, WAIT);
+    let first_expiry = server.devices()[0]["cert_expires_at"].as_i64().unwrap();
     // Keep the first identity to show it is refused once replaced.
     let sync_dir = d.join("gw1").join("sync");
     let (old_cert, old_key) = (d.join("old.pem"), d.join("old.key"));
@@ -121,31 +99,11 @@ fn ca_rotation_with_devices_on_the_old_and_the_new_ca() {
     let dir = tempdir();
     let d = dir.path();
     let server = FleetServer::start(d);
-    let (key, public) = keygen(d, "ml");
-    let bundle = d.join("pump.bundle");
-    std::fs::write(&bundle, demo_bundle_version(&key, 1, |_| {})).unwrap();
     // The agent trusts the CA as exported before the rotation.
     let old_ca = d.join("old-ca.pem");
     std::fs::copy(server.ca(), &old_ca).unwrap();
-    let tok = token(&server, &["site=a"]);
-    let cfg = agent_config(
-        d,
-        AgentSetup {
-            id: "gw1",
-            server_port: server.port,
-            ca: &old_ca,
-            token: &tok,
-            bundle: &bundle,
-            trusted: &public,
-            extra_sync: "",
-        },
-    );
-    let mut agent = start_agent(d, "gw1", &cfg);
-    let id1 = server.wait("enrollment and check-in", WAIT, || {
-        let ds = server.devices();
-        ds.first()?["last_seen"].as_i64()?;
-        Some(ds[0]["id"].as_str()?.to_string())
-    });
+    let (mut agent, _) = start_demo_agent(&server, d, &old_ca);
+    let id1 = first_device_checked_in(&server, WAIT);
     // A second device that never renews: its certificate stays on the old CA.
     let tok2 = token(&server, &["site=b"]);
     let (cert2, key2, id2) = enroll_device(server.port, &old_ca, d, "gw2", &tok2).unwrap();

@@ -17,28 +17,8 @@ fn logs_diagnostics_and_commands_through_the_fleet() {
     let dir = tempdir();
     let d = dir.path();
     let server = FleetServer::start(d);
-    let (key, public) = keygen(d, "ml");
-    let bundle = d.join("pump.bundle");
-    std::fs::write(&bundle, demo_bundle_version(&key, 1, |_| {})).unwrap();
-    let tok = token(&server, &["site=a"]);
-    let cfg = agent_config(
-        d,
-        AgentSetup {
-            id: "gw1",
-            server_port: server.port,
-            ca: &server.ca(),
-            token: &tok,
-            bundle: &bundle,
-            trusted: &public,
-            extra_sync: "",
-        },
-    );
-    let mut agent = start_agent(d, "gw1", &cfg);
-    let id = server.wait("enrollment and check-in", WAIT, || {
-        let ds = server.devices();
-        ds.first()?["last_seen"].as_i64()?;
-        Some(ds[0]["id"].as_str()?.to_string())
-    });
+    let (mut agent, cfg) = start_demo_agent(&server, d, &server.ca());
+    let id = first_device_checked_in(&server, WAIT);
 
     // Recent logs, filtered by level: the startup lines at info, none of them at error.
     let logs = server.cli(&["device", "logs", &id, "--since", "10m", "--level", "info"]);

@@ -240,11 +240,7 @@ impl Acting {
             .device(id)
             .await?
             .ok_or_else(|| ServiceError::NotFound(format!("no device `{id}`")))?;
-        let reported = d
-            .status
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<edge_wire::sync::CheckIn>(s).ok())
-            .and_then(|c| c.config);
+        let reported = d.checkin().and_then(|c| c.config);
         let rollouts = self.store().rollouts().await?;
         let desired = match crate::rollout::desired_config(&rollouts, &d) {
             Some((name, vn, rid)) => self

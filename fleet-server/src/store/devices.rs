@@ -61,6 +61,12 @@ pub struct Device {
 }
 
 impl Device {
+    /// Its last check-in as it sent it (`None`: none yet, a list row without the status, or
+    /// a stored status this version cannot read).
+    pub fn checkin(&self) -> Option<edge_wire::sync::CheckIn> {
+        serde_json::from_str(self.status.as_deref()?).ok()
+    }
+
     /// Whether the device should renew its certificate now: two thirds of its lifetime
     /// passed, or a CA other than `signing_ca` (a rotation) signed it.
     pub fn should_renew(&self, now_ms: i64, signing_ca: &str) -> bool {
