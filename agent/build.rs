@@ -1,4 +1,4 @@
-//! Records the git commit for `--version`.
+//! Records the git commit for `--version` and the target triple for agent releases.
 use std::process::Command;
 
 fn main() {
@@ -20,6 +20,9 @@ fn main() {
         "cargo:rustc-env=EDGE_GIT_HASH={hash}{}",
         if dirty { "-dirty" } else { "" }
     );
+    // The target triple, for agent releases (a device takes releases built for its own).
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=EDGE_TARGET={target}");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/index");
 }

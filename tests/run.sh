@@ -14,7 +14,9 @@ trap cleanup EXIT
 FLEET_TEST_POSTGRES=$(tests/peers/postgres.sh start "$PGDIR")
 export FLEET_TEST_POSTGRES
 echo "test PostgreSQL: $FLEET_TEST_POSTGRES"
-# The end-to-end tests drive the real binaries.
+# The end-to-end tests drive the real binaries: two variants of the agent for the agent
+# update test first (they overwrite target/debug/edge-agent), then the normal build.
+tests/agent-variants.sh
 cargo build --workspace --bins
 status=0
 cargo test --workspace --no-fail-fast "$@" || status=1

@@ -1,8 +1,10 @@
-//! The health check of a freshly applied fleet configuration ([`crate::remote_config`]): what "the new file works" means,
-//! decided on the running agent's own counters.
+//! The health check of a freshly applied fleet configuration ([`crate::remote_config`]) or
+//! agent release ([`crate::agent_update`]): what "the new file / binary works" means, decided
+//! on the running agent's own counters.
 //!
 //! Healthy = all of these at the same check, within the timeout (`[sync]
-//! config_health_timeout`, 60 s by default):
+//! config_health_timeout`, 60 s by default, for a configuration; `[sync.agent_update]
+//! health_timeout`, 120 s, for a release):
 //! - every source connected to its device (`edge_source_connected`);
 //! - the pipeline moving (the hub's heartbeat advanced since the last check);
 //! - every MQTT output connected to its broker;
@@ -76,55 +78,106 @@ impl HealthInputs {
     }
 }
 
-/// Watches `pending` until it is healthy (commit) or `timeout` passed (roll back and ask
-/// for a restart `on_rollback`), or the run stops first (the next start decides again).
-pub async fn watch(
-    remote: Arc<RemoteConfig>,
-    pending: Pending,
-    inputs: HealthInputs,
+/// The verdict of a health watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every criterion met at one check (the detail says what was seen).
+    Healthy(String),
+    /// The timeout passed first (the criteria not met at the last check).
+    Unhealthy(String),
+}
+
+/// Evaluates the criteria every [`CHECK_EVERY`] until they all hold (`Healthy`) or
+/// `timeout` passed (`Unhealthy`); `None` when `stop` fired first (the next start decides
+/// again).
+pub async fn judge(
+    inputs: &HealthInputs,
     timeout: Duration,
-    restart: RestartRequest,
-    on_rollback: Restart,
-    stop: CancellationToken,
-) {
+    stop: &CancellationToken,
+) -> Option<Verdict> {
     let started = tokio::time::Instant::now();
     let mut last_beat = None;
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return None,
             _ = tick.tick() => {}
         }
         let unmet = inputs.unmet(&mut last_beat);
         if unmet.is_empty() {
-            let detail = format!(
-                "healthy after {:.1} s (start {}): {} source(s) connected, pipeline moving, {} MQTT output(s) connected, fleet check-in ok",
+            return Some(Verdict::Healthy(format!(
+                "healthy after {:.1} s: {} source(s) connected, pipeline moving, {} MQTT output(s) connected, fleet check-in ok",
                 started.elapsed().as_secs_f64(),
-                pending.starts,
                 inputs.metrics.source_connections().len(),
                 inputs.mqtt.len()
-            );
-            if let Err(e) = remote.commit(&pending, &detail) {
-                tracing::error!("remote configuration: cannot record the healthy file: {e}");
-            }
-            return;
+            )));
         }
         if started.elapsed() >= timeout {
-            let why = format!(
+            return Some(Verdict::Unhealthy(format!(
                 "not healthy within {}: {}",
                 humantime::format_duration(timeout),
                 unmet.join("; ")
-            );
-            match remote.roll_back(&why) {
-                Ok(true) => restart.request(on_rollback),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(
-                        "remote configuration: cannot roll back: {e}; the agent keeps the new file"
-                    )
-                }
+            )));
+        }
+    }
+}
+
+/// Watches `pending` until it is healthy (commit) or `timeout` passed (roll back and ask
+/// for a restart `on_rollback`), or the run stops first (the next start decides again).
+pub async fn watch(
+    remote: Arc<RemoteConfig>,
+    pending: Pending,
+    inputs: Arc<HealthInputs>,
+    timeout: Duration,
+    restart: RestartRequest,
+    on_rollback: Restart,
+    stop: CancellationToken,
+) {
+    match judge(&inputs, timeout, &stop).await {
+        None => {}
+        Some(Verdict::Healthy(detail)) => {
+            let detail = format!("{detail} (start {})", pending.starts);
+            if let Err(e) = remote.commit(&pending, &detail) {
+                tracing::error!("remote configuration: cannot record the healthy file: {e}");
             }
-            return;
+        }
+        Some(Verdict::Unhealthy(why)) => match remote.roll_back(&why) {
+            Ok(true) => restart.request(on_rollback),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(
+                    "remote configuration: cannot roll back: {e}; the agent keeps the new file"
+                )
+            }
+        },
+    }
+}
+
+/// Watches a freshly started agent release (see [`crate::agent_update`]): healthy →
+/// committed; not healthy within `timeout` → rolled back, and the process exits for
+/// systemd to start the previous binary.
+pub async fn watch_release(
+    store: Arc<crate::agent_update::ReleaseStore>,
+    sha256: String,
+    inputs: Arc<HealthInputs>,
+    timeout: Duration,
+    restart: RestartRequest,
+    stop: CancellationToken,
+) {
+    match judge(&inputs, timeout, &stop).await {
+        None => {}
+        Some(Verdict::Healthy(detail)) => {
+            if let Err(e) = store.commit(&sha256, &detail) {
+                tracing::error!("agent release: cannot record the healthy release: {e}");
+            }
+        }
+        Some(Verdict::Unhealthy(why)) => {
+            tracing::error!(release = %sha256, "agent release rolled back: {why}");
+            match store.roll_back(&why) {
+                Ok(true) => restart.request(Restart::Process),
+                Ok(false) => {}
+                Err(e) => tracing::error!("agent release: cannot roll back: {e}"),
+            }
         }
     }
 }

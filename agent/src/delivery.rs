@@ -20,6 +20,21 @@ use crate::sync::update::ModelHandle;
 use crate::sync::{SyncStats, SyncTask, OUTBOX_DEST};
 use crate::task;
 
+/// What the fleet sync acts on besides the outbox (see [`Delivery::start_fleet_sync`]).
+#[derive(Debug)]
+pub struct FleetSyncParts {
+    /// The `[[models]]` the fleet may update.
+    pub models: Vec<ModelHandle>,
+    /// The keys bundle updates must be signed with.
+    pub trusted: Vec<ed25519_dalek::VerifyingKey>,
+    /// Remote configuration (absent without a configuration file).
+    pub remote: Option<crate::sync::RemoteControl>,
+    /// What operators' commands act on.
+    pub ops: crate::sync::commands::DeviceOps,
+    /// The agent releases on the device.
+    pub releases: Arc<crate::agent_update::ReleaseStore>,
+}
+
 /// The outbox, its committer, and the destinations that drain it.
 #[derive(Debug)]
 pub struct Delivery {
@@ -146,22 +161,20 @@ impl Delivery {
         &mut self,
         cfg: &AgentConfig,
         sync: &SyncConfig,
-        models: Vec<ModelHandle>,
-        trusted: Vec<ed25519_dalek::VerifyingKey>,
-        remote: Option<crate::sync::RemoteControl>,
-        ops: crate::sync::commands::DeviceOps,
+        parts: FleetSyncParts,
     ) -> Arc<SyncStats> {
         let mut task = SyncTask::new(
             sync.clone(),
             cfg.agent.id.clone(),
             cfg.agent.data_dir.clone(),
             Some(self.outbox.clone()),
-            models,
-            trusted,
+            parts.models,
+            parts.trusted,
             crate::models::floor::FloorStore::new(&cfg.bundle_dir()),
         );
-        task.remote = remote;
-        task.ops = ops;
+        task.remote = parts.remote;
+        task.ops = parts.ops;
+        task.agent.store = parts.releases;
         let stats = task.stats.clone();
         self.sync = Some(tokio::spawn(task.run(self.sync_stop.clone())));
         stats

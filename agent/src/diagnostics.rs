@@ -1,5 +1,6 @@
 //! The diagnostic bundle an operator fetches through the fleet (the `diagnostics` command):
-//! one JSON document with what a support engineer asks first — versions, the configuration
+//! one JSON document with what a support engineer asks first — versions (and the agent
+//! releases on the device), the configuration
 //! file's hash and remote-configuration state, every source's connection, the outbox per
 //! stream, the fleet sync's counters, and the whole metrics text. Secrets are not in it
 //! (the configuration is summarised, not copied).
@@ -28,6 +29,8 @@ pub struct DiagnosticsInputs {
     pub summary: String,
     /// `[agent] id`.
     pub agent_id: String,
+    /// The agent releases on the device.
+    pub releases: Arc<crate::agent_update::ReleaseStore>,
 }
 
 /// The bundle now.
@@ -64,8 +67,10 @@ pub fn bundle(i: &DiagnosticsInputs) -> Value {
     });
     json!({
         "generated_ms": chrono::Utc::now().timestamp_millis(),
-        "agent": {"id": i.agent_id, "version": crate::VERSION, "git": crate::GIT_HASH,
-                  "pid": std::process::id(), "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
+        "agent": {"id": i.agent_id, "version": crate::version(), "git": crate::GIT_HASH,
+                  "pid": std::process::id(), "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
+                  "target": crate::agent_update::TARGET,
+                  "release": i.releases.status(), "releases": i.releases.state().ok()},
         "config": config,
         "summary": i.summary,
         "sources": sources,

@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod agent_update;
 pub mod commands;
 pub mod config;
 pub mod config_health;
@@ -39,8 +40,22 @@ use config::AgentConfig;
 use metrics::Metrics;
 use pipeline::{Pipeline, RunReport};
 
-/// Crate version.
+/// Crate version (what `Cargo.toml` says; the binary may set another with [`set_version`]).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+static VERSION_OVERRIDE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the version this process reports everywhere (check-ins, status payloads, logs,
+/// metrics): the binary's own, which a build may override (`EDGE_AGENT_VERSION`, see
+/// agent/src/main.rs). Only the first call counts.
+pub fn set_version(v: &'static str) {
+    let _ = VERSION_OVERRIDE.set(v);
+}
+
+/// The version this process reports: [`set_version`]'s, else [`VERSION`].
+pub fn version() -> &'static str {
+    VERSION_OVERRIDE.get().copied().unwrap_or(VERSION)
+}
 /// Git commit the binary was built from (`unknown` outside a git checkout).
 pub const GIT_HASH: &str = env!("EDGE_GIT_HASH");
 
@@ -181,6 +196,7 @@ pub async fn run(
         None => None,
     };
     let mut sync_stats: Option<Arc<sync::SyncStats>> = None;
+    let releases = Arc::new(agent_update::ReleaseStore::new(&cfg.agent.data_dir));
     let mut delivery = if cfg.outputs.mqtt.is_empty() && cfg.sync.is_none() {
         None
     } else {
@@ -226,7 +242,17 @@ pub async fn run(
                 rebirth: d.rebirth_triggers(),
                 diagnostics: diag.clone(),
             };
-            sync_stats = Some(d.start_fleet_sync(&cfg, sc, models, trusted, remote, ops));
+            sync_stats = Some(d.start_fleet_sync(
+                &cfg,
+                sc,
+                delivery::FleetSyncParts {
+                    models,
+                    trusted,
+                    remote,
+                    ops,
+                    releases: releases.clone(),
+                },
+            ));
             // The bundle reads the sync's own counters, so it is made after the sync started.
             let inputs = diagnostics::DiagnosticsInputs {
                 metrics: metrics.clone(),
@@ -235,6 +261,7 @@ pub async fn run(
                 file: control.file.clone(),
                 summary: cfg.summary(),
                 agent_id: cfg.agent.id.clone(),
+                releases: releases.clone(),
             };
             let _ = diag.set(Arc::new(move || diagnostics::bundle(&inputs)));
             if let Some(s) = &sync_stats {
@@ -242,17 +269,17 @@ pub async fn run(
             }
         }
     }
+    let health_inputs = Arc::new(config_health::HealthInputs {
+        metrics: metrics.clone(),
+        mqtt: delivery
+            .as_ref()
+            .map(|d| d.mqtt_links())
+            .unwrap_or_default(),
+        sync: sync_stats.clone(),
+        started_ms,
+    });
     let health = match (&control.file, &control.restart) {
         (Some(f), Some(r)) => f.pending.clone().map(|p| {
-            let inputs = config_health::HealthInputs {
-                metrics: metrics.clone(),
-                mqtt: delivery
-                    .as_ref()
-                    .map(|d| d.mqtt_links())
-                    .unwrap_or_default(),
-                sync: sync_stats.clone(),
-                started_ms,
-            };
             let timeout = cfg
                 .sync
                 .as_ref()
@@ -269,13 +296,41 @@ pub async fn run(
             tokio::spawn(config_health::watch(
                 f.remote.clone(),
                 p,
-                inputs,
+                health_inputs.clone(),
                 timeout,
                 r.clone(),
                 on_rollback,
                 shutdown.clone(),
             ))
         }),
+        _ => None,
+    };
+    // A fleet release of the agent that is this process, started for its health check.
+    let release_health = match (releases.state(), &control.restart) {
+        (Ok(state), Some(r)) => releases
+            .running(&state)
+            .and_then(|me| state.pending.filter(|p| p.release.sha256 == me.sha256))
+            .map(|p| {
+                tracing::info!(version = %p.release.version, start = p.starts,
+                    "agent release started; checking its health");
+                let timeout = cfg
+                    .sync
+                    .as_ref()
+                    .map(|s| s.agent_update.health_timeout)
+                    .unwrap_or(std::time::Duration::from_secs(120));
+                tokio::spawn(config_health::watch_release(
+                    releases.clone(),
+                    p.release.sha256,
+                    health_inputs.clone(),
+                    timeout,
+                    r.clone(),
+                    shutdown.clone(),
+                ))
+            }),
+        (Err(e), _) => {
+            tracing::error!("agent releases: {e}");
+            None
+        }
         _ => None,
     };
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -292,11 +347,14 @@ pub async fn run(
         shutdown.clone(),
         control.restart.clone(),
     ));
-    tracing::info!(agent = %cfg.agent.id, version = VERSION, git = GIT_HASH, "edge-agent running");
+    tracing::info!(agent = %cfg.agent.id, version = version(), git = GIT_HASH, target = agent_update::TARGET, "edge-agent running");
     let report = pipeline.run(shutdown, metrics).await;
     task::joined("service", service.await);
     if let Some(h) = health {
         task::joined("configuration health check", h.await);
+    }
+    if let Some(h) = release_health {
+        task::joined("agent release health check", h.await);
     }
     if let Some(d) = delivery {
         d.finish().await;

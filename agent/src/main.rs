@@ -27,16 +27,21 @@ fn stdout_failed(e: std::io::Error) -> ! {
     std::process::exit(1);
 }
 
-const LONG_VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (git ",
-    env!("EDGE_GIT_HASH"),
-    ")"
-);
+/// The version this binary reports: Cargo.toml's, unless the build sets `EDGE_AGENT_VERSION`
+/// (release engineering, and the agent update tests build a second and third binary that
+/// differ from the first only in it; docs/fleet.md "Agent software updates").
+const VERSION: &str = match option_env!("EDGE_AGENT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// Test builds only: a binary that exits at start of `run` (after the launcher), to prove
+/// that a release which dies before it can report is rolled back. Unset in every real build.
+const FAULT_EXIT_AT_START: bool = option_env!("EDGE_AGENT_FAULT_EXIT_AT_START").is_some();
 
 /// Edge inference agent: reads OPC-UA, Modbus and MQTT sensors and runs the pipeline.
 #[derive(Parser, Debug)]
-#[command(name = "edge-agent", version = LONG_VERSION, about, long_about = None)]
+#[command(name = "edge-agent", about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -191,7 +196,14 @@ fn check_unwind() -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    edge_agent::set_version(VERSION);
+    let long: &'static str =
+        Box::leak(format!("{VERSION} (git {})", env!("EDGE_GIT_HASH")).into_boxed_str());
+    let cli = match Cli::from_arg_matches(&Cli::command().version(long).get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::ProbeOutbox { path } => match edge_agent::outbox::SledOutbox::probe(&path) {
             Ok(()) => ExitCode::SUCCESS,
@@ -326,6 +338,13 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Run { config } => {
+            // A fleet release of the agent replaces this process here (exec), unless this
+            // is it, or none is selected.
+            edge_agent::agent_update::launch(&config);
+            if FAULT_EXIT_AT_START {
+                eprintln!("edge-agent {VERSION}: built with EDGE_AGENT_FAULT_EXIT_AT_START: exiting at start");
+                return ExitCode::from(3);
+            }
             // The first load reports problems like `check` does (exit 2); a pending fleet
             // configuration that does not load is rolled back inside.
             let (cfg, file) = match edge_agent::load_for_run(&config) {

@@ -472,7 +472,7 @@ impl Collector for Snapshot {
         }
         let mut me =
             enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
-        ConstGauge::new(1).encode(me.encode_family(&[("version", crate::VERSION)])?)?;
+        ConstGauge::new(1).encode(me.encode_family(&[("version", crate::version())])?)?;
         Ok(())
     }
 }

@@ -171,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         last_error: err.then(|| "fleet server unreachable".to_string()),
         uptime_s: 3600,
         config: None,
+        agent: None,
     };
     for i in 0..devices {
         let labels = vec![format!("site=s{:02}", i % 20), format!("line=l{}", i % 5)];

@@ -67,6 +67,7 @@ fn checkin() -> sync::CheckIn {
         last_error: None,
         uptime_s: 0,
         config: None,
+        agent: None,
     }
 }
 

@@ -223,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .route(path::COMMAND_RESULT, post(command_result))
         .route(path::RENEW, post(renew))
         .route(path::RENEW_CONFIRM, post(renew_confirm))
+        .route(path::AGENT_REPORT, post(agent_report))
         .route(&format!("{}/{{sha}}", path::ARTIFACTS), get(artifact))
         .layer(axum::extract::DefaultBodyLimit::max(sync::MAX_BODY))
         .with_state(state)
@@ -317,6 +318,89 @@ pub async fn desired_for(
     Ok(out)
 }
 
+/// The agent release `d` should run, with the artifact to get there from the release file
+/// it reports running (`None`: nothing to change, no release for its target, or a delta
+/// still being computed).
+pub async fn desired_agent_for(
+    st: &AppState,
+    d: &Device,
+    running: Option<&sync::AgentStatus>,
+) -> Result<Option<sync::DesiredRelease>, ApiError> {
+    let Some(running) = running else {
+        return Ok(None); // an agent that predates agent updates
+    };
+    let rollouts = st.rollouts.get(&st.store).await?;
+    let Some((vn, rid)) = rollout::desired_agent(&rollouts, d) else {
+        return Ok(None);
+    };
+    let Some(target) = st.store.release(vn, &running.target).await? else {
+        return Ok(None); // not built for this device's target
+    };
+    let current = running.release.as_ref().map(|(_, sha)| sha.as_str());
+    if current == Some(target.sha256.as_str()) {
+        return Ok(None);
+    }
+    let Some(artifact) = st.registry.artifact_for_release(current, &target).await? else {
+        return Ok(None); // delta being computed: next check-in
+    };
+    Ok(Some(sync::DesiredRelease {
+        version: target.version,
+        version_number: target.version_number as u64,
+        target: target.target,
+        sha256: target.sha256,
+        size: target.size as u64,
+        rollout: Some(rid),
+        artifact,
+    }))
+}
+
+/// A device's report on an agent release: stored, audited, counted in its rollout.
+async fn agent_report(
+    State(st): State<AppState>,
+    AuthDevice(d): AuthDevice,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r: sync::AgentReport = decode(&headers, &body)?;
+    let outcome = UpdateOutcome::from(r.outcome);
+    st.store
+        .audit(
+            &d.id,
+            &format!("agent.{outcome}"),
+            &format!("edge-agent#{} ({})", r.version_number, r.version),
+            &format!("from {} by {}: {}", r.from_version, r.method, r.detail),
+        )
+        .await?;
+    let rollout_id = reported_rollout(
+        &st,
+        &d,
+        r.rollout.as_deref(),
+        crate::types::RolloutKind::Agent,
+        edge_wire::release::RELEASE_NAME,
+    )
+    .await?;
+    st.store
+        .add_agent_report(&crate::store::AgentReportRow {
+            device_id: d.id.clone(),
+            at: crate::store::now_ms(),
+            version: r.version.clone(),
+            version_number: i64::try_from(r.version_number).unwrap_or(i64::MAX),
+            sha256: r.sha256.clone(),
+            from_version: r.from_version.clone(),
+            rollout_id: rollout_id.clone(),
+            outcome: outcome.to_string(),
+            method: r.method.clone(),
+            downloaded_bytes: i64::try_from(r.downloaded_bytes).unwrap_or(i64::MAX),
+            detail: r.detail.clone(),
+        })
+        .await?;
+    if let Some(rid) = rollout_id {
+        rollout::report(&st.store, &rid, &d.id, outcome, &r.detail).await?;
+        st.rollouts.invalidate();
+    }
+    Ok(reply(&sync::Empty {}))
+}
+
 fn running_of(d: &Device) -> Vec<sync::ModelStatus> {
     d.status
         .as_deref()
@@ -357,6 +441,7 @@ async fn checkin(
         })
         .collect();
     let renew = d.should_renew(crate::store::now_ms(), &st.ca.current().ca_sha256);
+    let desired_agent = desired_agent_for(&st, &d, c.agent.as_ref()).await?;
     Ok(reply(&sync::CheckInReply {
         device_id: d.id,
         desired,
@@ -364,6 +449,7 @@ async fn checkin(
         desired_config,
         commands,
         renew,
+        desired_agent,
     }))
 }
 
@@ -740,11 +826,19 @@ async fn artifact(
     if !crate::registry::is_sha256_hex(&sha) {
         return Err(not_found());
     }
-    // Authorized only if it is (a delta to) a bundle this device should run now.
+    // Authorized only if it is (a delta to) a bundle or agent release this device should
+    // run now.
     let desired = desired_for(&st, &d, &running_of(&d)).await?;
+    let agent = match d.checkin().and_then(|c| c.agent) {
+        Some(a) => desired_agent_for(&st, &d, Some(&a)).await?,
+        None => None,
+    };
     if !desired
         .iter()
         .any(|b| b.sha256 == sha || b.artifact.sha256 == sha)
+        && !agent
+            .as_ref()
+            .is_some_and(|a| a.sha256 == sha || a.artifact.sha256 == sha)
     {
         return Err(not_found());
     }

@@ -118,6 +118,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Agent software: sign a release of the edge-agent binary (offline), trust release
+    /// keys, push releases, roll them out, and what each device runs. Agent rollouts are
+    /// steered with `model rollout promote|halt|resume|rollback`.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
     /// Fleet drift: merged views per bundle version, the heatmap, retrain policies and
     /// their events.
     Drift {
@@ -511,6 +518,63 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// Sign an edge-agent binary as a release file (offline: needs only the binary and the
+    /// release signing key, e.g. from `edge-agent bundle keygen`).
+    Pack {
+        /// The edge-agent executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// The Rust target triple it was built for (`aarch64-unknown-linux-musl`,
+        /// `armv7-unknown-linux-musleabihf`, `x86_64-unknown-linux-gnu`, ...): devices
+        /// take only their own.
+        #[arg(long)]
+        target: String,
+        /// The version the binary reports (`edge-agent --version`); devices check it.
+        #[arg(long)]
+        version: String,
+        /// Monotonic release number (shared by the release's targets); devices refuse a
+        /// number below the highest they committed.
+        #[arg(long)]
+        version_number: u64,
+        /// Release signing key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Free text (source revision, notes).
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// Trust an ed25519 public key (PEM) for release signatures (admin).
+    Trust { public_key: PathBuf },
+    /// The trusted release keys.
+    Keys,
+    /// Verify and store a signed release file.
+    Push { release: PathBuf },
+    /// Every stored release file.
+    List,
+    /// Roll release VERSION_NUMBER out to the devices carrying all `--select` labels; each
+    /// gets the file for its target.
+    Rollout {
+        version_number: i64,
+        #[arg(long = "select")]
+        selector: Vec<String>,
+        /// Canary phase: this percentage of the targeted devices first.
+        #[arg(long, conflicts_with = "canary_label")]
+        canary_percent: Option<i64>,
+        /// Canary phase: devices carrying this label first.
+        #[arg(long)]
+        canary_label: Option<String>,
+        /// Halt automatically once this many devices fail or roll it back.
+        #[arg(long, default_value_t = 1)]
+        max_failures: i64,
+    },
+    /// One device's agent software: what it runs, what the fleet wants, its reports (JSON).
+    Status { device: String },
+}
+
+#[derive(Subcommand, Debug)]
 enum DriftCommand {
     /// Drift records merged per bundle version (and per `--every` bucket), scored against
     /// the bundle's reference when the registry has that version; one JSON line per view.
@@ -760,6 +824,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(args) = cli.command {
         return serve(args, cli.data_dir, cli.database_url).await;
     }
+    if let Command::Agent {
+        command:
+            AgentCommand::Pack {
+                binary,
+                target,
+                version,
+                version_number,
+                key,
+                out,
+                notes,
+            },
+    } = cli.command
+    {
+        return pack_release(&binary, target, version, version_number, &key, &out, notes);
+    }
     if let Command::Migrate(args) = cli.command {
         anyhow::ensure!(
             cli.server.is_none(),
@@ -914,6 +993,7 @@ async fn run_ops<F: FleetOps>(f: &F, command: Command, who: &str) -> anyhow::Res
         Command::Device { command } => device(f, command).await?,
         Command::Model { command } => model(f, command).await?,
         Command::Config { command } => config_cmd(f, command).await?,
+        Command::Agent { command } => agent_cmd(f, command).await?,
         Command::Drift { command } => drift_cmd(f, command).await?,
         Command::Alarm { command } => match command {
             AlarmCommand::List {
@@ -1558,6 +1638,128 @@ async fn config_cmd<F: FleetOps>(f: &F, command: ConfigCommand) -> anyhow::Resul
             );
         }
         ConfigCommand::Status { device } => json_pretty(&f.device_config(&device).await?)?,
+    }
+    Ok(())
+}
+
+/// `agent pack`: signs a release file offline.
+fn pack_release(
+    binary: &std::path::Path,
+    target: String,
+    version: String,
+    version_number: u64,
+    key: &std::path::Path,
+    out: &std::path::Path,
+    notes: String,
+) -> anyhow::Result<()> {
+    use edge_wire::release;
+    let bin = std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    anyhow::ensure!(
+        bin.starts_with(b"\x7fELF"),
+        "{} is not an ELF executable",
+        binary.display()
+    );
+    let key = edge_wire::bundle::file::read_signing_key(key)?;
+    let m = release::ReleaseManifest {
+        format: 1,
+        name: release::RELEASE_NAME.into(),
+        version,
+        version_number,
+        target,
+        binary_sha256: String::new(),
+        binary_size: 0,
+        notes,
+    };
+    let bytes = release::pack(&m, &bin, &key);
+    fleet_server::registry::write_atomic(out, &bytes)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    let sha = edge_wire::bundle::file::sha256_hex(&bytes);
+    outln!("{sha}");
+    eprintln!(
+        "wrote {}: edge-agent {} #{} for {} ({} bytes, signed by {})",
+        out.display(),
+        m.version,
+        m.version_number,
+        m.target,
+        bytes.len(),
+        edge_wire::bundle::file::key_id(&key.verifying_key())
+    );
+    Ok(())
+}
+
+async fn agent_cmd<F: FleetOps>(f: &F, command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::Pack { .. } => anyhow::bail!("agent pack runs offline"),
+        AgentCommand::Trust { public_key } => {
+            let pem = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("cannot read {}", public_key.display()))?;
+            let k = f.trust_release_key(&pem).await?;
+            outln!("{}", k.key_id);
+        }
+        AgentCommand::Keys => {
+            for k in f.release_keys().await? {
+                outln!("{} added by {} at {}", k.key_id, k.added_by, k.added_at);
+            }
+        }
+        AgentCommand::Push { release } => {
+            let bytes = std::fs::read(&release)
+                .with_context(|| format!("cannot read {}", release.display()))?;
+            let r = f.push_release(bytes).await?;
+            outln!("{}", r.release.version_number);
+            eprintln!(
+                "release edge-agent {} #{} for {} ({} bytes){}",
+                r.release.version,
+                r.release.version_number,
+                r.release.target,
+                r.release.size,
+                if r.created {
+                    " stored"
+                } else {
+                    ": stored already"
+                }
+            );
+        }
+        AgentCommand::List => {
+            for r in f.releases().await? {
+                outln!(
+                    "#{} {} {} sha256={} bytes={} signer={} by {} at {}",
+                    r.version_number,
+                    r.version,
+                    r.target,
+                    r.sha256,
+                    r.size,
+                    r.signer,
+                    r.pushed_by,
+                    r.pushed_at
+                );
+            }
+        }
+        AgentCommand::Rollout {
+            version_number,
+            selector,
+            canary_percent,
+            canary_label,
+            max_failures,
+        } => {
+            let r = f
+                .start_rollout(&StartRollout {
+                    kind: RolloutKind::Agent,
+                    bundle: edge_wire::release::RELEASE_NAME.into(),
+                    version_number,
+                    selector,
+                    canary_percent,
+                    canary_label,
+                    max_failures,
+                    force: false,
+                })
+                .await?;
+            outln!("{}", r.rollout.id);
+            eprintln!(
+                "rollout {} of agent release #{} started in phase {} ({} device(s) targeted)",
+                r.rollout.id, r.rollout.version_number, r.rollout.phase, r.targeted
+            );
+        }
+        AgentCommand::Status { device } => json_pretty(&f.device_agent(&device).await?)?,
     }
     Ok(())
 }

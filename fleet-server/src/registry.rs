@@ -43,6 +43,9 @@ pub enum RegistryError {
 /// The cache key of "no base": the compressed full bundle.
 const NO_BASE: &str = "";
 
+/// Files larger than this get no bsdiff delta (see [`Registry::compute_delta`]).
+pub const BSDIFF_MAX: usize = 32 << 20;
+
 /// A delta claim older than this is taken over by the next replica that needs the delta.
 pub const DELTA_CLAIM_STALE_MS: i64 = 10 * 60 * 1000;
 
@@ -238,6 +241,84 @@ impl Registry {
         Ok((row, true))
     }
 
+    /// Verifies and stores an agent release file (signature against the release keys,
+    /// `fleet-server agent trust`): the row, and whether it is new. Re-pushing the same
+    /// file is a no-op; another file for a stored (release number, target) is refused, and
+    /// so is a release number below the newest stored one for that target.
+    pub async fn push_release(
+        &self,
+        bytes: Vec<u8>,
+        actor: &str,
+    ) -> Result<(crate::store::ReleaseRow, bool), RegistryError> {
+        use edge_wire::release;
+        let keys: Vec<_> = self
+            .store
+            .release_keys()
+            .await?
+            .iter()
+            .filter_map(|k| bundle_file::parse_public_key(&k.public_pem).ok())
+            .collect();
+        if keys.is_empty() {
+            return Err(RegistryError::Refused(
+                "no release signing key trusted: add one with `fleet-server agent trust KEY.pem`"
+                    .into(),
+            ));
+        }
+        let r = release::parse(&bytes)
+            .and_then(|u| u.verify(&keys))
+            .map_err(|e| RegistryError::Refused(e.to_string()))?;
+        let m = r.manifest();
+        let vn = i64::try_from(m.version_number)
+            .map_err(|_| RegistryError::Refused("release number above 2^63".into()))?;
+        if let Some(same) = self.store.release(vn, &m.target).await? {
+            if same.sha256 == r.sha256() {
+                return Ok((same, false));
+            }
+            return Err(RegistryError::Refused(format!(
+                "release number {vn} for {} is stored already with another file ({}): use a new release number",
+                m.target, same.sha256
+            )));
+        }
+        let others = self.store.release_targets(vn).await?;
+        if let Some(o) = others.iter().find(|o| o.version != m.version) {
+            return Err(RegistryError::Refused(format!(
+                "release number {vn} is version {} for {}, this file says {}: one release number, one version",
+                o.version, o.target, m.version
+            )));
+        }
+        self.store.put_artifact(r.sha256(), &bytes).await?;
+        let row = crate::store::ReleaseRow {
+            version_number: vn,
+            target: m.target.clone(),
+            version: m.version.clone(),
+            sha256: r.sha256().to_string(),
+            size: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            binary_sha256: m.binary_sha256.clone(),
+            signer: r.signer_id(),
+            notes: m.notes.clone(),
+            pushed_by: actor.into(),
+            pushed_at: now_ms(),
+        };
+        self.store.add_release(&row).await?;
+        Ok((row, true))
+    }
+
+    /// The artifact that takes a device from release file `base` (by SHA-256; `None`: it
+    /// runs its installed binary) to release `target`, as [`Registry::artifact_for`] does
+    /// for bundles.
+    pub async fn artifact_for_release(
+        &self,
+        base: Option<&str>,
+        target: &crate::store::ReleaseRow,
+    ) -> Result<Option<Artifact>, RegistryError> {
+        let base = match base.filter(|b| *b != target.sha256) {
+            Some(b) if self.store.release_by_sha(b).await?.is_some() => b,
+            _ => NO_BASE,
+        };
+        self.cached_or_spawn(base, &target.sha256, target.size)
+            .await
+    }
+
     /// The artifact that takes a device from `base` (the bundle file it runs, by SHA-256)
     /// to `target`: the smallest cached delta, or the full bundle. `None` while the delta
     /// is being computed (in the background; the device gets it at its next check-in).
@@ -246,18 +327,30 @@ impl Registry {
         base: Option<&str>,
         target: &BundleRow,
     ) -> Result<Option<Artifact>, RegistryError> {
-        let full = Artifact {
-            sha256: target.sha256.clone(),
-            size: target.size as u64,
-            method: "full".into(),
-        };
         // The device runs a bundle this server never stored (or none): nothing to diff
         // against, so the compressed full bundle (cached under the empty base).
         let base = match base.filter(|b| *b != target.sha256) {
             Some(b) if self.store.bundle_by_sha(b).await?.is_some() => b,
             _ => NO_BASE,
         };
-        if let Some(d) = self.store.delta(base, &target.sha256).await? {
+        self.cached_or_spawn(base, &target.sha256, target.size)
+            .await
+    }
+
+    /// The cached artifact from `base` to `target` (of `size` bytes), or `None` after
+    /// starting its computation.
+    async fn cached_or_spawn(
+        &self,
+        base: &str,
+        target: &str,
+        size: i64,
+    ) -> Result<Option<Artifact>, RegistryError> {
+        let full = Artifact {
+            sha256: target.to_string(),
+            size: size as u64,
+            method: "full".into(),
+        };
+        if let Some(d) = self.store.delta(base, target).await? {
             return Ok(Some(if d.method == "full" {
                 full
             } else {
@@ -268,7 +361,7 @@ impl Registry {
                 }
             }));
         }
-        self.spawn_delta(base.to_string(), target.sha256.clone());
+        self.spawn_delta(base.to_string(), target.to_string());
         Ok(None)
     }
 
@@ -324,6 +417,13 @@ impl Registry {
                     delta::Method::Zstd,
                     delta::make(delta::Method::Zstd, &old, &new),
                 )]
+            } else if new.len() > BSDIFF_MAX {
+                // bsdiff's suffix sort takes minutes and ~9x the file in memory on large
+                // files (agent binaries): zstd with the old file as prefix instead.
+                [delta::Method::PatchFrom, delta::Method::Zstd]
+                    .into_iter()
+                    .map(|m| (m, delta::make(m, &old, &new)))
+                    .collect()
             } else {
                 delta::make_all(&old, &new)
             };

@@ -20,9 +20,10 @@ use crate::operator::ErrorBody;
 use crate::rollout::StartRollout;
 use crate::service::commands::{CommandOut, CommandRequest};
 use crate::service::configs::{ConfigOut, ConfigPush, DeviceConfig};
+use crate::service::releases::{DeviceAgent, ReleaseOut};
 use crate::service::views::*;
 use crate::service::{ErrorKind, FleetOps, Result, ServiceError};
-use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, TrustedKey};
+use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, ReleaseRow, TrustedKey};
 use crate::types::RolloutAction;
 
 /// Where the server is and how to reach it.
@@ -302,6 +303,31 @@ impl FleetOps for RemoteFleet {
             public_pem: pem.to_string(),
         };
         self.json(Method::POST, &format!("{P}/keys"), &body).await
+    }
+    async fn releases(&self) -> Result<Vec<ReleaseRow>> {
+        self.get(&format!("{P}/agent/releases"), &[]).await
+    }
+    async fn push_release(&self, bytes: Vec<u8>) -> Result<ReleaseOut> {
+        self.call(
+            Method::POST,
+            &format!("{P}/agent/releases"),
+            Body::Octets(bytes),
+        )
+        .await
+    }
+    async fn release_keys(&self) -> Result<Vec<TrustedKey>> {
+        self.get(&format!("{P}/agent/keys"), &[]).await
+    }
+    async fn trust_release_key(&self, pem: &str) -> Result<TrustedKey> {
+        let body = TrustKeyRequest {
+            public_pem: pem.to_string(),
+        };
+        self.json(Method::POST, &format!("{P}/agent/keys"), &body)
+            .await
+    }
+    async fn device_agent(&self, id: &str) -> Result<DeviceAgent> {
+        self.get(&format!("{P}/devices/{}/agent", seg(id)), &[])
+            .await
     }
     async fn device_config(&self, id: &str) -> Result<DeviceConfig> {
         self.get(&format!("{P}/devices/{}/config", seg(id)), &[])

@@ -114,6 +114,33 @@ pub fn desired_config(rollouts: &[Rollout], d: &Device) -> Option<(String, i64, 
     None
 }
 
+/// The agent release a device should run: (release number, rollout id). Like
+/// configurations, every agent rollout competes and the newest that reaches the device
+/// decides (a halted one: no instruction).
+pub fn desired_agent(rollouts: &[Rollout], d: &Device) -> Option<(i64, String)> {
+    for r in rollouts {
+        if r.kind != RolloutKind::Agent || !targets(r, d) {
+            continue;
+        }
+        match r.state {
+            RolloutState::Active if in_phase(r, d) => {
+                return Some((r.version_number, r.id.clone()))
+            }
+            RolloutState::Halted => return None,
+            RolloutState::Active | RolloutState::RolledBack => {}
+        }
+    }
+    None
+}
+
+/// Whether the device's last check-in says it runs agent release `version_number`.
+fn runs_release(d: &Device, version_number: i64) -> bool {
+    d.checkin()
+        .and_then(|c| c.agent)
+        .and_then(|a| a.release)
+        .is_some_and(|(v, _)| i64::try_from(v).ok() == Some(version_number))
+}
+
 /// Whether the device's last check-in says it runs fleet configuration `name#version`.
 fn runs_config(d: &Device, name: &str, version_number: i64) -> bool {
     d.checkin()
@@ -137,6 +164,7 @@ pub fn device_state(r: &Rollout, d: &Device, report: Option<&RolloutReport>) -> 
             .models
             .contains(&format!("{}#{}", r.bundle, r.version_number)),
         RolloutKind::Config => runs_config(d, &r.bundle, r.version_number),
+        RolloutKind::Agent => runs_release(d, r.version_number),
     };
     if applied {
         return DeviceRolloutState::Applied;
@@ -210,6 +238,21 @@ pub async fn start(
                 return Err(RolloutError::Invalid(format!(
                     "no configuration {} with version number {} (push it first: fleet-server config push)",
                     s.bundle, s.version_number
+                )));
+            }
+        }
+        RolloutKind::Agent => {
+            if s.bundle != edge_wire::release::RELEASE_NAME {
+                return Err(RolloutError::Invalid(format!(
+                    "an agent rollout hands out `{}`, not `{}`",
+                    edge_wire::release::RELEASE_NAME,
+                    s.bundle
+                )));
+            }
+            if store.release_targets(s.version_number).await?.is_empty() {
+                return Err(RolloutError::Invalid(format!(
+                    "no agent release number {} (push it first: fleet-server agent push)",
+                    s.version_number
                 )));
             }
         }

@@ -124,6 +124,9 @@ string_enum! {
         /// An agent configuration version (`bundle` names the fleet configuration). A
         /// device runs one configuration: the newest rollout that reaches it decides.
         Config = "config",
+        /// An agent software release (`bundle` is `edge-agent`; each device gets the
+        /// release file for its target). The newest rollout that reaches a device decides.
+        Agent = "agent",
     }
 }
 

@@ -374,6 +374,7 @@ async fn seed(a: &mut Api) {
             applied: None,
             pending: None,
         }),
+        agent: None,
     };
     for id in ["d1", "d2"] {
         let d = a.f.store.device(id).await.unwrap().unwrap();

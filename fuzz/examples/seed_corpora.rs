@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 last_error: Some("broker unreachable".into()),
                 uptime_s: 3600,
                 config: None,
+                agent: None,
             }),
         ),
         (
@@ -155,6 +156,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     },
                 }],
                 renew: true,
+                desired_agent: None,
             }),
         ),
         (
@@ -186,6 +188,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 desired_config: None,
                 commands: Vec::new(),
                 renew: false,
+                desired_agent: None,
             }),
         ),
         (

@@ -20,6 +20,7 @@ fn status() -> sync::CheckIn {
         last_error: None,
         uptime_s: 1,
         config: None,
+        agent: None,
     }
 }
 

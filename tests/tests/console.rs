@@ -355,6 +355,7 @@ fn console_in_a_real_browser_with_three_agents_and_the_remote_cli() {
             last_error: None,
             uptime_s: 0,
             config: None,
+            agent: None,
         }),
     )
     .expect("device call with an operator token");

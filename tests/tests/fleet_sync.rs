@@ -106,6 +106,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
             last_error: None,
             uptime_s: 0,
             config: None,
+            agent: None,
         },
     )
     .expect("B checks in");
@@ -243,6 +244,7 @@ fn enrollment_authz_ingest_through_cuts_and_resumed_download() {
             last_error: None,
             uptime_s: 0,
             config: None,
+            agent: None,
         },
     );
     let (st, msg) = r.expect_err("revoked device checked in");

@@ -283,7 +283,7 @@ pub fn pack(
             })
             .collect(),
         metrics: given.metrics,
-        packed_by: format!("edge-agent {}", crate::VERSION),
+        packed_by: format!("edge-agent {}", crate::version()),
     };
     let warnings: Vec<String> = stats
         .grid_warning(ps.spec.rate_hz)

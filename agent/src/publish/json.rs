@@ -85,7 +85,7 @@ impl JsonFormat {
         let body = json!({
             "state": state,
             "agent": self.device,
-            "agent_version": crate::VERSION,
+            "agent_version": crate::version(),
             "ts": ms(edge_wire::now_ns()),
             "models": models,
             "outbox": outbox,

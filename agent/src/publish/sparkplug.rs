@@ -454,7 +454,7 @@ impl SparkplugFormat {
                 alias: Some(version),
                 timestamp: Some(now),
                 datatype: Some(DataType::String as u32),
-                value: Some(MetricValue::StringValue(crate::VERSION.into())),
+                value: Some(MetricValue::StringValue(crate::version().into())),
                 ..Default::default()
             },
         ];

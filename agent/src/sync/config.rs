@@ -54,6 +54,42 @@ pub struct SyncConfig {
     /// (revoked device, used token). Default `{ initial = "1s", max = "60s" }`.
     #[serde(default = "default_retry")]
     pub retry: edge_sources::backoff::ReconnectConfig,
+    /// `[sync.agent_update]`: fleet releases of the agent binary itself.
+    #[serde(default)]
+    pub agent_update: AgentUpdateConfig,
+}
+
+/// `[sync.agent_update]`: whether and how this device takes new agent binaries from the
+/// fleet (docs/fleet.md, "Agent software updates"). Off until a release key is trusted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentUpdateConfig {
+    /// Public keys (ed25519 PEM) agent releases must be signed with. Empty (the default):
+    /// every release the fleet offers is refused and reported as such.
+    pub trusted_keys: Vec<PathBuf>,
+    /// How long a new binary has to become healthy (every source connected, pipeline
+    /// moving, MQTT outputs connected, a fleet check-in) before it is rolled back.
+    #[serde(with = "humantime_serde")]
+    pub health_timeout: Duration,
+}
+
+impl Default for AgentUpdateConfig {
+    fn default() -> Self {
+        AgentUpdateConfig {
+            trusted_keys: Vec::new(),
+            health_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl AgentUpdateConfig {
+    /// The trusted release keys, read and parsed.
+    pub fn keys(&self) -> Result<Vec<ed25519_dalek::VerifyingKey>, edge_wire::bundle::BundleError> {
+        self.trusted_keys
+            .iter()
+            .map(|p| edge_wire::bundle::file::read_public_key(p))
+            .collect()
+    }
 }
 
 fn default_config_health_timeout() -> Duration {
@@ -179,6 +215,18 @@ impl SyncConfig {
             self.health.windows >= 1,
             at.key("health").key("windows"),
             || "must be at least 1".into(),
+        );
+        let au = at.key("agent_update");
+        for (i, p) in self.agent_update.trusted_keys.iter().enumerate() {
+            if let Err(e) = edge_wire::bundle::file::read_public_key(p) {
+                issues.push(au.key("trusted_keys").index(i), e.to_string());
+            }
+        }
+        issues.check(
+            self.agent_update.health_timeout >= Duration::from_secs(2)
+                && self.agent_update.health_timeout <= Duration::from_secs(3600),
+            au.key("health_timeout"),
+            || "must be between 2s and 1h".into(),
         );
     }
 }

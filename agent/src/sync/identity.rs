@@ -189,7 +189,7 @@ impl IdentityFiles {
                     token: token.to_string(),
                     csr_pem: csr,
                     name: agent_id.to_string(),
-                    agent_version: crate::VERSION.to_string(),
+                    agent_version: crate::version().to_string(),
                 },
             )
             .await?;

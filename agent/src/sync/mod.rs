@@ -13,7 +13,9 @@
 //!    cut mid-upload re-sends and the server de-duplicates;
 //! 5. apply model updates (`update.rs`);
 //! 6. take a desired configuration file ([`crate::remote_config`]): send the reports owed
-//!    about earlier ones, validate and stage a new one, and ask the run to restart with it.
+//!    about earlier ones, validate and stage a new one, and ask the run to restart with it;
+//! 7. take a desired agent release ([`crate::agent_update`]): send the reports owed, install
+//!    a new one beside the running binary, and ask for a process restart into it.
 //!
 //! Failures are logged once per change and retried with backoff; an operator-fixable refusal
 //! (revoked device, bad token) is retried slowly.
@@ -105,6 +107,8 @@ pub struct SyncTask {
     pub remote: Option<RemoteControl>,
     /// What operators' commands act on.
     pub ops: commands::DeviceOps,
+    /// Installs the agent releases the server asks for.
+    pub agent: crate::agent_update::install::AgentUpdater,
     command_log: commands::CommandLog,
     started: Instant,
     /// Bundle identities by file stamp: a check-in hashes a bundle only when it changed.
@@ -214,7 +218,19 @@ impl SyncTask {
             downloaded: Default::default(),
         };
         let command_log = commands::CommandLog::new(&data_dir);
+        let release_keys = cfg.agent_update.keys().unwrap_or_else(|e| {
+            tracing::error!("sync.agent_update.trusted_keys: {e}; agent releases are refused");
+            Vec::new()
+        });
+        let agent = crate::agent_update::install::AgentUpdater {
+            store: Arc::new(crate::agent_update::ReleaseStore::new(&data_dir)),
+            trusted: release_keys,
+            downloads: data_dir.join("sync").join("downloads"),
+            max_bytes_per_s: cfg.max_bytes_per_s,
+            downloaded: Default::default(),
+        };
         SyncTask {
+            agent,
             command_log,
             cfg,
             agent_id,
@@ -378,6 +394,7 @@ impl SyncTask {
         // 2. Reports owed from earlier cycles.
         self.send_reports(c, pending_reports).await.map_err(fail)?;
         self.send_config_reports(c).await.map_err(fail)?;
+        self.send_agent_reports(c).await.map_err(fail)?;
         if let Some(d) = &reply.desired_config {
             if self.take_config(d) {
                 self.send_config_reports(c).await.map_err(fail)?;
@@ -400,6 +417,9 @@ impl SyncTask {
                 }
                 commands::After::Resync => {
                     self.updater.given_up.clear();
+                    if let Err(e) = self.agent.store.update(|s| s.given_up.clear()) {
+                        tracing::warn!("agent releases: {e}");
+                    }
                     if let Some(r) = &self.remote {
                         if let Err(e) = r.config.update(|s| s.given_up.clear()) {
                             tracing::warn!("remote configuration: {e}");
@@ -424,7 +444,32 @@ impl SyncTask {
             pending_reports.extend(reports);
             self.send_reports(c, pending_reports).await.map_err(fail)?;
         }
+        // 5. The agent binary itself: installed beside the running one; the process then
+        // exits for systemd (and the launcher) to start the new one.
+        if let Some(d) = &reply.desired_agent {
+            match crate::agent_update::install(&mut self.agent, c, d).await {
+                Ok(true) => {
+                    commands::restart(&self.ops);
+                    return Ok(next);
+                }
+                Ok(false) => self.send_agent_reports(c).await.map_err(fail)?,
+                Err(update::Retry(e)) => {
+                    tracing::warn!(version = %d.version, "agent release: {e} (tried again at the next check-in)")
+                }
+            }
+        }
         Ok(next)
+    }
+
+    /// Sends the agent release reports owed, oldest first.
+    async fn send_agent_reports(&self, c: &mut FleetClient) -> Result<(), ClientError> {
+        for report in self.agent.store.owed() {
+            let _: wire::Empty = c.call(wire::path::AGENT_REPORT, &report).await?;
+            if let Err(e) = self.agent.store.acknowledged(&report) {
+                tracing::warn!("agent releases: {e}");
+            }
+        }
+        Ok(())
     }
 
     async fn send_reports(
@@ -571,7 +616,7 @@ impl SyncTask {
             None => Vec::new(),
         };
         CheckIn {
-            agent_version: format!("{} ({})", crate::VERSION, crate::GIT_HASH),
+            agent_version: format!("{} ({})", crate::version(), crate::GIT_HASH),
             models,
             streams,
             last_error,
@@ -580,6 +625,7 @@ impl SyncTask {
                 .remote
                 .as_ref()
                 .map(|r| r.config.status(&r.running_sha256)),
+            agent: Some(self.agent.store.status()),
         }
     }
 

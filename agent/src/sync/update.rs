@@ -243,63 +243,21 @@ impl Updater {
             };
         }
         // Download (resuming a partial file), then check what arrived.
-        std::fs::create_dir_all(&self.downloads)
-            .map_err(|e| Retry(format!("{}: {e}", self.downloads.display())))?;
         let art = &d.artifact;
-        let done = self.downloads.join(&art.sha256);
-        let part = self.downloads.join(format!("{}.part", art.sha256));
-        let mut got = 0;
-        if !done.exists() {
-            let path = format!("{}/{}", edge_wire::sync::path::ARTIFACTS, art.sha256);
-            let cap = (self.max_bytes_per_s > 0).then_some(self.max_bytes_per_s);
-            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-            let before = size(&part);
-            let r = client.download(&path, &part, art.size, cap).await;
-            let after = size(&part);
-            // A resumed transfer adds to the file; a restarted one (200 instead of 206) rewrote it.
-            *self.downloaded.entry(art.sha256.clone()).or_default() += if after >= before {
-                after - before
-            } else {
-                after
-            };
-            r.map_err(|e| {
-                if e.is_refusal() {
-                    Retry(format!("server refused the download: {e}"))
-                } else {
-                    Retry(e.to_string())
-                }
-            })?;
-            let bytes =
-                std::fs::read(&part).map_err(|e| Retry(format!("{}: {e}", part.display())))?;
-            let sha = bundle_file::sha256_hex(&bytes);
-            if bytes.len() as u64 > art.size
-                || (bytes.len() as u64 == art.size && sha != art.sha256)
-            {
-                let _ = std::fs::remove_file(&part);
-                return Err(Retry(format!(
-                    "downloaded artifact does not match (sha256 {sha}, {} bytes; expected {} bytes {}): discarded, will download again",
-                    bytes.len(), art.size, art.sha256
-                )));
-            }
-            if (bytes.len() as u64) < art.size {
-                return Err(Retry(format!(
-                    "download incomplete ({} of {} bytes)",
-                    bytes.len(),
-                    art.size
-                )));
-            }
-            std::fs::rename(&part, &done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
-        }
-        got = self.downloaded.remove(&art.sha256).unwrap_or(got);
-        let artifact =
-            std::fs::read(&done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
+        let (artifact, got) = fetch(
+            client,
+            &self.downloads,
+            art,
+            self.max_bytes_per_s,
+            &mut self.downloaded,
+        )
+        .await?;
         let new_bytes = if art.method == "full" {
             artifact
         } else {
             match edge_wire::delta::apply(current_bytes, &artifact) {
                 Ok(b) => b,
                 Err(e) => {
-                    let _ = std::fs::remove_file(&done);
                     return failed(
                         format!("delta ({}) does not apply: {e}", art.method),
                         &art.method,
@@ -308,7 +266,6 @@ impl Updater {
                 }
             }
         };
-        let _ = std::fs::remove_file(&done);
         // Verify before anything touches the running model.
         let verified = match bundle_file::Bundle::from_bytes(&new_bytes, &self.trusted, floor) {
             Ok(b) => b,
@@ -487,6 +444,65 @@ impl Updater {
             }
         }
     }
+}
+
+/// Downloads an artifact into `downloads` (resuming a partial file across attempts and
+/// restarts; `downloaded` counts the bytes per artifact over every attempt), checks its
+/// size and SHA-256, and returns its bytes with the bytes downloaded. The finished file is
+/// removed once read: a delta that then fails to apply is downloaded again next time.
+pub(crate) async fn fetch(
+    client: &mut FleetClient,
+    downloads: &Path,
+    art: &edge_wire::sync::Artifact,
+    max_bytes_per_s: u64,
+    downloaded: &mut std::collections::HashMap<String, u64>,
+) -> Result<(Vec<u8>, u64), Retry> {
+    std::fs::create_dir_all(downloads)
+        .map_err(|e| Retry(format!("{}: {e}", downloads.display())))?;
+    let done = downloads.join(&art.sha256);
+    let part = downloads.join(format!("{}.part", art.sha256));
+    if !done.exists() {
+        let path = format!("{}/{}", edge_wire::sync::path::ARTIFACTS, art.sha256);
+        let cap = (max_bytes_per_s > 0).then_some(max_bytes_per_s);
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let before = size(&part);
+        let r = client.download(&path, &part, art.size, cap).await;
+        let after = size(&part);
+        // A resumed transfer adds to the file; a restarted one (200 instead of 206) rewrote it.
+        *downloaded.entry(art.sha256.clone()).or_default() += if after >= before {
+            after - before
+        } else {
+            after
+        };
+        r.map_err(|e| {
+            if e.is_refusal() {
+                Retry(format!("server refused the download: {e}"))
+            } else {
+                Retry(e.to_string())
+            }
+        })?;
+        let bytes = std::fs::read(&part).map_err(|e| Retry(format!("{}: {e}", part.display())))?;
+        let sha = bundle_file::sha256_hex(&bytes);
+        if bytes.len() as u64 > art.size || (bytes.len() as u64 == art.size && sha != art.sha256) {
+            let _ = std::fs::remove_file(&part);
+            return Err(Retry(format!(
+                    "downloaded artifact does not match (sha256 {sha}, {} bytes; expected {} bytes {}): discarded, will download again",
+                    bytes.len(), art.size, art.sha256
+                )));
+        }
+        if (bytes.len() as u64) < art.size {
+            return Err(Retry(format!(
+                "download incomplete ({} of {} bytes)",
+                bytes.len(),
+                art.size
+            )));
+        }
+        std::fs::rename(&part, &done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
+    }
+    let got = downloaded.remove(&art.sha256).unwrap_or(0);
+    let artifact = std::fs::read(&done).map_err(|e| Retry(format!("{}: {e}", done.display())))?;
+    let _ = std::fs::remove_file(&done);
+    Ok((artifact, got))
 }
 
 /// A temporary problem (network, partial download): try again at the next check-in.

@@ -317,6 +317,44 @@ pub(super) async fn device_config(
     respond(st.service.acting(p).device_config(&id).await)
 }
 
+// ---- agent releases ----
+
+pub(super) async fn releases(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).releases().await)
+}
+
+pub(super) async fn push_release(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    body: Bytes,
+) -> Response {
+    created(st.service.acting(p).push_release(body.to_vec()).await)
+}
+
+pub(super) async fn release_keys(State(st): State<OperatorState>, Extension(p): Who) -> Response {
+    respond(st.service.acting(p).release_keys().await)
+}
+
+pub(super) async fn trust_release_key(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match json_body::<TrustKeyRequest>(&headers, &body) {
+        Ok(r) => created(st.service.acting(p).trust_release_key(&r.public_pem).await),
+        Err(e) => error_response(&e),
+    }
+}
+
+pub(super) async fn device_agent(
+    State(st): State<OperatorState>,
+    Extension(p): Who,
+    Path(id): Path<String>,
+) -> Response {
+    respond(st.service.acting(p).device_agent(&id).await)
+}
+
 // ---- the fleet CA ----
 
 pub(super) async fn ca_status(State(st): State<OperatorState>, Extension(p): Who) -> Response {

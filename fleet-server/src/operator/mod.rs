@@ -158,6 +158,38 @@ pub fn routes(max_bundle: usize) -> Vec<(RouteSpec, MethodRouter<OperatorState>)
             Some(Viewer),
             get(h::config),
         ),
+        r(
+            "GET",
+            "/v1/operator/devices/{id}/agent",
+            Some(Viewer),
+            get(h::device_agent),
+        ),
+        r(
+            "GET",
+            "/v1/operator/agent/releases",
+            Some(Viewer),
+            get(h::releases),
+        ),
+        r(
+            "POST",
+            "/v1/operator/agent/releases",
+            Some(Operator),
+            post(h::push_release).layer(axum::extract::DefaultBodyLimit::max(
+                crate::service::releases::MAX_RELEASE_BYTES,
+            )),
+        ),
+        r(
+            "GET",
+            "/v1/operator/agent/keys",
+            Some(Viewer),
+            get(h::release_keys),
+        ),
+        r(
+            "POST",
+            "/v1/operator/agent/keys",
+            Some(Admin),
+            post(h::trust_release_key),
+        ),
         r("GET", "/v1/operator/keys", Some(Viewer), get(h::keys)),
         r("POST", "/v1/operator/keys", Some(Admin), post(h::trust_key)),
         r("GET", "/v1/operator/bundles", Some(Viewer), get(h::bundles)),

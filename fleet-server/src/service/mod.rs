@@ -19,6 +19,7 @@ mod devices;
 mod drift;
 mod models;
 mod ops;
+pub mod releases;
 mod rollouts;
 mod validation;
 pub mod views;

@@ -5,11 +5,12 @@
 
 use crate::drift::{DriftQuery, DriftRecordOut, DriftView, Heatmap, HeatmapQuery};
 use crate::rollout::StartRollout;
-use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, TrustedKey};
+use crate::store::{AlarmRow, ApiTokenRow, AuditEntry, ConfigRow, ReleaseRow, TrustedKey};
 use crate::types::RolloutAction;
 
 use super::commands::{CommandOut, CommandRequest};
 use super::configs::{ConfigOut, ConfigPush, DeviceConfig};
+use super::releases::{DeviceAgent, ReleaseOut};
 use super::views::*;
 use super::{Acting, Result};
 
@@ -52,6 +53,16 @@ pub trait FleetOps {
     async fn config(&self, name: &str, version_number: i64) -> Result<ConfigRow>;
     /// Stores a new version of a fleet configuration from fragments (operator).
     async fn push_config(&self, name: &str, p: &ConfigPush) -> Result<ConfigOut>;
+    /// Every stored agent release file, newest first (viewer).
+    async fn releases(&self) -> Result<Vec<ReleaseRow>>;
+    /// Verifies and stores a signed agent release file (operator).
+    async fn push_release(&self, bytes: Vec<u8>) -> Result<ReleaseOut>;
+    /// The keys agent releases must be signed with (viewer).
+    async fn release_keys(&self) -> Result<Vec<TrustedKey>>;
+    /// Trusts an ed25519 public key (PEM) for agent release signatures (admin).
+    async fn trust_release_key(&self, pem: &str) -> Result<TrustedKey>;
+    /// A device's agent software, desired vs reported, with its reports (viewer).
+    async fn device_agent(&self, id: &str) -> Result<DeviceAgent>;
     /// The keys trusted for bundle signatures (viewer).
     async fn keys(&self) -> Result<Vec<TrustedKey>>;
     /// Trusts an ed25519 public key (PEM) for bundle signatures (admin).
@@ -155,6 +166,11 @@ delegate! {
     configs() -> Vec<ConfigRow>;
     config(name: &str, version_number: i64) -> ConfigRow;
     push_config(name: &str, p: &ConfigPush) -> ConfigOut;
+    releases() -> Vec<ReleaseRow>;
+    push_release(bytes: Vec<u8>) -> ReleaseOut;
+    release_keys() -> Vec<TrustedKey>;
+    trust_release_key(pem: &str) -> TrustedKey;
+    device_agent(id: &str) -> DeviceAgent;
     keys() -> Vec<TrustedKey>;
     trust_key(pem: &str) -> TrustedKey;
     bundles() -> Vec<BundleOut>;

@@ -110,7 +110,7 @@ impl Acting {
             crate::types::RolloutKind::Bundle => {
                 self.gate_refusal(&s.bundle, s.version_number).await?
             }
-            crate::types::RolloutKind::Config => None,
+            crate::types::RolloutKind::Config | crate::types::RolloutKind::Agent => None,
         };
         let forced = match gate {
             None => None,

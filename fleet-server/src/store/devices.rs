@@ -1056,6 +1056,7 @@ mod tests {
             last_error: error.map(str::to_string),
             uptime_s: 1,
             config: None,
+            agent: None,
         }
     }
 

@@ -203,6 +203,7 @@ mod tests {
             last_error: error.map(str::to_string),
             uptime_s: 1,
             config: None,
+            agent: None,
         };
         let json = serde_json::to_string(&c).unwrap();
         CheckInWrite::new(DeviceRef::Cert(sha(&format!("cert{i}"))), &c, json, 0).unwrap()

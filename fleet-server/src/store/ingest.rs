@@ -1247,6 +1247,7 @@ mod tests {
                     last_error: None,
                     uptime_s: 0,
                     config: None,
+                    agent: None,
                 };
                 st.check_in(&d, &report, "{}", 60_000).await
             }));

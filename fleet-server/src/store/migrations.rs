@@ -314,6 +314,30 @@ const MIGRATIONS: &[Migration] = &[
                 retired_at BIGINT NOT NULL)"),
         ],
     },
+    Migration {
+        version: 11,
+        name: "agent software releases, their signing keys, devices' release reports",
+        steps: &[
+            // One signed release file per (release number, target); the bytes are an
+            // artifact (artifact_chunks) under `sha256`.
+            Sql("CREATE TABLE agent_releases (
+                version_number BIGINT NOT NULL, target TEXT NOT NULL, version TEXT NOT NULL,
+                sha256 TEXT NOT NULL, size BIGINT NOT NULL, binary_sha256 TEXT NOT NULL,
+                signer TEXT NOT NULL, notes TEXT NOT NULL, pushed_by TEXT NOT NULL,
+                pushed_at BIGINT NOT NULL, PRIMARY KEY (version_number, target))"),
+            Sql("CREATE INDEX agent_releases_sha ON agent_releases (sha256)"),
+            // Keys release files must be signed with (separate from the bundle keys).
+            Sql("CREATE TABLE release_keys (
+                key_id TEXT PRIMARY KEY, public_pem TEXT NOT NULL, added_by TEXT NOT NULL,
+                added_at BIGINT NOT NULL)"),
+            Sql("CREATE TABLE agent_reports (
+                device_id TEXT NOT NULL, at BIGINT NOT NULL, version TEXT NOT NULL,
+                version_number BIGINT NOT NULL, sha256 TEXT NOT NULL, from_version TEXT NOT NULL,
+                rollout_id TEXT, outcome TEXT NOT NULL, method TEXT NOT NULL,
+                downloaded_bytes BIGINT NOT NULL, detail TEXT NOT NULL)"),
+            Sql("CREATE INDEX agent_reports_device ON agent_reports (device_id, at)"),
+        ],
+    },
 ];
 
 /// The schema version this binary writes.

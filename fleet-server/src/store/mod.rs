@@ -29,6 +29,7 @@ mod ingest;
 pub mod migrations;
 mod models;
 pub mod partitions;
+mod releases;
 mod rollouts;
 mod settings;
 mod validation;
@@ -52,6 +53,7 @@ pub use drift::{DriftEventRow, DriftPolicyRow};
 pub use group::{DeviceRef, GroupResult, UploadWrite};
 pub use ingest::{AlarmQuery, AlarmRow, DriftIndexRow, IngestResult, StreamMark, UpdateRow};
 pub use models::{BundleRow, DeltaRow, TrustedKey};
+pub use releases::{AgentReportRow, ReleaseRow};
 pub use rollouts::{Rollout, RolloutReport};
 pub use validation::{GateRow, ValidationRow};
 

@@ -6,6 +6,7 @@
 //!   on disk and on the sync wire (CBOR) — the agent writes and the fleet server reads them here;
 //! - [`bundle`]: the signed model bundle (container, manifest, feature spec); a bundle read from
 //!   bytes is unverified until [`bundle::file::Unverified::verify`] checked its signature;
+//! - [`release`]: the signed agent release (the `edge-agent` binary for one target);
 //! - [`sync`]: the agent ↔ fleet server messages (versioned CBOR envelope, zstd);
 //! - [`delta`]: model update deltas (bsdiff, zstd patch-from, ONNX tensor XOR);
 //! - [`drift`]: mergeable drift summaries and scores; [`drift_policy`]: when a column drifts;
@@ -26,6 +27,7 @@ pub mod delta;
 pub mod drift;
 pub mod drift_policy;
 pub mod records;
+pub mod release;
 pub mod sample;
 pub mod sparkplug;
 pub mod sync;

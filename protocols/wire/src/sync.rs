@@ -17,7 +17,8 @@
 //! | `POST /v1/command/result` | [`CommandResult`] | [`Empty`] |
 //! | `POST /v1/renew` | [`RenewRequest`] | [`RenewReply`] |
 //! | `POST /v1/renew/confirm` (with the renewed certificate) | [`Empty`] | [`Empty`] |
-//! | `GET /v1/artifacts/{sha256}` | — | bundle or delta bytes (HTTP ranges) |
+//! | `POST /v1/agent/report` | [`AgentReport`] | [`Empty`] |
+//! | `GET /v1/artifacts/{sha256}` | — | bundle, agent release or delta bytes (HTTP ranges) |
 //!
 //! Errors are plain-text bodies with a 4xx/5xx status.
 
@@ -52,6 +53,8 @@ pub mod path {
     pub const RENEW: &str = "/v1/renew";
     /// [`super::Empty`] → [`super::Empty`], presented with the renewed certificate.
     pub const RENEW_CONFIRM: &str = "/v1/renew/confirm";
+    /// [`super::AgentReport`] → [`super::Empty`].
+    pub const AGENT_REPORT: &str = "/v1/agent/report";
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -249,6 +252,67 @@ pub struct CheckIn {
     /// configuration, or one run without a file).
     #[serde(default)]
     pub config: Option<ConfigStatus>,
+    /// The agent software it runs (absent: an agent that predates agent updates).
+    #[serde(default)]
+    pub agent: Option<AgentStatus>,
+}
+
+/// The agent software a device runs, reported at every check-in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// The running binary's version (`edge-agent --version`).
+    pub version: String,
+    /// The Rust target triple it was built for: the server hands out releases for it only.
+    pub target: String,
+    /// The fleet release it runs (`version_number`, SHA-256 of the release file); absent
+    /// when it runs the binary it was installed with (the Debian package's).
+    pub release: Option<(u64, String)>,
+    /// A release being health-checked right now (its SHA-256).
+    pub pending: Option<String>,
+}
+
+/// An agent release the server wants the device to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredRelease {
+    /// The release's version string.
+    pub version: String,
+    /// Its monotonic release number.
+    pub version_number: u64,
+    /// The target it is built for (the device's).
+    pub target: String,
+    /// SHA-256 of the release file: the result must hash to this.
+    pub sha256: String,
+    /// Size of the release file.
+    pub size: u64,
+    /// The rollout that asks for it.
+    pub rollout: Option<String>,
+    /// What to download: a delta from the device's current release file, or the full one.
+    pub artifact: Artifact,
+}
+
+/// How an agent software update ended, reported after it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// The release's version string.
+    pub version: String,
+    /// Its release number.
+    pub version_number: u64,
+    /// SHA-256 of the release file.
+    pub sha256: String,
+    /// The version the device ran before.
+    pub from_version: String,
+    /// The rollout that asked.
+    pub rollout: Option<String>,
+    /// How it ended: `applied` (running and healthy), `rolled_back` (it failed its health
+    /// check or kept exiting; the previous binary runs again), `failed` (never switched to:
+    /// download, delta, signature, target, floor or its `--version` check failed).
+    pub outcome: UpdateOutcome,
+    /// How it travelled: `full`, a delta method, or `none`.
+    pub method: String,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+    /// Why, in words.
+    pub detail: String,
 }
 
 /// The configuration a device runs, as it reports it at every check-in.
@@ -366,6 +430,9 @@ pub struct CheckInReply {
     /// CA is being rotated).
     #[serde(default)]
     pub renew: bool,
+    /// The agent release the device should run, when it runs another one.
+    #[serde(default)]
+    pub desired_agent: Option<DesiredRelease>,
 }
 
 /// A certificate renewal: a CSR for a key made on the device now.

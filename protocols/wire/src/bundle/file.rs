@@ -146,9 +146,15 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn signed_message(manifest: &[u8], model: &[u8]) -> Vec<u8> {
-    let mut m = DOMAIN.to_vec();
+    domain_message(DOMAIN, manifest, model)
+}
+
+/// What a signature covers: `domain || SHA-256(manifest) || SHA-256(payload)` (bundles and
+/// agent releases, each with its own domain so one can never pass for the other).
+pub(crate) fn domain_message(domain: &[u8], manifest: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut m = domain.to_vec();
     m.extend_from_slice(&Sha256::digest(manifest));
-    m.extend_from_slice(&Sha256::digest(model));
+    m.extend_from_slice(&Sha256::digest(payload));
     m
 }
 
