@@ -47,7 +47,8 @@
     });
   }
 
-  // Form fields as the API's JSON: `a.b` names nest, data-type list/int/float convert,
+  // Form fields as the API's JSON: `a.b` names nest, data-type list/int/float convert
+  // (fragment: a configuration file as [[name, text]]),
   // empty fields are left out, data-path fields go into the URL template instead.
   function formJson(form) {
     var out = {};
@@ -61,6 +62,7 @@
       if (t === "list") v = v.split(/[\s,]+/).filter(function (x) { return x !== ""; });
       else if (t === "int") v = parseInt(v, 10);
       else if (t === "float") v = parseFloat(v);
+      else if (t === "fragment") v = [[el.getAttribute("data-fragment") || "console", v]];
       if (el.hasAttribute("data-path")) { path[el.name] = v; return; }
       var keys = el.name.split(".");
       var o = out;

@@ -63,7 +63,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 last_error: Some("broker unreachable".into()),
                 uptime_s: 3600,
                 config: None,
-                agent: None,
+                agent: Some(sync::AgentStatus {
+                    version: "1.1.0".into(),
+                    target: "aarch64-unknown-linux-musl".into(),
+                    release: Some((11, "cd".repeat(32))),
+                    pending: None,
+                }),
             }),
         ),
         (
@@ -199,6 +204,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 duplicates: 1,
             }),
         ),
+        (
+            "checkin-reply-agent-release",
+            sync::encode(&sync::CheckInReply {
+                device_id: "d-1".into(),
+                desired: Vec::new(),
+                next_checkin_s: 10,
+                desired_config: None,
+                commands: Vec::new(),
+                renew: false,
+                desired_agent: Some(sync::DesiredRelease {
+                    version: "1.2.0".into(),
+                    version_number: 12,
+                    target: "aarch64-unknown-linux-musl".into(),
+                    sha256: "ab".repeat(32),
+                    size: 16_000_000,
+                    rollout: Some("r-9".into()),
+                    artifact: sync::Artifact {
+                        sha256: "ba".repeat(32),
+                        size: 900_000,
+                        method: "zstd-patch-from".into(),
+                    },
+                }),
+            }),
+        ),
+        (
+            "agent-report",
+            sync::encode(&sync::AgentReport {
+                version: "1.2.0".into(),
+                version_number: 12,
+                sha256: "ab".repeat(32),
+                from_version: "1.1.0".into(),
+                rollout: Some("r-9".into()),
+                outcome: sync::UpdateOutcome::RolledBack,
+                method: "zstd-patch-from".into(),
+                downloaded_bytes: 900_000,
+                detail: "started 3 times without becoming healthy".into(),
+            }),
+        ),
         ("empty", sync::encode(&sync::Empty {})),
     ];
     for (name, body) in &msgs {
@@ -212,6 +255,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
     let small = bundle_file::pack(&parsed.manifest, b"\x08\x07\x12\x04fuzz", &key)?;
     put("bundle", "demo-manifest-small-model", &small)?;
+    let release = edge_wire::release::pack(
+        &edge_wire::release::ReleaseManifest {
+            format: 1,
+            name: edge_wire::release::RELEASE_NAME.into(),
+            version: "1.2.0".into(),
+            version_number: 12,
+            target: "aarch64-unknown-linux-musl".into(),
+            binary_sha256: String::new(),
+            binary_size: 0,
+            notes: "fuzz seed".into(),
+        },
+        b"\x7fELF a small binary",
+        &key,
+    );
+    put("bundle", "agent-release", &release)?;
     put(
         "bundle",
         "manifest-only",

@@ -84,6 +84,7 @@ fn decode_all_messages(body: &[u8]) {
     one::<sync::ConfigReport>(body);
     one::<sync::CommandResult>(body);
     one::<sync::RenewRequest>(body);
+    one::<sync::AgentReport>(body);
     // Agent side: what the server answers.
     one::<sync::EnrollReply>(body);
     one::<sync::RenewReply>(body);
@@ -109,7 +110,7 @@ fn zstd_frame(data: &[u8]) -> std::io::Result<Vec<u8>> {
     zstd::bulk::compress(data, 1)
 }
 
-/// A bundle file: container, manifest, model hash, signature.
+/// A bundle file (and an agent release file): container, manifest, hash, signature.
 pub fn bundle(data: &[u8]) {
     static KEY: OnceLock<ed25519_dalek::VerifyingKey> = OnceLock::new();
     let key = KEY.get_or_init(|| ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key());
@@ -125,6 +126,14 @@ pub fn bundle(data: &[u8]) {
         assert!(
             u.verify(std::slice::from_ref(key)).is_err(),
             "an unsigned bundle verified"
+        );
+    }
+    // The same bytes as an agent release file (same container shape, another magic and
+    // signature domain): parsed, then refused by the key.
+    if let Ok(u) = edge_wire::release::parse(data) {
+        assert!(
+            u.verify(std::slice::from_ref(key)).is_err(),
+            "an unsigned agent release verified"
         );
     }
 }

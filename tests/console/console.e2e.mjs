@@ -138,6 +138,20 @@ try {
   await page.waitForResponse((r) => r.url().includes(`/console/devices/${FAULTY}`) && r.request().headers()["hx-request"] === "true", { timeout: 6000 });
   log(`device page refreshed itself after ${Date.now() - t} ms`);
   await shot(page, "03-device");
+  // A command from the console: the device runs it at its next check-in and answers.
+  await page.locator("#h-commands ~ p.actions button", { hasText: "Fetch diagnostics" }).click();
+  await until("the diagnostics command answered", async () => {
+    await page.reload();
+    const row = page.locator("table", { hasText: "Attachment" }).locator("tbody tr").first();
+    return (await row.count()) > 0 && (await row.innerText()).includes("done") && (await row.locator("a").count()) > 0;
+  }, 60000);
+  const diag = await page.evaluate(async () => {
+    const a = [...document.querySelectorAll("table a")].find((x) => x.href.includes("/v1/operator/commands/"));
+    const r = await fetch(a.href);
+    return r.json();
+  });
+  check(diag.attachment && diag.attachment.includes('"outbox"'), `diagnostic bundle fetched: ${JSON.stringify(diag).slice(0, 200)}`);
+  log("diagnostics command sent from the console and its bundle read");
 
   // ---- models: a refused and an accepted upload ----
   await page.goto(BASE + "/console/models");
@@ -157,7 +171,8 @@ try {
 
   // ---- rollouts: start to a label with a canary, promote, halt, roll back ----
   await page.goto(BASE + "/console/rollouts");
-  await page.selectOption('select[name="bundle"]', "pump-anomaly");
+  await page.selectOption('select[name="kind"]', "bundle");
+  await page.fill('input[name="bundle"]', "pump-anomaly");
   await page.fill('input[name="version_number"]', "2");
   await page.fill('input[name="selector"]', "site=a");
   await page.fill('input[name="canary_label"]', "canary");
@@ -181,6 +196,28 @@ try {
     return (await text(page, "p.summary")).includes("of 3 devices");
   }, 150000);
   log("halted and rolled back: devices on version 1 again");
+
+  // ---- a configuration pushed and rolled out from the console (to a label no device has) ----
+  await page.goto(BASE + "/console/rollouts");
+  await page.fill('#push-config input[name="name"]', "console-cfg");
+  await page.fill('#push-config textarea[name="fragments"]', '[agent]\nid = "gw"\n\n[[sources.simulated]]\nname = "plant"\n');
+  await page.click('#push-config button[type="submit"]');
+  await until("configuration stored", async () => {
+    await page.reload();
+    return (await page.locator("#push-config").innerText()).includes("console-cfg #1");
+  });
+  await page.fill('#push-config input[name="name"]', "console-cfg");
+  await page.fill('#push-config textarea[name="fragments"]', '[agent]\nid = "gw"\n[sync]\nserver = "https://fleet:8443"\nserver_ca = "/etc/edge-agent/ca.pem"\nenroll_token = "inline-secret"\n');
+  await page.click('#push-config button[type="submit"]');
+  await until("an inline secret refused", async () => (await page.locator("body").innerText()).includes("enroll_token"));
+  await page.selectOption('select[name="kind"]', "config");
+  await page.fill('input[name="bundle"]', "console-cfg");
+  await page.fill('input[name="version_number"]', "1");
+  await page.fill('input[name="selector"]', "site=nowhere");
+  await page.fill('input[name="canary_label"]', "");
+  await page.click('#start button[type="submit"]');
+  await until("config rollout listed", () => page.locator("article.rollout", { hasText: "config console-cfg #1" }).count());
+  log("configuration pushed (inline secret refused) and rolled out from the console");
 
   // ---- alarms ----
   await page.goto(BASE + "/console/alarms");

@@ -236,7 +236,7 @@ fn unit_files_verify_clean_and_are_hardened() {
             "MemoryMax=",
             "StateDirectory=",
             "ConfigurationDirectory=",
-            "Restart=on-failure",
+            "Restart=",
         ] {
             assert!(
                 unit_text.contains(key),
@@ -251,6 +251,9 @@ fn unit_files_verify_clean_and_are_hardened() {
         "WatchdogSec=",
         "DevicePolicy=closed",
         "User=edge-agent",
+        // Agent releases that exit at start must be started again and counted.
+        "Restart=always",
+        "RestartForceExitStatus=75",
     ] {
         assert!(agent.contains(key), "edge-agent.service: missing {key}");
     }

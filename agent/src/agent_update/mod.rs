@@ -11,7 +11,7 @@
 //!                                        being health-checked, the floor, reports owed
 //! ```
 //!
-//! - **Install** ([`install`], in the sync task): download (delta from the running release
+//! - **Install** ([`crate::sync::agent_release`], in the sync task): download (delta from the running release
 //!   file, or full), verify (signature against `[sync.agent_update] trusted_keys`, target,
 //!   floor), write the binary beside the others, run its `--version` (it must start on this
 //!   machine and say the version its manifest names), then switch: one atomic rewrite of
@@ -34,7 +34,6 @@
 //! rename; a release binary is only executed after [`edge_wire::release::Release`] verified
 //! it and its own `--version` ran.
 
-pub mod install;
 pub mod launch;
 
 use std::path::{Path, PathBuf};
@@ -42,7 +41,6 @@ use std::path::{Path, PathBuf};
 use edge_wire::sync::{AgentReport, AgentStatus, UpdateOutcome};
 use serde::{Deserialize, Serialize};
 
-pub use install::install;
 pub use launch::launch;
 
 /// The Rust target triple this binary was built for.

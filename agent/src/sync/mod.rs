@@ -20,6 +20,7 @@
 //! Failures are logged once per change and retried with backoff; an operator-fixable refusal
 //! (revoked device, bad token) is retried slowly.
 
+pub mod agent_release;
 pub mod client;
 pub mod commands;
 pub mod config;
@@ -108,7 +109,7 @@ pub struct SyncTask {
     /// What operators' commands act on.
     pub ops: commands::DeviceOps,
     /// Installs the agent releases the server asks for.
-    pub agent: crate::agent_update::install::AgentUpdater,
+    pub agent: agent_release::AgentUpdater,
     command_log: commands::CommandLog,
     started: Instant,
     /// Bundle identities by file stamp: a check-in hashes a bundle only when it changed.
@@ -222,7 +223,7 @@ impl SyncTask {
             tracing::error!("sync.agent_update.trusted_keys: {e}; agent releases are refused");
             Vec::new()
         });
-        let agent = crate::agent_update::install::AgentUpdater {
+        let agent = agent_release::AgentUpdater {
             store: Arc::new(crate::agent_update::ReleaseStore::new(&data_dir)),
             trusted: release_keys,
             downloads: data_dir.join("sync").join("downloads"),
@@ -447,7 +448,7 @@ impl SyncTask {
         // 5. The agent binary itself: installed beside the running one; the process then
         // exits for systemd (and the launcher) to start the new one.
         if let Some(d) = &reply.desired_agent {
-            match crate::agent_update::install(&mut self.agent, c, d).await {
+            match agent_release::install(&mut self.agent, c, d).await {
                 Ok(true) => {
                     commands::restart(&self.ops);
                     return Ok(next);

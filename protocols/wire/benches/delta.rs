@@ -6,6 +6,10 @@
 //! fine-tuned head), every weight nudged by 0.01 % (relative, Gaussian), every weight changed
 //! by 1 %.
 //!
+//! Agent releases: with `EDGE_BENCH_AGENT="OLD NEW [OLD NEW ...]"` (paths of two
+//! edge-agent binaries, e.g. the ARM builds of two commits), the same methods on the
+//! binaries; the fleet server keeps the smallest (bsdiff only up to 32 MiB).
+//!
 //! Run: `cargo bench -p edge-wire --bench delta`
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failed unwrap is a failed test
 
@@ -175,5 +179,18 @@ fn main() {
             &old,
             &new,
         );
+    }
+    // Agent binaries, when given.
+    if let Ok(list) = std::env::var("EDGE_BENCH_AGENT") {
+        let paths: Vec<&str> = list.split_whitespace().collect();
+        for pair in paths.chunks_exact(2) {
+            let old = std::fs::read(pair[0]).unwrap();
+            let new = std::fs::read(pair[1]).unwrap();
+            let name = std::path::Path::new(pair[1])
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            report(&name, "agent binary", &old, &new);
+        }
     }
 }

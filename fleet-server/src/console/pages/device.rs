@@ -45,6 +45,8 @@ pub async fn page(
     );
     let predictions = or_error!(a.device_predictions(&id, 10).await, s, Nav::Devices, title);
     let config = or_error!(a.device_config(&id).await, s, Nav::Devices, title);
+    let agent = or_error!(a.device_agent(&id).await, s, Nav::Devices, title);
+    let commands = or_error!(a.device_commands(&id).await, s, Nav::Devices, title);
     // The bundle whose drift is shown: asked for, else the first running model's.
     let running: Vec<(String, String)> = d
         .status
@@ -284,6 +286,65 @@ pub async fn page(
                             td { span class={"badge outcome-" (r.outcome)} { (r.outcome.replace('_', " ")) } }
                             td { (r.applied_by.replace('_', " ")) }
                             td.wrap { (r.detail) @for e in &r.errors { br; span.mono { (e) } } }
+                        } } }
+                    } }))
+                }
+            }
+            section aria-labelledby="h-agent" {
+                h2 #h-agent { "Agent software" }
+                p {
+                    span class={"badge config-" (if agent.state == "updating" { "applying" } else { agent.state.as_str() })} { (agent.state.replace('_', " ")) }
+                    " Runs "
+                    @match (&agent.version, agent.release) {
+                        (Some(v), Some(n)) => { "edge-agent " (v) " (fleet release #" (n) ")" }
+                        (Some(v), None) => { "edge-agent " (v) " (its installed binary)" }
+                        (None, _) => { "an agent that does not report its software (no check-in with it yet)" }
+                    }
+                    @if let Some(t) = &agent.target { " on " span.mono { (t) } }
+                    @if let Some((n, rid)) = &agent.desired {
+                        "; the fleet wants " a href={"/console/rollouts/" (rid)} { "release #" (n) }
+                    }
+                    @if let Some(p) = &agent.pending { "; checking " span.mono title=(p) { (fmt::short_sha(p)) "…" } }
+                    "."
+                }
+                @if !agent.reports.is_empty() {
+                    (table_wrap("Agent release reports", html! { table {
+                        thead { tr { th scope="col" { "When" } th scope="col" { "Release" } th scope="col" { "Outcome" } th scope="col" { "Method" } th scope="col" { "Bytes" } th scope="col" { "Detail" } } }
+                        tbody { @for r in &agent.reports { tr {
+                            td { (fmt::when(Some(r.at), now)) } td { (r.version) " #" (r.version_number) " (from " (r.from_version) ")" }
+                            td { span class={"badge outcome-" (r.outcome)} { (r.outcome.replace('_', " ")) } }
+                            td { (r.method) } td.num { (fmt::bytes(r.downloaded_bytes)) } td.wrap { (r.detail) }
+                        } } }
+                    } }))
+                }
+            }
+            section aria-labelledby="h-commands" {
+                h2 #h-commands { "Commands" }
+                @if operator {
+                    @let url = format!("/v1/operator/devices/{}/commands", dev.id);
+                    @let hour_ago = now - 3_600_000;
+                    p.actions {
+                        (layout::action_body("POST", &url, "Restart", Some(&format!("Restart the agent on {}? It answers, then exits for systemd to start it again.", dev.name)), "", Some(r#"{"action":{"kind":"restart"}}"#)))
+                        (layout::action_body("POST", &url, "Reload bundles", None, "", Some(r#"{"action":{"kind":"reload_bundles"}}"#)))
+                        (layout::action_body("POST", &url, "Sparkplug rebirth", None, "", Some(r#"{"action":{"kind":"rebirth"}}"#)))
+                        (layout::action_body("POST", &url, "Resync", None, "", Some(r#"{"action":{"kind":"resync"}}"#)))
+                        (layout::action_body("POST", &url, "Fetch logs (last hour)", None, "", Some(&json!({"action": {"kind": "logs", "since_ms": hour_ago, "until_ms": null, "level": "info", "max_bytes": 262_144}}).to_string())))
+                        (layout::action_body("POST", &url, "Fetch diagnostics", None, "", Some(r#"{"action":{"kind":"diagnostics","max_bytes":1048576}}"#)))
+                    }
+                    p.muted { "The device runs a command at its next check-in and answers; logs and diagnostics open from the list below." }
+                }
+                @if commands.is_empty() { p.muted { "No command sent to this device yet." } } @else {
+                    (table_wrap("Commands", html! { table {
+                        thead { tr { th scope="col" { "Sent" } th scope="col" { "Command" } th scope="col" { "By" } th scope="col" { "State" } th scope="col" { "Detail" } th scope="col" { "Attachment" } } }
+                        tbody { @for c in commands.iter().take(20) { tr {
+                            td { (fmt::when(Some(c.command.created_at), now)) }
+                            td { (serde_json::to_value(&c.command.action).ok().and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string)).unwrap_or_default().replace('_', " ")) }
+                            td { (c.command.created_by) }
+                            td { span class={"badge outcome-" (c.state)} { (c.state) } }
+                            td.wrap { (c.command.detail.as_deref().unwrap_or("")) }
+                            td { @if c.command.attachment_bytes > 0 {
+                                @if operator { a href={"/v1/operator/commands/" (c.command.id)} { (fmt::bytes(c.command.attachment_bytes)) } } @else { (fmt::bytes(c.command.attachment_bytes)) }
+                            } }
                         } } }
                     } }))
                 }

@@ -110,6 +110,10 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
     let now = now_ms();
     let mut names: Vec<&str> = bundles.iter().map(|b| b.row.name.as_str()).collect();
     names.dedup();
+    let configs = or_error!(a.configs().await, s, Nav::Rollouts, title);
+    let mut config_names: Vec<&str> = configs.iter().map(|c| c.name.as_str()).collect();
+    config_names.sort_unstable();
+    config_names.dedup();
     let start = html! {
         @if operator {
             section #start .actions aria-labelledby="h-start" {
@@ -117,9 +121,20 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
                 form.api data-url="/v1/operator/rollouts" data-method="POST"
                     data-confirm="Start this rollout? The selected devices (canaries first, if any) download and install it at their next check-in." {
                     div.grid {
-                        label { "Bundle "
-                            select name="bundle" required {
-                                @for n in &names { option value=(n) selected[pre("bundle") == *n] { (n) } }
+                        label { "What "
+                            select name="kind" {
+                                option value="bundle" selected[pre("kind").is_empty() || pre("kind") == "bundle"] { "model bundle" }
+                                option value="config" selected[pre("kind") == "config"] { "agent configuration" }
+                                option value="agent" selected[pre("kind") == "agent"] { "agent software (edge-agent)" }
+                            }
+                        }
+                        label { "Name "
+                            input type="text" name="bundle" required list="rollout-names" value=(pre("bundle"))
+                                placeholder="bundle, configuration, or edge-agent";
+                            datalist #rollout-names {
+                                @for n in &names { option value=(n) {} }
+                                @for n in &config_names { option value=(n) {} }
+                                option value="edge-agent" {}
                             }
                         }
                         label { "Version number " input type="number" name="version_number" data-type="int" min="1" required value=(pre("version_number")); }
@@ -129,6 +144,18 @@ pub async fn page(State(c): State<Console>, headers: HeaderMap, uri: Uri) -> Res
                         label { "Halt after failures " input type="number" name="max_failures" data-type="int" min="1" value="1"; }
                     }
                     button type="submit" { "Start rollout" }
+                }
+            }
+            section #push-config .actions aria-labelledby="h-push-config" {
+                h2 #h-push-config { "Push an agent configuration" }
+                p.muted { "A whole agent configuration file (TOML). It is stored as the next version of the name and then rolled out above (what: agent configuration). Inline secrets are refused: use { file = \"…\" } or { env = \"…\" }, resolved on the device." }
+                form.api data-url-template="/v1/operator/configs/{name}" data-method="POST" {
+                    label { "Configuration name " input type="text" name="name" data-path required pattern="[A-Za-z0-9._\\-]{1,64}"; }
+                    label { "File " textarea name="fragments" data-type="fragment" data-fragment="console" rows="12" required {} }
+                    button type="submit" { "Push configuration" }
+                }
+                @if !configs.is_empty() {
+                    p.muted { "Stored: " @for c in configs.iter().rev().take(10) { (c.name) " #" (c.version_number) " " } }
                 }
             }
         }

@@ -1,5 +1,6 @@
-//! Installing a release the fleet asks for: download, verify, write beside the others, try
-//! its `--version`, switch (module doc of [`super`]).
+//! Installing an agent release the fleet asks for: download, verify, write beside the
+//! others, try its `--version`, switch (the layout, the switch and what happens next:
+//! [`crate::agent_update`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,9 +10,9 @@ use std::time::Duration;
 use edge_wire::release::{Release, ReleaseSeal};
 use edge_wire::sync::{AgentReport, DesiredRelease, UpdateOutcome};
 
-use super::{Installed, PendingRelease, ReleaseStore, TARGET};
-use crate::sync::client::FleetClient;
-use crate::sync::update::{fetch, Retry};
+use super::client::FleetClient;
+use super::update::{fetch, Retry};
+use crate::agent_update::{Installed, PendingRelease, ReleaseStore, TARGET};
 
 /// How long the new binary's `--version` may take.
 const VERSION_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -270,30 +271,52 @@ fn write_release(store: &ReleaseStore, rel: &Release) -> std::io::Result<()> {
 }
 
 /// Runs `BINARY --version`: it must start on this machine and name the manifest's version.
+/// (std's process API on a blocking thread, polled for the timeout: tokio's process driver
+/// would add its child reaper to a binary measured in bytes for this one call.)
 async fn version_check(store: &ReleaseStore, rel: &Release) -> Result<(), String> {
     let bin = store.binary(rel.sha256());
-    let child = tokio::process::Command::new(&bin)
-        .arg("--version")
-        .env_remove(super::RELEASE_ENV)
-        .kill_on_drop(true)
-        .output();
-    let out = match tokio::time::timeout(VERSION_CHECK_TIMEOUT, child).await {
-        Ok(Ok(o)) => o,
-        Ok(Err(e)) => return Err(format!("the new binary does not start here: {e}")),
-        Err(_) => {
-            return Err(format!(
-                "the new binary's --version did not finish within {VERSION_CHECK_TIMEOUT:?}"
-            ))
+    let want = rel.manifest().version.clone();
+    let run = move || -> Result<(std::process::ExitStatus, String), String> {
+        use std::io::Read;
+        let mut child = std::process::Command::new(&bin)
+            .arg("--version")
+            .env_remove(crate::agent_update::RELEASE_ENV)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("the new binary does not start here: {e}"))?;
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if started.elapsed() < VERSION_CHECK_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the new binary's --version did not finish within {VERSION_CHECK_TIMEOUT:?}"
+                    ));
+                }
+                Err(e) => return Err(format!("waiting for the new binary: {e}")),
+            }
+        };
+        let mut text = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_string(&mut text);
         }
+        Ok((status, text))
     };
-    let text = String::from_utf8_lossy(&out.stdout);
-    let want = &rel.manifest().version;
+    let (status, text) = tokio::task::spawn_blocking(run)
+        .await
+        .map_err(|e| format!("version check: {e}"))??;
     let said = text.split_whitespace().nth(1).unwrap_or("");
-    if !out.status.success() || said != want {
+    if !status.success() || said != want {
         return Err(format!(
-            "the new binary's --version said `{}` ({}), the release names version {want}",
-            text.trim(),
-            out.status
+            "the new binary's --version said `{}` ({status}), the release names version {want}",
+            text.trim()
         ));
     }
     Ok(())
