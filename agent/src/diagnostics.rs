@@ -70,7 +70,7 @@ pub fn bundle(i: &DiagnosticsInputs) -> Value {
         "agent": {"id": i.agent_id, "version": crate::version(), "git": crate::GIT_HASH,
                   "pid": std::process::id(), "os": std::env::consts::OS, "arch": std::env::consts::ARCH,
                   "target": crate::agent_update::TARGET,
-                  "release": i.releases.status(), "releases": i.releases.state().ok()},
+                  "release": i.releases.status()},
         "config": config,
         "summary": i.summary,
         "sources": sources,

@@ -18,12 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use edge_sources::{SampleBatch, SourceStats};
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -129,14 +123,12 @@ impl Metrics {
         self.lock().fan_in = Some(q.downgrade());
     }
 
-    /// The whole registry in Prometheus/OpenMetrics text.
+    /// The whole registry in OpenMetrics text.
     pub fn render(self: &Arc<Self>) -> String {
-        let mut reg = Registry::default();
-        reg.register_collector(Box::new(Snapshot(self.clone())));
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
-        out
+        let mut out = Text(String::with_capacity(8192));
+        Snapshot(self.clone()).encode(&mut out);
+        out.0.push_str("# EOF\n");
+        out.0
     }
 
     /// Every source's name, whether it is connected, and its error count.
@@ -166,6 +158,74 @@ impl Metrics {
 #[derive(Debug)]
 struct Snapshot(Arc<Metrics>);
 
+/// A metric family's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetricType {
+    Counter,
+    Gauge,
+}
+
+/// OpenMetrics text (<https://openmetrics.io>), written by hand: a family is `# HELP` and
+/// `# TYPE` lines, then one line per label set (counters get the `_total` suffix); label
+/// values escape `\`, `"` and newlines. (The prometheus-client crate's registry and
+/// encoder cost tens of kB in a binary measured against a size budget, for a format this
+/// small.)
+struct Text(String);
+
+impl Text {
+    fn family(&mut self, name: &str, help: &str, t: MetricType) {
+        let kind = match t {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+        };
+        self.0.push_str("# HELP ");
+        self.0.push_str(name);
+        self.0.push(' ');
+        self.0.push_str(help);
+        self.0.push_str("\n# TYPE ");
+        self.0.push_str(name);
+        self.0.push(' ');
+        self.0.push_str(kind);
+        self.0.push('\n');
+    }
+
+    fn sample(&mut self, name: &str, t: MetricType, labels: &[(&str, &str)], value: i128) {
+        self.0.push_str(name);
+        if t == MetricType::Counter {
+            self.0.push_str("_total");
+        }
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                self.0.push_str(k);
+                self.0.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.0.push_str("\\\\"),
+                        '"' => self.0.push_str("\\\""),
+                        '\n' => self.0.push_str("\\n"),
+                        c => self.0.push(c),
+                    }
+                }
+                self.0.push('"');
+            }
+            self.0.push('}');
+        }
+        self.0.push(' ');
+        self.0.push_str(&value.to_string());
+        self.0.push('\n');
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, help: &str, t: MetricType, value: i128) {
+        self.family(name, help, t);
+        self.sample(name, t, &[], value);
+    }
+}
+
 /// A counter family: name, help, and how to read it from a stage's stats.
 type CounterDef<S> = (&'static str, &'static str, fn(&S) -> u64);
 
@@ -179,8 +239,8 @@ fn queue_depth<T>(q: &mpsc::WeakSender<T>) -> i64 {
         .map_or(0, |q| (q.max_capacity() - q.capacity()) as i64)
 }
 
-impl Collector for Snapshot {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+impl Snapshot {
+    fn encode(&self, enc: &mut Text) {
         let m = self.0.lock();
         let source_counters: [CounterDef<SourceStats>; 5] = [
             (
@@ -208,18 +268,19 @@ impl Collector for Snapshot {
             ),
         ];
         for (name, help, get) in source_counters {
-            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let me = name;
+            enc.family(me, help, MetricType::Counter);
             for (src, kind, s) in &m.sources {
                 let labels = [("source", src.as_str()), ("kind", *kind)];
-                ConstCounter::new(get(s)).encode(me.encode_family(&labels)?)?;
+                enc.sample(me, MetricType::Counter, &labels, i128::from(get(s)));
             }
         }
-        let mut me = enc.encode_descriptor(
-            "edge_source_bad_messages",
+        let me = "edge_source_bad_messages";
+        enc.family(
+            me,
             "Received messages that could not be used, per reason (acknowledged, not retried)",
-            None,
             MetricType::Counter,
-        )?;
+        );
         for (src, kind, s) in &m.sources {
             for why in edge_sources::source::BadMessage::ALL {
                 let n = s.bad_messages(why);
@@ -229,19 +290,24 @@ impl Collector for Snapshot {
                         ("kind", *kind),
                         ("reason", why.name()),
                     ];
-                    ConstCounter::new(n).encode(me.encode_family(&labels)?)?;
+                    enc.sample(me, MetricType::Counter, &labels, i128::from(n));
                 }
             }
         }
-        let mut me = enc.encode_descriptor(
-            "edge_source_connected",
+        let me = "edge_source_connected";
+        enc.family(
+            me,
             "1 while the source has a working connection",
-            None,
             MetricType::Gauge,
-        )?;
+        );
         for (src, kind, s) in &m.sources {
             let labels = [("source", src.as_str()), ("kind", *kind)];
-            ConstGauge::new(i64::from(s.is_connected())).encode(me.encode_family(&labels)?)?;
+            enc.sample(
+                me,
+                MetricType::Gauge,
+                &labels,
+                i128::from(i64::from(s.is_connected())),
+            );
         }
         if let Some(p) = &m.pipeline {
             for (name, help, v) in [
@@ -261,18 +327,16 @@ impl Collector for Snapshot {
                     load(&p.dropped_at_shutdown),
                 ),
             ] {
-                let c = ConstCounter::new(v);
-                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+                enc.single(name, help, MetricType::Counter, i128::from(v));
             }
         }
         if let Some(q) = &m.fan_in {
-            let g = ConstGauge::new(queue_depth(q));
-            g.encode(enc.encode_descriptor(
+            enc.single(
                 "edge_pipeline_queue_batches",
                 "Batches waiting between sources and the pipeline",
-                None,
-                g.metric_type(),
-            )?)?;
+                MetricType::Gauge,
+                i128::from(queue_depth(q)),
+            );
         }
         let output_counters: [CounterDef<OutputStats>; 2] = [
             ("edge_output_written", "Items written by the output", |s| {
@@ -285,21 +349,26 @@ impl Collector for Snapshot {
             ),
         ];
         for (name, help, get) in output_counters {
-            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let me = name;
+            enc.family(me, help, MetricType::Counter);
             for (o, kind, s, _) in &m.outputs {
-                ConstCounter::new(get(s))
-                    .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+                enc.sample(
+                    me,
+                    MetricType::Counter,
+                    &[("output", o.as_str()), ("kind", *kind)],
+                    i128::from(get(s)),
+                );
             }
         }
-        let mut me = enc.encode_descriptor(
-            "edge_output_queue_records",
-            "Records waiting for the output",
-            None,
-            MetricType::Gauge,
-        )?;
+        let me = "edge_output_queue_records";
+        enc.family(me, "Records waiting for the output", MetricType::Gauge);
         for (o, kind, _, q) in &m.outputs {
-            ConstGauge::new(queue_depth(q))
-                .encode(me.encode_family(&[("output", o.as_str()), ("kind", *kind)])?)?;
+            enc.sample(
+                me,
+                MetricType::Gauge,
+                &[("output", o.as_str()), ("kind", *kind)],
+                i128::from(queue_depth(q)),
+            );
         }
         let model_counters: [CounterDef<ModelStats>; 9] = [
             ("edge_model_windows", "Windows completed", |s| {
@@ -339,36 +408,49 @@ impl Collector for Snapshot {
             ),
         ];
         for (name, help, get) in model_counters {
-            let mut me = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let me = name;
+            enc.family(me, help, MetricType::Counter);
             for (model, s) in &m.models {
-                ConstCounter::new(get(s))
-                    .encode(me.encode_family(&[("model", model.as_str())])?)?;
+                enc.sample(
+                    me,
+                    MetricType::Counter,
+                    &[("model", model.as_str())],
+                    i128::from(get(s)),
+                );
             }
         }
-        let mut me = enc.encode_descriptor(
-            "edge_model_windows_skipped",
+        let me = "edge_model_windows_skipped";
+        enc.family(
+            me,
             "Windows skipped: too many missing/bad samples, or non-finite features",
-            None,
             MetricType::Counter,
-        )?;
+        );
         for (model, s) in &m.models {
             for (reason, v) in [
                 ("missing", load(&s.skipped_missing)),
                 ("nonfinite", load(&s.skipped_nonfinite)),
             ] {
-                ConstCounter::new(v)
-                    .encode(me.encode_family(&[("model", model.as_str()), ("reason", reason)])?)?;
+                enc.sample(
+                    me,
+                    MetricType::Counter,
+                    &[("model", model.as_str()), ("reason", reason)],
+                    i128::from(v),
+                );
             }
         }
-        let mut me = enc.encode_descriptor(
-            "edge_model_bundle_version",
+        let me = "edge_model_bundle_version";
+        enc.family(
+            me,
             "Version number of the bundle being served",
-            None,
             MetricType::Gauge,
-        )?;
+        );
         for (model, s) in &m.models {
-            ConstGauge::new(load(&s.version_number) as i64)
-                .encode(me.encode_family(&[("model", model.as_str())])?)?;
+            enc.sample(
+                me,
+                MetricType::Gauge,
+                &[("model", model.as_str())],
+                i128::from(load(&s.version_number) as i64),
+            );
         }
         if let Some(ob) = &m.outbox {
             let stats = ob.stats();
@@ -386,44 +468,48 @@ impl Collector for Snapshot {
                 ),
             ];
             for (name, help, get) in gauges {
-                let mut me = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                let me = name;
+                enc.family(me, help, MetricType::Gauge);
                 for s in &stats {
-                    ConstGauge::new(get(s) as i64)
-                        .encode(me.encode_family(&[("stream", s.stream)])?)?;
+                    enc.sample(
+                        me,
+                        MetricType::Gauge,
+                        &[("stream", s.stream)],
+                        i128::from(get(s) as i64),
+                    );
                 }
             }
-            let mut me = enc.encode_descriptor(
-                "edge_outbox_dropped",
+            let me = "edge_outbox_dropped";
+            enc.family(
+                me,
                 "Records dropped by the size/age limit or a failed write",
-                None,
                 MetricType::Counter,
-            )?;
+            );
             for s in &stats {
-                ConstCounter::new(s.dropped).encode(me.encode_family(&[("stream", s.stream)])?)?;
+                enc.sample(
+                    me,
+                    MetricType::Counter,
+                    &[("stream", s.stream)],
+                    i128::from(s.dropped),
+                );
             }
-            let mut me = enc.encode_descriptor(
-                "edge_outbox_skipped_sequence",
-                "Sequence numbers skipped at this start after an unclean stop (reserved for live delivery, never committed)",
-                None,
-                MetricType::Counter,
-            )?;
+            let me = "edge_outbox_skipped_sequence";
+            enc.family(me, "Sequence numbers skipped at this start after an unclean stop (reserved for live delivery, never committed)", MetricType::Counter);
             for s in &stats {
-                ConstCounter::new(s.skipped).encode(me.encode_family(&[("stream", s.stream)])?)?;
+                enc.sample(
+                    me,
+                    MetricType::Counter,
+                    &[("stream", s.stream)],
+                    i128::from(s.skipped),
+                );
             }
-            let g = ConstGauge::new(i64::from(ob.low_space()));
-            g.encode(enc.encode_descriptor(
-                "edge_outbox_low_space",
-                "1 while the disk is full and only alarms, drift and events are stored (from the reserve)",
-                None,
-                g.metric_type(),
-            )?)?;
-            let g = ConstGauge::new(ob.size_on_disk() as i64);
-            g.encode(enc.encode_descriptor(
+            enc.single("edge_outbox_low_space", "1 while the disk is full and only alarms, drift and events are stored (from the reserve)", MetricType::Gauge, i128::from(i64::from(ob.low_space())));
+            enc.single(
                 "edge_outbox_disk_bytes",
                 "Size of the outbox database on disk",
-                None,
-                g.metric_type(),
-            )?)?;
+                MetricType::Gauge,
+                i128::from(ob.size_on_disk() as i64),
+            );
         }
         if let Some(s) = &m.sync {
             let counters: [(&str, &str, &AtomicU64); 6] = [
@@ -459,21 +545,23 @@ impl Collector for Snapshot {
                 ),
             ];
             for (name, help, v) in counters {
-                let c = ConstCounter::new(load(v));
-                c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)?;
+                enc.single(name, help, MetricType::Counter, i128::from(load(v)));
             }
-            let g = ConstGauge::new((load(&s.last_checkin_ms) / 1000) as i64);
-            g.encode(enc.encode_descriptor(
+            enc.single(
                 "edge_sync_last_checkin_seconds",
                 "Unix time of the last successful check-in (0: never)",
-                None,
-                g.metric_type(),
-            )?)?;
+                MetricType::Gauge,
+                i128::from((load(&s.last_checkin_ms) / 1000) as i64),
+            );
         }
-        let mut me =
-            enc.encode_descriptor("edge_agent_info", "Agent build", None, MetricType::Gauge)?;
-        ConstGauge::new(1).encode(me.encode_family(&[("version", crate::version())])?)?;
-        Ok(())
+        let me = "edge_agent_info";
+        enc.family(me, "Agent build", MetricType::Gauge);
+        enc.sample(
+            me,
+            MetricType::Gauge,
+            &[("version", crate::version())],
+            i128::from(1),
+        );
     }
 }
 

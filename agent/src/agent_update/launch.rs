@@ -13,14 +13,23 @@ use super::{roll_back_locked, ReleaseStore, MAX_STARTS, RELEASE_ENV};
 /// `agent.data_dir` of the configuration file, or its default; `None` when the file does
 /// not parse as TOML (the normal load reports that).
 pub fn data_dir_of(config: &Path) -> Option<PathBuf> {
+    /// Only `[agent] data_dir`; every other key is ignored (no `deny_unknown_fields`).
+    #[derive(serde::Deserialize)]
+    struct Lenient {
+        #[serde(default)]
+        agent: Option<LenientAgent>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LenientAgent {
+        data_dir: Option<PathBuf>,
+    }
     let text = std::fs::read_to_string(config).ok()?;
-    let table: toml::Table = toml::from_str(&text).ok()?;
-    let dir = table
-        .get("agent")
-        .and_then(|a| a.get("data_dir"))
-        .and_then(|d| d.as_str())
-        .unwrap_or("/var/lib/edge-agent");
-    Some(PathBuf::from(dir))
+    let l: Lenient = toml::from_str(&text).ok()?;
+    Some(
+        l.agent
+            .and_then(|a| a.data_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/edge-agent")),
+    )
 }
 
 /// What the launcher decided.
@@ -32,13 +41,13 @@ pub enum Launch {
     Exec(PathBuf, String),
 }
 
-fn stamp(p: &Path) -> Option<(u64, i128)> {
+fn stamp(p: &Path) -> Option<(u64, u64)> {
     let m = std::fs::metadata(p).ok()?;
-    let t = m.modified().ok()?;
-    let ns = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    };
+    let ns = m
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     Some((m.len(), ns))
 }
 

@@ -89,8 +89,9 @@ pub struct UpdateState {
     pub pending: Option<PendingRelease>,
     /// The highest release number committed: lower ones are refused.
     pub floor: u64,
-    /// The base binary as the launcher last saw it (size, modification time in ns).
-    pub base: Option<(u64, i128)>,
+    /// The base binary as the launcher last saw it (size, modification time in ns since
+    /// the epoch).
+    pub base: Option<(u64, u64)>,
     /// Release SHA-256s that failed here: not tried again until a `resync` command.
     pub given_up: Vec<String>,
     /// Reports not yet taken by the server, oldest first.
@@ -265,7 +266,7 @@ impl ReleaseStore {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name.as_str()) {
-                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                if let Err(err) = remove_release_dir(&e.path()) {
                     tracing::warn!(
                         "agent releases: cannot remove {}: {err}",
                         e.path().display()
@@ -274,6 +275,15 @@ impl ReleaseStore {
             }
         }
     }
+}
+
+/// Removes a release directory: its files (a binary, a seal, maybe a temporary file), then
+/// the directory. Flat by construction, so no recursive walk.
+pub fn remove_release_dir(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        std::fs::remove_file(e?.path())?;
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// The report of a pending release.

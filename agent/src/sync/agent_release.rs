@@ -207,7 +207,7 @@ pub async fn install(
         return Err(Retry(format!("cannot write the release: {e}")));
     }
     if let Err(why) = version_check(&u.store, &rel).await {
-        let _ = std::fs::remove_dir_all(u.store.release_dir(rel.sha256()));
+        let _ = crate::agent_update::remove_release_dir(&u.store.release_dir(rel.sha256()));
         return refuse(u, d, &method, got, why);
     }
     let k = Installed {
