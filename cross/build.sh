@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds static edge-agent binaries for ARM gateways:
 #   cross/build.sh [aarch64|armv7|x86_64|all] [--profile NAME] [--features LIST|--no-default-features]
+# (default features here: opcua,modbus,mqtt — the gateway binary, without `authoring`)
 # Output: target/<triple>/<profile>/edge-agent (static, stripped). Default profile:
 # `release-arm` (size-optimized, see Cargo.toml). Needs cross/setup.sh first.
 set -euo pipefail
@@ -15,6 +16,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 CFG=(--config cross/cargo-config.toml)
+# Gateway builds: every source, no model authoring (`bundle keygen|pack`, the `authoring`
+# feature: signing keys never belong on a gateway). Any --features/--no-default-features
+# given replaces this.
+if ! printf '%s\n' "${EXTRA[@]}" | grep -q -- '--features\|--no-default-features'; then
+  EXTRA+=(--no-default-features --features opcua,modbus,mqtt)
+fi
 
 # Debian's musl has no libunwind.a; gcc's libgcc_eh.a provides the same symbols. Used when
 # std is built here: libunwind_dir NAME GCC [C_SHIM] prints a directory holding libunwind.a,

@@ -401,8 +401,19 @@ fn fail(e: anyhow::Error) -> ExitCode {
 fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
     use edge_agent::commands::bundle as b;
     match cmd {
+        BundleCommand::Inspect { file, json } => b::inspect(&file, json),
+        BundleCommand::Verify { file, keys, floor } => b::verify(&file, &keys, floor),
+        authoring => author(authoring),
+    }
+}
+
+/// `bundle keygen|pack` (the `authoring` feature).
+#[cfg(feature = "authoring")]
+fn author(cmd: BundleCommand) -> anyhow::Result<String> {
+    use edge_agent::commands::pack as p;
+    match cmd {
         BundleCommand::Keygen { out } => {
-            let (k, p) = b::keygen(&out)?;
+            let (k, p) = p::keygen(&out)?;
             Ok(format!("wrote {} (private: keep it off devices) and {} (give to agents: bundles.trusted_keys)", k.display(), p.display()))
         }
         BundleCommand::Pack {
@@ -415,7 +426,7 @@ fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
             params,
             metrics,
         } => {
-            let packed = b::pack(&spec, &model, &train, &key, &out, |l| {
+            let packed = p::pack(&spec, &model, &train, &key, &out, |l| {
                 l.with_flags(code_revision, &params, &metrics)
             })?;
             for w in &packed.warnings {
@@ -432,9 +443,19 @@ fn bundle(cmd: BundleCommand) -> anyhow::Result<String> {
                 m.reference.windows
             ))
         }
-        BundleCommand::Inspect { file, json } => b::inspect(&file, json),
-        BundleCommand::Verify { file, keys, floor } => b::verify(&file, &keys, floor),
+        BundleCommand::Inspect { .. } | BundleCommand::Verify { .. } => {
+            anyhow::bail!("not an authoring command")
+        }
     }
+}
+
+/// Builds without the `authoring` feature (the ARM gateway builds) do not sign or pack.
+#[cfg(not(feature = "authoring"))]
+fn author(_: BundleCommand) -> anyhow::Result<String> {
+    anyhow::bail!(
+        "this edge-agent build leaves out model authoring (bundle keygen and pack; cargo feature `authoring`): \
+         pack and sign bundles on a workstation, with the x86_64 build or `cargo build -p edge-agent`"
+    )
 }
 
 /// Runs until a signal, starting again in the process when a new configuration file asks

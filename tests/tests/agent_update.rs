@@ -245,6 +245,10 @@ fn updated_to_v2_then_v3_that_dies_at_start_is_rolled_back_to_v2() {
         .len();
     let got = rep["downloaded_bytes"].as_u64().unwrap();
     assert!(got > 0 && got < v3_size / 4, "{got} of {v3_size}: {rep}");
+    eprintln!(
+        "v2 -> v3 as {}: {got} bytes downloaded for a {v3_size}-byte release file",
+        rep["method"]
+    );
     // 75 (into v3), then v3's own exits (3) until the launcher gave up on it.
     assert_eq!(exits[0], 75, "{exits:?}");
     assert_eq!(exits.iter().filter(|c| **c == 3).count(), 3, "{exits:?}");

@@ -3,4 +3,6 @@
 
 pub mod bundle;
 pub mod featurize;
+#[cfg(feature = "authoring")]
+pub mod pack;
 pub mod replay;
