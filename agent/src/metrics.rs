@@ -189,7 +189,7 @@ impl Text {
         self.0.push('\n');
     }
 
-    fn sample(&mut self, name: &str, t: MetricType, labels: &[(&str, &str)], value: i128) {
+    fn sample(&mut self, name: &str, t: MetricType, labels: &[(&str, &str)], value: i64) {
         self.0.push_str(name);
         if t == MetricType::Counter {
             self.0.push_str("_total");
@@ -220,10 +220,16 @@ impl Text {
     }
 
     /// A family with one unlabelled sample.
-    fn single(&mut self, name: &str, help: &str, t: MetricType, value: i128) {
+    fn single(&mut self, name: &str, help: &str, t: MetricType, value: i64) {
         self.family(name, help, t);
         self.sample(name, t, &[], value);
     }
+}
+
+/// A sample value: counters and gauges are u64 or i64 here; past i64::MAX (never, for
+/// counts) it saturates.
+fn v64<T: TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
 }
 
 /// A counter family: name, help, and how to read it from a stage's stats.
@@ -272,7 +278,7 @@ impl Snapshot {
             enc.family(me, help, MetricType::Counter);
             for (src, kind, s) in &m.sources {
                 let labels = [("source", src.as_str()), ("kind", *kind)];
-                enc.sample(me, MetricType::Counter, &labels, i128::from(get(s)));
+                enc.sample(me, MetricType::Counter, &labels, v64(get(s)));
             }
         }
         let me = "edge_source_bad_messages";
@@ -290,7 +296,7 @@ impl Snapshot {
                         ("kind", *kind),
                         ("reason", why.name()),
                     ];
-                    enc.sample(me, MetricType::Counter, &labels, i128::from(n));
+                    enc.sample(me, MetricType::Counter, &labels, v64(n));
                 }
             }
         }
@@ -306,7 +312,7 @@ impl Snapshot {
                 me,
                 MetricType::Gauge,
                 &labels,
-                i128::from(i64::from(s.is_connected())),
+                v64(i64::from(s.is_connected())),
             );
         }
         if let Some(p) = &m.pipeline {
@@ -327,7 +333,7 @@ impl Snapshot {
                     load(&p.dropped_at_shutdown),
                 ),
             ] {
-                enc.single(name, help, MetricType::Counter, i128::from(v));
+                enc.single(name, help, MetricType::Counter, v64(v));
             }
         }
         if let Some(q) = &m.fan_in {
@@ -335,7 +341,7 @@ impl Snapshot {
                 "edge_pipeline_queue_batches",
                 "Batches waiting between sources and the pipeline",
                 MetricType::Gauge,
-                i128::from(queue_depth(q)),
+                v64(queue_depth(q)),
             );
         }
         let output_counters: [CounterDef<OutputStats>; 2] = [
@@ -356,7 +362,7 @@ impl Snapshot {
                     me,
                     MetricType::Counter,
                     &[("output", o.as_str()), ("kind", *kind)],
-                    i128::from(get(s)),
+                    v64(get(s)),
                 );
             }
         }
@@ -367,7 +373,7 @@ impl Snapshot {
                 me,
                 MetricType::Gauge,
                 &[("output", o.as_str()), ("kind", *kind)],
-                i128::from(queue_depth(q)),
+                v64(queue_depth(q)),
             );
         }
         let model_counters: [CounterDef<ModelStats>; 9] = [
@@ -415,7 +421,7 @@ impl Snapshot {
                     me,
                     MetricType::Counter,
                     &[("model", model.as_str())],
-                    i128::from(get(s)),
+                    v64(get(s)),
                 );
             }
         }
@@ -434,7 +440,7 @@ impl Snapshot {
                     me,
                     MetricType::Counter,
                     &[("model", model.as_str()), ("reason", reason)],
-                    i128::from(v),
+                    v64(v),
                 );
             }
         }
@@ -449,7 +455,7 @@ impl Snapshot {
                 me,
                 MetricType::Gauge,
                 &[("model", model.as_str())],
-                i128::from(load(&s.version_number) as i64),
+                v64(load(&s.version_number) as i64),
             );
         }
         if let Some(ob) = &m.outbox {
@@ -475,7 +481,7 @@ impl Snapshot {
                         me,
                         MetricType::Gauge,
                         &[("stream", s.stream)],
-                        i128::from(get(s) as i64),
+                        v64(get(s) as i64),
                     );
                 }
             }
@@ -490,7 +496,7 @@ impl Snapshot {
                     me,
                     MetricType::Counter,
                     &[("stream", s.stream)],
-                    i128::from(s.dropped),
+                    v64(s.dropped),
                 );
             }
             let me = "edge_outbox_skipped_sequence";
@@ -500,15 +506,15 @@ impl Snapshot {
                     me,
                     MetricType::Counter,
                     &[("stream", s.stream)],
-                    i128::from(s.skipped),
+                    v64(s.skipped),
                 );
             }
-            enc.single("edge_outbox_low_space", "1 while the disk is full and only alarms, drift and events are stored (from the reserve)", MetricType::Gauge, i128::from(i64::from(ob.low_space())));
+            enc.single("edge_outbox_low_space", "1 while the disk is full and only alarms, drift and events are stored (from the reserve)", MetricType::Gauge, v64(i64::from(ob.low_space())));
             enc.single(
                 "edge_outbox_disk_bytes",
                 "Size of the outbox database on disk",
                 MetricType::Gauge,
-                i128::from(ob.size_on_disk() as i64),
+                v64(ob.size_on_disk() as i64),
             );
         }
         if let Some(s) = &m.sync {
@@ -545,13 +551,13 @@ impl Snapshot {
                 ),
             ];
             for (name, help, v) in counters {
-                enc.single(name, help, MetricType::Counter, i128::from(load(v)));
+                enc.single(name, help, MetricType::Counter, v64(load(v)));
             }
             enc.single(
                 "edge_sync_last_checkin_seconds",
                 "Unix time of the last successful check-in (0: never)",
                 MetricType::Gauge,
-                i128::from((load(&s.last_checkin_ms) / 1000) as i64),
+                v64((load(&s.last_checkin_ms) / 1000) as i64),
             );
         }
         let me = "edge_agent_info";
@@ -560,7 +566,7 @@ impl Snapshot {
             me,
             MetricType::Gauge,
             &[("version", crate::version())],
-            i128::from(1),
+            v64(1),
         );
     }
 }

@@ -13,23 +13,16 @@ use super::{roll_back_locked, ReleaseStore, MAX_STARTS, RELEASE_ENV};
 /// `agent.data_dir` of the configuration file, or its default; `None` when the file does
 /// not parse as TOML (the normal load reports that).
 pub fn data_dir_of(config: &Path) -> Option<PathBuf> {
-    /// Only `[agent] data_dir`; every other key is ignored (no `deny_unknown_fields`).
-    #[derive(serde::Deserialize)]
-    struct Lenient {
-        #[serde(default)]
-        agent: Option<LenientAgent>,
-    }
-    #[derive(serde::Deserialize)]
-    struct LenientAgent {
-        data_dir: Option<PathBuf>,
-    }
+    // A plain table, as `edge-agent check`'s shape pass reads it (one parser instance in
+    // the binary); every key but `[agent] data_dir` is ignored.
     let text = std::fs::read_to_string(config).ok()?;
-    let l: Lenient = toml::from_str(&text).ok()?;
-    Some(
-        l.agent
-            .and_then(|a| a.data_dir)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/edge-agent")),
-    )
+    let table = text.parse::<toml::Table>().ok()?;
+    let dir = table
+        .get("agent")
+        .and_then(|a| a.get("data_dir"))
+        .and_then(|d| d.as_str())
+        .unwrap_or("/var/lib/edge-agent");
+    Some(PathBuf::from(dir))
 }
 
 /// What the launcher decided.
