@@ -48,7 +48,14 @@ pub struct AppState {
     /// Fleet configuration versions already read (a version never changes once pushed), so
     /// a managed device's check-in does not read its file from the database each time.
     pub configs: ConfigCache,
+    /// Agent release files already read by (release number, target): a stored file is
+    /// never replaced, so a targeted device's check-in does not read the row each time.
+    pub releases: ReleaseCache,
 }
+
+/// Agent release rows by (release number, target).
+pub type ReleaseCache =
+    Arc<std::sync::Mutex<HashMap<(i64, String), Arc<crate::store::ReleaseRow>>>>;
 
 /// Fleet configuration versions by (name, version number).
 pub type ConfigCache = Arc<std::sync::Mutex<HashMap<(String, i64), Arc<crate::store::ConfigRow>>>>;
@@ -70,6 +77,7 @@ impl AppState {
             rollouts: service.rollout_cache().clone(),
             cert_validity: service.settings().device_cert_validity,
             configs: Arc::default(),
+            releases: Arc::default(),
         }
     }
 }
@@ -333,8 +341,20 @@ pub async fn desired_agent_for(
     let Some((vn, rid)) = rollout::desired_agent(&rollouts, d) else {
         return Ok(None);
     };
-    let Some(target) = st.store.release(vn, &running.target).await? else {
-        return Ok(None); // not built for this device's target
+    let key = (vn, running.target.clone());
+    let cached = st.releases.lock().ok().and_then(|m| m.get(&key).cloned());
+    let target = match cached {
+        Some(r) => r,
+        None => {
+            let Some(r) = st.store.release(vn, &running.target).await? else {
+                return Ok(None); // not built for this device's target (yet)
+            };
+            let r = Arc::new(r);
+            if let Ok(mut m) = st.releases.lock() {
+                m.insert(key, r.clone());
+            }
+            r
+        }
     };
     let current = running.release.as_ref().map(|(_, sha)| sha.as_str());
     if current == Some(target.sha256.as_str()) {
@@ -344,10 +364,10 @@ pub async fn desired_agent_for(
         return Ok(None); // delta being computed: next check-in
     };
     Ok(Some(sync::DesiredRelease {
-        version: target.version,
+        version: target.version.clone(),
         version_number: target.version_number as u64,
-        target: target.target,
-        sha256: target.sha256,
+        target: target.target.clone(),
+        sha256: target.sha256.clone(),
         size: target.size as u64,
         rollout: Some(rid),
         artifact,

@@ -253,7 +253,7 @@ impl Registry {
         use edge_wire::release;
         let keys: Vec<_> = self
             .store
-            .release_keys()
+            .keys_of(crate::store::KeyRing::Releases)
             .await?
             .iter()
             .filter_map(|k| bundle_file::parse_public_key(&k.public_pem).ok())

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::views::{BundleOut, DeltaOut};
 use super::{Acting, Result, ServiceError};
-use crate::store::{BundleRow, DeltaRow, TrustedKey};
+use crate::store::{BundleRow, DeltaRow, KeyRing, TrustedKey};
 use crate::types::Role;
 
 fn sizes_of(d: &DeltaRow) -> BTreeMap<String, u64> {
@@ -22,18 +22,28 @@ impl Acting {
     /// Trusts an ed25519 public key (PEM) for bundle signatures.
     pub async fn trust_key(&self, pem: &str) -> Result<TrustedKey> {
         self.require(Role::Admin, "trusting signing keys")?;
+        self.trust_in(KeyRing::Bundles, pem, "model.trust").await
+    }
+
+    /// Adds a parsed public key (PEM) to `ring`, audited as `action` when it is new.
+    pub(super) async fn trust_in(
+        &self,
+        ring: KeyRing,
+        pem: &str,
+        action: &str,
+    ) -> Result<TrustedKey> {
         let key = edge_wire::bundle::file::parse_public_key(pem)
             .map_err(|e| ServiceError::Refused(format!("not an ed25519 public key: {e}")))?;
         let id = edge_wire::bundle::file::key_id(&key);
-        let new = self
+        if self
             .store()
-            .trust_key(&id, pem.trim(), &self.who.name)
-            .await?;
-        if new {
-            self.audit("model.trust", &id, "").await?;
+            .add_key(ring, &id, pem.trim(), &self.who.name)
+            .await?
+        {
+            self.audit(action, &id, "").await?;
         }
         self.store()
-            .trusted_key_rows()
+            .keys_of(ring)
             .await?
             .into_iter()
             .find(|k| k.key_id == id)

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Acting, Result, ServiceError};
-use crate::store::{AgentReportRow, ReleaseRow, TrustedKey};
+use crate::store::{AgentReportRow, KeyRing, ReleaseRow, TrustedKey};
 use crate::types::Role;
 
 /// Largest release file accepted through the operator API (a static ARM agent is ~16 MB;
@@ -54,28 +54,13 @@ impl Acting {
     /// The keys release files must be signed with.
     pub async fn release_keys(&self) -> Result<Vec<TrustedKey>> {
         self.require(Role::Viewer, "the release signing keys")?;
-        Ok(self.store().release_keys().await?)
+        Ok(self.store().keys_of(KeyRing::Releases).await?)
     }
 
     /// Trusts an ed25519 public key for agent release signatures.
     pub async fn trust_release_key(&self, pem: &str) -> Result<TrustedKey> {
         self.require(Role::Admin, "trusting release signing keys")?;
-        let key = edge_wire::bundle::file::parse_public_key(pem)
-            .map_err(|e| ServiceError::Refused(format!("not an ed25519 public key: {e}")))?;
-        let id = edge_wire::bundle::file::key_id(&key);
-        if self
-            .store()
-            .trust_release_key(&id, pem.trim(), &self.who.name)
-            .await?
-        {
-            self.audit("agent.trust", &id, "").await?;
-        }
-        self.store()
-            .release_keys()
-            .await?
-            .into_iter()
-            .find(|k| k.key_id == id)
-            .ok_or_else(|| ServiceError::Internal(format!("release key {id} vanished")))
+        self.trust_in(KeyRing::Releases, pem, "agent.trust").await
     }
 
     /// Verifies and stores a signed release file.

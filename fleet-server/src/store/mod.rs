@@ -52,7 +52,7 @@ pub use devices::{
 pub use drift::{DriftEventRow, DriftPolicyRow};
 pub use group::{DeviceRef, GroupResult, UploadWrite};
 pub use ingest::{AlarmQuery, AlarmRow, DriftIndexRow, IngestResult, StreamMark, UpdateRow};
-pub use models::{BundleRow, DeltaRow, TrustedKey};
+pub use models::{BundleRow, DeltaRow, KeyRing, TrustedKey};
 pub use releases::{AgentReportRow, ReleaseRow};
 pub use rollouts::{Rollout, RolloutReport};
 pub use validation::{GateRow, ValidationRow};

@@ -74,18 +74,29 @@ fn delta_of(r: &AnyRow) -> Result<DeltaRow> {
     })
 }
 
+/// Which signing keys: bundles' (`model trust`) or agent releases' (`agent trust`), kept
+/// apart so a key trusted for one never signs the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRing {
+    /// Model bundle signing keys.
+    Bundles,
+    /// Agent release signing keys.
+    Releases,
+}
+
+impl KeyRing {
+    fn table(self) -> &'static str {
+        match self {
+            KeyRing::Bundles => "trusted_keys",
+            KeyRing::Releases => "release_keys",
+        }
+    }
+}
+
 impl FleetStore {
-    /// Adds a key (no-op if it is trusted already); true if it was new.
+    /// Adds a bundle signing key (no-op if it is trusted already); true if it was new.
     pub async fn trust_key(&self, key_id: &str, pem: &str, by: &str) -> Result<bool> {
-        let _writer = self.writer.lock().await;
-        let r = sqlx::query("INSERT INTO trusted_keys (key_id, public_pem, added_by, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING")
-            .bind(key_id)
-            .bind(pem)
-            .bind(by)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
+        self.add_key(KeyRing::Bundles, key_id, pem, by).await
     }
 
     /// The PEM of every trusted key.
@@ -98,11 +109,30 @@ impl FleetStore {
             .collect())
     }
 
-    /// Every trusted key, oldest first.
+    /// Every trusted bundle signing key, oldest first.
     pub async fn trusted_key_rows(&self) -> Result<Vec<TrustedKey>> {
-        let rows = sqlx::query(
-            "SELECT key_id, public_pem, added_by, added_at FROM trusted_keys ORDER BY added_at, key_id",
-        )
+        self.keys_of(KeyRing::Bundles).await
+    }
+
+    /// Adds a key to `ring` (no-op if it is there already); true if it was new.
+    pub async fn add_key(&self, ring: KeyRing, key_id: &str, pem: &str, by: &str) -> Result<bool> {
+        let _writer = self.writer.lock().await;
+        let r = sqlx::query(&format!("INSERT INTO {} (key_id, public_pem, added_by, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING", ring.table()))
+            .bind(key_id)
+            .bind(pem)
+            .bind(by)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Every key of `ring`, oldest first.
+    pub async fn keys_of(&self, ring: KeyRing) -> Result<Vec<TrustedKey>> {
+        let rows = sqlx::query(&format!(
+            "SELECT key_id, public_pem, added_by, added_at FROM {} ORDER BY added_at, key_id",
+            ring.table()
+        ))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -4,7 +4,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now_ms, FleetStore, Result, TrustedKey};
+use super::{FleetStore, Result};
 
 /// One stored release file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -145,38 +145,6 @@ impl FleetStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(release_of).collect()
-    }
-
-    /// Trusts a release signing key; false when it was trusted already.
-    pub async fn trust_release_key(&self, key_id: &str, pem: &str, by: &str) -> Result<bool> {
-        let _writer = self.writer.lock().await;
-        let r = sqlx::query("INSERT INTO release_keys (key_id, public_pem, added_by, added_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING")
-            .bind(key_id)
-            .bind(pem)
-            .bind(by)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
-    /// Every release signing key, oldest first.
-    pub async fn release_keys(&self) -> Result<Vec<TrustedKey>> {
-        let rows = sqlx::query(
-            "SELECT key_id, public_pem, added_by, added_at FROM release_keys ORDER BY added_at, key_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrustedKey {
-                    key_id: r.try_get("key_id")?,
-                    public_pem: r.try_get("public_pem")?,
-                    added_by: r.try_get("added_by")?,
-                    added_at: r.try_get("added_at")?,
-                })
-            })
-            .collect()
     }
 
     /// Records a device's release report.
